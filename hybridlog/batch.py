@@ -1,0 +1,61 @@
+"""Checking an append's arguments and planning its records; shared by every backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidArgument, InvalidEvent
+from hybridlog.types import HASH_SIZE, MAX_EVENT_SIZE, CheckpointPolicy, RecordKind
+
+BytesLike = bytes | bytearray | memoryview
+PlannedRecord = tuple[RecordKind, BytesLike]
+
+
+def check_events(events: Iterable[object]) -> list[BytesLike]:
+    """The events as a list of bytes-like payloads, or a typed error naming the first bad one."""
+    if isinstance(events, (bytes, bytearray, memoryview, str)):
+        raise InvalidEvent(f"events must be a sequence of bytes objects, not one {type(events).__name__}")
+    payloads: list[BytesLike] = []
+    for i, event in enumerate(events):
+        if not isinstance(event, (bytes, bytearray, memoryview)):
+            raise InvalidEvent(f"event {i} is {type(event).__name__}, not bytes")
+        if isinstance(event, memoryview):
+            if not event.contiguous:
+                raise InvalidEvent(f"event {i} is a non-contiguous memoryview")
+            event = event.cast("B")
+        if len(event) > MAX_EVENT_SIZE:
+            raise EventTooLarge(f"event {i} is {len(event)} bytes; the limit is {MAX_EVENT_SIZE}")
+        payloads.append(event)
+    if not payloads:
+        raise EmptyBatch("a batch needs at least one event")
+    return payloads
+
+
+def check_offset(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{name} must be an int, not {type(value).__name__}")
+    return value
+
+
+def check_prev_hash(prev_hash: object) -> bytes | None:
+    """``prev_hash`` as bytes, or None; anything but None or 32 bytes is refused."""
+    if prev_hash is None:
+        return None
+    if not isinstance(prev_hash, (bytes, bytearray, memoryview)) or len(prev_hash) != HASH_SIZE:
+        raise InvalidArgument(f"prev_hash must be None or {HASH_SIZE} bytes")
+    return bytes(prev_hash)
+
+
+def plan_batch(
+    payloads: list[BytesLike], policy: CheckpointPolicy, events_since_checkpoint: int
+) -> list[PlannedRecord]:
+    """The records a batch writes: its events, with a checkpoint after every ``every_records``-th."""
+    planned: list[PlannedRecord] = []
+    since = events_since_checkpoint
+    for payload in payloads:
+        planned.append((RecordKind.EVENT, payload))
+        since += 1
+        if policy.every_records is not None and since >= policy.every_records:
+            planned.append((RecordKind.CHECKPOINT, b""))
+            since = 0
+    return planned

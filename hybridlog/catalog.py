@@ -1,0 +1,330 @@
+"""The SQLite catalog: every SQL statement hybridlog runs lives in this module.
+
+The catalog indexes the segment files (streams, segments, the offset index, checkpoints). It is
+updated in the same write path as the segments, one transaction per batch, and can always be
+rebuilt from them. Its schema is the SQL in ``migrations/``, applied in order on a
+``PRAGMA user_version`` ladder; ``docs/schema.md`` documents it for SQL users.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+
+from hybridlog.errors import CatalogError, CatalogTooNew
+from hybridlog.types import ChainHash, Offset, RecordKind, StreamId
+
+CATALOG_FILE = "catalog.db"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def migrations_dir() -> Path:
+    """Where the schema SQL lives: inside the installed package, or at the top of a checkout."""
+    packaged = importlib.resources.files("hybridlog").joinpath("migrations")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "migrations"
+
+
+def load_migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) for every migration, in order; versions must be 1, 2, 3, ..."""
+    found = []
+    for path in sorted(migrations_dir().glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise CatalogError(f"migration file {path} is not named NNNN_name.sql")
+        found.append((int(match.group(1)), path.name, path.read_text(encoding="utf-8")))
+    if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
+        raise CatalogError(f"migrations in {migrations_dir()} are not numbered 0001, 0002, ...")
+    return found
+
+
+SCHEMA_VERSION = len(load_migrations())
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRow:
+    stream_id: StreamId
+    next_offset: Offset
+    chain_head: ChainHash | None
+    event_count: int
+    last_timestamp_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    stream_id: StreamId
+    segment_no: int
+    first_offset: Offset
+    next_offset: Offset
+    size_bytes: int
+    sealed: bool
+    digest: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """Where one record is: its segment, byte position and frame length."""
+
+    offset: Offset
+    segment_no: int
+    position: int
+    length: int
+    kind: RecordKind
+    timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    stream_id: StreamId
+    offset: Offset
+    hash: ChainHash
+    timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSnapshot:
+    """What a reader needs, read in one transaction so the parts agree with each other."""
+
+    stream: StreamRow
+    segments: list[SegmentRow]
+    anchor: CheckpointRow | None
+    start: IndexEntry | None
+
+
+class Catalog:
+    """One apsw connection to ``catalog.db`` and the queries hybridlog runs on it.
+
+    Not thread-safe on its own: ``Storage`` serialises every call with its lock.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool) -> None:
+        self.path = path
+        self.read_only = read_only
+        flags = apsw.SQLITE_OPEN_READONLY if read_only else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        try:
+            self.conn = apsw.Connection(str(path), flags=flags)
+            # Wait for a writer's WAL checkpoint instead of failing with SQLITE_BUSY at once.
+            self.conn.set_busy_timeout(5000)
+            if not read_only:
+                # Readers in other processes keep reading while the writer commits.
+                self.conn.pragma("journal_mode", "wal")
+                # The segment fsync is the durability point; the catalog is rebuilt from the
+                # segments if a power loss takes its last commits, so commits skip the fsync.
+                self.conn.pragma("synchronous", "normal")
+                self._migrate()
+            else:
+                self._check_version()
+        except apsw.Error as e:
+            raise CatalogError(f"cannot open catalog {path}: {e}") from e
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # --- schema ----------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        return int(self.conn.pragma("user_version"))
+
+    def _check_version(self) -> None:
+        found = self.schema_version()
+        if found > SCHEMA_VERSION:
+            raise CatalogTooNew(self.path, found, SCHEMA_VERSION)
+
+    def _migrate(self) -> None:
+        self._check_version()
+        for version, _name, sql in load_migrations():
+            if version <= self.schema_version():
+                continue
+            with self.conn:
+                self.conn.execute(sql)
+                self.conn.pragma("user_version", version)
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def stream_ids(self) -> list[StreamId]:
+        return [StreamId(r[0]) for r in self.conn.execute("SELECT stream_id FROM streams ORDER BY stream_id")]
+
+    def stream(self, stream_id: StreamId) -> StreamRow | None:
+        row = self.conn.execute(
+            "SELECT next_offset, chain_head, event_count, last_timestamp_ns FROM streams WHERE stream_id = ?",
+            (stream_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        next_offset, head, events, last_ts = row
+        return StreamRow(stream_id, Offset(next_offset), None if head is None else ChainHash(head), events, last_ts)
+
+    def segments(self, stream_id: StreamId) -> list[SegmentRow]:
+        rows = self.conn.execute(
+            "SELECT segment_no, first_offset, next_offset, size_bytes, sealed, digest"
+            " FROM segments WHERE stream_id = ? ORDER BY segment_no",
+            (stream_id,),
+        )
+        return [
+            SegmentRow(stream_id, no, Offset(first), Offset(nxt), size, bool(sealed), digest)
+            for no, first, nxt, size, sealed, digest in rows
+        ]
+
+    def index_entry(self, stream_id: StreamId, offset: int) -> IndexEntry | None:
+        row = self.conn.execute(
+            "SELECT segment_no, position, length, kind, timestamp_ns FROM records WHERE stream_id = ? AND offset = ?",
+            (stream_id, offset),
+        ).fetchone()
+        if row is None:
+            return None
+        no, position, length, kind, ts = row
+        return IndexEntry(Offset(offset), no, position, length, RecordKind(kind), ts)
+
+    def index_entries(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[IndexEntry]:
+        rows = self.conn.execute(
+            "SELECT offset, segment_no, position, length, kind, timestamp_ns FROM records"
+            " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+            (stream_id, from_offset),
+        )
+        for offset, no, position, length, kind, ts in rows:
+            yield IndexEntry(Offset(offset), no, position, length, RecordKind(kind), ts)
+
+    def index_size(self, stream_id: StreamId) -> int:
+        return self._count("SELECT count(*) FROM records WHERE stream_id = ?", (stream_id,))
+
+    def checkpoint_at_or_before(self, stream_id: StreamId, offset: int) -> CheckpointRow | None:
+        row = self.conn.execute(
+            "SELECT offset, hash, timestamp_ns FROM checkpoints WHERE stream_id = ? AND offset <= ?"
+            " ORDER BY offset DESC LIMIT 1",
+            (stream_id, offset),
+        ).fetchone()
+        return None if row is None else CheckpointRow(stream_id, Offset(row[0]), ChainHash(row[1]), row[2])
+
+    def checkpoints(self, stream_id: StreamId) -> list[CheckpointRow]:
+        rows = self.conn.execute(
+            "SELECT offset, hash, timestamp_ns FROM checkpoints WHERE stream_id = ? ORDER BY offset", (stream_id,)
+        )
+        return [CheckpointRow(stream_id, Offset(o), ChainHash(h), ts) for o, h, ts in rows]
+
+    def events_after(self, stream_id: StreamId, offset: int) -> int:
+        """How many event records come after ``offset`` (-1: all of them)."""
+        return self._count(
+            "SELECT count(*) FROM records WHERE stream_id = ? AND offset > ? AND kind = ?",
+            (stream_id, offset, int(RecordKind.EVENT)),
+        )
+
+    def _count(self, sql: str, bindings: tuple[int, ...]) -> int:
+        row = self.conn.execute(sql, bindings).fetchone()
+        assert row is not None  # count(*) always gives a row
+        return int(row[0])
+
+    def snapshot(self, stream_id: StreamId, from_offset: int, *, anchored: bool) -> StreamSnapshot | None:
+        """Everything a verified read from ``from_offset`` needs, from one read transaction.
+
+        ``anchored``: start from the nearest checkpoint at or before ``from_offset``; otherwise
+        from offset 0.
+        """
+        snapshot = None
+        with self.conn:
+            stream = self.stream(stream_id)
+            if stream is not None:
+                anchor = self.checkpoint_at_or_before(stream_id, from_offset) if anchored else None
+                start = self.index_entry(stream_id, anchor.offset if anchor else 0)
+                snapshot = StreamSnapshot(stream, self.segments(stream_id), anchor, start)
+        return snapshot
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; everything in it commits together or not at all."""
+        with self.conn:
+            yield
+
+    def upsert_stream(
+        self,
+        stream_id: StreamId,
+        *,
+        next_offset: int,
+        chain_head: bytes | None,
+        add_events: int,
+        add_checkpoints: int,
+        add_stored_bytes: int,
+        add_payload_bytes: int,
+        first_timestamp_ns: int | None,
+        last_timestamp_ns: int | None,
+        now_ns: int,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO streams (stream_id, next_offset, chain_head, event_count, checkpoint_count,"
+            " stored_bytes, payload_bytes, first_timestamp_ns, last_timestamp_ns, created_at_ns, updated_at_ns)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)"
+            " ON CONFLICT (stream_id) DO UPDATE SET next_offset = ?2, chain_head = ?3,"
+            " event_count = event_count + ?4, checkpoint_count = checkpoint_count + ?5,"
+            " stored_bytes = stored_bytes + ?6, payload_bytes = payload_bytes + ?7,"
+            " first_timestamp_ns = coalesce(first_timestamp_ns, ?8), last_timestamp_ns = ?9, updated_at_ns = ?10",
+            (
+                stream_id,
+                next_offset,
+                chain_head,
+                add_events,
+                add_checkpoints,
+                add_stored_bytes,
+                add_payload_bytes,
+                first_timestamp_ns,
+                last_timestamp_ns,
+                now_ns,
+            ),
+        )
+
+    def upsert_segment(
+        self, stream_id: StreamId, segment_no: int, *, first_offset: int, next_offset: int, size_bytes: int, now_ns: int
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO segments (stream_id, segment_no, first_offset, next_offset, size_bytes, created_at_ns)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            " ON CONFLICT (stream_id, segment_no) DO UPDATE SET next_offset = ?4, size_bytes = ?5",
+            (stream_id, segment_no, first_offset, next_offset, size_bytes, now_ns),
+        )
+
+    def seal_segment(self, stream_id: StreamId, segment_no: int, *, digest: bytes, now_ns: int) -> None:
+        self.conn.execute(
+            "UPDATE segments SET sealed = 1, digest = ?, sealed_at_ns = ? WHERE stream_id = ? AND segment_no = ?",
+            (digest, now_ns, stream_id, segment_no),
+        )
+
+    def insert_records(self, stream_id: StreamId, entries: Iterable[IndexEntry]) -> None:
+        self.conn.executemany(
+            "INSERT INTO records (stream_id, offset, segment_no, position, length, kind, timestamp_ns)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((stream_id, e.offset, e.segment_no, e.position, e.length, int(e.kind), e.timestamp_ns) for e in entries),
+        )
+
+    def insert_checkpoints(self, rows: Iterable[CheckpointRow]) -> None:
+        self.conn.executemany(
+            "INSERT INTO checkpoints (stream_id, offset, hash, timestamp_ns) VALUES (?, ?, ?, ?)",
+            ((r.stream_id, r.offset, r.hash, r.timestamp_ns) for r in rows),
+        )
+
+    def forget_stream(self, stream_id: StreamId) -> None:
+        """Delete every row about a stream (the start of a rebuild, inside its transaction)."""
+        for table in ("records", "checkpoints", "segments", "streams"):
+            self.conn.execute(f"DELETE FROM {table} WHERE stream_id = ?", (stream_id,))  # noqa: S608
+
+    def forget_checkpoints(self, stream_id: StreamId) -> None:
+        self.conn.execute("DELETE FROM checkpoints WHERE stream_id = ?", (stream_id,))
+
+    def checkpoint_wal(self) -> None:
+        """Copy the WAL into the database file and fsync it: every commit so far is durable."""
+        self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+
+    def set_stream_totals(
+        self, stream_id: StreamId, *, event_count: int, checkpoint_count: int, stored_bytes: int, payload_bytes: int
+    ) -> None:
+        self.conn.execute(
+            "UPDATE streams SET event_count = ?, checkpoint_count = ?, stored_bytes = ?, payload_bytes = ?"
+            " WHERE stream_id = ?",
+            (event_count, checkpoint_count, stored_bytes, payload_bytes, stream_id),
+        )

@@ -1,0 +1,223 @@
+"""The exception tree. Every error the library raises on purpose is a ``StorageError``.
+
+Errors about bad arguments also subclass the matching built-in (``ValueError`` or ``TypeError``)
+so ordinary Python code can catch them either way. Errors about stored data carry where the
+problem is (stream, offset, segment file, byte position) and a hint naming the command that fixes
+it. Driver errors (``apsw.Error``, ``OSError``) are translated where they are raised, with
+``raise ... from``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypedDict
+
+
+class StorageError(Exception):
+    """Raised when the store cannot do what was asked; the root of every hybridlog error."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} (hint: {self.hint})" if self.hint else self.message
+
+
+# --- bad arguments -------------------------------------------------------------------------------
+
+
+class InvalidArgument(StorageError, ValueError):
+    """Raised when an argument is out of range; nothing was written."""
+
+
+class InvalidStreamId(InvalidArgument, TypeError):
+    """Raised when a stream id is not an int in 0..2**63-1 (bool, negative, float, str...)."""
+
+
+class EmptyBatch(InvalidArgument):
+    """Raised when ``append_batch`` is given no events."""
+
+
+class InvalidEvent(StorageError, TypeError):
+    """Raised when an event is not bytes-like."""
+
+
+class EventTooLarge(InvalidArgument):
+    """Raised when an event is bigger than ``MAX_EVENT_SIZE``."""
+
+
+# --- optimistic concurrency ----------------------------------------------------------------------
+
+
+class ConflictError(StorageError):
+    """Raised when the caller's view of a stream's head is not the stream's head; nothing written."""
+
+    def __init__(self, message: str, *, stream_id: int) -> None:
+        super().__init__(message, hint="re-read the head with latest_chain_hash() and retry")
+        self.stream_id = stream_id
+
+
+class OffsetMismatch(ConflictError):
+    """Raised when ``expected_offset`` is not the stream's next offset."""
+
+    def __init__(self, *, stream_id: int, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id}: expected_offset {expected} but the next offset is {actual}",
+            stream_id=stream_id,
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+class ChainMismatch(ConflictError):
+    """Raised when ``prev_hash`` is not the stream's chain head (``None`` only fits an empty stream)."""
+
+    def __init__(self, *, stream_id: int, given: bytes | None, head: bytes | None) -> None:
+        def show(h: bytes | None) -> str:
+            return "None" if h is None else h.hex()
+
+        super().__init__(
+            f"stream {stream_id}: prev_hash {show(given)} is not the chain head {show(head)}",
+            stream_id=stream_id,
+        )
+        self.given = given
+        self.head = head
+
+
+class RecordCountMismatch(ConflictError):
+    """Raised when ``create_checkpoint`` is given a ``record_count`` other than the stream's."""
+
+    def __init__(self, *, stream_id: int, given: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id}: record_count {given} but the stream holds {actual} records",
+            stream_id=stream_id,
+        )
+        self.given = given
+        self.actual = actual
+
+
+# --- the store as a whole ------------------------------------------------------------------------
+
+
+class StorageLocked(StorageError):
+    """Raised when another writer holds the store's lock."""
+
+    def __init__(self, path: Path, holder_pid: int | None) -> None:
+        who = f"process {holder_pid}" if holder_pid else "another process"
+        super().__init__(
+            f"store {path.parent} is locked for writing by {who} ({path})",
+            hint="open it with read_only=True, or stop the other writer",
+        )
+        self.path = path
+        self.holder_pid = holder_pid
+
+
+class ReadOnlyStore(StorageError):
+    """Raised when a store opened with ``read_only=True`` is asked to write."""
+
+
+class StoreClosed(StorageError):
+    """Raised when a closed store is used."""
+
+
+class StorageIOError(StorageError):
+    """Raised when the operating system refuses a file operation (disk full, permissions...)."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class InvalidConfiguration(InvalidArgument):
+    """Raised when a ``Storage`` option is out of range (for example a tiny ``max_segment_size``)."""
+
+
+# --- the catalog ---------------------------------------------------------------------------------
+
+
+class CatalogError(StorageError):
+    """Raised when the SQLite catalog cannot be opened or used."""
+
+
+class CatalogTooNew(CatalogError):
+    """Raised when the catalog's schema version is newer than this code knows."""
+
+    def __init__(self, path: Path, found: int, known: int) -> None:
+        super().__init__(
+            f"catalog {path} has schema version {found}; this hybridlog knows up to {known}",
+            hint="upgrade hybridlog",
+        )
+        self.path = path
+        self.found = found
+        self.known = known
+
+
+# --- stored data ---------------------------------------------------------------------------------
+
+
+class Where(TypedDict):
+    """Where in a store a problem is; the keyword arguments of IntegrityError."""
+
+    stream_id: int | None
+    offset: int | None
+    segment: Path | None
+    position: int | None
+
+
+class IntegrityError(StorageError):
+    """Raised when stored data fails verification: a checksum, a hash, a chain link or the head.
+
+    ``stream_id``, ``offset``, ``segment`` (file path) and ``position`` (byte position of the record
+    in that file) say where; any may be None when unknown.
+    """
+
+    hint = "run `hybridlog verify` to locate the damage, then `hybridlog repair`"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stream_id: int | None = None,
+        offset: int | None = None,
+        segment: Path | None = None,
+        position: int | None = None,
+    ) -> None:
+        where = []
+        if stream_id is not None:
+            where.append(f"stream {stream_id}")
+        if offset is not None:
+            where.append(f"offset {offset}")
+        if segment is not None:
+            where.append(f"segment {segment}")
+        if position is not None:
+            where.append(f"byte {position}")
+        super().__init__(f"{message} at {', '.join(where)}" if where else message)
+        self.stream_id = stream_id
+        self.offset = offset
+        self.segment = segment
+        self.position = position
+
+
+class ChecksumMismatch(IntegrityError):
+    """Raised when a record's bytes do not match its checksum (torn, overwritten or flipped)."""
+
+
+class TruncatedRecord(IntegrityError):
+    """Raised when a segment ends in the middle of a record the catalog says is complete."""
+
+
+class HashMismatch(IntegrityError):
+    """Raised when a record's stored hash is not the hash of its contents."""
+
+
+class ChainBroken(IntegrityError):
+    """Raised when a record's ``prev_hash`` is not the hash of the record before it."""
+
+
+class CatalogMismatch(IntegrityError):
+    """Raised when the catalog and the segments disagree (missing file, wrong position, head)."""

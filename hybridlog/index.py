@@ -1,0 +1,62 @@
+"""Read-only views of a stream's offset index and checkpoint index (both live in the catalog)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+from hybridlog.catalog import Catalog, CheckpointRow, IndexEntry
+from hybridlog.types import Offset, StreamId
+
+
+class OffsetIndex:
+    """Where each record of one stream is: ``lookup(offset)`` -> segment, byte position, length."""
+
+    def __init__(self, stream_id: StreamId, catalog: Callable[[], Catalog | None], lock: threading.RLock) -> None:
+        self.stream_id = stream_id
+        self._catalog = catalog
+        self._lock = lock
+
+    def lookup(self, offset: int) -> IndexEntry | None:
+        with self._lock:
+            catalog = self._catalog()
+            return catalog.index_entry(self.stream_id, offset) if catalog else None
+
+    def __len__(self) -> int:
+        with self._lock:
+            catalog = self._catalog()
+            return catalog.index_size(self.stream_id) if catalog else 0
+
+    def entries(self, from_offset: int = 0) -> list[IndexEntry]:
+        with self._lock:
+            catalog = self._catalog()
+            return list(catalog.index_entries(self.stream_id, from_offset)) if catalog else []
+
+
+class CheckpointIndex:
+    """The checkpoints of one stream, oldest first, as of when the index was taken."""
+
+    def __init__(self, stream_id: StreamId, rows: list[CheckpointRow]) -> None:
+        self.stream_id = stream_id
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[CheckpointRow]:
+        return iter(self._rows)
+
+    def last(self) -> CheckpointRow | None:
+        return self._rows[-1] if self._rows else None
+
+    def nearest_at_or_before(self, offset: int) -> CheckpointRow | None:
+        """The checkpoint a read from ``offset`` is verified from (None: from offset 0)."""
+        best = None
+        for row in self._rows:
+            if row.offset > offset:
+                break
+            best = row
+        return best
+
+    def offsets(self) -> list[Offset]:
+        return [r.offset for r in self._rows]

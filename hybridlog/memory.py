@@ -1,0 +1,195 @@
+"""``MemoryStorage``: the same contract as ``Storage``, held in memory.
+
+For tests and for code that wants the API without files. It computes the same record hashes as
+``Storage`` (``record.record_hash``) and applies the same checks and checkpoint policy, so the
+same appends with the same clock give the same chain on both.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+
+from hybridlog.batch import BytesLike, PlannedRecord, check_events, check_offset, check_prev_hash, plan_batch
+from hybridlog.errors import (
+    ChainMismatch,
+    InvalidArgument,
+    OffsetMismatch,
+    RecordCountMismatch,
+    StoreClosed,
+)
+from hybridlog.record import checkpoint_payload, record_hash
+from hybridlog.types import (
+    GENESIS_HASH,
+    ChainHash,
+    CheckpointPolicy,
+    CompressionKind,
+    Offset,
+    Record,
+    RecordKind,
+    StreamId,
+    check_stream_id,
+)
+
+
+class MemoryStorage:
+    """Hash-chained streams in memory; nothing survives ``close``."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint_policy: CheckpointPolicy | None = None,
+        compression: CompressionKind = CompressionKind.NONE,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self._policy = CheckpointPolicy() if checkpoint_policy is None else checkpoint_policy
+        self._compression = compression
+        self._clock = clock or time.time_ns
+        self._streams: dict[StreamId, list[Record]] = {}
+        self._since_checkpoint: dict[StreamId, int] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+
+    def default_compression(self) -> CompressionKind:
+        return self._compression
+
+    def checkpoint_policy(self) -> CheckpointPolicy:
+        return self._policy
+
+    def _records(self, stream_id: StreamId) -> list[Record]:
+        if self._closed:
+            raise StoreClosed("memory store is closed")
+        return self._streams.get(stream_id, [])
+
+    # --- appending -------------------------------------------------------------------------------
+
+    def append_batch(
+        self,
+        stream_id: int,
+        events: Sequence[BytesLike],
+        expected_offset: int,
+        prev_hash: bytes | None,
+        fsync: bool = True,
+    ) -> tuple[Offset, ChainHash]:
+        sid = check_stream_id(stream_id)
+        payloads = check_events(events)
+        offset = check_offset("expected_offset", expected_offset)
+        given = check_prev_hash(prev_hash)
+        with self._lock:
+            self._check_head(sid, offset, given)
+            return self._write(sid, plan_batch(payloads, self._policy, self._since_checkpoint.get(sid, 0)))
+
+    def append(
+        self, stream_id: int, events: Sequence[BytesLike], *, expected_offset: int | None = None, fsync: bool = True
+    ) -> tuple[Offset, ChainHash]:
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            offset = len(self._records(sid)) if expected_offset is None else expected_offset
+            return self.append_batch(sid, events, offset, self.latest_chain_hash(sid), fsync)
+
+    def create_checkpoint(
+        self, stream_id: int, current_offset: int, prev_hash: bytes | None, record_count: int, fsync: bool = True
+    ) -> tuple[Offset, ChainHash]:
+        sid = check_stream_id(stream_id)
+        offset = check_offset("current_offset", current_offset)
+        given = check_prev_hash(prev_hash)
+        count = check_offset("record_count", record_count)
+        with self._lock:
+            self._check_head(sid, offset, given)
+            if count != len(self._records(sid)):
+                raise RecordCountMismatch(stream_id=sid, given=count, actual=len(self._records(sid)))
+            return self._write(sid, [(RecordKind.CHECKPOINT, b"")])
+
+    def _check_head(self, sid: StreamId, offset: int, given: bytes | None) -> None:
+        records = self._records(sid)
+        if offset != len(records):
+            raise OffsetMismatch(stream_id=sid, expected=offset, actual=len(records))
+        head = records[-1].hash if records else None
+        if given != head:
+            raise ChainMismatch(stream_id=sid, given=given, head=head)
+
+    def _write(self, sid: StreamId, planned: list[PlannedRecord]) -> tuple[Offset, ChainHash]:
+        records = self._streams.setdefault(sid, [])
+        timestamp = max(self._clock(), records[-1].timestamp_ns if records else 0)
+        prev = records[-1].hash if records else GENESIS_HASH
+        since = self._since_checkpoint.get(sid, 0)
+        for kind, payload in planned:
+            offset = len(records)
+            body = checkpoint_payload(offset) if kind is RecordKind.CHECKPOINT else bytes(payload)
+            since = 0 if kind is RecordKind.CHECKPOINT else since + 1
+            own = record_hash(sid, offset, kind, timestamp, prev, body)
+            records.append(Record(sid, Offset(offset), kind, timestamp, prev, own, body))
+            prev = own
+        self._since_checkpoint[sid] = since
+        return Offset(len(records)), prev
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
+        sid = check_stream_id(stream_id)
+        if isinstance(from_offset, bool) or not isinstance(from_offset, int) or from_offset < 0:
+            raise InvalidArgument(f"from_offset must be a non-negative int, not {from_offset!r}")
+        with self._lock:
+            snapshot = self._records(sid)[from_offset:]
+        yield from snapshot
+
+    def read_from(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise InvalidArgument(f"max_bytes must be a non-negative int, not {max_bytes!r}")
+        out: list[bytes] = []
+        total = 0
+        for record in self.iter_records(stream_id, from_offset):
+            if record.kind is not RecordKind.EVENT:
+                continue
+            if out and total + len(record.payload) > max_bytes:
+                break
+            out.append(record.payload)
+            total += len(record.payload)
+        return out
+
+    def read_from_genesis(self, stream_id: int) -> list[bytes]:
+        return [r.payload for r in self.iter_records(stream_id) if r.kind is RecordKind.EVENT]
+
+    def read_records_from_genesis(self, stream_id: int) -> list[Record]:
+        return list(self.iter_records(stream_id))
+
+    def read_records_verified(self, stream_id: int, from_offset: int = 0) -> list[Record]:
+        return list(self.iter_records(stream_id, from_offset))
+
+    def latest_chain_hash(self, stream_id: int) -> ChainHash | None:
+        records = self._records(check_stream_id(stream_id))
+        return records[-1].hash if records else None
+
+    def next_offset(self, stream_id: int) -> Offset:
+        return Offset(len(self._records(check_stream_id(stream_id))))
+
+    def last_checkpoint(self, stream_id: int) -> tuple[Offset, ChainHash] | None:
+        for record in reversed(self._records(check_stream_id(stream_id))):
+            if record.kind is RecordKind.CHECKPOINT:
+                return record.offset, record.hash
+        return None
+
+    def stream_ids(self) -> list[StreamId]:
+        return sorted(self._streams)
+
+    # --- closing ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._policy.on_close:
+                for sid, since in self._since_checkpoint.items():
+                    if since > 0:
+                        self._write(sid, [(RecordKind.CHECKPOINT, b"")])
+            self._closed = True
+
+    def __enter__(self) -> MemoryStorage:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

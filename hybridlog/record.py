@@ -1,0 +1,218 @@
+"""Record framing: the byte layout of one record in a segment file, and the record hash.
+
+A segment file is a plain sequence of records, nothing before, between or after them. One record::
+
+    offset  size  field
+         0     4  magic        b"HLR1": the start of a record
+         4     1  version      format version, 1
+         5     1  kind         0 event, 1 checkpoint
+         6     1  flags        bit 0: payload is zstd-compressed; bit 1: last record of its batch
+         7     1  reserved     0
+         8     8  stream_id    u64
+        16     8  offset       u64, the record's position in its stream
+        24     8  timestamp    u64, nanoseconds since the epoch
+        32     4  stored_len   u32, payload bytes as stored (after compression)
+        36     4  raw_len      u32, payload bytes before compression
+        40    32  prev_hash    hash of the record before (32 zero bytes for offset 0)
+        72    32  hash         this record's hash (below)
+       104     N  payload      stored_len bytes
+     104+N     4  checksum     CRC-32 (zlib) of bytes 0 .. 104+N
+
+All integers are little-endian. The checksum covers the whole frame, so a record can be told
+valid or not on its own: a torn write or garbage fails it without looking at the next record.
+
+The record hash is BLAKE3 over::
+
+    b"hybridlog.record\\x00" | version u8 | stream_id u64 | offset u64 | kind u8 | timestamp u64
+    | prev_hash (32) | raw_len u64 | uncompressed payload
+
+so a record cannot be moved to another stream or offset, re-timed, or re-linked without changing
+its hash, and compression does not change it. ``docs/format.md`` repeats this with test vectors.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+
+from hybridlog.types import MAX_EVENT_SIZE, ChainHash, RecordKind
+
+MAGIC = b"HLR1"
+FORMAT_VERSION = 1
+HASH_DOMAIN = b"hybridlog.record\x00"
+
+FLAG_COMPRESSED = 0x01
+FLAG_BATCH_END = 0x02
+KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_BATCH_END
+
+HEADER = struct.Struct("<4sBBBBQQQII32s32s")
+HEADER_SIZE = HEADER.size
+CHECKSUM = struct.Struct("<I")
+CHECKSUM_SIZE = CHECKSUM.size
+FRAME_OVERHEAD = HEADER_SIZE + CHECKSUM_SIZE
+
+_HASHED_FIELDS = struct.Struct("<BQQBQ")
+_RAW_LEN = struct.Struct("<Q")
+
+# The stored payload of a compressed record may be larger than its raw payload only if we
+# wrote it uncompressed, so this bounds every stored_len a valid record can have.
+MAX_STORED_LEN = MAX_EVENT_SIZE
+
+assert HEADER_SIZE == 104
+
+
+def record_hash(
+    stream_id: int,
+    offset: int,
+    kind: int,
+    timestamp_ns: int,
+    prev_hash: bytes,
+    payload: bytes | bytearray | memoryview,
+) -> ChainHash:
+    """The BLAKE3 hash of a record, over its identity, its link and its uncompressed payload."""
+    hasher = blake3.blake3(HASH_DOMAIN)
+    hasher.update(_HASHED_FIELDS.pack(FORMAT_VERSION, stream_id, offset, kind, timestamp_ns))
+    hasher.update(prev_hash)
+    hasher.update(_RAW_LEN.pack(len(payload)))
+    hasher.update(payload)
+    return ChainHash(hasher.digest())
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    """The fixed-size fields of one record frame, as read from a segment."""
+
+    kind: int
+    flags: int
+    stream_id: int
+    offset: int
+    timestamp_ns: int
+    stored_len: int
+    raw_len: int
+    prev_hash: ChainHash
+    hash: ChainHash
+
+    @property
+    def frame_size(self) -> int:
+        return FRAME_OVERHEAD + self.stored_len
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.flags & FLAG_COMPRESSED)
+
+    @property
+    def batch_end(self) -> bool:
+        return bool(self.flags & FLAG_BATCH_END)
+
+
+class FrameError(Exception):
+    """A frame that is not a valid record; ``reason`` says why. Callers turn it into a StorageError."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_header(data: bytes | memoryview) -> FrameHeader:
+    """Decode and sanity-check a frame header (the checksum is checked by ``check_frame``)."""
+    magic, version, kind, flags, reserved, stream_id, offset, ts, stored_len, raw_len, prev, own = HEADER.unpack(
+        data[:HEADER_SIZE]
+    )
+    if magic != MAGIC:
+        raise FrameError("no record magic")
+    if version != FORMAT_VERSION:
+        raise FrameError(f"unknown format version {version}")
+    if kind not in (RecordKind.EVENT, RecordKind.CHECKPOINT) or flags & ~KNOWN_FLAGS or reserved:
+        raise FrameError("invalid kind or flags")
+    if stored_len > MAX_STORED_LEN or raw_len > MAX_EVENT_SIZE:
+        raise FrameError("length out of range")
+    if not flags & FLAG_COMPRESSED and stored_len != raw_len:
+        raise FrameError("uncompressed length mismatch")
+    return FrameHeader(kind, flags, stream_id, offset, ts, stored_len, raw_len, ChainHash(prev), ChainHash(own))
+
+
+def check_frame(frame: bytes | memoryview) -> None:
+    """Raise FrameError unless ``frame`` (a whole record, checksum included) matches its checksum."""
+    body = memoryview(frame)[:-CHECKSUM_SIZE]
+    (stored,) = CHECKSUM.unpack(memoryview(frame)[-CHECKSUM_SIZE:])
+    if zlib.crc32(body) != stored:
+        raise FrameError("checksum mismatch")
+
+
+def decode_payload(header: FrameHeader, stored: bytes | memoryview) -> bytes:
+    """The uncompressed payload, never allocating more than the header's ``raw_len``."""
+    if not header.compressed:
+        return bytes(stored)
+    try:
+        # We always write the content size; refusing frames without it (or with another size)
+        # bounds the output buffer, so a crafted frame cannot act as a decompression bomb.
+        if zstandard.frame_content_size(stored) != header.raw_len:
+            raise FrameError("compressed size does not match raw_len")
+        payload = zstandard.ZstdDecompressor().decompress(stored, max_output_size=header.raw_len)
+    except zstandard.ZstdError as e:
+        raise FrameError(f"zstd: {e}") from e
+    if len(payload) != header.raw_len:
+        raise FrameError("decompressed size does not match raw_len")
+    return payload
+
+
+def append_frame(
+    out: bytearray,
+    *,
+    stream_id: int,
+    offset: int,
+    kind: int,
+    timestamp_ns: int,
+    prev_hash: bytes,
+    payload: bytes | bytearray | memoryview,
+    batch_end: bool,
+    compressor: zstandard.ZstdCompressor | None,
+) -> ChainHash:
+    """Frame one record onto the end of ``out`` and return its hash."""
+    own = record_hash(stream_id, offset, kind, timestamp_ns, prev_hash, payload)
+    stored: bytes | bytearray | memoryview = payload
+    flags = FLAG_BATCH_END if batch_end else 0
+    if compressor is not None and payload:
+        squeezed = compressor.compress(payload)
+        if len(squeezed) < len(payload):
+            stored = squeezed
+            flags |= FLAG_COMPRESSED
+    start = len(out)
+    out += HEADER.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        kind,
+        flags,
+        0,
+        stream_id,
+        offset,
+        timestamp_ns,
+        len(stored),
+        len(payload),
+        prev_hash,
+        own,
+    )
+    out += stored
+    view = memoryview(out)
+    checksum = zlib.crc32(view[start:])
+    view.release()  # a bytearray with a live view cannot grow
+    out += CHECKSUM.pack(checksum)
+    return own
+
+
+def new_compressor() -> zstandard.ZstdCompressor:
+    """The zstd compressor used for payloads (content size written: ``decode_payload`` needs it)."""
+    return zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=False)
+
+
+CHECKPOINT_PAYLOAD = struct.Struct("<8sQ")
+CHECKPOINT_MAGIC = b"HLCKPT01"
+
+
+def checkpoint_payload(record_count: int) -> bytes:
+    """The payload of a checkpoint record: a tag and the number of records before it."""
+    return CHECKPOINT_PAYLOAD.pack(CHECKPOINT_MAGIC, record_count)

@@ -1,0 +1,777 @@
+"""``Storage``: append-only, hash-chained event streams in segment files, indexed by a catalog.
+
+Write path of one batch (``_write_batch``), in this order:
+
+1. frame every record (hash, compress, checksum) into one buffer, checkpoint records included;
+2. if the batch would push the active segment past ``max_segment_size``, seal it (fsync, digest)
+   and create the next segment file (fsync the directory so the new name is durable);
+3. write the buffer at the segment's committed end;
+4. fsync the segment when asked: this is the durability point;
+5. commit one catalog transaction: index rows, segment stats, checkpoints, chain head.
+
+If anything in 3-5 fails, the segment is cut back to where the batch began (a new segment file is
+removed) and the error is raised, so no partial batch stays. A crash between 4 and 5 leaves a
+complete batch the catalog does not know; ``recovery.reconcile_stream`` adopts it before the
+stream is next written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import apsw
+import zstandard
+
+from hybridlog.batch import BytesLike, PlannedRecord, check_events, check_offset, check_prev_hash, plan_batch
+from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, IndexEntry, SegmentRow, StreamSnapshot
+from hybridlog.chain import open_record
+from hybridlog.errors import (
+    CatalogError,
+    CatalogMismatch,
+    ChainMismatch,
+    ChecksumMismatch,
+    IntegrityError,
+    InvalidArgument,
+    InvalidConfiguration,
+    OffsetMismatch,
+    ReadOnlyStore,
+    RecordCountMismatch,
+    StorageError,
+    StorageIOError,
+    StoreClosed,
+    TruncatedRecord,
+    Where,
+)
+from hybridlog.index import CheckpointIndex, OffsetIndex
+from hybridlog.lock import StoreLock
+from hybridlog.pipeline import AppendPipeline
+from hybridlog.record import FrameError, append_frame, checkpoint_payload, new_compressor
+from hybridlog.recovery import ReconcileResult, rebuild_checkpoints, rebuild_stream, reconcile_stream
+from hybridlog.segment import (
+    IncompleteFrame,
+    SegmentReader,
+    SegmentWriter,
+    file_digest,
+    fsync_dir,
+    make_dirs_durably,
+    segment_path,
+    stream_path,
+)
+from hybridlog.types import (
+    DEFAULT_MAX_SEGMENT_SIZE,
+    GENESIS_HASH,
+    MIN_SEGMENT_SIZE,
+    ChainHash,
+    CheckpointPolicy,
+    CompressionKind,
+    Offset,
+    Record,
+    RecordKind,
+    StreamId,
+    check_stream_id,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """One segment file of a stream, as the catalog records it."""
+
+    stream_id: StreamId
+    segment_no: int
+    path: Path
+    first_offset: Offset
+    next_offset: Offset
+    size_bytes: int
+    sealed: bool
+    digest: bytes | None
+
+
+@dataclass(slots=True)
+class _StreamHead:
+    """The writer's view of one stream: where the next batch goes and what it links to."""
+
+    stream_id: StreamId
+    next_offset: int
+    head: ChainHash | None
+    last_timestamp_ns: int
+    events_since_checkpoint: int
+    segment_no: int
+    segment_first_offset: int
+    segment_size: int
+    writer: SegmentWriter | None
+    damage: StorageError | None = None
+
+
+def wall_clock() -> int:
+    return time.time_ns()
+
+
+class Storage:
+    """A store of append-only, hash-chained event streams in one directory.
+
+    One process may hold a store for writing (others get ``StorageLocked``); any number may open
+    it with ``read_only=True``. An instance is safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        checkpoint_policy: CheckpointPolicy | None = None,
+        max_segment_size: int = DEFAULT_MAX_SEGMENT_SIZE,
+        compression: CompressionKind = CompressionKind.NONE,
+        read_only: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        if isinstance(max_segment_size, bool) or not isinstance(max_segment_size, int):
+            raise InvalidConfiguration(f"max_segment_size must be an int, not {type(max_segment_size).__name__}")
+        if max_segment_size < MIN_SEGMENT_SIZE:
+            raise InvalidConfiguration(f"max_segment_size must be at least {MIN_SEGMENT_SIZE} bytes")
+        if not isinstance(compression, CompressionKind):
+            raise InvalidConfiguration(f"compression must be a CompressionKind, not {compression!r}")
+        policy = CheckpointPolicy() if checkpoint_policy is None else checkpoint_policy
+        if not isinstance(policy, CheckpointPolicy):
+            raise InvalidConfiguration(f"checkpoint_policy must be a CheckpointPolicy, not {policy!r}")
+        self._data_dir = Path(data_dir)
+        self._policy = policy
+        self._max_segment_size = max_segment_size
+        self._compression = compression
+        self._read_only = read_only
+        self._clock = clock or wall_clock
+        self._lock = threading.RLock()
+        self._catalog: Catalog | None = None
+        self._store_lock: StoreLock | None = None
+        self._heads: dict[StreamId, _StreamHead] = {}
+        self._pipeline = AppendPipeline()
+        self._compressor: zstandard.ZstdCompressor | None = (
+            new_compressor() if compression is CompressionKind.ZSTD else None
+        )
+        self._closed = False
+        if self._data_dir.exists():
+            self._open()
+
+    # --- the seed's constructors -----------------------------------------------------------------
+
+    @classmethod
+    def new(cls, data_dir: str | os.PathLike[str]) -> Storage:
+        return cls(data_dir)
+
+    @classmethod
+    def with_checkpoint_policy(cls, data_dir: str | os.PathLike[str], policy: CheckpointPolicy) -> Storage:
+        return cls(data_dir, checkpoint_policy=policy)
+
+    @classmethod
+    def with_max_segment_size(
+        cls, data_dir: str | os.PathLike[str], policy: CheckpointPolicy, max_segment_size: int
+    ) -> Storage:
+        return cls(data_dir, checkpoint_policy=policy, max_segment_size=max_segment_size)
+
+    @classmethod
+    def with_compression(
+        cls, data_dir: str | os.PathLike[str], policy: CheckpointPolicy, compression: CompressionKind
+    ) -> Storage:
+        return cls(data_dir, checkpoint_policy=policy, compression=compression)
+
+    # --- settings --------------------------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def default_compression(self) -> CompressionKind:
+        return self._compression
+
+    def checkpoint_policy(self) -> CheckpointPolicy:
+        return self._policy
+
+    def max_segment_size(self) -> int:
+        return self._max_segment_size
+
+    def index_path(self, stream_id: int) -> Path:
+        """The catalog file holding this stream's index (one catalog serves every stream)."""
+        check_stream_id(stream_id)
+        return self._data_dir / CATALOG_FILE
+
+    # --- opening and closing ---------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Take the writer lock and open (creating, migrating) the catalog; readers just open it."""
+        catalog_path = self._data_dir / CATALOG_FILE
+        if self._read_only:
+            if catalog_path.exists():
+                self._catalog = Catalog(catalog_path, read_only=True)
+            return
+        try:
+            make_dirs_durably(self._data_dir)
+        except OSError as e:
+            raise StorageIOError(f"cannot create store directory {self._data_dir}: {e}", path=self._data_dir) from e
+        self._store_lock = StoreLock(self._data_dir)
+        try:
+            existed = catalog_path.exists()
+            self._catalog = Catalog(catalog_path, read_only=False)
+            if not existed:
+                fsync_dir(self._data_dir)
+        except BaseException:
+            self._store_lock.release()
+            self._store_lock = None
+            raise
+
+    def _writable_catalog(self) -> Catalog:
+        if self._closed:
+            raise StoreClosed(f"store {self._data_dir} is closed")
+        if self._read_only:
+            raise ReadOnlyStore(f"store {self._data_dir} was opened read-only")
+        if self._catalog is None:
+            self._open()
+        assert self._catalog is not None
+        return self._catalog
+
+    def _readable_catalog(self) -> Catalog | None:
+        if self._closed:
+            raise StoreClosed(f"store {self._data_dir} is closed")
+        if self._catalog is None and self._read_only and (self._data_dir / CATALOG_FILE).exists():
+            self._open()
+        return self._catalog
+
+    def close(self) -> None:
+        """Write on-close checkpoints (if the policy says so), close files, release the lock."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if not self._read_only and self._policy.on_close and self._catalog is not None:
+                    for head in list(self._heads.values()):
+                        if head.damage is None and head.events_since_checkpoint > 0:
+                            self._write_batch(head, [(RecordKind.CHECKPOINT, b"")], fsync=True, pipeline=self._pipeline)
+            finally:
+                self._closed = True
+                for head in self._heads.values():
+                    if head.writer is not None:
+                        head.writer.close()
+                self._heads.clear()
+                if self._catalog is not None:
+                    self._catalog.close()
+                    self._catalog = None
+                if self._store_lock is not None:
+                    self._store_lock.release()
+                    self._store_lock = None
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- stream heads ----------------------------------------------------------------------------
+
+    def _head(self, stream_id: StreamId) -> _StreamHead:
+        """The writer's state for a stream, reconciling the catalog with the segments on first use."""
+        head = self._heads.get(stream_id)
+        if head is not None:
+            return head
+        catalog = self._writable_catalog()
+        try:
+            result = reconcile_stream(catalog, self._data_dir, stream_id, self._clock)
+        except OSError as e:
+            raise StorageIOError(f"stream {stream_id}: cannot reconcile segments: {e}") from e
+        head = self._load_head(catalog, stream_id, result)
+        self._heads[stream_id] = head
+        return head
+
+    def _load_head(self, catalog: Catalog, stream_id: StreamId, result: ReconcileResult) -> _StreamHead:
+        row = catalog.stream(stream_id)
+        segments = catalog.segments(stream_id)
+        last_checkpoint = catalog.checkpoint_at_or_before(stream_id, (row.next_offset if row else 0))
+        head = _StreamHead(
+            stream_id=stream_id,
+            next_offset=row.next_offset if row else 0,
+            head=row.chain_head if row else None,
+            last_timestamp_ns=(row.last_timestamp_ns or 0) if row else 0,
+            events_since_checkpoint=catalog.events_after(stream_id, last_checkpoint.offset if last_checkpoint else -1),
+            segment_no=segments[-1].segment_no if segments else -1,
+            segment_first_offset=segments[-1].first_offset if segments else 0,
+            segment_size=segments[-1].size_bytes if segments else 0,
+            writer=None,
+            damage=result.damage,
+        )
+        if segments and result.damage is None:
+            path = segment_path(self._data_dir, stream_id, head.segment_no)
+            head.writer = SegmentWriter(path, create=False)
+        return head
+
+    # --- appending -------------------------------------------------------------------------------
+
+    def append_batch(
+        self,
+        stream_id: int,
+        events: Sequence[BytesLike],
+        expected_offset: int,
+        prev_hash: bytes | None,
+        fsync: bool = True,
+    ) -> tuple[Offset, ChainHash]:
+        """Append ``events`` as one atomic batch; returns the new (next offset, chain head).
+
+        ``expected_offset`` must be the stream's next offset and ``prev_hash`` its chain head
+        (None for an empty stream), or OffsetMismatch / ChainMismatch is raised and nothing is
+        written. Checkpoint records the policy calls for are written inside the batch, so the
+        returned head may be a checkpoint's.
+        """
+        return self.append_batch_pipelined(stream_id, events, expected_offset, prev_hash, fsync, self._pipeline)
+
+    def append_batch_pipelined(
+        self,
+        stream_id: int,
+        events: Sequence[BytesLike],
+        expected_offset: int,
+        prev_hash: bytes | None,
+        fsync: bool,
+        pipeline: AppendPipeline,
+    ) -> tuple[Offset, ChainHash]:
+        """``append_batch`` framing into ``pipeline``'s reusable buffer (same contract)."""
+        sid = check_stream_id(stream_id)
+        payloads = check_events(events)
+        offset = check_offset("expected_offset", expected_offset)
+        given_hash = check_prev_hash(prev_hash)
+        if not isinstance(pipeline, AppendPipeline):
+            raise InvalidArgument(f"pipeline must be an AppendPipeline, not {type(pipeline).__name__}")
+        with self._lock:
+            head = self._head(sid)
+            self._check_head(head, offset, given_hash)
+            planned = plan_batch(payloads, self._policy, head.events_since_checkpoint)
+            return self._write_batch(head, planned, fsync=fsync, pipeline=pipeline)
+
+    def append(
+        self, stream_id: int, events: Sequence[BytesLike], *, expected_offset: int | None = None, fsync: bool = True
+    ) -> tuple[Offset, ChainHash]:
+        """Append to the stream's current head (checked against ``expected_offset`` if given)."""
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            head = self._head(sid)
+            offset = head.next_offset if expected_offset is None else expected_offset
+            return self.append_batch(sid, events, offset, head.head, fsync)
+
+    def create_checkpoint(
+        self, stream_id: int, current_offset: int, prev_hash: bytes | None, record_count: int, fsync: bool = True
+    ) -> tuple[Offset, ChainHash]:
+        """Write a checkpoint record at the head; returns (next offset, checkpoint hash).
+
+        ``current_offset`` and ``prev_hash`` are checked like an append; ``record_count`` must be
+        the number of records before the checkpoint (its offset).
+        """
+        sid = check_stream_id(stream_id)
+        offset = check_offset("current_offset", current_offset)
+        given_hash = check_prev_hash(prev_hash)
+        count = check_offset("record_count", record_count)
+        with self._lock:
+            head = self._head(sid)
+            self._check_head(head, offset, given_hash)
+            if count != head.next_offset:
+                raise RecordCountMismatch(stream_id=sid, given=count, actual=head.next_offset)
+            return self._write_batch(head, [(RecordKind.CHECKPOINT, b"")], fsync=fsync, pipeline=self._pipeline)
+
+    def _check_head(self, head: _StreamHead, expected_offset: int, prev_hash: bytes | None) -> None:
+        if head.damage is not None:
+            raise head.damage
+        if expected_offset != head.next_offset:
+            raise OffsetMismatch(stream_id=head.stream_id, expected=expected_offset, actual=head.next_offset)
+        if prev_hash != head.head:
+            raise ChainMismatch(stream_id=head.stream_id, given=prev_hash, head=head.head)
+
+    def _write_batch(
+        self,
+        head: _StreamHead,
+        items: list[PlannedRecord],
+        *,
+        fsync: bool,
+        pipeline: AppendPipeline,
+    ) -> tuple[Offset, ChainHash]:
+        catalog = self._writable_catalog()
+        sid = head.stream_id
+        timestamp = max(self._clock(), head.last_timestamp_ns)  # never backwards within a stream
+        compressor = pipeline.compressor if self._compressor is not None else None
+
+        # 1. Frame every record into one buffer.
+        buffer = pipeline.start_batch()
+        frames: list[tuple[int, int, int, RecordKind, ChainHash]] = []  # offset, start, length, kind, hash
+        offset, prev = head.next_offset, head.head or GENESIS_HASH
+        events = payload_bytes = 0
+        since = head.events_since_checkpoint
+        for i, (kind, payload) in enumerate(items):
+            if kind is RecordKind.CHECKPOINT:
+                payload = checkpoint_payload(offset)
+                since = 0
+            else:
+                events += 1
+                payload_bytes += len(payload)
+                since += 1
+            start = len(buffer)
+            prev = append_frame(
+                buffer,
+                stream_id=sid,
+                offset=offset,
+                kind=kind,
+                timestamp_ns=timestamp,
+                prev_hash=prev,
+                payload=payload,
+                batch_end=i == len(items) - 1,
+                compressor=compressor,
+            )
+            frames.append((offset, start, len(buffer) - start, kind, prev))
+            offset += 1
+
+        # 2. Rotate when the batch would push the active segment past its limit.
+        rotate = head.writer is None or (
+            head.segment_size > 0 and head.segment_size + len(buffer) > self._max_segment_size
+        )
+        old_writer = head.writer
+        segment_no = head.segment_no + 1 if rotate else head.segment_no
+        base = 0 if rotate else head.segment_size
+        now = self._clock()
+        sealed_digest: bytes | None = None
+        try:
+            if rotate:
+                if old_writer is not None:
+                    old_writer.sync()  # a sealed segment is durable before its digest is recorded
+                    sealed_digest = file_digest(old_writer.path)
+                directory = stream_path(self._data_dir, sid)
+                make_dirs_durably(directory)
+                writer = SegmentWriter(segment_path(self._data_dir, sid, segment_no), create=True)
+                fsync_dir(directory)  # the new name is durable before the catalog points at it
+            else:
+                assert old_writer is not None
+                writer = old_writer
+        except OSError as e:
+            raise StorageIOError(f"stream {sid}: cannot start segment {segment_no}: {e}") from e
+
+        try:
+            # 3. Write the batch at the segment's committed end.
+            writer.write_at(base, buffer)
+            # 4. The durability point.
+            if fsync:
+                writer.sync()
+            # 5. One catalog transaction for everything the batch changed.
+            with catalog.transaction():
+                if rotate and old_writer is not None and sealed_digest is not None:
+                    catalog.seal_segment(sid, head.segment_no, digest=sealed_digest, now_ns=now)
+                catalog.upsert_segment(
+                    sid,
+                    segment_no,
+                    first_offset=head.next_offset if rotate else head.segment_first_offset,
+                    next_offset=offset,
+                    size_bytes=base + len(buffer),
+                    now_ns=now,
+                )
+                catalog.insert_records(
+                    sid,
+                    (IndexEntry(Offset(o), segment_no, base + s, n, k, timestamp) for o, s, n, k, _ in frames),
+                )
+                catalog.insert_checkpoints(
+                    CheckpointRow(sid, Offset(o), h, timestamp)
+                    for o, _, _, k, h in frames
+                    if k is RecordKind.CHECKPOINT
+                )
+                catalog.upsert_stream(
+                    sid,
+                    next_offset=offset,
+                    chain_head=prev,
+                    add_events=events,
+                    add_checkpoints=len(frames) - events,
+                    add_stored_bytes=len(buffer),
+                    add_payload_bytes=payload_bytes,
+                    first_timestamp_ns=timestamp,
+                    last_timestamp_ns=timestamp,
+                    now_ns=now,
+                )
+        except BaseException as e:
+            self._undo_write(head, writer, base, new_file=rotate)
+            if isinstance(e, OSError):
+                raise StorageIOError(f"stream {sid}: write failed, batch not stored: {e}", path=writer.path) from e
+            if isinstance(e, apsw.Error):
+                raise CatalogError(f"stream {sid}: catalog commit failed, batch not stored: {e}") from e
+            raise
+
+        if rotate:
+            if old_writer is not None:
+                old_writer.close()
+            head.writer = writer
+            head.segment_no = segment_no
+            head.segment_first_offset = head.next_offset
+        head.segment_size = base + len(buffer)
+        head.next_offset = offset
+        head.head = prev
+        head.last_timestamp_ns = timestamp
+        head.events_since_checkpoint = since
+        return Offset(offset), prev
+
+    def _undo_write(self, head: _StreamHead, writer: SegmentWriter, base: int, *, new_file: bool) -> None:
+        """Cut the segment back to where the failed batch began; if that fails, fence the stream."""
+        try:
+            writer.truncate(base)
+            if new_file:
+                writer.close()
+                writer.path.unlink()
+                fsync_dir(writer.path.parent)
+        except OSError as e:
+            head.damage = StorageIOError(
+                f"stream {head.stream_id}: could not cut a failed batch from {writer.path} ({e});"
+                " reopen the store to let recovery finish",
+                path=writer.path,
+            )
+            log.error("%s", head.damage)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def _snapshot(self, stream_id: StreamId, from_offset: int, *, anchored: bool) -> StreamSnapshot | None:
+        with self._lock:
+            catalog = self._readable_catalog()
+            if catalog is None:
+                return None
+            if not self._read_only:
+                head = self._head(stream_id)
+                if head.damage is not None and not isinstance(head.damage, IntegrityError):
+                    raise head.damage
+            try:
+                return catalog.snapshot(stream_id, from_offset, anchored=anchored)
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog: {e}") from e
+
+    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
+        """Verified records from ``from_offset`` to the head, streamed in bounded memory.
+
+        ``anchored``: verify from the nearest checkpoint at or before ``from_offset`` (trusting
+        it); otherwise from offset 0. The head record is checked against the catalog's chain head.
+        """
+        sid = check_stream_id(stream_id)
+        if isinstance(from_offset, bool) or not isinstance(from_offset, int) or from_offset < 0:
+            raise InvalidArgument(f"from_offset must be a non-negative int, not {from_offset!r}")
+        snap = self._snapshot(sid, from_offset, anchored=anchored)
+        if snap is None or from_offset >= snap.stream.next_offset:
+            return
+        yield from _verified_records(self._data_dir, snap, from_offset)
+
+    def read_from(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
+        """Event payloads from ``from_offset``, verified from the nearest checkpoint.
+
+        Returns at least one event when there is one, then stops before the payloads would exceed
+        ``max_bytes``. Checkpoint records are skipped. An unknown stream gives ``[]``.
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise InvalidArgument(f"max_bytes must be a non-negative int, not {max_bytes!r}")
+        out: list[bytes] = []
+        total = 0
+        for record in self.iter_records(stream_id, from_offset):
+            if record.kind is not RecordKind.EVENT:
+                continue
+            if out and total + len(record.payload) > max_bytes:
+                break
+            out.append(record.payload)
+            total += len(record.payload)
+        return out
+
+    def read_from_genesis(self, stream_id: int) -> list[bytes]:
+        """Every event payload, verified from offset 0."""
+        return [r.payload for r in self.iter_records(stream_id, 0, anchored=False) if r.kind is RecordKind.EVENT]
+
+    def read_records_from_genesis(self, stream_id: int) -> list[Record]:
+        """Every record, checkpoints included, verified from offset 0."""
+        return list(self.iter_records(stream_id, 0, anchored=False))
+
+    def read_records_verified(self, stream_id: int, from_offset: int = 0) -> list[Record]:
+        """Records from ``from_offset``, checkpoints included, verified from the nearest checkpoint."""
+        return list(self.iter_records(stream_id, from_offset))
+
+    # --- heads, checkpoints, segments ------------------------------------------------------------
+
+    def latest_chain_hash(self, stream_id: int) -> ChainHash | None:
+        """The hash of the stream's last record (None for an empty or unknown stream)."""
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            if not self._read_only and self._catalog_exists():
+                return self._head(sid).head
+            catalog = self._readable_catalog()
+            row = catalog.stream(sid) if catalog else None
+            return row.chain_head if row else None
+
+    def next_offset(self, stream_id: int) -> Offset:
+        """The offset the stream's next record will get (its record count)."""
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            if not self._read_only and self._catalog_exists():
+                return Offset(self._head(sid).next_offset)
+            catalog = self._readable_catalog()
+            row = catalog.stream(sid) if catalog else None
+            return row.next_offset if row else Offset(0)
+
+    def stream_ids(self) -> list[StreamId]:
+        with self._lock:
+            catalog = self._readable_catalog()
+            return catalog.stream_ids() if catalog else []
+
+    def last_checkpoint(self, stream_id: int) -> tuple[Offset, ChainHash] | None:
+        """(offset, hash) of the stream's latest checkpoint record, or None."""
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            catalog = self._readable_catalog()
+            row = catalog.checkpoint_at_or_before(sid, 2**63 - 1) if catalog else None
+            return (row.offset, row.hash) if row else None
+
+    def checkpoint_index(self, stream_id: int) -> CheckpointIndex:
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            catalog = self._readable_catalog()
+            return CheckpointIndex(sid, catalog.checkpoints(sid) if catalog else [])
+
+    def offset_index(self, stream_id: int) -> OffsetIndex:
+        sid = check_stream_id(stream_id)
+        return OffsetIndex(sid, self._readable_catalog, self._lock)
+
+    def segments(self, stream_id: int) -> list[SegmentInfo]:
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            catalog = self._readable_catalog()
+            rows: list[SegmentRow] = catalog.segments(sid) if catalog else []
+        return [
+            SegmentInfo(
+                sid,
+                r.segment_no,
+                segment_path(self._data_dir, sid, r.segment_no),
+                r.first_offset,
+                r.next_offset,
+                r.size_bytes,
+                r.sealed,
+                r.digest,
+            )
+            for r in rows
+        ]
+
+    def segment_count(self, stream_id: int) -> int:
+        return len(self.segments(stream_id))
+
+    def completed_segments(self, stream_id: int) -> list[SegmentInfo]:
+        """The sealed (immutable) segments of a stream, oldest first."""
+        return [s for s in self.segments(stream_id) if s.sealed]
+
+    def flush_indexes(self) -> None:
+        """Make everything committed durable: fsync active segments, checkpoint the catalog's WAL."""
+        with self._lock:
+            if self._read_only or self._catalog is None:
+                return
+            catalog = self._writable_catalog()
+            for head in self._heads.values():
+                if head.writer is not None:
+                    head.writer.sync()
+            catalog.checkpoint_wal()
+
+    # --- rebuilding ------------------------------------------------------------------------------
+
+    def rebuild_index(self, stream_id: int) -> OffsetIndex:
+        """Replace the stream's catalog rows with a verifying scan of its segments."""
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            catalog = self._writable_catalog()
+            self._forget_head(sid)
+            try:
+                rebuild_stream(catalog, self._data_dir, sid, self._clock)
+            except OSError as e:
+                raise StorageIOError(f"stream {sid}: cannot rebuild: {e}") from e
+            self._head(sid)
+        return self.offset_index(sid)
+
+    def load_or_rebuild_index(self, stream_id: int) -> OffsetIndex:
+        """The stream's offset index; rebuilt from the segments if it does not agree with them."""
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            self._forget_head(sid)
+            head = self._head(sid)
+            if isinstance(head.damage, CatalogMismatch):
+                return self.rebuild_index(sid)
+        return self.offset_index(sid)
+
+    def rebuild_checkpoint_index(self, stream_id: int) -> int:
+        """Re-derive the stream's checkpoint rows from its checkpoint records; returns how many."""
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            catalog = self._writable_catalog()
+            self._head(sid)
+            try:
+                return rebuild_checkpoints(catalog, self._data_dir, sid)
+            except OSError as e:
+                raise StorageIOError(f"stream {sid}: cannot rebuild checkpoints: {e}") from e
+
+    def _forget_head(self, stream_id: StreamId) -> None:
+        head = self._heads.pop(stream_id, None)
+        if head is not None and head.writer is not None:
+            head.writer.close()
+
+    def _catalog_exists(self) -> bool:
+        return self._catalog is not None or (self._data_dir / CATALOG_FILE).exists()
+
+
+def _verified_records(data_dir: Path, snap: StreamSnapshot, from_offset: int) -> Iterator[Record]:
+    """Walk a snapshot's segments from its start entry, verifying every record (see iter_records)."""
+    stream = snap.stream
+    sid = stream.stream_id
+    if snap.start is None:
+        raise CatalogMismatch(
+            "the offset index has no entry to start reading from",
+            stream_id=sid,
+            offset=snap.anchor.offset if snap.anchor else 0,
+        )
+    expected: int = snap.start.offset
+    prev: bytes | None = None if snap.anchor else GENESIS_HASH
+    for seg in snap.segments:
+        if seg.segment_no < snap.start.segment_no:
+            continue
+        path = segment_path(data_dir, sid, seg.segment_no)
+        position = snap.start.position if seg.segment_no == snap.start.segment_no else 0
+        if position == 0 and expected != seg.first_offset:
+            raise CatalogMismatch(
+                f"segment starts at offset {seg.first_offset}", stream_id=sid, offset=expected, segment=path
+            )
+        try:
+            reader = SegmentReader(path, position)
+        except FileNotFoundError as e:
+            raise CatalogMismatch("segment file is missing", stream_id=sid, offset=expected, segment=path) from e
+        with reader:
+            while expected < seg.next_offset:
+                where: Where = {"stream_id": sid, "offset": expected, "segment": path, "position": reader.position}
+                try:
+                    frame = reader.read_frame()
+                except IncompleteFrame as e:
+                    raise TruncatedRecord(f"segment is cut short ({e.reason})", **where) from e
+                except FrameError as e:
+                    raise ChecksumMismatch(f"record is damaged ({e.reason})", **where) from e
+                if frame is None:
+                    raise TruncatedRecord("segment ends before the catalog says it does", **where)
+                record = open_record(frame, stream_id=sid, expected_offset=expected, prev_hash=prev, segment=path)
+                if prev is None and snap.anchor is not None and record.hash != snap.anchor.hash:
+                    raise CatalogMismatch("checkpoint record does not match the catalog's anchor", **where)
+                if expected == stream.next_offset - 1 and record.hash != stream.chain_head:
+                    raise CatalogMismatch("last record does not match the catalog's chain head", **where)
+                prev = record.hash
+                expected += 1
+                if record.offset >= from_offset:
+                    yield record
+        if expected >= stream.next_offset:
+            return
+    if expected < stream.next_offset:
+        raise CatalogMismatch(
+            f"segments end at offset {expected}; the catalog says {stream.next_offset}", stream_id=sid, offset=expected
+        )

@@ -1,0 +1,106 @@
+"""Value types shared by every module: ids, offsets, hashes, record kinds and policies."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NewType
+
+from hybridlog.errors import InvalidStreamId
+
+StreamId = NewType("StreamId", int)
+"""A stream's id: a non-negative integer below 2**63."""
+
+Offset = NewType("Offset", int)
+"""A record's position within its stream, counted in records from 0 (checkpoints included)."""
+
+ChainHash = NewType("ChainHash", bytes)
+"""A 32-byte BLAKE3 record hash; the hash of a stream's last record is its chain head."""
+
+HASH_SIZE = 32
+MAX_STREAM_ID = 2**63 - 1
+MAX_EVENT_SIZE = 64 * 1024 * 1024
+"""The largest event payload accepted, in bytes (before compression)."""
+
+MIN_SEGMENT_SIZE = 4096
+DEFAULT_MAX_SEGMENT_SIZE = 64 * 1024 * 1024
+DEFAULT_CHECKPOINT_INTERVAL = 1000
+
+
+class RecordKind(enum.IntEnum):
+    """What a record holds; stored as one byte in the frame and in the catalog."""
+
+    EVENT = 0
+    CHECKPOINT = 1
+
+
+class CompressionKind(enum.Enum):
+    """How event payloads are stored. ZSTD is applied per record and kept only when smaller."""
+
+    NONE = "none"
+    ZSTD = "zstd"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPolicy:
+    """When the store writes checkpoint records on its own.
+
+    ``every_records``: after this many event records since the last checkpoint (None: never).
+    ``on_close``: when the store is closed, for every stream with records after its last checkpoint.
+    ``create_checkpoint`` works under every policy.
+    """
+
+    every_records: int | None = DEFAULT_CHECKPOINT_INTERVAL
+    on_close: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every_records is not None and (
+            isinstance(self.every_records, bool) or not isinstance(self.every_records, int) or self.every_records < 1
+        ):
+            raise ValueError(f"every_records must be a positive integer or None, not {self.every_records!r}")
+
+    @classmethod
+    def every(cls, records: int, *, on_close: bool = True) -> CheckpointPolicy:
+        """A checkpoint after every ``records`` events."""
+        return cls(every_records=records, on_close=on_close)
+
+    @classmethod
+    def close_only(cls) -> CheckpointPolicy:
+        """A checkpoint only when the store is closed."""
+        return cls(every_records=None, on_close=True)
+
+    @classmethod
+    def explicit(cls) -> CheckpointPolicy:
+        """Checkpoints only through ``create_checkpoint``."""
+        return cls(every_records=None, on_close=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One verified record as read back from a stream."""
+
+    stream_id: StreamId
+    offset: Offset
+    kind: RecordKind
+    timestamp_ns: int
+    prev_hash: ChainHash
+    hash: ChainHash
+    payload: bytes
+
+    @property
+    def timestamp(self) -> int:
+        """The append time in nanoseconds since the epoch (alias of ``timestamp_ns``)."""
+        return self.timestamp_ns
+
+
+GENESIS_HASH = ChainHash(bytes(HASH_SIZE))
+"""The ``prev_hash`` stored in a stream's first record."""
+
+
+def check_stream_id(stream_id: object) -> StreamId:
+    """Return ``stream_id`` as a StreamId, or raise InvalidStreamId before anything is touched."""
+    if isinstance(stream_id, bool) or not isinstance(stream_id, int):
+        raise InvalidStreamId(f"stream id must be an int, not {type(stream_id).__name__}: {stream_id!r}")
+    if not 0 <= stream_id <= MAX_STREAM_ID:
+        raise InvalidStreamId(f"stream id must be in 0..2**63-1, not {stream_id}")
+    return StreamId(int(stream_id))

@@ -27,7 +27,6 @@ from pathlib import Path
 from types import TracebackType
 
 import apsw
-import zstandard
 
 from hybridlog.batch import BytesLike, PlannedRecord, check_events, check_offset, check_prev_hash, plan_batch
 from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, IndexEntry, SegmentRow, StreamSnapshot
@@ -52,7 +51,7 @@ from hybridlog.errors import (
 from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
-from hybridlog.record import FrameError, append_frame, checkpoint_payload, new_compressor
+from hybridlog.record import FrameError, append_frame, checkpoint_payload
 from hybridlog.recovery import ReconcileResult, rebuild_checkpoints, rebuild_stream, reconcile_stream
 from hybridlog.segment import (
     IncompleteFrame,
@@ -154,9 +153,6 @@ class Storage:
         self._store_lock: StoreLock | None = None
         self._heads: dict[StreamId, _StreamHead] = {}
         self._pipeline = AppendPipeline()
-        self._compressor: zstandard.ZstdCompressor | None = (
-            new_compressor() if compression is CompressionKind.ZSTD else None
-        )
         self._closed = False
         if self._data_dir.exists():
             self._open()
@@ -288,7 +284,7 @@ class Storage:
             return head
         catalog = self._writable_catalog()
         try:
-            result = reconcile_stream(catalog, self._data_dir, stream_id, self._clock)
+            result = reconcile_stream(catalog, self._data_dir, stream_id, self._now)
         except OSError as e:
             raise StorageIOError(f"stream {stream_id}: cannot reconcile segments: {e}") from e
         head = self._load_head(catalog, stream_id, result)
@@ -404,8 +400,8 @@ class Storage:
     ) -> tuple[Offset, ChainHash]:
         catalog = self._writable_catalog()
         sid = head.stream_id
-        timestamp = max(self._clock(), head.last_timestamp_ns)  # never backwards within a stream
-        compressor = pipeline.compressor if self._compressor is not None else None
+        timestamp = max(self._now(), head.last_timestamp_ns)  # never backwards within a stream
+        compressor = pipeline.compressor if self._compression is CompressionKind.ZSTD else None
 
         # 1. Frame every record into one buffer.
         buffer = pipeline.start_batch()
@@ -443,7 +439,7 @@ class Storage:
         old_writer = head.writer
         segment_no = head.segment_no + 1 if rotate else head.segment_no
         base = 0 if rotate else head.segment_size
-        now = self._clock()
+        now = self._now()
         sealed_digest: bytes | None = None
         try:
             if rotate:
@@ -688,7 +684,7 @@ class Storage:
             catalog = self._writable_catalog()
             self._forget_head(sid)
             try:
-                rebuild_stream(catalog, self._data_dir, sid, self._clock)
+                rebuild_stream(catalog, self._data_dir, sid, self._now)
             except OSError as e:
                 raise StorageIOError(f"stream {sid}: cannot rebuild: {e}") from e
             self._head(sid)
@@ -719,6 +715,13 @@ class Storage:
         head = self._heads.pop(stream_id, None)
         if head is not None and head.writer is not None:
             head.writer.close()
+
+    def _now(self) -> int:
+        """The clock's reading, checked: record headers hold it as an unsigned 64-bit integer."""
+        value = self._clock()
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+            raise InvalidConfiguration(f"clock must return nanoseconds as an int in 0..2**64-1, not {value!r}")
+        return value
 
     def _catalog_exists(self) -> bool:
         return self._catalog is not None or (self._data_dir / CATALOG_FILE).exists()

@@ -1,0 +1,5 @@
+"""``python -m hybridlog``: the same as the ``hybridlog`` command."""
+
+from hybridlog.cli import main
+
+main()

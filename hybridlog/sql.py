@@ -1,0 +1,73 @@
+"""Read-only SQL over a store's catalog, for operators and the ``hybridlog sql`` command.
+
+The catalog is opened with SQLITE_OPEN_READONLY, and an authorizer refuses anything but reading
+(no ATTACH, no PRAGMA assignments), so no statement run through here can change the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+
+from hybridlog.catalog import CATALOG_FILE, Catalog
+from hybridlog.errors import CatalogError, InvalidArgument
+
+SqlValue = int | float | str | bytes | None
+
+_ALLOWED = {
+    apsw.SQLITE_SELECT,
+    apsw.SQLITE_READ,
+    apsw.SQLITE_FUNCTION,
+    apsw.SQLITE_RECURSIVE,
+}
+
+
+class SqlRefused(InvalidArgument):
+    """Raised when a statement given to ``query_catalog`` would change something or fails to run."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[SqlValue, ...]]
+
+
+def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
+    if action in _ALLOWED:
+        return apsw.SQLITE_OK
+    if action == apsw.SQLITE_PRAGMA and arg2 is None and (arg1 or "").lower() != "writable_schema":
+        return apsw.SQLITE_OK  # reading a pragma (table_info, user_version, ...) changes nothing
+    return apsw.SQLITE_DENY
+
+
+def query_catalog(data_dir: Path, sql: str, params: Sequence[SqlValue] = ()) -> QueryResult:
+    """Run one read-only statement against the catalog; returns its column names and rows."""
+    path = data_dir / CATALOG_FILE
+    if not path.exists():
+        raise CatalogError(f"no catalog at {path}", hint="is this a hybridlog store? create one with `hybridlog init`")
+    catalog = Catalog(path, read_only=True)
+    try:
+        catalog.conn.authorizer = _authorizer
+        cursor = catalog.conn.cursor()
+        columns: list[str] = []
+
+        def remember_columns(cur: apsw.Cursor, _sql: str, _bindings: object) -> bool:
+            # Prepared but not yet stepped: the only moment an empty result still has column names.
+            columns[:] = [d[0] for d in cur.get_description()]
+            return True
+
+        cursor.exec_trace = remember_columns
+        try:
+            rows = [tuple(row) for row in cursor.execute(sql, tuple(params))]
+        except apsw.AuthError as e:
+            raise SqlRefused(f"refused: the catalog is read-only here ({e})") from e
+        except apsw.ReadOnlyError as e:
+            raise SqlRefused(f"refused: the catalog is read-only here ({e})") from e
+        except apsw.Error as e:
+            raise SqlRefused(f"SQL error: {e}") from e
+        return QueryResult(columns, rows)
+    finally:
+        catalog.close()

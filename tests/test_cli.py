@@ -1,0 +1,162 @@
+"""The `hybridlog` command: outputs, JSON shapes and exit codes, through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hybridlog import Storage
+from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_USAGE, cli
+from hybridlog.segment import segment_path
+
+
+def run(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args), input=stdin)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def flip_byte(path: Path, position: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def populated(tmp_path: Path) -> Path:
+    store = tmp_path / "store"
+    code, _, err = run("init", str(store))
+    assert code == 0, err
+    code, out, err = run("append", str(store), "--stream", "5", "--json", stdin=b"alpha\nbeta\ngamma\n")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["appended"] == 3
+    assert report["next_offset"] == 3
+    assert len(report["head"]) == 64
+    return store
+
+
+def test_append_then_read(populated: Path) -> None:
+    code, out, _ = run("read", str(populated), "--stream", "5")
+    assert code == 0
+    assert out.splitlines() == ["alpha", "beta", "gamma"]
+    code, out, _ = run("read", str(populated), "--stream", "5", "--from", "1", "--limit", "1")
+    assert out.splitlines() == ["beta"]
+
+
+def test_read_records_prints_json_lines_with_checkpoints(populated: Path) -> None:
+    code, out, _ = run("read", str(populated), "--stream", "5", "--records")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    # the append command closed its store, which wrote the on-close checkpoint
+    assert [r["kind"] for r in records] == ["event", "event", "event", "checkpoint"]
+    assert records[1]["prev_hash"] == records[0]["hash"]
+    assert records[0]["prev_hash"] == "00" * 32
+
+
+def test_append_files(tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"\x00\x01 multi\nline")
+    b.write_bytes(b"")
+    code, _, _ = run("append", str(store), str(a), str(b))
+    assert code == 0
+    with Storage(store, read_only=True) as s:
+        assert s.read_from_genesis(0) == [b"\x00\x01 multi\nline", b""]
+
+
+def test_verify_ok_and_json_shape(populated: Path) -> None:
+    code, out, _ = run("verify", str(populated), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["ok"] is True
+    assert report["records_verified"] == 4
+    (stream,) = report["streams"]
+    assert stream == {
+        "stream_id": 5,
+        "ok": True,
+        "records_verified": 4,
+        "head": stream["head"],
+        "error": None,
+    }
+
+
+def test_verify_reports_damage_with_exit_code_3(populated: Path) -> None:
+    flip_byte(segment_path(populated, 5, 0), 106)  # inside the first record's payload (bytes 104..108)
+    code, out, _ = run("verify", str(populated), "--json")
+    assert code == EXIT_DAMAGE
+    (stream,) = json.loads(out)["streams"]
+    assert stream["ok"] is False
+    assert stream["error"]["offset"] == 0
+    assert stream["error"]["position"] == 0
+    assert stream["error"]["segment"].endswith("00000000000000000000.seg")
+    assert "hybridlog repair" in stream["error"]["hint"]
+    code, out, err = run("verify", str(populated))
+    assert code == EXIT_DAMAGE
+    assert "DAMAGED" in out
+    assert "Traceback" not in out + err
+
+
+def test_sql_outputs(populated: Path) -> None:
+    query = "SELECT stream_id, event_count, checkpoint_count FROM streams"
+    code, out, _ = run("sql", str(populated), query, "--output", "json")
+    assert code == 0
+    assert json.loads(out) == [{"stream_id": 5, "event_count": 3, "checkpoint_count": 1}]
+    code, out, _ = run("sql", str(populated), query, "--output", "csv")
+    assert out.splitlines() == ["stream_id,event_count,checkpoint_count", "5,3,1"]
+    code, out, _ = run("sql", str(populated), query)
+    assert out.splitlines()[0].split() == ["stream_id", "event_count", "checkpoint_count"]
+    assert out.splitlines()[2].split() == ["5", "3", "1"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM records",
+        "DROP TABLE streams",
+        "UPDATE streams SET next_offset = 0",
+        "ATTACH DATABASE 'other.db' AS other",
+        "PRAGMA writable_schema = 1",
+        "CREATE TABLE x (a)",
+    ],
+)
+def test_sql_cannot_change_the_catalog(populated: Path, statement: str) -> None:
+    before = run("sql", str(populated), "SELECT * FROM records", "--output", "json")[1]
+    code, _, err = run("sql", str(populated), statement)
+    assert code == EXIT_ERROR
+    assert "refused" in err
+    assert run("sql", str(populated), "SELECT * FROM records", "--output", "json")[1] == before
+    assert not (populated / "other.db").exists()
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    code, out, err = run("read", str(tmp_path / "missing"))
+    assert code == EXIT_ERROR
+    assert "no store at" in err
+    assert "Traceback" not in err
+    code, _, err = run("sql", str(tmp_path), "SELECT 1")
+    assert code == EXIT_ERROR
+    assert "no catalog" in err
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert run("read", str(tmp_path), "--stream", "-1")[0] == EXIT_USAGE
+    assert run("no-such-command")[0] == EXIT_USAGE
+
+
+def test_store_from_environment(populated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRIDLOG_STORE", str(populated))
+    code, out, _ = run("read", "--stream", "5", "--limit", "1")
+    assert code == 0
+    assert out.splitlines() == ["alpha"]
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    code, out, err = run("demo", str(tmp_path / "demo"))
+    assert code == 0, err
+    assert "verify from genesis: ok, 50 records" in out
+    assert "stream_id" in out
+    with Storage(tmp_path / "demo", read_only=True) as s:
+        assert len(s.read_from_genesis(7)) == 40

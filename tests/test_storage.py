@@ -1,0 +1,314 @@
+"""Behaviour of the file-backed Storage that the backend contract does not cover.
+
+Failure in the middle of the write path, catalog versions, limits, rotation bookkeeping,
+threads, and the wheel carrying the migrations.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import apsw
+import blake3
+import pytest
+
+from hybridlog import (
+    MAX_EVENT_SIZE,
+    CatalogError,
+    CatalogTooNew,
+    CheckpointPolicy,
+    CompressionKind,
+    EventTooLarge,
+    InvalidConfiguration,
+    ReadOnlyStore,
+    RecordKind,
+    Storage,
+    StorageIOError,
+    StoreClosed,
+)
+from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION, Catalog
+from hybridlog.segment import SegmentWriter, segment_path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def segment_sizes(store: Path, stream_id: int) -> list[int]:
+    directory = segment_path(store, stream_id, 0).parent
+    return [p.stat().st_size for p in sorted(directory.glob("*.seg"))]
+
+
+def test_store_directory_is_created_on_first_write(store_dir: Path) -> None:
+    with Storage(store_dir) as store:
+        assert not store_dir.exists()
+        assert store.read_from(1, 0, 100) == []
+        assert store.latest_chain_hash(1) is None
+        assert not store_dir.exists()
+        store.append(1, [b"first"])
+        assert (store_dir / CATALOG_FILE).exists()
+        assert (store_dir / "LOCK").exists()
+
+
+def test_failed_segment_write_leaves_no_partial_batch(
+    store_dir: Path, clock: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Storage(store_dir, clock=clock, checkpoint_policy=CheckpointPolicy.explicit())
+    offset, head = store.append_batch(1, [b"a" * 100], 0, None)
+    size_before = segment_sizes(store_dir, 1)
+
+    real_write_at = SegmentWriter.write_at
+
+    def write_half_then_fail(self: SegmentWriter, position: int, data: bytes | bytearray | memoryview) -> None:
+        real_write_at(self, position, bytes(data)[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SegmentWriter, "write_at", write_half_then_fail)
+    with pytest.raises(StorageIOError, match="No space left"):
+        store.append_batch(1, [b"b" * 100, b"c" * 100], offset, head)
+    monkeypatch.undo()
+
+    assert segment_sizes(store_dir, 1) == size_before
+    assert store.next_offset(1) == offset
+    assert store.latest_chain_hash(1) == head
+    store.append_batch(1, [b"d"], offset, head)
+    assert store.read_from_genesis(1) == [b"a" * 100, b"d"]
+    store.close()
+    with Storage(store_dir, read_only=True) as reader:
+        assert reader.read_from_genesis(1) == [b"a" * 100, b"d"]
+
+
+def test_failed_catalog_commit_cuts_the_segment_back(
+    store_dir: Path, clock: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Storage(store_dir, clock=clock, checkpoint_policy=CheckpointPolicy.explicit())
+    offset, head = store.append_batch(1, [b"kept"], 0, None)
+    size_before = segment_sizes(store_dir, 1)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise apsw.FullError("database or disk is full")
+
+    monkeypatch.setattr(Catalog, "insert_records", refuse)
+    with pytest.raises(CatalogError, match="batch not stored"):
+        store.append_batch(1, [b"lost-1", b"lost-2"], offset, head)
+    monkeypatch.undo()
+
+    assert segment_sizes(store_dir, 1) == size_before
+    assert store.append_batch(1, [b"next"], offset, head)[0] == offset + 1
+    store.close()
+    with Storage(store_dir) as reopened:
+        assert reopened.read_from_genesis(1) == [b"kept", b"next"]
+
+
+def test_failed_commit_after_rotation_removes_the_new_segment(
+    store_dir: Path, clock: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Storage(store_dir, clock=clock, max_segment_size=4096, checkpoint_policy=CheckpointPolicy.explicit())
+    offset, head = store.append_batch(1, [b"x" * 3000], 0, None)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise apsw.IOError("disk I/O error")
+
+    monkeypatch.setattr(Catalog, "insert_records", refuse)
+    with pytest.raises(CatalogError):
+        store.append_batch(1, [b"y" * 3000], offset, head)
+    monkeypatch.undo()
+
+    assert len(segment_sizes(store_dir, 1)) == 1
+    assert store.segment_count(1) == 1
+    assert store.completed_segments(1) == []
+    store.append_batch(1, [b"z" * 3000], offset, head)
+    assert store.segment_count(1) == 2
+    store.close()
+    with Storage(store_dir) as reopened:
+        assert reopened.read_from_genesis(1) == [b"x" * 3000, b"z" * 3000]
+
+
+def test_rotation_seals_segments_with_their_digest(store_dir: Path, clock: Callable[[], int]) -> None:
+    with Storage(store_dir, clock=clock, max_segment_size=4096, checkpoint_policy=CheckpointPolicy.explicit()) as s:
+        offset, head = 0, None
+        for i in range(20):
+            offset, head = s.append_batch(3, [bytes([i]) * 700], offset, head)
+        segments = s.segments(3)
+        sealed = s.completed_segments(3)
+        assert len(segments) == s.segment_count(3) > 3
+        assert sealed == segments[:-1]
+        for seg in sealed:
+            assert seg.size_bytes <= 4096
+            assert seg.digest == blake3.blake3(seg.path.read_bytes()).digest()
+        for before, after in zip(segments, segments[1:], strict=False):
+            assert after.first_offset == before.next_offset
+        assert s.latest_chain_hash(3) == head
+    with Storage(store_dir) as reopened:
+        assert reopened.latest_chain_hash(3) == head
+        assert reopened.read_from(3, 17, 10**6) == [bytes([17]) * 700, bytes([18]) * 700, bytes([19]) * 700]
+
+
+def test_batch_bigger_than_a_segment_gets_a_segment_of_its_own(store_dir: Path) -> None:
+    with Storage(store_dir, max_segment_size=4096, checkpoint_policy=CheckpointPolicy.explicit()) as s:
+        s.append(1, [b"small"])
+        s.append(1, [b"big" * 3000])
+        s.append(1, [b"after"])
+        sizes = [seg.size_bytes for seg in s.segments(1)]
+        assert len(sizes) == 3
+        assert sizes[1] > 4096
+        assert s.read_from_genesis(1) == [b"small", b"big" * 3000, b"after"]
+
+
+def test_event_size_limit(store_dir: Path) -> None:
+    big = b"\x5a" * (16 * 1024 * 1024)
+    with Storage(store_dir, compression=CompressionKind.ZSTD) as s:
+        s.append(1, [big])
+        assert s.read_from(1, 0, 1) == [big]
+        with pytest.raises(EventTooLarge):
+            s.append(1, [bytes(MAX_EVENT_SIZE + 1)])
+        assert s.next_offset(1) == 1
+        segment = s.segments(1)[0]
+        assert segment.size_bytes < 1024 * 1024  # stored compressed
+
+
+def test_catalog_newer_than_the_code_is_refused(store_dir: Path) -> None:
+    with Storage(store_dir) as s:
+        s.append(1, [b"x"])
+    conn = apsw.Connection(str(store_dir / CATALOG_FILE))
+    conn.pragma("user_version", SCHEMA_VERSION + 1)
+    conn.close()
+    with pytest.raises(CatalogTooNew, match="upgrade hybridlog"):
+        Storage(store_dir)
+    with pytest.raises(CatalogTooNew):
+        Storage(store_dir, read_only=True)
+    # the refused writer released its lock
+    conn = apsw.Connection(str(store_dir / CATALOG_FILE))
+    conn.pragma("user_version", SCHEMA_VERSION)
+    conn.close()
+    with Storage(store_dir) as s:
+        assert s.read_from_genesis(1) == [b"x"]
+
+
+def test_migrations_apply_in_order_and_set_user_version(store_dir: Path) -> None:
+    with Storage(store_dir) as s:
+        s.append(1, [b"x"])
+    conn = apsw.Connection(str(store_dir / CATALOG_FILE), flags=apsw.SQLITE_OPEN_READONLY)
+    assert conn.pragma("user_version") == SCHEMA_VERSION
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+    assert {"streams", "segments", "records", "checkpoints", "record_kinds", "store_info"} <= tables
+
+
+def test_read_only_store_refuses_writes(store_dir: Path) -> None:
+    with Storage(store_dir) as s:
+        s.append(1, [b"x"])
+    with Storage(store_dir, read_only=True) as r:
+        with pytest.raises(ReadOnlyStore):
+            r.append(1, [b"y"])
+        with pytest.raises(ReadOnlyStore):
+            r.create_checkpoint(1, 2, r.latest_chain_hash(1), 2)
+        assert r.read_from_genesis(1) == [b"x"]
+
+
+def test_closed_store_refuses_use(store_dir: Path) -> None:
+    s = Storage(store_dir)
+    s.append(1, [b"x"])
+    s.close()
+    s.close()  # closing twice is harmless
+    with pytest.raises(StoreClosed):
+        s.append(1, [b"y"])
+    with pytest.raises(StoreClosed):
+        s.read_from(1, 0, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_segment_size": 4095}, "at least 4096"),
+        ({"max_segment_size": 1.5}, "must be an int"),
+        ({"compression": "zstd"}, "CompressionKind"),
+        ({"checkpoint_policy": 5}, "CheckpointPolicy"),
+    ],
+)
+def test_bad_configuration_is_refused_before_touching_disk(
+    store_dir: Path, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidConfiguration, match=message):
+        Storage(store_dir, **kwargs)  # type: ignore[arg-type]
+    assert not store_dir.exists()
+
+
+def test_clock_that_returns_garbage_is_refused(store_dir: Path) -> None:
+    with Storage(store_dir, clock=lambda: -1) as s:
+        with pytest.raises(InvalidConfiguration, match="clock"):
+            s.append(1, [b"x"])
+        assert s.next_offset(1) == 0
+
+
+def test_threads_share_one_store(store_dir: Path) -> None:
+    errors: list[BaseException] = []
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.every(7)) as s:
+
+        def worker(n: int) -> None:
+            try:
+                for i in range(40):
+                    s.append(n % 3, [f"{n}:{i}".encode()], fsync=False)
+                    s.read_from(n % 3, 0, 1000)
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        for stream in range(3):
+            events = s.read_from_genesis(stream)
+            assert len(events) == 80
+            per_writer: dict[str, list[int]] = {}
+            for event in events:
+                writer, i = event.decode().split(":")
+                per_writer.setdefault(writer, []).append(int(i))
+            assert all(v == list(range(40)) for v in per_writer.values())
+            kinds = [r.kind for r in s.read_records_from_genesis(stream)]
+            assert kinds.count(RecordKind.CHECKPOINT) == 80 // 7
+
+
+def test_index_views(store_dir: Path, clock: Callable[[], int]) -> None:
+    with Storage(store_dir, clock=clock, checkpoint_policy=CheckpointPolicy.every(3)) as s:
+        s.append(1, [b"a", b"b", b"c", b"d"])
+        index = s.offset_index(1)
+        assert len(index) == 5
+        entry = index.lookup(4)
+        assert entry is not None
+        assert entry.kind is RecordKind.EVENT
+        assert [e.offset for e in index.entries(2)] == [2, 3, 4]
+        checkpoints = s.checkpoint_index(1)
+        assert checkpoints.offsets() == [3]
+        assert checkpoints.nearest_at_or_before(2) is None
+        last = checkpoints.last()
+        assert last is not None
+        assert s.last_checkpoint(1) == (last.offset, last.hash)
+        assert s.index_path(1) == store_dir / CATALOG_FILE
+
+
+def test_flush_indexes_makes_the_catalog_self_contained(store_dir: Path) -> None:
+    with Storage(store_dir) as s:
+        s.append(1, [b"x"], fsync=False)
+        s.flush_indexes()
+        wal = store_dir / (CATALOG_FILE + "-wal")
+        assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"},
+    )
+    (wheel,) = tmp_path.glob("hybridlog-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(n for n in names if n.startswith("hybridlog/migrations/"))
+    assert shipped == sorted(f"hybridlog/migrations/{p.name}" for p in (REPO / "migrations").glob("*.sql"))

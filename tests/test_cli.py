@@ -132,7 +132,7 @@ def test_sql_cannot_change_the_catalog(populated: Path, statement: str) -> None:
 
 
 def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
-    code, out, err = run("read", str(tmp_path / "missing"))
+    code, _, err = run("read", str(tmp_path / "missing"))
     assert code == EXIT_ERROR
     assert "no store at" in err
     assert "Traceback" not in err

@@ -6,6 +6,7 @@ threads, and the wheel carrying the migrations.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -140,7 +141,7 @@ def test_rotation_seals_segments_with_their_digest(store_dir: Path, clock: Calla
         for seg in sealed:
             assert seg.size_bytes <= 4096
             assert seg.digest == blake3.blake3(seg.path.read_bytes()).digest()
-        for before, after in zip(segments, segments[1:], strict=False):
+        for before, after in itertools.pairwise(segments):
             assert after.first_offset == before.next_offset
         assert s.latest_chain_hash(3) == head
     with Storage(store_dir) as reopened:

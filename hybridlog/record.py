@@ -33,6 +33,7 @@ its hash, and compression does not change it. ``docs/format.md`` repeats this wi
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -143,6 +144,17 @@ def check_frame(frame: bytes | memoryview) -> None:
         raise FrameError("checksum mismatch")
 
 
+_per_thread = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """One decompressor per thread: creating one per record costs more than decompressing it."""
+    found: zstandard.ZstdDecompressor | None = getattr(_per_thread, "decompressor", None)
+    if found is None:
+        found = _per_thread.decompressor = zstandard.ZstdDecompressor()
+    return found
+
+
 def decode_payload(header: FrameHeader, stored: bytes | memoryview) -> bytes:
     """The uncompressed payload, never allocating more than the header's ``raw_len``."""
     if not header.compressed:
@@ -152,7 +164,7 @@ def decode_payload(header: FrameHeader, stored: bytes | memoryview) -> bytes:
         # bounds the output buffer, so a crafted frame cannot act as a decompression bomb.
         if zstandard.frame_content_size(stored) != header.raw_len:
             raise FrameError("compressed size does not match raw_len")
-        payload = zstandard.ZstdDecompressor().decompress(stored, max_output_size=header.raw_len)
+        payload = _decompressor().decompress(stored, max_output_size=header.raw_len)
     except zstandard.ZstdError as e:
         raise FrameError(f"zstd: {e}") from e
     if len(payload) != header.raw_len:

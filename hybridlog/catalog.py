@@ -17,7 +17,8 @@ from pathlib import Path
 
 import apsw
 
-from hybridlog.errors import CatalogError, CatalogTooNew
+from hybridlog.errors import CatalogError, CatalogTooNew, CatalogUnusable
+from hybridlog.record import CHECKPOINT_PAYLOAD, FRAME_OVERHEAD
 from hybridlog.types import ChainHash, Offset, RecordKind, StreamId
 
 CATALOG_FILE = "catalog.db"
@@ -89,6 +90,50 @@ class CheckpointRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoveryEntry:
+    """One row of ``recovery_log``: something recovery or repair found and what it did about it."""
+
+    stream_id: StreamId | None
+    found: str
+    action: str
+    segment_no: int | None = None
+    start_byte: int | None = None
+    end_byte: int | None = None
+    first_offset: int | None = None
+    next_offset: int | None = None
+    kept_as: str | None = None
+    detail: str | None = None
+    at_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """One stream's size and shape, as ``hybridlog stats`` shows it."""
+
+    stream_id: StreamId
+    records: int
+    events: int
+    checkpoints: int
+    segments: int
+    sealed_segments: int
+    stored_bytes: int
+    payload_bytes: int
+    first_timestamp_ns: int | None
+    last_timestamp_ns: int | None
+
+    @property
+    def stored_payload_bytes(self) -> int:
+        """Bytes the event payloads take on disk: frames less their headers and checkpoint bodies."""
+        return self.stored_bytes - self.records * FRAME_OVERHEAD - self.checkpoints * CHECKPOINT_PAYLOAD.size
+
+    @property
+    def compression_ratio(self) -> float | None:
+        """Payload bytes before compression over payload bytes stored (1.0: uncompressed)."""
+        stored = self.stored_payload_bytes
+        return self.payload_bytes / stored if stored > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
 class StreamSnapshot:
     """What a reader needs, read in one transaction so the parts agree with each other."""
 
@@ -122,7 +167,15 @@ class Catalog:
             else:
                 self._check_version()
         except apsw.Error as e:
-            raise CatalogError(f"cannot open catalog {path}: {e}") from e
+            raise CatalogUnusable(f"cannot open catalog {path}: {e}") from e
+
+    def health_problem(self) -> str | None:
+        """None if SQLite's ``quick_check`` passes, else what it reports (the first few lines)."""
+        try:
+            lines = [row[0] for row in self.conn.execute("PRAGMA quick_check(5)")]
+        except apsw.Error as e:
+            return str(e)
+        return None if lines == ["ok"] else "; ".join(lines)
 
     def close(self) -> None:
         self.conn.close()
@@ -235,6 +288,31 @@ class Catalog:
                 snapshot = StreamSnapshot(stream, self.segments(stream_id), anchor, start)
         return snapshot
 
+    def segment_sizes(self) -> dict[StreamId, dict[int, int]]:
+        """Every segment's committed size, by stream and segment number, in one query."""
+        sizes: dict[StreamId, dict[int, int]] = {}
+        for sid, no, size in self.conn.execute("SELECT stream_id, segment_no, size_bytes FROM segments"):
+            sizes.setdefault(StreamId(sid), {})[no] = size
+        return sizes
+
+    def stream_stats(self) -> list[StreamStats]:
+        rows = self.conn.execute(
+            "SELECT s.stream_id, s.record_count, s.event_count, s.checkpoint_count,"
+            " (SELECT count(*) FROM segments g WHERE g.stream_id = s.stream_id),"
+            " (SELECT count(*) FROM segments g WHERE g.stream_id = s.stream_id AND g.sealed),"
+            " s.stored_bytes, s.payload_bytes, s.first_timestamp_ns, s.last_timestamp_ns"
+            " FROM streams s ORDER BY s.stream_id"
+        )
+        return [StreamStats(*row) for row in rows]
+
+    def recovery_log(self, stream_id: StreamId | None = None) -> list[RecoveryEntry]:
+        rows = self.conn.execute(
+            "SELECT stream_id, found, action, segment_no, start_byte, end_byte, first_offset, next_offset,"
+            " kept_as, detail, at_ns FROM recovery_log WHERE ?1 IS NULL OR stream_id = ?1 ORDER BY entry_id",
+            (stream_id,),
+        )
+        return [RecoveryEntry(*row) for row in rows]
+
     # --- writes ----------------------------------------------------------------------------------
 
     @contextmanager
@@ -316,15 +394,25 @@ class Catalog:
     def forget_checkpoints(self, stream_id: StreamId) -> None:
         self.conn.execute("DELETE FROM checkpoints WHERE stream_id = ?", (stream_id,))
 
+    def log_recovery(self, entry: RecoveryEntry) -> None:
+        self.conn.execute(
+            "INSERT INTO recovery_log (at_ns, stream_id, found, action, segment_no, start_byte, end_byte,"
+            " first_offset, next_offset, kept_as, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.at_ns,
+                entry.stream_id,
+                entry.found,
+                entry.action,
+                entry.segment_no,
+                entry.start_byte,
+                entry.end_byte,
+                entry.first_offset,
+                entry.next_offset,
+                entry.kept_as,
+                entry.detail,
+            ),
+        )
+
     def checkpoint_wal(self) -> None:
         """Copy the WAL into the database file and fsync it: every commit so far is durable."""
         self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
-
-    def set_stream_totals(
-        self, stream_id: StreamId, *, event_count: int, checkpoint_count: int, stored_bytes: int, payload_bytes: int
-    ) -> None:
-        self.conn.execute(
-            "UPDATE streams SET event_count = ?, checkpoint_count = ?, stored_bytes = ?, payload_bytes = ?"
-            " WHERE stream_id = ?",
-            (event_count, checkpoint_count, stored_bytes, payload_bytes, stream_id),
-        )

@@ -11,6 +11,7 @@ with ``--json``, as JSON on stdout. Diagnostics go to stderr. Exit codes (also i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -18,11 +19,14 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from hybridlog.errors import StorageError
+from hybridlog.catalog import SCHEMA_VERSION
+from hybridlog.errors import IntegrityError, StorageError
+from hybridlog.follow import follow
+from hybridlog.repair import CheckReport, RepairStep
 from hybridlog.sql import QueryResult, SqlValue, query_catalog
 from hybridlog.storage import Storage
 from hybridlog.types import CheckpointPolicy, CompressionKind, RecordKind
@@ -33,29 +37,29 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DAMAGE = 3
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 store_argument = click.argument("store", envvar="HYBRIDLOG_STORE", type=click.Path(file_okay=False, path_type=Path))
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 stream_option = click.option("--stream", "stream_id", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 
 
 class DamageFound(click.ClickException):
+    """Verification or a check found damage: exit code 3."""
+
     exit_code = EXIT_DAMAGE
 
 
-def _fail_on_storage_errors(func: F) -> F:
-    """Turn a StorageError into one clear line on stderr and exit code 1 (no traceback)."""
+class HybridlogGroup(click.Group):
+    """Maps the library's error tree to exit codes, in one place: one line on stderr, no traceback."""
 
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return func(*args, **kwargs)
+            return super().invoke(ctx)
+        except IntegrityError as e:
+            raise DamageFound(str(e)) from e
         except StorageError as e:
             raise click.ClickException(str(e)) from e
-
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
-    return wrapper  # type: ignore[return-value]
+        except OSError as e:
+            raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from e
 
 
 def _print_json(value: object) -> None:
@@ -63,12 +67,13 @@ def _print_json(value: object) -> None:
 
 
 def _open_existing(store: Path, *, read_only: bool) -> Storage:
+    """A store that must already exist. Admin commands write no checkpoints of their own on close."""
     if not store.is_dir():
         raise click.ClickException(f"no store at {store} (create one with `hybridlog init {store}`)")
-    return Storage(store, read_only=read_only)
+    return Storage(store, read_only=read_only, checkpoint_policy=CheckpointPolicy.explicit())
 
 
-@click.group()
+@click.group(cls=HybridlogGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log what the store does (recovery, rotation) to stderr.")
 @click.version_option(package_name="hybridlog")
 def cli(verbose: bool) -> None:
@@ -78,7 +83,6 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @store_argument
-@_fail_on_storage_errors
 def init(store: Path) -> None:
     """Create an empty store (directory, catalog, lock file)."""
     with Storage(store, checkpoint_policy=CheckpointPolicy.explicit()) as storage:
@@ -102,7 +106,6 @@ def _read_lines(sources: tuple[Path, ...]) -> Iterator[bytes]:
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
 @click.option("--compress", is_flag=True, help="Store payloads zstd-compressed when that makes them smaller.")
 @json_option
-@_fail_on_storage_errors
 def append(
     store: Path, stream_id: int, files: tuple[Path, ...], batch_size: int, compress: bool, as_json: bool
 ) -> None:
@@ -139,7 +142,6 @@ def append(
 @click.option("--from", "from_offset", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many records.")
 @click.option("--records", is_flag=True, help="Print each record's metadata as JSON Lines.")
-@_fail_on_storage_errors
 def read(store: Path, stream_id: int, from_offset: int, limit: int | None, records: bool) -> None:
     """Print events (verified from the nearest checkpoint), one per line."""
     with _open_existing(store, read_only=True) as storage:
@@ -186,14 +188,240 @@ def _render_verify(report: VerifyReport, as_json: bool) -> None:
 @click.option("--stream", "stream_ids", type=click.IntRange(0, 2**63 - 1), multiple=True, help="Only these streams.")
 @click.option("--from-checkpoints", is_flag=True, help="Verify from each stream's last checkpoint, not from genesis.")
 @json_option
-@_fail_on_storage_errors
 def verify(store: Path, stream_ids: tuple[int, ...], from_checkpoints: bool, as_json: bool) -> None:
     """Verify every record's checksum, hash and chain link; exit 3 on damage."""
     with _open_existing(store, read_only=True) as storage:
-        report = verify_store(storage, list(stream_ids) or None, from_genesis=not from_checkpoints)
+        wanted = list(stream_ids) or None
+        with _progress("verifying", _records_in(storage, wanted)) as advance:
+            report = verify_store(storage, wanted, from_genesis=not from_checkpoints, progress=advance)
     _render_verify(report, as_json)
     if not report.ok:
         raise DamageFound("verification found damage; see above")
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal; silent when piped."""
+    if not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    with click.progressbar(length=total or 0, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def _records_in(storage: Storage, stream_ids: list[int] | None) -> int:
+    return sum(s.records for s in storage.stats() if stream_ids is None or s.stream_id in stream_ids)
+
+
+def _render_findings(report: CheckReport) -> None:
+    for f in report.findings:
+        where = ", ".join(
+            part
+            for part in (
+                f"offset {f.offset}" if f.offset is not None else "",
+                f"segment {f.segment}" if f.segment else "",
+                f"byte {f.position}" if f.position is not None else "",
+            )
+            if part
+        )
+        stream = "store" if f.stream_id is None else f"stream {f.stream_id}"
+        fix = f" -> repair: {f.repair}" if f.repair else ""
+        click.echo(f"{stream}: {f.problem}: {f.message}{f' at {where}' if where else ''}{fix}")
+
+
+def _render_plan(plan: list[RepairStep]) -> None:
+    for step in plan:
+        target = "the whole store" if step.stream_id is None else f"stream {step.stream_id}"
+        click.echo(f"  {step.repair} {target}  ({step.reason})")
+
+
+@cli.command()
+@store_argument
+@click.option("--stream", "stream_ids", type=click.IntRange(0, 2**63 - 1), multiple=True, help="Only these streams.")
+@json_option
+def check(store: Path, stream_ids: tuple[int, ...], as_json: bool) -> None:
+    """Report every disagreement and damage, changing nothing (dry run of repair); exit 3 if any."""
+    with _open_existing(store, read_only=True) as storage:
+        wanted = list(stream_ids) or None
+        with _progress("checking", _records_in(storage, wanted)) as advance:
+            report = storage.check(wanted, progress=advance)
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        _render_findings(report)
+        if report.plan():
+            click.echo("repair plan (`hybridlog repair` applies it):")
+            _render_plan(report.plan())
+        click.echo(
+            f"{'ok' if report.ok else 'PROBLEMS FOUND'}: {report.streams_checked} streams, "
+            f"{report.records_verified} records verified",
+            err=not report.ok,
+        )
+    if not report.ok:
+        raise DamageFound("the check found problems; `hybridlog repair` shows and applies the plan")
+
+
+@cli.command()
+@store_argument
+@click.option("--stream", "stream_ids", type=click.IntRange(0, 2**63 - 1), multiple=True, help="Only these streams.")
+@click.option("--yes", is_flag=True, help="Apply the plan without asking.")
+@click.option("--dry-run", is_flag=True, help="Show the plan only.")
+@json_option
+def repair(store: Path, stream_ids: tuple[int, ...], yes: bool, dry_run: bool, as_json: bool) -> None:
+    """Show the repair plan, then apply it (cut bytes are kept in quarantine files)."""
+    wanted = list(stream_ids) or None
+    with _open_existing(store, read_only=dry_run) as storage:
+        with _progress("checking", _records_in(storage, wanted)) as advance:
+            plan = storage.check(wanted, progress=advance).plan(wanted)
+        if not as_json:
+            if not plan:
+                click.echo("nothing to repair")
+            else:
+                click.echo("repair plan:")
+                _render_plan(plan)
+        if dry_run or not plan:
+            if as_json:
+                _print_json({"plan": [s.as_dict() for s in plan], "applied": []})
+            return
+        if not yes and not click.confirm("apply this plan?", err=True):
+            raise click.ClickException("not applied")
+        result = storage.repair(plan, stream_ids=wanted)
+    if as_json:
+        _print_json({"plan": [s.as_dict() for s in plan], **result.as_dict()})
+    else:
+        for entry in result.entries:
+            stream = "store" if entry.stream_id is None else f"stream {entry.stream_id}"
+            kept = f", kept in {entry.kept_as}" if entry.kept_as else ""
+            click.echo(f"{stream}: {entry.action} ({entry.found}){kept}")
+        click.echo("repaired; the store checks clean" if result.after and result.after.ok else "repaired")
+    if result.after is not None and not result.after.ok:
+        raise DamageFound("problems remain after the repair; run `hybridlog check` for details")
+
+
+@cli.command("rebuild-index")
+@store_argument
+@click.option("--stream", "stream_id", type=click.IntRange(0, 2**63 - 1), default=None, help="Only this stream.")
+@json_option
+def rebuild_index(store: Path, stream_id: int | None, as_json: bool) -> None:
+    """Rebuild the catalog from the segments: one stream's rows, or the whole catalog (kept aside)."""
+    with _open_existing(store, read_only=False) as storage:
+        if stream_id is None:
+            results = storage.rebuild_catalog()
+        else:
+            storage.rebuild_index(stream_id)
+            results = storage.recovery_results()[-1:]
+        summary = [
+            {
+                "stream_id": r.stream_id,
+                "records": storage.next_offset(r.stream_id),
+                "damage": str(r.damage) if r.damage else None,
+            }
+            for r in results
+        ]
+    if as_json:
+        _print_json(summary)
+    else:
+        for item in summary:
+            damage = f"; DAMAGE: {item['damage']}" if item["damage"] else ""
+            click.echo(f"stream {item['stream_id']}: {item['records']} records indexed{damage}")
+    if any(item["damage"] for item in summary):
+        raise DamageFound("some streams are damaged; `hybridlog repair` shows the plan")
+
+
+@cli.command()
+@store_argument
+@click.option("--stream", "stream_ids", type=click.IntRange(0, 2**63 - 1), multiple=True, help="Default: every stream.")
+@json_option
+def checkpoint(store: Path, stream_ids: tuple[int, ...], as_json: bool) -> None:
+    """Write a checkpoint record at the head of each stream."""
+    done = []
+    with _open_existing(store, read_only=False) as storage:
+        for sid in stream_ids or storage.stream_ids():
+            offset = storage.next_offset(sid)
+            _next, digest = storage.create_checkpoint(sid, offset, storage.latest_chain_hash(sid), offset)
+            done.append({"stream_id": sid, "offset": offset, "hash": digest.hex()})
+    if as_json:
+        _print_json(done)
+    else:
+        for item in done:
+            click.echo(f"stream {item['stream_id']}: checkpoint at offset {item['offset']}, hash {item['hash']}")
+
+
+@cli.command()
+@store_argument
+@json_option
+def stats(store: Path, as_json: bool) -> None:
+    """Streams, records, segments, sizes, compression ratio and checkpoints."""
+    with _open_existing(store, read_only=True) as storage:
+        rows = storage.stats()
+    items = [
+        {
+            "stream_id": r.stream_id,
+            "records": r.records,
+            "events": r.events,
+            "checkpoints": r.checkpoints,
+            "segments": r.segments,
+            "sealed_segments": r.sealed_segments,
+            "stored_bytes": r.stored_bytes,
+            "payload_bytes": r.payload_bytes,
+            "compression_ratio": None if r.compression_ratio is None else round(r.compression_ratio, 3),
+        }
+        for r in rows
+    ]
+    totals = {key: sum(int(i[key] or 0) for i in items) for key in ("records", "events", "stored_bytes", "segments")}
+    if as_json:
+        _print_json({"streams": items, "totals": totals})
+        return
+    columns = list(items[0]) if items else ["stream_id", "records"]
+    _render_rows(QueryResult(columns, [tuple(i[c] for c in columns) for i in items]), "table")
+    click.echo(f"{len(items)} streams, {totals['events']} events, {totals['stored_bytes']} bytes in segments")
+
+
+@cli.command()
+@store_argument
+@click.option("--check", "check_only", is_flag=True, help="Only report the schema versions; change nothing.")
+@json_option
+def migrate(store: Path, check_only: bool, as_json: bool) -> None:
+    """Upgrade the catalog schema to this hybridlog's version (opening a store does it too)."""
+    with _open_existing(store, read_only=True) as storage:
+        before = storage.schema_version()
+    if not check_only and before < SCHEMA_VERSION:
+        with Storage(store) as storage:
+            after = storage.schema_version()
+    else:
+        after = before
+    result = {"before": before, "after": after, "code_version": SCHEMA_VERSION}
+    if as_json:
+        _print_json(result)
+    elif check_only:
+        state = "up to date" if before == SCHEMA_VERSION else f"{SCHEMA_VERSION - before} migrations pending"
+        click.echo(f"schema version {before}; this hybridlog knows {SCHEMA_VERSION}: {state}")
+    else:
+        click.echo(f"schema version {before} -> {after}")
+
+
+@cli.command()
+@store_argument
+@stream_option
+@click.option("--from", "from_offset", type=click.IntRange(0), default=None, help="Default: the current end.")
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many events.")
+@click.option("--poll", type=click.FloatRange(0.001), default=0.05, show_default=True, help="Seconds between polls.")
+def tail(store: Path, stream_id: int, from_offset: int | None, count: int | None, poll: float) -> None:
+    """Print events as they are committed (Ctrl-C to stop)."""
+    with _open_existing(store, read_only=True) as storage:
+        start = storage.next_offset(stream_id) if from_offset is None else from_offset
+        shown = 0
+        try:
+            for record in follow(storage, stream_id, start, poll_interval=poll, should_stop=lambda: False):
+                if record.kind is not RecordKind.EVENT:
+                    continue
+                sys.stdout.buffer.write(record.payload + b"\n")
+                sys.stdout.flush()
+                shown += 1
+                if count is not None and shown >= count:
+                    return
+        except KeyboardInterrupt:
+            return
 
 
 def _render_rows(result: QueryResult, output: str) -> None:
@@ -219,7 +447,6 @@ def _render_rows(result: QueryResult, output: str) -> None:
 @store_argument
 @click.argument("query")
 @click.option("--output", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-@_fail_on_storage_errors
 def sql(store: Path, query: str, output: str) -> None:
     """Run a read-only SQL QUERY over the catalog (tables: streams, segments, records, checkpoints)."""
     _render_rows(query_catalog(store, query), output)

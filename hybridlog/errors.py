@@ -144,6 +144,10 @@ class CatalogError(StorageError):
     """Raised when the SQLite catalog cannot be opened or used."""
 
 
+class CatalogUnusable(CatalogError):
+    """Raised when the catalog file is not a usable SQLite database (a writer rebuilds it)."""
+
+
 class CatalogTooNew(CatalogError):
     """Raised when the catalog's schema version is newer than this code knows."""
 
@@ -186,6 +190,7 @@ class IntegrityError(StorageError):
         offset: int | None = None,
         segment: Path | None = None,
         position: int | None = None,
+        hint: str | None = None,
     ) -> None:
         where = []
         if stream_id is not None:
@@ -196,7 +201,8 @@ class IntegrityError(StorageError):
             where.append(f"segment {segment}")
         if position is not None:
             where.append(f"byte {position}")
-        super().__init__(f"{message} at {', '.join(where)}" if where else message)
+        super().__init__(f"{message} at {', '.join(where)}" if where else message, hint=hint)
+        self.reason = message
         self.stream_id = stream_id
         self.offset = offset
         self.segment = segment

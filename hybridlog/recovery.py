@@ -1,34 +1,39 @@
 """Reconciling the catalog with the segments, and rebuilding it from them.
 
-The segments are the truth for data; the catalog is an index of them. ``SegmentScan`` walks a
-segment's frames and verifies every one (checksum, identity, hash, chain link), handing back
-complete batches. On top of it:
+The segments are the truth for data; the catalog is an index of them, trusted only as far as it
+agrees with them. Everything here walks segments with ``scan.SegmentScan``.
 
-* ``reconcile_stream`` runs before a writer first touches a stream. It adopts complete,
-  chain-valid batches that the catalog missed (a crash between the segment write and the catalog
-  commit), cuts off an incomplete last batch after saving its bytes to a quarantine file, and
-  reports, without touching anything, damage it may not repair on its own (a file shorter than the
-  catalog says, a missing segment, a bad record before the tail).
-* ``rebuild_stream`` replaces a stream's catalog rows with what a full scan of its segments finds.
+* ``recover_store`` runs when a writer opens a store: a size check per stream finds the streams
+  whose catalog rows and files disagree, and ``reconcile_stream`` runs on those only.
+* ``reconcile_stream`` does what is provably safe: it adopts complete, chain-valid batches the
+  catalog missed (a crash between the segment write and the catalog commit, or a catalog that lost
+  its last commits) and cuts off an incomplete last batch after saving its bytes to a quarantine
+  file. Anything else (a file shorter than the catalog says, a missing segment, a bad record that
+  is not a torn tail) it reports as ``damage`` without touching anything.
+* ``index_stream`` replaces a stream's catalog rows with what a verifying scan of its segments
+  finds, up to the first damage; ``rebuild_catalog`` does that for every stream into a fresh
+  catalog, keeping the old file aside.
+
+Every action is written to the ``recovery_log`` table and to the log; cut bytes are kept in
+``*.quarantine`` files beside the segment, never thrown away.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hybridlog.catalog import Catalog, CheckpointRow, IndexEntry, SegmentRow
-from hybridlog.chain import open_record
+from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, RecoveryEntry, SegmentRow
 from hybridlog.errors import CatalogMismatch, IntegrityError
-from hybridlog.record import MAGIC, FrameError
+from hybridlog.scan import Adoption, SegmentScan, StreamScan, is_torn_tail, walk_stream
 from hybridlog.segment import (
-    IncompleteFrame,
-    SegmentReader,
+    STREAMS_DIR,
     file_digest,
     fsync_dir,
+    parse_stream_dir_name,
     quarantine_path,
     segment_numbers_on_disk,
     segment_path,
@@ -39,157 +44,43 @@ from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
 
 log = logging.getLogger(__name__)
 
+Clock = Callable[[], int]
 
-@dataclass(frozen=True, slots=True)
-class ScannedRecord:
-    entry: IndexEntry
-    hash: ChainHash
-    payload_len: int
-
-
-@dataclass(slots=True)
-class ScanProblem:
-    """Why a scan stopped before the end of a file: where, why, and whether the file just ends."""
-
-    position: int
-    reason: str
-    incomplete: bool
-
-
-class SegmentScan:
-    """Verifying walk over one segment from ``position``, yielding complete batches.
-
-    After the walk: ``valid_end`` is the byte position after the last complete batch,
-    ``next_offset`` / ``prev_hash`` continue the chain from there, and ``problem`` says why the
-    walk stopped early (None when every byte up to the end of the file was a complete batch).
-    """
-
-    def __init__(
-        self,
-        data_dir: Path,
-        stream_id: StreamId,
-        segment_no: int,
-        *,
-        position: int,
-        next_offset: int,
-        prev_hash: ChainHash,
-    ) -> None:
-        self.path = segment_path(data_dir, stream_id, segment_no)
-        self.stream_id = stream_id
-        self.segment_no = segment_no
-        self.valid_end = position
-        self.next_offset = next_offset
-        self.prev_hash = prev_hash
-        self.problem: ScanProblem | None = None
-
-    def batches(self) -> Iterator[list[ScannedRecord]]:
-        pending: list[ScannedRecord] = []
-        offset, prev = self.next_offset, self.prev_hash
-        with SegmentReader(self.path, self.valid_end) as reader:
-            while True:
-                try:
-                    frame = reader.read_frame()
-                    if frame is None:
-                        break
-                    record = open_record(
-                        frame, stream_id=self.stream_id, expected_offset=offset, prev_hash=prev, segment=self.path
-                    )
-                except IncompleteFrame as e:
-                    self.problem = ScanProblem(reader.position, e.reason, incomplete=True)
-                    return
-                except FrameError as e:
-                    self.problem = ScanProblem(reader.position, e.reason, incomplete=False)
-                    return
-                except IntegrityError as e:
-                    self.problem = ScanProblem(reader.position, e.message, incomplete=False)
-                    return
-                entry = IndexEntry(
-                    record.offset,
-                    self.segment_no,
-                    frame.position,
-                    frame.header.frame_size,
-                    record.kind,
-                    record.timestamp_ns,
-                )
-                pending.append(ScannedRecord(entry, record.hash, len(record.payload)))
-                offset, prev = offset + 1, record.hash
-                if frame.header.batch_end:
-                    yield pending
-                    self.valid_end = reader.position
-                    self.next_offset, self.prev_hash = offset, prev
-                    pending = []
-        if pending:
-            self.problem = ScanProblem(pending[0].entry.position, "last batch has no end marker", incomplete=True)
-
-
-@dataclass(slots=True)
-class Adoption:
-    """Catalog rows for batches found in a segment, ready to be committed in one transaction."""
-
-    entries: list[IndexEntry] = field(default_factory=list)
-    checkpoints: list[CheckpointRow] = field(default_factory=list)
-    events: int = 0
-    payload_bytes: int = 0
-    stored_bytes: int = 0
-    first_timestamp_ns: int | None = None
-    last_timestamp_ns: int | None = None
-
-    def add(self, stream_id: StreamId, batch: list[ScannedRecord]) -> None:
-        for rec in batch:
-            self.entries.append(rec.entry)
-            self.stored_bytes += rec.entry.length
-            if rec.entry.kind == RecordKind.CHECKPOINT:
-                self.checkpoints.append(CheckpointRow(stream_id, rec.entry.offset, rec.hash, rec.entry.timestamp_ns))
-            else:
-                self.events += 1
-                self.payload_bytes += rec.payload_len
-            if self.first_timestamp_ns is None:
-                self.first_timestamp_ns = rec.entry.timestamp_ns
-            self.last_timestamp_ns = rec.entry.timestamp_ns
+# recovery_log.action values
+ADOPTED = "adopted"
+QUARANTINED = "quarantined"
+REINDEXED = "reindexed"
+REBUILT_CATALOG = "rebuilt_catalog"
+TRUNCATED = "truncated"
 
 
 @dataclass(slots=True)
 class ReconcileResult:
-    """What reconciling one stream found and did."""
+    """What reconciling (or re-indexing) one stream found and did."""
 
     stream_id: StreamId
-    adopted_records: int = 0
-    quarantined: list[Path] = field(default_factory=list)
+    entries: list[RecoveryEntry] = field(default_factory=list)
     damage: IntegrityError | None = None
     foreign_files: list[str] = field(default_factory=list)
 
     @property
-    def changed(self) -> bool:
-        return bool(self.adopted_records or self.quarantined)
+    def adopted_records(self) -> int:
+        return sum((e.next_offset or 0) - (e.first_offset or 0) for e in self.entries if e.action == ADOPTED)
+
+    @property
+    def quarantined(self) -> list[str]:
+        return [e.kept_as for e in self.entries if e.kept_as is not None]
 
 
-def is_torn_tail(path: Path, problem: ScanProblem) -> bool:
-    """Whether a scan problem looks like an interrupted write rather than damage.
-
-    True when the file simply ends inside the last batch, or when no valid record frame starts
-    anywhere after the problem (zeros or garbage to the end). A valid frame after it means bytes
-    in the middle were damaged, and cutting there would throw away good records.
-    """
-    if problem.incomplete:
-        return True
-    with path.open("rb") as f:
-        data = f.read()
-    start = problem.position + 1
-    while (found := data.find(MAGIC, start)) != -1:
-        with SegmentReader(path, found) as reader:
-            try:
-                if reader.read_frame() is not None:
-                    return False
-            except FrameError:
-                pass
-        start = found + 1
-    return True
+def _relative(data_dir: Path, path: Path) -> str:
+    return str(path.relative_to(data_dir))
 
 
-def quarantine_tail(data_dir: Path, stream_id: StreamId, segment_no: int, position: int) -> Path:
-    """Save the bytes of a segment from ``position`` to its end aside, then cut the segment there.
+def quarantine_tail(data_dir: Path, stream_id: StreamId, segment_no: int, position: int) -> RecoveryEntry:
+    """Save a segment's bytes from ``position`` to its end aside, then cut the segment there.
 
-    The saved copy is durable before the cut, so a crash in between loses nothing.
+    The saved copy is durable before the cut, so a crash in between loses nothing. A segment cut
+    to nothing is removed.
     """
     path = segment_path(data_dir, stream_id, segment_no)
     with path.open("rb") as f:
@@ -197,116 +88,61 @@ def quarantine_tail(data_dir: Path, stream_id: StreamId, segment_no: int, positi
         tail = f.read()
     kept = quarantine_path(data_dir, stream_id, segment_no, position)
     write_file_durably(kept, tail)
-    with path.open("r+b") as f:
-        f.truncate(position)
-        os.fsync(f.fileno())
     if position == 0:
         path.unlink()
         fsync_dir(path.parent)
+    else:
+        with path.open("r+b") as f:
+            f.truncate(position)
+            os.fsync(f.fileno())
     log.warning("stream %d: cut %d bytes from %s at byte %d, kept in %s", stream_id, len(tail), path, position, kept)
-    return kept
+    return RecoveryEntry(
+        stream_id,
+        found="incomplete batch at the end of the segment",
+        action=QUARANTINED,
+        segment_no=segment_no,
+        start_byte=position,
+        end_byte=position + len(tail),
+        kept_as=_relative(data_dir, kept),
+    )
 
 
-def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Callable[[], int]) -> ReconcileResult:
-    """Bring one stream's catalog rows in step with its segment files (see the module docstring)."""
-    result = ReconcileResult(stream_id)
-    stream = catalog.stream(stream_id)
-    known = catalog.segments(stream_id)
-    on_disk, result.foreign_files = segment_numbers_on_disk(stream_path(data_dir, stream_id))
-    for name in result.foreign_files:
-        log.warning("stream %d: unexpected file %s in its directory", stream_id, name)
+def quarantine_segment(data_dir: Path, stream_id: StreamId, segment_no: int, found: str) -> RecoveryEntry:
+    """Move a whole segment file aside (renamed, not copied) so the stream no longer includes it."""
+    path = segment_path(data_dir, stream_id, segment_no)
+    size = path.stat().st_size
+    kept = quarantine_path(data_dir, stream_id, segment_no, 0)
+    os.replace(path, kept)
+    fsync_dir(path.parent)
+    log.warning("stream %d: moved segment %s aside to %s", stream_id, path, kept)
+    return RecoveryEntry(
+        stream_id,
+        found=found,
+        action=QUARANTINED,
+        segment_no=segment_no,
+        start_byte=0,
+        end_byte=size,
+        kept_as=_relative(data_dir, kept),
+    )
 
-    for seg in known:
-        path = segment_path(data_dir, stream_id, seg.segment_no)
-        size = path.stat().st_size if path.exists() else None
-        if size is None or size < seg.size_bytes or (seg.sealed and size != seg.size_bytes):
-            found = "missing" if size is None else f"{size} bytes"
-            result.damage = CatalogMismatch(
-                f"segment is {found} but the catalog records {seg.size_bytes} bytes",
-                stream_id=stream_id,
-                offset=seg.first_offset,
-                segment=path,
-                position=min(size or 0, seg.size_bytes),
+
+def _commit(catalog: Catalog, entries: list[RecoveryEntry], now_ns: int) -> None:
+    for entry in entries:
+        catalog.log_recovery(
+            RecoveryEntry(
+                entry.stream_id,
+                entry.found,
+                entry.action,
+                entry.segment_no,
+                entry.start_byte,
+                entry.end_byte,
+                entry.first_offset,
+                entry.next_offset,
+                entry.kept_as,
+                entry.detail,
+                now_ns,
             )
-            return result
-
-    last = known[-1] if known else None
-    next_offset = stream.next_offset if stream else 0
-    prev = (stream.chain_head if stream and stream.chain_head else None) or GENESIS_HASH
-    to_scan: list[tuple[int, int]] = []
-    if last is not None:
-        to_scan.append((last.segment_no, last.size_bytes))
-    extra = [n for n in on_disk if last is None or n > last.segment_no]
-    expected_no = 0 if last is None else last.segment_no + 1
-    for n in extra:
-        if n != expected_no:
-            result.damage = CatalogMismatch(
-                f"segment {n} found where segment {expected_no} was expected",
-                stream_id=stream_id,
-                segment=segment_path(data_dir, stream_id, n),
-            )
-            return result
-        to_scan.append((n, 0))
-        expected_no += 1
-
-    adoption = Adoption()
-    segment_rows: list[tuple[int, int, int, int]] = []  # (segment_no, first_offset, next_offset, size)
-    for i, (segment_no, position) in enumerate(to_scan):
-        is_last_file = i == len(to_scan) - 1
-        path = segment_path(data_dir, stream_id, segment_no)
-        if path.stat().st_size == position:
-            continue
-        scan = SegmentScan(data_dir, stream_id, segment_no, position=position, next_offset=next_offset, prev_hash=prev)
-        first_offset = next_offset
-        for batch in scan.batches():
-            adoption.add(stream_id, batch)
-        if scan.problem is not None:
-            if not is_last_file or not is_torn_tail(path, scan.problem):
-                result.damage = IntegrityError(
-                    f"bad record before the end of the stream ({scan.problem.reason})",
-                    stream_id=stream_id,
-                    offset=scan.next_offset,
-                    segment=path,
-                    position=scan.problem.position,
-                )
-                return result
-            result.quarantined.append(quarantine_tail(data_dir, stream_id, segment_no, scan.valid_end))
-        if scan.valid_end > 0:
-            segment_rows.append((segment_no, first_offset, scan.next_offset, scan.valid_end))
-        next_offset, prev = scan.next_offset, scan.prev_hash
-
-    result.adopted_records = len(adoption.entries)
-    if not adoption.entries:
-        return result
-    t = now()
-    with catalog.transaction():
-        for segment_no, first, nxt, size in segment_rows:
-            existing = next((s for s in known if s.segment_no == segment_no), None)
-            catalog.upsert_segment(
-                stream_id,
-                segment_no,
-                first_offset=existing.first_offset if existing else first,
-                next_offset=nxt,
-                size_bytes=size,
-                now_ns=t,
-            )
-        _seal_all_but_last(catalog, data_dir, stream_id, t)
-        catalog.insert_records(stream_id, adoption.entries)
-        catalog.insert_checkpoints(adoption.checkpoints)
-        catalog.upsert_stream(
-            stream_id,
-            next_offset=next_offset,
-            chain_head=prev,
-            add_events=adoption.events,
-            add_checkpoints=len(adoption.checkpoints),
-            add_stored_bytes=adoption.stored_bytes,
-            add_payload_bytes=adoption.payload_bytes,
-            first_timestamp_ns=adoption.first_timestamp_ns,
-            last_timestamp_ns=adoption.last_timestamp_ns,
-            now_ns=t,
         )
-    log.warning("stream %d: adopted %d records the catalog had missed", stream_id, result.adopted_records)
-    return result
 
 
 def _seal_all_but_last(catalog: Catalog, data_dir: Path, stream_id: StreamId, now_ns: int) -> None:
@@ -317,85 +153,318 @@ def _seal_all_but_last(catalog: Catalog, data_dir: Path, stream_id: StreamId, no
             catalog.seal_segment(stream_id, seg.segment_no, digest=digest, now_ns=now_ns)
 
 
-def rebuild_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Callable[[], int]) -> int:
-    """Replace a stream's catalog rows with a full, verifying scan of its segments.
-
-    An incomplete tail of the last segment is quarantined and cut, as recovery would. Any other
-    problem raises IntegrityError and leaves the catalog as it was. Returns the record count.
-    """
-    numbers, _foreign = segment_numbers_on_disk(stream_path(data_dir, stream_id))
-    if numbers and numbers != list(range(len(numbers))):
-        missing = sorted(set(range(numbers[-1] + 1)) - set(numbers))
-        raise CatalogMismatch(
-            f"segment {missing[0]} is missing",
-            stream_id=stream_id,
-            segment=segment_path(data_dir, stream_id, missing[0]),
+def _store_adoption(
+    catalog: Catalog,
+    data_dir: Path,
+    stream_id: StreamId,
+    adoption: Adoption,
+    segment_rows: list[tuple[int, int, int, int]],
+    head: tuple[int, ChainHash],
+    now_ns: int,
+) -> None:
+    """Write scanned records into the catalog (inside the caller's transaction)."""
+    known = {s.segment_no: s for s in catalog.segments(stream_id)}
+    for segment_no, first, nxt, size in segment_rows:
+        existing = known.get(segment_no)
+        catalog.upsert_segment(
+            stream_id,
+            segment_no,
+            first_offset=existing.first_offset if existing else first,
+            next_offset=nxt,
+            size_bytes=size,
+            now_ns=now_ns,
         )
+    catalog.insert_records(stream_id, adoption.entries)
+    catalog.insert_checkpoints(adoption.checkpoints)
+    if head[0] > 0:
+        catalog.upsert_stream(
+            stream_id,
+            next_offset=head[0],
+            chain_head=head[1],
+            add_events=adoption.events,
+            add_checkpoints=len(adoption.checkpoints),
+            add_stored_bytes=adoption.stored_bytes,
+            add_payload_bytes=adoption.payload_bytes,
+            first_timestamp_ns=adoption.first_timestamp_ns,
+            last_timestamp_ns=adoption.last_timestamp_ns,
+            now_ns=now_ns,
+        )
+    _seal_all_but_last(catalog, data_dir, stream_id, now_ns)
+
+
+def _catalog_damage(catalog: Catalog, data_dir: Path, stream_id: StreamId) -> IntegrityError | None:
+    """Segments the catalog knows that are missing, shorter than recorded, or changed after sealing."""
+    for seg in catalog.segments(stream_id):
+        path = segment_path(data_dir, stream_id, seg.segment_no)
+        size = path.stat().st_size if path.exists() else None
+        if size is None or size < seg.size_bytes or (seg.sealed and size != seg.size_bytes):
+            found = "missing" if size is None else f"{size} bytes"
+            return CatalogMismatch(
+                f"segment is {found} but the catalog records {seg.size_bytes} bytes",
+                stream_id=stream_id,
+                offset=seg.first_offset,
+                segment=path,
+                position=min(size or 0, seg.size_bytes),
+                hint=f"run `hybridlog repair {data_dir} --stream {stream_id}`",
+            )
+    return None
+
+
+def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clock) -> ReconcileResult:
+    """Bring one stream's catalog rows in step with its segment files (see the module docstring)."""
+    result = ReconcileResult(stream_id)
+    on_disk, result.foreign_files = segment_numbers_on_disk(stream_path(data_dir, stream_id))
+    for name in result.foreign_files:
+        log.warning("stream %d: unexpected file %s in its directory", stream_id, name)
+    result.damage = _catalog_damage(catalog, data_dir, stream_id)
+    if result.damage is not None:
+        log.error("%s", result.damage)
+        return result
+
+    stream = catalog.stream(stream_id)
+    known = catalog.segments(stream_id)
+    last = known[-1] if known else None
+    next_offset = stream.next_offset if stream else 0
+    prev = (stream.chain_head if stream else None) or GENESIS_HASH
+
+    # The files to scan: the rest of the last known segment, then any newer segment files.
+    to_scan: list[tuple[int, int]] = [] if last is None else [(last.segment_no, last.size_bytes)]
+    expected_no = 0 if last is None else last.segment_no + 1
+    for n in (n for n in on_disk if last is None or n > last.segment_no):
+        if n != expected_no:
+            result.damage = CatalogMismatch(
+                f"segment {n} found where segment {expected_no} was expected",
+                stream_id=stream_id,
+                offset=next_offset,
+                segment=segment_path(data_dir, stream_id, n),
+                hint=f"run `hybridlog repair {data_dir} --stream {stream_id}`",
+            )
+            log.error("%s", result.damage)
+            return result
+        to_scan.append((n, 0))
+        expected_no += 1
+
+    adoption = Adoption()
+    segment_rows: list[tuple[int, int, int, int]] = []  # (segment_no, first_offset, next_offset, size)
+    for i, (segment_no, position) in enumerate(to_scan):
+        path = segment_path(data_dir, stream_id, segment_no)
+        if path.stat().st_size == position:
+            continue
+        scan = SegmentScan(data_dir, stream_id, segment_no, position=position, next_offset=next_offset, prev_hash=prev)
+        for batch in scan.batches():
+            adoption.add(stream_id, batch)
+        if scan.next_offset > next_offset:
+            result.entries.append(
+                RecoveryEntry(
+                    stream_id,
+                    found="complete batches past the catalog's end",
+                    action=ADOPTED,
+                    segment_no=segment_no,
+                    start_byte=position,
+                    end_byte=scan.valid_end,
+                    first_offset=next_offset,
+                    next_offset=scan.next_offset,
+                )
+            )
+        if scan.problem is not None:
+            if i != len(to_scan) - 1 or not is_torn_tail(path, scan.problem):
+                result.damage = IntegrityError(
+                    f"bad record past the catalog's end, not a torn write ({scan.problem.reason})",
+                    stream_id=stream_id,
+                    offset=scan.next_offset,
+                    segment=path,
+                    position=scan.problem.position,
+                    hint=f"run `hybridlog repair {data_dir} --stream {stream_id}`",
+                )
+                log.error("%s", result.damage)
+                result.entries = []  # nothing was changed
+                return result
+            result.entries.append(quarantine_tail(data_dir, stream_id, segment_no, scan.valid_end))
+        if scan.valid_end > 0:
+            first = next_offset if position == 0 else (last.first_offset if last else 0)
+            segment_rows.append((segment_no, first, scan.next_offset, scan.valid_end))
+        next_offset, prev = scan.next_offset, scan.prev_hash
+
+    if result.entries:
+        t = now()
+        with catalog.transaction():
+            if adoption.entries:
+                _store_adoption(catalog, data_dir, stream_id, adoption, segment_rows, (next_offset, prev), t)
+            _commit(catalog, result.entries, t)
+        if adoption.entries:
+            log.warning("stream %d: adopted %d records the catalog had missed", stream_id, result.adopted_records)
+    return result
+
+
+def streams_to_reconcile(catalog: Catalog, data_dir: Path) -> list[StreamId]:
+    """The streams whose segment files are not exactly what the catalog says: a cheap check.
+
+    One query, then a directory listing per stream and a stat per segment: the same segment
+    numbers on disk as in the catalog, each file of its committed size. Damage inside a file is
+    not looked for here (that is ``hybridlog check``'s job); reads find it when they reach it.
+    """
+    expected = catalog.segment_sizes()
+    on_disk: dict[StreamId, list[int]] = {}
+    streams_root = data_dir / STREAMS_DIR
+    if streams_root.is_dir():
+        for name in os.listdir(streams_root):
+            sid = parse_stream_dir_name(name)
+            if sid is None:
+                log.warning("unexpected entry %s in %s", name, streams_root)
+                continue
+            on_disk[StreamId(sid)] = segment_numbers_on_disk(streams_root / name)[0]
+    needing = []
+    for sid in sorted(set(expected) | set(on_disk)):
+        sizes = expected.get(sid, {})
+        if sorted(sizes) != on_disk.get(sid, []) or any(
+            segment_path(data_dir, sid, no).stat().st_size != size for no, size in sizes.items()
+        ):
+            needing.append(sid)
+    return needing
+
+
+def recover_store(catalog: Catalog, data_dir: Path, now: Clock) -> list[ReconcileResult]:
+    """Reconcile every stream whose files disagree with the catalog; returns what each found."""
+    return [reconcile_stream(catalog, data_dir, sid, now) for sid in streams_to_reconcile(catalog, data_dir)]
+
+
+def _damage_of(data_dir: Path, scan: StreamScan) -> IntegrityError | None:
+    """The IntegrityError describing where a stream walk met damage (None: clean or a torn tail)."""
+    hint = f"run `hybridlog repair {data_dir} --stream {scan.stream_id}`"
+    if scan.missing_segment is not None:
+        return CatalogMismatch(
+            f"segment {scan.missing_segment} is missing",
+            stream_id=scan.stream_id,
+            offset=scan.next_offset,
+            segment=segment_path(data_dir, scan.stream_id, scan.missing_segment),
+            hint=hint,
+        )
+    if scan.problem is not None and not scan.torn:
+        assert scan.problem_segment is not None
+        return IntegrityError(
+            f"bad record ({scan.problem.reason})",
+            stream_id=scan.stream_id,
+            offset=scan.next_offset,
+            segment=segment_path(data_dir, scan.stream_id, scan.problem_segment),
+            position=scan.problem.position,
+            hint=hint,
+        )
+    return None
+
+
+def index_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clock, *, found: str) -> ReconcileResult:
+    """Replace a stream's catalog rows with a verifying scan of its segment files.
+
+    Indexes every complete, valid batch up to the first damage. A torn tail of the last segment is
+    quarantined. Damage (a bad record that is not a torn tail, a missing segment) is left where it
+    is and returned as ``damage``: the catalog then ends before it, so reads stop before it.
+    """
+    result = ReconcileResult(stream_id)
+    adoption = Adoption()
+    scan = walk_stream(data_dir, stream_id, lambda batch: adoption.add(stream_id, batch))
+    result.foreign_files = scan.foreign_files
+    result.damage = _damage_of(data_dir, scan)
+    if scan.torn and scan.problem_segment is not None:
+        result.entries.append(
+            quarantine_tail(data_dir, stream_id, scan.problem_segment, scan.valid_ends[scan.problem_segment])
+        )
+    segment_rows = [
+        (no, scan.first_offsets[no], scan.next_offsets[no], scan.valid_ends[no])
+        for no in scan.segments
+        if scan.valid_ends[no] > 0
+    ]
+    result.entries.append(
+        RecoveryEntry(stream_id, found=found, action=REINDEXED, first_offset=0, next_offset=scan.next_offset)
+    )
     t = now()
-    next_offset, prev = 0, GENESIS_HASH
     with catalog.transaction():
         catalog.forget_stream(stream_id)
-        totals = Adoption()
-        for segment_no in numbers:
-            scan = SegmentScan(data_dir, stream_id, segment_no, position=0, next_offset=next_offset, prev_hash=prev)
-            first = next_offset
-            for batch in scan.batches():
-                part = Adoption()
-                part.add(stream_id, batch)
-                catalog.insert_records(stream_id, part.entries)
-                catalog.insert_checkpoints(part.checkpoints)
-                totals.events += part.events
-                totals.payload_bytes += part.payload_bytes
-                totals.stored_bytes += part.stored_bytes
-                totals.checkpoints.extend(part.checkpoints)
-                if totals.first_timestamp_ns is None:
-                    totals.first_timestamp_ns = part.first_timestamp_ns
-                totals.last_timestamp_ns = part.last_timestamp_ns
-            path = segment_path(data_dir, stream_id, segment_no)
-            if scan.problem is not None:
-                if segment_no != numbers[-1] or not is_torn_tail(path, scan.problem):
-                    raise IntegrityError(
-                        f"cannot rebuild past a bad record ({scan.problem.reason})",
-                        stream_id=stream_id,
-                        offset=scan.next_offset,
-                        segment=path,
-                        position=scan.problem.position,
-                    )
-                quarantine_tail(data_dir, stream_id, segment_no, scan.valid_end)
-            if scan.valid_end > 0:
-                catalog.upsert_segment(
-                    stream_id,
-                    segment_no,
-                    first_offset=first,
-                    next_offset=scan.next_offset,
-                    size_bytes=scan.valid_end,
-                    now_ns=t,
-                )
-            next_offset, prev = scan.next_offset, scan.prev_hash
-        _seal_all_but_last(catalog, data_dir, stream_id, t)
-        if next_offset > 0:
-            catalog.upsert_stream(
-                stream_id,
-                next_offset=next_offset,
-                chain_head=prev,
-                add_events=totals.events,
-                add_checkpoints=len(totals.checkpoints),
-                add_stored_bytes=totals.stored_bytes,
-                add_payload_bytes=totals.payload_bytes,
-                first_timestamp_ns=totals.first_timestamp_ns,
-                last_timestamp_ns=totals.last_timestamp_ns,
-                now_ns=t,
+        _store_adoption(catalog, data_dir, stream_id, adoption, segment_rows, (scan.next_offset, scan.head), t)
+        _commit(catalog, result.entries, t)
+    log.info("stream %d: catalog rows rebuilt from segments: %d records", stream_id, scan.next_offset)
+    if result.damage is not None:
+        log.error("%s", result.damage)
+    return result
+
+
+def truncate_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clock) -> ReconcileResult:
+    """Cut a damaged stream back to its last complete, valid batch, then re-index it.
+
+    Everything after that point (the rest of the damaged segment, every later segment) is moved
+    to quarantine files, not deleted. A stream without damage is only re-indexed.
+    """
+    scan = walk_stream(data_dir, stream_id)
+    entries: list[RecoveryEntry] = []
+    damage = _damage_of(data_dir, scan)
+    if damage is not None:
+        found = f"damage: {damage.reason}"
+        if scan.problem_segment is not None:
+            cut = scan.valid_ends[scan.problem_segment]
+            entry = quarantine_tail(data_dir, stream_id, scan.problem_segment, cut)
+            entries.append(replace(entry, found=found, action=TRUNCATED, first_offset=scan.next_offset))
+        numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
+        first_dropped = scan.problem_segment + 1 if scan.problem_segment is not None else scan.missing_segment
+        assert first_dropped is not None
+        for no in (n for n in numbers if n >= first_dropped):
+            entries.append(replace(quarantine_segment(data_dir, stream_id, no, found), action=TRUNCATED))
+    result = index_stream(
+        catalog, data_dir, stream_id, now, found="truncated at damage" if damage else "truncate requested"
+    )
+    if entries:
+        with catalog.transaction():
+            _commit(catalog, entries, now())
+    result.entries = entries + result.entries
+    return result
+
+
+def stream_ids_on_disk(data_dir: Path) -> list[StreamId]:
+    root = data_dir / STREAMS_DIR
+    if not root.is_dir():
+        return []
+    found = (parse_stream_dir_name(name) for name in os.listdir(root))
+    return sorted(StreamId(sid) for sid in found if sid is not None)
+
+
+def move_catalog_aside(data_dir: Path, now_ns: int) -> Path | None:
+    """Rename ``catalog.db`` (and its -wal / -shm files) to ``catalog.db.<ns>.aside``; returns the new path."""
+    path = data_dir / CATALOG_FILE
+    kept = data_dir / f"{CATALOG_FILE}.{now_ns}.aside"
+    moved = None
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            os.replace(source, kept.with_name(kept.name + suffix))
+            moved = kept
+    fsync_dir(data_dir)
+    return moved
+
+
+def rebuild_catalog(data_dir: Path, now: Clock, *, found: str) -> tuple[Catalog, list[ReconcileResult]]:
+    """Build a fresh catalog from every stream's segments, keeping any old catalog file aside."""
+    t = now()
+    kept = move_catalog_aside(data_dir, t)
+    catalog = Catalog(data_dir / CATALOG_FILE, read_only=False)
+    fsync_dir(data_dir)
+    with catalog.transaction():
+        catalog.log_recovery(
+            RecoveryEntry(
+                None,
+                found=found,
+                action=REBUILT_CATALOG,
+                kept_as=_relative(data_dir, kept) if kept else None,
+                at_ns=t,
             )
-    log.info("stream %d: catalog rebuilt from %d segments, %d records", stream_id, len(numbers), next_offset)
-    return next_offset
+        )
+    results = [index_stream(catalog, data_dir, sid, now, found=found) for sid in stream_ids_on_disk(data_dir)]
+    log.warning("catalog rebuilt from the segments of %d streams (%s); old file kept as %s", len(results), found, kept)
+    return catalog, results
 
 
 def rebuild_checkpoints(catalog: Catalog, data_dir: Path, stream_id: StreamId) -> int:
     """Re-derive a stream's checkpoint rows from its checkpoint records; returns how many."""
     rows: list[CheckpointRow] = []
     next_offset, prev = 0, GENESIS_HASH
-    segments = catalog.segments(stream_id)
-    for seg in segments:
+    for seg in catalog.segments(stream_id):
         scan = SegmentScan(data_dir, stream_id, seg.segment_no, position=0, next_offset=next_offset, prev_hash=prev)
         for batch in scan.batches():
             rows.extend(

@@ -82,9 +82,19 @@ QUARANTINE_SUFFIX = ".quarantine"
 
 
 def quarantine_path(data_dir: Path, stream_id: int, segment_no: int, position: int) -> Path:
-    """Where bytes cut from ``segment_no`` at ``position`` are kept: ``<segment>.<position>.quarantine``."""
-    name = f"{segment_name(segment_no)}.{position:0{_NAME_DIGITS}d}{QUARANTINE_SUFFIX}"
-    return stream_path(data_dir, stream_id) / name
+    """A new file for bytes cut from ``segment_no`` at ``position``: ``<segment>.<position>.quarantine``.
+
+    If that name is taken (the same place was cut before), ``.1``, ``.2``, ... is added before the
+    suffix, so an earlier quarantine file is never overwritten.
+    """
+    stem = f"{segment_name(segment_no)}.{position:0{_NAME_DIGITS}d}"
+    directory = stream_path(data_dir, stream_id)
+    candidate = directory / f"{stem}{QUARANTINE_SUFFIX}"
+    n = 0
+    while candidate.exists():
+        n += 1
+        candidate = directory / f"{stem}.{n}{QUARANTINE_SUFFIX}"
+    return candidate
 
 
 def segment_numbers_on_disk(stream_dir: Path) -> tuple[list[int], list[str]]:

@@ -11,8 +11,8 @@ Write path of one batch (``_write_batch``), in this order:
 
 If anything in 3-5 fails, the segment is cut back to where the batch began (a new segment file is
 removed) and the error is raised, so no partial batch stays. A crash between 4 and 5 leaves a
-complete batch the catalog does not know; ``recovery.reconcile_stream`` adopts it before the
-stream is next written.
+complete batch the catalog does not know; recovery (``recovery.recover_store``, run when a
+writer opens the store) adopts it.
 """
 
 from __future__ import annotations
@@ -29,11 +29,21 @@ from types import TracebackType
 import apsw
 
 from hybridlog.batch import BytesLike, PlannedRecord, check_events, check_offset, check_prev_hash, plan_batch
-from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, IndexEntry, SegmentRow, StreamSnapshot
+from hybridlog.catalog import (
+    CATALOG_FILE,
+    Catalog,
+    CheckpointRow,
+    IndexEntry,
+    RecoveryEntry,
+    SegmentRow,
+    StreamSnapshot,
+    StreamStats,
+)
 from hybridlog.chain import open_record
 from hybridlog.errors import (
     CatalogError,
     CatalogMismatch,
+    CatalogUnusable,
     ChainMismatch,
     ChecksumMismatch,
     IntegrityError,
@@ -52,7 +62,17 @@ from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.record import FrameError, append_frame, checkpoint_payload
-from hybridlog.recovery import ReconcileResult, rebuild_checkpoints, rebuild_stream, reconcile_stream
+from hybridlog.recovery import (
+    ReconcileResult,
+    index_stream,
+    rebuild_catalog,
+    rebuild_checkpoints,
+    recover_store,
+    stream_ids_on_disk,
+    streams_to_reconcile,
+    truncate_stream,
+)
+from hybridlog.repair import REBUILD_CATALOG, REINDEX, TRUNCATE, CheckReport, RepairReport, RepairStep, check_store
 from hybridlog.segment import (
     IncompleteFrame,
     SegmentReader,
@@ -152,6 +172,8 @@ class Storage:
         self._catalog: Catalog | None = None
         self._store_lock: StoreLock | None = None
         self._heads: dict[StreamId, _StreamHead] = {}
+        self._damage: dict[StreamId, IntegrityError] = {}
+        self._recovery: list[ReconcileResult] = []
         self._pipeline = AppendPipeline()
         self._closed = False
         if self._data_dir.exists():
@@ -206,7 +228,7 @@ class Storage:
     # --- opening and closing ---------------------------------------------------------------------
 
     def _open(self) -> None:
-        """Take the writer lock and open (creating, migrating) the catalog; readers just open it."""
+        """Readers open the catalog; a writer takes the lock, opens (or rebuilds) it, and recovers."""
         catalog_path = self._data_dir / CATALOG_FILE
         if self._read_only:
             if catalog_path.exists():
@@ -218,14 +240,57 @@ class Storage:
             raise StorageIOError(f"cannot create store directory {self._data_dir}: {e}", path=self._data_dir) from e
         self._store_lock = StoreLock(self._data_dir)
         try:
-            existed = catalog_path.exists()
-            self._catalog = Catalog(catalog_path, read_only=False)
-            if not existed:
-                fsync_dir(self._data_dir)
+            self._catalog = self._open_or_rebuild_catalog()
+            self._note_recovery(recover_store(self._catalog, self._data_dir, self._now))
+        except OSError as e:
+            self._abandon_open()
+            raise StorageIOError(f"cannot open store {self._data_dir}: {e}", path=self._data_dir) from e
         except BaseException:
+            self._abandon_open()
+            raise
+
+    def _abandon_open(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+        if self._store_lock is not None:
             self._store_lock.release()
             self._store_lock = None
-            raise
+
+    def _open_or_rebuild_catalog(self) -> Catalog:
+        """The catalog, migrated; rebuilt from the segments if it is missing or unusable."""
+        path = self._data_dir / CATALOG_FILE
+        problem: str | None = None
+        if not path.exists():
+            if not stream_ids_on_disk(self._data_dir):
+                catalog = Catalog(path, read_only=False)  # a new store
+                fsync_dir(self._data_dir)
+                return catalog
+            problem = "catalog file missing"
+        else:
+            try:
+                catalog = Catalog(path, read_only=False)
+            except CatalogUnusable as e:
+                problem = f"catalog unusable: {e.message}"
+            else:
+                health = catalog.health_problem()
+                if health is None:
+                    return catalog
+                catalog.close()
+                problem = f"catalog failed quick_check: {health}"
+        catalog, results = rebuild_catalog(self._data_dir, self._now, found=problem)
+        self._note_recovery(results)
+        return catalog
+
+    def _note_recovery(self, results: list[ReconcileResult]) -> None:
+        """Remember what recovery did, and which streams it found damaged (they refuse appends)."""
+        for result in results:
+            self._recovery.append(result)
+            self._forget_head(result.stream_id)
+            if result.damage is not None:
+                self._damage[result.stream_id] = result.damage
+            else:
+                self._damage.pop(result.stream_id, None)
 
     def _writable_catalog(self) -> Catalog:
         if self._closed:
@@ -278,23 +343,18 @@ class Storage:
     # --- stream heads ----------------------------------------------------------------------------
 
     def _head(self, stream_id: StreamId) -> _StreamHead:
-        """The writer's state for a stream, reconciling the catalog with the segments on first use."""
+        """The writer's state for a stream, loaded from the catalog on first use."""
         head = self._heads.get(stream_id)
-        if head is not None:
-            return head
-        catalog = self._writable_catalog()
-        try:
-            result = reconcile_stream(catalog, self._data_dir, stream_id, self._now)
-        except OSError as e:
-            raise StorageIOError(f"stream {stream_id}: cannot reconcile segments: {e}") from e
-        head = self._load_head(catalog, stream_id, result)
-        self._heads[stream_id] = head
+        if head is None:
+            head = self._load_head(self._writable_catalog(), stream_id)
+            self._heads[stream_id] = head
         return head
 
-    def _load_head(self, catalog: Catalog, stream_id: StreamId, result: ReconcileResult) -> _StreamHead:
+    def _load_head(self, catalog: Catalog, stream_id: StreamId) -> _StreamHead:
         row = catalog.stream(stream_id)
         segments = catalog.segments(stream_id)
         last_checkpoint = catalog.checkpoint_at_or_before(stream_id, (row.next_offset if row else 0))
+        damage = self._damage.get(stream_id)
         head = _StreamHead(
             stream_id=stream_id,
             next_offset=row.next_offset if row else 0,
@@ -305,11 +365,14 @@ class Storage:
             segment_first_offset=segments[-1].first_offset if segments else 0,
             segment_size=segments[-1].size_bytes if segments else 0,
             writer=None,
-            damage=result.damage,
+            damage=damage,
         )
-        if segments and result.damage is None:
+        if segments and damage is None:
             path = segment_path(self._data_dir, stream_id, head.segment_no)
-            head.writer = SegmentWriter(path, create=False)
+            try:
+                head.writer = SegmentWriter(path, create=False)
+            except OSError as e:
+                raise StorageIOError(f"stream {stream_id}: cannot open {path}: {e}", path=path) from e
         return head
 
     # --- appending -------------------------------------------------------------------------------
@@ -400,7 +463,8 @@ class Storage:
     ) -> tuple[Offset, ChainHash]:
         catalog = self._writable_catalog()
         sid = head.stream_id
-        timestamp = max(self._now(), head.last_timestamp_ns)  # never backwards within a stream
+        now = self._now()  # one clock reading per batch, so a counting test clock stays predictable
+        timestamp = max(now, head.last_timestamp_ns)  # never backwards within a stream
         compressor = pipeline.compressor if self._compression is CompressionKind.ZSTD else None
 
         # 1. Frame every record into one buffer.
@@ -439,7 +503,6 @@ class Storage:
         old_writer = head.writer
         segment_no = head.segment_no + 1 if rotate else head.segment_no
         base = 0 if rotate else head.segment_size
-        now = self._now()
         sealed_digest: bytes | None = None
         try:
             if rotate:
@@ -560,7 +623,11 @@ class Storage:
         snap = self._snapshot(sid, from_offset, anchored=anchored)
         if snap is None or from_offset >= snap.stream.next_offset:
             return
-        yield from _verified_records(self._data_dir, snap, from_offset)
+        try:
+            yield from _verified_records(self._data_dir, snap, from_offset)
+        except IntegrityError as e:
+            e.hint = f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
+            raise
 
     def read_from(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
         """Event payloads from ``from_offset``, verified from the nearest checkpoint.
@@ -638,6 +705,18 @@ class Storage:
         sid = check_stream_id(stream_id)
         return OffsetIndex(sid, self._readable_catalog, self._lock)
 
+    def stats(self) -> list[StreamStats]:
+        """Per-stream counts and sizes from the catalog (records, segments, bytes, compression)."""
+        with self._lock:
+            catalog = self._readable_catalog()
+            return catalog.stream_stats() if catalog else []
+
+    def schema_version(self) -> int:
+        """The catalog's schema version (``PRAGMA user_version``); 0 before the store exists."""
+        with self._lock:
+            catalog = self._readable_catalog()
+            return catalog.schema_version() if catalog else 0
+
     def segments(self, stream_id: int) -> list[SegmentInfo]:
         sid = check_stream_id(stream_id)
         with self._lock:
@@ -677,26 +756,133 @@ class Storage:
 
     # --- rebuilding ------------------------------------------------------------------------------
 
-    def rebuild_index(self, stream_id: int) -> OffsetIndex:
-        """Replace the stream's catalog rows with a verifying scan of its segments."""
-        sid = check_stream_id(stream_id)
+    def recover(self) -> list[ReconcileResult]:
+        """Run open-time recovery again: reconcile every stream whose files disagree with the catalog."""
         with self._lock:
             catalog = self._writable_catalog()
-            self._forget_head(sid)
             try:
-                rebuild_stream(catalog, self._data_dir, sid, self._now)
+                results = recover_store(catalog, self._data_dir, self._now)
             except OSError as e:
-                raise StorageIOError(f"stream {sid}: cannot rebuild: {e}") from e
-            self._head(sid)
+                raise StorageIOError(f"recovery of {self._data_dir} failed: {e}") from e
+            self._note_recovery(results)
+            return results
+
+    def recovery_results(self) -> list[ReconcileResult]:
+        """What recovery found and did since this store was opened (streams that needed it only)."""
+        with self._lock:
+            return list(self._recovery)
+
+    def recovery_log(self, stream_id: int | None = None) -> list[RecoveryEntry]:
+        """The ``recovery_log`` table: every recovery and repair action ever taken on this store."""
+        sid = None if stream_id is None else check_stream_id(stream_id)
+        with self._lock:
+            catalog = self._readable_catalog()
+            return catalog.recovery_log(sid) if catalog else []
+
+    def damaged_streams(self) -> dict[StreamId, IntegrityError]:
+        """Streams that recovery found damaged (appends refused until ``repair``), with where."""
+        with self._lock:
+            return dict(self._damage)
+
+    def check(
+        self, stream_ids: list[int] | None = None, *, progress: Callable[[int], None] | None = None
+    ) -> CheckReport:
+        """Every disagreement between catalog and segments, and all damage, found by a full walk.
+
+        Changes nothing. In a writer, appends wait while it runs (so the batch being written is
+        not mistaken for a torn one); ``progress`` is called with each count of records verified.
+        """
+        sids: list[int] | None = None if stream_ids is None else [check_stream_id(s) for s in stream_ids]
+        with self._lock:
+            if self._closed:
+                raise StoreClosed(f"store {self._data_dir} is closed")
+            try:
+                return check_store(self._data_dir, sids, progress=progress)
+            except OSError as e:
+                raise StorageIOError(f"cannot check {self._data_dir}: {e}") from e
+
+    def repair(self, plan: list[RepairStep] | None = None, *, stream_ids: list[int] | None = None) -> RepairReport:
+        """Apply ``plan`` (default: the plan of a fresh ``check``); returns what was done.
+
+        Nothing is deleted: cut bytes go to quarantine files, and each action to ``recovery_log``.
+        """
+        sids: list[int] | None = None if stream_ids is None else [check_stream_id(s) for s in stream_ids]
+        report = RepairReport()
+        with self._lock:
+            catalog = self._writable_catalog()
+            steps = self.check(sids).plan(sids) if plan is None else plan
+            try:
+                for step in steps:
+                    if step.repair == REBUILD_CATALOG:
+                        results = self._rebuild_catalog(found=step.reason)
+                        catalog = self._writable_catalog()
+                    elif step.stream_id is None:
+                        raise InvalidArgument(f"repair {step.repair!r} needs a stream id")
+                    elif step.repair == TRUNCATE:
+                        self._forget_head(step.stream_id)
+                        results = [truncate_stream(catalog, self._data_dir, step.stream_id, self._now)]
+                    elif step.repair == REINDEX:
+                        self._forget_head(step.stream_id)
+                        results = [index_stream(catalog, self._data_dir, step.stream_id, self._now, found=step.reason)]
+                    else:
+                        raise InvalidArgument(f"unknown repair {step.repair!r}")
+                    self._note_recovery(results)
+                    report.applied.append(step)
+                    report.entries.extend(e for r in results for e in r.entries)
+            except OSError as e:
+                raise StorageIOError(f"repair of {self._data_dir} failed: {e}") from e
+            report.after = self.check(sids)
+        return report
+
+    def rebuild_catalog(self) -> list[ReconcileResult]:
+        """Move the catalog aside and build a new one from every stream's segments."""
+        with self._lock:
+            self._writable_catalog()
+            return self._rebuild_catalog(found="rebuild_catalog requested")
+
+    def _rebuild_catalog(self, *, found: str) -> list[ReconcileResult]:
+        for sid in list(self._heads):
+            self._forget_head(sid)
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+        self._damage.clear()
+        try:
+            self._catalog, results = rebuild_catalog(self._data_dir, self._now, found=found)
+        except OSError as e:
+            raise StorageIOError(f"cannot rebuild the catalog of {self._data_dir}: {e}") from e
+        self._note_recovery(results)
+        return results
+
+    def rebuild_index(self, stream_id: int) -> OffsetIndex:
+        """Replace the stream's catalog rows with a verifying scan of its segments.
+
+        A torn tail is quarantined. If the scan meets damage, the records before it are indexed,
+        the stream refuses appends, and the IntegrityError naming the damage is raised.
+        """
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            result = self._reindex(sid, found="rebuild_index requested")
+            if result.damage is not None:
+                raise result.damage
         return self.offset_index(sid)
+
+    def _reindex(self, sid: StreamId, *, found: str) -> ReconcileResult:
+        catalog = self._writable_catalog()
+        self._forget_head(sid)
+        try:
+            result = index_stream(catalog, self._data_dir, sid, self._now, found=found)
+        except OSError as e:
+            raise StorageIOError(f"stream {sid}: cannot rebuild its index: {e}") from e
+        self._note_recovery([result])
+        return result
 
     def load_or_rebuild_index(self, stream_id: int) -> OffsetIndex:
         """The stream's offset index; rebuilt from the segments if it does not agree with them."""
         sid = check_stream_id(stream_id)
         with self._lock:
-            self._forget_head(sid)
-            head = self._head(sid)
-            if isinstance(head.damage, CatalogMismatch):
+            catalog = self._writable_catalog()
+            if sid in streams_to_reconcile(catalog, self._data_dir) or sid in self._damage:
                 return self.rebuild_index(sid)
         return self.offset_index(sid)
 

@@ -52,6 +52,7 @@ QUARANTINED = "quarantined"
 REINDEXED = "reindexed"
 REBUILT_CATALOG = "rebuilt_catalog"
 TRUNCATED = "truncated"
+REMOVED_EMPTY = "removed_empty"
 
 
 @dataclass(slots=True)
@@ -104,6 +105,20 @@ def quarantine_tail(data_dir: Path, stream_id: StreamId, segment_no: int, positi
         start_byte=position,
         end_byte=position + len(tail),
         kept_as=_relative(data_dir, kept),
+    )
+
+
+def remove_empty_segment(data_dir: Path, stream_id: StreamId, segment_no: int) -> RecoveryEntry:
+    """Remove an empty segment file: a rotation created it and stopped before writing to it.
+
+    It holds no bytes, and the next rotation must be able to create it again.
+    """
+    path = segment_path(data_dir, stream_id, segment_no)
+    path.unlink()
+    fsync_dir(path.parent)
+    log.warning("stream %d: removed empty segment file %s left by an interrupted rotation", stream_id, path)
+    return RecoveryEntry(
+        stream_id, found="empty segment file the catalog does not know", action=REMOVED_EMPTY, segment_no=segment_no
     )
 
 
@@ -248,7 +263,11 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
     segment_rows: list[tuple[int, int, int, int]] = []  # (segment_no, first_offset, next_offset, size)
     for i, (segment_no, position) in enumerate(to_scan):
         path = segment_path(data_dir, stream_id, segment_no)
-        if path.stat().st_size == position:
+        size = path.stat().st_size
+        if size == 0 and position == 0 and i == len(to_scan) - 1:
+            result.entries.append(remove_empty_segment(data_dir, stream_id, segment_no))
+            continue
+        if size == position:
             continue
         scan = SegmentScan(data_dir, stream_id, segment_no, position=position, next_offset=next_offset, prev_hash=prev)
         for batch in scan.batches():
@@ -360,6 +379,9 @@ def index_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clo
     is and returned as ``damage``: the catalog then ends before it, so reads stop before it.
     """
     result = ReconcileResult(stream_id)
+    numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
+    if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
+        result.entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1]))
     adoption = Adoption()
     scan = walk_stream(data_dir, stream_id, lambda batch: adoption.add(stream_id, batch))
     result.foreign_files = scan.foreign_files

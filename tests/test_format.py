@@ -1,0 +1,575 @@
+"""The on-disk record format: the test vectors in docs/format.md, round trips, bounded decompression.
+
+Contracts tested here:
+
+* every ``hybridlog-vector`` block in ``docs/format.md`` is exactly what ``record.append_frame``
+  produces from the listed inputs (frame bytes and record hash), its ``hash_input`` is the hash
+  input the document describes, and decoding the frame gives the inputs back;
+* the chained vectors are, byte for byte, the segment file a ``Storage`` writes for those appends;
+* any record (stream id, offset, kind, timestamp, payload, compression on or off) survives
+  ``append_frame`` -> segment file -> ``SegmentReader`` / ``open_record`` unchanged, batch ends
+  included, and its hash does not depend on compression;
+* a compressed payload whose zstd frame lies about (or omits) its content size is refused with
+  ``FrameError`` without allocating more than ``raw_len`` bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import pytest
+import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hybridlog import CheckpointPolicy, ChecksumMismatch, CompressionKind, RecordKind, Storage, StreamId
+from hybridlog.chain import open_record
+from hybridlog.record import (
+    CHECKPOINT_MAGIC,
+    FLAG_BATCH_END,
+    FLAG_COMPRESSED,
+    FRAME_OVERHEAD,
+    FrameError,
+    append_frame,
+    check_frame,
+    checkpoint_payload,
+    decode_payload,
+    new_compressor,
+    parse_header,
+    record_hash,
+)
+from hybridlog.scan import SegmentScan
+from hybridlog.segment import SegmentReader, segment_path
+from hybridlog.types import GENESIS_HASH, MAX_EVENT_SIZE
+
+FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
+VECTOR_BLOCK = re.compile(r"^```hybridlog-vector\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+HEADER_SIZE = 104
+
+# The layouts as docs/format.md states them, written out here rather than imported, so that the
+# tests compare the code against the document and not against itself.
+DOC_HEADER = struct.Struct("<4sBBBBQQQII32s32s")
+DOC_HASH_FIELDS = struct.Struct("<BQQBQ")
+DOC_HASH_DOMAIN = b"hybridlog.record\x00"
+
+
+# --- the vectors -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Vector:
+    """One test vector from docs/format.md: the inputs and the bytes they must produce."""
+
+    name: str
+    stream_id: int
+    offset: int
+    kind: int
+    timestamp_ns: int
+    prev_hash: bytes
+    payload: bytes
+    batch_end: bool
+    compression: bool
+    flags: int
+    stored_len: int
+    raw_len: int
+    checksum: int
+    hash_input: bytes
+    frame: bytes
+    hash: bytes
+
+
+def parse_vector_block(block: str) -> Vector:
+    """Parse one vector block: ``key: value`` lines, ``#`` comments, indented continuation lines."""
+    fields: dict[str, str] = {}
+    key: str | None = None
+    for line in block.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith("  "):
+            assert key is not None, f"continuation line before any key: {line!r}"
+            fields[key] += line.strip()
+            continue
+        key, sep, value = line.partition(":")
+        assert sep, f"not a key: value line: {line!r}"
+        assert key not in fields, f"key {key} given twice"
+        fields[key] = value.strip()
+
+    def integer(name: str) -> int:
+        return int(fields[name], 0)
+
+    def hexbytes(name: str) -> bytes:
+        return bytes.fromhex(fields[name])
+
+    def flag(name: str) -> bool:
+        assert fields[name] in ("true", "false"), f"{name} must be true or false"
+        return fields[name] == "true"
+
+    assert fields["compression"] in ("none", "zstd")
+    return Vector(
+        name=fields["name"],
+        stream_id=integer("stream_id"),
+        offset=integer("offset"),
+        kind=integer("kind"),
+        timestamp_ns=integer("timestamp_ns"),
+        prev_hash=hexbytes("prev_hash"),
+        payload=hexbytes("payload"),
+        batch_end=flag("batch_end"),
+        compression=fields["compression"] == "zstd",
+        flags=integer("flags"),
+        stored_len=integer("stored_len"),
+        raw_len=integer("raw_len"),
+        checksum=integer("checksum"),
+        hash_input=hexbytes("hash_input"),
+        frame=hexbytes("frame"),
+        hash=hexbytes("hash"),
+    )
+
+
+def load_vectors(path: Path = FORMAT_DOC) -> list[Vector]:
+    return [parse_vector_block(m.group(1)) for m in VECTOR_BLOCK.finditer(path.read_text(encoding="utf-8"))]
+
+
+VECTORS = load_vectors()
+BY_NAME = {v.name: v for v in VECTORS}
+CHAIN = ["event-genesis", "event-batch-end", "event-compressed", "checkpoint"]
+
+
+def frame_of(vector: Vector) -> bytes:
+    """What ``append_frame`` makes of a vector's inputs."""
+    out = bytearray()
+    own = append_frame(
+        out,
+        stream_id=vector.stream_id,
+        offset=vector.offset,
+        kind=vector.kind,
+        timestamp_ns=vector.timestamp_ns,
+        prev_hash=vector.prev_hash,
+        payload=vector.payload,
+        batch_end=vector.batch_end,
+        compressor=new_compressor() if vector.compression else None,
+    )
+    assert own == vector.hash, f"{vector.name}: append_frame returned hash {own.hex()}"
+    return bytes(out)
+
+
+def doc_hash_input(stream_id: int, offset: int, kind: int, timestamp_ns: int, prev: bytes, payload: bytes) -> bytes:
+    """The record hash input exactly as docs/format.md section 3 lays it out."""
+    fields = DOC_HASH_FIELDS.pack(1, stream_id, offset, kind, timestamp_ns)
+    return DOC_HASH_DOMAIN + fields + prev + struct.pack("<Q", len(payload)) + payload
+
+
+def test_the_document_holds_the_required_vectors() -> None:
+    """The doc has an event at genesis, a linked batch end, a compressed record and a checkpoint."""
+    assert set(CHAIN) <= set(BY_NAME), f"vectors found: {sorted(BY_NAME)}"
+    genesis, second, compressed, checkpoint = (BY_NAME[n] for n in CHAIN)
+    assert (genesis.stream_id, genesis.offset, genesis.kind) == (0, 0, RecordKind.EVENT)
+    assert genesis.prev_hash == GENESIS_HASH
+    assert not genesis.batch_end
+    assert second.prev_hash == genesis.hash
+    assert second.batch_end
+    assert second.offset == 1
+    assert compressed.flags & FLAG_COMPRESSED
+    assert compressed.stored_len < compressed.raw_len
+    assert compressed.prev_hash == second.hash
+    assert checkpoint.kind == RecordKind.CHECKPOINT
+    assert checkpoint.prev_hash == compressed.hash
+    assert checkpoint.payload == checkpoint_payload(checkpoint.offset)
+    assert checkpoint.payload[:8] == CHECKPOINT_MAGIC
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v.name for v in VECTORS])
+def test_append_frame_produces_the_vector(vector: Vector) -> None:
+    """append_frame gives exactly the documented frame bytes and record hash."""
+    assert frame_of(vector).hex() == vector.frame.hex()
+    own = record_hash(
+        vector.stream_id, vector.offset, vector.kind, vector.timestamp_ns, vector.prev_hash, vector.payload
+    )
+    assert own == vector.hash
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v.name for v in VECTORS])
+def test_vector_hash_input_is_the_documented_layout(vector: Vector) -> None:
+    """The hash is BLAKE3 of the documented hash input, built here from the inputs independently."""
+    expected = doc_hash_input(
+        vector.stream_id, vector.offset, vector.kind, vector.timestamp_ns, vector.prev_hash, vector.payload
+    )
+    assert vector.hash_input == expected
+    assert blake3.blake3(vector.hash_input).digest() == vector.hash
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[v.name for v in VECTORS])
+def test_vector_frame_decodes_to_its_inputs(vector: Vector) -> None:
+    """parse_header / check_frame / decode_payload return the inputs; the frame is laid out as documented."""
+    frame = vector.frame
+    check_frame(frame)
+    header = parse_header(frame)
+    assert header.kind == vector.kind
+    assert header.flags == vector.flags
+    assert header.batch_end == vector.batch_end
+    assert header.compressed == bool(vector.flags & FLAG_COMPRESSED)
+    assert vector.compression or not header.compressed
+    assert (header.stream_id, header.offset, header.timestamp_ns) == (
+        vector.stream_id,
+        vector.offset,
+        vector.timestamp_ns,
+    )
+    assert (header.stored_len, header.raw_len) == (vector.stored_len, vector.raw_len)
+    assert header.raw_len == len(vector.payload)
+    assert header.prev_hash == vector.prev_hash
+    assert header.hash == vector.hash
+    assert header.frame_size == len(frame) == FRAME_OVERHEAD + vector.stored_len
+
+    # The documented layout, read with the document's own struct.
+    magic, version, kind, flags, reserved, sid, offset, ts, stored_len, raw_len, prev, own = DOC_HEADER.unpack(
+        frame[:HEADER_SIZE]
+    )
+    assert (magic, version, reserved) == (b"HLR1", 1, 0)
+    assert (kind, flags, sid, offset, ts) == (
+        vector.kind,
+        vector.flags,
+        vector.stream_id,
+        vector.offset,
+        vector.timestamp_ns,
+    )
+    assert (stored_len, raw_len, prev, own) == (vector.stored_len, vector.raw_len, vector.prev_hash, vector.hash)
+    assert zlib.crc32(frame[:-4]) == vector.checksum == struct.unpack("<I", frame[-4:])[0]
+
+    stored = frame[HEADER_SIZE : HEADER_SIZE + header.stored_len]
+    assert decode_payload(header, stored) == vector.payload
+
+
+def test_chained_vectors_read_back_as_verified_records(tmp_path: Path) -> None:
+    """The chain's frames in a segment file open as verified records linked from genesis, in 3 batches."""
+    path = segment_path(tmp_path, 0, 0)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"".join(BY_NAME[n].frame for n in CHAIN))
+    prev: bytes = GENESIS_HASH
+    with SegmentReader(path) as reader:
+        for name in CHAIN:
+            vector = BY_NAME[name]
+            frame = reader.read_frame()
+            assert frame is not None
+            record = open_record(
+                frame, stream_id=StreamId(0), expected_offset=vector.offset, prev_hash=prev, segment=path
+            )
+            assert (record.kind, record.timestamp_ns, record.payload) == (
+                vector.kind,
+                vector.timestamp_ns,
+                vector.payload,
+            )
+            assert (record.prev_hash, record.hash) == (vector.prev_hash, vector.hash)
+            prev = record.hash
+        assert reader.read_frame() is None
+
+    scan = SegmentScan(tmp_path, StreamId(0), 0, position=0, next_offset=0, prev_hash=GENESIS_HASH)
+    batches = [[r.entry.offset for r in batch] for batch in scan.batches()]
+    assert batches == [[0, 1], [2], [3]]
+    assert scan.problem is None
+    assert scan.prev_hash == BY_NAME["checkpoint"].hash
+
+
+def test_chained_vectors_are_the_segment_a_store_writes(store_dir: Path) -> None:
+    """A Storage making the documented appends writes exactly the concatenated vector frames."""
+    genesis, second, compressed, checkpoint = (BY_NAME[n] for n in CHAIN)
+    now = [genesis.timestamp_ns]
+    store = Storage(
+        store_dir,
+        compression=CompressionKind.ZSTD,
+        checkpoint_policy=CheckpointPolicy.explicit(),
+        clock=lambda: now[0],
+    )
+    with store:
+        assert store.append_batch(0, [genesis.payload, second.payload], 0, None) == (2, second.hash)
+        now[0] = compressed.timestamp_ns
+        assert store.append(0, [compressed.payload]) == (3, compressed.hash)
+        now[0] = checkpoint.timestamp_ns
+        assert store.create_checkpoint(0, 3, compressed.hash, 3) == (4, checkpoint.hash)
+        records = store.read_records_from_genesis(0)
+    assert [r.hash for r in records] == [BY_NAME[n].hash for n in CHAIN]
+    assert segment_path(store_dir, 0, 0).read_bytes().hex() == b"".join(BY_NAME[n].frame for n in CHAIN).hex()
+
+
+# --- round trips -------------------------------------------------------------------------------------
+
+stream_ids = st.integers(min_value=0, max_value=2**63 - 1)
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+kinds = st.sampled_from(list(RecordKind))
+hashes = st.binary(min_size=32, max_size=32)
+compressible_payloads = st.builds(
+    lambda pattern, times: pattern * times,
+    st.binary(min_size=1, max_size=8),
+    st.integers(min_value=64, max_value=400),
+)
+payloads = st.one_of(st.binary(max_size=600), compressible_payloads)
+
+
+def write_segment(directory: Path, stream_id: int, data: bytes) -> Path:
+    """Write ``data`` as segment 0 of ``stream_id`` under ``directory`` (replacing any earlier one)."""
+    path = segment_path(directory, stream_id, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@given(
+    stream_id=stream_ids,
+    offset=u64,
+    kind=kinds,
+    timestamp_ns=u64,
+    prev=hashes,
+    payload=payloads,
+    compress=st.booleans(),
+    batch_end=st.booleans(),
+)
+def test_any_record_round_trips(
+    tmp_path: Path,
+    stream_id: int,
+    offset: int,
+    kind: RecordKind,
+    timestamp_ns: int,
+    prev: bytes,
+    payload: bytes,
+    compress: bool,
+    batch_end: bool,
+) -> None:
+    """append_frame -> segment file -> SegmentReader gives back every field and the payload."""
+    out = bytearray()
+    own = append_frame(
+        out,
+        stream_id=stream_id,
+        offset=offset,
+        kind=kind,
+        timestamp_ns=timestamp_ns,
+        prev_hash=prev,
+        payload=payload,
+        batch_end=batch_end,
+        compressor=new_compressor() if compress else None,
+    )
+    assert own == record_hash(stream_id, offset, kind, timestamp_ns, prev, payload)
+    path = write_segment(tmp_path, stream_id, bytes(out))
+    with SegmentReader(path) as reader:
+        frame = reader.read_frame()
+        assert frame is not None
+        assert reader.read_frame() is None
+    header = frame.header
+    assert (header.stream_id, header.offset, header.kind, header.timestamp_ns) == (
+        stream_id,
+        offset,
+        kind,
+        timestamp_ns,
+    )
+    assert (header.prev_hash, header.hash, header.raw_len) == (prev, own, len(payload))
+    assert header.batch_end == batch_end
+    assert header.frame_size == len(out)
+    if header.compressed:
+        assert compress
+        assert header.stored_len < header.raw_len
+    else:
+        assert frame.stored == payload
+    assert decode_payload(header, frame.stored) == payload
+    if offset < 2**63:  # open_record takes offsets as the store uses them
+        record = open_record(frame, stream_id=StreamId(stream_id), expected_offset=offset, prev_hash=prev, segment=path)
+        assert (record.payload, record.hash, record.kind) == (payload, own, kind)
+
+
+@given(
+    stream_id=stream_ids,
+    offset=u64,
+    kind=kinds,
+    timestamp_ns=u64,
+    prev=hashes,
+    payload=compressible_payloads,
+)
+def test_hash_does_not_depend_on_compression(
+    stream_id: int, offset: int, kind: RecordKind, timestamp_ns: int, prev: bytes, payload: bytes
+) -> None:
+    """The same record framed with and without zstd has one hash; only the stored form differs."""
+    plain, squeezed = bytearray(), bytearray()
+    common = {"stream_id": stream_id, "offset": offset, "kind": kind, "timestamp_ns": timestamp_ns}
+    h_plain = append_frame(plain, **common, prev_hash=prev, payload=payload, batch_end=True, compressor=None)
+    h_squeezed = append_frame(
+        squeezed, **common, prev_hash=prev, payload=payload, batch_end=True, compressor=new_compressor()
+    )
+    assert h_plain == h_squeezed
+    p, s = parse_header(bytes(plain)), parse_header(bytes(squeezed))
+    assert not p.compressed
+    assert s.compressed
+    assert p.hash == s.hash
+    assert p.raw_len == s.raw_len
+    assert s.stored_len < p.stored_len
+    assert s.flags == p.flags | FLAG_COMPRESSED
+
+
+batch_plans = st.lists(
+    st.lists(st.tuples(kinds, payloads), min_size=1, max_size=4),
+    min_size=1,
+    max_size=5,
+)
+
+
+@given(stream_id=stream_ids, batches=batch_plans, compress=st.booleans(), start_ts=u64)
+def test_a_chain_of_batches_round_trips_through_the_scan(
+    tmp_path: Path,
+    stream_id: int,
+    batches: list[list[tuple[RecordKind, bytes]]],
+    compress: bool,
+    start_ts: int,
+) -> None:
+    """Framed batches read back as the same verified chain, split at the batch-end flags."""
+    data = bytearray()
+    prev: bytes = GENESIS_HASH
+    expected: list[tuple[int, RecordKind, int, bytes, bytes]] = []
+    compressor = new_compressor() if compress else None
+    offset = 0
+    for b, batch in enumerate(batches):
+        timestamp = min(start_ts + b, 2**64 - 1)
+        for i, (kind, payload) in enumerate(batch):
+            prev = append_frame(
+                data,
+                stream_id=stream_id,
+                offset=offset,
+                kind=kind,
+                timestamp_ns=timestamp,
+                prev_hash=prev,
+                payload=payload,
+                batch_end=i == len(batch) - 1,
+                compressor=compressor,
+            )
+            expected.append((offset, kind, timestamp, payload, prev))
+            offset += 1
+    path = write_segment(tmp_path, stream_id, bytes(data))
+
+    got: list[tuple[int, RecordKind, int, bytes, bytes]] = []
+    link: bytes = GENESIS_HASH
+    with SegmentReader(path) as reader:
+        for frame in reader.frames():
+            record = open_record(
+                frame, stream_id=StreamId(stream_id), expected_offset=len(got), prev_hash=link, segment=path
+            )
+            got.append((record.offset, record.kind, record.timestamp_ns, record.payload, record.hash))
+            link = record.hash
+    assert got == expected
+
+    scan = SegmentScan(tmp_path, StreamId(stream_id), 0, position=0, next_offset=0, prev_hash=GENESIS_HASH)
+    sizes = [len(batch) for batch in scan.batches()]
+    assert sizes == [len(batch) for batch in batches]
+    assert scan.problem is None
+    assert scan.valid_end == len(data)
+    assert scan.prev_hash == prev
+
+
+# --- bounded decompression ---------------------------------------------------------------------------
+
+
+def handmade_compressed_frame(stored: bytes, raw_len: int, *, stream_id: int = 3, offset: int = 0) -> bytes:
+    """A frame flagged compressed around ``stored``, with a valid checksum, built without append_frame."""
+    own = bytes(32)  # decoding comes before the hash check, so any hash will do
+    flags, timestamp = FLAG_COMPRESSED | FLAG_BATCH_END, 1
+    lengths = (len(stored), raw_len)
+    header = DOC_HEADER.pack(b"HLR1", 1, 0, flags, 0, stream_id, offset, timestamp, *lengths, GENESIS_HASH, own)
+    body = header + stored
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def peak_traced_allocation(action: Callable[[], object]) -> int:
+    """The peak of Python-heap memory allocated while ``action`` runs (exceptions propagate)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def refused_with_peak(frame: bytes) -> tuple[FrameError, int]:
+    """Decode ``frame``'s payload, which must be refused; return the error and the peak allocation."""
+    header = parse_header(frame)
+    check_frame(frame)
+    stored = frame[HEADER_SIZE:-4]
+    errors: list[FrameError] = []
+
+    def attempt() -> None:
+        try:
+            decode_payload(header, stored)
+        except FrameError as e:
+            errors.append(e)
+
+    peak = peak_traced_allocation(attempt)
+    assert errors, "the payload was decoded instead of refused"
+    return errors[0], peak
+
+
+SLACK = 64 * 1024  # bookkeeping allocations, far below the sizes the bombs would produce
+
+
+def test_the_allocation_probe_sees_payload_buffers() -> None:
+    """Control for the bomb tests: a legitimate 4 MiB decode shows up as a >= 4 MiB peak."""
+    size = 4 * 1024 * 1024
+    stored = new_compressor().compress(bytes(size))
+    frame = handmade_compressed_frame(stored, size)
+    header = parse_header(frame)
+    peak = peak_traced_allocation(lambda: decode_payload(header, frame[HEADER_SIZE:-4]))
+    assert peak >= size
+
+
+def test_content_size_larger_than_raw_len_is_refused_without_allocating() -> None:
+    """A zstd frame of 32 MiB of zeros under raw_len 1024 is refused; nothing near 32 MiB is allocated."""
+    bomb = new_compressor().compress(bytes(32 * 1024 * 1024))
+    error, peak = refused_with_peak(handmade_compressed_frame(bomb, 1024))
+    assert "raw_len" in error.reason
+    assert peak < 1024 + SLACK
+
+
+def test_frame_without_content_size_is_refused() -> None:
+    """A zstd frame that does not declare its content size is refused even when raw_len is right."""
+    raw = bytes(1024 * 1024)
+    stored = zstandard.ZstdCompressor(write_content_size=False).compress(raw)
+    assert zstandard.frame_content_size(stored) == -1
+    error, peak = refused_with_peak(handmade_compressed_frame(stored, len(raw)))
+    assert "raw_len" in error.reason
+    assert peak < SLACK
+
+
+def test_content_size_smaller_than_the_data_is_refused_within_raw_len() -> None:
+    """A zstd header that under-states the data (matching raw_len) fails inside a raw_len-sized buffer."""
+    stored = bytearray(new_compressor().compress(b"x" * 1000))
+    # Frame header descriptor 0x60: single segment, 2-byte content size field holding size - 256.
+    assert stored[4] == 0x60
+    assert int.from_bytes(stored[5:7], "little") == 1000 - 256
+    stored[5:7] = (300 - 256).to_bytes(2, "little")
+    assert zstandard.frame_content_size(bytes(stored)) == 300
+    _error, peak = refused_with_peak(handmade_compressed_frame(bytes(stored), 300))
+    assert peak < 300 + SLACK
+
+
+def test_garbage_flagged_as_compressed_is_refused() -> None:
+    """Bytes that are not a zstd frame at all are refused, not decoded."""
+    error, _peak = refused_with_peak(handmade_compressed_frame(b"not a zstd frame", 100))
+    assert "zstd" in error.reason
+
+
+def test_raw_len_above_the_event_limit_is_refused_by_the_header() -> None:
+    """No header may announce more than MAX_EVENT_SIZE bytes, which bounds every decode."""
+    frame = handmade_compressed_frame(b"\x28\xb5\x2f\xfd", MAX_EVENT_SIZE + 1)
+    with pytest.raises(FrameError, match="length out of range"):
+        parse_header(frame)
+
+
+def test_a_bomb_in_a_segment_fails_the_verified_read(tmp_path: Path) -> None:
+    """Read through a segment, the refused payload is an IntegrityError naming stream, offset and file."""
+    bomb = new_compressor().compress(bytes(32 * 1024 * 1024))
+    path = write_segment(tmp_path, 3, handmade_compressed_frame(bomb, 1024))
+    with SegmentReader(path) as reader:
+        frame = reader.read_frame()
+    assert frame is not None
+    with pytest.raises(ChecksumMismatch) as caught:
+        open_record(frame, stream_id=StreamId(3), expected_offset=0, prev_hash=GENESIS_HASH, segment=path)
+    assert (caught.value.stream_id, caught.value.offset, caught.value.segment) == (3, 0, path)

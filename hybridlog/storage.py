@@ -39,13 +39,10 @@ from hybridlog.catalog import (
     StreamSnapshot,
     StreamStats,
 )
-from hybridlog.chain import open_record
 from hybridlog.errors import (
     CatalogError,
-    CatalogMismatch,
     CatalogUnusable,
     ChainMismatch,
-    ChecksumMismatch,
     IntegrityError,
     InvalidArgument,
     InvalidConfiguration,
@@ -55,13 +52,12 @@ from hybridlog.errors import (
     StorageError,
     StorageIOError,
     StoreClosed,
-    TruncatedRecord,
-    Where,
 )
 from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
-from hybridlog.record import FrameError, append_frame, checkpoint_payload
+from hybridlog.reader import verified_records
+from hybridlog.record import append_frame, checkpoint_payload
 from hybridlog.recovery import (
     ReconcileResult,
     index_stream,
@@ -74,8 +70,6 @@ from hybridlog.recovery import (
 )
 from hybridlog.repair import REBUILD_CATALOG, REINDEX, TRUNCATE, CheckReport, RepairReport, RepairStep, check_store
 from hybridlog.segment import (
-    IncompleteFrame,
-    SegmentReader,
     SegmentWriter,
     file_digest,
     fsync_dir,
@@ -624,7 +618,7 @@ class Storage:
         if snap is None or from_offset >= snap.stream.next_offset:
             return
         try:
-            yield from _verified_records(self._data_dir, snap, from_offset)
+            yield from verified_records(self._data_dir, snap, from_offset)
         except IntegrityError as e:
             e.hint = f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
             raise
@@ -911,56 +905,3 @@ class Storage:
 
     def _catalog_exists(self) -> bool:
         return self._catalog is not None or (self._data_dir / CATALOG_FILE).exists()
-
-
-def _verified_records(data_dir: Path, snap: StreamSnapshot, from_offset: int) -> Iterator[Record]:
-    """Walk a snapshot's segments from its start entry, verifying every record (see iter_records)."""
-    stream = snap.stream
-    sid = stream.stream_id
-    if snap.start is None:
-        raise CatalogMismatch(
-            "the offset index has no entry to start reading from",
-            stream_id=sid,
-            offset=snap.anchor.offset if snap.anchor else 0,
-        )
-    expected: int = snap.start.offset
-    prev: bytes | None = None if snap.anchor else GENESIS_HASH
-    for seg in snap.segments:
-        if seg.segment_no < snap.start.segment_no:
-            continue
-        path = segment_path(data_dir, sid, seg.segment_no)
-        position = snap.start.position if seg.segment_no == snap.start.segment_no else 0
-        if position == 0 and expected != seg.first_offset:
-            raise CatalogMismatch(
-                f"segment starts at offset {seg.first_offset}", stream_id=sid, offset=expected, segment=path
-            )
-        try:
-            reader = SegmentReader(path, position)
-        except FileNotFoundError as e:
-            raise CatalogMismatch("segment file is missing", stream_id=sid, offset=expected, segment=path) from e
-        with reader:
-            while expected < seg.next_offset:
-                where: Where = {"stream_id": sid, "offset": expected, "segment": path, "position": reader.position}
-                try:
-                    frame = reader.read_frame()
-                except IncompleteFrame as e:
-                    raise TruncatedRecord(f"segment is cut short ({e.reason})", **where) from e
-                except FrameError as e:
-                    raise ChecksumMismatch(f"record is damaged ({e.reason})", **where) from e
-                if frame is None:
-                    raise TruncatedRecord("segment ends before the catalog says it does", **where)
-                record = open_record(frame, stream_id=sid, expected_offset=expected, prev_hash=prev, segment=path)
-                if prev is None and snap.anchor is not None and record.hash != snap.anchor.hash:
-                    raise CatalogMismatch("checkpoint record does not match the catalog's anchor", **where)
-                if expected == stream.next_offset - 1 and record.hash != stream.chain_head:
-                    raise CatalogMismatch("last record does not match the catalog's chain head", **where)
-                prev = record.hash
-                expected += 1
-                if record.offset >= from_offset:
-                    yield record
-        if expected >= stream.next_offset:
-            return
-    if expected < stream.next_offset:
-        raise CatalogMismatch(
-            f"segments end at offset {expected}; the catalog says {stream.next_offset}", stream_id=sid, offset=expected
-        )

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import tracemalloc
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -313,3 +314,19 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     shipped = sorted(n for n in names if n.startswith("hybridlog/migrations/"))
     assert shipped == sorted(f"hybridlog/migrations/{p.name}" for p in (REPO / "migrations").glob("*.sql"))
+
+
+def test_reading_a_stream_streams_in_bounded_memory(store_dir: Path) -> None:
+    """iter_records holds one record at a time: peak memory does not grow with the stream."""
+    payload = b"p" * 4000
+    with Storage(store_dir, max_segment_size=1 << 20, checkpoint_policy=CheckpointPolicy.every(100)) as s:
+        for _ in range(40):
+            s.append(1, [payload] * 250, fsync=False)  # 40 MB in ~40 segments
+        tracemalloc.start()
+        count = 0
+        for record in s.iter_records(1, 0, anchored=False):
+            count += record.kind is RecordKind.EVENT
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert count == 10_000
+    assert peak < 4 * 1024 * 1024  # the read buffer and a few records, not the 40 MB stream

@@ -49,7 +49,7 @@ from typing import Protocol, TypeVar
 import apsw
 import blake3
 
-from hybridlog import CompressionKind, RecordKind, Storage
+from hybridlog import CheckpointPolicy, CompressionKind, RecordKind, Storage
 
 JSONValue = str | int | float | bool | list[float] | None
 Result = dict[str, JSONValue]
@@ -408,6 +408,8 @@ class Sizes:
     read_events: int
     pool: int
     repeat: int
+    open_streams: int = 1000
+    rebuild_events: int = 100_000
 
 
 # Sized so one hybridlog measurement takes about 0.5-1.5 s on a 2-core VM (the whole run about a
@@ -439,6 +441,8 @@ QUICK_SIZES = Sizes(
     read_events=2_000,
     pool=500,
     repeat=1,
+    open_streams=20,
+    rebuild_events=2_000,
 )
 
 
@@ -546,6 +550,57 @@ def run_read_verify(
     }
 
 
+def run_open(n_streams: int, pool: Sequence[bytes], repeat: int, tmp_root: Path | None) -> Result:
+    """Time opening a clean store of ``n_streams`` streams for writing (lock, catalog, recovery check)."""
+    runs: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-open-", dir=tmp_root) as tmp:
+        directory = Path(tmp) / "store"
+        with Storage(directory, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+            for sid in range(n_streams):
+                store.append(sid, [pool[sid % len(pool)]] * 3, fsync=False)
+        for _ in range(repeat):
+            seconds, store = timed(lambda: Storage(directory, checkpoint_policy=CheckpointPolicy.explicit()))
+            store.close()
+            runs.append(seconds)
+    seconds = statistics.median(runs)
+    return {
+        "workload": "open_clean",
+        "contender": SUBJECT,
+        "compression": CompressionKind.NONE.value,
+        "events": 3 * n_streams,
+        "streams": n_streams,
+        "seconds": seconds,
+        "runs_seconds": runs,
+    }
+
+
+def run_rebuild(n_events: int, pool: Sequence[bytes], repeat: int, tmp_root: Path | None) -> Result:
+    """Time rebuilding the whole catalog from the segments (every record read and verified)."""
+    batches = make_batches(pool, n_events, 1000)
+    runs: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-rebuild-", dir=tmp_root) as tmp:
+        directory = Path(tmp) / "store"
+        with Storage(directory, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+            for batch in batches:
+                store.append(STREAM_ID, batch, fsync=False)
+        for _ in range(repeat):
+            with Storage(directory, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+                seconds, _ = timed(store.rebuild_catalog)
+                if store.next_offset(STREAM_ID) != n_events:
+                    raise BenchError(f"rebuild indexed {store.next_offset(STREAM_ID)} records, wrote {n_events}")
+            runs.append(seconds)
+    seconds = statistics.median(runs)
+    return {
+        "workload": "rebuild_catalog",
+        "contender": SUBJECT,
+        "compression": CompressionKind.NONE.value,
+        "events": n_events,
+        "seconds": seconds,
+        "runs_seconds": runs,
+        "events_per_s": n_events / seconds,
+    }
+
+
 def _match_key(result: Result) -> tuple[JSONValue, ...]:
     """What makes two results comparable: same workload and shape (compression aside)."""
     return (result["workload"], result.get("batch_size"), result.get("fsync"))
@@ -597,6 +652,12 @@ def run_all(
             result = run_read_verify(contender, compression, sizes.read_events, pool, repeat, tmp_root)
             _progress(result)
             results.append(result)
+    for result in (
+        run_open(sizes.open_streams, pool, repeat, tmp_root),
+        run_rebuild(sizes.rebuild_events, pool, repeat, tmp_root),
+    ):
+        _progress(result)
+        results.append(result)
     add_ratios(results)
     return results
 
@@ -690,8 +751,24 @@ def render(mode: str, machine: dict[str, JSONValue], results: Sequence[Result], 
             "",
             "read + full verify from offset 0 (warm page cache)",
             _table(read_headers, [r for r in results if r["workload"] == "read_verify"]),
+            "",
+            "store operations (hybridlog only)",
+            *_store_operation_lines(results),
         ]
     )
+
+
+def _store_operation_lines(results: Sequence[Result]) -> list[str]:
+    lines = []
+    for r in results:
+        if r["workload"] == "open_clean":
+            lines.append(f"  open a clean store of {r['streams']} streams for writing: {_number(r, 'seconds'):.3f} s")
+        elif r["workload"] == "rebuild_catalog":
+            lines.append(
+                f"  rebuild the catalog from segments: {r['events']} records in {_number(r, 'seconds'):.2f} s"
+                f" ({_number(r, 'events_per_s'):,.0f} records/s)"
+            )
+    return lines
 
 
 def _positive(text: str) -> int:

@@ -478,7 +478,7 @@ def rebuild_catalog(data_dir: Path, now: Clock, *, found: str) -> tuple[Catalog,
             )
         )
     results = [index_stream(catalog, data_dir, sid, now, found=found) for sid in stream_ids_on_disk(data_dir)]
-    log.warning("catalog rebuilt from the segments of %d streams (%s); old file kept as %s", len(results), found, kept)
+    log.info("catalog rebuilt from the segments of %d streams (%s); old file kept as %s", len(results), found, kept)
     return catalog, results
 
 

@@ -272,6 +272,7 @@ class Storage:
                     return catalog
                 catalog.close()
                 problem = f"catalog failed quick_check: {health}"
+        log.warning("store %s: %s; rebuilding the catalog from the segments", self._data_dir, problem)
         catalog, results = rebuild_catalog(self._data_dir, self._now, found=problem)
         self._note_recovery(results)
         return catalog

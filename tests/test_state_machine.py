@@ -6,8 +6,8 @@ the checkpoint policy re-implemented in a few lines, and the batch boundaries re
 segment layout can be checked. ``MemoryStorage`` plays no part.
 
 Rules: appends (1..N events, empty and multi-KB payloads, compressible or not, several streams),
-rejected appends (wrong offset, wrong prev_hash, empty batch: a typed error, and neither the model
-nor a byte on disk changes), reads from any offset with any ``max_bytes``, verified record reads,
+rejected appends (wrong offset, wrong prev_hash, empty batch: a typed error, the model unchanged
+and no segment file grows), reads from any offset with any ``max_bytes``, verified record reads,
 explicit and rejected checkpoints, the clock stepping forwards and back, and reopening the store
 (closing may write on-close checkpoints, which the model writes too). The store rotates at 4096
 bytes; compression is on or off per run; the policy checkpoints every few events.

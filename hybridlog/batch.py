@@ -1,11 +1,11 @@
-"""Checking an append's arguments and planning its records; shared by every backend."""
+"""Argument checks and small pieces of the read and append contract, shared by every backend."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidArgument, InvalidEvent
-from hybridlog.types import HASH_SIZE, MAX_EVENT_SIZE, CheckpointPolicy, RecordKind
+from hybridlog.types import HASH_SIZE, MAX_EVENT_SIZE, CheckpointPolicy, Record, RecordKind
 
 BytesLike = bytes | bytearray | memoryview
 PlannedRecord = tuple[RecordKind, BytesLike]
@@ -59,3 +59,23 @@ def plan_batch(
             planned.append((RecordKind.CHECKPOINT, b""))
             since = 0
     return planned
+
+
+def check_non_negative(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{name} must be a non-negative int, not {value!r}")
+    return value
+
+
+def take_payloads(records: Iterable[Record], max_bytes: int) -> list[bytes]:
+    """Event payloads from ``records`` (checkpoints skipped): at least one, then up to ``max_bytes``."""
+    out: list[bytes] = []
+    total = 0
+    for record in records:
+        if record.kind is not RecordKind.EVENT:
+            continue
+        if out and total + len(record.payload) > max_bytes:
+            break
+        out.append(record.payload)
+        total += len(record.payload)
+    return out

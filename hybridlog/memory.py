@@ -12,10 +12,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 
-from hybridlog.batch import BytesLike, PlannedRecord, check_events, check_offset, check_prev_hash, plan_batch
+from hybridlog.batch import (
+    BytesLike,
+    PlannedRecord,
+    check_events,
+    check_non_negative,
+    check_offset,
+    check_prev_hash,
+    plan_batch,
+    take_payloads,
+)
 from hybridlog.errors import (
     ChainMismatch,
-    InvalidArgument,
     OffsetMismatch,
     RecordCountMismatch,
     StoreClosed,
@@ -129,25 +137,14 @@ class MemoryStorage:
 
     def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
         sid = check_stream_id(stream_id)
-        if isinstance(from_offset, bool) or not isinstance(from_offset, int) or from_offset < 0:
-            raise InvalidArgument(f"from_offset must be a non-negative int, not {from_offset!r}")
+        check_non_negative("from_offset", from_offset)
         with self._lock:
             snapshot = self._records(sid)[from_offset:]
         yield from snapshot
 
     def read_from(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-            raise InvalidArgument(f"max_bytes must be a non-negative int, not {max_bytes!r}")
-        out: list[bytes] = []
-        total = 0
-        for record in self.iter_records(stream_id, from_offset):
-            if record.kind is not RecordKind.EVENT:
-                continue
-            if out and total + len(record.payload) > max_bytes:
-                break
-            out.append(record.payload)
-            total += len(record.payload)
-        return out
+        limit = check_non_negative("max_bytes", max_bytes)
+        return take_payloads(self.iter_records(stream_id, from_offset), limit)
 
     def read_from_genesis(self, stream_id: int) -> list[bytes]:
         return [r.payload for r in self.iter_records(stream_id) if r.kind is RecordKind.EVENT]

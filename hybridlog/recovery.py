@@ -143,21 +143,7 @@ def quarantine_segment(data_dir: Path, stream_id: StreamId, segment_no: int, fou
 
 def _commit(catalog: Catalog, entries: list[RecoveryEntry], now_ns: int) -> None:
     for entry in entries:
-        catalog.log_recovery(
-            RecoveryEntry(
-                entry.stream_id,
-                entry.found,
-                entry.action,
-                entry.segment_no,
-                entry.start_byte,
-                entry.end_byte,
-                entry.first_offset,
-                entry.next_offset,
-                entry.kept_as,
-                entry.detail,
-                now_ns,
-            )
-        )
+        catalog.log_recovery(replace(entry, at_ns=now_ns))
 
 
 def _seal_all_but_last(catalog: Catalog, data_dir: Path, stream_id: StreamId, now_ns: int) -> None:

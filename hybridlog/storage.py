@@ -28,7 +28,16 @@ from types import TracebackType
 
 import apsw
 
-from hybridlog.batch import BytesLike, PlannedRecord, check_events, check_offset, check_prev_hash, plan_batch
+from hybridlog.batch import (
+    BytesLike,
+    PlannedRecord,
+    check_events,
+    check_non_negative,
+    check_offset,
+    check_prev_hash,
+    plan_batch,
+    take_payloads,
+)
 from hybridlog.catalog import (
     CATALOG_FILE,
     Catalog,
@@ -613,8 +622,7 @@ class Storage:
         it); otherwise from offset 0. The head record is checked against the catalog's chain head.
         """
         sid = check_stream_id(stream_id)
-        if isinstance(from_offset, bool) or not isinstance(from_offset, int) or from_offset < 0:
-            raise InvalidArgument(f"from_offset must be a non-negative int, not {from_offset!r}")
+        check_non_negative("from_offset", from_offset)
         snap = self._snapshot(sid, from_offset, anchored=anchored)
         if snap is None or from_offset >= snap.stream.next_offset:
             return
@@ -630,18 +638,8 @@ class Storage:
         Returns at least one event when there is one, then stops before the payloads would exceed
         ``max_bytes``. Checkpoint records are skipped. An unknown stream gives ``[]``.
         """
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-            raise InvalidArgument(f"max_bytes must be a non-negative int, not {max_bytes!r}")
-        out: list[bytes] = []
-        total = 0
-        for record in self.iter_records(stream_id, from_offset):
-            if record.kind is not RecordKind.EVENT:
-                continue
-            if out and total + len(record.payload) > max_bytes:
-                break
-            out.append(record.payload)
-            total += len(record.payload)
-        return out
+        limit = check_non_negative("max_bytes", max_bytes)
+        return take_payloads(self.iter_records(stream_id, from_offset), limit)
 
     def read_from_genesis(self, stream_id: int) -> list[bytes]:
         """Every event payload, verified from offset 0."""

@@ -246,13 +246,18 @@ class Storage:
             self._catalog = self._open_or_rebuild_catalog()
             self._note_recovery(recover_store(self._catalog, self._data_dir, self._now))
         except OSError as e:
-            self._abandon_open()
+            self._release()
             raise StorageIOError(f"cannot open store {self._data_dir}: {e}", path=self._data_dir) from e
         except BaseException:
-            self._abandon_open()
+            self._release()
             raise
 
-    def _abandon_open(self) -> None:
+    def _release(self) -> None:
+        """Close every file and the catalog, and drop the writer lock."""
+        for head in self._heads.values():
+            if head.writer is not None:
+                head.writer.close()
+        self._heads.clear()
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
@@ -325,16 +330,7 @@ class Storage:
                             self._write_batch(head, [(RecordKind.CHECKPOINT, b"")], fsync=True, pipeline=self._pipeline)
             finally:
                 self._closed = True
-                for head in self._heads.values():
-                    if head.writer is not None:
-                        head.writer.close()
-                self._heads.clear()
-                if self._catalog is not None:
-                    self._catalog.close()
-                    self._catalog = None
-                if self._store_lock is not None:
-                    self._store_lock.release()
-                    self._store_lock = None
+                self._release()
 
     def __enter__(self) -> Storage:
         return self

@@ -16,7 +16,7 @@ Contracts tested here:
 * an empty segment file left by a crash during rotation does not block later appends.
 
 The damage is real: bytes are flipped and files cut or removed with the helpers ``flip_byte``,
-``tear_tail`` and ``drop_segment``.
+``tear_tail`` and ``drop_segment`` from ``damage_tools``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from damage_tools import active_segment, drop_segment, flip_byte, frame_batch, quarantine_files, tear_tail
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.vendor.pretty import RepresentationPrinter
@@ -46,7 +47,6 @@ from hybridlog import (
     StreamId,
     TruncatedRecord,
 )
-from hybridlog.record import append_frame, new_compressor
 from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, segment_path, stream_path
 from hybridlog.types import ChainHash, Offset
 
@@ -55,36 +55,6 @@ STREAMS = (0, 7)
 TAIL_STREAM = 0
 START_NS = 1_700_000_000_000_000_000
 COMPRESSIONS = [CompressionKind.NONE, CompressionKind.ZSTD]
-
-
-# --- damage helpers ----------------------------------------------------------------------------------
-
-
-def flip_byte(path: Path, pos: int, mask: int = 0xFF) -> None:
-    """XOR the byte at ``pos`` of ``path`` with ``mask`` (non-zero), in place."""
-    assert mask & 0xFF, "a zero mask changes nothing"
-    with path.open("r+b") as f:
-        f.seek(pos)
-        old = f.read(1)
-        assert len(old) == 1, f"{path} has no byte {pos}"
-        f.seek(pos)
-        f.write(bytes([old[0] ^ (mask & 0xFF)]))
-
-
-def tear_tail(path: Path, n: int) -> bytes:
-    """Cut the last ``n`` bytes off ``path`` (a write that never finished); returns the bytes cut."""
-    data = path.read_bytes()
-    assert 0 <= n <= len(data)
-    with path.open("r+b") as f:
-        f.truncate(len(data) - n)
-    return data[len(data) - n :]
-
-
-def drop_segment(data_dir: Path, stream_id: int, segment_no: int) -> Path:
-    """Delete one segment file of a stream; returns its path."""
-    path = segment_path(data_dir, stream_id, segment_no)
-    path.unlink()
-    return path
 
 
 # --- building stores ---------------------------------------------------------------------------------
@@ -131,55 +101,6 @@ def fill_store(path: Path, compression: CompressionKind, *, batches: int = 12, s
 def records_of(path: Path, compression: CompressionKind, stream_id: int) -> list[Record]:
     with open_store(path, compression, read_only=True) as store:
         return store.read_records_from_genesis(stream_id)
-
-
-@dataclass(frozen=True)
-class FramedBatch:
-    """A batch framed by hand: its records and the byte size of each record's frame."""
-
-    records: list[Record]
-    frame_sizes: list[int]
-
-
-def frame_batch(
-    out: bytearray,
-    *,
-    stream_id: int,
-    offset: int,
-    prev: bytes,
-    timestamp_ns: int,
-    payloads: list[bytes],
-    compression: CompressionKind,
-) -> FramedBatch:
-    """Frame one batch of events onto ``out`` the way the store would."""
-    compressor = new_compressor() if compression is CompressionKind.ZSTD else None
-    records, sizes = [], []
-    for i, payload in enumerate(payloads):
-        start = len(out)
-        own = append_frame(
-            out,
-            stream_id=stream_id,
-            offset=offset + i,
-            kind=RecordKind.EVENT,
-            timestamp_ns=timestamp_ns,
-            prev_hash=prev,
-            payload=payload,
-            batch_end=i == len(payloads) - 1,
-            compressor=compressor,
-        )
-        sid, off = StreamId(stream_id), Offset(offset + i)
-        records.append(Record(sid, off, RecordKind.EVENT, timestamp_ns, ChainHash(prev), own, payload))
-        sizes.append(len(out) - start)
-        prev = own
-    return FramedBatch(records, sizes)
-
-
-def active_segment(data_dir: Path, stream_id: int) -> Path:
-    return max(stream_path(data_dir, stream_id).glob("*.seg"))
-
-
-def quarantine_files(data_dir: Path, stream_id: int) -> list[Path]:
-    return sorted(stream_path(data_dir, stream_id).glob(f"*{QUARANTINE_SUFFIX}"))
 
 
 @dataclass(frozen=True, repr=False)

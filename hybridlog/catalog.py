@@ -235,6 +235,18 @@ class Catalog:
         no, position, length, kind, ts = row
         return IndexEntry(Offset(offset), no, position, length, RecordKind(kind), ts)
 
+    def first_entry_ending_after(self, stream_id: StreamId, segment_no: int, byte: int) -> IndexEntry | None:
+        """The first record of a segment whose frame does not end by ``byte`` (the first one a cut there hurts)."""
+        row = self.conn.execute(
+            "SELECT offset, position, length, kind, timestamp_ns FROM records"
+            " WHERE stream_id = ? AND segment_no = ? AND position + length > ? ORDER BY offset LIMIT 1",
+            (stream_id, segment_no, byte),
+        ).fetchone()
+        if row is None:
+            return None
+        offset, position, length, kind, ts = row
+        return IndexEntry(Offset(offset), segment_no, position, length, RecordKind(kind), ts)
+
     def index_entries(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[IndexEntry]:
         rows = self.conn.execute(
             "SELECT offset, segment_no, position, length, kind, timestamp_ns FROM records"

@@ -79,6 +79,11 @@ def _open_existing(store: Path, *, read_only: bool) -> Storage:
 def cli(verbose: bool) -> None:
     """Tamper-evident, append-only event streams."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not verbose:
+        # Damage the library logs at ERROR is also raised when a command reaches it, and then it is
+        # the one error line; logged as well, it would print twice.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: record.levelno < logging.ERROR or not record.name.startswith("hybridlog"))
 
 
 @cli.command()
@@ -270,21 +275,23 @@ def check(store: Path, stream_ids: tuple[int, ...], as_json: bool) -> None:
 def repair(store: Path, stream_ids: tuple[int, ...], yes: bool, dry_run: bool, as_json: bool) -> None:
     """Show the repair plan, then apply it (cut bytes are kept in quarantine files)."""
     wanted = list(stream_ids) or None
-    with _open_existing(store, read_only=dry_run) as storage:
-        with _progress("checking", _records_in(storage, wanted)) as advance:
-            plan = storage.check(wanted, progress=advance).plan(wanted)
-        if not as_json:
-            if not plan:
-                click.echo("nothing to repair")
-            else:
-                click.echo("repair plan:")
-                _render_plan(plan)
-        if dry_run or not plan:
-            if as_json:
-                _print_json({"plan": [s.as_dict() for s in plan], "applied": []})
-            return
-        if not yes and not click.confirm("apply this plan?", err=True):
-            raise click.ClickException("not applied")
+    # The plan comes from a read-only store: opening for writing runs open-time recovery, which
+    # must not change anything before the operator has seen the plan and said yes.
+    with _open_existing(store, read_only=True) as reader, _progress("checking", _records_in(reader, wanted)) as advance:
+        plan = reader.check(wanted, progress=advance).plan(wanted)
+    if not as_json:
+        if not plan:
+            click.echo("nothing to repair")
+        else:
+            click.echo("repair plan:")
+            _render_plan(plan)
+    if dry_run or not plan:
+        if as_json:
+            _print_json({"plan": [s.as_dict() for s in plan], "applied": []})
+        return
+    if not yes and not click.confirm("apply this plan?", err=True):
+        raise click.ClickException("not applied")
+    with _open_existing(store, read_only=False) as storage:
         result = storage.repair(plan, stream_ids=wanted)
     if as_json:
         _print_json({"plan": [s.as_dict() for s in plan], **result.as_dict()})

@@ -200,12 +200,14 @@ def _catalog_damage(catalog: Catalog, data_dir: Path, stream_id: StreamId) -> In
         size = path.stat().st_size if path.exists() else None
         if size is None or size < seg.size_bytes or (seg.sealed and size != seg.size_bytes):
             found = "missing" if size is None else f"{size} bytes"
+            cut = min(size or 0, seg.size_bytes)
+            hurt = catalog.first_entry_ending_after(stream_id, seg.segment_no, cut)
             return CatalogMismatch(
                 f"segment is {found} but the catalog records {seg.size_bytes} bytes",
                 stream_id=stream_id,
-                offset=seg.first_offset,
+                offset=hurt.offset if hurt else seg.next_offset,
                 segment=path,
-                position=min(size or 0, seg.size_bytes),
+                position=hurt.position if hurt else cut,
                 hint=f"run `hybridlog repair {data_dir} --stream {stream_id}`",
             )
     return None

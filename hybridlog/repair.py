@@ -243,7 +243,7 @@ def _check_stream(
                     DAMAGED_RECORD,
                     f"damaged record ({scan.problem.reason})",
                     TRUNCATE,
-                    offset=scan.next_offset,
+                    offset=scan.problem.offset,
                     segment=path,
                     position=scan.problem.position,
                 )

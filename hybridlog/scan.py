@@ -35,6 +35,8 @@ class ScanProblem:
     reason: str
     unterminated: bool
     """True when every frame read fine but the last batch had no end marker: a write cut short."""
+    offset: int
+    """The offset of the record at ``position``: the bad record, or the first of the unterminated batch."""
 
 
 class SegmentScan:
@@ -76,13 +78,13 @@ class SegmentScan:
                         frame, stream_id=self.stream_id, expected_offset=offset, prev_hash=prev, segment=self.path
                     )
                 except IncompleteFrame as e:
-                    self.problem = ScanProblem(reader.position, e.reason, unterminated=False)
+                    self.problem = ScanProblem(reader.position, e.reason, unterminated=False, offset=offset)
                     return
                 except FrameError as e:
-                    self.problem = ScanProblem(reader.position, e.reason, unterminated=False)
+                    self.problem = ScanProblem(reader.position, e.reason, unterminated=False, offset=offset)
                     return
                 except IntegrityError as e:
-                    self.problem = ScanProblem(reader.position, e.message, unterminated=False)
+                    self.problem = ScanProblem(reader.position, e.message, unterminated=False, offset=offset)
                     return
                 entry = IndexEntry(
                     record.offset,
@@ -100,7 +102,12 @@ class SegmentScan:
                     self.next_offset, self.prev_hash = offset, prev
                     pending = []
         if pending:
-            self.problem = ScanProblem(pending[0].entry.position, "last batch has no end marker", unterminated=True)
+            self.problem = ScanProblem(
+                pending[0].entry.position,
+                "last batch has no end marker",
+                unterminated=True,
+                offset=pending[0].entry.offset,
+            )
 
 
 @dataclass(slots=True)

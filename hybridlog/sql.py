@@ -25,6 +25,10 @@ _ALLOWED = {
 }
 
 
+# pragmas whose argument names a table or index to describe, never a value to set
+_SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
+
+
 class SqlRefused(InvalidArgument):
     """Raised when a statement given to ``query_catalog`` would change something or fails to run."""
 
@@ -38,8 +42,10 @@ class QueryResult:
 def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
     if action in _ALLOWED:
         return apsw.SQLITE_OK
-    if action == apsw.SQLITE_PRAGMA and arg2 is None and (arg1 or "").lower() != "writable_schema":
-        return apsw.SQLITE_OK  # reading a pragma (table_info, user_version, ...) changes nothing
+    if action == apsw.SQLITE_PRAGMA:
+        name = (arg1 or "").lower()
+        if (arg2 is None and name != "writable_schema") or name in _SCHEMA_PRAGMAS:
+            return apsw.SQLITE_OK  # reading a pragma (table_info, user_version, ...) changes nothing
     return apsw.SQLITE_DENY
 
 

@@ -167,7 +167,10 @@ class Catalog:
             else:
                 self._check_version()
         except apsw.Error as e:
-            raise CatalogUnusable(f"cannot open catalog {path}: {e}") from e
+            raise CatalogUnusable(
+                f"cannot open catalog {path}: {e}",
+                hint=f"a writer rebuilds it from the segments: run `hybridlog repair {path.parent}`",
+            ) from e
 
     def health_problem(self) -> str | None:
         """None if SQLite's ``quick_check`` passes, else what it reports (the first few lines)."""

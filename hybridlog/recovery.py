@@ -278,7 +278,7 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
                 result.damage = IntegrityError(
                     f"bad record past the catalog's end, not a torn write ({scan.problem.reason})",
                     stream_id=stream_id,
-                    offset=scan.next_offset,
+                    offset=scan.problem.offset,
                     segment=path,
                     position=scan.problem.position,
                     hint=f"run `hybridlog repair {data_dir} --stream {stream_id}`",
@@ -351,7 +351,7 @@ def _damage_of(data_dir: Path, scan: StreamScan) -> IntegrityError | None:
         return IntegrityError(
             f"bad record ({scan.problem.reason})",
             stream_id=scan.stream_id,
-            offset=scan.next_offset,
+            offset=scan.problem.offset,
             segment=segment_path(data_dir, scan.stream_id, scan.problem_segment),
             position=scan.problem.position,
             hint=hint,
@@ -359,14 +359,24 @@ def _damage_of(data_dir: Path, scan: StreamScan) -> IntegrityError | None:
     return None
 
 
-def index_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clock, *, found: str) -> ReconcileResult:
+def index_stream(
+    catalog: Catalog,
+    data_dir: Path,
+    stream_id: StreamId,
+    now: Clock,
+    *,
+    found: str,
+    prior: list[RecoveryEntry] | None = None,
+) -> ReconcileResult:
     """Replace a stream's catalog rows with a verifying scan of its segment files.
 
     Indexes every complete, valid batch up to the first damage. A torn tail of the last segment is
     quarantined. Damage (a bad record that is not a torn tail, a missing segment) is left where it
     is and returned as ``damage``: the catalog then ends before it, so reads stop before it.
+    ``prior``: entries for what the caller already did to the files (``truncate_stream``), logged
+    first and in the same transaction.
     """
-    result = ReconcileResult(stream_id)
+    result = ReconcileResult(stream_id, entries=list(prior or []))
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
         result.entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1]))
@@ -417,14 +427,14 @@ def truncate_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: 
         assert first_dropped is not None
         for no in (n for n in numbers if n >= first_dropped):
             entries.append(replace(quarantine_segment(data_dir, stream_id, no, found), action=TRUNCATED))
-    result = index_stream(
-        catalog, data_dir, stream_id, now, found="truncated at damage" if damage else "truncate requested"
+    return index_stream(
+        catalog,
+        data_dir,
+        stream_id,
+        now,
+        found="truncated at damage" if damage else "truncate requested",
+        prior=entries,
     )
-    if entries:
-        with catalog.transaction():
-            _commit(catalog, entries, now())
-    result.entries = entries + result.entries
-    return result
 
 
 def stream_ids_on_disk(data_dir: Path) -> list[StreamId]:
@@ -486,7 +496,7 @@ def rebuild_checkpoints(catalog: Catalog, data_dir: Path, stream_id: StreamId) -
             raise IntegrityError(
                 f"bad record ({scan.problem.reason})",
                 stream_id=stream_id,
-                offset=scan.next_offset,
+                offset=scan.problem.offset,
                 segment=scan.path,
                 position=scan.problem.position,
             )

@@ -16,7 +16,7 @@ from hybridlog.catalog import CheckpointRow, IndexEntry
 from hybridlog.chain import open_record
 from hybridlog.errors import IntegrityError
 from hybridlog.record import MAGIC, FrameError
-from hybridlog.segment import IncompleteFrame, SegmentReader, segment_numbers_on_disk, segment_path, stream_path
+from hybridlog.segment import SegmentReader, segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
 
 
@@ -72,19 +72,18 @@ class SegmentScan:
             while True:
                 try:
                     frame = reader.read_frame()
-                    if frame is None:
-                        break
+                except FrameError as e:  # IncompleteFrame too: the reader stays at the bad frame
+                    self.problem = ScanProblem(reader.position, e.reason, unterminated=False, offset=offset)
+                    return
+                if frame is None:
+                    break
+                try:
                     record = open_record(
                         frame, stream_id=self.stream_id, expected_offset=offset, prev_hash=prev, segment=self.path
                     )
-                except IncompleteFrame as e:
-                    self.problem = ScanProblem(reader.position, e.reason, unterminated=False, offset=offset)
-                    return
-                except FrameError as e:
-                    self.problem = ScanProblem(reader.position, e.reason, unterminated=False, offset=offset)
-                    return
                 except IntegrityError as e:
-                    self.problem = ScanProblem(reader.position, e.message, unterminated=False, offset=offset)
+                    # The frame was read whole, so the reader is already past it: name the frame's start.
+                    self.problem = ScanProblem(frame.position, e.reason, unterminated=False, offset=offset)
                     return
                 entry = IndexEntry(
                     record.offset,

@@ -180,7 +180,12 @@ class Storage:
         self._pipeline = AppendPipeline()
         self._closed = False
         if self._data_dir.exists():
-            self._open()
+            try:
+                self._open()
+            except CatalogUnusable:
+                if not read_only:
+                    raise
+                # A reader cannot rebuild the catalog: check() still reports it, reads raise it.
 
     # --- the seed's constructors -----------------------------------------------------------------
 
@@ -314,8 +319,14 @@ class Storage:
     def _readable_catalog(self) -> Catalog | None:
         if self._closed:
             raise StoreClosed(f"store {self._data_dir} is closed")
-        if self._catalog is None and self._read_only and (self._data_dir / CATALOG_FILE).exists():
-            self._open()
+        if self._catalog is None and self._read_only:
+            if (self._data_dir / CATALOG_FILE).exists():
+                self._open()
+            elif stream_ids_on_disk(self._data_dir):
+                raise CatalogUnusable(
+                    f"store {self._data_dir} has segments but no catalog",
+                    hint=f"open it for writing, or run `hybridlog repair {self._data_dir}`, to rebuild the catalog",
+                )
         return self._catalog
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from hybridlog.errors import CatalogTooNew, CatalogUnusable
 from hybridlog.recovery import stream_ids_on_disk
 from hybridlog.scan import ScannedRecord, walk_stream
 from hybridlog.segment import file_digest, segment_path
-from hybridlog.types import StreamId
+from hybridlog.types import RecordKind, StreamId
 
 # Finding.problem values
 CATALOG_MISSING = "catalog_missing"
@@ -200,8 +200,11 @@ def _check_stream(
     report: CheckReport,
     progress: Callable[[int], None] | None,
 ) -> list[Finding]:
+    index = _IndexComparison(catalog, sid)
+
     def count(batch: list[ScannedRecord]) -> None:
         report.records_verified += len(batch)
+        index.compare(batch)
         if progress is not None:
             progress(len(batch))
 
@@ -277,7 +280,50 @@ def _check_stream(
         found.append(Finding(sid, CATALOG_MISMATCH, "the catalog's chain head is not the last record's hash", REINDEX))
     else:
         found.extend(_check_segment_rows(data_dir, catalog, sid))
+        found.extend(index.findings())
     return found
+
+
+class _IndexComparison:
+    """Compares the catalog's offset-index and checkpoint rows with the records a walk finds.
+
+    Fed batch by batch, it walks the catalog's rows alongside, so memory stays bounded.
+    """
+
+    def __init__(self, catalog: Catalog | None, sid: StreamId) -> None:
+        self.sid = sid
+        self.catalog = catalog
+        self.rows = iter(catalog.index_entries(sid)) if catalog else iter(())
+        self.first_wrong: int | None = None
+        self.checkpoints: list[tuple[int, bytes]] = []
+
+    def compare(self, batch: list[ScannedRecord]) -> None:
+        for record in batch:
+            if record.entry.kind == RecordKind.CHECKPOINT:
+                self.checkpoints.append((record.entry.offset, record.hash))
+            if self.first_wrong is None and next(self.rows, None) != record.entry:
+                self.first_wrong = record.entry.offset
+
+    def findings(self) -> list[Finding]:
+        found = []
+        if self.first_wrong is not None or next(self.rows, None) is not None:
+            where = f"from offset {self.first_wrong}" if self.first_wrong is not None else "past the last record"
+            found.append(
+                Finding(
+                    self.sid,
+                    CATALOG_MISMATCH,
+                    f"the offset index disagrees with the segments {where}",
+                    REINDEX,
+                    offset=self.first_wrong,
+                )
+            )
+        if self.catalog is not None:
+            rows = [(c.offset, c.hash) for c in self.catalog.checkpoints(self.sid)]
+            if rows != self.checkpoints:
+                found.append(
+                    Finding(self.sid, CATALOG_MISMATCH, "the checkpoint rows disagree with the segments", REINDEX)
+                )
+        return found
 
 
 def _check_segment_rows(data_dir: Path, catalog: Catalog, sid: StreamId) -> list[Finding]:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import apsw
 import pytest
 from conftest import make_clock
 from damage_tools import (
@@ -79,6 +80,7 @@ from hybridlog.recovery import ADOPTED, QUARANTINED, REBUILT_CATALOG, REINDEXED,
 from hybridlog.repair import (
     CATALOG_AHEAD,
     CATALOG_BEHIND,
+    CATALOG_MISMATCH,
     CATALOG_MISSING,
     CATALOG_UNUSABLE,
     DAMAGED_RECORD,
@@ -989,3 +991,31 @@ def test_the_nothing_lost_oracle_fails_when_a_byte_is_lost(tmp_path: Path) -> No
     (tmp_path / quarantine_name(3, 59)).write_bytes(bytes(range(59, 100)))  # kept from the wrong place
     with pytest.raises(AssertionError):
         assert_no_bytes_lost(before, tmp_path)
+
+
+# --- index rows that disagree with the segments ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "DELETE FROM records WHERE stream_id = ? AND offset = 10",
+        "UPDATE records SET position = position + 1 WHERE stream_id = ? AND offset = 10",
+        "DELETE FROM checkpoints WHERE stream_id = ?",
+    ],
+)
+def test_check_compares_index_and_checkpoint_rows_with_the_segments(
+    history: History, store_copy: Path, edit: str
+) -> None:
+    """A catalog whose offset-index or checkpoint rows were changed by hand is found, then reindexed."""
+    conn = apsw.Connection(str(store_copy / "catalog.db"))
+    conn.execute(edit, (STREAM,))
+    conn.close()
+    with open_store(store_copy, read_only=True) as reader:
+        report = reader.check()
+    assert [(f.stream_id, f.problem) for f in report.findings] == [(STREAM, CATALOG_MISMATCH)]
+    assert plan_of(report) == [(REINDEX, STREAM)]
+    with open_store(store_copy) as store:
+        store.repair()
+        assert store.check().ok
+        assert catalog_view(store, STREAM) == history.views[STREAM]

@@ -613,10 +613,6 @@ class Storage:
             catalog = self._readable_catalog()
             if catalog is None:
                 return None
-            if not self._read_only:
-                head = self._head(stream_id)
-                if head.damage is not None and not isinstance(head.damage, IntegrityError):
-                    raise head.damage
             try:
                 return catalog.snapshot(stream_id, from_offset, anchored=anchored)
             except apsw.Error as e:
@@ -666,8 +662,6 @@ class Storage:
         """The hash of the stream's last record (None for an empty or unknown stream)."""
         sid = check_stream_id(stream_id)
         with self._lock:
-            if not self._read_only and self._catalog_exists():
-                return self._head(sid).head
             catalog = self._readable_catalog()
             row = catalog.stream(sid) if catalog else None
             return row.chain_head if row else None
@@ -676,8 +670,6 @@ class Storage:
         """The offset the stream's next record will get (its record count)."""
         sid = check_stream_id(stream_id)
         with self._lock:
-            if not self._read_only and self._catalog_exists():
-                return Offset(self._head(sid).next_offset)
             catalog = self._readable_catalog()
             row = catalog.stream(sid) if catalog else None
             return row.next_offset if row else Offset(0)
@@ -908,6 +900,3 @@ class Storage:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
             raise InvalidConfiguration(f"clock must return nanoseconds as an int in 0..2**64-1, not {value!r}")
         return value
-
-    def _catalog_exists(self) -> bool:
-        return self._catalog is not None or (self._data_dir / CATALOG_FILE).exists()

@@ -17,6 +17,7 @@ writer opens the store) adopts it.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 import apsw
+import blake3
 
 from hybridlog.batch import (
     BytesLike,
@@ -41,13 +43,12 @@ from hybridlog.batch import (
 from hybridlog.catalog import (
     CATALOG_FILE,
     Catalog,
-    CheckpointRow,
-    IndexEntry,
     RecoveryEntry,
     SegmentRow,
     StreamSnapshot,
     StreamStats,
 )
+from hybridlog.commit import AppendRequest, FramedBatch, GroupCommitQueue, HeadView, SegmentWrite, frame_batch
 from hybridlog.errors import (
     CatalogError,
     CatalogUnusable,
@@ -66,7 +67,6 @@ from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.reader import verified_records
-from hybridlog.record import append_frame, checkpoint_payload
 from hybridlog.recovery import (
     ReconcileResult,
     index_stream,
@@ -88,7 +88,6 @@ from hybridlog.segment import (
 )
 from hybridlog.types import (
     DEFAULT_MAX_SEGMENT_SIZE,
-    GENESIS_HASH,
     MIN_SEGMENT_SIZE,
     ChainHash,
     CheckpointPolicy,
@@ -124,10 +123,7 @@ class _StreamHead:
     """The writer's view of one stream: where the next batch goes and what it links to."""
 
     stream_id: StreamId
-    next_offset: int
-    head: ChainHash | None
-    last_timestamp_ns: int
-    events_since_checkpoint: int
+    view: HeadView  # replaced whole after each commit, so stage 1 can read it without the lock
     segment_no: int
     segment_first_offset: int
     segment_size: int
@@ -177,7 +173,9 @@ class Storage:
         self._heads: dict[StreamId, _StreamHead] = {}
         self._damage: dict[StreamId, IntegrityError] = {}
         self._recovery: list[ReconcileResult] = []
-        self._pipeline = AppendPipeline()
+        self._pipeline = AppendPipeline()  # the group-commit leader's, for batches it must frame again
+        self._pipelines = threading.local()  # each appending thread's own (stage 1 runs in the caller)
+        self._commits = GroupCommitQueue()
         self._closed = False
         if self._data_dir.exists():
             try:
@@ -331,15 +329,20 @@ class Storage:
 
     def close(self) -> None:
         """Write on-close checkpoints (if the policy says so), close files, release the lock."""
-        with self._lock:
-            if self._closed:
-                return
-            try:
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                due = []
                 if not self._read_only and self._policy.on_close and self._catalog is not None:
-                    for head in list(self._heads.values()):
-                        if head.damage is None and head.events_since_checkpoint > 0:
-                            self._write_batch(head, [(RecordKind.CHECKPOINT, b"")], fsync=True, pipeline=self._pipeline)
-            finally:
+                    due = [
+                        h.stream_id for h in self._heads.values() if h.damage is None and h.view.events_since_checkpoint
+                    ]
+            # Not under the lock: a group-commit leader in another thread needs it to finish.
+            for sid in due:
+                self._submit(sid, None, expected_offset=None, prev_hash=None, check_prev=False, fsync=True)
+        finally:
+            with self._lock:
                 self._closed = True
                 self._release()
 
@@ -368,10 +371,14 @@ class Storage:
         damage = self._damage.get(stream_id)
         head = _StreamHead(
             stream_id=stream_id,
-            next_offset=row.next_offset if row else 0,
-            head=row.chain_head if row else None,
-            last_timestamp_ns=(row.last_timestamp_ns or 0) if row else 0,
-            events_since_checkpoint=catalog.events_after(stream_id, last_checkpoint.offset if last_checkpoint else -1),
+            view=HeadView(
+                next_offset=row.next_offset if row else 0,
+                head=row.chain_head if row else None,
+                events_since_checkpoint=catalog.events_after(
+                    stream_id, last_checkpoint.offset if last_checkpoint else -1
+                ),
+                last_timestamp_ns=(row.last_timestamp_ns or 0) if row else 0,
+            ),
             segment_no=segments[-1].segment_no if segments else -1,
             segment_first_offset=segments[-1].first_offset if segments else 0,
             segment_size=segments[-1].size_bytes if segments else 0,
@@ -401,9 +408,12 @@ class Storage:
         ``expected_offset`` must be the stream's next offset and ``prev_hash`` its chain head
         (None for an empty stream), or OffsetMismatch / ChainMismatch is raised and nothing is
         written. Checkpoint records the policy calls for are written inside the batch, so the
-        returned head may be a checkpoint's.
+        returned head may be a checkpoint's. Threads appending at the same time share one write,
+        fsync and catalog commit (group commit); each returns when its own batch is committed.
         """
-        return self.append_batch_pipelined(stream_id, events, expected_offset, prev_hash, fsync, self._pipeline)
+        return self.append_batch_pipelined(
+            stream_id, events, expected_offset, prev_hash, fsync, self._thread_pipeline()
+        )
 
     def append_batch_pipelined(
         self,
@@ -414,28 +424,29 @@ class Storage:
         fsync: bool,
         pipeline: AppendPipeline,
     ) -> tuple[Offset, ChainHash]:
-        """``append_batch`` framing into ``pipeline``'s reusable buffer (same contract)."""
+        """``append_batch`` framing into ``pipeline``'s reusable buffer (same contract).
+
+        Framing (stage 1) runs in the calling thread, outside the store's lock, so it overlaps the
+        write and fsync (stage 2) of batches other threads are committing.
+        """
         sid = check_stream_id(stream_id)
         payloads = check_events(events)
         offset = check_offset("expected_offset", expected_offset)
         given_hash = check_prev_hash(prev_hash)
         if not isinstance(pipeline, AppendPipeline):
             raise InvalidArgument(f"pipeline must be an AppendPipeline, not {type(pipeline).__name__}")
-        with self._lock:
-            head = self._head(sid)
-            self._check_head(head, offset, given_hash)
-            planned = plan_batch(payloads, self._policy, head.events_since_checkpoint)
-            return self._write_batch(head, planned, fsync=fsync, pipeline=pipeline)
+        return self._submit(
+            sid, payloads, expected_offset=offset, prev_hash=given_hash, check_prev=True, fsync=fsync, pipeline=pipeline
+        )
 
     def append(
         self, stream_id: int, events: Sequence[BytesLike], *, expected_offset: int | None = None, fsync: bool = True
     ) -> tuple[Offset, ChainHash]:
-        """Append to the stream's current head (checked against ``expected_offset`` if given)."""
+        """Append at the stream's current head, whatever it is (checked against ``expected_offset`` if given)."""
         sid = check_stream_id(stream_id)
-        with self._lock:
-            head = self._head(sid)
-            offset = head.next_offset if expected_offset is None else expected_offset
-            return self.append_batch(sid, events, offset, head.head, fsync)
+        payloads = check_events(events)
+        offset = None if expected_offset is None else check_offset("expected_offset", expected_offset)
+        return self._submit(sid, payloads, expected_offset=offset, prev_hash=None, check_prev=False, fsync=fsync)
 
     def create_checkpoint(
         self, stream_id: int, current_offset: int, prev_hash: bytes | None, record_count: int, fsync: bool = True
@@ -449,162 +460,250 @@ class Storage:
         offset = check_offset("current_offset", current_offset)
         given_hash = check_prev_hash(prev_hash)
         count = check_offset("record_count", record_count)
-        with self._lock:
-            head = self._head(sid)
-            self._check_head(head, offset, given_hash)
-            if count != head.next_offset:
-                raise RecordCountMismatch(stream_id=sid, given=count, actual=head.next_offset)
-            return self._write_batch(head, [(RecordKind.CHECKPOINT, b"")], fsync=fsync, pipeline=self._pipeline)
-
-    def _check_head(self, head: _StreamHead, expected_offset: int, prev_hash: bytes | None) -> None:
-        if head.damage is not None:
-            raise head.damage
-        if expected_offset != head.next_offset:
-            raise OffsetMismatch(stream_id=head.stream_id, expected=expected_offset, actual=head.next_offset)
-        if prev_hash != head.head:
-            raise ChainMismatch(stream_id=head.stream_id, given=prev_hash, head=head.head)
-
-    def _write_batch(
-        self,
-        head: _StreamHead,
-        items: list[PlannedRecord],
-        *,
-        fsync: bool,
-        pipeline: AppendPipeline,
-    ) -> tuple[Offset, ChainHash]:
-        catalog = self._writable_catalog()
-        sid = head.stream_id
-        now = self._now()  # one clock reading per batch, so a counting test clock stays predictable
-        timestamp = max(now, head.last_timestamp_ns)  # never backwards within a stream
-        compressor = pipeline.compressor if self._compression is CompressionKind.ZSTD else None
-
-        # 1. Frame every record into one buffer.
-        buffer = pipeline.start_batch()
-        frames: list[tuple[int, int, int, RecordKind, ChainHash]] = []  # offset, start, length, kind, hash
-        offset, prev = head.next_offset, head.head or GENESIS_HASH
-        events = payload_bytes = 0
-        since = head.events_since_checkpoint
-        for i, (kind, payload) in enumerate(items):
-            if kind is RecordKind.CHECKPOINT:
-                payload = checkpoint_payload(offset)
-                since = 0
-            else:
-                events += 1
-                payload_bytes += len(payload)
-                since += 1
-            start = len(buffer)
-            prev = append_frame(
-                buffer,
-                stream_id=sid,
-                offset=offset,
-                kind=kind,
-                timestamp_ns=timestamp,
-                prev_hash=prev,
-                payload=payload,
-                batch_end=i == len(items) - 1,
-                compressor=compressor,
-            )
-            frames.append((offset, start, len(buffer) - start, kind, prev))
-            offset += 1
-
-        # 2. Rotate when the batch would push the active segment past its limit.
-        rotate = head.writer is None or (
-            head.segment_size > 0 and head.segment_size + len(buffer) > self._max_segment_size
+        return self._submit(
+            sid, None, expected_offset=offset, prev_hash=given_hash, check_prev=True, fsync=fsync, record_count=count
         )
-        old_writer = head.writer
-        segment_no = head.segment_no + 1 if rotate else head.segment_no
-        base = 0 if rotate else head.segment_size
-        sealed_digest: bytes | None = None
-        try:
-            if rotate:
-                if old_writer is not None:
-                    old_writer.sync()  # a sealed segment is durable before its digest is recorded
-                    sealed_digest = file_digest(old_writer.path)
-                directory = stream_path(self._data_dir, sid)
-                make_dirs_durably(directory)
-                writer = SegmentWriter(segment_path(self._data_dir, sid, segment_no), create=True)
-                fsync_dir(directory)  # the new name is durable before the catalog points at it
-            else:
-                assert old_writer is not None
-                writer = old_writer
-        except OSError as e:
-            raise StorageIOError(f"stream {sid}: cannot start segment {segment_no}: {e}") from e
 
+    def _thread_pipeline(self) -> AppendPipeline:
+        pipeline: AppendPipeline | None = getattr(self._pipelines, "pipeline", None)
+        if pipeline is None:
+            pipeline = self._pipelines.pipeline = AppendPipeline()
+        return pipeline
+
+    def _submit(
+        self,
+        sid: StreamId,
+        payloads: list[BytesLike] | None,
+        *,
+        expected_offset: int | None,
+        prev_hash: bytes | None,
+        check_prev: bool,
+        fsync: bool,
+        record_count: int | None = None,
+        pipeline: AppendPipeline | None = None,
+    ) -> tuple[Offset, ChainHash]:
+        """Stage 1 here (frame against the head as it looks now), stage 2 through the group commit."""
+        head = self._heads.get(sid)
+        if head is None or self._closed:
+            with self._lock:
+                head = self._head(sid)  # raises StoreClosed / ReadOnlyStore as needed
+        request = AppendRequest(sid, payloads, expected_offset, prev_hash, check_prev, fsync, record_count)
+        view = head.view
+        if self._conflict(request, view) is None:
+            pipeline = pipeline or self._thread_pipeline()
+            compressor = pipeline.compressor if self._compression is CompressionKind.ZSTD else None
+            request.framed = frame_batch(sid, self._plan(request, view), view, self._now(), pipeline.buffer, compressor)
+        self._commits.submit(request, self._commit_group)
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    def _plan(self, request: AppendRequest, view: HeadView) -> list[PlannedRecord]:
+        if request.payloads is None:
+            return [(RecordKind.CHECKPOINT, b"")]
+        return plan_batch(request.payloads, self._policy, view.events_since_checkpoint)
+
+    @staticmethod
+    def _conflict(request: AppendRequest, view: HeadView) -> StorageError | None:
+        """Why ``request`` cannot go on top of ``view`` (None: it can)."""
+        sid = request.stream_id
+        if request.expected_offset is not None and request.expected_offset != view.next_offset:
+            return OffsetMismatch(stream_id=sid, expected=request.expected_offset, actual=view.next_offset)
+        if request.check_prev and request.prev_hash != view.head:
+            return ChainMismatch(stream_id=sid, given=request.prev_hash, head=view.head)
+        if request.record_count is not None and request.record_count != view.next_offset:
+            return RecordCountMismatch(stream_id=sid, given=request.record_count, actual=view.next_offset)
+        return None
+
+    def _commit_group(self, group: list[AppendRequest]) -> None:
+        """Stage 2 for every request in ``group`` (the leader runs this; see commit.py)."""
+        with self._lock:
+            tentative: dict[StreamId, HeadView] = {}
+            batches: dict[StreamId, list[FramedBatch]] = {}
+            accepted: list[AppendRequest] = []
+            for request in group:
+                try:
+                    head = self._head(request.stream_id)
+                    if head.damage is not None:
+                        raise head.damage
+                    view = tentative.get(request.stream_id, head.view)
+                    conflict = self._conflict(request, view)
+                    if conflict is not None:
+                        raise conflict
+                    framed = request.framed
+                    if framed is None or framed.on != view:
+                        # framed on a head that moved since (another batch in this group or before it)
+                        compressor = self._pipeline.compressor if self._compression is CompressionKind.ZSTD else None
+                        framed = frame_batch(
+                            request.stream_id,
+                            self._plan(request, view),
+                            view,
+                            self._now(),
+                            self._pipeline.buffer,
+                            compressor,
+                        )
+                        request.framed = framed
+                except StorageError as e:
+                    request.error, request.done = e, True
+                    continue
+                tentative[request.stream_id] = framed.after
+                batches.setdefault(request.stream_id, []).append(framed)
+                accepted.append(request)
+            if not accepted:
+                return
+            try:
+                self._write_group(batches, fsync=any(r.fsync for r in accepted))
+            except StorageError as e:
+                for i, request in enumerate(accepted):
+                    request.error, request.done = (e if i == 0 else _copy_error(e)), True
+                return
+            for request in accepted:
+                assert request.framed is not None
+                after = request.framed.after
+                assert after.head is not None
+                request.result, request.done = (Offset(after.next_offset), after.head), True
+
+    def _write_group(self, batches: dict[StreamId, list[FramedBatch]], *, fsync: bool) -> None:
+        """Write, fsync and commit framed batches (see the module docstring for the order)."""
+        catalog = self._writable_catalog()
+        writes, seals = self._layout(batches)
+        now = max(b.timestamp_ns for bs in batches.values() for b in bs)
         try:
-            # 3. Write the batch at the segment's committed end.
-            writer.write_at(base, buffer)
-            # 4. The durability point.
-            if fsync:
-                writer.sync()
-            # 5. One catalog transaction for everything the batch changed.
+            # 2. Rotation: create the new segment files (full ones are sealed in step 5).
+            new_dirs: set[Path] = set()
+            for w in writes:
+                if w.new_file:
+                    directory = stream_path(self._data_dir, w.stream_id)
+                    make_dirs_durably(directory)
+                    w.writer = SegmentWriter(segment_path(self._data_dir, w.stream_id, w.segment_no), create=True)
+                    new_dirs.add(directory)
+                else:
+                    w.writer = self._heads[w.stream_id].writer
+            for directory in new_dirs:
+                fsync_dir(directory)  # new names are durable before the catalog points at them
+            # 3. Write each segment's batches with one write at its committed end.
+            for w in writes:
+                assert w.writer is not None
+                w.writer.write_at(w.base, w.data)
+            # 4. The durability point (segments sealed in this group are synced either way, so
+            #    their digests describe durable bytes).
+            sealed = {(sid, no) for sid, no, _ in seals}
+            for w in writes:
+                if fsync or (w.stream_id, w.segment_no) in sealed:
+                    assert w.writer is not None
+                    w.writer.sync()
+            digests: list[tuple[StreamId, int, bytes]] = []
+            for sid, segment_no, in_group in seals:
+                if in_group is not None and in_group.new_file:
+                    digests.append((sid, segment_no, blake3.blake3(in_group.data).digest()))
+                    continue
+                writer = self._heads[sid].writer if in_group is None else in_group.writer
+                assert writer is not None
+                if in_group is None:
+                    writer.sync()
+                digests.append((sid, segment_no, file_digest(writer.path)))
+            # 5. One catalog transaction for the whole group.
             with catalog.transaction():
-                if rotate and old_writer is not None and sealed_digest is not None:
-                    catalog.seal_segment(sid, head.segment_no, digest=sealed_digest, now_ns=now)
-                catalog.upsert_segment(
-                    sid,
-                    segment_no,
-                    first_offset=head.next_offset if rotate else head.segment_first_offset,
-                    next_offset=offset,
-                    size_bytes=base + len(buffer),
-                    now_ns=now,
-                )
-                catalog.insert_records(
-                    sid,
-                    (IndexEntry(Offset(o), segment_no, base + s, n, k, timestamp) for o, s, n, k, _ in frames),
-                )
-                catalog.insert_checkpoints(
-                    CheckpointRow(sid, Offset(o), h, timestamp)
-                    for o, _, _, k, h in frames
-                    if k is RecordKind.CHECKPOINT
-                )
-                catalog.upsert_stream(
-                    sid,
-                    next_offset=offset,
-                    chain_head=prev,
-                    add_events=events,
-                    add_checkpoints=len(frames) - events,
-                    add_stored_bytes=len(buffer),
-                    add_payload_bytes=payload_bytes,
-                    first_timestamp_ns=timestamp,
-                    last_timestamp_ns=timestamp,
-                    now_ns=now,
-                )
+                for w in writes:
+                    catalog.upsert_segment(
+                        w.stream_id,
+                        w.segment_no,
+                        first_offset=w.first_offset,
+                        next_offset=w.next_offset,
+                        size_bytes=w.end,
+                        now_ns=now,
+                    )
+                    catalog.insert_records(w.stream_id, w.entries)
+                    catalog.insert_checkpoints(w.checkpoints)
+                for sid, segment_no, digest in digests:  # after the upserts: a segment may be new
+                    catalog.seal_segment(sid, segment_no, digest=digest, now_ns=now)
+                for sid, framed in batches.items():
+                    catalog.upsert_stream(
+                        sid,
+                        next_offset=framed[-1].after.next_offset,
+                        chain_head=framed[-1].after.head,
+                        add_events=sum(b.events for b in framed),
+                        add_checkpoints=sum(len(b.records) - b.events for b in framed),
+                        add_stored_bytes=sum(len(b.data) for b in framed),
+                        add_payload_bytes=sum(b.payload_bytes for b in framed),
+                        first_timestamp_ns=framed[0].timestamp_ns,
+                        last_timestamp_ns=framed[-1].timestamp_ns,
+                        now_ns=now,
+                    )
         except BaseException as e:
-            self._undo_write(head, writer, base, new_file=rotate)
+            self._undo_writes(writes)
             if isinstance(e, OSError):
-                raise StorageIOError(f"stream {sid}: write failed, batch not stored: {e}", path=writer.path) from e
+                raise StorageIOError(f"write failed, batch not stored: {e}", path=getattr(e, "filename", None)) from e
             if isinstance(e, apsw.Error):
-                raise CatalogError(f"stream {sid}: catalog commit failed, batch not stored: {e}") from e
+                raise CatalogError(f"catalog commit failed, batch not stored: {e}") from e
             raise
+        self._advance_heads(batches, writes)
 
-        if rotate:
-            if old_writer is not None:
-                old_writer.close()
-            head.writer = writer
-            head.segment_no = segment_no
-            head.segment_first_offset = head.next_offset
-        head.segment_size = base + len(buffer)
-        head.next_offset = offset
-        head.head = prev
-        head.last_timestamp_ns = timestamp
-        head.events_since_checkpoint = since
-        return Offset(offset), prev
+    def _layout(
+        self, batches: dict[StreamId, list[FramedBatch]]
+    ) -> tuple[list[SegmentWrite], list[tuple[StreamId, int, SegmentWrite | None]]]:
+        """Which segment each batch goes to: a batch never spans two, and a full segment is sealed.
 
-    def _undo_write(self, head: _StreamHead, writer: SegmentWriter, base: int, *, new_file: bool) -> None:
-        """Cut the segment back to where the failed batch began; if that fails, fence the stream."""
-        try:
-            writer.truncate(base)
-            if new_file:
-                writer.close()
-                writer.path.unlink()
-                fsync_dir(writer.path.parent)
-        except OSError as e:
-            head.damage = StorageIOError(
-                f"stream {head.stream_id}: could not cut a failed batch from {writer.path} ({e});"
-                " reopen the store to let recovery finish",
-                path=writer.path,
-            )
-            log.error("%s", head.damage)
+        Returns the writes and the seals; a seal's SegmentWrite is the in-group write of a segment
+        created and filled in this same group (None: the stream's active segment on disk).
+        """
+        writes: list[SegmentWrite] = []
+        seals: list[tuple[StreamId, int, SegmentWrite | None]] = []
+        for sid, framed in batches.items():
+            head = self._heads[sid]
+            segment_no, size, current = head.segment_no, head.segment_size, None
+            has_segment = head.writer is not None
+            for batch in framed:
+                if not has_segment or (size > 0 and size + len(batch.data) > self._max_segment_size):
+                    if has_segment:
+                        seals.append((sid, segment_no, current))
+                    segment_no, size, has_segment = segment_no + 1, 0, True
+                    current = SegmentWrite(sid, segment_no, 0, batch.on.next_offset, new_file=True)
+                    writes.append(current)
+                elif current is None:
+                    current = SegmentWrite(sid, segment_no, size, head.segment_first_offset, new_file=False)
+                    writes.append(current)
+                current.add(batch)
+                size += len(batch.data)
+        return writes, seals
+
+    def _undo_writes(self, writes: list[SegmentWrite]) -> None:
+        """Cut every segment back to where this group began; if that fails, fence the stream."""
+        for w in reversed(writes):
+            if w.writer is None:
+                continue
+            try:
+                w.writer.truncate(w.base)
+                if w.new_file:
+                    w.writer.close()
+                    w.writer.path.unlink()
+                    fsync_dir(w.writer.path.parent)
+            except OSError as e:
+                head = self._heads[w.stream_id]
+                head.damage = StorageIOError(
+                    f"stream {w.stream_id}: could not cut a failed batch from {w.writer.path} ({e});"
+                    " reopen the store to let recovery finish",
+                    path=w.writer.path,
+                )
+                log.error("%s", head.damage)
+
+    def _advance_heads(self, batches: dict[StreamId, list[FramedBatch]], writes: list[SegmentWrite]) -> None:
+        for sid, framed in batches.items():
+            head = self._heads[sid]
+            mine = [w for w in writes if w.stream_id == sid]
+            last = mine[-1]
+            for w in mine[:-1]:
+                if w.new_file and w.writer is not None:
+                    w.writer.close()  # created and sealed within this group
+            if last.new_file:
+                if head.writer is not None:
+                    head.writer.close()
+                head.writer = last.writer
+                head.segment_no = last.segment_no
+                head.segment_first_offset = last.first_offset
+            head.segment_size = last.end
+            head.view = framed[-1].after
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -900,3 +999,11 @@ class Storage:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
             raise InvalidConfiguration(f"clock must return nanoseconds as an int in 0..2**64-1, not {value!r}")
         return value
+
+
+def _copy_error(error: StorageError) -> StorageError:
+    """A copy of ``error`` for another waiting thread (one exception object per raise)."""
+    try:
+        return copy.copy(error)
+    except Exception:  # an error type that cannot be copied: share the original
+        return error

@@ -1,0 +1,189 @@
+"""Group commit: many appending threads share one segment write, fsync and catalog commit.
+
+An append happens in two stages. Stage 1, in the caller's thread and outside the store's lock,
+frames the batch (hash, compress, checksum: ``frame_batch``) against the stream head the caller
+expects. Stage 2 writes, fsyncs and commits. Stage 2 is run by one thread at a time, the
+*leader*, for every request queued when it starts (``GroupCommitQueue``): callers that arrive
+while a leader is busy (typically waiting for fsync, which releases the GIL) queue up, and the next
+leader commits all of them together. Each caller returns only when its own batch is committed
+(and durable, when it asked for fsync), and gets only its own error.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zstandard
+
+from hybridlog.batch import BytesLike, PlannedRecord
+from hybridlog.catalog import CheckpointRow, IndexEntry
+from hybridlog.record import append_frame, checkpoint_payload
+from hybridlog.segment import SegmentWriter
+from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId
+
+
+@dataclass(frozen=True, slots=True)
+class FramedRecord:
+    offset: int
+    start: int  # byte position within the batch
+    length: int
+    kind: RecordKind
+    hash: ChainHash
+
+
+@dataclass(frozen=True, slots=True)
+class HeadView:
+    """What a batch is framed against: the stream head as it was (or is expected to be)."""
+
+    next_offset: int
+    head: ChainHash | None
+    events_since_checkpoint: int
+    last_timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class FramedBatch:
+    """Stage 1's output: a batch's bytes and its records, valid only on top of ``on``."""
+
+    stream_id: StreamId
+    on: HeadView
+    timestamp_ns: int
+    data: bytes
+    records: list[FramedRecord]
+    events: int
+    payload_bytes: int
+    events_since_checkpoint: int  # after the batch
+
+    @property
+    def after(self) -> HeadView:
+        return HeadView(
+            self.on.next_offset + len(self.records),
+            self.records[-1].hash,
+            self.events_since_checkpoint,
+            self.timestamp_ns,
+        )
+
+
+def frame_batch(
+    stream_id: StreamId,
+    planned: list[PlannedRecord],
+    on: HeadView,
+    now_ns: int,
+    buffer: bytearray,
+    compressor: zstandard.ZstdCompressor | None,
+) -> FramedBatch:
+    """Frame ``planned`` records as the next batch after ``on`` (stage 1; no I/O)."""
+    timestamp = max(now_ns, on.last_timestamp_ns)  # never backwards within a stream
+    buffer.clear()
+    records: list[FramedRecord] = []
+    offset, prev = on.next_offset, on.head or GENESIS_HASH
+    events = payload_bytes = 0
+    since = on.events_since_checkpoint
+    last = len(planned) - 1
+    for i, (kind, payload) in enumerate(planned):
+        if kind is RecordKind.CHECKPOINT:
+            payload = checkpoint_payload(offset)
+            since = 0
+        else:
+            events += 1
+            payload_bytes += len(payload)
+            since += 1
+        start = len(buffer)
+        prev = append_frame(
+            buffer,
+            stream_id=stream_id,
+            offset=offset,
+            kind=kind,
+            timestamp_ns=timestamp,
+            prev_hash=prev,
+            payload=payload,
+            batch_end=i == last,
+            compressor=compressor,
+        )
+        records.append(FramedRecord(offset, start, len(buffer) - start, kind, prev))
+        offset += 1
+    return FramedBatch(stream_id, on, timestamp, bytes(buffer), records, events, payload_bytes, since)
+
+
+@dataclass(eq=False, slots=True)
+class AppendRequest:
+    """One caller's batch waiting for stage 2, and, once done, its outcome.
+
+    ``payloads`` None means a checkpoint record. ``expected_offset`` None means no offset check
+    (``Storage.append``); ``check_prev`` False means no chain-head check.
+    """
+
+    stream_id: StreamId
+    payloads: list[BytesLike] | None
+    expected_offset: int | None
+    prev_hash: bytes | None
+    check_prev: bool
+    fsync: bool
+    record_count: int | None = None  # create_checkpoint's check
+    framed: FramedBatch | None = None
+    result: tuple[Offset, ChainHash] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+@dataclass(slots=True)
+class SegmentWrite:
+    """Bytes for one segment file in one group: where they go and the catalog rows they need."""
+
+    stream_id: StreamId
+    segment_no: int
+    base: int  # byte position of the first batch in the file
+    first_offset: int  # the segment's first offset
+    new_file: bool
+    data: bytearray = field(default_factory=bytearray)
+    writer: SegmentWriter | None = None
+    entries: list[IndexEntry] = field(default_factory=list)
+    checkpoints: list[CheckpointRow] = field(default_factory=list)
+    next_offset: int = 0
+
+    def add(self, batch: FramedBatch) -> None:
+        position = self.base + len(self.data)
+        self.data += batch.data
+        for r in batch.records:
+            self.entries.append(
+                IndexEntry(Offset(r.offset), self.segment_no, position + r.start, r.length, r.kind, batch.timestamp_ns)
+            )
+            if r.kind is RecordKind.CHECKPOINT:
+                self.checkpoints.append(CheckpointRow(self.stream_id, Offset(r.offset), r.hash, batch.timestamp_ns))
+        self.next_offset = batch.after.next_offset
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.data)
+
+
+class GroupCommitQueue:
+    """Leader/follower hand-off: whoever finds no leader commits everything queued so far."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition(threading.Lock())
+        self._queue: list[AppendRequest] = []
+        self._leader = False
+
+    def submit(self, request: AppendRequest, commit_group: Callable[[list[AppendRequest]], None]) -> None:
+        """Queue ``request`` and return once it is done (by this thread or another leader)."""
+        with self._cv:
+            self._queue.append(request)
+            while not request.done and self._leader:
+                self._cv.wait()
+            if request.done:
+                return
+            self._leader = True
+            group, self._queue = self._queue, []
+        try:
+            commit_group(group)
+        finally:
+            with self._cv:
+                for r in group:
+                    if not r.done:  # commit_group failed before deciding this one
+                        r.error = r.error or RuntimeError("group commit did not complete")
+                        r.done = True
+                self._leader = False
+                self._cv.notify_all()

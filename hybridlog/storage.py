@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -176,6 +177,7 @@ class Storage:
         self._pipeline = AppendPipeline()  # the group-commit leader's, for batches it must frame again
         self._pipelines = threading.local()  # each appending thread's own (stage 1 runs in the caller)
         self._commits = GroupCommitQueue()
+        self._syncers: ThreadPoolExecutor | None = None  # started by the first group that touches several files
         self._closed = False
         if self._data_dir.exists():
             try:
@@ -257,6 +259,9 @@ class Storage:
 
     def _release(self) -> None:
         """Close every file and the catalog, and drop the writer lock."""
+        if self._syncers is not None:
+            self._syncers.shutdown()
+            self._syncers = None
         for head in self._heads.values():
             if head.writer is not None:
                 head.writer.close()
@@ -589,10 +594,7 @@ class Storage:
             # 4. The durability point (segments sealed in this group are synced either way, so
             #    their digests describe durable bytes).
             sealed = {(sid, no) for sid, no, _ in seals}
-            for w in writes:
-                if fsync or (w.stream_id, w.segment_no) in sealed:
-                    assert w.writer is not None
-                    w.writer.sync()
+            self._sync_all([w.writer for w in writes if w.writer and (fsync or (w.stream_id, w.segment_no) in sealed)])
             digests: list[tuple[StreamId, int, bytes]] = []
             for sid, segment_no, in_group in seals:
                 if in_group is not None and in_group.new_file:
@@ -639,6 +641,20 @@ class Storage:
                 raise CatalogError(f"catalog commit failed, batch not stored: {e}") from e
             raise
         self._advance_heads(batches, writes)
+
+    def _sync_all(self, writers: list[SegmentWriter]) -> None:
+        """fsync every file, in parallel when there are several: the file system can then merge
+        them into fewer journal commits, and fsync releases the GIL."""
+        if len(writers) <= 1:
+            for writer in writers:
+                writer.sync()
+            return
+        if self._syncers is None:
+            self._syncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hybridlog-fsync")
+        futures = [self._syncers.submit(writer.sync) for writer in writers]
+        wait(futures)  # all of them finish before any failure is raised (and the group undone)
+        for future in futures:
+            future.result()
 
     def _layout(
         self, batches: dict[StreamId, list[FramedBatch]]

@@ -56,8 +56,7 @@ CHECKSUM = struct.Struct("<I")
 CHECKSUM_SIZE = CHECKSUM.size
 FRAME_OVERHEAD = HEADER_SIZE + CHECKSUM_SIZE
 
-_HASHED_FIELDS = struct.Struct("<BQQBQ")
-_RAW_LEN = struct.Struct("<Q")
+_HASH_PREFIX = struct.Struct(f"<{len(HASH_DOMAIN)}sBQQBQ32sQ")  # domain, version, ..., prev_hash, raw_len
 
 # The stored payload of a compressed record may be larger than its raw payload only if we
 # wrote it uncompressed, so this bounds every stored_len a valid record can have.
@@ -75,10 +74,10 @@ def record_hash(
     payload: bytes | bytearray | memoryview,
 ) -> ChainHash:
     """The BLAKE3 hash of a record, over its identity, its link and its uncompressed payload."""
-    hasher = blake3.blake3(HASH_DOMAIN)
-    hasher.update(_HASHED_FIELDS.pack(FORMAT_VERSION, stream_id, offset, kind, timestamp_ns))
-    hasher.update(prev_hash)
-    hasher.update(_RAW_LEN.pack(len(payload)))
+    # Everything before the payload is packed in one go: one struct call, one hasher update.
+    hasher = blake3.blake3(
+        _HASH_PREFIX.pack(HASH_DOMAIN, FORMAT_VERSION, stream_id, offset, kind, timestamp_ns, prev_hash, len(payload))
+    )
     hasher.update(payload)
     return ChainHash(hasher.digest())
 

@@ -1,15 +1,19 @@
-"""``scripts/bench.py --quick`` runs end to end and writes a complete, sane results file.
+"""``scripts/bench.py --quick`` runs end to end and writes a complete, self-consistent results file.
 
-Correctness only: the benchmark is run once as a subprocess on tiny sizes, and the tests check
-that every workload was measured for every contender, that the numbers are positive and
-self-consistent, and that hybridlog's figures carry their ratios to the contenders. No test
-looks at how fast anything was.
+Correctness only: the benchmark runs as a subprocess on tiny sizes (once as installed, once with
+the optional eventsourcing library made unimportable), and the tests check that every workload
+was measured for every contender present, that the numbers are positive and agree with each
+other, that every ratio is the quotient it claims to be, and that the TARGETS section covers
+every row of issue 4's targets table with a status that follows from its value. No test looks
+at how fast anything was.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,11 +23,40 @@ from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
-CONTENDERS = ("hybridlog", "raw_floor", "sqlite")
-OTHERS = ("raw_floor", "sqlite")
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+BENCH = SCRIPTS / "bench.py"
+EVENT_SIZES = (256, 4096)
 BATCH_SIZES = (1, 100, 1000)
-EVENT_SIZE = 256
+FSYNC = (False, True)
+HAVE_EVENTSOURCING = importlib.util.find_spec("eventsourcing") is not None
+TARGET_ROWS = {
+    "append, batch 100, fsync off",
+    "append, batch 1000, fsync on",
+    "append, batch 1, fsync on, one thread",
+    "group commit: 8 threads, single events, fsync on",
+    "sequential read + full verify",
+    "random read by offset (warm)",
+    "zstd on 256-byte JSON (batch 100, fsync off)",
+    "open a clean store with 1,000 streams",
+    "rebuild the catalog from segments",
+    "peak memory verifying a 1 GB store",
+}
+STDOUT_SECTIONS = (
+    "contenders",
+    "append, 256-byte events",
+    "append, 4096-byte events",
+    "read + verify from offset 0",
+    "random read of one event by offset",
+    "group commit",
+    "store operations",
+    "TARGETS",
+)
+# Runs bench.py as __main__ with the eventsourcing package unimportable (as if not installed).
+WITHOUT_EVENTSOURCING = (
+    "import runpy, sys; sys.modules['eventsourcing'] = None; sys.argv = sys.argv[1:];"
+    " sys.path.insert(0, str(__import__('pathlib').Path(sys.argv[0]).parent));"
+    " runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
 @dataclass(frozen=True)
@@ -32,151 +65,341 @@ class BenchRun:
     stdout: str
     stderr: str
     report: dict[str, Any]
+    stores: Path
+
+
+def run_quick(work: Path, *, block_eventsourcing: bool) -> BenchRun:
+    """One ``--quick`` run in a subprocess, its stores in a private directory."""
+    out = work / "results.json"
+    stores = work / "stores"
+    stores.mkdir()
+    args = [str(BENCH), "--quick", "--json", str(out), "--tmpdir", str(stores)]
+    command = [sys.executable, "-c", WITHOUT_EVENTSOURCING, *args] if block_eventsourcing else [sys.executable, *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    report: dict[str, Any] = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+    return BenchRun(proc.returncode, proc.stdout, proc.stderr, report, stores)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
-    """One ``--quick`` run of the benchmark, its stores in a private temp dir, shared by every test."""
-    work = tmp_path_factory.mktemp("bench")
-    out = work / "results.json"
-    stores = work / "stores"
-    stores.mkdir()
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json", str(out), "--tmpdir", str(stores)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    report: dict[str, Any] = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
-    return BenchRun(proc.returncode, proc.stdout, proc.stderr, report)
+    """The benchmark as installed (with eventsourcing if this environment has it), shared by the tests."""
+    return run_quick(tmp_path_factory.mktemp("bench"), block_eventsourcing=False)
+
+
+@pytest.fixture(scope="module")
+def run_without_eventsourcing(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
+    return run_quick(tmp_path_factory.mktemp("bench-no-es"), block_eventsourcing=True)
 
 
 def results_of(run: BenchRun, workload: str) -> list[dict[str, Any]]:
     return [r for r in run.report["results"] if r["workload"] == workload]
 
 
-def test_quick_run_exits_zero_and_prints_both_tables(quick_run: BenchRun) -> None:
-    """The script succeeds, prints the append and read+verify tables, and leaves no store behind."""
+def contenders_of(run: BenchRun) -> set[str]:
+    return {name for name, info in run.report["contenders"].items() if info["installed"]}
+
+
+def the(rows: list[dict[str, Any]], **criteria: Any) -> dict[str, Any]:
+    """The one row matching every criterion."""
+    (row,) = [r for r in rows if all(r.get(k) == v for k, v in criteria.items())]
+    return row
+
+
+def load_benchlib(monkeypatch: pytest.MonkeyPatch, module: str) -> ModuleType:
+    """``scripts/benchlib/<module>`` imported with scripts/ on sys.path for this test only."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    return importlib.import_module(f"benchlib.{module}")
+
+
+# --- the run as a whole ----------------------------------------------------------------------------
+
+
+def test_quick_run_exits_zero_prints_every_section_and_cleans_up(quick_run: BenchRun) -> None:
     assert quick_run.returncode == 0, quick_run.stderr
-    assert "append (" in quick_run.stdout
-    assert "read + full verify" in quick_run.stdout
-    for name in CONTENDERS:
+    for section in STDOUT_SECTIONS:
+        assert section in quick_run.stdout, section
+    for name in contenders_of(quick_run):
         assert name in quick_run.stdout
-    stores = Path(quick_run.report["machine"]["tmp_dir"])
-    assert list(stores.iterdir()) == []
+    assert list(quick_run.stores.iterdir()) == []
 
 
-def test_report_describes_the_machine_and_mode(quick_run: BenchRun) -> None:
-    machine = quick_run.report["machine"]
-    assert quick_run.report["mode"] == "quick"
-    assert quick_run.report["event_size"] == EVENT_SIZE
-    assert isinstance(machine["nproc"], int)
-    assert machine["nproc"] > 0
-    assert machine["python"] == ".".join(str(part) for part in sys.version_info[:3])
+def test_report_describes_the_machine_mode_and_contenders(quick_run: BenchRun) -> None:
+    report = quick_run.report
+    assert report["mode"] == "quick"
+    assert report["event_sizes"] == list(EVENT_SIZES)
+    assert report["machine"]["nproc"] > 0
+    assert report["machine"]["python"] == ".".join(str(part) for part in sys.version_info[:3])
+    assert contenders_of(quick_run) >= {"hybridlog", "raw_floor", "sqlite_normal", "sqlite_full"}
+    assert report["contenders"]["eventsourcing"]["installed"] is HAVE_EVENTSOURCING
+    assert (report["machine"]["eventsourcing"] is not None) is HAVE_EVENTSOURCING
 
 
-def test_append_covers_every_batch_size_fsync_and_compression(quick_run: BenchRun) -> None:
-    """hybridlog is measured with none and zstd, contenders uncompressed, for 1/100/1000 x fsync off/on."""
-    seen = {(r["contender"], r["batch_size"], r["fsync"], r["compression"]) for r in results_of(quick_run, "append")}
-    expected = {
-        (name, batch, fsync, compression)
-        for batch in BATCH_SIZES
-        for fsync in (False, True)
-        for name, compressions in (("hybridlog", ("none", "zstd")), ("raw_floor", ("none",)), ("sqlite", ("none",)))
-        for compression in compressions
-    }
-    assert seen == expected
-    assert len(results_of(quick_run, "append")) == len(expected)
+# --- append ----------------------------------------------------------------------------------------
+
+
+def expected_append_rows(eventsourcing: bool) -> set[tuple[str, int, int, bool | None, str]]:
+    """(contender, event size, batch, fsync, compression) of every append measurement a run makes.
+
+    The SQLite-only stores are measured once per batch size (their pragma sets durability):
+    NORMAL with the fsync-off sizes, FULL with the fsync-on ones; their fsync is recorded as None.
+    """
+    rows: set[tuple[str, int, int, bool | None, str]] = set()
+    for size in EVENT_SIZES:
+        for batch in BATCH_SIZES:
+            rows |= {("sqlite_normal", size, batch, None, "none"), ("sqlite_full", size, batch, None, "none")}
+            for fsync in FSYNC:
+                rows |= {
+                    ("hybridlog", size, batch, fsync, "none"),
+                    ("hybridlog", size, batch, fsync, "zstd"),
+                    ("raw_floor", size, batch, fsync, "none"),
+                }
+                if eventsourcing:
+                    rows.add(("eventsourcing", size, batch, fsync, "none"))
+    return rows
+
+
+def test_append_covers_every_size_batch_fsync_and_contender(quick_run: BenchRun) -> None:
+    rows = results_of(quick_run, "append")
+    seen = [(r["contender"], r["event_size"], r["batch_size"], r["fsync"], r["compression"]) for r in rows]
+    assert len(seen) == len(set(seen))
+    assert set(seen) == expected_append_rows(HAVE_EVENTSOURCING)
 
 
 def test_append_numbers_are_positive_and_consistent(quick_run: BenchRun) -> None:
-    """Counts match the batch shape; rates are positive and agree with events / seconds."""
+    """Counts match the batch shape and event size; rates agree with events / seconds."""
     for r in results_of(quick_run, "append"):
         assert r["events"] > 0
-        assert r["events"] == r["batches"] * r["batch_size"]
-        assert r["payload_bytes"] == r["events"] * EVENT_SIZE
+        assert r["batches"] == math.ceil(r["events"] / r["batch_size"])
+        assert r["payload_bytes"] == r["events"] * r["event_size"]
         assert r["seconds"] > 0
         assert len(r["runs_seconds"]) == quick_run.report["repeat"]
         assert r["events_per_s"] == pytest.approx(r["events"] / r["seconds"])
         assert r["mb_per_s"] == pytest.approx(r["payload_bytes"] / r["seconds"] / 1e6)
         assert r["disk_bytes"] > 0
+        assert r["durability"]
 
 
-def test_hybridlog_reports_compression_ratio_from_the_catalog(quick_run: BenchRun) -> None:
-    """payload/stored comes from the streams table; zstd stores the same events in fewer bytes."""
-    stored: dict[tuple[int, bool, str], int] = {}
-    for r in results_of(quick_run, "append"):
+def test_hybridlog_space_comes_from_the_catalog(quick_run: BenchRun) -> None:
+    """payload/stored from the catalog; zstd shrinks these JSON events, none stores them as they are."""
+    rows = results_of(quick_run, "append")
+    for r in rows:
         if r["contender"] != "hybridlog":
+            assert r["stored_bytes"] is None
             assert r["compression_ratio"] is None
             continue
         assert r["stored_bytes"] > 0
-        assert r["compression_ratio"] == pytest.approx(r["payload_bytes"] / r["stored_bytes"])
-        stored[(r["batch_size"], r["fsync"], r["compression"])] = r["stored_bytes"]
-    for batch in BATCH_SIZES:
-        for fsync in (False, True):
-            assert stored[(batch, fsync, "zstd")] < stored[(batch, fsync, "none")]
+        assert r["disk_ratio"] == pytest.approx(r["payload_bytes"] / r["stored_bytes"])
+        if r["compression"] == "none":
+            assert r["compression_ratio"] == pytest.approx(1.0)
+        else:
+            plain = the(rows, contender="hybridlog", compression="none", **shape_of(r))
+            assert r["compression_ratio"] > 1.0
+            assert r["stored_bytes"] < plain["stored_bytes"]
 
 
-def test_hybridlog_rows_carry_ratios_to_each_contender(quick_run: BenchRun) -> None:
-    """Each hybridlog row has ratio_vs_<contender> = its events/s over the matching contender row's."""
-    for workload in ("append", "read_verify"):
-        rows = results_of(quick_run, workload)
-        for r in rows:
-            if r["contender"] != "hybridlog":
-                assert not any(key.startswith("ratio_vs_") for key in r)
-                continue
-            for other in OTHERS:
-                (match,) = [
-                    o
-                    for o in rows
-                    if o["contender"] == other
-                    and o.get("batch_size") == r.get("batch_size")
-                    and o.get("fsync") == r.get("fsync")
-                ]
-                assert r[f"ratio_vs_{other}"] == pytest.approx(r["events_per_s"] / match["events_per_s"])
-                assert r[f"ratio_vs_{other}"] > 0
+def shape_of(r: dict[str, Any]) -> dict[str, Any]:
+    return {key: r[key] for key in ("workload", "event_size", "batch_size", "fsync") if key in r}
+
+
+def matching_contender_row(rows: list[dict[str, Any]], subject: dict[str, Any], name: str) -> dict[str, Any]:
+    """The contender's result compared with ``subject``: same shape; a None fsync matches either."""
+    (match,) = [
+        o
+        for o in rows
+        if o["contender"] == name
+        and o["event_size"] == subject["event_size"]
+        and o.get("batch_size") == subject.get("batch_size")
+        and o.get("fsync") in (None, subject.get("fsync"))
+    ]
+    return match
+
+
+@pytest.mark.parametrize("workload", ["append", "read_verify"])
+def test_hybridlog_rows_carry_their_ratio_to_every_contender(quick_run: BenchRun, workload: str) -> None:
+    """ratio_vs_<name> is hybridlog's events/s over the matching contender row's, for every contender present."""
+    rows = results_of(quick_run, workload)
+    others = contenders_of(quick_run) - {"hybridlog"}
+    if workload == "read_verify":
+        others -= {"sqlite_full"}  # reading does not depend on the pragma: sqlite_normal's store is read
+    for r in rows:
+        if r["contender"] != "hybridlog":
+            assert not any(key.startswith("ratio_vs_") for key in r)
+            continue
+        assert {key.removeprefix("ratio_vs_") for key in r if key.startswith("ratio_vs_")} == others
+        for name in others:
+            match = matching_contender_row(rows, r, name)
+            assert r[f"ratio_vs_{name}"] == pytest.approx(r["events_per_s"] / match["events_per_s"])
+        if r["compression"] == "zstd":
+            plain = the(rows, contender="hybridlog", compression="none", **shape_of(r))
+            assert r["speed_vs_uncompressed"] == pytest.approx(r["events_per_s"] / plain["events_per_s"])
+
+
+# --- reads -----------------------------------------------------------------------------------------
 
 
 def test_read_verify_reads_back_everything_for_every_contender(quick_run: BenchRun) -> None:
-    """Every contender read and verified the whole stream it wrote, at a positive rate."""
+    """Every contender that reads read its whole stream; only eventsourcing has no chain to verify."""
     rows = results_of(quick_run, "read_verify")
-    assert {(r["contender"], r["compression"]) for r in rows} == {
-        ("hybridlog", "none"),
-        ("hybridlog", "zstd"),
-        ("raw_floor", "none"),
-        ("sqlite", "none"),
-    }
-    events = {r["events"] for r in rows}
-    assert len(events) == 1
+    expected = {(name, size, "none") for name in ("hybridlog", "raw_floor", "sqlite_normal") for size in EVENT_SIZES}
+    expected |= {("hybridlog", size, "zstd") for size in EVENT_SIZES}
+    if HAVE_EVENTSOURCING:
+        expected |= {("eventsourcing", size, "none") for size in EVENT_SIZES}
+    assert {(r["contender"], r["event_size"], r["compression"]) for r in rows} == expected
+    for size in EVENT_SIZES:
+        assert len({r["events"] for r in rows if r["event_size"] == size}) == 1
     for r in rows:
-        assert r["events"] > 0
-        assert r["payload_bytes"] == r["events"] * EVENT_SIZE
-        assert r["seconds"] > 0
-        assert r["events_per_s"] > 0
+        assert r["verifies_chain"] is (r["contender"] != "eventsourcing")
+        assert r["payload_bytes"] == r["events"] * r["event_size"]
+        assert r["events_per_s"] == pytest.approx(r["events"] / r["seconds"])
         assert r["mb_per_s"] > 0
 
 
-def load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """scripts/bench.py imported as a module (scripts/ is not a package), registered for this test only."""
-    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
+def test_random_reads_compare_both_read_paths_with_the_floor(quick_run: BenchRun) -> None:
+    rows = results_of(quick_run, "random_read")
+    assert {(r["contender"], r["method"]) for r in rows} == {
+        ("pread_floor", "lookup+pread+blake3"),
+        ("hybridlog", "read_from"),
+        ("hybridlog", "iter_records"),
+    }
+    floor = the(rows, contender="pread_floor")
+    assert floor["records_verified_mean"] == 1.0
+    for r in rows:
+        assert r["event_size"] == 256
+        assert r["reads"] > 0
+        assert r["reads"] % r["offsets"] == 0  # the offset list is read whole, once or more
+        assert 0 < r["distinct_offsets"] <= r["offsets"]
+        assert r["reads_per_s"] == pytest.approx(r["reads"] / r["seconds"])
+        if r["contender"] == "hybridlog":
+            assert r["records_verified_mean"] >= 1.0
+            assert r["ratio_vs_pread_floor"] == pytest.approx(r["reads_per_s"] / floor["reads_per_s"])
 
 
-def test_events_are_varied_json_of_exactly_256_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The generator makes distinct, valid JSON events of EVENT_SIZE bytes, reproducible by seed."""
-    bench = load_bench(monkeypatch)
-    events: list[bytes] = bench.make_event_pool(200, 7)
-    assert bench.make_event_pool(200, 7) == events
-    assert bench.make_event_pool(200, 8) != events
+# --- store operations, group commit, memory --------------------------------------------------------
+
+
+def test_open_and_rebuild_are_measured_and_rebuild_is_compared_with_reading(quick_run: BenchRun) -> None:
+    opened = the(results_of(quick_run, "open_clean"))
+    assert opened["streams"] > 1
+    assert opened["seconds"] > 0
+    rebuild = the(results_of(quick_run, "rebuild_catalog"))
+    read = the(results_of(quick_run, "read_verify"), contender="hybridlog", compression="none", event_size=256)
+    assert rebuild["events_per_s"] == pytest.approx(rebuild["events"] / rebuild["seconds"])
+    assert rebuild["ratio_vs_read_verify"] == pytest.approx(rebuild["events_per_s"] / read["events_per_s"])
+
+
+def test_group_commit_runs_one_thread_and_eight_threads_two_ways(quick_run: BenchRun) -> None:
+    rows = results_of(quick_run, "group_commit")
+    one = the(rows, variant="one_thread")
+    own = the(rows, variant="own_streams")
+    shared = the(rows, variant="one_stream")
+    assert (one["threads"], one["streams"]) == (1, 1)
+    assert (own["threads"], own["streams"]) == (8, 8)
+    assert (shared["threads"], shared["streams"]) == (8, 1)
+    assert own["events"] == shared["events"]
+    assert own["events"] % 8 == 0
+    for r in (own, shared):
+        assert r["ratio_vs_one_thread"] == pytest.approx(r["events_per_s"] / one["events_per_s"])
+
+
+def test_peak_memory_comes_from_a_child_verifying_a_multi_segment_store(quick_run: BenchRun) -> None:
+    memory = the(results_of(quick_run, "verify_memory"))
+    assert memory["segments"] >= 2
+    assert memory["segment_bytes"] > memory["max_segment_size"]
+    assert memory["store_bytes"] >= memory["segment_bytes"]
+    assert memory["records"] >= memory["events"] > 0
+    assert memory["peak_rss_mb"] >= memory["baseline_rss_mb"] > 0
+
+
+# --- targets ---------------------------------------------------------------------------------------
+
+
+def expected_status(target: dict[str, Any]) -> str:
+    value, threshold = target["value"], target["threshold"]
+    if value is None:
+        return "MISSING"
+    passed = {">=": value >= threshold, "<=": value <= threshold, "<": value < threshold}[target["op"]]
+    return "PASS" if passed else "FAIL"
+
+
+def test_targets_cover_every_row_of_the_issue_with_a_status_that_follows(quick_run: BenchRun) -> None:
+    targets = quick_run.report["targets"]
+    assert {t["row"] for t in targets} == TARGET_ROWS
+    assert len(targets) == 13
+    for t in targets:
+        assert t["status"] == expected_status(t)
+        assert (t["status"] == "MISSING") is (t["measure"] == "vs eventsourcing" and not HAVE_EVENTSOURCING)
+    section = quick_run.stdout[quick_run.stdout.index("TARGETS") :]
+    for t in targets:
+        assert any(t["row"] in line and t["status"] in line for line in section.splitlines()), t["row"]
+    passed = sum(t["status"] == "PASS" for t in targets)
+    assert f"{passed} of {len(targets)} criteria pass" in section
+
+
+def test_targets_take_their_values_from_the_256_byte_results(quick_run: BenchRun) -> None:
+    """Spot checks: each target's value is the named figure of the matching result."""
+    targets = {(t["row"], t["measure"]): t["value"] for t in quick_run.report["targets"]}
+    appends = results_of(quick_run, "append")
+
+    def append(batch: int, fsync: bool, compression: str = "none") -> dict[str, Any]:
+        return the(
+            appends, contender="hybridlog", event_size=256, batch_size=batch, fsync=fsync, compression=compression
+        )
+
+    assert targets[("append, batch 100, fsync off", "vs sqlite_normal")] == append(100, False)["ratio_vs_sqlite_normal"]
+    assert targets[("append, batch 1000, fsync on", "vs sqlite_full")] == append(1000, True)["ratio_vs_sqlite_full"]
+    assert (
+        targets[("append, batch 1, fsync on, one thread", "vs raw_floor with fsync")]
+        == append(1, True)["ratio_vs_raw_floor"]
+    )
+    zstd = append(100, False, "zstd")
+    assert targets[("zstd on 256-byte JSON (batch 100, fsync off)", "compression ratio")] == zstd["compression_ratio"]
+    memory = the(results_of(quick_run, "verify_memory"))
+    assert targets[("peak memory verifying a 1 GB store", "child peak RSS")] == memory["peak_rss_mb"]
+    opened = the(results_of(quick_run, "open_clean"))
+    assert targets[("open a clean store with 1,000 streams", "seconds")] == opened["seconds"]
+
+
+def test_without_eventsourcing_the_harness_runs_and_says_not_installed(run_without_eventsourcing: BenchRun) -> None:
+    run = run_without_eventsourcing
+    assert run.returncode == 0, run.stderr
+    assert run.report["contenders"]["eventsourcing"]["installed"] is False
+    assert not [r for r in run.report["results"] if r["contender"] == "eventsourcing"]
+    assert {row_key(r) for r in results_of(run, "append")} == expected_append_rows(False)
+    assert "eventsourcing  not installed" in run.stdout
+    (target,) = [t for t in run.report["targets"] if t["measure"] == "vs eventsourcing"]
+    assert target["status"] == "MISSING"
+    assert "not installed" in target["note"]
+
+
+def row_key(r: dict[str, Any]) -> tuple[str, int, int, bool | None, str]:
+    return (r["contender"], r["event_size"], r["batch_size"], r["fsync"], r["compression"])
+
+
+# --- the generator ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", EVENT_SIZES)
+def test_events_are_varied_json_of_the_exact_size(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """Distinct, valid JSON events of exactly ``size`` bytes with varied fields, reproducible by seed."""
+    events_module = load_benchlib(monkeypatch, "events")
+    events: list[bytes] = events_module.make_event_pool(100, 7, size)
+    assert events_module.make_event_pool(100, 7, size) == events
+    assert events_module.make_event_pool(100, 8, size) != events
     assert len(set(events)) == len(events)
-    assert {len(e) for e in events} == {EVENT_SIZE}
+    assert {len(e) for e in events} == {size}
     decoded = [json.loads(e) for e in events]
     assert len({d["type"] for d in decoded}) > 3
-    assert len({d["amount"] for d in decoded}) > 100
+    assert len({d["amount"] for d in decoded}) > 50
+    assert len({d["ts"] for d in decoded}) == len(decoded)
     assert all(d["note"] for d in decoded)
+    if size >= 1024:
+        assert all(d["lines"] and d["customer"]["address"]["city"] for d in decoded)
+        assert len({len(d["lines"]) for d in decoded}) > 1
+
+
+def test_make_batches_cuts_the_exact_count_from_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    events_module = load_benchlib(monkeypatch, "events")
+    pool = [bytes([i]) for i in range(7)]
+    batches: list[list[bytes]] = events_module.make_batches(pool, 25, 10)
+    assert [len(b) for b in batches] == [10, 10, 5]
+    assert [e for b in batches for e in b] == [pool[i % 7] for i in range(25)]

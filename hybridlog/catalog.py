@@ -69,6 +69,10 @@ class SegmentRow:
     digest: bytes | None
 
 
+IndexRow = tuple[int, int, int, int, int, int, int]
+"""A ``records`` row: stream_id, offset, segment_no, position, length, kind, timestamp_ns."""
+
+
 @dataclass(frozen=True, slots=True)
 class IndexEntry:
     """Where one record is: its segment, byte position and frame length."""
@@ -389,10 +393,16 @@ class Catalog:
         )
 
     def insert_records(self, stream_id: StreamId, entries: Iterable[IndexEntry]) -> None:
+        self.insert_index_rows(
+            (stream_id, e.offset, e.segment_no, e.position, e.length, int(e.kind), e.timestamp_ns) for e in entries
+        )
+
+    def insert_index_rows(self, rows: Iterable[IndexRow]) -> None:
+        """Offset-index rows as plain tuples (the append path builds them without objects)."""
         self.conn.executemany(
             "INSERT INTO records (stream_id, offset, segment_no, position, length, kind, timestamp_ns)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ((stream_id, e.offset, e.segment_no, e.position, e.length, int(e.kind), e.timestamp_ns) for e in entries),
+            rows,
         )
 
     def insert_checkpoints(self, rows: Iterable[CheckpointRow]) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import zstandard
 
 from hybridlog.batch import BytesLike, PlannedRecord
-from hybridlog.catalog import CheckpointRow, IndexEntry
+from hybridlog.catalog import CheckpointRow, IndexRow
 from hybridlog.record import append_frame, checkpoint_payload
 from hybridlog.segment import SegmentWriter
 from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId
@@ -139,17 +139,16 @@ class SegmentWrite:
     new_file: bool
     data: bytearray = field(default_factory=bytearray)
     writer: SegmentWriter | None = None
-    entries: list[IndexEntry] = field(default_factory=list)
+    rows: list[IndexRow] = field(default_factory=list)
     checkpoints: list[CheckpointRow] = field(default_factory=list)
     next_offset: int = 0
 
     def add(self, batch: FramedBatch) -> None:
         position = self.base + len(self.data)
         self.data += batch.data
+        sid, no, ts = self.stream_id, self.segment_no, batch.timestamp_ns
+        self.rows.extend((sid, r.offset, no, position + r.start, r.length, r.kind, ts) for r in batch.records)
         for r in batch.records:
-            self.entries.append(
-                IndexEntry(Offset(r.offset), self.segment_no, position + r.start, r.length, r.kind, batch.timestamp_ns)
-            )
             if r.kind is RecordKind.CHECKPOINT:
                 self.checkpoints.append(CheckpointRow(self.stream_id, Offset(r.offset), r.hash, batch.timestamp_ns))
         self.next_offset = batch.after.next_offset

@@ -616,7 +616,7 @@ class Storage:
                         size_bytes=w.end,
                         now_ns=now,
                     )
-                    catalog.insert_records(w.stream_id, w.entries)
+                    catalog.insert_index_rows(w.rows)
                     catalog.insert_checkpoints(w.checkpoints)
                 for sid, segment_no, digest in digests:  # after the upserts: a segment may be new
                     catalog.seal_segment(sid, segment_no, digest=digest, now_ns=now)

@@ -94,7 +94,7 @@ def test_failed_catalog_commit_cuts_the_segment_back(
     def refuse(*args: object, **kwargs: object) -> None:
         raise apsw.FullError("database or disk is full")
 
-    monkeypatch.setattr(Catalog, "insert_records", refuse)
+    monkeypatch.setattr(Catalog, "upsert_stream", refuse)
     with pytest.raises(CatalogError, match="batch not stored"):
         store.append_batch(1, [b"lost-1", b"lost-2"], offset, head)
     monkeypatch.undo()
@@ -115,7 +115,7 @@ def test_failed_commit_after_rotation_removes_the_new_segment(
     def refuse(*args: object, **kwargs: object) -> None:
         raise apsw.IOError("disk I/O error")
 
-    monkeypatch.setattr(Catalog, "insert_records", refuse)
+    monkeypatch.setattr(Catalog, "upsert_stream", refuse)
     with pytest.raises(CatalogError):
         store.append_batch(1, [b"y" * 3000], offset, head)
     monkeypatch.undo()

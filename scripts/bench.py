@@ -85,7 +85,7 @@ def run_all(
     keep(run_rebuild(sizes.rebuild_events, small, repeat, tmp_root))
     keep(
         *run_group_commit(
-            small, sizes.group_threads, sizes.group_events_per_thread, sizes.group_single_events, tmp_root
+            small, sizes.group_threads, sizes.group_events_per_thread, sizes.group_single_events, repeat, tmp_root
         )
     )
     keep(run_verify_memory(small, sizes.memory_bytes, sizes.memory_segment_size, tmp_root))

@@ -88,6 +88,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
 
 @pytest.fixture(scope="module")
 def run_without_eventsourcing(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
+    """The benchmark with ``eventsourcing`` unimportable, as on a machine without the ``bench`` extra."""
     return run_quick(tmp_path_factory.mktemp("bench-no-es"), block_eventsourcing=True)
 
 
@@ -115,6 +116,7 @@ def load_benchlib(monkeypatch: pytest.MonkeyPatch, module: str) -> ModuleType:
 
 
 def test_quick_run_exits_zero_prints_every_section_and_cleans_up(quick_run: BenchRun) -> None:
+    """The script succeeds, prints every table and the TARGETS section, and leaves no store behind."""
     assert quick_run.returncode == 0, quick_run.stderr
     for section in STDOUT_SECTIONS:
         assert section in quick_run.stdout, section
@@ -124,6 +126,7 @@ def test_quick_run_exits_zero_prints_every_section_and_cleans_up(quick_run: Benc
 
 
 def test_report_describes_the_machine_mode_and_contenders(quick_run: BenchRun) -> None:
+    """The JSON names the mode, sizes, machine and which contenders were installed (eventsourcing as found)."""
     report = quick_run.report
     assert report["mode"] == "quick"
     assert report["event_sizes"] == list(EVENT_SIZES)
@@ -278,6 +281,7 @@ def test_random_reads_compare_both_read_paths_with_the_floor(quick_run: BenchRun
 
 
 def test_open_and_rebuild_are_measured_and_rebuild_is_compared_with_reading(quick_run: BenchRun) -> None:
+    """Open time is measured; rebuild speed is also given over hybridlog's sequential read + verify speed."""
     opened = the(results_of(quick_run, "open_clean"))
     assert opened["streams"] > 1
     assert opened["seconds"] > 0
@@ -288,6 +292,7 @@ def test_open_and_rebuild_are_measured_and_rebuild_is_compared_with_reading(quic
 
 
 def test_group_commit_runs_one_thread_and_eight_threads_two_ways(quick_run: BenchRun) -> None:
+    """One thread, eight threads on their own streams, eight on one stream; ratios over the one thread."""
     rows = results_of(quick_run, "group_commit")
     one = the(rows, variant="one_thread")
     own = the(rows, variant="own_streams")
@@ -297,11 +302,15 @@ def test_group_commit_runs_one_thread_and_eight_threads_two_ways(quick_run: Benc
     assert (shared["threads"], shared["streams"]) == (8, 1)
     assert own["events"] == shared["events"]
     assert own["events"] % 8 == 0
+    for r in (one, own, shared):
+        assert len(r["runs_seconds"]) == quick_run.report["repeat"]
+        assert r["events_per_s"] == pytest.approx(r["events"] / r["seconds"])
     for r in (own, shared):
         assert r["ratio_vs_one_thread"] == pytest.approx(r["events_per_s"] / one["events_per_s"])
 
 
 def test_peak_memory_comes_from_a_child_verifying_a_multi_segment_store(quick_run: BenchRun) -> None:
+    """The verified store spans several segments, the child read every event, and its peak is its own."""
     memory = the(results_of(quick_run, "verify_memory"))
     assert memory["segments"] >= 2
     assert memory["segment_bytes"] > memory["max_segment_size"]
@@ -360,6 +369,7 @@ def test_targets_take_their_values_from_the_256_byte_results(quick_run: BenchRun
 
 
 def test_without_eventsourcing_the_harness_runs_and_says_not_installed(run_without_eventsourcing: BenchRun) -> None:
+    """With the optional library unimportable, every other measurement runs and its target is MISSING."""
     run = run_without_eventsourcing
     assert run.returncode == 0, run.stderr
     assert run.report["contenders"]["eventsourcing"]["installed"] is False
@@ -398,6 +408,7 @@ def test_events_are_varied_json_of_the_exact_size(monkeypatch: pytest.MonkeyPatc
 
 
 def test_make_batches_cuts_the_exact_count_from_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches hold exactly the events asked for, cycling through the pool; the last may be short."""
     events_module = load_benchlib(monkeypatch, "events")
     pool = [bytes([i]) for i in range(7)]
     batches: list[list[bytes]] = events_module.make_batches(pool, 25, 10)

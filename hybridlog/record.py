@@ -158,15 +158,20 @@ def decode_payload(header: FrameHeader, stored: bytes | memoryview) -> bytes:
     """The uncompressed payload, never allocating more than the header's ``raw_len``."""
     if not header.compressed:
         return bytes(stored)
+    return decompress_payload(stored, header.raw_len)
+
+
+def decompress_payload(stored: bytes | memoryview, raw_len: int) -> bytes:
+    """Decompress a stored payload that must come out exactly ``raw_len`` bytes long (FrameError if not)."""
     try:
         # We always write the content size; refusing frames without it (or with another size)
         # bounds the output buffer, so a crafted frame cannot act as a decompression bomb.
-        if zstandard.frame_content_size(stored) != header.raw_len:
+        if zstandard.frame_content_size(stored) != raw_len:
             raise FrameError("compressed size does not match raw_len")
-        payload = _decompressor().decompress(stored, max_output_size=header.raw_len)
+        payload = _decompressor().decompress(stored, max_output_size=raw_len)
     except zstandard.ZstdError as e:
         raise FrameError(f"zstd: {e}") from e
-    if len(payload) != header.raw_len:
+    if len(payload) != raw_len:
         raise FrameError("decompressed size does not match raw_len")
     return payload
 

@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import blake3
 
@@ -189,6 +190,14 @@ class SegmentReader:
 
     def close(self) -> None:
         self._file.close()
+
+    def raw_file(self) -> BinaryIO:
+        """The open file, for a caller that reads ahead itself (then ``seek`` before ``read_frame``)."""
+        return self._file
+
+    def seek(self, position: int) -> None:
+        self._file.seek(position)
+        self.position = position
 
     def read_frame(self) -> Frame | None:
         """The next frame, or None at the end of the file.

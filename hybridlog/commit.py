@@ -23,14 +23,8 @@ from hybridlog.record import append_frame, checkpoint_payload
 from hybridlog.segment import SegmentWriter
 from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId
 
-
-@dataclass(frozen=True, slots=True)
-class FramedRecord:
-    offset: int
-    start: int  # byte position within the batch
-    length: int
-    kind: RecordKind
-    hash: ChainHash
+FramedRecord = tuple[int, int, int, RecordKind, ChainHash]
+"""One framed record: offset, start (byte position within the batch), length, kind, hash."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +54,7 @@ class FramedBatch:
     def after(self) -> HeadView:
         return HeadView(
             self.on.next_offset + len(self.records),
-            self.records[-1].hash,
+            self.records[-1][4],
             self.events_since_checkpoint,
             self.timestamp_ns,
         )
@@ -102,7 +96,7 @@ def frame_batch(
             batch_end=i == last,
             compressor=compressor,
         )
-        records.append(FramedRecord(offset, start, len(buffer) - start, kind, prev))
+        records.append((offset, start, len(buffer) - start, kind, prev))
         offset += 1
     return FramedBatch(stream_id, on, timestamp, bytes(buffer), records, events, payload_bytes, since)
 
@@ -147,10 +141,12 @@ class SegmentWrite:
         position = self.base + len(self.data)
         self.data += batch.data
         sid, no, ts = self.stream_id, self.segment_no, batch.timestamp_ns
-        self.rows.extend((sid, r.offset, no, position + r.start, r.length, r.kind, ts) for r in batch.records)
-        for r in batch.records:
-            if r.kind is RecordKind.CHECKPOINT:
-                self.checkpoints.append(CheckpointRow(self.stream_id, Offset(r.offset), r.hash, batch.timestamp_ns))
+        self.rows.extend(
+            (sid, offset, no, position + start, length, kind, ts) for offset, start, length, kind, _ in batch.records
+        )
+        for offset, _, _, kind, digest in batch.records:
+            if kind is RecordKind.CHECKPOINT:
+                self.checkpoints.append(CheckpointRow(sid, Offset(offset), digest, ts))
         self.next_offset = batch.after.next_offset
 
     @property

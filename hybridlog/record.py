@@ -197,8 +197,7 @@ def append_frame(
         if len(squeezed) < len(payload):
             stored = squeezed
             flags |= FLAG_COMPRESSED
-    start = len(out)
-    out += HEADER.pack(
+    header = HEADER.pack(
         MAGIC,
         FORMAT_VERSION,
         kind,
@@ -212,11 +211,9 @@ def append_frame(
         prev_hash,
         own,
     )
+    out += header
     out += stored
-    view = memoryview(out)
-    checksum = zlib.crc32(view[start:])
-    view.release()  # a bytearray with a live view cannot grow
-    out += CHECKSUM.pack(checksum)
+    out += CHECKSUM.pack(zlib.crc32(stored, zlib.crc32(header)))
     return own
 
 

@@ -1,13 +1,30 @@
-"""Turning a frame read from a segment into a verified ``Record``: identity, hash and chain link."""
+"""Turning frames read from a segment into verified ``Record``s: identity, hash and chain link."""
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from hybridlog.errors import ChainBroken, ChecksumMismatch, HashMismatch, IntegrityError, Where
-from hybridlog.record import FrameError, decode_payload, record_hash
-from hybridlog.segment import Frame
-from hybridlog.types import ChainHash, Offset, Record, RecordKind, StreamId
+from hybridlog.record import (
+    CHECKSUM,
+    FLAG_BATCH_END,
+    FLAG_COMPRESSED,
+    FORMAT_VERSION,
+    FRAME_OVERHEAD,
+    HEADER,
+    HEADER_SIZE,
+    KNOWN_FLAGS,
+    MAGIC,
+    MAX_STORED_LEN,
+    FrameError,
+    decode_payload,
+    decompress_payload,
+    record_hash,
+)
+from hybridlog.segment import Frame, SegmentReader
+from hybridlog.types import MAX_EVENT_SIZE, ChainHash, Offset, Record, RecordKind, StreamId
 
 
 def open_record(
@@ -46,3 +63,106 @@ def open_record(
         hash=ChainHash(own),
         payload=payload,
     )
+
+
+_CHUNK = 1 << 20
+_KINDS = (RecordKind.EVENT, RecordKind.CHECKPOINT)
+
+
+class FastWalk:
+    """Verifies frames from a reader's position up to ``end`` in large reads, without per-frame objects.
+
+    It checks what ``SegmentReader.read_frame`` and ``open_record`` check (header fields, identity,
+    checksum, bounded decompression, hash, link) plus, when given, the trusted ``anchor`` hash (the
+    first record's, when ``prev`` is None) and the catalog's ``head`` (offset, hash). It yields
+    (record, position, frame size, batch end) and stops at the first frame it cannot vouch for;
+    ``position``, ``expected`` and ``prev`` then say where, and the caller's exact frame-by-frame
+    checks take over there to say precisely what is wrong.
+    """
+
+    def __init__(
+        self,
+        reader: SegmentReader,
+        stream_id: StreamId,
+        expected: int,
+        prev: bytes | None,
+        end: int,
+        *,
+        anchor: bytes | None = None,
+        head: tuple[int, bytes | None] | None = None,
+    ) -> None:
+        self.file = reader.raw_file()
+        self.stream_id = stream_id
+        self.position = reader.position
+        self.expected = expected
+        self.prev = prev
+        self.end = end
+        self.anchor = anchor
+        self.head_offset, self.head = head if head is not None else (-1, None)
+
+    def frames(self) -> Iterator[tuple[Record, int, int, bool]]:
+        sid, end = self.stream_id, self.end
+        buf, base = b"", self.position  # buf holds the file's bytes from ``base`` on
+        unpack_header, unpack_checksum = HEADER.unpack_from, CHECKSUM.unpack_from
+        while self.position < end:
+            at = self.position - base
+            if len(buf) - at < HEADER_SIZE:
+                buf, base, at = self._refill(buf, base, at, HEADER_SIZE)
+                if len(buf) - at < HEADER_SIZE:
+                    return
+            magic, version, kind, flags, reserved, rsid, offset, ts, stored_len, raw_len, prev, own = unpack_header(
+                buf, at
+            )
+            if (
+                magic != MAGIC
+                or version != FORMAT_VERSION
+                or kind not in _KINDS
+                or flags & ~KNOWN_FLAGS
+                or reserved
+                or rsid != sid
+                or offset != self.expected
+                or stored_len > MAX_STORED_LEN
+                or raw_len > MAX_EVENT_SIZE
+                or (not flags & FLAG_COMPRESSED and stored_len != raw_len)
+            ):
+                return
+            size = FRAME_OVERHEAD + stored_len
+            if self.position + size > end:
+                return
+            if len(buf) - at < size:
+                buf, base, at = self._refill(buf, base, at, size)
+                if len(buf) - at < size:
+                    return
+            body_end = at + HEADER_SIZE + stored_len
+            if zlib.crc32(memoryview(buf)[at:body_end]) != unpack_checksum(buf, body_end)[0]:
+                return
+            stored = buf[at + HEADER_SIZE : body_end]
+            if flags & FLAG_COMPRESSED:
+                try:
+                    payload = decompress_payload(stored, raw_len)
+                except FrameError:
+                    return
+            else:
+                payload = stored
+            if record_hash(sid, offset, kind, ts, prev, payload) != own:
+                return
+            if self.prev is None:
+                if own != self.anchor:
+                    return
+            elif prev != self.prev:
+                return
+            if offset == self.head_offset and own != self.head:
+                return
+            record = Record(sid, Offset(offset), _KINDS[kind], ts, ChainHash(prev), ChainHash(own), payload)
+            position = self.position
+            self.position += size
+            self.expected, self.prev = offset + 1, own
+            yield record, position, size, bool(flags & FLAG_BATCH_END)
+
+    def _refill(self, buf: bytes, base: int, at: int, need: int) -> tuple[bytes, int, int]:
+        """Keep ``buf[at:]`` and read on, to hold at least ``need`` bytes from ``at`` (if the file has them)."""
+        rest = buf[at:]
+        want = min(max(_CHUNK, need - len(rest)), self.end - (base + len(buf)))
+        self.file.seek(base + len(buf))
+        more = self.file.read(want) if want > 0 else b""
+        return rest + more, base + at, 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridlog.catalog import CheckpointRow, IndexEntry
-from hybridlog.chain import open_record
+from hybridlog.chain import FastWalk, open_record
 from hybridlog.errors import IntegrityError
 from hybridlog.record import MAGIC, FrameError
 from hybridlog.segment import SegmentReader, segment_numbers_on_disk, segment_path, stream_path
@@ -69,6 +69,19 @@ class SegmentScan:
         pending: list[ScannedRecord] = []
         offset, prev = self.next_offset, self.prev_hash
         with SegmentReader(self.path, self.valid_end) as reader:
+            # Fast over everything that verifies; exact frame-by-frame from where it stops.
+            fast = FastWalk(reader, self.stream_id, offset, prev, self.path.stat().st_size)
+            for record, position, size, batch_end in fast.frames():
+                entry = IndexEntry(record.offset, self.segment_no, position, size, record.kind, record.timestamp_ns)
+                pending.append(ScannedRecord(entry, record.hash, len(record.payload)))
+                if batch_end:
+                    yield pending
+                    self.valid_end = position + size
+                    self.next_offset, self.prev_hash = record.offset + 1, record.hash
+                    pending = []
+            offset = fast.expected
+            prev = ChainHash(fast.prev) if fast.prev is not None else prev
+            reader.seek(fast.position)
             while True:
                 try:
                     frame = reader.read_frame()

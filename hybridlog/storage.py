@@ -1,18 +1,21 @@
 """``Storage``: append-only, hash-chained event streams in segment files, indexed by a catalog.
 
-Write path of one batch (``_write_batch``), in this order:
+Write path, in this order (``commit.py`` explains how concurrent appends form a group):
 
-1. frame every record (hash, compress, checksum) into one buffer, checkpoint records included;
-2. if the batch would push the active segment past ``max_segment_size``, seal it (fsync, digest)
-   and create the next segment file (fsync the directory so the new name is durable);
-3. write the buffer at the segment's committed end;
-4. fsync the segment when asked: this is the durability point;
-5. commit one catalog transaction: index rows, segment stats, checkpoints, chain head.
+1. frame every record of a batch (hash, compress, checksum) into one buffer, checkpoint records
+   included, in the caller's thread (``commit.frame_batch``);
+2. lay the group's batches out in segments (``_layout``): a batch that would push the active
+   segment past ``max_segment_size`` goes to a new segment file (the directory is fsynced so the
+   new name is durable); a batch never spans two segments;
+3. write each segment's bytes at its committed end (``_write_group``);
+4. fsync the segments when any batch of the group asked (and always the ones being sealed, whose
+   digests are then computed): this is the durability point;
+5. commit one catalog transaction: index rows, segment stats and seals, checkpoints, chain heads.
 
-If anything in 3-5 fails, the segment is cut back to where the batch began (a new segment file is
-removed) and the error is raised, so no partial batch stays. A crash between 4 and 5 leaves a
-complete batch the catalog does not know; recovery (``recovery.recover_store``, run when a
-writer opens the store) adopts it.
+If anything in 3-5 fails, every segment is cut back to where the group began (new segment files
+are removed) and every caller in the group gets the error, so no partial batch stays. A crash
+between 4 and 5 leaves complete batches the catalog does not know; recovery
+(``recovery.recover_store``, run when a writer opens the store) adopts them.
 """
 
 from __future__ import annotations

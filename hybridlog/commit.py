@@ -48,16 +48,7 @@ class FramedBatch:
     records: list[FramedRecord]
     events: int
     payload_bytes: int
-    events_since_checkpoint: int  # after the batch
-
-    @property
-    def after(self) -> HeadView:
-        return HeadView(
-            self.on.next_offset + len(self.records),
-            self.records[-1][4],
-            self.events_since_checkpoint,
-            self.timestamp_ns,
-        )
+    after: HeadView  # the head once this batch is committed
 
 
 def frame_batch(
@@ -98,7 +89,8 @@ def frame_batch(
         )
         records.append((offset, start, len(buffer) - start, kind, prev))
         offset += 1
-    return FramedBatch(stream_id, on, timestamp, bytes(buffer), records, events, payload_bytes, since)
+    after = HeadView(offset, prev, since, timestamp)
+    return FramedBatch(stream_id, on, timestamp, bytes(buffer), records, events, payload_bytes, after)
 
 
 @dataclass(eq=False, slots=True)

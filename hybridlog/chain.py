@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from hybridlog.record import (
     FrameError,
     decode_payload,
     decompress_payload,
+    frame_checksum,
     record_hash,
 )
 from hybridlog.segment import Frame, SegmentReader
@@ -134,7 +134,11 @@ class FastWalk:
                 if len(buf) - at < size:
                     return
             body_end = at + HEADER_SIZE + stored_len
-            if zlib.crc32(memoryview(buf)[at:body_end]) != unpack_checksum(buf, body_end)[0]:
+            view = memoryview(buf)
+            if (
+                frame_checksum(view[at : at + HEADER_SIZE], view[at + HEADER_SIZE : body_end])
+                != unpack_checksum(buf, body_end)[0]
+            ):
                 return
             stored = buf[at + HEADER_SIZE : body_end]
             if flags & FLAG_COMPRESSED:

@@ -19,8 +19,3 @@ class AppendPipeline:
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.compressor: zstandard.ZstdCompressor = new_compressor()
-
-    def start_batch(self) -> bytearray:
-        """The buffer, emptied for the next batch."""
-        self.buffer.clear()
-        return self.buffer

@@ -118,7 +118,7 @@ class FrameError(Exception):
 
 
 def parse_header(data: bytes | memoryview) -> FrameHeader:
-    """Decode and sanity-check a frame header (the checksum is checked by ``check_frame``)."""
+    """Decode and sanity-check a frame header (``frame_checksum`` gives the checksum to compare)."""
     magic, version, kind, flags, reserved, stream_id, offset, ts, stored_len, raw_len, prev, own = HEADER.unpack(
         data[:HEADER_SIZE]
     )
@@ -135,11 +135,16 @@ def parse_header(data: bytes | memoryview) -> FrameHeader:
     return FrameHeader(kind, flags, stream_id, offset, ts, stored_len, raw_len, ChainHash(prev), ChainHash(own))
 
 
+def frame_checksum(header: bytes | memoryview, stored: bytes | bytearray | memoryview) -> int:
+    """The checksum field's value: CRC-32 of the header, then the stored payload (bytes 0 .. 104+N)."""
+    return zlib.crc32(stored, zlib.crc32(header))
+
+
 def check_frame(frame: bytes | memoryview) -> None:
-    """Raise FrameError unless ``frame`` (a whole record, checksum included) matches its checksum."""
-    body = memoryview(frame)[:-CHECKSUM_SIZE]
-    (stored,) = CHECKSUM.unpack(memoryview(frame)[-CHECKSUM_SIZE:])
-    if zlib.crc32(body) != stored:
+    """Raise FrameError unless a whole frame (checksum included) matches its checksum."""
+    view = memoryview(frame)
+    (stored,) = CHECKSUM.unpack(view[-CHECKSUM_SIZE:])
+    if frame_checksum(view[:HEADER_SIZE], view[HEADER_SIZE:-CHECKSUM_SIZE]) != stored:
         raise FrameError("checksum mismatch")
 
 
@@ -213,7 +218,7 @@ def append_frame(
     )
     out += header
     out += stored
-    out += CHECKSUM.pack(zlib.crc32(stored, zlib.crc32(header)))
+    out += CHECKSUM.pack(frame_checksum(header, stored))
     return own
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, RecoveryEntry, SegmentRow
 from hybridlog.errors import CatalogMismatch, IntegrityError
-from hybridlog.scan import Adoption, SegmentScan, StreamScan, is_torn_tail, walk_stream
+from hybridlog.scan import Adoption, ScannedRecord, SegmentScan, StreamScan, is_torn_tail, walk_stream
 from hybridlog.segment import (
     STREAMS_DIR,
     file_digest,
@@ -483,24 +483,17 @@ def rebuild_catalog(data_dir: Path, now: Clock, *, found: str) -> tuple[Catalog,
 def rebuild_checkpoints(catalog: Catalog, data_dir: Path, stream_id: StreamId) -> int:
     """Re-derive a stream's checkpoint rows from its checkpoint records; returns how many."""
     rows: list[CheckpointRow] = []
-    next_offset, prev = 0, GENESIS_HASH
-    for seg in catalog.segments(stream_id):
-        scan = SegmentScan(data_dir, stream_id, seg.segment_no, position=0, next_offset=next_offset, prev_hash=prev)
-        for batch in scan.batches():
-            rows.extend(
-                CheckpointRow(stream_id, r.entry.offset, r.hash, r.entry.timestamp_ns)
-                for r in batch
-                if r.entry.kind == RecordKind.CHECKPOINT and r.entry.offset < seg.next_offset
-            )
-        if scan.problem is not None and scan.valid_end < seg.size_bytes:
-            raise IntegrityError(
-                f"bad record ({scan.problem.reason})",
-                stream_id=stream_id,
-                offset=scan.problem.offset,
-                segment=scan.path,
-                position=scan.problem.position,
-            )
-        next_offset, prev = scan.next_offset, scan.prev_hash
+
+    def collect(batch: list[ScannedRecord]) -> None:
+        rows.extend(
+            CheckpointRow(stream_id, r.entry.offset, r.hash, r.entry.timestamp_ns)
+            for r in batch
+            if r.entry.kind == RecordKind.CHECKPOINT
+        )
+
+    damage = _damage_of(data_dir, walk_stream(data_dir, stream_id, collect))
+    if damage is not None:
+        raise damage
     with catalog.transaction():
         catalog.forget_checkpoints(stream_id)
         catalog.insert_checkpoints(rows)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,15 @@ from typing import BinaryIO
 
 import blake3
 
-from hybridlog.record import CHECKSUM, CHECKSUM_SIZE, HEADER_SIZE, FrameError, FrameHeader, parse_header
+from hybridlog.record import (
+    CHECKSUM,
+    CHECKSUM_SIZE,
+    HEADER_SIZE,
+    FrameError,
+    FrameHeader,
+    frame_checksum,
+    parse_header,
+)
 
 STREAMS_DIR = "streams"
 SEGMENT_SUFFIX = ".seg"
@@ -216,7 +223,7 @@ class SegmentReader:
             raise IncompleteFrame("file ends inside a record")
         stored = rest[: header.stored_len]
         (checksum,) = CHECKSUM.unpack(rest[header.stored_len :])
-        if checksum != _crc(head, stored):
+        if checksum != frame_checksum(head, stored):
             raise FrameError("checksum mismatch")
         frame = Frame(self.position, header, stored)
         self.position += header.frame_size
@@ -229,7 +236,3 @@ class SegmentReader:
             if frame is None:
                 return
             yield frame
-
-
-def _crc(head: bytes, stored: bytes) -> int:
-    return zlib.crc32(stored, zlib.crc32(head))

@@ -919,28 +919,20 @@ class Storage:
         sids: list[int] | None = None if stream_ids is None else [check_stream_id(s) for s in stream_ids]
         report = RepairReport()
         with self._lock:
-            catalog = self._writable_catalog()
-            steps = self.check(sids).plan(sids) if plan is None else plan
-            try:
-                for step in steps:
-                    if step.repair == REBUILD_CATALOG:
-                        results = self._rebuild_catalog(found=step.reason)
-                        catalog = self._writable_catalog()
-                    elif step.stream_id is None:
-                        raise InvalidArgument(f"repair {step.repair!r} needs a stream id")
-                    elif step.repair == TRUNCATE:
-                        self._forget_head(step.stream_id)
-                        results = [truncate_stream(catalog, self._data_dir, step.stream_id, self._now)]
-                    elif step.repair == REINDEX:
-                        self._forget_head(step.stream_id)
-                        results = [index_stream(catalog, self._data_dir, step.stream_id, self._now, found=step.reason)]
-                    else:
-                        raise InvalidArgument(f"unknown repair {step.repair!r}")
-                    self._note_recovery(results)
-                    report.applied.append(step)
-                    report.entries.extend(e for r in results for e in r.entries)
-            except OSError as e:
-                raise StorageIOError(f"repair of {self._data_dir} failed: {e}") from e
+            self._writable_catalog()
+            for step in self.check(sids).plan(sids) if plan is None else plan:
+                if step.repair == REBUILD_CATALOG:
+                    results = self._rebuild_catalog(found=step.reason)
+                elif step.stream_id is None:
+                    raise InvalidArgument(f"repair {step.repair!r} needs a stream id")
+                elif step.repair == TRUNCATE:
+                    results = [self._reindex(step.stream_id, found=step.reason, truncate=True)]
+                elif step.repair == REINDEX:
+                    results = [self._reindex(step.stream_id, found=step.reason)]
+                else:
+                    raise InvalidArgument(f"unknown repair {step.repair!r}")
+                report.applied.append(step)
+                report.entries.extend(e for r in results for e in r.entries)
             report.after = self.check(sids)
         return report
 
@@ -977,11 +969,15 @@ class Storage:
                 raise result.damage
         return self.offset_index(sid)
 
-    def _reindex(self, sid: StreamId, *, found: str) -> ReconcileResult:
+    def _reindex(self, sid: StreamId, *, found: str, truncate: bool = False) -> ReconcileResult:
+        """Rebuild one stream's catalog rows from its segments (cut back at damage first, if asked)."""
         catalog = self._writable_catalog()
         self._forget_head(sid)
         try:
-            result = index_stream(catalog, self._data_dir, sid, self._now, found=found)
+            if truncate:
+                result = truncate_stream(catalog, self._data_dir, sid, self._now)
+            else:
+                result = index_stream(catalog, self._data_dir, sid, self._now, found=found)
         except OSError as e:
             raise StorageIOError(f"stream {sid}: cannot rebuild its index: {e}") from e
         self._note_recovery([result])

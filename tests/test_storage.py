@@ -19,6 +19,7 @@ from pathlib import Path
 import apsw
 import blake3
 import pytest
+from damage_tools import active_segment, frame_batch
 
 from hybridlog import (
     MAX_EVENT_SIZE,
@@ -35,6 +36,7 @@ from hybridlog import (
     StoreClosed,
 )
 from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION, Catalog
+from hybridlog.repair import REBUILD_CATALOG, RepairStep
 from hybridlog.segment import SegmentWriter, segment_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -330,3 +332,96 @@ def test_reading_a_stream_streams_in_bounded_memory(store_dir: Path) -> None:
         tracemalloc.stop()
     assert count == 10_000
     assert peak < 4 * 1024 * 1024  # the read buffer and a few records, not the 40 MB stream
+
+
+def test_seed_constructors_set_what_they_name(tmp_path: Path) -> None:
+    policy = CheckpointPolicy.close_only()
+    assert policy == CheckpointPolicy(every_records=None, on_close=True)
+    made = [
+        Storage.new(tmp_path / "a"),
+        Storage.with_checkpoint_policy(tmp_path / "b", policy),
+        Storage.with_max_segment_size(tmp_path / "c", policy, 8192),
+        Storage.with_compression(tmp_path / "d", policy, CompressionKind.ZSTD),
+    ]
+    try:
+        assert [s.checkpoint_policy() for s in made] == [CheckpointPolicy(), policy, policy, policy]
+        assert [s.max_segment_size() for s in made] == [64 * 1024 * 1024, 64 * 1024 * 1024, 8192, 64 * 1024 * 1024]
+        assert [s.default_compression() for s in made] == [CompressionKind.NONE] * 3 + [CompressionKind.ZSTD]
+    finally:
+        for s in made:
+            s.close()
+
+
+def _write_uncommitted_batch(store_dir: Path, stream_id: int, store: Storage, payloads: list[bytes]) -> None:
+    """Append a complete framed batch to the stream's active segment behind the catalog's back."""
+    head = store.latest_chain_hash(stream_id)
+    assert head is not None
+    out = bytearray()
+    frame_batch(
+        out,
+        stream_id=stream_id,
+        offset=store.next_offset(stream_id),
+        prev=head,
+        timestamp_ns=2_000_000_000_000_000_000,
+        payloads=payloads,
+        compression=CompressionKind.NONE,
+    )
+    with active_segment(store_dir, stream_id).open("ab") as f:
+        f.write(out)
+
+
+def test_recover_adopts_batches_written_behind_the_catalogs_back(store_dir: Path) -> None:
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.append(1, [b"committed"])
+        _write_uncommitted_batch(store_dir, 1, store, [b"missed-1", b"missed-2"])
+        assert store.read_from_genesis(1) == [b"committed"]
+        (result,) = store.recover()
+        assert (result.stream_id, result.adopted_records, result.damage) == (1, 2, None)
+        assert store.read_from_genesis(1) == [b"committed", b"missed-1", b"missed-2"]
+        assert store.recovery_results() == [result]
+        assert [e.action for e in store.recovery_log(1)] == ["adopted"]
+        assert store.recover() == []  # nothing left to do
+        store.append(1, [b"after"])
+        assert store.check().ok
+
+
+def test_load_or_rebuild_index_rebuilds_only_when_the_catalog_disagrees(store_dir: Path) -> None:
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.append(1, [b"a", b"b"])
+        assert len(store.load_or_rebuild_index(1)) == 2
+        assert store.recovery_log(1) == []  # in step: nothing rebuilt
+        _write_uncommitted_batch(store_dir, 1, store, [b"c"])
+        index = store.load_or_rebuild_index(1)
+        assert [e.offset for e in index.entries()] == [0, 1, 2]
+        assert [e.action for e in store.recovery_log(1)] == ["reindexed"]
+        assert store.read_from_genesis(1) == [b"a", b"b", b"c"]
+
+
+def test_rebuild_checkpoint_index_restores_deleted_rows(store_dir: Path) -> None:
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.every(2, on_close=False)) as store:
+        store.append(1, [b"e"] * 7)
+        before = list(store.checkpoint_index(1))
+        assert [c.offset for c in before] == [2, 5, 8]
+        conn = apsw.Connection(str(store_dir / CATALOG_FILE))
+        conn.execute("DELETE FROM checkpoints WHERE stream_id = 1")
+        conn.close()
+        assert store.last_checkpoint(1) is None
+        assert store.rebuild_checkpoint_index(1) == 3
+        assert list(store.checkpoint_index(1)) == before
+
+
+def test_repair_reports_each_result_once(store_dir: Path) -> None:
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.append(1, [b"a"])
+        conn = apsw.Connection(str(store_dir / CATALOG_FILE))
+        conn.execute("DELETE FROM records WHERE stream_id = 1")
+        conn.close()
+        report = store.repair()
+        assert [(s.repair, s.stream_id) for s in report.applied] == [("reindex", 1)]
+        assert [r.stream_id for r in store.recovery_results()] == [1]
+        assert report.after is not None
+        assert report.after.ok
+        store.append(2, [b"b"])
+        store.repair([RepairStep(REBUILD_CATALOG, None, "asked for by the test")])
+        assert [r.stream_id for r in store.recovery_results()] == [1, 1, 2]
+        assert store.read_from_genesis(1) == [b"a"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidArgument, InvalidEvent
+from hybridlog.record import checkpoint_payload
 from hybridlog.types import HASH_SIZE, MAX_EVENT_SIZE, CheckpointPolicy, Record, RecordKind
 
 BytesLike = bytes | bytearray | memoryview
@@ -15,20 +17,31 @@ def check_events(events: Iterable[object]) -> list[BytesLike]:
     """The events as a list of bytes-like payloads, or a typed error naming the first bad one."""
     if isinstance(events, (bytes, bytearray, memoryview, str)):
         raise InvalidEvent(f"events must be a sequence of bytes objects, not one {type(events).__name__}")
-    payloads: list[BytesLike] = []
-    for i, event in enumerate(events):
-        if not isinstance(event, (bytes, bytearray, memoryview)):
-            raise InvalidEvent(f"event {i} is {type(event).__name__}, not bytes")
-        if isinstance(event, memoryview):
-            if not event.contiguous:
-                raise InvalidEvent(f"event {i} is a non-contiguous memoryview")
-            event = event.cast("B")
-        if len(event) > MAX_EVENT_SIZE:
-            raise EventTooLarge(f"event {i} is {len(event)} bytes; the limit is {MAX_EVENT_SIZE}")
-        payloads.append(event)
-    if not payloads:
+    try:
+        payloads: list[object] = list(events)
+    except TypeError as e:
+        raise InvalidEvent(f"events must be a sequence of bytes objects, not {type(events).__name__}") from e
+    # The common case, all plain bytes within the limit, is checked at C speed; anything else
+    # goes through the loop that converts memoryviews and names the first bad event.
+    plain = payloads and set(map(type, payloads)) == {bytes}
+    if plain and max(map(len, cast(list[bytes], payloads))) <= MAX_EVENT_SIZE:
+        return cast(list[BytesLike], payloads)
+    checked = [_checked_event(i, event) for i, event in enumerate(payloads)]
+    if not checked:
         raise EmptyBatch("a batch needs at least one event")
-    return payloads
+    return checked
+
+
+def _checked_event(i: int, event: object) -> BytesLike:
+    if not isinstance(event, (bytes, bytearray, memoryview)):
+        raise InvalidEvent(f"event {i} is {type(event).__name__}, not bytes")
+    if isinstance(event, memoryview):
+        if not event.contiguous:
+            raise InvalidEvent(f"event {i} is a non-contiguous memoryview")
+        event = event.cast("B")
+    if len(event) > MAX_EVENT_SIZE:
+        raise EventTooLarge(f"event {i} is {len(event)} bytes; the limit is {MAX_EVENT_SIZE}")
+    return event
 
 
 def check_offset(name: str, value: object) -> int:
@@ -47,17 +60,23 @@ def check_prev_hash(prev_hash: object) -> bytes | None:
 
 
 def plan_batch(
-    payloads: list[BytesLike], policy: CheckpointPolicy, events_since_checkpoint: int
+    payloads: list[BytesLike], policy: CheckpointPolicy, events_since_checkpoint: int, first_offset: int
 ) -> list[PlannedRecord]:
-    """The records a batch writes: its events, with a checkpoint after every ``every_records``-th."""
+    """The records a batch writes from ``first_offset`` on: its events, and a checkpoint record
+    after every ``every_records``-th event since the last checkpoint."""
+    every = policy.every_records
+    if every is None:
+        return [(RecordKind.EVENT, payload) for payload in payloads]
     planned: list[PlannedRecord] = []
-    since = events_since_checkpoint
-    for payload in payloads:
-        planned.append((RecordKind.EVENT, payload))
-        since += 1
-        if policy.every_records is not None and since >= policy.every_records:
-            planned.append((RecordKind.CHECKPOINT, b""))
-            since = 0
+    gap = max(1, every - events_since_checkpoint)  # events until the next checkpoint is due
+    taken = 0
+    while taken < len(payloads):
+        run = payloads[taken : taken + gap]
+        planned += [(RecordKind.EVENT, payload) for payload in run]
+        taken += len(run)
+        if len(run) == gap:
+            planned.append((RecordKind.CHECKPOINT, checkpoint_payload(first_offset + len(planned))))
+            gap = every
     return planned
 
 

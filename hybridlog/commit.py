@@ -19,12 +19,9 @@ import zstandard
 
 from hybridlog.batch import BytesLike, PlannedRecord
 from hybridlog.catalog import CheckpointRow, IndexRow
-from hybridlog.record import append_frame, checkpoint_payload
+from hybridlog.record import FrameSpan, append_frames
 from hybridlog.segment import SegmentWriter
 from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId
-
-FramedRecord = tuple[int, int, int, RecordKind, ChainHash]
-"""One framed record: offset, start (byte position within the batch), length, kind, hash."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +42,7 @@ class FramedBatch:
     on: HeadView
     timestamp_ns: int
     data: bytes
-    records: list[FramedRecord]
+    records: list[FrameSpan]
     events: int
     payload_bytes: int
     after: HeadView  # the head once this batch is committed
@@ -62,34 +59,26 @@ def frame_batch(
     """Frame ``planned`` records as the next batch after ``on`` (stage 1; no I/O)."""
     timestamp = max(now_ns, on.last_timestamp_ns)  # never backwards within a stream
     buffer.clear()
-    records: list[FramedRecord] = []
-    offset, prev = on.next_offset, on.head or GENESIS_HASH
-    events = payload_bytes = 0
-    since = on.events_since_checkpoint
-    last = len(planned) - 1
-    for i, (kind, payload) in enumerate(planned):
-        if kind is RecordKind.CHECKPOINT:
-            payload = checkpoint_payload(offset)
-            since = 0
-        else:
-            events += 1
-            payload_bytes += len(payload)
-            since += 1
-        start = len(buffer)
-        prev = append_frame(
-            buffer,
-            stream_id=stream_id,
-            offset=offset,
-            kind=kind,
-            timestamp_ns=timestamp,
-            prev_hash=prev,
-            payload=payload,
-            batch_end=i == last,
-            compressor=compressor,
-        )
-        records.append((offset, start, len(buffer) - start, kind, prev))
-        offset += 1
-    after = HeadView(offset, prev, since, timestamp)
+    records = append_frames(
+        buffer,
+        planned,
+        stream_id=stream_id,
+        first_offset=on.next_offset,
+        timestamp_ns=timestamp,
+        prev_hash=on.head or GENESIS_HASH,
+        batch_end=True,
+        compressor=compressor,
+    )
+    kinds = [kind for kind, _ in planned]
+    checkpoints = kinds.count(RecordKind.CHECKPOINT)
+    events = len(planned) - checkpoints
+    if checkpoints:
+        payload_bytes = sum(len(payload) for kind, payload in planned if kind is RecordKind.EVENT)
+        since = kinds[::-1].index(RecordKind.CHECKPOINT)  # events after the last checkpoint
+    else:
+        payload_bytes = sum(len(payload) for _, payload in planned)
+        since = on.events_since_checkpoint + events
+    after = HeadView(on.next_offset + len(records), records[-1][4], since, timestamp)
     return FramedBatch(stream_id, on, timestamp, bytes(buffer), records, events, payload_bytes, after)
 
 
@@ -137,7 +126,7 @@ class SegmentWrite:
             (sid, offset, no, position + start, length, kind, ts) for offset, start, length, kind, _ in batch.records
         )
         for offset, _, _, kind, digest in batch.records:
-            if kind is RecordKind.CHECKPOINT:
+            if kind == RecordKind.CHECKPOINT:
                 self.checkpoints.append(CheckpointRow(sid, Offset(offset), digest, ts))
         self.next_offset = batch.after.next_offset
 

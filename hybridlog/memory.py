@@ -87,7 +87,7 @@ class MemoryStorage:
         given = check_prev_hash(prev_hash)
         with self._lock:
             self._check_head(sid, offset, given)
-            return self._write(sid, plan_batch(payloads, self._policy, self._since_checkpoint.get(sid, 0)))
+            return self._write(sid, plan_batch(payloads, self._policy, self._since_checkpoint.get(sid, 0), offset))
 
     def append(
         self, stream_id: int, events: Sequence[BytesLike], *, expected_offset: int | None = None, fsync: bool = True

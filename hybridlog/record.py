@@ -35,6 +35,7 @@ from __future__ import annotations
 import struct
 import threading
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import blake3
@@ -181,6 +182,65 @@ def decompress_payload(stored: bytes | memoryview, raw_len: int) -> bytes:
     return payload
 
 
+FrameSpan = tuple[int, int, int, int, ChainHash]
+"""Where ``append_frames`` put one record: offset, start (byte position in ``out``), frame length, kind, hash."""
+
+
+def append_frames(
+    out: bytearray,
+    records: Sequence[tuple[int, bytes | bytearray | memoryview]],
+    *,
+    stream_id: int,
+    first_offset: int,
+    timestamp_ns: int,
+    prev_hash: bytes,
+    batch_end: bool,
+    compressor: zstandard.ZstdCompressor | None,
+) -> list[FrameSpan]:
+    """Frame ``records`` (kind, payload) as consecutive offsets onto the end of ``out``.
+
+    Each record is hashed, linked to the one before, optionally compressed (kept only when
+    smaller) and checksummed. With
+    ``batch_end`` the last record is flagged as the end of its batch. This is the append hot
+    loop, so it binds everything it calls to locals and makes no per-record objects besides the
+    frame bytes and the returned span.
+    """
+    new_hasher, pack_prefix, pack_header, pack_checksum, crc32 = (
+        blake3.blake3,
+        _HASH_PREFIX.pack,
+        HEADER.pack,
+        CHECKSUM.pack,
+        zlib.crc32,
+    )
+    spans: list[FrameSpan] = []
+    offset, prev = first_offset, prev_hash
+    last = len(records) - 1
+    for i, (kind, payload) in enumerate(records):
+        raw_len = len(payload)
+        hasher = new_hasher(
+            pack_prefix(HASH_DOMAIN, FORMAT_VERSION, stream_id, offset, kind, timestamp_ns, prev, raw_len)
+        )
+        hasher.update(payload)
+        own = ChainHash(hasher.digest())
+        stored, flags = payload, 0
+        if compressor is not None and raw_len:
+            squeezed = compressor.compress(payload)
+            if len(squeezed) < raw_len:
+                stored, flags = squeezed, FLAG_COMPRESSED
+        if batch_end and i == last:
+            flags |= FLAG_BATCH_END
+        header = pack_header(
+            MAGIC, FORMAT_VERSION, kind, flags, 0, stream_id, offset, timestamp_ns, len(stored), raw_len, prev, own
+        )
+        start = len(out)
+        out += header
+        out += stored
+        out += pack_checksum(crc32(stored, crc32(header)))
+        spans.append((offset, start, len(out) - start, kind, own))
+        offset, prev = offset + 1, own
+    return spans
+
+
 def append_frame(
     out: bytearray,
     *,
@@ -193,32 +253,17 @@ def append_frame(
     batch_end: bool,
     compressor: zstandard.ZstdCompressor | None,
 ) -> ChainHash:
-    """Frame one record onto the end of ``out`` and return its hash."""
-    own = record_hash(stream_id, offset, kind, timestamp_ns, prev_hash, payload)
-    stored: bytes | bytearray | memoryview = payload
-    flags = FLAG_BATCH_END if batch_end else 0
-    if compressor is not None and payload:
-        squeezed = compressor.compress(payload)
-        if len(squeezed) < len(payload):
-            stored = squeezed
-            flags |= FLAG_COMPRESSED
-    header = HEADER.pack(
-        MAGIC,
-        FORMAT_VERSION,
-        kind,
-        flags,
-        0,
-        stream_id,
-        offset,
-        timestamp_ns,
-        len(stored),
-        len(payload),
-        prev_hash,
-        own,
+    """Frame one record onto the end of ``out`` and return its hash (``append_frames`` for one)."""
+    ((_, _, _, _, own),) = append_frames(
+        out,
+        [(kind, payload)],
+        stream_id=stream_id,
+        first_offset=offset,
+        timestamp_ns=timestamp_ns,
+        prev_hash=prev_hash,
+        batch_end=batch_end,
+        compressor=compressor,
     )
-    out += header
-    out += stored
-    out += CHECKSUM.pack(frame_checksum(header, stored))
     return own
 
 

@@ -71,6 +71,7 @@ from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.reader import verified_records
+from hybridlog.record import checkpoint_payload
 from hybridlog.recovery import (
     ReconcileResult,
     index_stream,
@@ -509,8 +510,8 @@ class Storage:
 
     def _plan(self, request: AppendRequest, view: HeadView) -> list[PlannedRecord]:
         if request.payloads is None:
-            return [(RecordKind.CHECKPOINT, b"")]
-        return plan_batch(request.payloads, self._policy, view.events_since_checkpoint)
+            return [(RecordKind.CHECKPOINT, checkpoint_payload(view.next_offset))]
+        return plan_batch(request.payloads, self._policy, view.events_since_checkpoint, view.next_offset)
 
     @staticmethod
     def _conflict(request: AppendRequest, view: HeadView) -> StorageError | None:

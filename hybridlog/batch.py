@@ -97,4 +97,6 @@ def take_payloads(records: Iterable[Record], max_bytes: int) -> list[bytes]:
             break
         out.append(record.payload)
         total += len(record.payload)
+        if total > max_bytes:
+            break  # not even an empty event fits any more
     return out

@@ -189,6 +189,12 @@ class Catalog:
 
     # --- schema ----------------------------------------------------------------------------------
 
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to the catalog (SQLite's ``data_version``)."""
+        version = self.conn.pragma("data_version")
+        assert isinstance(version, int)
+        return version
+
     def schema_version(self) -> int:
         return int(self.conn.pragma("user_version"))
 

@@ -21,6 +21,7 @@ from hybridlog.record import (
     decode_payload,
     decompress_payload,
     frame_checksum,
+    parse_header,
     record_hash,
 )
 from hybridlog.segment import Frame, SegmentReader
@@ -63,6 +64,35 @@ def open_record(
         hash=ChainHash(own),
         payload=payload,
     )
+
+
+def reverify_frame(frame: bytes, *, stream_id: StreamId, offset: int, verified_hash: bytes) -> tuple[int, bytes] | None:
+    """(kind, payload) of the record at ``offset`` if ``frame`` is exactly the record whose hash
+    was verified before.
+
+    The hash is recomputed from the frame's contents; equal to ``verified_hash`` it proves the
+    frame holds that record. None for anything else (the caller falls back to a verified walk,
+    which says precisely what is wrong).
+    """
+    if len(frame) < FRAME_OVERHEAD:
+        return None
+    magic, _, kind, flags, _, sid, off, ts, stored_len, _, prev, own = HEADER.unpack_from(frame)
+    if (
+        own != verified_hash
+        or sid != stream_id
+        or off != offset
+        or magic != MAGIC
+        or len(frame) != FRAME_OVERHEAD + stored_len
+    ):
+        return None
+    stored = memoryview(frame)[HEADER_SIZE : HEADER_SIZE + stored_len]
+    try:
+        payload = bytes(stored) if not flags & ~FLAG_BATCH_END else decode_payload(parse_header(frame), stored)
+    except FrameError:
+        return None
+    if record_hash(stream_id, offset, kind, ts, prev, payload) != verified_hash:
+        return None
+    return kind, payload
 
 
 _CHUNK = 1 << 20

@@ -21,9 +21,18 @@ from hybridlog.record import (
 from hybridlog.segment import IncompleteFrame, SegmentReader, segment_path
 from hybridlog.types import GENESIS_HASH, Record
 
+VerifiedFrame = tuple[int, int, int, Record]
+"""A verified record and where its frame is: segment_no, byte position, frame size, record."""
+
 
 def verified_records(data_dir: Path, snap: StreamSnapshot, from_offset: int) -> Iterator[Record]:
     """Walk a snapshot's segments from its start entry, verifying every record (see iter_records)."""
+    for _, _, _, record in verified_frames(data_dir, snap, from_offset):
+        yield record
+
+
+def verified_frames(data_dir: Path, snap: StreamSnapshot, from_offset: int) -> Iterator[VerifiedFrame]:
+    """``verified_records``, with each record's place in its segment."""
     stream = snap.stream
     sid = stream.stream_id
     if snap.start is None:
@@ -59,13 +68,15 @@ def verified_records(data_dir: Path, snap: StreamSnapshot, from_offset: int) -> 
                 anchor=snap.anchor.hash if snap.anchor else None,
                 head=(stream.next_offset - 1, stream.chain_head),
             )
-            for record, _position, _size, _batch_end in fast.frames():
+            no = seg.segment_no
+            for record, at, size, _batch_end in fast.frames():
                 if record.offset >= from_offset:
-                    yield record
+                    yield no, at, size, record
             expected, prev = fast.expected, fast.prev
             reader.seek(fast.position)
             while expected < seg.next_offset:
-                where: Where = {"stream_id": sid, "offset": expected, "segment": path, "position": reader.position}
+                at = reader.position
+                where: Where = {"stream_id": sid, "offset": expected, "segment": path, "position": at}
                 try:
                     frame = reader.read_frame()
                 except IncompleteFrame as e:
@@ -82,7 +93,7 @@ def verified_records(data_dir: Path, snap: StreamSnapshot, from_offset: int) -> 
                 prev = record.hash
                 expected += 1
                 if record.offset >= from_offset:
-                    yield record
+                    yield seg.segment_no, at, reader.position - at, record
         if expected >= stream.next_offset:
             return
     if expected < stream.next_offset:

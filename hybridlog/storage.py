@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 
@@ -52,6 +53,7 @@ from hybridlog.catalog import (
     StreamSnapshot,
     StreamStats,
 )
+from hybridlog.chain import reverify_frame
 from hybridlog.commit import AppendRequest, FramedBatch, GroupCommitQueue, HeadView, SegmentWrite, frame_batch
 from hybridlog.errors import (
     CatalogError,
@@ -70,7 +72,7 @@ from hybridlog.errors import (
 from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
-from hybridlog.reader import verified_records
+from hybridlog.reader import verified_frames, verified_records
 from hybridlog.record import checkpoint_payload
 from hybridlog.recovery import (
     ReconcileResult,
@@ -103,6 +105,8 @@ from hybridlog.types import (
     StreamId,
     check_stream_id,
 )
+from hybridlog.verified_cache import DEFAULT_MAX_RECORDS as DEFAULT_VERIFIED_CACHE_RECORDS
+from hybridlog.verified_cache import MAX_RUN, VerifiedRun, VerifiedRunCache
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +160,7 @@ class Storage:
         compression: CompressionKind = CompressionKind.NONE,
         read_only: bool = False,
         clock: Clock | None = None,
+        verified_cache_records: int = DEFAULT_VERIFIED_CACHE_RECORDS,
     ) -> None:
         if isinstance(max_segment_size, bool) or not isinstance(max_segment_size, int):
             raise InvalidConfiguration(f"max_segment_size must be an int, not {type(max_segment_size).__name__}")
@@ -163,6 +168,10 @@ class Storage:
             raise InvalidConfiguration(f"max_segment_size must be at least {MIN_SEGMENT_SIZE} bytes")
         if not isinstance(compression, CompressionKind):
             raise InvalidConfiguration(f"compression must be a CompressionKind, not {compression!r}")
+        if isinstance(verified_cache_records, bool) or not isinstance(verified_cache_records, int):
+            raise InvalidConfiguration("verified_cache_records must be an int")
+        if verified_cache_records < 0:
+            raise InvalidConfiguration("verified_cache_records must be 0 (off) or more")
         policy = CheckpointPolicy() if checkpoint_policy is None else checkpoint_policy
         if not isinstance(policy, CheckpointPolicy):
             raise InvalidConfiguration(f"checkpoint_policy must be a CheckpointPolicy, not {policy!r}")
@@ -182,6 +191,8 @@ class Storage:
         self._pipelines = threading.local()  # each appending thread's own (stage 1 runs in the caller)
         self._commits = GroupCommitQueue()
         self._syncers: ThreadPoolExecutor | None = None  # started by the first group that touches several files
+        # Point reads remember verified runs (see verified_cache.py); 0 turns that off.
+        self._verified = VerifiedRunCache(verified_cache_records, lambda sid, no: segment_path(self._data_dir, sid, no))
         self._closed = False
         if self._data_dir.exists():
             try:
@@ -263,6 +274,7 @@ class Storage:
 
     def _release(self) -> None:
         """Close every file and the catalog, and drop the writer lock."""
+        self._verified.clear()
         if self._syncers is not None:
             self._syncers.shutdown()
             self._syncers = None
@@ -305,6 +317,7 @@ class Storage:
 
     def _note_recovery(self, results: list[ReconcileResult]) -> None:
         """Remember what recovery did, and which streams it found damaged (they refuse appends)."""
+        self._verified.clear()  # records may have moved or gone
         for result in results:
             self._recovery.append(result)
             self._forget_head(result.stream_id)
@@ -759,9 +772,90 @@ class Storage:
 
         Returns at least one event when there is one, then stops before the payloads would exceed
         ``max_bytes``. Checkpoint records are skipped. An unknown stream gives ``[]``.
+
+        A point read remembers the checkpoint interval it verified, so the next read in it checks
+        only the records it returns against the hashes verified then (see verified_cache.py).
         """
         limit = check_non_negative("max_bytes", max_bytes)
-        return take_payloads(self.iter_records(stream_id, from_offset), limit)
+        if not self._verified.enabled:
+            return take_payloads(self.iter_records(stream_id, from_offset), limit)
+        sid = check_stream_id(stream_id)
+        check_non_negative("from_offset", from_offset)
+        remembered = self._read_remembered(sid, from_offset, limit)
+        if remembered is not None:
+            return remembered
+        return self._read_remembering(sid, from_offset, limit)
+
+    def _read_remembered(self, sid: StreamId, from_offset: int, limit: int) -> list[bytes] | None:
+        """``read_from`` out of a verified run, or None when the run cannot answer it all."""
+        if self._closed:
+            return None
+        if self._read_only and not self._runs_still_hold():
+            return None
+        run = self._verified.find(sid, from_offset)
+        if run is None:
+            return None
+        out: list[bytes] = []
+        total = 0
+        for offset in range(from_offset, run.end):
+            stored = self._verified.read(run, offset)
+            found = stored and reverify_frame(stored[0], stream_id=sid, offset=offset, verified_hash=stored[1])
+            if found is None:
+                self._verified.drop(run)  # the walk will say what changed
+                return None
+            kind, payload = found
+            if kind != RecordKind.EVENT:
+                continue
+            if out and total + len(payload) > limit:
+                return out
+            out.append(payload)
+            total += len(payload)
+            if total > limit:
+                return out  # not even an empty event fits any more
+        return None  # the answer goes past the run
+
+    def _runs_still_hold(self) -> bool:
+        """A reader's runs hold while no other connection has committed to the catalog."""
+        with self._lock:
+            catalog = self._readable_catalog()
+            version = catalog.data_version() if catalog is not None else None
+        if version != self._verified.data_version:
+            self._verified.clear()
+            self._verified.data_version = version
+            return False
+        return True
+
+    def _read_remembering(self, sid: StreamId, from_offset: int, limit: int) -> list[bytes]:
+        """``read_from`` by a verified walk from the anchor that goes on to the end of its
+        checkpoint interval (the next checkpoint, the head, or ``MAX_RUN`` records) and remembers
+        what it verified there as a run. Payloads are kept only up to ``limit``."""
+        if self._read_only:
+            self._runs_still_hold()
+        version = self._verified.data_version
+        snap = self._snapshot(sid, from_offset, anchored=True)
+        if snap is None or from_offset >= snap.stream.next_offset:
+            return []
+        start = snap.anchor.offset if snap.anchor else 0
+        run = VerifiedRun(sid, start)
+        wanted: list[Record] = []
+        wanted_bytes = 0
+        try:
+            for segment_no, position, size, record in verified_frames(self._data_dir, snap, start):
+                if (record.kind is RecordKind.CHECKPOINT and record.offset > start) or len(run) >= MAX_RUN:
+                    break
+                run.add(segment_no, position, size, record.hash)
+                if record.offset >= from_offset and wanted_bytes <= limit:
+                    wanted.append(record)
+                    wanted_bytes += len(record.payload) if record.kind is RecordKind.EVENT else 0
+        except IntegrityError as e:
+            e.hint = f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
+            raise
+        if not self._read_only or self._verified.data_version == version:
+            self._verified.add(run)
+        if wanted_bytes > limit or run.end >= snap.stream.next_offset:
+            return take_payloads(wanted, limit)
+        # The answer goes past the interval: the next one starts at its checkpoint.
+        return take_payloads(chain(wanted, self.iter_records(sid, max(run.end, from_offset))), limit)
 
     def read_from_genesis(self, stream_id: int) -> list[bytes]:
         """Every event payload, verified from offset 0."""

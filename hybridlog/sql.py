@@ -1,7 +1,9 @@
-"""Read-only SQL over a store's catalog, for operators and the ``hybridlog sql`` command.
+"""Read-only SQL over a store's catalog and its events, for ``Storage.sql`` and ``hybridlog sql``.
 
 The catalog is opened with SQLITE_OPEN_READONLY, and an authorizer refuses anything but reading
-(no ATTACH, no PRAGMA assignments), so no statement run through here can change the store.
+(no ATTACH, no PRAGMA assignments), so no statement run through here can change the store. Given
+an event source, the connection also has the ``events`` table (events_table.py), which reads
+and verifies records from the segments.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import apsw
 
 from hybridlog.catalog import CATALOG_FILE, Catalog
 from hybridlog.errors import CatalogError, InvalidArgument
+from hybridlog.events_table import EventSource
+from hybridlog.events_table import register as register_events_table
 
 SqlValue = int | float | str | bytes | None
 
@@ -49,13 +53,19 @@ def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
     return apsw.SQLITE_DENY
 
 
-def query_catalog(data_dir: Path, sql: str, params: Sequence[SqlValue] = ()) -> QueryResult:
-    """Run one read-only statement against the catalog; returns its column names and rows."""
+def query_catalog(
+    data_dir: Path, sql: str, params: Sequence[SqlValue] = (), *, events: EventSource | None = None
+) -> QueryResult:
+    """Run one read-only statement against the catalog (and ``events``, when given a source);
+    returns its column names and rows. An integrity error met while reading events is raised
+    as itself."""
     path = data_dir / CATALOG_FILE
     if not path.exists():
         raise CatalogError(f"no catalog at {path}", hint="is this a hybridlog store? create one with `hybridlog init`")
     catalog = Catalog(path, read_only=True)
     try:
+        if events is not None:
+            register_events_table(catalog.conn, events)
         catalog.conn.authorizer = _authorizer
         cursor = catalog.conn.cursor()
         columns: list[str] = []

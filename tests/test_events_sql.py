@@ -1,0 +1,189 @@
+"""The ``events`` SQL table (hybridlog/events_table.py) against a plain Python model.
+
+* random stores and random constraint combinations give exactly the rows a filter over every
+  verified record gives (Hypothesis);
+* push-down: a narrow query reads its rows (plus at most a checkpoint interval), not the stream;
+* a tampered record makes the query raise its integrity error instead of returning a row;
+* every ``sql`` block of docs/sql.md runs against the demo store and returns rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import apsw
+import pytest
+from click.testing import CliRunner
+from damage_tools import flip_byte, segment_files
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hybridlog import CheckpointPolicy, IntegrityError, RecordKind, Storage
+from hybridlog.catalog import CATALOG_FILE
+from hybridlog.cli import cli
+from hybridlog.events_table import register
+from hybridlog.record import HEADER_SIZE
+
+REPO = Path(__file__).resolve().parent.parent
+Row = tuple[int, int, int, str, int, bytes]
+COLUMNS = "stream_id, offset, global_position, kind, timestamp, payload"
+
+
+def model_rows(store: Storage) -> list[Row]:
+    """Every record as an events row, from full verified reads and read_global's positions."""
+    positions = {(g.record.stream_id, g.record.offset): g.global_position for g in all_global(store)}
+    rows: list[Row] = []
+    for sid in sorted(store.stream_ids()):
+        for r in store.read_records_from_genesis(sid):
+            kind = "event" if r.kind is RecordKind.EVENT else "checkpoint"
+            rows.append((sid, r.offset, positions[sid, r.offset], kind, r.timestamp_ns, r.payload))
+    return rows
+
+
+def all_global(store: Storage) -> Iterator[object]:
+    position = 1
+    while batch := store.read_global(position, 1 << 20):
+        yield from batch
+        position = batch[-1].global_position + 1
+
+
+OPS: dict[str, Callable[[int, int], bool]] = {
+    "=": lambda a, b: a == b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+FIELDS = {"stream_id": 0, "offset": 1, "global_position": 2, "timestamp": 4}
+
+
+@st.composite
+def constraints(draw: st.DrawFn, rows: list[Row]) -> list[tuple[str, str, int]]:
+    """Up to four (column, op, value) terms, values drawn near the data's own values."""
+    terms = []
+    for _ in range(draw(st.integers(0, 4))):
+        column = draw(st.sampled_from(sorted(FIELDS)))
+        op = "=" if column == "stream_id" and draw(st.booleans()) else draw(st.sampled_from(sorted(OPS)))
+        seen = [row[FIELDS[column]] for row in rows] or [0]
+        value = draw(st.sampled_from(seen)) + draw(st.integers(-2, 2))
+        terms.append((column, op, value))
+    return terms
+
+
+def clock_with_repeats() -> Callable[[], int]:
+    """A clock that sometimes stands still and sometimes steps back (the writer clamps it)."""
+    steps = itertools.cycle([1000, 0, 1000, -5000, 2000, 0])
+    now = [1_700_000_000_000_000_000]
+
+    def tick() -> int:
+        now[0] += next(steps)
+        return now[0]
+
+    return tick
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), every=st.sampled_from([None, 3, 10]), batches=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 6)), min_size=1, max_size=12))
+def test_rows_match_the_model_for_random_constraints(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject, every: int | None, batches: list[tuple[int, int]]
+) -> None:
+    store_dir = tmp_path_factory.mktemp("store")
+    policy = CheckpointPolicy(every_records=every, on_close=False)
+    with Storage(store_dir, checkpoint_policy=policy, clock=clock_with_repeats(), max_segment_size=4096) as store:
+        for n, (sid, size) in enumerate(batches):
+            store.append(sid, [b'{"n": %d, "i": %d}' % (n, i) for i in range(size)])
+        rows = model_rows(store)
+        for _ in range(5):
+            terms = data.draw(constraints(rows))
+            where = " AND ".join(f"{column} {op} ?" for column, op, _ in terms) or "1"
+            got = store.sql(f"SELECT {COLUMNS} FROM events WHERE {where}", [v for _, _, v in terms]).rows
+            expected = [row for row in rows if all(OPS[op](row[FIELDS[c]], v) for c, op, v in terms)]
+            assert got == expected, (where, terms)
+
+
+def test_json_payloads_work_with_sqlite_json_functions(tmp_path: Path) -> None:
+    with Storage(tmp_path / "s") as store:
+        store.append(1, [b'{"type": "deposit", "amount": 5}', b'{"type": "withdrawal", "amount": 2}'])
+        store.append(1, [b'{"type": "deposit", "amount": 7}'])
+        result = store.sql(
+            "SELECT payload ->> '$.type' AS type, count(*), sum(payload ->> '$.amount') FROM events"
+            " WHERE kind = 'event' GROUP BY type ORDER BY type"
+        )
+    assert result.columns == ["type", "count(*)", "sum(payload ->> '$.amount')"]
+    assert result.rows == [("deposit", 2, 12), ("withdrawal", 1, 2)]
+
+
+def counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count every record hash the verified read paths compute (the work a query does)."""
+    import hybridlog.chain
+
+    counter = [0]
+    real = hybridlog.chain.record_hash
+
+    def counted(*args: object, **kwargs: object) -> bytes:
+        counter[0] += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hybridlog.chain, "record_hash", counted)
+    return counter
+
+
+def test_a_narrow_query_reads_its_range_not_the_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Storage(tmp_path / "s", checkpoint_policy=CheckpointPolicy(every_records=50, on_close=False)) as store:
+        for _ in range(20):
+            store.append(1, [b"e%d" % i for i in range(500)])  # ~10,200 records
+        store.append(2, [b"other"] * 100)
+        conn = apsw.Connection(str(tmp_path / "s" / CATALOG_FILE), flags=apsw.SQLITE_OPEN_READONLY)
+        module = register(conn, store)
+        hashes = counting_hashes(monkeypatch)
+        (count,) = conn.execute("SELECT count(*) FROM events WHERE stream_id = 1 AND offset BETWEEN 5000 AND 5100").fetchone()
+        assert count == 101
+        assert module.records_read == 101
+        assert hashes[0] <= 101 + 51  # the rows, plus at most one checkpoint interval before them
+        module.records_read = 0
+        first = store.read_records_verified(1, 7000)[0].timestamp_ns
+        last = store.read_records_verified(1, 7010)[0].timestamp_ns
+        conn.execute("SELECT count(*) FROM events WHERE stream_id = 1 AND timestamp BETWEEN ? AND ?", (first, last)).fetchone()
+        assert module.records_read <= 1000  # one batch shares a timestamp: the batch, not the stream
+        module.records_read = 0
+        low = conn.execute("SELECT global_position FROM records WHERE stream_id = 2 AND offset = 10").fetchone()[0]
+        rows = conn.execute("SELECT stream_id, offset FROM events WHERE global_position BETWEEN ? AND ?", (low, low + 4)).fetchall()
+        assert rows == [(2, o) for o in range(10, 15)]
+        assert module.records_read == 5
+        conn.close()
+
+
+def test_a_tampered_record_fails_the_query_instead_of_returning_a_row(tmp_path: Path) -> None:
+    store_dir = tmp_path / "s"
+    with Storage(store_dir) as store:
+        store.append(1, [b'{"type": "deposit", "amount": 1}'] * 5)
+        entry = store.offset_index(1).lookup(3)
+        assert entry is not None
+    flip_byte(segment_files(store_dir, 1)[0], entry.position + HEADER_SIZE + 3)
+    with Storage(store_dir, read_only=True) as reader:
+        assert reader.sql("SELECT count(*) FROM events WHERE stream_id = 1 AND offset < 3").rows == [(3,)]
+        with pytest.raises(IntegrityError) as caught:
+            reader.sql("SELECT offset, payload ->> '$.amount' FROM events WHERE stream_id = 1")
+    assert caught.value.offset == 3
+    result = CliRunner().invoke(cli, ["sql", str(store_dir), "SELECT payload FROM events"])
+    assert result.exit_code == 3 or result.exit_code == 1
+    assert "offset 3" in result.output
+
+
+def doc_queries() -> list[str]:
+    text = (REPO / "docs" / "sql.md").read_text()
+    return re.findall(r"```sql\n(.*?)```", text, re.S)
+
+
+def test_docs_sql_examples_run_against_the_demo_store(tmp_path: Path) -> None:
+    queries = doc_queries()
+    assert len(queries) >= 6
+    store_dir = tmp_path / "demo"
+    assert CliRunner().invoke(cli, ["demo", str(store_dir)]).exit_code == 0
+    with Storage(store_dir, read_only=True) as store:
+        for query in queries:
+            result = store.sql(query)
+            assert result.rows, query

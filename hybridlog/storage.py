@@ -513,7 +513,7 @@ class Storage:
             raise request.error
         assert request.result is not None
         if payloads and self._compression is CompressionKind.ZSTD:
-            self._trainer.observe(sid, payloads)  # after the commit: training never fails a batch
+            self._trainer.observe(sid, payloads, request.result[0])  # after the commit: never fails a batch
         return request.result
 
     def _compressor(self, sid: StreamId, pipeline: AppendPipeline) -> PayloadCompressor | None:

@@ -11,9 +11,15 @@ fail), checks that it pays, and publishes it:
 
 So no record on disk ever names a dictionary whose file is not durable; a crash between 1 and 2
 leaves a dictionary no record uses yet, which the next writer picks up. When a stream is first
-appended to in a writer session, its newest dictionary file is loaded and used for new records;
-if that file is damaged it is left alone, records go plain zstd, and the next dictionary trained
-gets the next number (no file is ever overwritten).
+appended to in a writer session, its newest (highest-numbered) dictionary file is loaded and used
+for new records; if that file is damaged it is left alone and records go plain zstd until the next
+dictionary is trained.
+
+A dictionary's number is the stream's next offset when it was trained, so every record compressed
+with it comes after that offset. Numbering by offset rather than counting files means a number is
+never used twice, even when a dictionary file has gone missing: the next one gets a higher number,
+and the records that need the missing one keep naming it. (No file is ever overwritten either.)
+A stream past ``MAX_DICTIONARY_NO`` records trains no new dictionary.
 
 Why these numbers (measured on the benchmark's 256-byte JSON events, ``scripts/bench.py``): plain
 zstd stores them at about 1.25x; a 16 KiB dictionary trained on 1,000 of them (256 KiB) stores
@@ -71,7 +77,6 @@ class _Phase(enum.Enum):
 @dataclass(slots=True)
 class _StreamState:
     dictionary: StreamDictionary | None
-    next_no: int
     phase: _Phase
     samples: list[bytes] = field(default_factory=list)
     sample_bytes: int = 0
@@ -139,16 +144,17 @@ class DictionaryTrainer:
                 state = self._state(stream_id)
         return state.dictionary
 
-    def observe(self, stream_id: int, payloads: Sequence[bytes | bytearray | memoryview]) -> None:
+    def observe(self, stream_id: int, payloads: Sequence[bytes | bytearray | memoryview], next_offset: int) -> None:
         """Sample a committed batch's payloads; train and publish a dictionary when there are enough.
 
-        Never raises: a failure to train or to write the file is logged, and the stream stays on
-        plain zstd for the rest of this session.
+        ``next_offset``: the stream's next offset after that batch (the number a dictionary trained
+        now gets). Never raises: a failure to train or to write the file is logged, and the stream
+        stays on plain zstd for the rest of this session.
         """
         try:
             samples = self._collect(stream_id, payloads)
             if samples is not None:
-                self._train_and_publish(stream_id, samples)
+                self._train_and_publish(stream_id, next_offset, samples)
         except Exception:
             log.exception("stream %d: dictionary training failed; staying with plain zstd", stream_id)
             with self._lock:
@@ -168,9 +174,7 @@ class DictionaryTrainer:
                 log.warning("stream %d: %s; new records will not use it", stream_id, e.reason)
             else:
                 self._cache.remember(dictionary)
-        next_no = numbers[-1] + 1 if numbers else 0
-        settled = dictionary is not None or next_no > MAX_DICTIONARY_NO
-        state = _StreamState(dictionary, next_no, _Phase.SETTLED if settled else _Phase.COLLECTING)
+        state = _StreamState(dictionary, _Phase.SETTLED if dictionary is not None else _Phase.COLLECTING)
         self._streams[stream_id] = state
         return state
 
@@ -218,11 +222,9 @@ class DictionaryTrainer:
         self._drop_samples(state)
         state.phase = _Phase.SETTLED
 
-    def _train_and_publish(self, stream_id: int, samples: list[bytes]) -> None:
+    def _train_and_publish(self, stream_id: int, number: int, samples: list[bytes]) -> None:
         """Train (outside the lock: appends go on meanwhile), write the file durably, then use it."""
-        with self._lock:
-            number = self._streams[stream_id].next_no
-        dictionary = train_dictionary(stream_id, number, samples)
+        dictionary = train_dictionary(stream_id, number, samples) if number <= MAX_DICTIONARY_NO else None
         if dictionary is not None:
             path = dictionary_path(self._data_dir, stream_id, number)
             if path.exists():  # never replace a dictionary that records may use
@@ -235,5 +237,4 @@ class DictionaryTrainer:
             state = self._streams[stream_id]
             if dictionary is not None:
                 state.dictionary = dictionary
-                state.next_no = number + 1
             self._settle(state)

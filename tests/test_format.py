@@ -4,13 +4,14 @@ Contracts tested here:
 
 * every ``hybridlog-vector`` block in ``docs/format.md`` is exactly what ``record.append_frame``
   produces from the listed inputs (frame bytes and record hash), its ``hash_input`` is the hash
-  input the document describes, and decoding the frame gives the inputs back;
+  input the document describes, and decoding the frame gives the inputs back; a vector's
+  dictionary file is laid out as documented and is exactly the file the writer makes;
 * the chained vectors are, byte for byte, the segment file a ``Storage`` writes for those appends;
 * any record (stream id, offset, kind, timestamp, payload, compression on or off) survives
   ``append_frame`` -> segment file -> ``SegmentReader`` / ``open_record`` unchanged, batch ends
   included, and its hash does not depend on compression;
 * a compressed payload whose zstd frame lies about (or omits) its content size is refused with
-  ``FrameError`` without allocating more than ``raw_len`` bytes.
+  ``FrameError`` without allocating more than ``raw_len`` bytes, with or without a dictionary.
 """
 
 from __future__ import annotations
@@ -31,16 +32,20 @@ from hypothesis import strategies as st
 
 from hybridlog import CheckpointPolicy, ChecksumMismatch, CompressionKind, RecordKind, Storage, StreamId
 from hybridlog.chain import open_record
+from hybridlog.dictionary import StreamDictionary, parse_dictionary_file
 from hybridlog.record import (
     CHECKPOINT_MAGIC,
     FLAG_BATCH_END,
     FLAG_COMPRESSED,
+    FLAG_DICTIONARY,
     FRAME_OVERHEAD,
     FrameError,
+    PayloadCompressor,
     append_frame,
     check_frame,
     checkpoint_payload,
     decode_payload,
+    dictionary_compressor,
     new_compressor,
     parse_header,
     record_hash,
@@ -58,6 +63,8 @@ HEADER_SIZE = 104
 DOC_HEADER = struct.Struct("<4sBBBBQQQII32s32s")
 DOC_HASH_FIELDS = struct.Struct("<BQQBQ")
 DOC_HASH_DOMAIN = b"hybridlog.record\x00"
+DOC_DICTIONARY_HEADER = struct.Struct("<4sB3sQQI")
+DOC_DICTIONARY_ID_BASE = 32768
 
 
 # --- the vectors -------------------------------------------------------------------------------------
@@ -76,6 +83,8 @@ class Vector:
     payload: bytes
     batch_end: bool
     compression: bool
+    dictionary_no: int | None
+    dictionary_file: bytes | None
     flags: int
     stored_len: int
     raw_len: int
@@ -111,7 +120,9 @@ def parse_vector_block(block: str) -> Vector:
         assert fields[name] in ("true", "false"), f"{name} must be true or false"
         return fields[name] == "true"
 
-    assert fields["compression"] in ("none", "zstd")
+    assert fields["compression"] in ("none", "zstd", "zstd-dictionary")
+    with_dictionary = fields["compression"] == "zstd-dictionary"
+    assert with_dictionary == ("dictionary_file" in fields) == ("dictionary_no" in fields)
     return Vector(
         name=fields["name"],
         stream_id=integer("stream_id"),
@@ -121,7 +132,9 @@ def parse_vector_block(block: str) -> Vector:
         prev_hash=hexbytes("prev_hash"),
         payload=hexbytes("payload"),
         batch_end=flag("batch_end"),
-        compression=fields["compression"] == "zstd",
+        compression=fields["compression"] != "none",
+        dictionary_no=integer("dictionary_no") if with_dictionary else None,
+        dictionary_file=hexbytes("dictionary_file") if with_dictionary else None,
         flags=integer("flags"),
         stored_len=integer("stored_len"),
         raw_len=integer("raw_len"),
@@ -141,6 +154,36 @@ BY_NAME = {v.name: v for v in VECTORS}
 CHAIN = ["event-genesis", "event-batch-end", "event-compressed", "checkpoint"]
 
 
+def doc_dictionary(vector: Vector) -> bytes:
+    """The zstd dictionary inside a vector's dictionary file, read by the layout docs/format.md states."""
+    content = vector.dictionary_file
+    assert content is not None, f"{vector.name} has no dictionary file"
+    magic, version, reserved, stream_id, number, length = DOC_DICTIONARY_HEADER.unpack_from(content)
+    assert (magic, version, reserved) == (b"HLZD", 1, bytes(3))
+    assert (stream_id, number) == (vector.stream_id, vector.dictionary_no)
+    assert len(content) == DOC_DICTIONARY_HEADER.size + length + 32
+    assert blake3.blake3(content[:-32]).digest() == content[-32:]
+    return content[DOC_DICTIONARY_HEADER.size : DOC_DICTIONARY_HEADER.size + length]
+
+
+class VectorDictionaries:
+    """A dictionary source holding one vector's dictionary (and refusing any other)."""
+
+    def __init__(self, vector: Vector) -> None:
+        self.key = (vector.stream_id, vector.dictionary_no)
+        self.dictionary = zstandard.ZstdCompressionDict(doc_dictionary(vector), dict_type=zstandard.DICT_TYPE_FULLDICT)
+
+    def decompressor(self, stream_id: int, dictionary_no: int) -> zstandard.ZstdDecompressor:
+        assert (stream_id, dictionary_no) == self.key
+        return zstandard.ZstdDecompressor(dict_data=self.dictionary)
+
+
+def compressor_of(vector: Vector) -> PayloadCompressor | None:
+    if vector.dictionary_file is not None:
+        return dictionary_compressor(VectorDictionaries(vector).dictionary)
+    return new_compressor() if vector.compression else None
+
+
 def frame_of(vector: Vector) -> bytes:
     """What ``append_frame`` makes of a vector's inputs."""
     out = bytearray()
@@ -153,7 +196,7 @@ def frame_of(vector: Vector) -> bytes:
         prev_hash=vector.prev_hash,
         payload=vector.payload,
         batch_end=vector.batch_end,
-        compressor=new_compressor() if vector.compression else None,
+        compressor=compressor_of(vector),
     )
     assert own == vector.hash, f"{vector.name}: append_frame returned hash {own.hex()}"
     return bytes(out)
@@ -182,6 +225,11 @@ def test_the_document_holds_the_required_vectors() -> None:
     assert checkpoint.prev_hash == compressed.hash
     assert checkpoint.payload == checkpoint_payload(checkpoint.offset)
     assert checkpoint.payload[:8] == CHECKPOINT_MAGIC
+    with_dictionary = BY_NAME["event-dictionary"]
+    assert with_dictionary.flags == FLAG_COMPRESSED | FLAG_BATCH_END | FLAG_DICTIONARY
+    assert with_dictionary.stored_len < with_dictionary.raw_len
+    assert with_dictionary.dictionary_no is not None
+    assert with_dictionary.dictionary_file is not None
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v.name for v in VECTORS])
@@ -242,7 +290,31 @@ def test_vector_frame_decodes_to_its_inputs(vector: Vector) -> None:
     assert zlib.crc32(frame[:-4]) == vector.checksum == struct.unpack("<I", frame[-4:])[0]
 
     stored = frame[HEADER_SIZE : HEADER_SIZE + header.stored_len]
-    assert decode_payload(header, stored) == vector.payload
+    if vector.dictionary_file is None:
+        assert not header.uses_dictionary
+        assert decode_payload(header, stored) == vector.payload
+    else:
+        assert header.uses_dictionary
+        # The zstd frame names the dictionary by its id, 32768 + its number.
+        dict_id = zstandard.get_frame_parameters(stored).dict_id
+        assert dict_id == DOC_DICTIONARY_ID_BASE + (vector.dictionary_no or 0)
+        assert decode_payload(header, stored, VectorDictionaries(vector)) == vector.payload
+        with pytest.raises(FrameError, match="no dictionaries"):
+            decode_payload(header, stored)
+
+
+@pytest.mark.parametrize("vector", [v for v in VECTORS if v.dictionary_file is not None], ids=lambda v: v.name)
+def test_vector_dictionary_file_is_the_file_the_writer_makes(tmp_path: Path, vector: Vector) -> None:
+    """The documented .zdict bytes parse as that stream's dictionary, and a writer makes exactly them."""
+    assert vector.dictionary_file is not None
+    assert vector.dictionary_no is not None
+    inner = doc_dictionary(vector)
+    parsed = parse_dictionary_file(
+        vector.dictionary_file, stream_id=vector.stream_id, number=vector.dictionary_no, path=tmp_path / "x.zdict"
+    )
+    assert parsed.data == inner
+    assert parsed.zstd.dict_id() == DOC_DICTIONARY_ID_BASE + vector.dictionary_no
+    assert StreamDictionary(vector.stream_id, vector.dictionary_no, inner).file_bytes() == vector.dictionary_file
 
 
 def test_chained_vectors_read_back_as_verified_records(tmp_path: Path) -> None:

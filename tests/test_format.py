@@ -16,6 +16,9 @@ Contracts tested here:
 
 from __future__ import annotations
 
+import functools
+import json
+import random
 import re
 import struct
 import tracemalloc
@@ -30,9 +33,9 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hybridlog import CheckpointPolicy, ChecksumMismatch, CompressionKind, RecordKind, Storage, StreamId
+from hybridlog import ChainHash, CheckpointPolicy, ChecksumMismatch, CompressionKind, RecordKind, Storage, StreamId
 from hybridlog.chain import open_record
-from hybridlog.dictionary import StreamDictionary, parse_dictionary_file
+from hybridlog.dictionary import DictionaryUnavailable, StreamDictionary, parse_dictionary_file
 from hybridlog.record import (
     CHECKPOINT_MAGIC,
     FLAG_BATCH_END,
@@ -46,6 +49,7 @@ from hybridlog.record import (
     checkpoint_payload,
     decode_payload,
     dictionary_compressor,
+    dictionary_id,
     new_compressor,
     parse_header,
     record_hash,
@@ -645,3 +649,183 @@ def test_a_bomb_in_a_segment_fails_the_verified_read(tmp_path: Path) -> None:
     with pytest.raises(ChecksumMismatch) as caught:
         open_record(frame, stream_id=StreamId(3), expected_offset=0, prev_hash=GENESIS_HASH, segment=path)
     assert (caught.value.stream_id, caught.value.offset, caught.value.segment) == (3, 0, path)
+
+
+# --- stream dictionaries -----------------------------------------------------------------------------
+
+
+@functools.cache
+def sample_dictionary() -> StreamDictionary:
+    """A dictionary for stream 3, number 40, trained on small JSON records (built once)."""
+    rng = random.Random(3)
+    samples: list[bytes | bytearray | memoryview] = [
+        json.dumps({"type": rng.choice(("deposit", "withdrawal")), "amount": rng.randrange(10**6), "n": i}).encode()
+        for i in range(500)
+    ]
+    trained = zstandard.train_dictionary(2048, samples, dict_id=dictionary_id(40))
+    return StreamDictionary(3, 40, trained.as_bytes())
+
+
+class OneDictionary:
+    """A dictionary source holding ``sample_dictionary()`` only."""
+
+    def decompressor(self, stream_id: int, dictionary_no: int) -> zstandard.ZstdDecompressor:
+        dictionary = sample_dictionary()
+        if (stream_id, dictionary_no) != (dictionary.stream_id, dictionary.number):
+            raise FrameError(f"no dictionary {dictionary_no} for stream {stream_id}")
+        return dictionary.decompressor()
+
+
+@given(payloads=st.lists(payloads, min_size=1, max_size=6), prev=hashes)
+def test_dictionary_compressed_records_round_trip_through_every_reader(
+    tmp_path: Path, payloads: list[bytes], prev: bytes
+) -> None:
+    """Framed with the stream's dictionary, records read back through open_record, the fast walk and the
+    scan (which loads the .zdict file from the stream directory); the hashes are those of the plain payloads."""
+    dictionary = sample_dictionary()
+    compressor = dictionary_compressor(dictionary.zstd)
+    data = bytearray()
+    link, hashes_ = prev, []
+    for i, payload in enumerate(payloads):
+        own = append_frame(
+            data,
+            stream_id=3,
+            offset=50 + i,
+            kind=RecordKind.EVENT,
+            timestamp_ns=9,
+            prev_hash=link,
+            payload=payload,
+            batch_end=i == len(payloads) - 1,
+            compressor=compressor,
+        )
+        assert own == record_hash(3, 50 + i, RecordKind.EVENT, 9, link, payload)  # as if stored plain
+        hashes_.append(own)
+        link = own
+    path = write_segment(tmp_path, 3, bytes(data))
+    (path.parent / "00000000000000000040.zdict").write_bytes(dictionary.file_bytes())
+
+    link = prev
+    with SegmentReader(path) as reader:
+        for i, frame in enumerate(reader.frames()):
+            assert frame.header.uses_dictionary == (frame.header.stored_len < frame.header.raw_len)
+            record = open_record(
+                frame,
+                stream_id=StreamId(3),
+                expected_offset=50 + i,
+                prev_hash=link,
+                segment=path,
+                dictionaries=OneDictionary(),
+            )
+            assert (record.payload, record.hash) == (payloads[i], hashes_[i])
+            link = record.hash
+
+    scan = SegmentScan(tmp_path, StreamId(3), 0, position=0, next_offset=50, prev_hash=ChainHash(prev))
+    (batch,) = list(scan.batches())
+    assert scan.problem is None
+    assert [r.hash for r in batch] == hashes_
+    assert [r.payload_len for r in batch] == [len(p) for p in payloads]
+
+
+def handmade_dictionary_frame(stored: bytes, raw_len: int) -> bytes:
+    """A frame of stream 3 flagged compressed with the stream dictionary, around ``stored``."""
+    frame = bytearray(handmade_compressed_frame(stored, raw_len))
+    frame[6] |= FLAG_DICTIONARY
+    return bytes(frame[:-4]) + struct.pack("<I", zlib.crc32(frame[:-4]))
+
+
+def refused_with_dictionary(frame: bytes) -> tuple[FrameError, int]:
+    """Like ``refused_with_peak``, decoding with ``sample_dictionary()`` at hand."""
+    header = parse_header(frame)
+    check_frame(frame)
+    stored = frame[HEADER_SIZE:-4]
+    source = OneDictionary()
+    source.decompressor(3, 40)  # the dictionary is loaded before measuring
+    errors: list[FrameError] = []
+
+    def attempt() -> None:
+        try:
+            decode_payload(header, stored, source)
+        except FrameError as e:
+            errors.append(e)
+
+    peak = peak_traced_allocation(attempt)
+    assert errors, "the payload was decoded instead of refused"
+    return errors[0], peak
+
+
+def test_a_dictionary_bomb_is_refused_without_allocating() -> None:
+    """32 MiB of zeros compressed with the dictionary, under raw_len 1024: refused, nothing near 32 MiB allocated."""
+    bomb = dictionary_compressor(sample_dictionary().zstd).compress(bytes(32 * 1024 * 1024))
+    assert zstandard.get_frame_parameters(bomb).dict_id == dictionary_id(40)
+    error, peak = refused_with_dictionary(handmade_dictionary_frame(bomb, 1024))
+    assert "raw_len" in error.reason
+    assert peak < 1024 + SLACK
+
+
+def test_a_dictionary_frame_without_content_size_is_refused() -> None:
+    raw = bytes(1024 * 1024)
+    stored = zstandard.ZstdCompressor(dict_data=sample_dictionary().zstd, write_content_size=False).compress(raw)
+    error, peak = refused_with_dictionary(handmade_dictionary_frame(stored, len(raw)))
+    assert "raw_len" in error.reason
+    assert peak < SLACK
+
+
+def test_the_dictionary_flag_must_match_the_zstd_frame() -> None:
+    """Flag bit 2 needs bit 0 and a frame naming one of our dictionary ids; bit 0 alone needs no dictionary."""
+    payload = b'{"type":"deposit","amount":12345,"n":7}' * 3
+    with_dictionary = dictionary_compressor(sample_dictionary().zstd).compress(payload)
+    plain = new_compressor().compress(payload)
+
+    no_compressed_bit = bytearray(handmade_compressed_frame(payload, len(payload)))
+    no_compressed_bit[6] = FLAG_DICTIONARY | FLAG_BATCH_END
+    with pytest.raises(FrameError, match="dictionary flag on an uncompressed payload"):
+        parse_header(bytes(no_compressed_bit))
+
+    header = parse_header(handmade_dictionary_frame(plain, len(payload)))
+    with pytest.raises(FrameError, match="dictionary id 0"):
+        decode_payload(header, plain, OneDictionary())
+
+    header = parse_header(handmade_compressed_frame(with_dictionary, len(payload)))
+    with pytest.raises(FrameError, match="zstd"):
+        decode_payload(header, with_dictionary, OneDictionary())
+
+    header = parse_header(handmade_dictionary_frame(with_dictionary, len(payload)))
+    assert decode_payload(header, with_dictionary, OneDictionary()) == payload
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("cut short", "too short"),
+        ("flipped byte", "digest mismatch"),
+        ("other stream", "of stream 4, not 40 of stream 3"),
+        ("other number", "dictionary 41 of stream 3, not 40"),
+        ("not a zstd dictionary", "zstd dictionary inside has id 0"),
+        ("bad magic", "not a version 1 dictionary file"),
+    ],
+)
+def test_a_dictionary_file_that_is_not_what_its_name_says_is_refused(tmp_path: Path, damage: str, reason: str) -> None:
+    """Every check of the .zdict layout refuses with DictionaryUnavailable naming the file and why."""
+    good = sample_dictionary()
+    content = good.file_bytes()
+    if damage == "cut short":
+        content = content[:40]
+    elif damage == "flipped byte":
+        content = content[:100] + bytes([content[100] ^ 1]) + content[101:]
+    elif damage == "other stream":
+        content = StreamDictionary(4, 40, good.data).file_bytes()
+    elif damage == "other number":
+        content = StreamDictionary(3, 41, good.data).file_bytes()
+    elif damage == "not a zstd dictionary":
+        content = StreamDictionary(3, 40, b"just some bytes, no zstd dictionary header").file_bytes()
+    else:
+        body = b"HLZX" + content[4:-32]
+        content = body + blake3.blake3(body).digest()
+    path = tmp_path / "00000000000000000040.zdict"
+    with pytest.raises(DictionaryUnavailable) as caught:
+        parse_dictionary_file(content, stream_id=3, number=40, path=path)
+    assert reason in caught.value.reason
+    assert str(path) in caught.value.reason
+    assert caught.value.path == path
+    assert not caught.value.missing
+    assert parse_dictionary_file(good.file_bytes(), stream_id=3, number=40, path=path).data == good.data

@@ -137,6 +137,7 @@ class DictionaryCache:
         self._capacity = capacity
         self._loaded: OrderedDict[tuple[int, int], StreamDictionary] = OrderedDict()
         self._lock = threading.Lock()
+        self._per_thread = threading.local()  # each thread's last decompressor: records come in runs
 
     def get(self, stream_id: int, number: int) -> StreamDictionary:
         key = (stream_id, number)
@@ -158,4 +159,9 @@ class DictionaryCache:
                 self._loaded.popitem(last=False)
 
     def decompressor(self, stream_id: int, dictionary_no: int) -> zstandard.ZstdDecompressor:
-        return self.get(stream_id, dictionary_no).decompressor()
+        last: tuple[int, int, zstandard.ZstdDecompressor] | None = getattr(self._per_thread, "last", None)
+        if last is not None and last[0] == stream_id and last[1] == dictionary_no:
+            return last[2]
+        found = self.get(stream_id, dictionary_no).decompressor()
+        self._per_thread.last = (stream_id, dictionary_no, found)
+        return found

@@ -151,6 +151,9 @@ class DictionaryTrainer:
         now gets). Never raises: a failure to train or to write the file is logged, and the stream
         stays on plain zstd for the rest of this session.
         """
+        state = self._streams.get(stream_id)
+        if state is not None and state.phase is not _Phase.COLLECTING:
+            return  # the common case once a stream has its dictionary: no lock taken
         try:
             samples = self._collect(stream_id, payloads)
             if samples is not None:

@@ -18,8 +18,10 @@ Contracts tested here:
   ``missing_dictionary``); restoring the file makes everything readable again without reopening.
   A forged dictionary that passes the file checks is still caught by the record hash. A writer never
   reuses a dictionary number, even after a file went missing.
-* **Crashes.** A writer killed (SIGKILL) right after writing a dictionary file, before any record
-  used it, loses nothing acknowledged, and the next writer uses that dictionary. Records past the
+* **Crashes.** Writers killed (SIGKILL) at random moments before, during and after training lose
+  nothing acknowledged and leave a store ``check`` finds clean. A writer killed right after writing
+  a dictionary file, before any record used it, loses nothing acknowledged, and the next writer
+  uses that dictionary. Records past the
   catalog's end that need a missing dictionary are reported as damage, never cut as a torn tail
   (even when such a record ends the file), and are adopted once the file is back.
 """
@@ -33,6 +35,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -505,6 +508,87 @@ def child_die_after_dictionary(data_dir: Path) -> None:
     store.close()
 
 
+KILLED_STREAMS = 3
+
+
+def killed_stream(round_no: int) -> int:
+    return round_no % KILLED_STREAMS
+
+
+def run_killed_child(data_dir: Path, workdir: Path, round_no: int, delay: float) -> list[tuple[int, bytes]]:
+    """Start a child appending batches of 50 with fsync to ``killed_stream(round_no)``, SIGKILL it
+    ``delay`` seconds after it opened the store.
+
+    Returns its acknowledgements: (next offset, head) per batch, as printed after ``append`` returned.
+    """
+    out = workdir / f"child-{round_no}.out"
+    with out.open("w") as stdout:
+        child = subprocess.Popen(
+            [sys.executable, str(THIS_FILE), "append", str(data_dir), str(round_no)],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+        )
+    try:
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        while not out.read_text().startswith("ready\n"):
+            assert child.poll() is None, "the child ended before it was ready"
+            assert time.monotonic() < deadline, "the child did not get ready"
+            time.sleep(0.002)
+        time.sleep(delay)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(CHILD_TIMEOUT)
+    lines = out.read_text().split("\n")[1:-1]  # only whole lines are acknowledgements
+    return [(int(a), bytes.fromhex(b)) for a, b in (line.split(" ") for line in lines)]
+
+
+def child_batch(round_no: int, batch_no: int) -> list[bytes]:
+    """The events of the killed child's batch ``batch_no`` in round ``round_no``."""
+    return json_events(50, seed=100 + round_no, start=50 * batch_no)
+
+
+def child_append(data_dir: Path, round_no: int) -> None:
+    """Append batches of 50 events with fsync until killed (far longer than the parent waits)."""
+    store = open_writer(data_dir, clock=None, checkpoint_policy=CheckpointPolicy.every(500, on_close=False))
+    print("ready", flush=True)
+    for batch_no in range(100_000):
+        next_offset, head = store.append(killed_stream(round_no), child_batch(round_no, batch_no), fsync=True)
+        print(next_offset, head.hex(), flush=True)
+    store.close()
+
+
+def test_writers_killed_around_dictionary_training_lose_nothing_acknowledged(tmp_path: Path) -> None:
+    """Writers SIGKILLed at random moments before, during and after training a dictionary, round after
+    round on one store (three streams, one per round in turn): every acknowledged batch reads back,
+    check() finds nothing, and appends continue."""
+    data_dir = tmp_path / "store"
+    rng = random.Random(21)
+    known: dict[int, list[bytes]] = {sid: [] for sid in range(KILLED_STREAMS)}  # events known to be stored
+    heads: dict[int, list[tuple[int, bytes]]] = {sid: [] for sid in range(KILLED_STREAMS)}
+    policy = CheckpointPolicy.every(500, on_close=False)
+    for round_no in range(9):
+        sid = killed_stream(round_no)
+        acks = run_killed_child(data_dir, tmp_path, round_no, rng.uniform(0.0, 0.25))
+        events = [e for batch_no in range(len(acks) + 1) for e in child_batch(round_no, batch_no)]
+        with open_writer(data_dir, checkpoint_policy=policy) as store:
+            assert store.damaged_streams() == {}
+            records = store.read_records_from_genesis(sid)
+            got = events_of(records)
+            acked, in_flight = events[: 50 * len(acks)], events[: 50 * (len(acks) + 1)]
+            assert got in (known[sid] + acked, known[sid] + in_flight), f"round {round_no}"
+            heads[sid].extend(acks)
+            for next_offset, head in heads[sid]:
+                assert records[next_offset - 1].hash == head
+            assert store.check().findings == []
+            extra = [f"parent after round {round_no}".encode()]
+            heads[sid].append(store.append(sid, extra))
+            known[sid] = got + extra
+    with Storage(data_dir, read_only=True) as reader:
+        for sid in range(KILLED_STREAMS):
+            assert reader.read_from_genesis(sid) == known[sid]
+    assert any(dictionary_files(data_dir, sid) for sid in range(KILLED_STREAMS)), "no round trained a dictionary"
+
+
 def store_with_unadopted_tail(
     tmp_path: Path, tail_batches: list[list[bytes]], committed: int = 1100
 ) -> tuple[Path, Path, list[bytes]]:
@@ -591,6 +675,8 @@ def test_a_catalog_rebuilt_while_a_dictionary_is_missing_cuts_nothing(tmp_path: 
 
 
 if __name__ == "__main__":
-    command, directory = sys.argv[1:]
-    assert command == "die-after-dictionary"
-    child_die_after_dictionary(Path(directory))
+    if sys.argv[1] == "die-after-dictionary":
+        child_die_after_dictionary(Path(sys.argv[2]))
+    else:
+        assert sys.argv[1] == "append"
+        child_append(Path(sys.argv[2]), int(sys.argv[3]))

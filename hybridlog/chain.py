@@ -5,11 +5,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from hybridlog.errors import ChainBroken, ChecksumMismatch, HashMismatch, IntegrityError, Where
+import zstandard
+
+from hybridlog.dictionary import DictionaryUnavailable
+from hybridlog.errors import (
+    ChainBroken,
+    ChecksumMismatch,
+    DamagedDictionary,
+    DictionaryUnusable,
+    HashMismatch,
+    IntegrityError,
+    MissingDictionary,
+    Where,
+)
 from hybridlog.record import (
     CHECKSUM,
     FLAG_BATCH_END,
     FLAG_COMPRESSED,
+    FLAG_DICTIONARY,
     FORMAT_VERSION,
     FRAME_OVERHEAD,
     HEADER,
@@ -17,14 +30,16 @@ from hybridlog.record import (
     KNOWN_FLAGS,
     MAGIC,
     MAX_STORED_LEN,
+    DictionarySource,
     FrameError,
     decode_payload,
-    decompress_payload,
+    decode_stored,
+    dictionary_no_of,
     frame_checksum,
     parse_header,
     record_hash,
 )
-from hybridlog.segment import Frame, SegmentReader
+from hybridlog.segment import Frame, SegmentReader, dictionary_name
 from hybridlog.types import MAX_EVENT_SIZE, ChainHash, Offset, Record, RecordKind, StreamId
 
 
@@ -35,24 +50,29 @@ def open_record(
     expected_offset: int,
     prev_hash: bytes | None,
     segment: Path,
+    dictionaries: DictionarySource | None = None,
 ) -> Record:
     """Verify ``frame`` as the record at ``expected_offset`` of ``stream_id`` and return it.
 
     Checks that the frame belongs to this stream and offset, that its hash is the hash of its
     contents, and (unless ``prev_hash`` is None, for a trusted anchor) that it links to the record
-    before it. Raises an IntegrityError subclass naming the place.
+    before it. Raises an IntegrityError subclass naming the place. ``dictionaries``: where a
+    payload compressed with a stream dictionary finds it (``dictionary.DictionaryCache``).
     """
     header = frame.header
     where: Where = {"stream_id": stream_id, "offset": expected_offset, "segment": segment, "position": frame.position}
     if header.stream_id != stream_id or header.offset != expected_offset:
         raise IntegrityError(f"record belongs to stream {header.stream_id} offset {header.offset}, not here", **where)
     try:
-        payload = decode_payload(header, frame.stored)
+        payload = decode_payload(header, frame.stored, dictionaries)
+    except DictionaryUnavailable as e:
+        raise dictionary_unusable(e, where) from e
     except FrameError as e:
         raise ChecksumMismatch(f"payload cannot be decoded ({e.reason})", **where) from e
     own = record_hash(stream_id, expected_offset, header.kind, header.timestamp_ns, header.prev_hash, payload)
     if own != header.hash:
-        raise HashMismatch("record hash does not match its contents", **where)
+        used = f" (decompressed with dictionary {_dictionary_file(frame, segment)})" if header.uses_dictionary else ""
+        raise HashMismatch(f"record hash does not match its contents{used}", **where)
     if prev_hash is not None and header.prev_hash != prev_hash:
         raise ChainBroken("record does not link to the record before it", **where)
     return Record(
@@ -66,7 +86,9 @@ def open_record(
     )
 
 
-def reverify_frame(frame: bytes, *, stream_id: StreamId, offset: int, verified_hash: bytes) -> tuple[int, bytes] | None:
+def reverify_frame(
+    frame: bytes, *, stream_id: StreamId, offset: int, verified_hash: bytes, dictionaries: DictionarySource
+) -> tuple[int, bytes] | None:
     """(kind, payload) of the record at ``offset`` if ``frame`` is exactly the record whose hash
     was verified before.
 
@@ -87,12 +109,33 @@ def reverify_frame(frame: bytes, *, stream_id: StreamId, offset: int, verified_h
         return None
     stored = memoryview(frame)[HEADER_SIZE : HEADER_SIZE + stored_len]
     try:
-        payload = bytes(stored) if not flags & ~FLAG_BATCH_END else decode_payload(parse_header(frame), stored)
+        payload = (
+            bytes(stored) if not flags & ~FLAG_BATCH_END else decode_payload(parse_header(frame), stored, dictionaries)
+        )
     except FrameError:
         return None
     if record_hash(stream_id, offset, kind, ts, prev, payload) != verified_hash:
         return None
     return kind, payload
+
+
+def dictionary_unusable(problem: DictionaryUnavailable, where: Where) -> DictionaryUnusable:
+    """The IntegrityError for a record whose dictionary file is missing or damaged, with what to do."""
+    kind = MissingDictionary if problem.missing else DamagedDictionary
+    hint = (
+        f"restore {problem.path} from a backup: the records that need it are intact; without it"
+        f" `hybridlog repair` can only cut the stream before offset {where['offset']}"
+    )
+    return kind(problem.reason, dictionary=problem.path, hint=hint, **where)
+
+
+def _dictionary_file(frame: Frame, segment: Path) -> Path | str:
+    """The dictionary file a dictionary-compressed frame names (for messages)."""
+    try:
+        number = dictionary_no_of(zstandard.get_frame_parameters(frame.stored).dict_id)
+    except zstandard.ZstdError:
+        number = None
+    return segment.parent / dictionary_name(number) if number is not None else "(no valid dictionary id)"
 
 
 _CHUNK = 1 << 20
@@ -120,8 +163,10 @@ class FastWalk:
         *,
         anchor: bytes | None = None,
         head: tuple[int, bytes | None] | None = None,
+        dictionaries: DictionarySource | None = None,
     ) -> None:
         self.file = reader.raw_file()
+        self.dictionaries = dictionaries
         self.stream_id = stream_id
         self.position = reader.position
         self.expected = expected
@@ -153,7 +198,7 @@ class FastWalk:
                 or offset != self.expected
                 or stored_len > MAX_STORED_LEN
                 or raw_len > MAX_EVENT_SIZE
-                or (not flags & FLAG_COMPRESSED and stored_len != raw_len)
+                or (not flags & FLAG_COMPRESSED and (stored_len != raw_len or flags & FLAG_DICTIONARY))
             ):
                 return
             size = FRAME_OVERHEAD + stored_len
@@ -173,7 +218,7 @@ class FastWalk:
             stored = buf[at + HEADER_SIZE : body_end]
             if flags & FLAG_COMPRESSED:
                 try:
-                    payload = decompress_payload(stored, raw_len)
+                    payload = decode_stored(stored, flags, raw_len, sid, self.dictionaries)
                 except FrameError:
                     return
             else:

@@ -15,11 +15,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import zstandard
-
 from hybridlog.batch import BytesLike, PlannedRecord
 from hybridlog.catalog import CheckpointRow, IndexRow
-from hybridlog.record import FrameSpan, append_frames
+from hybridlog.record import FrameSpan, PayloadCompressor, append_frames
 from hybridlog.segment import SegmentWriter
 from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId
 
@@ -54,7 +52,7 @@ def frame_batch(
     on: HeadView,
     now_ns: int,
     buffer: bytearray,
-    compressor: zstandard.ZstdCompressor | None,
+    compressor: PayloadCompressor | None,
 ) -> FramedBatch:
     """Frame ``planned`` records as the next batch after ``on`` (stage 1; no I/O)."""
     timestamp = max(now_ns, on.last_timestamp_ns)  # never backwards within a stream

@@ -227,3 +227,34 @@ class ChainBroken(IntegrityError):
 
 class CatalogMismatch(IntegrityError):
     """Raised when the catalog and the segments disagree (missing file, wrong position, head)."""
+
+
+class DictionaryUnusable(IntegrityError):
+    """Raised when a record compressed with its stream's dictionary cannot be decoded because that
+    dictionary file (``dictionary``) is missing or damaged. The record itself may be intact:
+    restoring the file from a backup makes it readable again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        dictionary: Path,
+        stream_id: int | None = None,
+        offset: int | None = None,
+        segment: Path | None = None,
+        position: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, stream_id=stream_id, offset=offset, segment=segment, position=position, hint=hint)
+        self.dictionary = dictionary
+
+
+class MissingDictionary(DictionaryUnusable):
+    """Raised when the dictionary file a dictionary-compressed record needs does not exist."""
+
+
+class DamagedDictionary(DictionaryUnusable):
+    """Raised when the dictionary file a record needs fails its digest, is not a dictionary file, or
+    belongs to another stream or number.
+    """

@@ -14,10 +14,9 @@ from pathlib import Path
 
 from hybridlog.catalog import StreamSnapshot
 from hybridlog.chain import FastWalk, open_record
+from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import CatalogMismatch, ChecksumMismatch, TruncatedRecord, Where
-from hybridlog.record import (
-    FrameError,
-)
+from hybridlog.record import DictionarySource, FrameError
 from hybridlog.segment import IncompleteFrame, SegmentReader, segment_path
 from hybridlog.types import GENESIS_HASH, Record
 
@@ -25,14 +24,22 @@ VerifiedFrame = tuple[int, int, int, Record]
 """A verified record and where its frame is: segment_no, byte position, frame size, record."""
 
 
-def verified_records(data_dir: Path, snap: StreamSnapshot, from_offset: int) -> Iterator[Record]:
-    """Walk a snapshot's segments from its start entry, verifying every record (see iter_records)."""
-    for _, _, _, record in verified_frames(data_dir, snap, from_offset):
+def verified_records(
+    data_dir: Path, snap: StreamSnapshot, from_offset: int, dictionaries: DictionarySource | None = None
+) -> Iterator[Record]:
+    """Walk a snapshot's segments from its start entry, verifying every record (see iter_records).
+
+    ``dictionaries``: the store's cache of stream dictionaries (default: one for this walk).
+    """
+    for _, _, _, record in verified_frames(data_dir, snap, from_offset, dictionaries):
         yield record
 
 
-def verified_frames(data_dir: Path, snap: StreamSnapshot, from_offset: int) -> Iterator[VerifiedFrame]:
+def verified_frames(
+    data_dir: Path, snap: StreamSnapshot, from_offset: int, dictionaries: DictionarySource | None = None
+) -> Iterator[VerifiedFrame]:
     """``verified_records``, with each record's place in its segment."""
+    dictionaries = dictionaries or DictionaryCache(data_dir)
     stream = snap.stream
     sid = stream.stream_id
     if snap.start is None:
@@ -67,6 +74,7 @@ def verified_frames(data_dir: Path, snap: StreamSnapshot, from_offset: int) -> I
                 seg.size_bytes,
                 anchor=snap.anchor.hash if snap.anchor else None,
                 head=(stream.next_offset - 1, stream.chain_head),
+                dictionaries=dictionaries,
             )
             no = seg.segment_no
             for record, at, size, _batch_end in fast.frames():
@@ -85,7 +93,14 @@ def verified_frames(data_dir: Path, snap: StreamSnapshot, from_offset: int) -> I
                     raise ChecksumMismatch(f"record is damaged ({e.reason})", **where) from e
                 if frame is None:
                     raise TruncatedRecord("segment ends before the catalog says it does", **where)
-                record = open_record(frame, stream_id=sid, expected_offset=expected, prev_hash=prev, segment=path)
+                record = open_record(
+                    frame,
+                    stream_id=sid,
+                    expected_offset=expected,
+                    prev_hash=prev,
+                    segment=path,
+                    dictionaries=dictionaries,
+                )
                 if prev is None and snap.anchor is not None and record.hash != snap.anchor.hash:
                     raise CatalogMismatch("checkpoint record does not match the catalog's anchor", **where)
                 if expected == stream.next_offset - 1 and record.hash != stream.chain_head:

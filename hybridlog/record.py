@@ -6,7 +6,8 @@ A segment file is a plain sequence of records, nothing before, between or after 
          0     4  magic        b"HLR1": the start of a record
          4     1  version      format version, 1
          5     1  kind         0 event, 1 checkpoint
-         6     1  flags        bit 0: payload is zstd-compressed; bit 1: last record of its batch
+         6     1  flags        bit 0: payload is zstd-compressed; bit 1: last record of its batch;
+                               bit 2: compressed with the stream's dictionary (bit 0 set too)
          7     1  reserved     0
          8     8  stream_id    u64
         16     8  offset       u64, the record's position in its stream
@@ -28,6 +29,11 @@ The record hash is BLAKE3 over::
 
 so a record cannot be moved to another stream or offset, re-timed, or re-linked without changing
 its hash, and compression does not change it. ``docs/format.md`` repeats this with test vectors.
+
+A payload compressed with one of its stream's trained zstd dictionaries (flag bit 2) is a zstd
+frame carrying that dictionary's id (``dictionary_id``: ``DICTIONARY_ID_BASE`` + the dictionary's
+number, which names its file: ``dictionary.py``). Decoding it needs that file; since the hash
+covers the uncompressed payload, a wrong or damaged dictionary cannot go unnoticed.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import blake3
 import zstandard
@@ -49,7 +56,15 @@ HASH_DOMAIN = b"hybridlog.record\x00"
 
 FLAG_COMPRESSED = 0x01
 FLAG_BATCH_END = 0x02
-KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_BATCH_END
+FLAG_DICTIONARY = 0x04
+KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_BATCH_END | FLAG_DICTIONARY
+
+COMPRESSION_LEVEL = 3
+
+# zstd reserves dictionary ids below 32768 (and from 2**31 on), so ours start at 32768. Ids below
+# 65536 take 2 bytes in a zstd frame header.
+DICTIONARY_ID_BASE = 32768
+MAX_DICTIONARY_NO = 2**31 - 1 - DICTIONARY_ID_BASE
 
 HEADER = struct.Struct("<4sBBBBQQQII32s32s")
 HEADER_SIZE = HEADER.size
@@ -109,6 +124,10 @@ class FrameHeader:
     def batch_end(self) -> bool:
         return bool(self.flags & FLAG_BATCH_END)
 
+    @property
+    def uses_dictionary(self) -> bool:
+        return bool(self.flags & FLAG_DICTIONARY)
+
 
 class FrameError(Exception):
     """A frame that is not a valid record; ``reason`` says why. Callers turn it into a StorageError."""
@@ -133,6 +152,8 @@ def parse_header(data: bytes | memoryview) -> FrameHeader:
         raise FrameError("length out of range")
     if not flags & FLAG_COMPRESSED and stored_len != raw_len:
         raise FrameError("uncompressed length mismatch")
+    if flags & FLAG_DICTIONARY and not flags & FLAG_COMPRESSED:
+        raise FrameError("dictionary flag on an uncompressed payload")
     return FrameHeader(kind, flags, stream_id, offset, ts, stored_len, raw_len, ChainHash(prev), ChainHash(own))
 
 
@@ -149,6 +170,27 @@ def check_frame(frame: bytes | memoryview) -> None:
         raise FrameError("checksum mismatch")
 
 
+def dictionary_id(dictionary_no: int) -> int:
+    """The zstd dictionary id of a stream's dictionary number ``dictionary_no``."""
+    if not 0 <= dictionary_no <= MAX_DICTIONARY_NO:
+        raise ValueError(f"dictionary number {dictionary_no} out of range")
+    return DICTIONARY_ID_BASE + dictionary_no
+
+
+def dictionary_no_of(dict_id: int) -> int | None:
+    """The dictionary number a zstd dictionary id stands for (None: not one of ours)."""
+    no = dict_id - DICTIONARY_ID_BASE
+    return no if 0 <= no <= MAX_DICTIONARY_NO else None
+
+
+class DictionarySource(Protocol):
+    """Where dictionary-compressed payloads find their dictionary (``dictionary.DictionaryCache``)."""
+
+    def decompressor(self, stream_id: int, dictionary_no: int) -> zstandard.ZstdDecompressor:
+        """A decompressor holding the stream's dictionary ``dictionary_no``; FrameError if there is none."""
+        ...
+
+
 _per_thread = threading.local()
 
 
@@ -160,26 +202,88 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return found
 
 
-def decode_payload(header: FrameHeader, stored: bytes | memoryview) -> bytes:
+def decode_payload(
+    header: FrameHeader, stored: bytes | memoryview, dictionaries: DictionarySource | None = None
+) -> bytes:
     """The uncompressed payload, never allocating more than the header's ``raw_len``."""
     if not header.compressed:
         return bytes(stored)
-    return decompress_payload(stored, header.raw_len)
+    return decode_stored(stored, header.flags, header.raw_len, header.stream_id, dictionaries)
 
 
-def decompress_payload(stored: bytes | memoryview, raw_len: int) -> bytes:
-    """Decompress a stored payload that must come out exactly ``raw_len`` bytes long (FrameError if not)."""
+def decode_stored(
+    stored: bytes | memoryview, flags: int, raw_len: int, stream_id: int, dictionaries: DictionarySource | None
+) -> bytes:
+    """Decompress a compressed stored payload (``flags`` has bit 0 set); FrameError if it cannot be."""
+    if not flags & FLAG_DICTIONARY:
+        return decompress_payload(stored, raw_len)
+    try:
+        dict_id = zstandard.get_frame_parameters(stored).dict_id
+    except zstandard.ZstdError as e:
+        raise FrameError(f"zstd: {e}") from e
+    dictionary_no = dictionary_no_of(dict_id)
+    if dictionary_no is None:
+        raise FrameError(f"flagged as compressed with a stream dictionary, but names dictionary id {dict_id}")
+    if dictionaries is None:
+        raise FrameError("compressed with a stream dictionary, and no dictionaries were given to decode it")
+    return decompress_payload(stored, raw_len, dictionaries.decompressor(stream_id, dictionary_no))
+
+
+def decompress_payload(
+    stored: bytes | memoryview, raw_len: int, decompressor: zstandard.ZstdDecompressor | None = None
+) -> bytes:
+    """Decompress a stored payload that must come out exactly ``raw_len`` bytes long (FrameError if not).
+
+    ``decompressor``: one holding the payload's dictionary (default: a plain one).
+    """
     try:
         # We always write the content size; refusing frames without it (or with another size)
         # bounds the output buffer, so a crafted frame cannot act as a decompression bomb.
         if zstandard.frame_content_size(stored) != raw_len:
             raise FrameError("compressed size does not match raw_len")
-        payload = _decompressor().decompress(stored, max_output_size=raw_len)
+        payload = (decompressor or _decompressor()).decompress(stored, max_output_size=raw_len)
     except zstandard.ZstdError as e:
         raise FrameError(f"zstd: {e}") from e
     if len(payload) != raw_len:
         raise FrameError("decompressed size does not match raw_len")
     return payload
+
+
+class PayloadCompressor:
+    """How payloads are compressed: a zstd compressor, and the flags a payload it shrank carries.
+
+    Plain (``new_compressor``) or holding a stream's dictionary (``dictionary_compressor``). Like
+    the zstd compressor inside it, one serves one thread at a time.
+    """
+
+    __slots__ = ("flags", "zstd")
+
+    def __init__(self, dictionary: zstandard.ZstdCompressionDict | None = None) -> None:
+        # The content size is always written: ``decompress_payload`` needs it to bound its output.
+        # A dictionary's id goes into every frame compressed with it (zstd's default).
+        self.zstd = zstandard.ZstdCompressor(
+            level=COMPRESSION_LEVEL, dict_data=dictionary, write_content_size=True, write_checksum=False
+        )
+        self.flags = FLAG_COMPRESSED if dictionary is None else FLAG_COMPRESSED | FLAG_DICTIONARY
+
+    def compress(self, payload: bytes | bytearray | memoryview) -> bytes:
+        """The zstd frame of ``payload`` (whether it is stored so is ``choose_stored``'s call)."""
+        return self.zstd.compress(payload)
+
+
+def choose_stored(
+    payload: bytes | bytearray | memoryview, compressor: PayloadCompressor | None
+) -> tuple[bytes | bytearray | memoryview, int]:
+    """What to store for ``payload``, and the compression flags that say how (0: as it is).
+
+    The compressed form is kept only when it is strictly shorter; an empty payload is never
+    compressed.
+    """
+    if compressor is not None and payload:
+        squeezed = compressor.zstd.compress(payload)
+        if len(squeezed) < len(payload):
+            return squeezed, compressor.flags
+    return payload, 0
 
 
 FrameSpan = tuple[int, int, int, int, ChainHash]
@@ -195,7 +299,7 @@ def append_frames(
     timestamp_ns: int,
     prev_hash: bytes,
     batch_end: bool,
-    compressor: zstandard.ZstdCompressor | None,
+    compressor: PayloadCompressor | None,
 ) -> list[FrameSpan]:
     """Frame ``records`` (kind, payload) as consecutive offsets onto the end of ``out``.
 
@@ -222,11 +326,7 @@ def append_frames(
         )
         hasher.update(payload)
         own = ChainHash(hasher.digest())
-        stored, flags = payload, 0
-        if compressor is not None and raw_len:
-            squeezed = compressor.compress(payload)
-            if len(squeezed) < raw_len:
-                stored, flags = squeezed, FLAG_COMPRESSED
+        stored, flags = choose_stored(payload, compressor) if compressor is not None else (payload, 0)
         if batch_end and i == last:
             flags |= FLAG_BATCH_END
         header = pack_header(
@@ -251,7 +351,7 @@ def append_frame(
     prev_hash: bytes,
     payload: bytes | bytearray | memoryview,
     batch_end: bool,
-    compressor: zstandard.ZstdCompressor | None,
+    compressor: PayloadCompressor | None,
 ) -> ChainHash:
     """Frame one record onto the end of ``out`` and return its hash (``append_frames`` for one)."""
     ((_, _, _, _, own),) = append_frames(
@@ -267,9 +367,14 @@ def append_frame(
     return own
 
 
-def new_compressor() -> zstandard.ZstdCompressor:
-    """The zstd compressor used for payloads (content size written: ``decode_payload`` needs it)."""
-    return zstandard.ZstdCompressor(level=3, write_content_size=True, write_checksum=False)
+def new_compressor() -> PayloadCompressor:
+    """The plain zstd compressor used for payloads (content size written: ``decode_payload`` needs it)."""
+    return PayloadCompressor()
+
+
+def dictionary_compressor(dictionary: zstandard.ZstdCompressionDict) -> PayloadCompressor:
+    """A compressor for payloads of the stream ``dictionary`` was trained for (flag bit 2 on its records)."""
+    return PayloadCompressor(dictionary)
 
 
 CHECKPOINT_PAYLOAD = struct.Struct("<8sQ")

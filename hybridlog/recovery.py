@@ -274,6 +274,11 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
                 )
             )
         if scan.problem is not None:
+            if scan.problem.dictionary is not None:  # an intact record whose dictionary file is not usable
+                result.damage = scan.problem.dictionary
+                log.error("%s", result.damage)
+                result.entries = []  # nothing was changed
+                return result
             if i != len(to_scan) - 1 or not is_torn_tail(path, scan.problem):
                 result.damage = IntegrityError(
                     f"bad record past the catalog's end, not a torn write ({scan.problem.reason})",
@@ -346,6 +351,8 @@ def _damage_of(data_dir: Path, scan: StreamScan) -> IntegrityError | None:
             segment=segment_path(data_dir, scan.stream_id, scan.missing_segment),
             hint=hint,
         )
+    if scan.problem is not None and scan.problem.dictionary is not None:
+        return scan.problem.dictionary
     if scan.problem is not None and not scan.torn:
         assert scan.problem_segment is not None
         return IntegrityError(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridlog.catalog import CATALOG_FILE, Catalog, RecoveryEntry
-from hybridlog.errors import CatalogTooNew, CatalogUnusable
+from hybridlog.errors import CatalogTooNew, CatalogUnusable, MissingDictionary
 from hybridlog.recovery import stream_ids_on_disk
 from hybridlog.scan import ScannedRecord, walk_stream
 from hybridlog.segment import file_digest, segment_path
@@ -39,6 +39,8 @@ CATALOG_MISMATCH = "catalog_mismatch"
 TORN_TAIL = "torn_tail"
 MISSING_SEGMENT = "missing_segment"
 DAMAGED_RECORD = "damaged_record"
+MISSING_DICTIONARY = "missing_dictionary"
+DAMAGED_DICTIONARY = "damaged_dictionary"
 FOREIGN_FILE = "foreign_file"
 
 # repair names, in the order a plan applies them
@@ -210,7 +212,7 @@ def _check_stream(
 
     scan = walk_stream(data_dir, sid, count)
     found: list[Finding] = [
-        Finding(sid, FOREIGN_FILE, f"file {name} is not a segment or quarantine file", None)
+        Finding(sid, FOREIGN_FILE, f"file {name} is not a segment, dictionary or quarantine file", None)
         for name in scan.foreign_files
     ]
     if scan.missing_segment is not None:
@@ -227,7 +229,20 @@ def _check_stream(
     elif scan.problem is not None:
         assert scan.problem_segment is not None
         path = segment_path(data_dir, sid, scan.problem_segment)
-        if scan.torn:
+        unusable = scan.problem.dictionary
+        if unusable is not None:
+            found.append(
+                Finding(
+                    sid,
+                    MISSING_DICTIONARY if isinstance(unusable, MissingDictionary) else DAMAGED_DICTIONARY,
+                    f"{unusable.reason}; {unusable.hint}",
+                    TRUNCATE,
+                    offset=scan.problem.offset,
+                    segment=path,
+                    position=scan.problem.position,
+                )
+            )
+        elif scan.torn:
             found.append(
                 Finding(
                     sid,

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from hybridlog.catalog import CheckpointRow, IndexEntry
 from hybridlog.chain import FastWalk, open_record
-from hybridlog.errors import IntegrityError
-from hybridlog.record import MAGIC, FrameError
+from hybridlog.dictionary import DictionaryCache
+from hybridlog.errors import DictionaryUnusable, IntegrityError
+from hybridlog.record import MAGIC, DictionarySource, FrameError
 from hybridlog.segment import SegmentReader, segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
 
@@ -37,6 +38,8 @@ class ScanProblem:
     """True when every frame read fine but the last batch had no end marker: a write cut short."""
     offset: int
     """The offset of the record at ``position``: the bad record, or the first of the unterminated batch."""
+    dictionary: DictionaryUnusable | None = None
+    """Set when the record is whole but the stream dictionary it needs is missing or damaged."""
 
 
 class SegmentScan:
@@ -56,8 +59,10 @@ class SegmentScan:
         position: int,
         next_offset: int,
         prev_hash: ChainHash,
+        dictionaries: DictionarySource | None = None,
     ) -> None:
         self.path = segment_path(data_dir, stream_id, segment_no)
+        self.dictionaries = dictionaries or DictionaryCache(data_dir)
         self.stream_id = stream_id
         self.segment_no = segment_no
         self.valid_end = position
@@ -70,7 +75,9 @@ class SegmentScan:
         offset, prev = self.next_offset, self.prev_hash
         with SegmentReader(self.path, self.valid_end) as reader:
             # Fast over everything that verifies; exact frame-by-frame from where it stops.
-            fast = FastWalk(reader, self.stream_id, offset, prev, self.path.stat().st_size)
+            fast = FastWalk(
+                reader, self.stream_id, offset, prev, self.path.stat().st_size, dictionaries=self.dictionaries
+            )
             for record, position, size, batch_end in fast.frames():
                 entry = IndexEntry(record.offset, self.segment_no, position, size, record.kind, record.timestamp_ns)
                 pending.append(ScannedRecord(entry, record.hash, len(record.payload)))
@@ -92,11 +99,18 @@ class SegmentScan:
                     break
                 try:
                     record = open_record(
-                        frame, stream_id=self.stream_id, expected_offset=offset, prev_hash=prev, segment=self.path
+                        frame,
+                        stream_id=self.stream_id,
+                        expected_offset=offset,
+                        prev_hash=prev,
+                        segment=self.path,
+                        dictionaries=self.dictionaries,
                     )
                 except IntegrityError as e:
                     # The frame was read whole, so the reader is already past it: name the frame's start.
                     self.problem = ScanProblem(frame.position, e.reason, unterminated=False, offset=offset)
+                    if isinstance(e, DictionaryUnusable):
+                        self.problem.dictionary = e
                     return
                 entry = IndexEntry(
                     record.offset,
@@ -155,8 +169,10 @@ def is_torn_tail(path: Path, problem: ScanProblem) -> bool:
     or when no valid record frame starts anywhere after the problem (a frame cut short, zeros or
     garbage to the end). A valid frame after it means bytes in the middle were damaged (a flipped
     length field can make a good record look cut short), and cutting there would throw away good
-    records.
+    records. A whole record whose stream dictionary is missing or damaged is never a torn write.
     """
+    if problem.dictionary is not None:
+        return False
     if problem.unterminated:
         return True
     with path.open("rb") as f:
@@ -210,13 +226,20 @@ def walk_stream(
     """Verify a stream's segment files from genesis, in order, up to the first problem."""
     result = StreamScan(stream_id)
     numbers, result.foreign_files = segment_numbers_on_disk(stream_path(data_dir, stream_id))
+    dictionaries = DictionaryCache(data_dir)
     for expected_no, segment_no in enumerate(numbers):
         if segment_no != expected_no:
             result.missing_segment = expected_no
             break
         result.segments.append(segment_no)
         scan = SegmentScan(
-            data_dir, stream_id, segment_no, position=0, next_offset=result.next_offset, prev_hash=result.head
+            data_dir,
+            stream_id,
+            segment_no,
+            position=0,
+            next_offset=result.next_offset,
+            prev_hash=result.head,
+            dictionaries=dictionaries,
         )
         result.first_offsets[segment_no] = result.next_offset
         for batch in scan.batches():

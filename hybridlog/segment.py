@@ -3,12 +3,13 @@
 Layout under a store's directory::
 
     streams/<stream_id>/<segment_no>.seg     both numbers 20 digits, zero-padded
+    streams/<stream_id>/<dictionary_no>.zdict  the stream's zstd dictionaries (``dictionary.py``)
 
 so lexical order is numeric order. A segment is a sequence of record frames (``record.py``).
 Only the highest-numbered segment of a stream is written to; the others are sealed (immutable)
 and their BLAKE3 digests are in the catalog. The only file names in a stream directory that this
-module makes are segments and ``*.quarantine`` files; ``parse_segment_name`` returns None for any
-other name so callers can report it.
+module makes are segments, dictionaries and ``*.quarantine`` files; ``parse_segment_name`` and
+``parse_dictionary_name`` return None for any other name so callers can report it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ STREAMS_DIR = "streams"
 SEGMENT_SUFFIX = ".seg"
 _NAME_DIGITS = 20
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
+DICTIONARY_SUFFIX = ".zdict"
+_DICTIONARY_NAME = re.compile(r"^(\d{20})\.zdict$")
 _STREAM_NAME = re.compile(r"^\d{20}$")
 _READ_BUFFER = 1024 * 1024
 
@@ -57,12 +60,25 @@ def parse_segment_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def dictionary_name(dictionary_no: int) -> str:
+    return f"{dictionary_no:0{_NAME_DIGITS}d}{DICTIONARY_SUFFIX}"
+
+
+def parse_dictionary_name(name: str) -> int | None:
+    match = _DICTIONARY_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
 def stream_path(data_dir: Path, stream_id: int) -> Path:
     return data_dir / STREAMS_DIR / stream_dir_name(stream_id)
 
 
 def segment_path(data_dir: Path, stream_id: int, segment_no: int) -> Path:
     return stream_path(data_dir, stream_id) / segment_name(segment_no)
+
+
+def dictionary_path(data_dir: Path, stream_id: int, dictionary_no: int) -> Path:
+    return stream_path(data_dir, stream_id) / dictionary_name(dictionary_no)
 
 
 def fsync_dir(path: Path) -> None:
@@ -114,9 +130,16 @@ def segment_numbers_on_disk(stream_dir: Path) -> tuple[list[int], list[str]]:
         number = parse_segment_name(entry)
         if number is not None:
             numbers.append(number)
-        elif not entry.endswith(QUARANTINE_SUFFIX):
+        elif not entry.endswith(QUARANTINE_SUFFIX) and parse_dictionary_name(entry) is None:
             foreign.append(entry)
     return sorted(numbers), sorted(foreign)
+
+
+def dictionary_numbers_on_disk(stream_dir: Path) -> list[int]:
+    """The numbers of the dictionary files in a stream directory, sorted."""
+    if not stream_dir.is_dir():
+        return []
+    return sorted(n for n in map(parse_dictionary_name, os.listdir(stream_dir)) if n is not None)
 
 
 def write_file_durably(path: Path, data: bytes) -> None:

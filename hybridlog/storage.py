@@ -3,7 +3,8 @@
 Write path, in this order (``commit.py`` explains how concurrent appends form a group):
 
 1. frame every record of a batch (hash, compress, checksum) into one buffer, checkpoint records
-   included, in the caller's thread (``commit.frame_batch``);
+   included, in the caller's thread (``commit.frame_batch``); with zstd, a stream's records are
+   compressed with its trained dictionary once it has one (``training.py``);
 2. lay the group's batches out in segments (``_layout``): a batch that would push the active
    segment past ``max_segment_size`` goes to a new segment file (the directory is fsynced so the
    new name is durable); a batch never spans two segments;
@@ -55,10 +56,12 @@ from hybridlog.catalog import (
 )
 from hybridlog.chain import reverify_frame
 from hybridlog.commit import AppendRequest, FramedBatch, GroupCommitQueue, HeadView, SegmentWrite, frame_batch
+from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     CatalogError,
     CatalogUnusable,
     ChainMismatch,
+    DictionaryUnusable,
     IntegrityError,
     InvalidArgument,
     InvalidConfiguration,
@@ -73,7 +76,7 @@ from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.reader import verified_frames, verified_records
-from hybridlog.record import checkpoint_payload
+from hybridlog.record import PayloadCompressor, checkpoint_payload
 from hybridlog.recovery import (
     ReconcileResult,
     index_stream,
@@ -93,6 +96,7 @@ from hybridlog.segment import (
     segment_path,
     stream_path,
 )
+from hybridlog.training import DictionaryTrainer
 from hybridlog.types import (
     DEFAULT_MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
@@ -190,6 +194,8 @@ class Storage:
         self._pipeline = AppendPipeline()  # the group-commit leader's, for batches it must frame again
         self._pipelines = threading.local()  # each appending thread's own (stage 1 runs in the caller)
         self._commits = GroupCommitQueue()
+        self._dictionaries = DictionaryCache(self._data_dir)  # stream dictionaries, for reading
+        self._trainer = DictionaryTrainer(self._data_dir, self._dictionaries)  # and for compressing
         self._syncers: ThreadPoolExecutor | None = None  # started by the first group that touches several files
         # Point reads remember verified runs (see verified_cache.py); 0 turns that off.
         self._verified = VerifiedRunCache(verified_cache_records, lambda sid, no: segment_path(self._data_dir, sid, no))
@@ -513,13 +519,21 @@ class Storage:
         view = head.view
         if self._conflict(request, view) is None:
             pipeline = pipeline or self._thread_pipeline()
-            compressor = pipeline.compressor if self._compression is CompressionKind.ZSTD else None
+            compressor = self._compressor(sid, pipeline)
             request.framed = frame_batch(sid, self._plan(request, view), view, self._now(), pipeline.buffer, compressor)
         self._commits.submit(request, self._commit_group)
         if request.error is not None:
             raise request.error
         assert request.result is not None
+        if payloads and self._compression is CompressionKind.ZSTD:
+            self._trainer.observe(sid, payloads, request.result[0])  # after the commit: never fails a batch
         return request.result
+
+    def _compressor(self, sid: StreamId, pipeline: AppendPipeline) -> PayloadCompressor | None:
+        """How the stream's new records are compressed: not, plain zstd, or with its dictionary."""
+        if self._compression is not CompressionKind.ZSTD:
+            return None
+        return pipeline.compressor_for(self._trainer.dictionary(sid))
 
     def _plan(self, request: AppendRequest, view: HeadView) -> list[PlannedRecord]:
         if request.payloads is None:
@@ -556,7 +570,7 @@ class Storage:
                     framed = request.framed
                     if framed is None or framed.on != view:
                         # framed on a head that moved since (another batch in this group or before it)
-                        compressor = self._pipeline.compressor if self._compression is CompressionKind.ZSTD else None
+                        compressor = self._compressor(request.stream_id, self._pipeline)
                         framed = frame_batch(
                             request.stream_id,
                             self._plan(request, view),
@@ -762,9 +776,12 @@ class Storage:
         if snap is None or from_offset >= snap.stream.next_offset:
             return
         try:
-            yield from verified_records(self._data_dir, snap, from_offset)
+            yield from verified_records(self._data_dir, snap, from_offset, self._dictionaries)
         except IntegrityError as e:
-            e.hint = f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
+            if not isinstance(e, DictionaryUnusable):  # its hint (restore the file) comes first
+                e.hint = (
+                    f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
+                )
             raise
 
     def read_from(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
@@ -799,7 +816,9 @@ class Storage:
         total = 0
         for offset in range(from_offset, run.end):
             stored = self._verified.read(run, offset)
-            found = stored and reverify_frame(stored[0], stream_id=sid, offset=offset, verified_hash=stored[1])
+            found = stored and reverify_frame(
+                stored[0], stream_id=sid, offset=offset, verified_hash=stored[1], dictionaries=self._dictionaries
+            )
             if found is None:
                 self._verified.drop(run)  # the walk will say what changed
                 return None
@@ -840,7 +859,7 @@ class Storage:
         wanted: list[Record] = []
         wanted_bytes = 0
         try:
-            for segment_no, position, size, record in verified_frames(self._data_dir, snap, start):
+            for segment_no, position, size, record in verified_frames(self._data_dir, snap, start, self._dictionaries):
                 if (record.kind is RecordKind.CHECKPOINT and record.offset > start) or len(run) >= MAX_RUN:
                     break
                 run.add(segment_no, position, size, record.hash)

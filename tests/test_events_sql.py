@@ -86,7 +86,11 @@ def clock_with_repeats() -> Callable[[], int]:
 
 
 @settings(max_examples=20, deadline=None)
-@given(data=st.data(), every=st.sampled_from([None, 3, 10]), batches=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 6)), min_size=1, max_size=12))
+@given(
+    data=st.data(),
+    every=st.sampled_from([None, 3, 10]),
+    batches=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 6)), min_size=1, max_size=12),
+)
 def test_rows_match_the_model_for_random_constraints(
     tmp_path_factory: pytest.TempPathFactory, data: st.DataObject, every: int | None, batches: list[tuple[int, int]]
 ) -> None:
@@ -139,18 +143,24 @@ def test_a_narrow_query_reads_its_range_not_the_stream(tmp_path: Path, monkeypat
         conn = apsw.Connection(str(tmp_path / "s" / CATALOG_FILE), flags=apsw.SQLITE_OPEN_READONLY)
         module = register(conn, store)
         hashes = counting_hashes(monkeypatch)
-        (count,) = conn.execute("SELECT count(*) FROM events WHERE stream_id = 1 AND offset BETWEEN 5000 AND 5100").fetchone()
+        (count,) = conn.execute(
+            "SELECT count(*) FROM events WHERE stream_id = 1 AND offset BETWEEN 5000 AND 5100"
+        ).fetchone()
         assert count == 101
         assert module.records_read == 101
         assert hashes[0] <= 101 + 51  # the rows, plus at most one checkpoint interval before them
         module.records_read = 0
         first = store.read_records_verified(1, 7000)[0].timestamp_ns
         last = store.read_records_verified(1, 7010)[0].timestamp_ns
-        conn.execute("SELECT count(*) FROM events WHERE stream_id = 1 AND timestamp BETWEEN ? AND ?", (first, last)).fetchone()
+        conn.execute(
+            "SELECT count(*) FROM events WHERE stream_id = 1 AND timestamp BETWEEN ? AND ?", (first, last)
+        ).fetchone()
         assert module.records_read <= 1000  # one batch shares a timestamp: the batch, not the stream
         module.records_read = 0
         low = conn.execute("SELECT global_position FROM records WHERE stream_id = 2 AND offset = 10").fetchone()[0]
-        rows = conn.execute("SELECT stream_id, offset FROM events WHERE global_position BETWEEN ? AND ?", (low, low + 4)).fetchall()
+        rows = conn.execute(
+            "SELECT stream_id, offset FROM events WHERE global_position BETWEEN ? AND ?", (low, low + 4)
+        ).fetchall()
         assert rows == [(2, o) for o in range(10, 15)]
         assert module.records_read == 5
         conn.close()

@@ -4,17 +4,21 @@ Contracts tested here:
 
 * every ``hybridlog-vector`` block in ``docs/format.md`` is exactly what ``record.append_frame``
   produces from the listed inputs (frame bytes and record hash), its ``hash_input`` is the hash
-  input the document describes, and decoding the frame gives the inputs back;
+  input the document describes, and decoding the frame gives the inputs back; a vector's
+  dictionary file is laid out as documented and is exactly the file the writer makes;
 * the chained vectors are, byte for byte, the segment file a ``Storage`` writes for those appends;
 * any record (stream id, offset, kind, timestamp, payload, compression on or off) survives
   ``append_frame`` -> segment file -> ``SegmentReader`` / ``open_record`` unchanged, batch ends
   included, and its hash does not depend on compression;
 * a compressed payload whose zstd frame lies about (or omits) its content size is refused with
-  ``FrameError`` without allocating more than ``raw_len`` bytes.
+  ``FrameError`` without allocating more than ``raw_len`` bytes, with or without a dictionary.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import random
 import re
 import struct
 import tracemalloc
@@ -29,18 +33,23 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hybridlog import CheckpointPolicy, ChecksumMismatch, CompressionKind, RecordKind, Storage, StreamId
+from hybridlog import ChainHash, CheckpointPolicy, ChecksumMismatch, CompressionKind, RecordKind, Storage, StreamId
 from hybridlog.chain import open_record
+from hybridlog.dictionary import DictionaryUnavailable, StreamDictionary, parse_dictionary_file
 from hybridlog.record import (
     CHECKPOINT_MAGIC,
     FLAG_BATCH_END,
     FLAG_COMPRESSED,
+    FLAG_DICTIONARY,
     FRAME_OVERHEAD,
     FrameError,
+    PayloadCompressor,
     append_frame,
     check_frame,
     checkpoint_payload,
     decode_payload,
+    dictionary_compressor,
+    dictionary_id,
     new_compressor,
     parse_header,
     record_hash,
@@ -58,6 +67,8 @@ HEADER_SIZE = 104
 DOC_HEADER = struct.Struct("<4sBBBBQQQII32s32s")
 DOC_HASH_FIELDS = struct.Struct("<BQQBQ")
 DOC_HASH_DOMAIN = b"hybridlog.record\x00"
+DOC_DICTIONARY_HEADER = struct.Struct("<4sB3sQQI")
+DOC_DICTIONARY_ID_BASE = 32768
 
 
 # --- the vectors -------------------------------------------------------------------------------------
@@ -76,6 +87,8 @@ class Vector:
     payload: bytes
     batch_end: bool
     compression: bool
+    dictionary_no: int | None
+    dictionary_file: bytes | None
     flags: int
     stored_len: int
     raw_len: int
@@ -111,7 +124,9 @@ def parse_vector_block(block: str) -> Vector:
         assert fields[name] in ("true", "false"), f"{name} must be true or false"
         return fields[name] == "true"
 
-    assert fields["compression"] in ("none", "zstd")
+    assert fields["compression"] in ("none", "zstd", "zstd-dictionary")
+    with_dictionary = fields["compression"] == "zstd-dictionary"
+    assert with_dictionary == ("dictionary_file" in fields) == ("dictionary_no" in fields)
     return Vector(
         name=fields["name"],
         stream_id=integer("stream_id"),
@@ -121,7 +136,9 @@ def parse_vector_block(block: str) -> Vector:
         prev_hash=hexbytes("prev_hash"),
         payload=hexbytes("payload"),
         batch_end=flag("batch_end"),
-        compression=fields["compression"] == "zstd",
+        compression=fields["compression"] != "none",
+        dictionary_no=integer("dictionary_no") if with_dictionary else None,
+        dictionary_file=hexbytes("dictionary_file") if with_dictionary else None,
         flags=integer("flags"),
         stored_len=integer("stored_len"),
         raw_len=integer("raw_len"),
@@ -141,6 +158,36 @@ BY_NAME = {v.name: v for v in VECTORS}
 CHAIN = ["event-genesis", "event-batch-end", "event-compressed", "checkpoint"]
 
 
+def doc_dictionary(vector: Vector) -> bytes:
+    """The zstd dictionary inside a vector's dictionary file, read by the layout docs/format.md states."""
+    content = vector.dictionary_file
+    assert content is not None, f"{vector.name} has no dictionary file"
+    magic, version, reserved, stream_id, number, length = DOC_DICTIONARY_HEADER.unpack_from(content)
+    assert (magic, version, reserved) == (b"HLZD", 1, bytes(3))
+    assert (stream_id, number) == (vector.stream_id, vector.dictionary_no)
+    assert len(content) == DOC_DICTIONARY_HEADER.size + length + 32
+    assert blake3.blake3(content[:-32]).digest() == content[-32:]
+    return content[DOC_DICTIONARY_HEADER.size : DOC_DICTIONARY_HEADER.size + length]
+
+
+class VectorDictionaries:
+    """A dictionary source holding one vector's dictionary (and refusing any other)."""
+
+    def __init__(self, vector: Vector) -> None:
+        self.key = (vector.stream_id, vector.dictionary_no)
+        self.dictionary = zstandard.ZstdCompressionDict(doc_dictionary(vector), dict_type=zstandard.DICT_TYPE_FULLDICT)
+
+    def decompressor(self, stream_id: int, dictionary_no: int) -> zstandard.ZstdDecompressor:
+        assert (stream_id, dictionary_no) == self.key
+        return zstandard.ZstdDecompressor(dict_data=self.dictionary)
+
+
+def compressor_of(vector: Vector) -> PayloadCompressor | None:
+    if vector.dictionary_file is not None:
+        return dictionary_compressor(VectorDictionaries(vector).dictionary)
+    return new_compressor() if vector.compression else None
+
+
 def frame_of(vector: Vector) -> bytes:
     """What ``append_frame`` makes of a vector's inputs."""
     out = bytearray()
@@ -153,7 +200,7 @@ def frame_of(vector: Vector) -> bytes:
         prev_hash=vector.prev_hash,
         payload=vector.payload,
         batch_end=vector.batch_end,
-        compressor=new_compressor() if vector.compression else None,
+        compressor=compressor_of(vector),
     )
     assert own == vector.hash, f"{vector.name}: append_frame returned hash {own.hex()}"
     return bytes(out)
@@ -182,6 +229,11 @@ def test_the_document_holds_the_required_vectors() -> None:
     assert checkpoint.prev_hash == compressed.hash
     assert checkpoint.payload == checkpoint_payload(checkpoint.offset)
     assert checkpoint.payload[:8] == CHECKPOINT_MAGIC
+    with_dictionary = BY_NAME["event-dictionary"]
+    assert with_dictionary.flags == FLAG_COMPRESSED | FLAG_BATCH_END | FLAG_DICTIONARY
+    assert with_dictionary.stored_len < with_dictionary.raw_len
+    assert with_dictionary.dictionary_no is not None
+    assert with_dictionary.dictionary_file is not None
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v.name for v in VECTORS])
@@ -242,7 +294,31 @@ def test_vector_frame_decodes_to_its_inputs(vector: Vector) -> None:
     assert zlib.crc32(frame[:-4]) == vector.checksum == struct.unpack("<I", frame[-4:])[0]
 
     stored = frame[HEADER_SIZE : HEADER_SIZE + header.stored_len]
-    assert decode_payload(header, stored) == vector.payload
+    if vector.dictionary_file is None:
+        assert not header.uses_dictionary
+        assert decode_payload(header, stored) == vector.payload
+    else:
+        assert header.uses_dictionary
+        # The zstd frame names the dictionary by its id, 32768 + its number.
+        dict_id = zstandard.get_frame_parameters(stored).dict_id
+        assert dict_id == DOC_DICTIONARY_ID_BASE + (vector.dictionary_no or 0)
+        assert decode_payload(header, stored, VectorDictionaries(vector)) == vector.payload
+        with pytest.raises(FrameError, match="no dictionaries"):
+            decode_payload(header, stored)
+
+
+@pytest.mark.parametrize("vector", [v for v in VECTORS if v.dictionary_file is not None], ids=lambda v: v.name)
+def test_vector_dictionary_file_is_the_file_the_writer_makes(tmp_path: Path, vector: Vector) -> None:
+    """The documented .zdict bytes parse as that stream's dictionary, and a writer makes exactly them."""
+    assert vector.dictionary_file is not None
+    assert vector.dictionary_no is not None
+    inner = doc_dictionary(vector)
+    parsed = parse_dictionary_file(
+        vector.dictionary_file, stream_id=vector.stream_id, number=vector.dictionary_no, path=tmp_path / "x.zdict"
+    )
+    assert parsed.data == inner
+    assert parsed.zstd.dict_id() == DOC_DICTIONARY_ID_BASE + vector.dictionary_no
+    assert StreamDictionary(vector.stream_id, vector.dictionary_no, inner).file_bytes() == vector.dictionary_file
 
 
 def test_chained_vectors_read_back_as_verified_records(tmp_path: Path) -> None:
@@ -573,3 +649,183 @@ def test_a_bomb_in_a_segment_fails_the_verified_read(tmp_path: Path) -> None:
     with pytest.raises(ChecksumMismatch) as caught:
         open_record(frame, stream_id=StreamId(3), expected_offset=0, prev_hash=GENESIS_HASH, segment=path)
     assert (caught.value.stream_id, caught.value.offset, caught.value.segment) == (3, 0, path)
+
+
+# --- stream dictionaries -----------------------------------------------------------------------------
+
+
+@functools.cache
+def sample_dictionary() -> StreamDictionary:
+    """A dictionary for stream 3, number 40, trained on small JSON records (built once)."""
+    rng = random.Random(3)
+    samples: list[bytes | bytearray | memoryview] = [
+        json.dumps({"type": rng.choice(("deposit", "withdrawal")), "amount": rng.randrange(10**6), "n": i}).encode()
+        for i in range(500)
+    ]
+    trained = zstandard.train_dictionary(2048, samples, dict_id=dictionary_id(40))
+    return StreamDictionary(3, 40, trained.as_bytes())
+
+
+class OneDictionary:
+    """A dictionary source holding ``sample_dictionary()`` only."""
+
+    def decompressor(self, stream_id: int, dictionary_no: int) -> zstandard.ZstdDecompressor:
+        dictionary = sample_dictionary()
+        if (stream_id, dictionary_no) != (dictionary.stream_id, dictionary.number):
+            raise FrameError(f"no dictionary {dictionary_no} for stream {stream_id}")
+        return dictionary.decompressor()
+
+
+@given(payloads=st.lists(payloads, min_size=1, max_size=6), prev=hashes)
+def test_dictionary_compressed_records_round_trip_through_every_reader(
+    tmp_path: Path, payloads: list[bytes], prev: bytes
+) -> None:
+    """Framed with the stream's dictionary, records read back through open_record, the fast walk and the
+    scan (which loads the .zdict file from the stream directory); the hashes are those of the plain payloads."""
+    dictionary = sample_dictionary()
+    compressor = dictionary_compressor(dictionary.zstd)
+    data = bytearray()
+    link, hashes_ = prev, []
+    for i, payload in enumerate(payloads):
+        own = append_frame(
+            data,
+            stream_id=3,
+            offset=50 + i,
+            kind=RecordKind.EVENT,
+            timestamp_ns=9,
+            prev_hash=link,
+            payload=payload,
+            batch_end=i == len(payloads) - 1,
+            compressor=compressor,
+        )
+        assert own == record_hash(3, 50 + i, RecordKind.EVENT, 9, link, payload)  # as if stored plain
+        hashes_.append(own)
+        link = own
+    path = write_segment(tmp_path, 3, bytes(data))
+    (path.parent / "00000000000000000040.zdict").write_bytes(dictionary.file_bytes())
+
+    link = prev
+    with SegmentReader(path) as reader:
+        for i, frame in enumerate(reader.frames()):
+            assert frame.header.uses_dictionary == (frame.header.stored_len < frame.header.raw_len)
+            record = open_record(
+                frame,
+                stream_id=StreamId(3),
+                expected_offset=50 + i,
+                prev_hash=link,
+                segment=path,
+                dictionaries=OneDictionary(),
+            )
+            assert (record.payload, record.hash) == (payloads[i], hashes_[i])
+            link = record.hash
+
+    scan = SegmentScan(tmp_path, StreamId(3), 0, position=0, next_offset=50, prev_hash=ChainHash(prev))
+    (batch,) = list(scan.batches())
+    assert scan.problem is None
+    assert [r.hash for r in batch] == hashes_
+    assert [r.payload_len for r in batch] == [len(p) for p in payloads]
+
+
+def handmade_dictionary_frame(stored: bytes, raw_len: int) -> bytes:
+    """A frame of stream 3 flagged compressed with the stream dictionary, around ``stored``."""
+    frame = bytearray(handmade_compressed_frame(stored, raw_len))
+    frame[6] |= FLAG_DICTIONARY
+    return bytes(frame[:-4]) + struct.pack("<I", zlib.crc32(frame[:-4]))
+
+
+def refused_with_dictionary(frame: bytes) -> tuple[FrameError, int]:
+    """Like ``refused_with_peak``, decoding with ``sample_dictionary()`` at hand."""
+    header = parse_header(frame)
+    check_frame(frame)
+    stored = frame[HEADER_SIZE:-4]
+    source = OneDictionary()
+    source.decompressor(3, 40)  # the dictionary is loaded before measuring
+    errors: list[FrameError] = []
+
+    def attempt() -> None:
+        try:
+            decode_payload(header, stored, source)
+        except FrameError as e:
+            errors.append(e)
+
+    peak = peak_traced_allocation(attempt)
+    assert errors, "the payload was decoded instead of refused"
+    return errors[0], peak
+
+
+def test_a_dictionary_bomb_is_refused_without_allocating() -> None:
+    """32 MiB of zeros compressed with the dictionary, under raw_len 1024: refused, nothing near 32 MiB allocated."""
+    bomb = dictionary_compressor(sample_dictionary().zstd).compress(bytes(32 * 1024 * 1024))
+    assert zstandard.get_frame_parameters(bomb).dict_id == dictionary_id(40)
+    error, peak = refused_with_dictionary(handmade_dictionary_frame(bomb, 1024))
+    assert "raw_len" in error.reason
+    assert peak < 1024 + SLACK
+
+
+def test_a_dictionary_frame_without_content_size_is_refused() -> None:
+    raw = bytes(1024 * 1024)
+    stored = zstandard.ZstdCompressor(dict_data=sample_dictionary().zstd, write_content_size=False).compress(raw)
+    error, peak = refused_with_dictionary(handmade_dictionary_frame(stored, len(raw)))
+    assert "raw_len" in error.reason
+    assert peak < SLACK
+
+
+def test_the_dictionary_flag_must_match_the_zstd_frame() -> None:
+    """Flag bit 2 needs bit 0 and a frame naming one of our dictionary ids; bit 0 alone needs no dictionary."""
+    payload = b'{"type":"deposit","amount":12345,"n":7}' * 3
+    with_dictionary = dictionary_compressor(sample_dictionary().zstd).compress(payload)
+    plain = new_compressor().compress(payload)
+
+    no_compressed_bit = bytearray(handmade_compressed_frame(payload, len(payload)))
+    no_compressed_bit[6] = FLAG_DICTIONARY | FLAG_BATCH_END
+    with pytest.raises(FrameError, match="dictionary flag on an uncompressed payload"):
+        parse_header(bytes(no_compressed_bit))
+
+    header = parse_header(handmade_dictionary_frame(plain, len(payload)))
+    with pytest.raises(FrameError, match="dictionary id 0"):
+        decode_payload(header, plain, OneDictionary())
+
+    header = parse_header(handmade_compressed_frame(with_dictionary, len(payload)))
+    with pytest.raises(FrameError, match="zstd"):
+        decode_payload(header, with_dictionary, OneDictionary())
+
+    header = parse_header(handmade_dictionary_frame(with_dictionary, len(payload)))
+    assert decode_payload(header, with_dictionary, OneDictionary()) == payload
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("cut short", "too short"),
+        ("flipped byte", "digest mismatch"),
+        ("other stream", "of stream 4, not 40 of stream 3"),
+        ("other number", "dictionary 41 of stream 3, not 40"),
+        ("not a zstd dictionary", "zstd dictionary inside has id 0"),
+        ("bad magic", "not a version 1 dictionary file"),
+    ],
+)
+def test_a_dictionary_file_that_is_not_what_its_name_says_is_refused(tmp_path: Path, damage: str, reason: str) -> None:
+    """Every check of the .zdict layout refuses with DictionaryUnavailable naming the file and why."""
+    good = sample_dictionary()
+    content = good.file_bytes()
+    if damage == "cut short":
+        content = content[:40]
+    elif damage == "flipped byte":
+        content = content[:100] + bytes([content[100] ^ 1]) + content[101:]
+    elif damage == "other stream":
+        content = StreamDictionary(4, 40, good.data).file_bytes()
+    elif damage == "other number":
+        content = StreamDictionary(3, 41, good.data).file_bytes()
+    elif damage == "not a zstd dictionary":
+        content = StreamDictionary(3, 40, b"just some bytes, no zstd dictionary header").file_bytes()
+    else:
+        body = b"HLZX" + content[4:-32]
+        content = body + blake3.blake3(body).digest()
+    path = tmp_path / "00000000000000000040.zdict"
+    with pytest.raises(DictionaryUnavailable) as caught:
+        parse_dictionary_file(content, stream_id=3, number=40, path=path)
+    assert reason in caught.value.reason
+    assert str(path) in caught.value.reason
+    assert caught.value.path == path
+    assert not caught.value.missing
+    assert parse_dictionary_file(good.file_bytes(), stream_id=3, number=40, path=path).data == good.data

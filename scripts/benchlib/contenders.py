@@ -1,7 +1,8 @@
 """Every store the benchmark measures, behind one small interface: open a writer, open a reader.
 
 * ``hybridlog``: ``Storage.append_batch`` (default checkpoint policy) and
-  ``Storage.iter_records(anchored=False)``, compression none or zstd.
+  ``Storage.iter_records(anchored=False)``, compression none or zstd (zstd trains the stream a
+  dictionary after its first 1,000 events and compresses the later ones with it).
 * ``raw_floor``: the least a hash-chained log costs in Python: records ``u32 length | 32-byte
   BLAKE3 chain hash | payload`` appended to one file, one ``os.write`` per batch, ``os.fsync``
   when fsync is on; no index, no catalog, no recovery. Reading verifies every hash and link.
@@ -34,6 +35,7 @@ import apsw
 import blake3
 
 from hybridlog import CompressionKind, RecordKind, Storage
+from hybridlog.segment import DICTIONARY_SUFFIX, SEGMENT_SUFFIX, SegmentReader, stream_path
 
 try:
     from eventsourcing.persistence import StoredEvent  # type: ignore[import-not-found,unused-ignore]
@@ -90,6 +92,15 @@ class Space:
     stored_bytes: int
     compression_ratio: float | None
     """Payload bytes before compression over payload bytes stored (framing excluded)."""
+    stored_payload_bytes: int | None = None
+    """Payload bytes as stored (framing excluded)."""
+    dictionary_bytes: int = 0
+    """Bytes of the stream's zstd dictionary files (hybridlog with zstd)."""
+    dictionary_ratio: float | None = None
+    """Over the events stored from the first one compressed with a dictionary on: payload bytes
+    before compression over payload bytes stored (None: no dictionary came into use)."""
+    events_before_dictionary: int | None = None
+    """How many events were stored before the first one compressed with a dictionary."""
 
 
 class Contender(ABC):
@@ -179,12 +190,34 @@ class HybridlogContender(Contender):
         return HybridlogReader(directory)
 
     def space(self, directory: Path) -> Space | None:
-        """The catalog's own accounting, through ``Storage.stats``."""
+        """The catalog's own accounting (``Storage.stats``), and the dictionaries' share from the files."""
         with Storage(directory / "store", read_only=True) as storage:
             stats = [s for s in storage.stats() if s.stream_id == STREAM_ID]
         if not stats:
             raise BenchError("the catalog has no row for the benchmark stream")
-        return Space(stats[0].payload_bytes, stats[0].stored_bytes, stats[0].compression_ratio)
+        stream_dir = stream_path(directory / "store", STREAM_ID)
+        raw = stored = before = 0
+        in_use = False
+        for segment in sorted(stream_dir.glob(f"*{SEGMENT_SUFFIX}")):
+            with SegmentReader(segment) as reader:
+                for frame in reader.frames():
+                    if frame.header.kind != RecordKind.EVENT:
+                        continue
+                    in_use = in_use or frame.header.uses_dictionary
+                    if in_use:
+                        raw += frame.header.raw_len
+                        stored += frame.header.stored_len
+                    else:
+                        before += 1
+        return Space(
+            stats[0].payload_bytes,
+            stats[0].stored_bytes,
+            stats[0].compression_ratio,
+            stored_payload_bytes=stats[0].stored_payload_bytes,
+            dictionary_bytes=sum(path.stat().st_size for path in stream_dir.glob(f"*{DICTIONARY_SUFFIX}")),
+            dictionary_ratio=raw / stored if in_use else None,
+            events_before_dictionary=before if in_use else None,
+        )
 
 
 # --- raw floor -------------------------------------------------------------------------------------

@@ -228,7 +228,15 @@ def evaluate_targets(results: Sequence[Result], missing: dict[str, str]) -> list
             "x",
             "" if reads_per_s is None else f"{reads_per_s:,.0f} reads/s",
         ),
-        Target(row_zstd, "compression ratio", _value(zstd, "compression_ratio"), ">=", 2.5, "x"),
+        Target(
+            row_zstd,
+            "compression ratio, whole run, dictionary file counted",
+            _value(zstd, "compression_ratio_with_dictionaries"),
+            ">=",
+            2.5,
+            "x",
+            _dictionary_note(zstd),
+        ),
         Target(row_zstd, "append speed vs uncompressed", _value(zstd, "speed_vs_uncompressed"), ">=", 0.5, "x"),
         Target("open a clean store with 1,000 streams", "seconds", _value(opened, "seconds"), "<=", 0.5, "s"),
         Target(
@@ -249,6 +257,16 @@ def evaluate_targets(results: Sequence[Result], missing: dict[str, str]) -> list
             "" if store_mb is None else f"{store_mb / MB:,.0f} MB of segments",
         ),
     ]
+
+
+def _dictionary_note(result: Result | None) -> str:
+    """What the stream dictionary did in a zstd append run, in words."""
+    if result is None:
+        return ""
+    ratio = _value(result, "dictionary_ratio")
+    if ratio is None:
+        return "no dictionary came into use (plain zstd throughout)"
+    return f"{ratio:.2f}x once the dictionary was in use (after {result['events_before_dictionary']} events)"
 
 
 # --- text ------------------------------------------------------------------------------------------
@@ -358,7 +376,8 @@ def _append_lines(results: Sequence[Result], size: int, names: Sequence[str], mi
                     if n != SUBJECT
                 ),
                 _x(_value(zstd, "speed_vs_uncompressed")),
-                _fixed(_value(zstd, "compression_ratio")),
+                _fixed(_value(zstd, "compression_ratio_with_dictionaries")),
+                _fixed(_value(zstd, "dictionary_ratio")),
                 _fixed(_value(zstd, "disk_ratio")),
                 _fixed(_value(plain, "disk_ratio")),
             ]
@@ -370,8 +389,10 @@ def _append_lines(results: Sequence[Result], size: int, names: Sequence[str], mi
         *_grid(["batch", "fsync", *(title for _, _, title in columns)], rates, left=0),
         "",
         f"append, {size}-byte events: hybridlog (uncompressed) events/s over each contender's",
-        "  zstd speed: hybridlog zstd events/s over uncompressed; zstd ratio: payload bytes over stored payload bytes;"
-        " on disk: payload bytes over stored bytes, record framing included",
+        "  zstd speed: hybridlog zstd events/s over uncompressed (the whole run, dictionary training included);",
+        "  zstd ratio: payload bytes over stored payload bytes plus the dictionary file, the whole run;"
+        " dict ratio: the same over the events stored once the dictionary was in use (- : none trained);",
+        "  on disk: payload bytes over stored bytes, record framing and dictionary files included",
         *_grid(
             [
                 "batch",
@@ -379,6 +400,7 @@ def _append_lines(results: Sequence[Result], size: int, names: Sequence[str], mi
                 *(f"vs {n}" for n in names if n != SUBJECT),
                 "zstd speed",
                 "zstd ratio",
+                "dict ratio",
                 "zstd on disk",
                 "none on disk",
             ],

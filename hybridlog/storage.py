@@ -10,7 +10,8 @@ Write path, in this order (``commit.py`` explains how concurrent appends form a 
 3. write each segment's bytes at its committed end (``_write_group``);
 4. fsync the segments when any batch of the group asked (and always the ones being sealed, whose
    digests are then computed): this is the durability point;
-5. commit one catalog transaction: index rows, segment stats and seals, checkpoints, chain heads.
+5. commit one catalog transaction: index rows, segment stats and seals, checkpoints, chain heads,
+   and the global-position mark (each batch's records get the next positions, in group order).
 
 If anything in 3-5 fails, every segment is cut back to where the group began (new segment files
 are removed) and every caller in the group gets the error, so no partial batch stays. A crash
@@ -561,7 +562,9 @@ class Storage:
             if not accepted:
                 return
             try:
-                self._write_group(batches, fsync=any(r.fsync for r in accepted))
+                self._write_group(
+                    batches, [r.framed for r in accepted if r.framed], fsync=any(r.fsync for r in accepted)
+                )
             except StorageError as e:
                 for i, request in enumerate(accepted):
                     request.error, request.done = (e if i == 0 else _copy_error(e)), True
@@ -572,10 +575,25 @@ class Storage:
                 assert after.head is not None
                 request.result, request.done = (Offset(after.next_offset), after.head), True
 
-    def _write_group(self, batches: dict[StreamId, list[FramedBatch]], *, fsync: bool) -> None:
-        """Write, fsync and commit framed batches (see the module docstring for the order)."""
+    def _write_group(
+        self, batches: dict[StreamId, list[FramedBatch]], in_order: list[FramedBatch], *, fsync: bool
+    ) -> None:
+        """Write, fsync and commit framed batches (see the module docstring for the order).
+
+        ``in_order``: the same batches in the order the group accepted them, which is the order
+        of their global positions: each batch gets the next contiguous range after the mark.
+        """
         catalog = self._writable_catalog()
-        writes, seals = self._layout(batches)
+        try:
+            last_position = catalog.last_global_position()
+        except apsw.Error as e:
+            raise CatalogError(f"cannot read the catalog, batch not stored: {e}") from e
+        first_positions: dict[tuple[StreamId, int], int] = {}
+        new_last: int = last_position
+        for batch in in_order:
+            first_positions[batch.stream_id, batch.on.next_offset] = new_last + 1
+            new_last += len(batch.records)
+        writes, seals = self._layout(batches, first_positions)
         now = max(b.timestamp_ns for bs in batches.values() for b in bs)
         try:
             # 2. Rotation: create the new segment files (full ones are sealed in step 5).
@@ -636,6 +654,7 @@ class Storage:
                         last_timestamp_ns=framed[-1].timestamp_ns,
                         now_ns=now,
                     )
+                catalog.advance_global_position(last_position, new_last)
         except BaseException as e:
             self._undo_writes(writes)
             if isinstance(e, OSError):
@@ -660,12 +679,13 @@ class Storage:
             future.result()
 
     def _layout(
-        self, batches: dict[StreamId, list[FramedBatch]]
+        self, batches: dict[StreamId, list[FramedBatch]], first_positions: dict[tuple[StreamId, int], int]
     ) -> tuple[list[SegmentWrite], list[tuple[StreamId, int, SegmentWrite | None]]]:
         """Which segment each batch goes to: a batch never spans two, and a full segment is sealed.
 
         Returns the writes and the seals; a seal's SegmentWrite is the in-group write of a segment
         created and filled in this same group (None: the stream's active segment on disk).
+        ``first_positions``: each batch's first global position, by (stream, first offset).
         """
         writes: list[SegmentWrite] = []
         seals: list[tuple[StreamId, int, SegmentWrite | None]] = []
@@ -683,7 +703,7 @@ class Storage:
                 elif current is None:
                     current = SegmentWrite(sid, segment_no, size, head.segment_first_offset, new_file=False)
                     writes.append(current)
-                current.add(batch)
+                current.add(batch, first_positions[sid, batch.on.next_offset])
                 size += len(batch.data)
         return writes, seals
 

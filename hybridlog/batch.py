@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidArgument, InvalidEvent
 from hybridlog.types import HASH_SIZE, MAX_EVENT_SIZE, CheckpointPolicy, Record, RecordKind
 
 BytesLike = bytes | bytearray | memoryview
 PlannedRecord = tuple[RecordKind, BytesLike]
+T = TypeVar("T")
 
 
 def check_events(events: Iterable[object]) -> list[BytesLike]:
@@ -79,3 +82,36 @@ def take_payloads(records: Iterable[Record], max_bytes: int) -> list[bytes]:
         out.append(record.payload)
         total += len(record.payload)
     return out
+
+
+def check_time_window(since_ns: object, until_ns: object) -> tuple[int | None, int | None]:
+    """``since_ns`` and ``until_ns`` as ints or None (no bound); ``since_ns`` after ``until_ns`` is refused."""
+    for name, value in (("since_ns", since_ns), ("until_ns", until_ns)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidArgument(f"{name} must be an int (nanoseconds since the epoch) or None, not {value!r}")
+    assert since_ns is None or isinstance(since_ns, int)
+    assert until_ns is None or isinstance(until_ns, int)
+    if since_ns is not None and until_ns is not None and since_ns > until_ns:
+        raise InvalidArgument(f"since_ns ({since_ns}) is after until_ns ({until_ns})")
+    return since_ns, until_ns
+
+
+def take_within(items: Iterable[T], size: Callable[[T], int], max_bytes: int) -> list[T]:
+    """At least one item (when there is one), then more while their sizes add up to ``max_bytes``."""
+    out: list[T] = []
+    total = 0
+    for item in items:
+        if out and total + size(item) > max_bytes:
+            break
+        out.append(item)
+        total += size(item)
+    return out
+
+
+def take_records_before(records: Iterable[Record], until_ns: int | None, max_bytes: int) -> list[Record]:
+    """Records (checkpoints included) timestamped before ``until_ns`` (None: no end), at least one,
+    then up to ``max_bytes`` of payload. Timestamps never decrease in a stream, so the first record
+    at or after ``until_ns`` ends it."""
+    if until_ns is not None:
+        records = itertools.takewhile(lambda r: r.timestamp_ns < until_ns, records)
+    return take_within(records, lambda r: len(r.payload), max_bytes)

@@ -47,6 +47,8 @@ def load_migrations() -> list[tuple[int, str, str]]:
 
 
 SCHEMA_VERSION = len(load_migrations())
+GLOBAL_ORDER_VERSION = 3
+"""The schema version that added global positions (``migrations/0003_global_order.sql``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,19 +297,45 @@ class Catalog:
         rows = self.conn.execute("SELECT offset, global_position FROM records WHERE stream_id = ?", (stream_id,))
         return {Offset(offset): GlobalPosition(position) for offset, position in rows}
 
+    def _require_global_order(self) -> None:
+        """A reader may meet a catalog no writer has upgraded yet: say so, rather than fail on SQL."""
+        found = self.schema_version()
+        if found < GLOBAL_ORDER_VERSION:
+            raise CatalogError(
+                f"catalog {self.path} has schema version {found}, from before global positions",
+                hint=f"upgrade it: run `hybridlog migrate {self.path.parent}` (or open the store for writing)",
+            )
+
     def last_global_position(self) -> GlobalPosition:
         """The high-water mark: the last global position ever given out (0: none yet)."""
+        self._require_global_order()
         return GlobalPosition(self._count("SELECT last_position FROM global_order WHERE singleton = 1", ()))
 
-    def global_rows(self, from_position: int) -> Iterator[GlobalRow]:
-        """Records at ``from_position`` and after, in global order (read lazily: stop when done)."""
-        rows = self.conn.execute(
+    def global_rows(self, from_position: int, max_payload_bytes: int) -> list[GlobalRow]:
+        """Records from ``from_position`` on, in global order: every one whose payload could still
+        fit in ``max_payload_bytes`` after those before it, and at least one.
+
+        A payload is never smaller than its stored part (frame length less ``FRAME_OVERHEAD``;
+        compression is kept only when it makes a payload smaller), so once those parts add up to
+        more than ``max_payload_bytes`` no later record can fit, and the rows stop there.
+        """
+        self._require_global_order()
+        cursor = self.conn.execute(
             "SELECT global_position, stream_id, offset, length FROM records"
             " WHERE global_position >= ? ORDER BY global_position",
             (from_position,),
         )
-        for position, sid, offset, length in rows:
-            yield GlobalRow(GlobalPosition(position), StreamId(sid), Offset(offset), length)
+        rows: list[GlobalRow] = []
+        at_least = 0
+        try:
+            for position, sid, offset, length in cursor:
+                rows.append(GlobalRow(GlobalPosition(position), StreamId(sid), Offset(offset), length))
+                at_least += length - FRAME_OVERHEAD
+                if at_least > max_payload_bytes:
+                    break
+        finally:
+            cursor.close()  # ends the read the unfinished statement would otherwise hold open
+        return rows
 
     def first_offset_at_or_after(self, stream_id: StreamId, timestamp_ns: int) -> Offset:
         """The first offset whose timestamp is ``timestamp_ns`` or later (the stream's next offset if none).

@@ -42,8 +42,11 @@ from hybridlog.batch import (
     check_non_negative,
     check_offset,
     check_prev_hash,
+    check_time_window,
     plan_batch,
     take_payloads,
+    take_records_before,
+    take_within,
 )
 from hybridlog.catalog import (
     CATALOG_FILE,
@@ -92,11 +95,14 @@ from hybridlog.segment import (
     stream_path,
 )
 from hybridlog.types import (
+    DEFAULT_MAX_READ_BYTES,
     DEFAULT_MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
     ChainHash,
     CheckpointPolicy,
     CompressionKind,
+    GlobalPosition,
+    GlobalRecord,
     Offset,
     Record,
     RecordKind,
@@ -793,6 +799,95 @@ class Storage:
     def read_records_verified(self, stream_id: int, from_offset: int = 0) -> list[Record]:
         """Records from ``from_offset``, checkpoints included, verified from the nearest checkpoint."""
         return list(self.iter_records(stream_id, from_offset))
+
+    # --- time and global order ------------------------------------------------------------------
+
+    def offset_at(self, stream_id: int, timestamp_ns: int) -> Offset:
+        """The first offset whose record was appended at or after ``timestamp_ns`` (nanoseconds
+        since the epoch); the stream's next offset if there is none (0 for an unknown stream).
+
+        Timestamps never decrease within a stream, so this is a binary search over its offset index.
+        """
+        sid = check_stream_id(stream_id)
+        ts = check_offset("timestamp_ns", timestamp_ns)
+        with self._lock:
+            catalog = self._readable_catalog()
+            if catalog is None:
+                return Offset(0)
+            try:
+                return catalog.first_offset_at_or_after(sid, ts)
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog: {e}") from e
+
+    def read_between(
+        self,
+        stream_id: int,
+        since_ns: int | None,
+        until_ns: int | None,
+        max_bytes: int = DEFAULT_MAX_READ_BYTES,
+    ) -> list[Record]:
+        """Verified records appended at or after ``since_ns`` and before ``until_ns`` (None: no bound).
+
+        Checkpoint records in the window are included (``kind`` tells them apart). Returns at least
+        one record when there is one, then stops before the payloads would exceed ``max_bytes``;
+        read on from the last one's offset + 1 with ``read_records_verified`` or ``iter_records``.
+        """
+        sid = check_stream_id(stream_id)
+        since, until = check_time_window(since_ns, until_ns)
+        limit = check_non_negative("max_bytes", max_bytes)
+        start = 0 if since is None else self.offset_at(sid, since)
+        return take_records_before(self.iter_records(sid, start), until, limit)
+
+    def last_global_position(self) -> GlobalPosition:
+        """The global position of the last record committed (0: none yet); the next gets one more."""
+        with self._lock:
+            catalog = self._readable_catalog()
+            if catalog is None:
+                return GlobalPosition(0)
+            try:
+                return catalog.last_global_position()
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog: {e}") from e
+
+    def read_global(self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES) -> list[GlobalRecord]:
+        """Records of every stream in global (commit) order, from the first position >= ``from_position``.
+
+        Checkpoint records are included, so a store never repaired shows consecutive positions.
+        Returns at least one record when there is one, then stops before the payloads would exceed
+        ``max_bytes``; continue from the last one's ``global_position + 1``. Every record is verified
+        by its stream's checkpoint-anchored read: a damaged one raises IntegrityError.
+        """
+        start = check_non_negative("from_position", from_position)
+        limit = check_non_negative("max_bytes", max_bytes)
+        with self._lock:
+            catalog = self._readable_catalog()
+            if catalog is None:
+                return []
+            try:
+                rows = catalog.global_rows(start, limit)
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog: {e}") from e
+        # Within a stream, positions increase with offsets: each stream's share of the rows is one
+        # offset range, read with one verified walk.
+        ranges: dict[StreamId, tuple[int, int]] = {}
+        for row in rows:
+            low, _high = ranges.get(row.stream_id, (row.offset, row.offset))
+            ranges[row.stream_id] = (min(low, row.offset), row.offset)
+        found: dict[tuple[StreamId, int], Record] = {}
+        for sid, (low, high) in ranges.items():
+            for record in self.iter_records(sid, low):
+                if record.offset > high:
+                    break
+                found[sid, record.offset] = record
+
+        def in_order() -> Iterator[GlobalRecord]:
+            for row in rows:
+                record = found.get((row.stream_id, row.offset))
+                if record is None:
+                    return  # cut off by a repair after the rows were read: the read ends before it
+                yield GlobalRecord(row.global_position, record)
+
+        return take_within(in_order(), lambda g: len(g.record.payload), limit)
 
     # --- heads, checkpoints, segments ------------------------------------------------------------
 

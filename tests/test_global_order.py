@@ -217,7 +217,8 @@ def test_a_commit_group_numbers_its_batches_in_the_order_it_took_them(
 ) -> None:
     """Batches queued behind a busy leader commit as one group, positioned in queue order (not by stream)."""
     store = Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit())
-    store.append(9, [b"setup"])  # position 1
+    for sid in (9, 1, 2, 3):  # positions 1..4; known heads, so followers frame without the store's lock
+        store.append(sid, [b"setup"])
     gate, leader_syncing = threading.Event(), threading.Event()
     real_sync = SegmentWriter.sync
 
@@ -241,9 +242,9 @@ def test_a_commit_group_numbers_its_batches_in_the_order_it_took_them(
     gate.set()
     for t in appenders:
         t.join()
-    got = [(g.global_position, g.record.payload) for g in store.read_global(2)]
+    got = [(g.global_position, g.record.payload) for g in store.read_global(5)]
     store.close()
-    assert got == [(2, b"leader"), (3, b"a"), (4, b"b"), (5, b"c"), (6, b"d")]
+    assert got == [(5, b"leader"), (6, b"a"), (7, b"b"), (8, b"c"), (9, b"d")]
 
 
 # --- recovery, repair, rebuild -------------------------------------------------------------------

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidArgument, InvalidEvent
@@ -108,10 +107,12 @@ def take_within(items: Iterable[T], size: Callable[[T], int], max_bytes: int) ->
     return out
 
 
-def take_records_before(records: Iterable[Record], until_ns: int | None, max_bytes: int) -> list[Record]:
-    """Records (checkpoints included) timestamped before ``until_ns`` (None: no end), at least one,
-    then up to ``max_bytes`` of payload. Timestamps never decrease in a stream, so the first record
-    at or after ``until_ns`` ends it."""
-    if until_ns is not None:
-        records = itertools.takewhile(lambda r: r.timestamp_ns < until_ns, records)
-    return take_within(records, lambda r: len(r.payload), max_bytes)
+def records_before(records: Iterable[Record], stop_offset: int | None) -> Iterator[Record]:
+    """The records before ``stop_offset`` (None: all), without reading the one at ``stop_offset``:
+    a read that ends before damage never reaches it."""
+    for record in records:
+        if stop_offset is not None and record.offset >= stop_offset:
+            return
+        yield record
+        if stop_offset is not None and record.offset + 1 >= stop_offset:
+            return

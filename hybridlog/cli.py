@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from hybridlog.batch import records_before
 from hybridlog.catalog import SCHEMA_VERSION
 from hybridlog.errors import IntegrityError, StorageError
 from hybridlog.follow import follow
@@ -205,10 +206,11 @@ def read(
     with _open_existing(store, read_only=True) as storage:
         if since_ns is not None:
             from_offset = max(from_offset, storage.offset_at(stream_id, since_ns))
+        stop = None if until_ns is None else storage.offset_at(stream_id, until_ns)
+        if stop is not None and from_offset >= stop:
+            return  # an empty window: read nothing, not even the record after it
         shown = 0
-        for record in storage.iter_records(stream_id, from_offset):
-            if until_ns is not None and record.timestamp_ns >= until_ns:
-                break  # timestamps never decrease within a stream
+        for record in records_before(storage.iter_records(stream_id, from_offset), stop):
             if not records and record.kind is not RecordKind.EVENT:
                 continue
             if records:

@@ -44,8 +44,8 @@ from hybridlog.batch import (
     check_prev_hash,
     check_time_window,
     plan_batch,
+    records_before,
     take_payloads,
-    take_records_before,
     take_within,
 )
 from hybridlog.catalog import (
@@ -836,7 +836,10 @@ class Storage:
         since, until = check_time_window(since_ns, until_ns)
         limit = check_non_negative("max_bytes", max_bytes)
         start = 0 if since is None else self.offset_at(sid, since)
-        return take_records_before(self.iter_records(sid, start), until, limit)
+        stop = None if until is None else self.offset_at(sid, until)
+        if stop is not None and start >= stop:
+            return []
+        return take_within(records_before(self.iter_records(sid, start), stop), lambda r: len(r.payload), limit)
 
     def last_global_position(self) -> GlobalPosition:
         """The global position of the last record committed (0: none yet); the next gets one more."""

@@ -312,12 +312,13 @@ class Catalog:
         return GlobalPosition(self._count("SELECT last_position FROM global_order WHERE singleton = 1", ()))
 
     def global_rows(self, from_position: int, max_payload_bytes: int) -> list[GlobalRow]:
-        """Records from ``from_position`` on, in global order: every one whose payload could still
-        fit in ``max_payload_bytes`` after those before it, and at least one.
+        """Records from ``from_position`` on, in global order: the first, then every one whose
+        payload could still fit in ``max_payload_bytes`` after those before it.
 
         A payload is never smaller than its stored part (frame length less ``FRAME_OVERHEAD``;
         compression is kept only when it makes a payload smaller), so once those parts add up to
-        more than ``max_payload_bytes`` no later record can fit, and the rows stop there.
+        more than ``max_payload_bytes`` that record and every later one cannot fit: the rows stop
+        before it. The caller cuts the rest by the real payload sizes.
         """
         self._require_global_order()
         cursor = self.conn.execute(
@@ -329,10 +330,10 @@ class Catalog:
         at_least = 0
         try:
             for position, sid, offset, length in cursor:
-                rows.append(GlobalRow(GlobalPosition(position), StreamId(sid), Offset(offset), length))
                 at_least += length - FRAME_OVERHEAD
-                if at_least > max_payload_bytes:
-                    break
+                if rows and at_least > max_payload_bytes:
+                    break  # this one cannot fit after those before it
+                rows.append(GlobalRow(GlobalPosition(position), StreamId(sid), Offset(offset), length))
         finally:
             cursor.close()  # ends the read the unfinished statement would otherwise hold open
         return rows

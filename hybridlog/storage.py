@@ -878,9 +878,7 @@ class Storage:
             ranges[row.stream_id] = (min(low, row.offset), row.offset)
         found: dict[tuple[StreamId, int], Record] = {}
         for sid, (low, high) in ranges.items():
-            for record in self.iter_records(sid, low):
-                if record.offset > high:
-                    break
+            for record in records_before(self.iter_records(sid, low), high + 1):
                 found[sid, record.offset] = record
 
         def in_order() -> Iterator[GlobalRecord]:

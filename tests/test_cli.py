@@ -234,3 +234,29 @@ def test_read_with_a_bad_time_is_a_usage_error(timed: Path, args: list[str]) -> 
     assert out == ""
     assert ("--since" in err) or ("--until" in err)
     assert "Traceback" not in err
+
+
+def schema_doc_examples() -> list[str]:
+    """Every statement in the ```sql blocks of docs/schema.md."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "schema.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```sql")[1:]]
+    statements = []
+    for block in blocks:
+        code = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
+        statements += [s.strip() for s in code.split(";") if s.strip()]
+    return statements
+
+
+def test_schema_doc_examples_run(timed: Path) -> None:
+    examples = schema_doc_examples()
+    assert len(examples) >= 7
+    for statement in examples:
+        code, out, err = run("sql", str(timed), statement.replace("stream_id = 7", "stream_id = 3"), "--output", "json")
+        assert code == 0, (statement, err)
+        assert isinstance(json.loads(out), list)
+    code, out, _ = run(
+        "sql",
+        str(timed),
+        "SELECT global_position, stream_id, offset FROM records ORDER BY global_position DESC LIMIT 2",
+    )
+    assert [line.split() for line in out.splitlines()[2:]] == [["5", "3", "4"], ["4", "3", "3"]]

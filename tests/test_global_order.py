@@ -386,6 +386,8 @@ def test_a_tampered_record_makes_read_global_raise(store_dir: Path) -> None:
                 reader.read_global(start)
             assert caught.value.stream_id == 2
         assert [g.record.payload for g in reader.read_global(4)] == [b"good-2"]
+        # a page that ends before the damaged record does not read it
+        assert [g.record.payload for g in reader.read_global(1, max_bytes=6)] == [b"good-1"]
 
 
 def test_read_global_of_a_schema_2_catalog_asks_for_the_upgrade(tmp_path: Path) -> None:

@@ -298,7 +298,12 @@ class Catalog:
         return {Offset(offset): GlobalPosition(position) for offset, position in rows}
 
     def _require_global_order(self) -> None:
-        """A reader may meet a catalog no writer has upgraded yet: say so, rather than fail on SQL."""
+        """A reader may meet a catalog no writer has upgraded yet: say so, rather than fail on SQL.
+
+        (A writer's catalog is always migrated when it opens, so only readers ask.)
+        """
+        if not self.read_only:
+            return
         found = self.schema_version()
         if found < GLOBAL_ORDER_VERSION:
             raise CatalogError(

@@ -830,7 +830,7 @@ class Storage:
 
         Checkpoint records in the window are included (``kind`` tells them apart). Returns at least
         one record when there is one, then stops before the payloads would exceed ``max_bytes``;
-        read on from the last one's offset + 1 with ``read_records_verified`` or ``iter_records``.
+        the rest of the window runs from the last one's offset + 1 to ``offset_at(until_ns)``.
         """
         sid = check_stream_id(stream_id)
         since, until = check_time_window(since_ns, until_ns)

@@ -6,7 +6,17 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from hybridlog.batch import BytesLike
-from hybridlog.types import ChainHash, CheckpointPolicy, CompressionKind, Offset, Record, StreamId
+from hybridlog.types import (
+    DEFAULT_MAX_READ_BYTES,
+    ChainHash,
+    CheckpointPolicy,
+    CompressionKind,
+    GlobalPosition,
+    GlobalRecord,
+    Offset,
+    Record,
+    StreamId,
+)
 
 
 @runtime_checkable
@@ -43,6 +53,20 @@ class StorageBackend(Protocol):
     def read_records_from_genesis(self, stream_id: int) -> list[Record]: ...
 
     def read_records_verified(self, stream_id: int, from_offset: int = 0) -> list[Record]: ...
+
+    def offset_at(self, stream_id: int, timestamp_ns: int) -> Offset: ...
+
+    def read_between(
+        self,
+        stream_id: int,
+        since_ns: int | None,
+        until_ns: int | None,
+        max_bytes: int = DEFAULT_MAX_READ_BYTES,
+    ) -> list[Record]: ...
+
+    def last_global_position(self) -> GlobalPosition: ...
+
+    def read_global(self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES) -> list[GlobalRecord]: ...
 
     def latest_chain_hash(self, stream_id: int) -> ChainHash | None: ...
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import cast
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar, cast
 
 from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidArgument, InvalidEvent
 from hybridlog.record import checkpoint_payload
@@ -11,6 +11,7 @@ from hybridlog.types import HASH_SIZE, MAX_EVENT_SIZE, CheckpointPolicy, Record,
 
 BytesLike = bytes | bytearray | memoryview
 PlannedRecord = tuple[RecordKind, BytesLike]
+T = TypeVar("T")
 
 
 def check_events(events: Iterable[object]) -> list[BytesLike]:
@@ -100,3 +101,38 @@ def take_payloads(records: Iterable[Record], max_bytes: int) -> list[bytes]:
         if total > max_bytes:
             break  # not even an empty event fits any more
     return out
+
+
+def check_time_window(since_ns: object, until_ns: object) -> tuple[int | None, int | None]:
+    """``since_ns`` and ``until_ns`` as ints or None (no bound); ``since_ns`` after ``until_ns`` is refused."""
+    for name, value in (("since_ns", since_ns), ("until_ns", until_ns)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidArgument(f"{name} must be an int (nanoseconds since the epoch) or None, not {value!r}")
+    assert since_ns is None or isinstance(since_ns, int)
+    assert until_ns is None or isinstance(until_ns, int)
+    if since_ns is not None and until_ns is not None and since_ns > until_ns:
+        raise InvalidArgument(f"since_ns ({since_ns}) is after until_ns ({until_ns})")
+    return since_ns, until_ns
+
+
+def take_within(items: Iterable[T], size: Callable[[T], int], max_bytes: int) -> list[T]:
+    """At least one item (when there is one), then more while their sizes add up to ``max_bytes``."""
+    out: list[T] = []
+    total = 0
+    for item in items:
+        if out and total + size(item) > max_bytes:
+            break
+        out.append(item)
+        total += size(item)
+    return out
+
+
+def records_before(records: Iterable[Record], stop_offset: int | None) -> Iterator[Record]:
+    """The records before ``stop_offset`` (None: all), without reading the one at ``stop_offset``:
+    a read that ends before damage never reaches it."""
+    for record in records:
+        if stop_offset is not None and record.offset >= stop_offset:
+            return
+        yield record
+        if stop_offset is not None and record.offset + 1 >= stop_offset:
+            return

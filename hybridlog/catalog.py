@@ -19,7 +19,7 @@ import apsw
 
 from hybridlog.errors import CatalogError, CatalogTooNew, CatalogUnusable
 from hybridlog.record import CHECKPOINT_PAYLOAD, FRAME_OVERHEAD
-from hybridlog.types import ChainHash, Offset, RecordKind, StreamId
+from hybridlog.types import ChainHash, GlobalPosition, Offset, RecordKind, StreamId
 
 CATALOG_FILE = "catalog.db"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -47,6 +47,8 @@ def load_migrations() -> list[tuple[int, str, str]]:
 
 
 SCHEMA_VERSION = len(load_migrations())
+GLOBAL_ORDER_VERSION = 3
+"""The schema version that added global positions (``migrations/0003_global_order.sql``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +71,18 @@ class SegmentRow:
     digest: bytes | None
 
 
-IndexRow = tuple[int, int, int, int, int, int, int]
-"""A ``records`` row: stream_id, offset, segment_no, position, length, kind, timestamp_ns."""
+IndexRow = tuple[int, int, int, int, int, int, int, int]
+"""A ``records`` row: global_position, stream_id, offset, segment_no, position, length, kind, timestamp_ns."""
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalRow:
+    """Where one record is in the store-wide order: its position, stream, offset and frame length."""
+
+    global_position: GlobalPosition
+    stream_id: StreamId
+    offset: Offset
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +298,84 @@ class Catalog:
         )
         return [CheckpointRow(stream_id, Offset(o), ChainHash(h), ts) for o, h, ts in rows]
 
+    def global_positions(self, stream_id: StreamId) -> dict[Offset, GlobalPosition]:
+        """Every record's global position in one stream, by offset."""
+        rows = self.conn.execute("SELECT offset, global_position FROM records WHERE stream_id = ?", (stream_id,))
+        return {Offset(offset): GlobalPosition(position) for offset, position in rows}
+
+    def _require_global_order(self) -> None:
+        """A reader may meet a catalog no writer has upgraded yet: say so, rather than fail on SQL.
+
+        (A writer's catalog is always migrated when it opens, so only readers ask.)
+        """
+        if not self.read_only:
+            return
+        found = self.schema_version()
+        if found < GLOBAL_ORDER_VERSION:
+            raise CatalogError(
+                f"catalog {self.path} has schema version {found}, from before global positions",
+                hint=f"upgrade it: run `hybridlog migrate {self.path.parent}` (or open the store for writing)",
+            )
+
+    def last_global_position(self) -> GlobalPosition:
+        """The high-water mark: the last global position ever given out (0: none yet)."""
+        self._require_global_order()
+        return GlobalPosition(self._count("SELECT last_position FROM global_order WHERE singleton = 1", ()))
+
+    def global_rows(self, from_position: int, max_payload_bytes: int) -> list[GlobalRow]:
+        """Records from ``from_position`` on, in global order: the first, then every one whose
+        payload could still fit in ``max_payload_bytes`` after those before it.
+
+        A payload is never smaller than its stored part (frame length less ``FRAME_OVERHEAD``;
+        compression is kept only when it makes a payload smaller), so once those parts add up to
+        more than ``max_payload_bytes`` that record and every later one cannot fit: the rows stop
+        before it. The caller cuts the rest by the real payload sizes.
+        """
+        self._require_global_order()
+        cursor = self.conn.execute(
+            "SELECT global_position, stream_id, offset, length FROM records"
+            " WHERE global_position >= ? ORDER BY global_position",
+            (from_position,),
+        )
+        rows: list[GlobalRow] = []
+        at_least = 0
+        try:
+            for position, sid, offset, length in cursor:
+                at_least += length - FRAME_OVERHEAD
+                if rows and at_least > max_payload_bytes:
+                    break  # this one cannot fit after those before it
+                rows.append(GlobalRow(GlobalPosition(position), StreamId(sid), Offset(offset), length))
+        finally:
+            cursor.close()  # ends the read the unfinished statement would otherwise hold open
+        return rows
+
+    def first_offset_at_or_after(self, stream_id: StreamId, timestamp_ns: int) -> Offset:
+        """The first offset whose timestamp is ``timestamp_ns`` or later (the stream's next offset if none).
+
+        A binary search over the offset index, in one read transaction: a stream's timestamps
+        never decrease (the writer clamps them), so its offset order is also its time order, and
+        log2(records) point lookups on the (stream_id, offset) index find the boundary without an
+        index on time that every append would have to maintain.
+        """
+        with self.conn:
+            stream = self.stream(stream_id)
+            low, high = 0, stream.next_offset if stream else 0
+            while low < high:
+                middle = (low + high) // 2
+                row = self.conn.execute(
+                    "SELECT timestamp_ns FROM records WHERE stream_id = ? AND offset = ?", (stream_id, middle)
+                ).fetchone()
+                if row is None:
+                    raise CatalogError(
+                        f"stream {stream_id}: the offset index has no row for offset {middle}",
+                        hint="run `hybridlog check` on the store, then `hybridlog repair`",
+                    )
+                if row[0] < timestamp_ns:
+                    low = middle + 1
+                else:
+                    high = middle
+        return Offset(low)
+
     def events_after(self, stream_id: StreamId, offset: int) -> int:
         """How many event records come after ``offset`` (-1: all of them)."""
         return self._count(
@@ -398,18 +488,51 @@ class Catalog:
             (digest, now_ns, stream_id, segment_no),
         )
 
-    def insert_records(self, stream_id: StreamId, entries: Iterable[IndexEntry]) -> None:
+    def insert_records(self, stream_id: StreamId, entries: Iterable[tuple[int, IndexEntry]]) -> None:
+        """Offset-index rows for ``(global_position, entry)`` pairs."""
         self.insert_index_rows(
-            (stream_id, e.offset, e.segment_no, e.position, e.length, int(e.kind), e.timestamp_ns) for e in entries
+            (position, stream_id, e.offset, e.segment_no, e.position, e.length, int(e.kind), e.timestamp_ns)
+            for position, e in entries
         )
 
     def insert_index_rows(self, rows: Iterable[IndexRow]) -> None:
         """Offset-index rows as plain tuples (the append path builds them without objects)."""
         self.conn.executemany(
-            "INSERT INTO records (stream_id, offset, segment_no, position, length, kind, timestamp_ns)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO records (global_position, stream_id, offset, segment_no, position, length, kind,"
+            " timestamp_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
+
+    def advance_global_position(self, last: int, new_last: int) -> None:
+        """Move the high-water mark from ``last`` to ``new_last`` (inside the transaction that used them).
+
+        Raises CatalogError if the mark is not ``last`` any more: the positions were read from a
+        mark something else has moved since, and committing them could give one out twice.
+        """
+        self.conn.execute(
+            "UPDATE global_order SET last_position = ? WHERE singleton = 1 AND last_position = ?", (new_last, last)
+        )
+        if self.conn.changes() != 1:
+            raise CatalogError(f"the global-position mark moved while positions {last + 1}..{new_last} were assigned")
+
+    def renumber_global_positions(self) -> int:
+        """Number every record 1, 2, ... in (timestamp_ns, stream_id, offset) order; returns how many.
+
+        Only a full rebuild does this (positions live in the catalog alone). The first update moves
+        every position above the final range, so the second never meets a position still in use.
+        Records of one stream keep their order: its timestamps never decrease.
+        """
+        count = self._count("SELECT count(*) FROM records", ())
+        highest = self._count("SELECT coalesce(max(global_position), 0) FROM records", ())
+        # Every position p becomes p + highest: above every unmoved one, and above the range 1..count.
+        self.conn.execute("UPDATE records SET global_position = global_position + ?", (highest,))
+        self.conn.execute(
+            "UPDATE records SET global_position = numbered.position"
+            " FROM (SELECT global_position AS old, row_number() OVER (ORDER BY timestamp_ns, stream_id, offset)"
+            " AS position FROM records) AS numbered WHERE records.global_position = numbered.old"
+        )
+        self.conn.execute("UPDATE global_order SET last_position = ? WHERE singleton = 1", (count,))
+        return count
 
     def insert_checkpoints(self, rows: Iterable[CheckpointRow]) -> None:
         self.conn.executemany(

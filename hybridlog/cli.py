@@ -15,14 +15,17 @@ import contextlib
 import csv
 import json
 import logging
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
+from hybridlog.batch import records_before
 from hybridlog.catalog import SCHEMA_VERSION
 from hybridlog.errors import IntegrityError, StorageError
 from hybridlog.follow import follow
@@ -141,17 +144,73 @@ def append(
         click.echo(f"appended {appended} events to stream {stream_id}; next offset {next_offset}")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECONDS_FRACTION = re.compile(r"(\d\d:\d\d:\d\d)[.,](\d+)")
+
+
+def iso_to_ns(text: str) -> int:
+    """An ISO 8601 date or date-time as nanoseconds since the epoch; ValueError if it is not one.
+
+    Without a UTC offset it is taken as UTC. Up to nine fractional digits are kept exactly
+    (``datetime`` alone would drop everything past microseconds).
+    """
+    nanos = 0
+    fraction = _SECONDS_FRACTION.search(text)
+    if fraction is not None:
+        digits = fraction.group(2)
+        if len(digits) > 9:
+            raise ValueError("more than 9 fractional digits (nanoseconds are the finest)")
+        nanos = int(digits.ljust(9, "0"))
+        text = text[: fraction.start()] + fraction.group(1) + text[fraction.end() :]
+    moment = datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(seconds=1) * 1_000_000_000 + nanos
+
+
+def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return iso_to_ns(value)
+    except ValueError as e:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 date or date-time, such as 2024-05-01T12:00:00Z ({e})"
+        ) from e
+
+
 @cli.command()
 @store_argument
 @stream_option
 @click.option("--from", "from_offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--since", "since_ns", callback=_time_option, help="Only records appended at or after this time.")
+@click.option("--until", "until_ns", callback=_time_option, help="Only records appended before this time.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many records.")
 @click.option("--records", is_flag=True, help="Print each record's metadata as JSON Lines.")
-def read(store: Path, stream_id: int, from_offset: int, limit: int | None, records: bool) -> None:
-    """Print events (verified from the nearest checkpoint), one per line."""
+def read(
+    store: Path,
+    stream_id: int,
+    from_offset: int,
+    since_ns: int | None,
+    until_ns: int | None,
+    limit: int | None,
+    records: bool,
+) -> None:
+    """Print events (verified from the nearest checkpoint), one per line.
+
+    --since and --until take ISO 8601 times (2024-05-01, 2024-05-01T12:00:00.5+02:00); a time
+    without a UTC offset is UTC. --since is inclusive, --until exclusive.
+    """
+    if since_ns is not None and until_ns is not None and since_ns > until_ns:
+        raise click.BadParameter("--since is after --until", param_hint="--since")
     with _open_existing(store, read_only=True) as storage:
+        if since_ns is not None:
+            from_offset = max(from_offset, storage.offset_at(stream_id, since_ns))
+        stop = None if until_ns is None else storage.offset_at(stream_id, until_ns)
+        if stop is not None and from_offset >= stop:
+            return  # an empty window: read nothing, not even the record after it
         shown = 0
-        for record in storage.iter_records(stream_id, from_offset):
+        for record in records_before(storage.iter_records(stream_id, from_offset), stop):
             if not records and record.kind is not RecordKind.EVENT:
                 continue
             if records:

@@ -116,12 +116,14 @@ class SegmentWrite:
     checkpoints: list[CheckpointRow] = field(default_factory=list)
     next_offset: int = 0
 
-    def add(self, batch: FramedBatch) -> None:
+    def add(self, batch: FramedBatch, first_global_position: int) -> None:
+        """Lay ``batch`` after what this write holds; its records get consecutive global positions."""
         position = self.base + len(self.data)
         self.data += batch.data
         sid, no, ts = self.stream_id, self.segment_no, batch.timestamp_ns
         self.rows.extend(
-            (sid, offset, no, position + start, length, kind, ts) for offset, start, length, kind, _ in batch.records
+            (first_global_position + i, sid, offset, no, position + start, length, kind, ts)
+            for i, (offset, start, length, kind, _) in enumerate(batch.records)
         )
         for offset, _, _, kind, digest in batch.records:
             if kind == RecordKind.CHECKPOINT:

@@ -7,6 +7,7 @@ same appends with the same clock give the same chain on both.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,8 +20,11 @@ from hybridlog.batch import (
     check_non_negative,
     check_offset,
     check_prev_hash,
+    check_time_window,
     plan_batch,
+    records_before,
     take_payloads,
+    take_within,
 )
 from hybridlog.errors import (
     ChainMismatch,
@@ -30,10 +34,13 @@ from hybridlog.errors import (
 )
 from hybridlog.record import checkpoint_payload, record_hash
 from hybridlog.types import (
+    DEFAULT_MAX_READ_BYTES,
     GENESIS_HASH,
     ChainHash,
     CheckpointPolicy,
     CompressionKind,
+    GlobalPosition,
+    GlobalRecord,
     Offset,
     Record,
     RecordKind,
@@ -57,6 +64,7 @@ class MemoryStorage:
         self._clock = clock or time.time_ns
         self._streams: dict[StreamId, list[Record]] = {}
         self._since_checkpoint: dict[StreamId, int] = {}
+        self._global_order: list[Record] = []  # every record in commit order: position i + 1 is item i
         self._lock = threading.RLock()
         self._closed = False
 
@@ -128,7 +136,9 @@ class MemoryStorage:
             body = checkpoint_payload(offset) if kind is RecordKind.CHECKPOINT else bytes(payload)
             since = 0 if kind is RecordKind.CHECKPOINT else since + 1
             own = record_hash(sid, offset, kind, timestamp, prev, body)
-            records.append(Record(sid, Offset(offset), kind, timestamp, prev, own, body))
+            record = Record(sid, Offset(offset), kind, timestamp, prev, own, body)
+            records.append(record)
+            self._global_order.append(record)
             prev = own
         self._since_checkpoint[sid] = since
         return Offset(len(records)), prev
@@ -154,6 +164,44 @@ class MemoryStorage:
 
     def read_records_verified(self, stream_id: int, from_offset: int = 0) -> list[Record]:
         return list(self.iter_records(stream_id, from_offset))
+
+    def offset_at(self, stream_id: int, timestamp_ns: int) -> Offset:
+        sid = check_stream_id(stream_id)
+        ts = check_offset("timestamp_ns", timestamp_ns)
+        with self._lock:
+            return Offset(bisect.bisect_left(self._records(sid), ts, key=lambda r: r.timestamp_ns))
+
+    def read_between(
+        self,
+        stream_id: int,
+        since_ns: int | None,
+        until_ns: int | None,
+        max_bytes: int = DEFAULT_MAX_READ_BYTES,
+    ) -> list[Record]:
+        sid = check_stream_id(stream_id)
+        since, until = check_time_window(since_ns, until_ns)
+        limit = check_non_negative("max_bytes", max_bytes)
+        start = 0 if since is None else self.offset_at(sid, since)
+        stop = None if until is None else self.offset_at(sid, until)
+        if stop is not None and start >= stop:
+            return []
+        return take_within(records_before(self.iter_records(sid, start), stop), lambda r: len(r.payload), limit)
+
+    def last_global_position(self) -> GlobalPosition:
+        with self._lock:
+            if self._closed:
+                raise StoreClosed("memory store is closed")
+            return GlobalPosition(len(self._global_order))
+
+    def read_global(self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES) -> list[GlobalRecord]:
+        start = max(check_non_negative("from_position", from_position), 1)
+        limit = check_non_negative("max_bytes", max_bytes)
+        with self._lock:
+            if self._closed:
+                raise StoreClosed("memory store is closed")
+            tail = self._global_order[start - 1 :]
+        numbered = (GlobalRecord(GlobalPosition(start + i), r) for i, r in enumerate(tail))
+        return take_within(numbered, lambda g: len(g.record.payload), limit)
 
     def latest_chain_hash(self, stream_id: int) -> ChainHash | None:
         records = self._records(check_stream_id(stream_id))

@@ -14,6 +14,11 @@ agrees with them. Everything here walks segments with ``scan.SegmentScan``.
   finds, up to the first damage; ``rebuild_catalog`` does that for every stream into a fresh
   catalog, keeping the old file aside.
 
+Global positions live only in the catalog. Adopted records get the next positions after the
+high-water mark; a re-indexed stream keeps the positions its records had; only
+``rebuild_catalog``, which has no old catalog to trust, numbers every record afresh, in
+(timestamp_ns, stream_id, offset) order.
+
 Every action is written to the ``recovery_log`` table and to the log; cut bytes are kept in
 ``*.quarantine`` files beside the segment, never thrown away.
 """
@@ -26,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, RecoveryEntry, SegmentRow
+from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, IndexEntry, RecoveryEntry, SegmentRow
 from hybridlog.errors import CatalogMismatch, IntegrityError
 from hybridlog.scan import Adoption, ScannedRecord, SegmentScan, StreamScan, is_torn_tail, walk_stream
 from hybridlog.segment import (
@@ -40,7 +45,7 @@ from hybridlog.segment import (
     stream_path,
     write_file_durably,
 )
-from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
+from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, RecordKind, StreamId
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +159,32 @@ def _seal_all_but_last(catalog: Catalog, data_dir: Path, stream_id: StreamId, no
             catalog.seal_segment(stream_id, seg.segment_no, digest=digest, now_ns=now_ns)
 
 
+def _global_positions(
+    catalog: Catalog, entries: list[IndexEntry], kept: dict[Offset, GlobalPosition]
+) -> list[GlobalPosition]:
+    """Global positions for records being (re-)indexed, in offset order, and the mark moved past them.
+
+    A record the catalog had already numbered keeps its position (``kept``) as long as that keeps
+    the stream's positions increasing; every other record gets the next position after the
+    high-water mark. So recovery never renumbers what readers may have seen, and positions cut
+    away are never given out again.
+    """
+    mark = catalog.last_global_position()
+    new_last: int = mark
+    positions: list[GlobalPosition] = []
+    previous = 0
+    for entry in entries:
+        position = kept.get(entry.offset)
+        if position is None or position <= previous:
+            new_last += 1
+            position = GlobalPosition(new_last)
+        positions.append(position)
+        previous = position
+    if new_last > mark:
+        catalog.advance_global_position(mark, new_last)
+    return positions
+
+
 def _store_adoption(
     catalog: Catalog,
     data_dir: Path,
@@ -162,8 +193,12 @@ def _store_adoption(
     segment_rows: list[tuple[int, int, int, int]],
     head: tuple[int, ChainHash],
     now_ns: int,
+    kept_positions: dict[Offset, GlobalPosition] | None = None,
 ) -> None:
-    """Write scanned records into the catalog (inside the caller's transaction)."""
+    """Write scanned records into the catalog (inside the caller's transaction).
+
+    ``kept_positions``: the global positions the stream's records had before a re-index.
+    """
     known = {s.segment_no: s for s in catalog.segments(stream_id)}
     for segment_no, first, nxt, size in segment_rows:
         existing = known.get(segment_no)
@@ -175,7 +210,8 @@ def _store_adoption(
             size_bytes=size,
             now_ns=now_ns,
         )
-    catalog.insert_records(stream_id, adoption.entries)
+    positions = _global_positions(catalog, adoption.entries, kept_positions or {})
+    catalog.insert_records(stream_id, zip(positions, adoption.entries, strict=True))
     catalog.insert_checkpoints(adoption.checkpoints)
     if head[0] > 0:
         catalog.upsert_stream(
@@ -405,8 +441,9 @@ def index_stream(
     )
     t = now()
     with catalog.transaction():
+        kept = catalog.global_positions(stream_id)
         catalog.forget_stream(stream_id)
-        _store_adoption(catalog, data_dir, stream_id, adoption, segment_rows, (scan.next_offset, scan.head), t)
+        _store_adoption(catalog, data_dir, stream_id, adoption, segment_rows, (scan.next_offset, scan.head), t, kept)
         _commit(catalog, result.entries, t)
     log.info("stream %d: catalog rows rebuilt from segments: %d records", stream_id, scan.next_offset)
     if result.damage is not None:
@@ -483,6 +520,8 @@ def rebuild_catalog(data_dir: Path, now: Clock, *, found: str) -> tuple[Catalog,
             )
         )
     results = [index_stream(catalog, data_dir, sid, now, found=found) for sid in stream_ids_on_disk(data_dir)]
+    with catalog.transaction():
+        catalog.renumber_global_positions()  # deterministic: the same segments give the same positions
     log.info("catalog rebuilt from the segments of %d streams (%s); old file kept as %s", len(results), found, kept)
     return catalog, results
 

@@ -11,7 +11,8 @@ Write path, in this order (``commit.py`` explains how concurrent appends form a 
 3. write each segment's bytes at its committed end (``_write_group``);
 4. fsync the segments when any batch of the group asked (and always the ones being sealed, whose
    digests are then computed): this is the durability point;
-5. commit one catalog transaction: index rows, segment stats and seals, checkpoints, chain heads.
+5. commit one catalog transaction: index rows, segment stats and seals, checkpoints, chain heads,
+   and the global-position mark (each batch's records get the next positions, in group order).
 
 If anything in 3-5 fails, every segment is cut back to where the group began (new segment files
 are removed) and every caller in the group gets the error, so no partial batch stays. A crash
@@ -43,8 +44,11 @@ from hybridlog.batch import (
     check_non_negative,
     check_offset,
     check_prev_hash,
+    check_time_window,
     plan_batch,
+    records_before,
     take_payloads,
+    take_within,
 )
 from hybridlog.catalog import (
     CATALOG_FILE,
@@ -98,11 +102,14 @@ from hybridlog.segment import (
 )
 from hybridlog.training import DictionaryTrainer
 from hybridlog.types import (
+    DEFAULT_MAX_READ_BYTES,
     DEFAULT_MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
     ChainHash,
     CheckpointPolicy,
     CompressionKind,
+    GlobalPosition,
+    GlobalRecord,
     Offset,
     Record,
     RecordKind,
@@ -589,7 +596,9 @@ class Storage:
             if not accepted:
                 return
             try:
-                self._write_group(batches, fsync=any(r.fsync for r in accepted))
+                self._write_group(
+                    batches, [r.framed for r in accepted if r.framed], fsync=any(r.fsync for r in accepted)
+                )
             except StorageError as e:
                 for i, request in enumerate(accepted):
                     request.error, request.done = (e if i == 0 else _copy_error(e)), True
@@ -600,10 +609,25 @@ class Storage:
                 assert after.head is not None
                 request.result, request.done = (Offset(after.next_offset), after.head), True
 
-    def _write_group(self, batches: dict[StreamId, list[FramedBatch]], *, fsync: bool) -> None:
-        """Write, fsync and commit framed batches (see the module docstring for the order)."""
+    def _write_group(
+        self, batches: dict[StreamId, list[FramedBatch]], in_order: list[FramedBatch], *, fsync: bool
+    ) -> None:
+        """Write, fsync and commit framed batches (see the module docstring for the order).
+
+        ``in_order``: the same batches in the order the group accepted them, which is the order
+        of their global positions: each batch gets the next contiguous range after the mark.
+        """
         catalog = self._writable_catalog()
-        writes, seals = self._layout(batches)
+        try:
+            last_position = catalog.last_global_position()
+        except apsw.Error as e:
+            raise CatalogError(f"cannot read the catalog, batch not stored: {e}") from e
+        first_positions: dict[tuple[StreamId, int], int] = {}
+        new_last: int = last_position
+        for batch in in_order:
+            first_positions[batch.stream_id, batch.on.next_offset] = new_last + 1
+            new_last += len(batch.records)
+        writes, seals = self._layout(batches, first_positions)
         now = max(b.timestamp_ns for bs in batches.values() for b in bs)
         try:
             # 2. Rotation: create the new segment files (full ones are sealed in step 5).
@@ -664,6 +688,7 @@ class Storage:
                         last_timestamp_ns=framed[-1].timestamp_ns,
                         now_ns=now,
                     )
+                catalog.advance_global_position(last_position, new_last)
         except BaseException as e:
             self._undo_writes(writes)
             if isinstance(e, OSError):
@@ -688,12 +713,13 @@ class Storage:
             future.result()
 
     def _layout(
-        self, batches: dict[StreamId, list[FramedBatch]]
+        self, batches: dict[StreamId, list[FramedBatch]], first_positions: dict[tuple[StreamId, int], int]
     ) -> tuple[list[SegmentWrite], list[tuple[StreamId, int, SegmentWrite | None]]]:
         """Which segment each batch goes to: a batch never spans two, and a full segment is sealed.
 
         Returns the writes and the seals; a seal's SegmentWrite is the in-group write of a segment
         created and filled in this same group (None: the stream's active segment on disk).
+        ``first_positions``: each batch's first global position, by (stream, first offset).
         """
         writes: list[SegmentWrite] = []
         seals: list[tuple[StreamId, int, SegmentWrite | None]] = []
@@ -711,7 +737,7 @@ class Storage:
                 elif current is None:
                     current = SegmentWrite(sid, segment_no, size, head.segment_first_offset, new_file=False)
                     writes.append(current)
-                current.add(batch)
+                current.add(batch, first_positions[sid, batch.on.next_offset])
                 size += len(batch.data)
         return writes, seals
 
@@ -887,6 +913,96 @@ class Storage:
     def read_records_verified(self, stream_id: int, from_offset: int = 0) -> list[Record]:
         """Records from ``from_offset``, checkpoints included, verified from the nearest checkpoint."""
         return list(self.iter_records(stream_id, from_offset))
+
+    # --- time and global order ------------------------------------------------------------------
+
+    def offset_at(self, stream_id: int, timestamp_ns: int) -> Offset:
+        """The first offset whose record was appended at or after ``timestamp_ns`` (nanoseconds
+        since the epoch); the stream's next offset if there is none (0 for an unknown stream).
+
+        Timestamps never decrease within a stream, so this is a binary search over its offset index.
+        """
+        sid = check_stream_id(stream_id)
+        ts = check_offset("timestamp_ns", timestamp_ns)
+        with self._lock:
+            catalog = self._readable_catalog()
+            if catalog is None:
+                return Offset(0)
+            try:
+                return catalog.first_offset_at_or_after(sid, ts)
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog: {e}") from e
+
+    def read_between(
+        self,
+        stream_id: int,
+        since_ns: int | None,
+        until_ns: int | None,
+        max_bytes: int = DEFAULT_MAX_READ_BYTES,
+    ) -> list[Record]:
+        """Verified records appended at or after ``since_ns`` and before ``until_ns`` (None: no bound).
+
+        Checkpoint records in the window are included (``kind`` tells them apart). Returns at least
+        one record when there is one, then stops before the payloads would exceed ``max_bytes``;
+        the rest of the window runs from the last one's offset + 1 to ``offset_at(until_ns)``.
+        """
+        sid = check_stream_id(stream_id)
+        since, until = check_time_window(since_ns, until_ns)
+        limit = check_non_negative("max_bytes", max_bytes)
+        start = 0 if since is None else self.offset_at(sid, since)
+        stop = None if until is None else self.offset_at(sid, until)
+        if stop is not None and start >= stop:
+            return []
+        return take_within(records_before(self.iter_records(sid, start), stop), lambda r: len(r.payload), limit)
+
+    def last_global_position(self) -> GlobalPosition:
+        """The global position of the last record committed (0: none yet); the next gets one more."""
+        with self._lock:
+            catalog = self._readable_catalog()
+            if catalog is None:
+                return GlobalPosition(0)
+            try:
+                return catalog.last_global_position()
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog: {e}") from e
+
+    def read_global(self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES) -> list[GlobalRecord]:
+        """Records of every stream in global (commit) order, from the first position >= ``from_position``.
+
+        Checkpoint records are included, so a store never repaired shows consecutive positions.
+        Returns at least one record when there is one, then stops before the payloads would exceed
+        ``max_bytes``; continue from the last one's ``global_position + 1``. Every record is verified
+        by its stream's checkpoint-anchored read: a damaged one raises IntegrityError.
+        """
+        start = check_non_negative("from_position", from_position)
+        limit = check_non_negative("max_bytes", max_bytes)
+        with self._lock:
+            catalog = self._readable_catalog()
+            if catalog is None:
+                return []
+            try:
+                rows = catalog.global_rows(start, limit)
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog: {e}") from e
+        # Within a stream, positions increase with offsets: each stream's share of the rows is one
+        # offset range, read with one verified walk.
+        ranges: dict[StreamId, tuple[int, int]] = {}
+        for row in rows:
+            low, _high = ranges.get(row.stream_id, (row.offset, row.offset))
+            ranges[row.stream_id] = (min(low, row.offset), row.offset)
+        found: dict[tuple[StreamId, int], Record] = {}
+        for sid, (low, high) in ranges.items():
+            for record in records_before(self.iter_records(sid, low), high + 1):
+                found[sid, record.offset] = record
+
+        def in_order() -> Iterator[GlobalRecord]:
+            for row in rows:
+                record = found.get((row.stream_id, row.offset))
+                if record is None:
+                    return  # cut off by a repair after the rows were read: the read ends before it
+                yield GlobalRecord(row.global_position, record)
+
+        return take_within(in_order(), lambda g: len(g.record.payload), limit)
 
     # --- heads, checkpoints, segments ------------------------------------------------------------
 

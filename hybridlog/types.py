@@ -14,6 +14,9 @@ StreamId = NewType("StreamId", int)
 Offset = NewType("Offset", int)
 """A record's position within its stream, counted in records from 0 (checkpoints included)."""
 
+GlobalPosition = NewType("GlobalPosition", int)
+"""A record's place in the store-wide order of commits: 1, 2, 3, ... (0: before the first record)."""
+
 ChainHash = NewType("ChainHash", bytes)
 """A 32-byte BLAKE3 record hash; the hash of a stream's last record is its chain head."""
 
@@ -25,6 +28,8 @@ MAX_EVENT_SIZE = 64 * 1024 * 1024
 MIN_SEGMENT_SIZE = 4096
 DEFAULT_MAX_SEGMENT_SIZE = 64 * 1024 * 1024
 DEFAULT_CHECKPOINT_INTERVAL = 1000
+DEFAULT_MAX_READ_BYTES = 1024 * 1024
+"""How many payload bytes ``read_global`` and ``read_between`` return at most, unless told."""
 
 
 class RecordKind(enum.IntEnum):
@@ -91,6 +96,14 @@ class Record:
     def timestamp(self) -> int:
         """The append time in nanoseconds since the epoch (alias of ``timestamp_ns``)."""
         return self.timestamp_ns
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalRecord:
+    """A verified record with its position in the store-wide order (``read_global``)."""
+
+    global_position: GlobalPosition
+    record: Record
 
 
 GENESIS_HASH = ChainHash(bytes(HASH_SIZE))

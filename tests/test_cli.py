@@ -160,3 +160,103 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "stream_id" in out
     with Storage(tmp_path / "demo", read_only=True) as s:
         assert len(s.read_from_genesis(7)) == 40
+
+
+# --- read --since / --until ------------------------------------------------------------------------
+
+T0 = 1_700_000_000 * 1_000_000_000  # 2023-11-14T22:13:20Z
+SECOND = 1_000_000_000
+
+
+@pytest.fixture
+def timed(tmp_path: Path) -> Path:
+    """Stream 3: e0 at T0, e1 at T0+1s, e2 at T0+1s+1ns, e3 (and the on-close checkpoint) at T0+1h."""
+    times = iter([T0, T0 + SECOND, T0 + SECOND + 1, T0 + 3600 * SECOND])
+    now = [T0]
+
+    def clock() -> int:
+        return now[0]
+
+    store = tmp_path / "timed"
+    with Storage(store, clock=clock) as storage:
+        for i in range(4):
+            now[0] = next(times)
+            storage.append(3, [f"e{i}".encode()])
+    return store
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--since", "2023-11-14T22:13:21Z"], ["e1", "e2", "e3"]),
+        (["--since", "2023-11-14T22:13:21"], ["e1", "e2", "e3"]),  # no offset: UTC
+        (["--since", "2023-11-14T23:13:21+01:00"], ["e1", "e2", "e3"]),
+        (["--since", "2023-11-14T22:13:21.000000001Z"], ["e2", "e3"]),  # nanoseconds kept
+        (["--since", "2023-11-14T22:13:21,5Z"], ["e3"]),
+        (["--until", "2023-11-14T22:13:21Z"], ["e0"]),  # until is exclusive
+        (["--since", "2023-11-14T22:13:20Z", "--until", "2023-11-14T22:13:20Z"], []),
+        (["--since", "2023-11-14", "--until", "2023-11-15"], ["e0", "e1", "e2", "e3"]),  # dates: midnight UTC
+        (["--since", "2023-11-14T22:13:21Z", "--until", "2023-11-14T23:00:00Z"], ["e1", "e2"]),
+        (["--since", "2023-11-14T22:13:21Z", "--from", "2"], ["e2", "e3"]),  # the later start wins
+        (["--since", "2023-11-14T22:13:21Z", "--limit", "1"], ["e1"]),
+        (["--since", "2023-11-15"], []),  # after the last
+        (["--until", "2023-11-14"], []),  # before the first
+    ],
+)
+def test_read_since_until(timed: Path, args: list[str], expected: list[str]) -> None:
+    code, out, err = run("read", str(timed), "--stream", "3", *args)
+    assert code == 0, err
+    assert out.splitlines() == expected
+
+
+def test_read_since_until_with_records_shows_checkpoints_in_the_window(timed: Path) -> None:
+    code, out, _ = run("read", str(timed), "--stream", "3", "--records", "--since", "2023-11-14T23:00:00Z")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["offset"], r["kind"], r["timestamp_ns"]) for r in records] == [
+        (3, "event", T0 + 3600 * SECOND),
+        (4, "checkpoint", T0 + 3600 * SECOND),
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--since", "yesterday"],
+        ["--until", "2023-13-01"],
+        ["--since", "2023-11-14T22:13:21.0000000001Z"],  # finer than nanoseconds
+        ["--since", "2023-11-15", "--until", "2023-11-14"],  # since after until
+    ],
+)
+def test_read_with_a_bad_time_is_a_usage_error(timed: Path, args: list[str]) -> None:
+    code, out, err = run("read", str(timed), "--stream", "3", *args)
+    assert code == EXIT_USAGE
+    assert out == ""
+    assert ("--since" in err) or ("--until" in err)
+    assert "Traceback" not in err
+
+
+def schema_doc_examples() -> list[str]:
+    """Every statement in the ```sql blocks of docs/schema.md."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "schema.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```sql")[1:]]
+    statements = []
+    for block in blocks:
+        code = "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
+        statements += [s.strip() for s in code.split(";") if s.strip()]
+    return statements
+
+
+def test_schema_doc_examples_run(timed: Path) -> None:
+    examples = schema_doc_examples()
+    assert len(examples) >= 7
+    for statement in examples:
+        code, out, err = run("sql", str(timed), statement.replace("stream_id = 7", "stream_id = 3"), "--output", "json")
+        assert code == 0, (statement, err)
+        assert isinstance(json.loads(out), list)
+    code, out, _ = run(
+        "sql",
+        str(timed),
+        "SELECT global_position, stream_id, offset FROM records ORDER BY global_position DESC LIMIT 2",
+    )
+    assert [line.split() for line in out.splitlines()[2:]] == [["5", "3", "4"], ["4", "3", "3"]]

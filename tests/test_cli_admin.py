@@ -502,9 +502,25 @@ def test_stats_json_shape_and_compression_ratio(tmp_path: Path) -> None:
 
 
 def downgrade_to_schema_1(store: Path) -> None:
-    """Make the catalog what a hybridlog with only migrations/0001_initial.sql left behind."""
+    """Make the catalog what a hybridlog with only migrations/0001_initial.sql left behind.
+
+    Undoes 0003 (``records`` back to a WITHOUT ROWID table keyed by stream and offset, no
+    ``global_order``) and 0002 (no ``recovery_log``).
+    """
     conn = apsw.Connection(str(store / CATALOG_FILE))
     with conn:
+        conn.execute("DROP TABLE global_order")
+        conn.execute("ALTER TABLE records RENAME TO records_schema3")
+        conn.execute(
+            "CREATE TABLE records (stream_id INTEGER NOT NULL, offset INTEGER NOT NULL, segment_no INTEGER NOT NULL,"
+            " position INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL,"
+            " timestamp_ns INTEGER NOT NULL, PRIMARY KEY (stream_id, offset)) STRICT, WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO records SELECT stream_id, offset, segment_no, position, length, kind, timestamp_ns"
+            " FROM records_schema3"
+        )
+        conn.execute("DROP TABLE records_schema3")
         conn.execute("DROP TABLE recovery_log")
         conn.pragma("user_version", 1)
     conn.close()
@@ -535,7 +551,15 @@ def test_migrate_upgrades_a_version_1_catalog_with_the_data_intact(store: Path) 
     after = catalog_dump(store)
     assert after["user_version"] == [(SCHEMA_VERSION,)]
     assert after["recovery_log"] == []
-    assert {k: v for k, v in after.items() if k not in ("user_version", "recovery_log")} == rows_before
+    # 0003 numbered the records 1..n (tests/test_global_order.py checks the order) and kept every column.
+    records = after["records"]
+    assert sorted(row[0] for row in records) == list(range(1, len(records) + 1))  # type: ignore[type-var]
+    assert sorted(row[1:] for row in records) == sorted(rows_before["records"])
+    assert after["global_order"] == [(1, len(records))]
+    unchanged = ("user_version", "recovery_log", "records", "global_order")
+    assert {k: v for k, v in after.items() if k not in unchanged} == {
+        k: v for k, v in rows_before.items() if k != "records"
+    }
     assert read_events(store, DAMAGED) == [e for b in DAMAGED_BATCHES for e in b]
     assert run("verify", str(store))[0] == 0
 

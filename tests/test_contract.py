@@ -27,6 +27,8 @@ from hybridlog import (
     CompressionKind,
     ConflictError,
     EmptyBatch,
+    GlobalRecord,
+    InvalidArgument,
     InvalidEvent,
     InvalidStreamId,
     MemoryStorage,
@@ -696,6 +698,187 @@ def test_timestamps_come_from_the_clock(harness: Harness) -> None:
     assert [r.timestamp_ns for r in backend.read_records_from_genesis(1)] == [START_NS, START_NS, START_NS + 1_000]
 
 
+# --- time -----------------------------------------------------------------------------------------
+
+
+def timed_stream(harness: Harness, policy: CheckpointPolicy | None = None) -> StorageBackend:
+    """Stream 1 with offsets a0 b1 c2 at +100, d3 e4 at +200 (e's clock stepped back to +150), f5 at +300."""
+    clock = ManualClock(START_NS + 100)
+    backend = harness.make(clock=clock, policy=policy)
+    backend.append(1, [b"a", b"b"])
+    backend.append(1, [b"c"])  # an equal timestamp in the next batch
+    clock.now = START_NS + 200
+    backend.append(1, [b"d"])
+    clock.now = START_NS + 150
+    backend.append(1, [b"e"])  # clamped to +200
+    clock.now = START_NS + 300
+    backend.append(1, [b"f"])
+    return backend
+
+
+def test_offset_at_finds_the_first_record_at_or_after_a_time(harness: Harness) -> None:
+    backend = timed_stream(harness)
+    at = {t: backend.offset_at(1, START_NS + t) for t in (-(10**9), 0, 99, 100, 101, 150, 199, 200, 201, 300, 301)}
+    assert at == {-(10**9): 0, 0: 0, 99: 0, 100: 0, 101: 3, 150: 3, 199: 3, 200: 3, 201: 5, 300: 5, 301: 6}
+    assert backend.offset_at(1, -1) == 0
+    assert backend.offset_at(1, 2**64) == backend.next_offset(1) == 6  # after the last: the next offset
+    assert backend.offset_at(9, START_NS) == 0  # an unknown stream
+
+
+def test_read_between_since_inclusive_until_exclusive(harness: Harness) -> None:
+    backend = timed_stream(harness)
+
+    def payloads(since: int | None, until: int | None, max_bytes: int = 1 << 20) -> list[bytes]:
+        since_ns = None if since is None else START_NS + since
+        until_ns = None if until is None else START_NS + until
+        return [r.payload for r in backend.read_between(1, since_ns, until_ns, max_bytes)]
+
+    assert payloads(None, None) == [b"a", b"b", b"c", b"d", b"e", b"f"]
+    assert payloads(100, 200) == [b"a", b"b", b"c"]
+    assert payloads(100, 201) == [b"a", b"b", b"c", b"d", b"e"]
+    assert payloads(101, 300) == [b"d", b"e"]
+    assert payloads(150, 200) == []  # e was appended at +150 by the clock, but stored at +200
+    assert payloads(200, 200) == []  # an empty window
+    assert payloads(None, 100) == []  # before the first
+    assert payloads(301, None) == []  # after the last
+    assert payloads(300, None) == [b"f"]
+    assert payloads(None, 101) == [b"a", b"b", b"c"]
+    assert payloads(100, None, max_bytes=0) == [b"a"]  # at least one
+    assert payloads(100, None, max_bytes=2) == [b"a", b"b"]
+    assert backend.read_between(9, None, None) == []
+    records = backend.read_between(1, START_NS + 200, None)
+    assert records == backend.read_records_verified(1, 3)  # whole, verified Records
+
+
+def test_read_between_includes_checkpoints_in_the_window(harness: Harness) -> None:
+    backend = timed_stream(harness, policy=CheckpointPolicy.every(2, on_close=False))
+    # a b C c d C e f C: the checkpoints share their batch's timestamp
+    kinds = [(r.kind, r.payload) for r in backend.read_between(1, START_NS + 200, START_NS + 300)]
+    assert [k for k, _ in kinds] == [RecordKind.EVENT, RecordKind.CHECKPOINT, RecordKind.EVENT]
+    assert [p for k, p in kinds if k is RecordKind.EVENT] == [b"d", b"e"]
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "max_bytes"),
+    [(5, 4, 10), (True, None, 10), (None, 1.5, 10), (None, "2024", 10), (None, None, -1), (None, None, 1.0)],
+)
+def test_read_between_refuses_bad_arguments(harness: Harness, since: object, until: object, max_bytes: object) -> None:
+    backend = timed_stream(harness)
+    with pytest.raises(InvalidArgument):
+        backend.read_between(1, since, until, max_bytes)  # type: ignore[arg-type]
+
+
+def test_offset_at_refuses_a_time_that_is_not_an_int(harness: Harness) -> None:
+    backend = timed_stream(harness)
+    for bad in (1.5, "now", None, True):
+        with pytest.raises(InvalidArgument):
+            backend.offset_at(1, bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidStreamId):
+        backend.offset_at(-1, START_NS)
+
+
+@settings(max_examples=25)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(min_value=-3, max_value=3), st.integers(min_value=1, max_value=3)),
+        min_size=1,
+        max_size=12,
+    ),
+    probes=st.lists(st.integers(min_value=-2, max_value=25), min_size=1, max_size=6),
+)
+def test_time_reads_match_a_linear_scan(harness: Harness, steps: list[tuple[int, int]], probes: list[int]) -> None:
+    """offset_at and read_between agree with a scan of the records, whatever the clock did."""
+    clock = ManualClock(START_NS + 10)
+    backend = harness.make(clock=clock, policy=CheckpointPolicy.every(3, on_close=False))
+    for i, (step, size) in enumerate(steps):
+        clock.now += step  # may step back: clamped per stream
+        backend.append(1, [b"%d.%d" % (i, j) for j in range(size)])
+    records = backend.read_records_from_genesis(1)
+    stamps = [r.timestamp_ns for r in records]
+    assert stamps == sorted(stamps)
+    for probe in probes:
+        t = START_NS + probe
+        assert backend.offset_at(1, t) == next((r.offset for r in records if r.timestamp_ns >= t), len(records))
+        for other in probes:
+            u = START_NS + other
+            if t <= u:
+                assert backend.read_between(1, t, u, 1 << 20) == [r for r in records if t <= r.timestamp_ns < u]
+
+
+# --- global order ---------------------------------------------------------------------------------
+
+
+def test_global_positions_follow_append_order_across_streams(harness: Harness) -> None:
+    backend = harness.make(policy=CheckpointPolicy.every(2, on_close=False))
+    assert backend.last_global_position() == 0
+    assert backend.read_global() == []
+    backend.append(3, [b"a"])
+    backend.append(1, [b"b", b"c"])  # b, c, checkpoint
+    backend.append(3, [b"d"])  # d, checkpoint
+    got = [(g.global_position, g.record.stream_id, g.record.offset, g.record.kind) for g in backend.read_global()]
+    e, c = RecordKind.EVENT, RecordKind.CHECKPOINT
+    assert got == [(1, 3, 0, e), (2, 1, 0, e), (3, 1, 1, e), (4, 1, 2, c), (5, 3, 1, e), (6, 3, 2, c)]
+    assert backend.last_global_position() == 6
+    by_stream = {sid: backend.read_records_from_genesis(sid) for sid in (1, 3)}
+    assert all(g.record == by_stream[g.record.stream_id][g.record.offset] for g in backend.read_global())
+    assert [g.global_position for g in backend.read_global(0)] == [1, 2, 3, 4, 5, 6]
+    assert [g.global_position for g in backend.read_global(5)] == [5, 6]
+    assert backend.read_global(7) == []
+
+
+def test_read_global_max_bytes(harness: Harness) -> None:
+    backend = harness.make()
+    backend.append(1, [b"a" * 5])
+    backend.append(2, [b"b" * 5, b"c" * 20])
+    backend.append(1, [b"d" * 5])
+
+    def payloads(start: int, limit: int) -> list[bytes]:
+        return [g.record.payload for g in backend.read_global(start, limit)]
+
+    assert payloads(1, 0) == [b"a" * 5]
+    assert payloads(1, 10) == [b"a" * 5, b"b" * 5]
+    assert payloads(1, 29) == [b"a" * 5, b"b" * 5]
+    assert payloads(1, 30) == [b"a" * 5, b"b" * 5, b"c" * 20]
+    assert payloads(3, 1) == [b"c" * 20]  # one record even when it alone is too big
+    with pytest.raises(InvalidArgument):
+        backend.read_global(-1)
+    with pytest.raises(InvalidArgument):
+        backend.read_global(1, -1)
+
+
+@settings(max_examples=25)
+@given(
+    appends=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=3),
+            st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=4),
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+    max_bytes=st.integers(min_value=0, max_value=80),
+)
+def test_paging_through_read_global_gives_every_record_once_in_order(
+    harness: Harness, appends: list[tuple[int, list[int]]], max_bytes: int
+) -> None:
+    backend = harness.make(policy=CheckpointPolicy.every(3, on_close=False))
+    expected: list[tuple[int, int]] = []  # (stream, offset) in append order
+    for n, (sid, sizes) in enumerate(appends):
+        start = backend.next_offset(sid)
+        end, _ = backend.append(sid, [bytes([n]) * size for size in sizes])
+        expected += [(sid, o) for o in range(start, end)]
+    seen: list[GlobalRecord] = []
+    position = 1
+    while page := backend.read_global(position, max_bytes):
+        total = sum(len(g.record.payload) for g in page)
+        assert len(page) == 1 or total <= max_bytes
+        seen += page
+        position = page[-1].global_position + 1
+    assert [g.global_position for g in seen] == list(range(1, len(expected) + 1))
+    assert [(g.record.stream_id, g.record.offset) for g in seen] == expected
+    assert backend.last_global_position() == len(expected)
+
+
 # --- both backends side by side ------------------------------------------------------------------
 
 
@@ -753,6 +936,10 @@ def assert_same_everywhere(backends: dict[str, StorageBackend], results: dict[st
         assert live[name] == live["memory"], name
     for sid in (1, 2):
         assert_valid_chain(live["memory"][sid], sid)
+    for budget in (0, 300, 1 << 20):  # pages bounded by payload bytes (compressed ones are stored smaller)
+        pages = {name: b.read_global(2, budget) for name, b in backends.items()}
+        for name in backends:
+            assert pages[name] == pages["memory"], (name, budget)
     for backend in backends.values():
         backend.close()
     closed = {name: {sid: closed_records(b, sid) for sid in (1, 2)} for name, b in backends.items()}

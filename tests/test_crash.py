@@ -11,6 +11,8 @@ Contracts tested here:
   with the segments (``check()`` finds nothing); recovery-log entries that describe what recovery
   did (an adoption covers exactly the in-flight batch, a quarantine file holds a torn tail); and a
   chain that appends continue.
+  Every record has a global position, 1..N without a gap, in each stream's offset order, and
+  positions seen after one kill are unchanged after the next.
 * **Power loss before the catalog commit.** The last batch's bytes reached the segment only in part
   (a prefix of every length, cut at every byte boundary), or were followed or replaced by zeros or
   garbage, and the catalog still describes the store before that batch. Reopening recovers to a
@@ -209,6 +211,7 @@ class Model:
     events: dict[int, list[bytes]] = field(default_factory=lambda: {sid: [] for sid in CRASH_STREAMS})
     acks: list[Ack] = field(default_factory=list)
     log_seen: int = 0  # recovery-log entries already accounted for
+    positions: dict[tuple[int, int], int] = field(default_factory=dict)  # global positions seen so far
 
 
 def run_and_kill_writer(store_dir: Path, workdir: Path, seed: int, round_no: int, delay: float) -> KilledRun:
@@ -297,7 +300,22 @@ def check_after_kill(store: Storage, store_dir: Path, model: Model, run: KilledR
         assert_catalog_matches_segments(store, sid, records[sid])
 
     check_recovery_log(store, store_dir, model, run, records, landed_at)
+    check_global_order(store, model, records)
     return records
+
+
+def check_global_order(store: Storage, model: Model, records: dict[int, list[Record]]) -> None:
+    """Positions 1..N with no gap (a kill never consumes one: an uncommitted batch is adopted or cut),
+    each stream's in offset order, and every position seen after an earlier kill unchanged."""
+    everything = store.read_global(1, 1 << 40)
+    total = sum(len(r) for r in records.values())
+    assert [g.global_position for g in everything] == list(range(1, total + 1))
+    assert store.last_global_position() == total
+    for sid in CRASH_STREAMS:
+        assert [g.record for g in everything if g.record.stream_id == sid] == records[sid]
+    placed: dict[tuple[int, int], int] = {(g.record.stream_id, g.record.offset): g.global_position for g in everything}
+    assert {k: placed.get(k) for k in model.positions} == model.positions, "recovery renumbered records"
+    model.positions = placed
 
 
 def check_recovery_log(

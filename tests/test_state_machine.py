@@ -14,7 +14,10 @@ bytes; compression is on or off per run; the policy checkpoints every few events
 
 Invariants after every step: the head and next offset of every stream agree with the model, and
 every stream's segments tile its offsets, hold whole batches, and are sealed (with a digest equal
-to the BLAKE3 of the file) once completed.
+to the BLAKE3 of the file) once completed. The model also keeps the global order (every record's
+(stream, offset) in commit order; the on-close checkpoints of a reopen in whatever order the store
+wrote them, checked to be exactly those): the store's last global position always equals the
+model's record count, and every read also pages ``read_global`` against it.
 """
 
 from __future__ import annotations
@@ -184,6 +187,7 @@ class StorageMachine(RuleBasedStateMachine):
         self.clock = ManualClock()
         self.policy = CheckpointPolicy()
         self.model = {sid: ModelStream(sid) for sid in STREAMS}
+        self.global_order: list[tuple[int, int]] = []  # (stream, offset) of position i + 1
         self.store: Storage | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -219,11 +223,17 @@ class StorageMachine(RuleBasedStateMachine):
     def reopen(self) -> None:
         """Close (writing on-close checkpoints if the policy says so) and open the directory again."""
         self.s.close()
+        closing: list[tuple[int, int]] = []
         if self.policy.on_close:
             for stream in self.model.values():
                 if stream.events_since_checkpoint > 0:
+                    closing.append((stream.stream_id, stream.next_offset))
                     stream.checkpoint(self.clock.now)
         self.store = self.open()
+        written = self.s.read_global(len(self.global_order) + 1, 1 << 30)
+        order = [(g.record.stream_id, g.record.offset) for g in written]
+        assert sorted(order) == sorted(closing)  # exactly the on-close checkpoints, after everything before
+        self.global_order += order
 
     @rule(delta=st.integers(min_value=-3_000_000_000, max_value=3_000_000_000))
     def move_clock(self, delta: int) -> None:
@@ -236,11 +246,13 @@ class StorageMachine(RuleBasedStateMachine):
     def append(self, sid: int, events: list[bytes], at_head: bool, fsync: bool) -> None:
         """append_batch with the model's head, or append() finding the head itself."""
         stream = self.model[sid]
+        start = stream.next_offset
         if at_head:
             result = self.s.append(sid, events, fsync=fsync)
         else:
             result = self.s.append_batch(sid, events, stream.next_offset, stream.head, fsync=fsync)
         assert result == stream.append(events, self.policy.every_records, self.clock.now)
+        self.global_order += [(sid, offset) for offset in range(start, stream.next_offset)]
 
     @rule(sid=streams)
     def checkpoint(self, sid: int) -> None:
@@ -248,6 +260,7 @@ class StorageMachine(RuleBasedStateMachine):
         offset = stream.next_offset
         result = self.s.create_checkpoint(sid, offset, stream.head, offset, fsync=False)
         assert result == stream.checkpoint(self.clock.now)
+        self.global_order.append((sid, offset))
 
     # --- refused writes: a typed error, and nothing changes --------------------------------------
 
@@ -309,6 +322,20 @@ class StorageMachine(RuleBasedStateMachine):
             assert self.s.read_records_from_genesis(sid) == stream.records
             events = [r.payload for r in stream.records if r.kind is RecordKind.EVENT]
             assert self.s.read_from_genesis(sid) == events
+        self.check_read_global(position % (len(self.global_order) + 3), max_bytes)
+
+    def check_read_global(self, from_position: int, max_bytes: int) -> None:
+        """A page of ``read_global`` is the model's records in commit order: at least one, then within max_bytes."""
+        expected: list[tuple[int, Record]] = []
+        total = 0
+        for position in range(max(from_position, 1), len(self.global_order) + 1):
+            sid, offset = self.global_order[position - 1]
+            record = self.model[sid].records[offset]
+            if expected and total + len(record.payload) > max_bytes:
+                break
+            expected.append((position, record))
+            total += len(record.payload)
+        assert [(g.global_position, g.record) for g in self.s.read_global(from_position, max_bytes)] == expected
 
     # --- invariants ------------------------------------------------------------------------------
 
@@ -321,6 +348,7 @@ class StorageMachine(RuleBasedStateMachine):
             assert self.store.latest_chain_hash(sid) == stream.head
             assert self.store.last_checkpoint(sid) == stream.last_checkpoint()
         assert self.store.stream_ids() == [sid for sid, s in self.model.items() if s.records]
+        assert self.store.last_global_position() == len(self.global_order)
 
     @invariant()
     def segments_are_well_formed(self) -> None:

@@ -298,10 +298,25 @@ class Catalog:
         )
         return [CheckpointRow(stream_id, Offset(o), ChainHash(h), ts) for o, h, ts in rows]
 
-    def global_positions(self, stream_id: StreamId) -> dict[Offset, GlobalPosition]:
-        """Every record's global position in one stream, by offset."""
-        rows = self.conn.execute("SELECT offset, global_position FROM records WHERE stream_id = ?", (stream_id,))
+    def global_positions(
+        self, stream_id: StreamId, first: int = 0, last: int = 2**63 - 1
+    ) -> dict[Offset, GlobalPosition]:
+        """The global positions of one stream's records from offset ``first`` to ``last``, by offset."""
+        rows = self.conn.execute(
+            "SELECT offset, global_position FROM records WHERE stream_id = ? AND offset BETWEEN ? AND ?",
+            (stream_id, first, last),
+        )
         return {Offset(offset): GlobalPosition(position) for offset, position in rows}
+
+    def global_ranges(self, low: int, high: int, stream_id: StreamId | None) -> list[tuple[StreamId, int, int]]:
+        """(stream, first offset, last offset) of the records with global positions ``low`` to
+        ``high``, by stream (within a stream, positions grow with offsets: one range each)."""
+        rows = self.conn.execute(
+            "SELECT stream_id, min(offset), max(offset) FROM records WHERE global_position BETWEEN ?1 AND ?2"
+            " AND (?3 IS NULL OR stream_id = ?3) GROUP BY stream_id ORDER BY stream_id",
+            (low, high, stream_id),
+        )
+        return [(StreamId(sid), first, last) for sid, first, last in rows]
 
     def _require_global_order(self) -> None:
         """A reader may meet a catalog no writer has upgraded yet: say so, rather than fail on SQL.

@@ -514,8 +514,12 @@ def _render_rows(result: QueryResult, output: str) -> None:
 @click.argument("query")
 @click.option("--output", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 def sql(store: Path, query: str, output: str) -> None:
-    """Run a read-only SQL QUERY over the catalog (tables: streams, segments, records, checkpoints)."""
-    _render_rows(query_catalog(store, query), output)
+    """Run a read-only SQL QUERY over the catalog and the store's events (docs/sql.md).
+
+    Tables: events (verified records), streams, segments, records, checkpoints.
+    """
+    with _open_existing(store, read_only=True) as storage:
+        _render_rows(storage.sql(query), output)
 
 
 @cli.command()

@@ -5,8 +5,9 @@ An eponymous, read-only apsw virtual table (no ``CREATE VIRTUAL TABLE`` needed):
     events(stream_id, offset, global_position, kind, timestamp, payload, hash, prev_hash)
 
 ``kind`` is ``'event'`` or ``'checkpoint'``; ``timestamp`` is the append time in nanoseconds since
-the epoch; ``payload`` is the record's bytes (SQLite's JSON functions read JSON text held in a
-blob, so ``payload ->> '$.type'`` works).
+the epoch; ``payload`` is an event's bytes (SQLite's JSON functions read JSON text held in a
+blob, so ``payload ->> '$.type'`` works) and NULL for a checkpoint record, whose content is
+internal (a tag and its own offset) and would only break JSON functions over a whole stream.
 
 Constraints on ``stream_id`` (=), ``offset``, ``timestamp`` and ``global_position`` (=, <, <=, >,
 >=) are pushed down: they are turned into one offset range per stream, using the catalog (the
@@ -28,6 +29,7 @@ from typing import Any, Protocol, cast
 
 import apsw
 
+from hybridlog.batch import records_before
 from hybridlog.types import Record, RecordKind, StreamId
 
 COLUMNS = ("stream_id", "offset", "global_position", "kind", "timestamp", "payload", "hash", "prev_hash")
@@ -175,7 +177,7 @@ class EventsModule:
         tablename: str,
         *args: tuple[apsw.SQLiteValue, ...],
     ) -> tuple[str, apsw.VTTable]:
-        return SCHEMA, cast(apsw.VTTable, EventsTable(self))  # apsw's stub protocol lists optional methods too
+        return SCHEMA, cast("apsw.VTTable", EventsTable(self))  # apsw's stub protocol lists optional methods too
 
     Create = Connect
 
@@ -229,10 +231,9 @@ class EventsCursor:
         source = self.module.source
         for sid, first, last in plan.ranges(source):
             positions: dict[int, int] = {}
-            for record in source.iter_records(sid, first):
+            # records_before never asks for the record after the range (which may be damaged)
+            for record in records_before(source.iter_records(sid, first), last + 1):
                 offset = record.offset
-                if offset > last:
-                    break
                 if offset not in positions:  # the next chunk of the range's global positions
                     positions = source.global_positions(sid, offset, min(last, offset + _POSITION_CHUNK - 1))
                 self.module.records_read += 1
@@ -242,7 +243,7 @@ class EventsCursor:
                     positions.get(offset),
                     _KIND_NAMES[record.kind],
                     record.timestamp_ns,
-                    record.payload,
+                    record.payload if record.kind is RecordKind.EVENT else None,
                     record.hash,
                     record.prev_hash,
                 )
@@ -271,6 +272,6 @@ def register(connection: apsw.Connection, source: EventSource) -> EventsModule:
     """Make ``events`` available on ``connection`` (read-only, no CREATE needed)."""
     module = EventsModule(source)
     connection.create_module(
-        "events", cast(apsw.VTModule, module), use_bestindex_object=True, eponymous_only=True, read_only=True
+        "events", cast("apsw.VTModule", module), use_bestindex_object=True, eponymous_only=True, read_only=True
     )
     return module

@@ -100,6 +100,7 @@ from hybridlog.segment import (
     segment_path,
     stream_path,
 )
+from hybridlog.sql import QueryResult, SqlValue, query_catalog
 from hybridlog.training import DictionaryTrainer
 from hybridlog.types import (
     DEFAULT_MAX_READ_BYTES,
@@ -1021,6 +1022,34 @@ class Storage:
             catalog = self._readable_catalog()
             row = catalog.stream(sid) if catalog else None
             return row.next_offset if row else Offset(0)
+
+    # --- SQL ------------------------------------------------------------------------------------
+
+    def sql(self, query: str, params: Sequence[SqlValue] = ()) -> QueryResult:
+        """Run one read-only SQL statement over the catalog and the ``events`` table (docs/sql.md).
+
+        Rows of ``events`` are verified records: a damaged one raises its IntegrityError.
+        """
+        if not isinstance(query, str):
+            raise InvalidArgument(f"query must be a str, not {type(query).__name__}")
+        with self._lock:
+            self._readable_catalog()  # StoreClosed, or a reader's late open
+        return query_catalog(self._data_dir, query, params, events=self)
+
+    def global_ranges(self, low: int, high: int, stream_id: int | None) -> list[tuple[StreamId, int, int]]:
+        """(stream, first offset, last offset) holding the records with global positions ``low`` to ``high``."""
+        with self._lock:
+            catalog = self._readable_catalog()
+            return (
+                catalog.global_ranges(low, high, None if stream_id is None else StreamId(stream_id)) if catalog else []
+            )
+
+    def global_positions(self, stream_id: int, first: int, last: int) -> dict[int, int]:
+        """The global positions of a stream's records from offset ``first`` to ``last``."""
+        sid = check_stream_id(stream_id)
+        with self._lock:
+            catalog = self._readable_catalog()
+            return {int(o): int(p) for o, p in catalog.global_positions(sid, first, last).items()} if catalog else {}
 
     def stream_ids(self) -> list[StreamId]:
         with self._lock:

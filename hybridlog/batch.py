@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidArgument, InvalidEvent
 from hybridlog.record import checkpoint_payload
@@ -136,3 +136,24 @@ def records_before(records: Iterable[Record], stop_offset: int | None) -> Iterat
         yield record
         if stop_offset is not None and record.offset + 1 >= stop_offset:
             return
+
+
+class TimeIndexed(Protocol):
+    """A backend's part that ``read_window`` needs."""
+
+    def offset_at(self, stream_id: int, timestamp_ns: int) -> int: ...
+    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]: ...
+
+
+def read_window(
+    backend: TimeIndexed, stream_id: int, since_ns: object, until_ns: object, max_bytes: object
+) -> list[Record]:
+    """``read_between`` for every backend: the records from ``offset_at(since)`` up to (not
+    including, and never reading) ``offset_at(until)``, at least one, then up to ``max_bytes``."""
+    since, until = check_time_window(since_ns, until_ns)
+    limit = check_non_negative("max_bytes", max_bytes)
+    start = 0 if since is None else backend.offset_at(stream_id, since)
+    stop = None if until is None else backend.offset_at(stream_id, until)
+    if stop is not None and start >= stop:
+        return []
+    return take_within(records_before(backend.iter_records(stream_id, start), stop), lambda r: len(r.payload), limit)

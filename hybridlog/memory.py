@@ -20,9 +20,8 @@ from hybridlog.batch import (
     check_non_negative,
     check_offset,
     check_prev_hash,
-    check_time_window,
     plan_batch,
-    records_before,
+    read_window,
     take_payloads,
     take_within,
 )
@@ -178,14 +177,7 @@ class MemoryStorage:
         until_ns: int | None,
         max_bytes: int = DEFAULT_MAX_READ_BYTES,
     ) -> list[Record]:
-        sid = check_stream_id(stream_id)
-        since, until = check_time_window(since_ns, until_ns)
-        limit = check_non_negative("max_bytes", max_bytes)
-        start = 0 if since is None else self.offset_at(sid, since)
-        stop = None if until is None else self.offset_at(sid, until)
-        if stop is not None and start >= stop:
-            return []
-        return take_within(records_before(self.iter_records(sid, start), stop), lambda r: len(r.payload), limit)
+        return read_window(self, check_stream_id(stream_id), since_ns, until_ns, max_bytes)
 
     def last_global_position(self) -> GlobalPosition:
         with self._lock:

@@ -44,8 +44,8 @@ from hybridlog.batch import (
     check_non_negative,
     check_offset,
     check_prev_hash,
-    check_time_window,
     plan_batch,
+    read_window,
     records_before,
     take_payloads,
     take_within,
@@ -947,14 +947,7 @@ class Storage:
         one record when there is one, then stops before the payloads would exceed ``max_bytes``;
         the rest of the window runs from the last one's offset + 1 to ``offset_at(until_ns)``.
         """
-        sid = check_stream_id(stream_id)
-        since, until = check_time_window(since_ns, until_ns)
-        limit = check_non_negative("max_bytes", max_bytes)
-        start = 0 if since is None else self.offset_at(sid, since)
-        stop = None if until is None else self.offset_at(sid, until)
-        if stop is not None and start >= stop:
-            return []
-        return take_within(records_before(self.iter_records(sid, start), stop), lambda r: len(r.payload), limit)
+        return read_window(self, check_stream_id(stream_id), since_ns, until_ns, max_bytes)
 
     def last_global_position(self) -> GlobalPosition:
         """The global position of the last record committed (0: none yet); the next gets one more."""

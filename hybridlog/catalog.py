@@ -193,6 +193,20 @@ class Catalog:
                 hint=f"a writer rebuilds it from the segments: run `hybridlog repair {path.parent}`",
             ) from e
 
+    @classmethod
+    def create(cls, path: Path) -> Catalog:
+        """A new catalog at ``path``, which appears there with its whole schema at once.
+
+        It is built as ``<path>.new`` and renamed into place, so a reader that opens ``path``
+        never meets a catalog half-way up the migration ladder. The caller fsyncs the directory.
+        """
+        building = path.with_name(path.name + ".new")
+        for suffix in ("", "-wal", "-shm"):  # remains of a creation a crash interrupted
+            building.with_name(building.name + suffix).unlink(missing_ok=True)
+        cls(building, read_only=False).close()  # the last connection's close folds the WAL into the file
+        building.replace(path)
+        return cls(path, read_only=False)
+
     def health_problem(self) -> str | None:
         """None if SQLite's ``quick_check`` passes, else what it reports (the first few lines)."""
         try:

@@ -274,7 +274,11 @@ class Storage:
         catalog_path = self._data_dir / CATALOG_FILE
         if self._read_only:
             if catalog_path.exists():
-                self._catalog = Catalog(catalog_path, read_only=True)
+                catalog = Catalog(catalog_path, read_only=True)
+                if catalog.schema_version() == 0:
+                    catalog.close()  # a writer is creating it right now: not a catalog yet, look again later
+                else:
+                    self._catalog = catalog
             return
         try:
             make_dirs_durably(self._data_dir)
@@ -314,7 +318,7 @@ class Storage:
         problem: str | None = None
         if not path.exists():
             if not stream_ids_on_disk(self._data_dir):
-                catalog = Catalog(path, read_only=False)  # a new store
+                catalog = Catalog.create(path)  # a new store
                 fsync_dir(self._data_dir)
                 return catalog
             problem = "catalog file missing"
@@ -363,7 +367,7 @@ class Storage:
         if self._catalog is None and self._read_only:
             if (self._data_dir / CATALOG_FILE).exists():
                 self._open()
-            elif stream_ids_on_disk(self._data_dir):
+            if self._catalog is None and stream_ids_on_disk(self._data_dir):
                 raise CatalogUnusable(
                     f"store {self._data_dir} has segments but no catalog",
                     hint=f"open it for writing, or run `hybridlog repair {self._data_dir}`, to rebuild the catalog",
@@ -1095,12 +1099,17 @@ class Storage:
 
     def _consumer_store(self, *, create: bool) -> ConsumerStore | None:
         """``consumers.db``, opened on first use (created only when ``create``; None if it does not exist)."""
+        if create and not self._read_only:
+            with self._lock:
+                self._writable_catalog()  # a writer creates its store on first use
         with self._consumers_lock:
             if self._closed:
                 raise StoreClosed(f"store {self._data_dir} is closed")
             if self._consumers is None and (create or (self._data_dir / CONSUMERS_FILE).exists()):
                 if not self._data_dir.is_dir():
-                    raise InvalidArgument(f"no store at {self._data_dir}")
+                    raise InvalidArgument(
+                        f"no store at {self._data_dir}", hint="a writer creates it: open it without read_only"
+                    )
                 self._consumers = ConsumerStore(self._data_dir)
             return self._consumers
 

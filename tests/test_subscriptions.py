@@ -381,6 +381,22 @@ def test_a_process_killed_while_acknowledging_leaves_one_whole_ack(store_dir: Pa
     conn.close()
 
 
+def test_the_consumers_query_in_docs_schema_runs(store_dir: Path) -> None:
+    """The read-only query docs/schema.md shows for consumers.db, run on a real one."""
+    text = (THIS_FILE.parent.parent / "docs" / "schema.md").read_text(encoding="utf-8")
+    (command,) = [b.split("```", 1)[0].strip() for b in text.split("```sh")[1:] if "consumers.db" in b]
+    query = command.split('"')[1]
+    with open_writer(store_dir) as store:
+        store.append(4, [b"x", b"y"])
+        store.register_consumer("audit", 4)
+        store.ack("audit", 2)
+        store.register_consumer("all")
+    conn = apsw.Connection(str(store_dir / CONSUMERS_FILE), flags=apsw.SQLITE_OPEN_READONLY)
+    rows = [row[:3] for row in conn.execute(query)]
+    conn.close()
+    assert rows == [("all", "all", 0), ("audit", 4, 2)]
+
+
 # --- gaps, renumbering, damage ---------------------------------------------------------------------------
 
 

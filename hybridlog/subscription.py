@@ -144,7 +144,7 @@ class Subscription(Iterator[GlobalRecord]):
 
     @property
     def position(self) -> GlobalPosition:
-        """The last global position delivered or passed over (0: nothing yet)."""
+        """The last global position delivered or passed over (before the first: the start less one)."""
         return GlobalPosition(self._next - 1)
 
     def __next__(self) -> GlobalRecord:
@@ -209,6 +209,8 @@ class Subscription(Iterator[GlobalRecord]):
             page = self._read_page()
             if page:
                 for item in page:
+                    if self._stop_requested():
+                        return
                     self._next = item.global_position + 1
                     if item.record.offset >= self._min_offset:
                         yield item

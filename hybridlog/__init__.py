@@ -2,6 +2,7 @@
 
 from hybridlog.backend import StorageBackend
 from hybridlog.catalog import CheckpointRow, IndexEntry
+from hybridlog.consumers import ConsumerState
 from hybridlog.errors import (
     CatalogError,
     CatalogMismatch,
@@ -10,6 +11,9 @@ from hybridlog.errors import (
     ChainMismatch,
     ChecksumMismatch,
     ConflictError,
+    ConsumerError,
+    ConsumerMismatch,
+    ConsumerPositionLost,
     DamagedDictionary,
     DictionaryUnusable,
     EmptyBatch,
@@ -29,11 +33,13 @@ from hybridlog.errors import (
     StorageLocked,
     StoreClosed,
     TruncatedRecord,
+    UnknownConsumer,
 )
 from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.memory import MemoryStorage
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.storage import SegmentInfo, Storage
+from hybridlog.subscription import Subscription
 from hybridlog.types import (
     GENESIS_HASH,
     MAX_EVENT_SIZE,
@@ -64,6 +70,10 @@ __all__ = [
     "ChecksumMismatch",
     "CompressionKind",
     "ConflictError",
+    "ConsumerError",
+    "ConsumerMismatch",
+    "ConsumerPositionLost",
+    "ConsumerState",
     "DamagedDictionary",
     "DictionaryUnusable",
     "EmptyBatch",
@@ -94,5 +104,7 @@ __all__ = [
     "StorageLocked",
     "StoreClosed",
     "StreamId",
+    "Subscription",
     "TruncatedRecord",
+    "UnknownConsumer",
 ]

@@ -1,4 +1,4 @@
-"""The SQLite catalog: every SQL statement hybridlog runs lives in this module.
+"""The SQLite catalog: every SQL statement hybridlog runs on it lives in this module.
 
 The catalog indexes the segment files (streams, segments, the offset index, checkpoints). It is
 updated in the same write path as the segments, one transaction per batch, and can always be
@@ -33,16 +33,21 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "migrations"
 
 
-def load_migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) for every migration, in order; versions must be 1, 2, 3, ..."""
+def load_migrations(directory: Path | None = None) -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) for every migration, in order; versions must be 1, 2, 3, ...
+
+    ``directory``: the catalog's migrations by default; ``consumers.py`` keeps the schema of
+    ``consumers.db`` in the ``consumers`` directory below them.
+    """
+    where = migrations_dir() if directory is None else directory
     found = []
-    for path in sorted(migrations_dir().glob("*.sql")):
+    for path in sorted(where.glob("*.sql")):
         match = _MIGRATION_NAME.match(path.name)
         if match is None:
             raise CatalogError(f"migration file {path} is not named NNNN_name.sql")
         found.append((int(match.group(1)), path.name, path.read_text(encoding="utf-8")))
     if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
-        raise CatalogError(f"migrations in {migrations_dir()} are not numbered 0001, 0002, ...")
+        raise CatalogError(f"migrations in {where} are not numbered 0001, 0002, ...")
     return found
 
 
@@ -187,6 +192,20 @@ class Catalog:
                 f"cannot open catalog {path}: {e}",
                 hint=f"a writer rebuilds it from the segments: run `hybridlog repair {path.parent}`",
             ) from e
+
+    @classmethod
+    def create(cls, path: Path) -> Catalog:
+        """A new catalog at ``path``, which appears there with its whole schema at once.
+
+        It is built as ``<path>.new`` and renamed into place, so a reader that opens ``path``
+        never meets a catalog half-way up the migration ladder. The caller fsyncs the directory.
+        """
+        building = path.with_name(path.name + ".new")
+        for suffix in ("", "-wal", "-shm"):  # remains of a creation a crash interrupted
+            building.with_name(building.name + suffix).unlink(missing_ok=True)
+        cls(building, read_only=False).close()  # the last connection's close folds the WAL into the file
+        building.replace(path)
+        return cls(path, read_only=False)
 
     def health_problem(self) -> str | None:
         """None if SQLite's ``quick_check`` passes, else what it reports (the first few lines)."""
@@ -337,7 +356,25 @@ class Catalog:
         self._require_global_order()
         return GlobalPosition(self._count("SELECT last_position FROM global_order WHERE singleton = 1", ()))
 
-    def global_rows(self, from_position: int, max_payload_bytes: int) -> list[GlobalRow]:
+    def global_position_of(self, stream_id: StreamId, offset: int) -> GlobalPosition | None:
+        """The global position of one record (None: the stream has no record at that offset)."""
+        self._require_global_order()
+        row = self.conn.execute(
+            "SELECT global_position FROM records WHERE stream_id = ? AND offset = ?", (stream_id, offset)
+        ).fetchone()
+        return None if row is None else GlobalPosition(row[0])
+
+    def record_at_position(self, position: int) -> tuple[StreamId, Offset] | None:
+        """(stream, offset) of the record at a global position (None: no record has it)."""
+        self._require_global_order()
+        row = self.conn.execute(
+            "SELECT stream_id, offset FROM records WHERE global_position = ?", (position,)
+        ).fetchone()
+        return None if row is None else (StreamId(row[0]), Offset(row[1]))
+
+    def global_rows(
+        self, from_position: int, max_payload_bytes: int, stream_id: StreamId | None = None
+    ) -> list[GlobalRow]:
         """Records from ``from_position`` on, in global order: the first, then every one whose
         payload could still fit in ``max_payload_bytes`` after those before it.
 
@@ -345,13 +382,47 @@ class Catalog:
         compression is kept only when it makes a payload smaller), so once those parts add up to
         more than ``max_payload_bytes`` that record and every later one cannot fit: the rows stop
         before it. The caller cuts the rest by the real payload sizes.
+
+        ``stream_id``: that stream's records only. Its positions increase with its offsets, so they
+        are read by offset, from the first offset whose position is ``from_position`` or more.
         """
         self._require_global_order()
+        if stream_id is not None:
+            return self._stream_global_rows(stream_id, from_position, max_payload_bytes)
         cursor = self.conn.execute(
             "SELECT global_position, stream_id, offset, length FROM records"
             " WHERE global_position >= ? ORDER BY global_position",
             (from_position,),
         )
+        return self._rows_within(cursor, max_payload_bytes)
+
+    def _stream_global_rows(self, stream_id: StreamId, from_position: int, max_payload_bytes: int) -> list[GlobalRow]:
+        """``global_rows`` of one stream: a binary search for the first offset, then an index range."""
+        with self.conn:
+            stream = self.stream(stream_id)
+            low, high = 0, stream.next_offset if stream else 0
+            while low < high:
+                middle = (low + high) // 2
+                position = self.global_position_of(stream_id, middle)
+                if position is None:
+                    raise CatalogError(
+                        f"stream {stream_id}: the offset index has no row for offset {middle}",
+                        hint="run `hybridlog check` on the store, then `hybridlog repair`",
+                    )
+                if position < from_position:
+                    low = middle + 1
+                else:
+                    high = middle
+            cursor = self.conn.execute(
+                "SELECT global_position, stream_id, offset, length FROM records"
+                " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+                (stream_id, low),
+            )
+            rows = self._rows_within(cursor, max_payload_bytes)
+        return rows
+
+    @staticmethod
+    def _rows_within(cursor: apsw.Cursor, max_payload_bytes: int) -> list[GlobalRow]:
         rows: list[GlobalRow] = []
         at_least = 0
         try:

@@ -28,11 +28,10 @@ import click
 from hybridlog.batch import records_before
 from hybridlog.catalog import SCHEMA_VERSION
 from hybridlog.errors import IntegrityError, StorageError
-from hybridlog.follow import follow
 from hybridlog.repair import CheckReport, RepairStep
 from hybridlog.sql import QueryResult, SqlValue, query_catalog
 from hybridlog.storage import Storage
-from hybridlog.types import CheckpointPolicy, CompressionKind, RecordKind
+from hybridlog.types import CheckpointPolicy, CompressionKind, Record, RecordKind
 from hybridlog.verify import VerifyReport, verify_store
 
 EXIT_OK = 0
@@ -466,26 +465,92 @@ def migrate(store: Path, check_only: bool, as_json: bool) -> None:
         click.echo(f"schema version {before} -> {after}")
 
 
+def _record_json(record: Record, global_position: int) -> str:
+    """One record as a line of JSON Lines, with its global position (``tail --records``)."""
+    return json.dumps(
+        {
+            "global_position": global_position,
+            "stream_id": record.stream_id,
+            "offset": record.offset,
+            "kind": record.kind.name.lower(),
+            "timestamp_ns": record.timestamp_ns,
+            "prev_hash": record.prev_hash.hex(),
+            "hash": record.hash.hex(),
+            "payload": record.payload.decode("utf-8", errors="backslashreplace"),
+        }
+    )
+
+
 @cli.command()
 @store_argument
-@stream_option
-@click.option("--from", "from_offset", type=click.IntRange(0), default=None, help="Default: the current end.")
-@click.option("--count", type=click.IntRange(1), default=None, help="Stop after this many events.")
+@click.option(
+    "--stream", "stream_id", type=click.IntRange(0, 2**63 - 1), default=None, help="Only this stream (default: all)."
+)
+@click.option(
+    "--from-offset",
+    "--from",
+    "from_offset",
+    type=click.IntRange(0),
+    default=None,
+    help="Start at this offset of --stream.",
+)
+@click.option("--from-position", type=click.IntRange(0), default=None, help="Start at this global position.")
+@click.option(
+    "--consumer",
+    default=None,
+    help="Resume after this consumer's acknowledged position, and acknowledge each record once printed.",
+)
+@click.option("--count", type=click.IntRange(1), default=None, help="Stop after printing this many lines.")
+@click.option("--records", is_flag=True, help="Print every record (checkpoints too) as JSON Lines with its position.")
 @click.option("--poll", type=click.FloatRange(0.001), default=0.05, show_default=True, help="Seconds between polls.")
-def tail(store: Path, stream_id: int, from_offset: int | None, count: int | None, poll: float) -> None:
-    """Print events as they are committed (Ctrl-C to stop)."""
+def tail(
+    store: Path,
+    stream_id: int | None,
+    from_offset: int | None,
+    from_position: int | None,
+    consumer: str | None,
+    count: int | None,
+    records: bool,
+    poll: float,
+) -> None:
+    """Print events as they are committed, in global order (Ctrl-C to stop).
+
+    Starts at --from-offset / --from-position; else after --consumer's acknowledged position (a
+    new consumer starts at the beginning); else at the current end. With --consumer and a --from
+    option, the consumer is moved to where the output starts, even backwards.
+    """
+    if from_offset is not None and from_position is not None:
+        raise click.UsageError("give --from-offset or --from-position, not both")
+    if from_offset is not None and stream_id is None:
+        raise click.UsageError("--from-offset needs --stream")
     with _open_existing(store, read_only=True) as storage:
-        start = storage.next_offset(stream_id) if from_offset is None else from_offset
+        if from_offset is None and from_position is None and consumer is None:
+            from_position = storage.last_global_position() + 1
+        subscription = storage.subscribe(
+            stream_id,
+            from_offset=from_offset,
+            from_position=from_position,
+            consumer=consumer,
+            poll_interval=poll,
+            max_interval=max(poll, 1.0),
+        )
+        force = from_offset is not None or from_position is not None  # the first ack may move it back
         shown = 0
         try:
-            for record in follow(storage, stream_id, start, poll_interval=poll, should_stop=lambda: False):
-                if record.kind is not RecordKind.EVENT:
-                    continue
-                sys.stdout.buffer.write(record.payload + b"\n")
-                sys.stdout.flush()
-                shown += 1
-                if count is not None and shown >= count:
-                    return
+            for item in subscription:
+                record = item.record
+                if records:
+                    click.echo(_record_json(record, item.global_position))
+                elif record.kind is RecordKind.EVENT:
+                    sys.stdout.buffer.write(record.payload + b"\n")
+                    sys.stdout.flush()
+                if consumer is not None:
+                    storage.ack(consumer, item.global_position, force=force)  # after it is printed
+                    force = False
+                if records or record.kind is RecordKind.EVENT:
+                    shown += 1
+                    if count is not None and shown >= count:
+                        return
         except KeyboardInterrupt:
             return
 

@@ -161,6 +161,59 @@ class CatalogTooNew(CatalogError):
         self.known = known
 
 
+# --- consumers -----------------------------------------------------------------------------------
+
+
+class ConsumerError(StorageError):
+    """Raised when ``consumers.db`` (named consumers' positions) cannot be opened or written."""
+
+
+class UnknownConsumer(InvalidArgument):
+    """Raised when ``ack`` names a consumer that was never registered (by ``subscribe(consumer=...)``
+    or ``register_consumer``); nothing was written."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"no consumer named {name!r}",
+            hint="subscribe with consumer=NAME, or call register_consumer(NAME), before acknowledging",
+        )
+        self.name = name
+
+
+class ConsumerMismatch(InvalidArgument):
+    """Raised when a consumer is subscribed or registered for other streams than the ones it follows
+    (its position says what it has done in those streams only); nothing was written."""
+
+    def __init__(self, name: str, follows: int | None, asked: int | None) -> None:
+        def show(stream_id: int | None) -> str:
+            return "every stream" if stream_id is None else f"stream {stream_id}"
+
+        super().__init__(
+            f"consumer {name!r} follows {show(follows)}, not {show(asked)}",
+            hint="use another consumer name for another subscription",
+        )
+        self.name = name
+        self.follows = follows
+        self.asked = asked
+
+
+class ConsumerPositionLost(StorageError):
+    """Raised when a consumer's stored position no longer names the record it acknowledged: a full
+    catalog rebuild renumbered the global positions, or a power loss took catalog commits whose
+    positions were then given to other records. Resuming there could skip or repeat records, so
+    nothing is read; choose the restart point (``from_position`` / ``from_offset``, then
+    ``ack(name, position, force=True)``)."""
+
+    def __init__(self, name: str, position: int, reason: str) -> None:
+        super().__init__(
+            f"consumer {name!r}: position {position} {reason}",
+            hint="subscribe with from_position or from_offset to choose where to resume, "
+            "then move the consumer there with ack(name, position, force=True)",
+        )
+        self.name = name
+        self.position = position
+
+
 # --- stored data ---------------------------------------------------------------------------------
 
 

@@ -185,15 +185,19 @@ class MemoryStorage:
                 raise StoreClosed("memory store is closed")
             return GlobalPosition(len(self._global_order))
 
-    def read_global(self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES) -> list[GlobalRecord]:
+    def read_global(
+        self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES, *, stream_id: int | None = None
+    ) -> list[GlobalRecord]:
         start = max(check_non_negative("from_position", from_position), 1)
         limit = check_non_negative("max_bytes", max_bytes)
+        only = None if stream_id is None else check_stream_id(stream_id)
         with self._lock:
             if self._closed:
                 raise StoreClosed("memory store is closed")
             tail = self._global_order[start - 1 :]
         numbered = (GlobalRecord(GlobalPosition(start + i), r) for i, r in enumerate(tail))
-        return take_within(numbered, lambda g: len(g.record.payload), limit)
+        wanted = (g for g in numbered if only is None or g.record.stream_id == only)
+        return take_within(wanted, lambda g: len(g.record.payload), limit)
 
     def latest_chain_hash(self, stream_id: int) -> ChainHash | None:
         records = self._records(check_stream_id(stream_id))

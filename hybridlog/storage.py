@@ -60,6 +60,7 @@ from hybridlog.catalog import (
 )
 from hybridlog.chain import reverify_frame
 from hybridlog.commit import AppendRequest, FramedBatch, GroupCommitQueue, HeadView, SegmentWrite, frame_batch
+from hybridlog.consumers import CONSUMERS_FILE, ConsumerState, ConsumerStore, check_consumer_name
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     CatalogError,
@@ -101,6 +102,7 @@ from hybridlog.segment import (
     stream_path,
 )
 from hybridlog.sql import QueryResult, SqlValue, query_catalog
+from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for
 from hybridlog.training import DictionaryTrainer
 from hybridlog.types import (
     DEFAULT_MAX_READ_BYTES,
@@ -207,6 +209,10 @@ class Storage:
         self._syncers: ThreadPoolExecutor | None = None  # started by the first group that touches several files
         # Point reads remember verified runs (see verified_cache.py); 0 turns that off.
         self._verified = VerifiedRunCache(verified_cache_records, lambda sid, no: segment_path(self._data_dir, sid, no))
+        # Wakes subscriptions in this process after each commit (one per store directory).
+        self._commit_signal = commit_signal_for(self._data_dir)
+        self._consumers: ConsumerStore | None = None  # consumers.db, opened when first needed
+        self._consumers_lock = threading.Lock()
         self._closed = False
         if self._data_dir.exists():
             try:
@@ -269,7 +275,11 @@ class Storage:
         catalog_path = self._data_dir / CATALOG_FILE
         if self._read_only:
             if catalog_path.exists():
-                self._catalog = Catalog(catalog_path, read_only=True)
+                catalog = Catalog(catalog_path, read_only=True)
+                if catalog.schema_version() == 0:
+                    catalog.close()  # a writer is creating it right now: not a catalog yet, look again later
+                else:
+                    self._catalog = catalog
             return
         try:
             make_dirs_durably(self._data_dir)
@@ -309,7 +319,7 @@ class Storage:
         problem: str | None = None
         if not path.exists():
             if not stream_ids_on_disk(self._data_dir):
-                catalog = Catalog(path, read_only=False)  # a new store
+                catalog = Catalog.create(path)  # a new store
                 fsync_dir(self._data_dir)
                 return catalog
             problem = "catalog file missing"
@@ -339,6 +349,8 @@ class Storage:
                 self._damage[result.stream_id] = result.damage
             else:
                 self._damage.pop(result.stream_id, None)
+        if results:
+            self._commit_signal.notify()  # adopted records are committed now
 
     def _writable_catalog(self) -> Catalog:
         if self._closed:
@@ -356,7 +368,7 @@ class Storage:
         if self._catalog is None and self._read_only:
             if (self._data_dir / CATALOG_FILE).exists():
                 self._open()
-            elif stream_ids_on_disk(self._data_dir):
+            if self._catalog is None and stream_ids_on_disk(self._data_dir):
                 raise CatalogUnusable(
                     f"store {self._data_dir} has segments but no catalog",
                     hint=f"open it for writing, or run `hybridlog repair {self._data_dir}`, to rebuild the catalog",
@@ -381,6 +393,11 @@ class Storage:
             with self._lock:
                 self._closed = True
                 self._release()
+            with self._consumers_lock:
+                if self._consumers is not None:
+                    self._consumers.close()
+                    self._consumers = None
+            self._commit_signal.notify()  # waiting subscriptions wake, and their next read raises StoreClosed
 
     def __enter__(self) -> Storage:
         return self
@@ -698,6 +715,7 @@ class Storage:
                 raise CatalogError(f"catalog commit failed, batch not stored: {e}") from e
             raise
         self._advance_heads(batches, writes)
+        self._commit_signal.notify()
 
     def _sync_all(self, writers: list[SegmentWriter]) -> None:
         """fsync every file, in parallel when there are several: the file system can then merge
@@ -960,22 +978,27 @@ class Storage:
             except apsw.Error as e:
                 raise CatalogError(f"cannot read the catalog: {e}") from e
 
-    def read_global(self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES) -> list[GlobalRecord]:
+    def read_global(
+        self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES, *, stream_id: int | None = None
+    ) -> list[GlobalRecord]:
         """Records of every stream in global (commit) order, from the first position >= ``from_position``.
 
         Checkpoint records are included, so a store never repaired shows consecutive positions.
         Returns at least one record when there is one, then stops before the payloads would exceed
         ``max_bytes``; continue from the last one's ``global_position + 1``. Every record is verified
         by its stream's checkpoint-anchored read: a damaged one raises IntegrityError.
+        ``stream_id``: only that stream's records (found through its offset index, not by reading
+        past the others').
         """
         start = check_non_negative("from_position", from_position)
         limit = check_non_negative("max_bytes", max_bytes)
+        only = None if stream_id is None else check_stream_id(stream_id)
         with self._lock:
             catalog = self._readable_catalog()
             if catalog is None:
                 return []
             try:
-                rows = catalog.global_rows(start, limit)
+                rows = catalog.global_rows(start, limit, only)
             except apsw.Error as e:
                 raise CatalogError(f"cannot read the catalog: {e}") from e
         # Within a stream, positions increase with offsets: each stream's share of the rows is one
@@ -997,6 +1020,127 @@ class Storage:
                 yield GlobalRecord(row.global_position, record)
 
         return take_within(in_order(), lambda g: len(g.record.payload), limit)
+
+    def global_position_of(self, stream_id: int, offset: int) -> GlobalPosition | None:
+        """The global position of the stream's record at ``offset`` (None: no such record yet)."""
+        sid = check_stream_id(stream_id)
+        at = check_non_negative("offset", offset)
+        with self._lock:
+            catalog = self._readable_catalog()
+            if catalog is None:
+                return None
+            try:
+                return catalog.global_position_of(sid, at)
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog: {e}") from e
+
+    def record_at_position(self, position: int) -> tuple[StreamId, Offset] | None:
+        """(stream, offset) of the record at a global position (None: none has it, or not yet)."""
+        at = check_non_negative("position", position)
+        with self._lock:
+            catalog = self._readable_catalog()
+            if catalog is None:
+                return None
+            try:
+                return catalog.record_at_position(at)
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog: {e}") from e
+
+    # --- subscriptions and consumers (subscription.py, consumers.py) -----------------------------
+
+    def subscribe(
+        self,
+        stream_id: int | None = None,
+        *,
+        from_offset: int | None = None,
+        from_position: int | None = None,
+        consumer: str | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_interval: float = DEFAULT_MAX_INTERVAL,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Subscription:
+        """Every committed record (checkpoints included) in global order, waiting for new ones.
+
+        ``stream_id``: one stream's records only (None: every stream). The start is the first
+        record at or after ``from_position``; or the stream's record at ``from_offset`` (needs
+        ``stream_id``; an offset not written yet starts with that record when it comes); or, for a
+        ``consumer``, the first after its acknowledged position; else position 1. Giving both
+        ``from_offset`` and ``from_position`` is InvalidArgument.
+
+        ``consumer`` names a consumer whose position is kept in ``consumers.db``: it is registered
+        (for ``stream_id``) if new, and a new one starts at the beginning; acknowledge progress
+        with ``ack``. A consumer follows the streams it was registered for: another ``stream_id``
+        raises ConsumerMismatch. If its position no longer names the record it acknowledged
+        (positions renumbered by a full catalog rebuild), ConsumerPositionLost is raised.
+
+        The iterator never ends by itself: it waits for new records (woken by this process's
+        commits, or polling the catalog every ``poll_interval`` seconds, doubling up to
+        ``max_interval``) until ``close()`` is called on it or ``should_stop()`` returns True.
+        Records are verified as they are read; a damaged one raises IntegrityError. Closing the
+        store wakes it, and its next read raises StoreClosed.
+        """
+        return Subscription(
+            self,
+            self._commit_signal,
+            stream_id,
+            from_offset=from_offset,
+            from_position=from_position,
+            consumer=consumer,
+            poll_interval=poll_interval,
+            max_interval=max_interval,
+            should_stop=should_stop,
+        )
+
+    def _consumer_store(self, *, create: bool) -> ConsumerStore | None:
+        """``consumers.db``, opened on first use (created only when ``create``; None if it does not exist)."""
+        if create and not self._read_only:
+            with self._lock:
+                self._writable_catalog()  # a writer creates its store on first use
+        with self._consumers_lock:
+            if self._closed:
+                raise StoreClosed(f"store {self._data_dir} is closed")
+            if self._consumers is None and (create or (self._data_dir / CONSUMERS_FILE).exists()):
+                if not self._data_dir.is_dir():
+                    raise InvalidArgument(
+                        f"no store at {self._data_dir}", hint="a writer creates it: open it without read_only"
+                    )
+                self._consumers = ConsumerStore(self._data_dir)
+            return self._consumers
+
+    def register_consumer(self, name: str, stream_id: int | None = None) -> ConsumerState:
+        """The named consumer, registered at position 0 for ``stream_id`` (None: every stream) if new.
+
+        ConsumerMismatch if it exists for other streams. Works on read-only stores too: consumer
+        positions live in ``consumers.db``, which any process may write (see consumers.py).
+        """
+        checked = check_consumer_name(name)
+        sid = None if stream_id is None else check_stream_id(stream_id)
+        store = self._consumer_store(create=True)
+        assert store is not None
+        return store.register(checked, sid, self._now())
+
+    def ack(self, consumer: str, position: int, *, force: bool = False) -> ConsumerState:
+        """Record that ``consumer`` is done with every record it follows up to global ``position``.
+
+        One transaction: the position is checked and stored together. InvalidArgument if it is
+        past the last committed position, or behind the consumer's position (unless ``force``,
+        which moves it back, or to 0 to start over); UnknownConsumer if it was never registered.
+        Works on read-only stores too (see ``register_consumer``). Returns the consumer's new state.
+        """
+        name = check_consumer_name(consumer)
+        at = GlobalPosition(check_non_negative("position", position))
+        last = self.last_global_position()
+        if at > last:
+            raise InvalidArgument(f"cannot acknowledge position {at}: the last committed position is {last}")
+        acked = self.record_at_position(at) if at else None
+        store = self._consumer_store(create=True)
+        assert store is not None
+        return store.ack(name, at, acked, force=bool(force), now_ns=self._now())
+
+    def consumers(self) -> list[ConsumerState]:
+        """Every registered consumer, by name."""
+        store = self._consumer_store(create=False)
+        return store.all() if store is not None else []
 
     # --- heads, checkpoints, segments ------------------------------------------------------------
 

@@ -12,6 +12,8 @@ Contracts tested here (tests/test_cli.py covers init, append, read, verify, sql 
 * ``checkpoint`` writes a checkpoint record that ``read --records`` shows; ``stats`` reports sizes
   and a compression ratio; ``migrate`` upgrades a schema-version-1 catalog with the data intact;
 * ``tail`` (a real subprocess beside a writer) prints exactly the events committed after it starts;
+  without ``--stream`` it follows every stream in global order (``--records``: JSON Lines with
+  ``global_position``); with ``--consumer`` it acknowledges each record it printed and resumes after it;
 * ``sql`` cannot change the catalog by any statement;
 * every error is one line on stderr, no traceback, with the documented exit code; progress bars
   appear on a terminal only.
@@ -603,6 +605,55 @@ def test_tail_follows_from_the_end_while_a_writer_appends(store: Path) -> None:
     assert lines[0] in appended, f"tail printed an event from before it started: {lines[0]!r}"
     start = appended.index(lines[0])
     assert lines == appended[start : start + count]
+
+
+def test_tail_records_follow_every_stream_in_global_order(store: Path) -> None:
+    """Without --stream, tail follows every stream; --records prints JSON Lines with the position."""
+    code, out, err = run("tail", str(store), "--from-position", "6", "--records", "--count", "3")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(r["global_position"], r["stream_id"], r["offset"], r["payload"]) for r in lines] == [
+        (6, DAMAGED, 5, "a5"),
+        (7, HEALTHY, 0, "b0"),
+        (8, HEALTHY, 1, "b1"),
+    ]
+    with Storage(store, read_only=True) as reader:
+        expected = reader.read_global(6)
+    assert [r["hash"] for r in lines] == [g.record.hash.hex() for g in expected]
+
+
+def test_tail_with_a_consumer_acknowledges_and_resumes(store: Path) -> None:
+    code, out, err = run("tail", str(store), "--stream", str(DAMAGED), "--consumer", "audit", "--count", "2")
+    assert (code, out) == (0, "a0\na1\n"), err
+    code, out, err = run("tail", str(store), "--stream", str(DAMAGED), "--consumer", "audit", "--count", "3")
+    assert (code, out) == (0, "a2\na3\na4\n"), err
+    with Storage(store, read_only=True) as reader:
+        (state,) = reader.consumers()
+    assert (state.name, state.stream_id, state.position, state.acked) == ("audit", DAMAGED, 5, (DAMAGED, 4))
+    # a --from option moves the consumer where the output starts, backwards too
+    code, out, err = run(
+        "tail", str(store), "--stream", str(DAMAGED), "--consumer", "audit", "--from", "1", "--count", "1"
+    )
+    assert (code, out) == (0, "a1\n"), err
+    code, out, err = run("tail", str(store), "--stream", str(DAMAGED), "--consumer", "audit", "--count", "1")
+    assert (code, out) == (0, "a2\n"), err
+    # a consumer follows the streams it was registered for
+    code, _out, err = run("tail", str(store), "--consumer", "audit", "--count", "1")
+    assert code == EXIT_ERROR
+    assert "follows stream 1, not every stream" in one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from-offset", "1"], "--from-offset needs --stream"),
+        (["--stream", "1", "--from-offset", "1", "--from-position", "1"], "not both"),
+    ],
+)
+def test_tail_refuses_contradicting_start_options(store: Path, args: list[str], message: str) -> None:
+    code, _out, err = run("tail", str(store), *args)
+    assert code == EXIT_USAGE
+    assert message in err
 
 
 def test_python_dash_m_help_lists_every_command() -> None:

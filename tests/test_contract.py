@@ -877,6 +877,23 @@ def test_paging_through_read_global_gives_every_record_once_in_order(
     assert [g.global_position for g in seen] == list(range(1, len(expected) + 1))
     assert [(g.record.stream_id, g.record.offset) for g in seen] == expected
     assert backend.last_global_position() == len(expected)
+    # one stream's share of the order, paged the same way
+    for sid in {sid for sid, _ in appends}:
+        mine: list[GlobalRecord] = []
+        position = 1
+        while page := backend.read_global(position, max_bytes, stream_id=sid):
+            assert len(page) == 1 or sum(len(g.record.payload) for g in page) <= max_bytes
+            mine += page
+            position = page[-1].global_position + 1
+        assert mine == [g for g in seen if g.record.stream_id == sid]
+    middle = len(expected) // 2 + 1
+    for sid in {sid for sid, _ in appends}:
+        assert backend.read_global(middle, 1 << 20, stream_id=sid) == [
+            g for g in seen if g.record.stream_id == sid and g.global_position >= middle
+        ]
+    assert backend.read_global(1, stream_id=99) == []
+    with pytest.raises(InvalidArgument):
+        backend.read_global(1, stream_id=-1)
 
 
 # --- both backends side by side ------------------------------------------------------------------

@@ -229,7 +229,16 @@ def kill_mid_append(store_dir: Path, run: str, compression: CompressionKind, ack
     child = spawn("append", str(store_dir), run, "1000000", "4", compression.value)
     acks = [parse_ack(read_line(child)) for _ in range(acks_before_kill)]
     child.send_signal(signal.SIGKILL)
-    out, _err = child.communicate(timeout=CHILD_TIMEOUT)
+    # The rest is read through child.stdout, not communicate(): readline may have read ahead into
+    # its buffer, and communicate() reads the pipe's descriptor directly, so it would start
+    # mid-line (or at the newline ending a line, giving an empty first line).
+    assert child.stdout is not None
+    assert child.stdin is not None
+    assert child.stderr is not None
+    out = child.stdout.read()
+    child.wait(CHILD_TIMEOUT)
+    for pipe in (child.stdin, child.stdout, child.stderr):
+        pipe.close()
     assert child.returncode == -signal.SIGKILL
     # Lines printed in full before the kill were acknowledged too; a cut-off last line was not.
     acks += [parse_ack(line) for line in out.split("\n")[:-1]]

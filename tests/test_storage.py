@@ -315,7 +315,9 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("hybridlog-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     shipped = sorted(n for n in names if n.startswith("hybridlog/migrations/"))
-    assert shipped == sorted(f"hybridlog/migrations/{p.name}" for p in (REPO / "migrations").glob("*.sql"))
+    source = REPO / "migrations"  # the catalog's, and consumers.db's in migrations/consumers/
+    assert shipped == sorted(f"hybridlog/migrations/{p.relative_to(source).as_posix()}" for p in source.rglob("*.sql"))
+    assert "hybridlog/migrations/consumers/0001_consumers.sql" in shipped
 
 
 def test_reading_a_stream_streams_in_bounded_memory(store_dir: Path) -> None:

@@ -226,6 +226,10 @@ class Catalog:
         assert isinstance(version, int)
         return version
 
+    def recovery_generation(self) -> int:
+        """The recovery log's last entry id (0: none): it moves whenever recovery or repair acts."""
+        return self._count("SELECT coalesce(max(entry_id), 0) FROM recovery_log", ())
+
     def schema_version(self) -> int:
         return int(self.conn.pragma("user_version"))
 

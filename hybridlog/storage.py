@@ -879,15 +879,26 @@ class Storage:
         return None  # the answer goes past the run
 
     def _runs_still_hold(self) -> bool:
-        """A reader's runs hold while no other connection has committed to the catalog."""
+        """A reader's runs hold until recovery or repair (in any process) logs an action.
+
+        Appends leave every remembered record where it was, so a commit alone (a new
+        ``data_version``) only makes us look at the recovery log's last entry.
+        """
         with self._lock:
             catalog = self._readable_catalog()
-            version = catalog.data_version() if catalog is not None else None
-        if version != self._verified.data_version:
+            if catalog is None:
+                self._verified.clear()
+                return False
+            version = catalog.data_version()
+            if version == self._verified.data_version:
+                return True
+            generation = catalog.recovery_generation()
+        held = generation == self._verified.generation
+        if not held:
             self._verified.clear()
-            self._verified.data_version = version
-            return False
-        return True
+            self._verified.generation = generation
+        self._verified.data_version = version
+        return held
 
     def _read_remembering(self, sid: StreamId, from_offset: int, limit: int) -> list[bytes]:
         """``read_from`` by a verified walk from the anchor that goes on to the end of its
@@ -895,7 +906,7 @@ class Storage:
         what it verified there as a run. Payloads are kept only up to ``limit``."""
         if self._read_only:
             self._runs_still_hold()
-        version = self._verified.data_version
+        generation = self._verified.generation
         snap = self._snapshot(sid, from_offset, anchored=True)
         if snap is None or from_offset >= snap.stream.next_offset:
             return []
@@ -914,7 +925,7 @@ class Storage:
         except IntegrityError as e:
             e.hint = f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
             raise
-        if not self._read_only or self._verified.data_version == version:
+        if not self._read_only or self._verified.generation == generation:
             self._verified.add(run)
         if wanted_bytes > limit or run.end >= snap.stream.next_offset:
             return take_payloads(wanted, limit)

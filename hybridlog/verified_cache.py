@@ -12,9 +12,9 @@ bytes on disk (``chain.reopen_record``). Equal to the remembered hash, it proves
 record the walk verified (BLAKE3 is collision resistant), so the read proves exactly what the
 walk proved. A short read or any mismatch drops the run and the read falls back to the walk,
 which reports damage precisely. Runs are dropped whenever this process changes the store other
-than by appending (recovery, repair, rebuilds), and a read-only store drops them whenever another
-connection has committed to the catalog (SQLite's ``data_version``), since that writer could have
-repaired something.
+than by appending (recovery, repair, rebuilds), and a read-only store drops them whenever the
+catalog's recovery log has a new entry (checked when SQLite's ``data_version`` says another
+connection committed): recovery and repair log every action that moves or cuts bytes.
 
 Memory: about 52 bytes per remembered record, bounded by ``max_records`` (least recently used
 runs go first).
@@ -81,7 +81,10 @@ class VerifiedRunCache:
         self._starts: dict[StreamId, list[int]] = {}  # each stream's run first offsets, sorted
         self._records = 0
         self._files: dict[tuple[StreamId, int], int] = {}
-        self.data_version: int | None = None  # a read-only store's catalog version the runs hold for
+        # A read-only store's view of the catalog: the data_version last seen, and the recovery
+        # log's last entry the runs were built under (see Storage._runs_still_hold).
+        self.data_version: int | None = None
+        self.generation: int | None = None
 
     @property
     def enabled(self) -> bool:
@@ -135,6 +138,7 @@ class VerifiedRunCache:
             self._starts.clear()
             self._records = 0
             self.data_version = None
+            self.generation = None
             self._close_files()
 
     def read(self, run: VerifiedRun, offset: int) -> tuple[bytes, ChainHash] | None:

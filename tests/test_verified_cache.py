@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from damage_tools import flip_byte, segment_files
@@ -25,7 +26,7 @@ from hybridlog import (
     Storage,
     StreamId,
 )
-from hybridlog.record import FRAME_OVERHEAD, HEADER_SIZE
+from hybridlog.record import FRAME_OVERHEAD, HEADER_SIZE, record_hash
 from hybridlog.segment import segment_path
 from hybridlog.verified_cache import VerifiedRun, VerifiedRunCache
 
@@ -131,6 +132,38 @@ def test_a_reader_sees_what_the_writer_appends_after_it_cached(store_dir: Path) 
         assert reader.read_from(STREAM, 33, 0) == [b"event 30"]
         writer.append(STREAM, [b"late %d" % i for i in range(5)])
         assert reader.read_from(STREAM, 33, 10_000)[-5:] == [b"late %d" % i for i in range(5)]
+    writer.close()
+
+
+def counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the record hashes computed by reads (a walk computes one per record it passes)."""
+    counter = [0]
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        counter[0] += 1
+        return record_hash(*args, **kwargs)
+
+    monkeypatch.setattr("hybridlog.chain.record_hash", counted)
+    return counter
+
+
+def test_a_readers_runs_outlive_appends_but_not_a_repair(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = populated(store_dir)
+    with Storage(store_dir, read_only=True) as reader:
+        assert reader.read_from(STREAM, 9, 0) == [b"event 09"]  # walks 0..9 and remembers them
+        writer.append(STREAM, [b"late %d" % i for i in range(5)])  # a batch of its own: offsets 44..48
+        hashes = counting_hashes(monkeypatch)
+        assert reader.read_from(STREAM, 8, 0) == [b"event 08"]
+        assert hashes[0] == 1  # an append does not drop the run: one frame re-hashed, no walk
+        flip_byte(segment_files(store_dir, STREAM)[0], frame_position(writer, 46) + HEADER_SIZE)
+        report = writer.repair()  # cuts the damaged batch (offsets 44..48) and logs it
+        assert report.applied
+        assert report.entries
+        writer.append(STREAM, [b"after repair"])
+        hashes[0] = 0
+        assert reader.read_from(STREAM, 8, 0) == [b"event 08"]
+        assert hashes[0] > 1  # the repair's log entry dropped the runs: a fresh walk
+        assert reader.read_from(STREAM, 44, 0) == [b"after repair"]
     writer.close()
 
 

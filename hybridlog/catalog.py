@@ -608,19 +608,23 @@ class Catalog:
     def renumber_global_positions(self) -> int:
         """Number every record 1, 2, ... in (timestamp_ns, stream_id, offset) order; returns how many.
 
-        Only a full rebuild does this (positions live in the catalog alone). The first update moves
-        every position above the final range, so the second never meets a position still in use.
+        Only a full rebuild does this (positions live in the catalog alone), inside its transaction.
         Records of one stream keep their order: its timestamps never decrease.
         """
         count = self._count("SELECT count(*) FROM records", ())
-        highest = self._count("SELECT coalesce(max(global_position), 0) FROM records", ())
-        # Every position p becomes p + highest: above every unmoved one, and above the range 1..count.
-        self.conn.execute("UPDATE records SET global_position = global_position + ?", (highest,))
+        # Copy the rows out numbered, empty the table, and put them back in position order: one
+        # sorted pass of appends to the table's b-tree instead of moving every row's key twice.
         self.conn.execute(
-            "UPDATE records SET global_position = numbered.position"
-            " FROM (SELECT global_position AS old, row_number() OVER (ORDER BY timestamp_ns, stream_id, offset)"
-            " AS position FROM records) AS numbered WHERE records.global_position = numbered.old"
+            "CREATE TEMP TABLE renumbered AS SELECT"
+            " row_number() OVER (ORDER BY timestamp_ns, stream_id, offset) AS global_position,"
+            " stream_id, offset, segment_no, position, length, kind, timestamp_ns FROM records"
         )
+        self.conn.execute("DELETE FROM records")
+        self.conn.execute(
+            "INSERT INTO records (global_position, stream_id, offset, segment_no, position, length, kind,"
+            " timestamp_ns) SELECT * FROM temp.renumbered ORDER BY global_position"
+        )
+        self.conn.execute("DROP TABLE temp.renumbered")
         self.conn.execute("UPDATE global_order SET last_position = ? WHERE singleton = 1", (count,))
         return count
 

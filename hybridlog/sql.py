@@ -8,6 +8,7 @@ and verifies records from the segments.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import apsw
 
 from hybridlog.catalog import CATALOG_FILE, Catalog
+from hybridlog.consumers import CONSUMERS_FILE
 from hybridlog.errors import CatalogError, InvalidArgument
 from hybridlog.events_table import EventSource
 from hybridlog.events_table import register as register_events_table
@@ -53,6 +55,19 @@ def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
     return apsw.SQLITE_DENY
 
 
+def _attach_consumers(conn: apsw.Connection, data_dir: Path) -> None:
+    """Make ``consumers`` (from ``consumers.db``, which lives beside the catalog) readable too."""
+    path = data_dir / CONSUMERS_FILE
+    if not path.exists():
+        return
+    try:
+        # Attached databases share the connection's SQLITE_OPEN_READONLY: this one is read-only too.
+        conn.execute("ATTACH DATABASE ? AS consumer_state", (str(path),))
+        conn.execute("CREATE TEMP VIEW consumers AS SELECT * FROM consumer_state.consumers")
+    except apsw.Error as e:
+        raise CatalogError(f"cannot read {path}: {e}") from e
+
+
 def query_catalog(
     data_dir: Path, sql: str, params: Sequence[SqlValue] = (), *, events: EventSource | None = None
 ) -> QueryResult:
@@ -66,6 +81,7 @@ def query_catalog(
     try:
         if events is not None:
             register_events_table(catalog.conn, events)
+        _attach_consumers(catalog.conn, data_dir)
         catalog.conn.authorizer = _authorizer
         cursor = catalog.conn.cursor()
         columns: list[str] = []

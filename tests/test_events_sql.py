@@ -27,6 +27,7 @@ from hybridlog.catalog import CATALOG_FILE
 from hybridlog.cli import cli
 from hybridlog.events_table import register
 from hybridlog.record import HEADER_SIZE, record_hash
+from hybridlog.sql import SqlRefused
 
 REPO = Path(__file__).resolve().parent.parent
 Row = tuple[int, int, int, str, int, bytes | None]
@@ -207,3 +208,21 @@ def test_docs_sql_examples_run_against_the_demo_store(tmp_path: Path) -> None:
         for query in queries:
             result = store.sql(query)
             assert result.rows, query
+
+
+def test_consumers_are_readable_beside_events_and_never_writable(tmp_path: Path) -> None:
+    store_dir = tmp_path / "s"
+    with Storage(store_dir) as store:
+        store.append(1, [b"a", b"b", b"c"])
+        store.register_consumer("billing", stream_id=1)
+        store.ack("billing", 2)
+    with Storage(store_dir, read_only=True) as reader:
+        joined = reader.sql(
+            "SELECT c.name, e.stream_id, e.offset, e.payload FROM consumers AS c"
+            " JOIN events AS e ON e.global_position = c.position"
+        )
+        assert joined.rows == [("billing", 1, 1, b"b")]
+        for statement in ("DELETE FROM consumers", "UPDATE consumer_state.consumers SET position = 0"):
+            with pytest.raises(SqlRefused):
+                reader.sql(statement)
+        assert reader.sql("SELECT position FROM consumers").rows == [(2,)]

@@ -8,7 +8,6 @@ and verifies records from the segments.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -27,14 +27,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import child_process
 import pytest
+from child_process import CHILD_TIMEOUT, drain_killed, read_line
 
 from hybridlog import CheckpointPolicy, CompressionKind, Record, RecordKind, Storage, StorageLocked
 
 THIS_FILE = Path(__file__).resolve()
 STREAM = 0
 SEGMENT_SIZE = 4096
-CHILD_TIMEOUT = 60  # seconds; only a guard against a hung child, never an assertion
 
 
 # --- shared by the test and its children -------------------------------------------------------------
@@ -79,24 +80,7 @@ def whole_batches(records: list[Record]) -> list[str]:
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(THIS_FILE), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def read_line(child: subprocess.Popen[str]) -> str:
-    """The child's next stdout line; fails with its stderr if it exited instead."""
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    if not line:
-        child.wait(CHILD_TIMEOUT)
-        assert child.stderr is not None
-        pytest.fail(f"child exited with {child.returncode} before answering:\n{child.stderr.read()}")
-    return line.rstrip("\n")
+    return child_process.spawn(THIS_FILE, *args, stdin=subprocess.PIPE)
 
 
 @contextmanager
@@ -229,19 +213,8 @@ def kill_mid_append(store_dir: Path, run: str, compression: CompressionKind, ack
     child = spawn("append", str(store_dir), run, "1000000", "4", compression.value)
     acks = [parse_ack(read_line(child)) for _ in range(acks_before_kill)]
     child.send_signal(signal.SIGKILL)
-    # The rest is read through child.stdout, not communicate(): readline may have read ahead into
-    # its buffer, and communicate() reads the pipe's descriptor directly, so it would start
-    # mid-line (or at the newline ending a line, giving an empty first line).
-    assert child.stdout is not None
-    assert child.stdin is not None
-    assert child.stderr is not None
-    out = child.stdout.read()
-    child.wait(CHILD_TIMEOUT)
-    for pipe in (child.stdin, child.stdout, child.stderr):
-        pipe.close()
-    assert child.returncode == -signal.SIGKILL
     # Lines printed in full before the kill were acknowledged too; a cut-off last line was not.
-    acks += [parse_ack(line) for line in out.split("\n")[:-1]]
+    acks += [parse_ack(line) for line in drain_killed(child)]
     return acks
 
 

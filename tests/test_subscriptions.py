@@ -42,7 +42,9 @@ from itertools import islice
 from pathlib import Path
 
 import apsw
+import child_process
 import pytest
+from child_process import CHILD_TIMEOUT, drain_killed, read_line
 from damage_tools import flip_byte
 
 from hybridlog import (
@@ -61,7 +63,6 @@ from hybridlog.consumers import CONSUMERS_FILE
 from hybridlog.segment import segment_path
 
 THIS_FILE = Path(__file__).resolve()
-CHILD_TIMEOUT = 60  # seconds; a guard against a hung child, never an assertion
 WAKE_TIMEOUT = 30  # seconds; bounds a broken wake-up (the poll interval is an hour), not a timing assertion
 HOUR = 3600.0
 STREAMS = (0, 1, 2)
@@ -502,40 +503,7 @@ def test_a_damaged_record_raises_out_of_the_iterator(store_dir: Path) -> None:
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, str(THIS_FILE), *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def read_line(child: subprocess.Popen[str]) -> str:
-    """The child's next stdout line; fails with its stderr if it exited instead."""
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    if not line:
-        child.wait(CHILD_TIMEOUT)
-        assert child.stderr is not None
-        pytest.fail(f"child exited with {child.returncode} before answering:\n{child.stderr.read()}")
-    return line.rstrip("\n")
-
-
-def drain_killed(child: subprocess.Popen[str]) -> list[str]:
-    """The whole lines a SIGKILLed child printed that were not read yet (a cut-off last line is dropped).
-
-    Read through ``child.stdout`` itself: it may hold lines read ahead by ``readline`` (which
-    ``communicate`` would lose, reading the pipe's descriptor directly).
-    """
-    assert child.stdout is not None
-    assert child.stderr is not None
-    rest = child.stdout.read()
-    child.wait(CHILD_TIMEOUT)
-    assert child.returncode == -signal.SIGKILL, child.stderr.read()
-    child.stdout.close()
-    child.stderr.close()
-    return rest.split("\n")[:-1]
+    return child_process.spawn(THIS_FILE, *args)
 
 
 def test_a_reader_process_follows_a_writer_process(store_dir: Path) -> None:

@@ -89,18 +89,7 @@ def check_non_negative(name: str, value: object) -> int:
 
 def take_payloads(records: Iterable[Record], max_bytes: int) -> list[bytes]:
     """Event payloads from ``records`` (checkpoints skipped): at least one, then up to ``max_bytes``."""
-    out: list[bytes] = []
-    total = 0
-    for record in records:
-        if record.kind is not RecordKind.EVENT:
-            continue
-        if out and total + len(record.payload) > max_bytes:
-            break
-        out.append(record.payload)
-        total += len(record.payload)
-        if total > max_bytes:
-            break  # not even an empty event fits any more
-    return out
+    return take_within((r.payload for r in records if r.kind is RecordKind.EVENT), len, max_bytes)
 
 
 def check_time_window(since_ns: object, until_ns: object) -> tuple[int | None, int | None]:
@@ -116,7 +105,11 @@ def check_time_window(since_ns: object, until_ns: object) -> tuple[int | None, i
 
 
 def take_within(items: Iterable[T], size: Callable[[T], int], max_bytes: int) -> list[T]:
-    """At least one item (when there is one), then more while their sizes add up to ``max_bytes``."""
+    """At least one item (when there is one), then more while their sizes add up to ``max_bytes``.
+
+    Stops without taking another item once the total is over ``max_bytes`` (not even an empty one
+    would fit), so a verified read never reads a record it will not return.
+    """
     out: list[T] = []
     total = 0
     for item in items:
@@ -124,6 +117,8 @@ def take_within(items: Iterable[T], size: Callable[[T], int], max_bytes: int) ->
             break
         out.append(item)
         total += size(item)
+        if total > max_bytes:
+            break
     return out
 
 

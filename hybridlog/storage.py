@@ -857,6 +857,8 @@ class Storage:
         run = self._verified.find(sid, from_offset)
         if run is None:
             return None
+        # take_payloads' rule, inline: this loop is the whole cost of a warm point read (a
+        # generator feeding take_within measured ~10% slower).
         out: list[bytes] = []
         total = 0
         for offset in range(from_offset, run.end):

@@ -823,11 +823,16 @@ class Storage:
         try:
             yield from verified_records(self._data_dir, snap, from_offset, self._dictionaries)
         except IntegrityError as e:
-            if not isinstance(e, DictionaryUnusable):  # its hint (restore the file) comes first
-                e.hint = (
-                    f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
-                )
+            self._add_repair_hint(e)
             raise
+
+    def _add_repair_hint(self, error: IntegrityError) -> None:
+        """Point a read's integrity error at ``check`` and ``repair`` (a missing or damaged
+        dictionary keeps its own hint: restore the file first)."""
+        if not isinstance(error, DictionaryUnusable):
+            error.hint = (
+                f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
+            )
 
     def read_from(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
         """Event payloads from ``from_offset``, verified from the nearest checkpoint.
@@ -925,7 +930,7 @@ class Storage:
                     wanted.append(record)
                     wanted_bytes += len(record.payload) if record.kind is RecordKind.EVENT else 0
         except IntegrityError as e:
-            e.hint = f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
+            self._add_repair_hint(e)
             raise
         if not self._read_only or self._verified.generation == generation:
             self._verified.add(run)

@@ -363,8 +363,10 @@ def test_an_unusable_dictionary_fails_the_read_by_name_and_check_reports_it(
         assert got == events[: first - 2]  # everything before it was verified and returned
         # Reads that do not reach a dictionary record still work; those that do fail the same way.
         assert store.read_from(SID, 10, 1) == [events[10]]
-        with pytest.raises(expected):
+        with pytest.raises(expected) as from_point_read:
             store.read_from(SID, 1400, 1)
+        assert from_point_read.value.hint is not None
+        assert f"restore {path}" in from_point_read.value.hint  # the point-read path keeps it too
         verdict = verify_store(store).streams[0]
         assert isinstance(verdict.error, expected)
 

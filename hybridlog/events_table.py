@@ -30,7 +30,7 @@ from typing import Any, Protocol, cast
 import apsw
 
 from hybridlog.batch import records_before
-from hybridlog.types import Record, RecordKind, StreamId
+from hybridlog.types import GlobalPosition, Offset, Record, RecordKind, StreamId
 
 COLUMNS = ("stream_id", "offset", "global_position", "kind", "timestamp", "payload", "hash", "prev_hash")
 SCHEMA = (
@@ -62,7 +62,7 @@ class EventSource(Protocol):
     def global_ranges(
         self, low: int, high: int, stream_id: int | None
     ) -> list[tuple[StreamId, int, int]]: ...  # (stream, first offset, last offset) with positions in [low, high]
-    def global_positions(self, stream_id: int, first: int, last: int) -> dict[int, int]: ...
+    def global_positions(self, stream_id: int, first: int, last: int) -> dict[Offset, GlobalPosition]: ...
 
 
 @dataclass
@@ -230,7 +230,7 @@ class EventsCursor:
     def _read(self, plan: Plan) -> Iterator[tuple[object, ...]]:
         source = self.module.source
         for sid, first, last in plan.ranges(source):
-            positions: dict[int, int] = {}
+            positions: dict[Offset, GlobalPosition] = {}
             # records_before never asks for the record after the range (which may be damaged)
             for record in records_before(source.iter_records(sid, first), last + 1):
                 offset = record.offset

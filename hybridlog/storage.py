@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import apsw
 import blake3
@@ -53,6 +54,7 @@ from hybridlog.batch import (
 from hybridlog.catalog import (
     CATALOG_FILE,
     Catalog,
+    GlobalRow,
     RecoveryEntry,
     SegmentRow,
     StreamSnapshot,
@@ -123,6 +125,8 @@ from hybridlog.verified_cache import DEFAULT_MAX_RECORDS as DEFAULT_VERIFIED_CAC
 from hybridlog.verified_cache import MAX_RUN, VerifiedRun, VerifiedRunCache
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Clock = Callable[[], int]
 
@@ -799,15 +803,19 @@ class Storage:
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def _snapshot(self, stream_id: StreamId, from_offset: int, *, anchored: bool) -> StreamSnapshot | None:
+    def _query(self, ask: Callable[[Catalog], T], empty: T) -> T:
+        """``ask(catalog)`` under the lock, SQLite errors translated; ``empty`` before any catalog exists."""
         with self._lock:
             catalog = self._readable_catalog()
             if catalog is None:
-                return None
+                return empty
             try:
-                return catalog.snapshot(stream_id, from_offset, anchored=anchored)
+                return ask(catalog)
             except apsw.Error as e:
                 raise CatalogError(f"cannot read the catalog: {e}") from e
+
+    def _snapshot(self, stream_id: StreamId, from_offset: int, *, anchored: bool) -> StreamSnapshot | None:
+        return self._query(lambda catalog: catalog.snapshot(stream_id, from_offset, anchored=anchored), None)
 
     def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
         """Verified records from ``from_offset`` to the head, streamed in bounded memory.
@@ -961,14 +969,7 @@ class Storage:
         """
         sid = check_stream_id(stream_id)
         ts = check_offset("timestamp_ns", timestamp_ns)
-        with self._lock:
-            catalog = self._readable_catalog()
-            if catalog is None:
-                return Offset(0)
-            try:
-                return catalog.first_offset_at_or_after(sid, ts)
-            except apsw.Error as e:
-                raise CatalogError(f"cannot read the catalog: {e}") from e
+        return self._query(lambda catalog: catalog.first_offset_at_or_after(sid, ts), Offset(0))
 
     def read_between(
         self,
@@ -987,14 +988,7 @@ class Storage:
 
     def last_global_position(self) -> GlobalPosition:
         """The global position of the last record committed (0: none yet); the next gets one more."""
-        with self._lock:
-            catalog = self._readable_catalog()
-            if catalog is None:
-                return GlobalPosition(0)
-            try:
-                return catalog.last_global_position()
-            except apsw.Error as e:
-                raise CatalogError(f"cannot read the catalog: {e}") from e
+        return self._query(lambda catalog: catalog.last_global_position(), GlobalPosition(0))
 
     def read_global(
         self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES, *, stream_id: int | None = None
@@ -1011,14 +1005,7 @@ class Storage:
         start = check_non_negative("from_position", from_position)
         limit = check_non_negative("max_bytes", max_bytes)
         only = None if stream_id is None else check_stream_id(stream_id)
-        with self._lock:
-            catalog = self._readable_catalog()
-            if catalog is None:
-                return []
-            try:
-                rows = catalog.global_rows(start, limit, only)
-            except apsw.Error as e:
-                raise CatalogError(f"cannot read the catalog: {e}") from e
+        rows: list[GlobalRow] = self._query(lambda catalog: catalog.global_rows(start, limit, only), [])
         # Within a stream, positions increase with offsets: each stream's share of the rows is one
         # offset range, read with one verified walk.
         ranges: dict[StreamId, tuple[int, int]] = {}
@@ -1043,26 +1030,12 @@ class Storage:
         """The global position of the stream's record at ``offset`` (None: no such record yet)."""
         sid = check_stream_id(stream_id)
         at = check_non_negative("offset", offset)
-        with self._lock:
-            catalog = self._readable_catalog()
-            if catalog is None:
-                return None
-            try:
-                return catalog.global_position_of(sid, at)
-            except apsw.Error as e:
-                raise CatalogError(f"cannot read the catalog: {e}") from e
+        return self._query(lambda catalog: catalog.global_position_of(sid, at), None)
 
     def record_at_position(self, position: int) -> tuple[StreamId, Offset] | None:
         """(stream, offset) of the record at a global position (None: none has it, or not yet)."""
         at = check_non_negative("position", position)
-        with self._lock:
-            catalog = self._readable_catalog()
-            if catalog is None:
-                return None
-            try:
-                return catalog.record_at_position(at)
-            except apsw.Error as e:
-                raise CatalogError(f"cannot read the catalog: {e}") from e
+        return self._query(lambda catalog: catalog.record_at_position(at), None)
 
     # --- subscriptions and consumers (subscription.py, consumers.py) -----------------------------
 
@@ -1193,18 +1166,13 @@ class Storage:
 
     def global_ranges(self, low: int, high: int, stream_id: int | None) -> list[tuple[StreamId, int, int]]:
         """(stream, first offset, last offset) holding the records with global positions ``low`` to ``high``."""
-        with self._lock:
-            catalog = self._readable_catalog()
-            return (
-                catalog.global_ranges(low, high, None if stream_id is None else StreamId(stream_id)) if catalog else []
-            )
+        only = None if stream_id is None else StreamId(stream_id)
+        return self._query(lambda catalog: catalog.global_ranges(low, high, only), [])
 
-    def global_positions(self, stream_id: int, first: int, last: int) -> dict[int, int]:
+    def global_positions(self, stream_id: int, first: int, last: int) -> dict[Offset, GlobalPosition]:
         """The global positions of a stream's records from offset ``first`` to ``last``."""
         sid = check_stream_id(stream_id)
-        with self._lock:
-            catalog = self._readable_catalog()
-            return {int(o): int(p) for o, p in catalog.global_positions(sid, first, last).items()} if catalog else {}
+        return self._query(lambda catalog: catalog.global_positions(sid, first, last), {})
 
     def stream_ids(self) -> list[StreamId]:
         with self._lock:

@@ -213,18 +213,7 @@ def read(
             if not records and record.kind is not RecordKind.EVENT:
                 continue
             if records:
-                click.echo(
-                    json.dumps(
-                        {
-                            "offset": record.offset,
-                            "kind": record.kind.name.lower(),
-                            "timestamp_ns": record.timestamp_ns,
-                            "prev_hash": record.prev_hash.hex(),
-                            "hash": record.hash.hex(),
-                            "payload": record.payload.decode("utf-8", errors="backslashreplace"),
-                        }
-                    )
-                )
+                click.echo(json.dumps(_record_fields(record)))
             else:
                 sys.stdout.buffer.write(record.payload + b"\n")
             shown += 1
@@ -465,20 +454,21 @@ def migrate(store: Path, check_only: bool, as_json: bool) -> None:
         click.echo(f"schema version {before} -> {after}")
 
 
+def _record_fields(record: Record) -> dict[str, object]:
+    """A record's metadata and payload as JSON fields (``read --records``)."""
+    return {
+        "offset": record.offset,
+        "kind": record.kind.name.lower(),
+        "timestamp_ns": record.timestamp_ns,
+        "prev_hash": record.prev_hash.hex(),
+        "hash": record.hash.hex(),
+        "payload": record.payload.decode("utf-8", errors="backslashreplace"),
+    }
+
+
 def _record_json(record: Record, global_position: int) -> str:
-    """One record as a line of JSON Lines, with its global position (``tail --records``)."""
-    return json.dumps(
-        {
-            "global_position": global_position,
-            "stream_id": record.stream_id,
-            "offset": record.offset,
-            "kind": record.kind.name.lower(),
-            "timestamp_ns": record.timestamp_ns,
-            "prev_hash": record.prev_hash.hex(),
-            "hash": record.hash.hex(),
-            "payload": record.payload.decode("utf-8", errors="backslashreplace"),
-        }
-    )
+    """One record as a line of JSON Lines, with its stream and global position (``tail --records``)."""
+    return json.dumps({"global_position": global_position, "stream_id": record.stream_id, **_record_fields(record)})
 
 
 @cli.command()

@@ -158,6 +158,15 @@ class Plan:
                 yield sid, first, last
 
 
+def _encode(pushed: list[tuple[int, int]]) -> str:
+    """The pushed-down (column, op) pairs as the index string SQLite hands back to Filter."""
+    return ",".join(f"{column}:{op}" for column, op in pushed)
+
+
+def _decode(index_string: str) -> list[tuple[int, int]]:
+    return [(int(column), int(op)) for column, op in (p.split(":") for p in index_string.split(",") if p)]
+
+
 class EventsModule:
     """The apsw module: one table object per connection, reading through ``source``.
 
@@ -188,15 +197,16 @@ class EventsTable:
 
     def BestIndexObject(self, info: apsw.IndexInfo) -> bool:
         """Push down every usable constraint we understand (SQLite still checks them all)."""
-        pushed: list[str] = []
+        pushed: list[tuple[int, int]] = []
         for i in range(info.nConstraint):
             column, op = info.get_aConstraint_iColumn(i), info.get_aConstraint_op(i)
             if info.get_aConstraint_usable(i) and op in _PUSHED.get(column, ()):
-                pushed.append(f"{column}:{op}")
+                pushed.append((column, op))
                 info.set_aConstraintUsage_argvIndex(i, len(pushed))
-        info.idxStr = ",".join(pushed)
-        by_stream = any(p.startswith(f"{_STREAM}:") for p in pushed)
-        ranged = any(p.split(":")[0] in (str(_OFFSET), str(_TIMESTAMP), str(_GLOBAL)) for p in pushed)
+        info.idxStr = _encode(pushed)
+        columns = {column for column, _ in pushed}
+        by_stream = _STREAM in columns
+        ranged = bool(columns & {_OFFSET, _TIMESTAMP, _GLOBAL})
         rows = 1_000_000 // (1000 if by_stream else 1) // (100 if ranged else 1)
         info.estimatedRows = max(rows, 1)
         info.estimatedCost = float(max(rows, 1))
@@ -221,9 +231,8 @@ class EventsCursor:
         self.rowid = 0
 
     def Filter(self, indexnum: int, indexname: str, constraintargs: tuple[Any, ...] | None) -> None:
-        pushed = [(int(c), int(o)) for c, o in (p.split(":") for p in indexname.split(",") if p)]
         self.Close()
-        self.rows = self._read(Plan.from_constraints(pushed, constraintargs or ()))
+        self.rows = self._read(Plan.from_constraints(_decode(indexname), constraintargs or ()))
         self.rowid = 0
         self.Next()
 

@@ -54,7 +54,7 @@ def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
     return apsw.SQLITE_DENY
 
 
-def _attach_consumers(conn: apsw.Connection, data_dir: Path) -> None:
+def attach_consumers(conn: apsw.Connection, data_dir: Path) -> None:
     """Make ``consumers`` (from ``consumers.db``, which lives beside the catalog) readable too."""
     path = data_dir / CONSUMERS_FILE
     if not path.exists():
@@ -80,7 +80,7 @@ def query_catalog(
     try:
         if events is not None:
             register_events_table(catalog.conn, events)
-        _attach_consumers(catalog.conn, data_dir)
+        attach_consumers(catalog.conn, data_dir)
         catalog.conn.authorizer = _authorizer
         cursor = catalog.conn.cursor()
         columns: list[str] = []

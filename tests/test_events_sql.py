@@ -23,11 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hybridlog import CheckpointPolicy, GlobalRecord, IntegrityError, RecordKind, Storage
-from hybridlog.catalog import CATALOG_FILE
+from hybridlog.catalog import CATALOG_FILE, Catalog
 from hybridlog.cli import cli
 from hybridlog.events_table import register
 from hybridlog.record import HEADER_SIZE, record_hash
-from hybridlog.sql import SqlRefused
+from hybridlog.sql import SqlRefused, attach_consumers
 
 REPO = Path(__file__).resolve().parent.parent
 Row = tuple[int, int, int, str, int, bytes | None]
@@ -226,3 +226,18 @@ def test_consumers_are_readable_beside_events_and_never_writable(tmp_path: Path)
             with pytest.raises(SqlRefused):
                 reader.sql(statement)
         assert reader.sql("SELECT position FROM consumers").rows == [(2,)]
+
+
+def test_the_attached_consumers_file_is_read_only_below_the_authorizer(tmp_path: Path) -> None:
+    """The authorizer refuses writes; underneath it, the attached file is read-only by itself too."""
+    store_dir = tmp_path / "s"
+    with Storage(store_dir) as store:
+        store.append(1, [b"a"])
+        store.register_consumer("billing")
+    catalog = Catalog(store_dir / CATALOG_FILE, read_only=True)
+    try:
+        attach_consumers(catalog.conn, store_dir)
+        with pytest.raises(apsw.ReadOnlyError):
+            catalog.conn.execute("UPDATE consumer_state.consumers SET position = 1")
+    finally:
+        catalog.close()

@@ -12,7 +12,7 @@ import importlib.resources
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import apsw
@@ -54,6 +54,8 @@ def load_migrations(directory: Path | None = None) -> list[tuple[int, str, str]]
 SCHEMA_VERSION = len(load_migrations())
 GLOBAL_ORDER_VERSION = 3
 """The schema version that added global positions (``migrations/0003_global_order.sql``)."""
+GAPS_VERSION = 4
+"""The schema version that added repair gaps (``migrations/0004_gaps.sql``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +157,40 @@ class StreamStats:
 
 
 @dataclass(frozen=True, slots=True)
+class GapRow:
+    """A ``gaps`` row: offsets ``first_offset .. next_offset - 1`` of a stream that repair isolated
+    (damaged, left in place; reading resumes at ``resume_segment_no``/``resume_byte`` with the
+    stored link ``link_hash``) or cut (moved to quarantine; the stream's cut marker links past them)."""
+
+    stream_id: StreamId
+    first_offset: Offset
+    next_offset: Offset
+    action: str
+    segment_no: int
+    start_byte: int
+    resume_segment_no: int | None = None
+    resume_byte: int | None = None
+    link_hash: ChainHash | None = None
+
+    def holds(self, offset: int) -> bool:
+        return self.first_offset <= offset < self.next_offset
+
+
+@dataclass(frozen=True, slots=True)
 class StreamSnapshot:
-    """What a reader needs, read in one transaction so the parts agree with each other."""
+    """What a reader needs, read in one transaction so the parts agree with each other.
+
+    ``resume``: set when the read starts after an isolated gap later than the checkpoint anchor:
+    the walk then starts at the record after the gap and trusts its stored link to it, as it
+    would trust a checkpoint's hash. ``gaps``: the stream's gaps, by offset.
+    """
 
     stream: StreamRow
     segments: list[SegmentRow]
     anchor: CheckpointRow | None
     start: IndexEntry | None
+    gaps: list[GapRow] = field(default_factory=list)
+    resume: GapRow | None = None
 
 
 class Catalog:
@@ -489,9 +518,59 @@ class Catalog:
             stream = self.stream(stream_id)
             if stream is not None:
                 anchor = self.checkpoint_at_or_before(stream_id, from_offset) if anchored else None
-                start = self.index_entry(stream_id, anchor.offset if anchor else 0)
-                snapshot = StreamSnapshot(stream, self.segments(stream_id), anchor, start)
+                gaps = self.gaps(stream_id)
+                passed = [g for g in gaps if g.action == "isolated" and g.next_offset <= from_offset]
+                resume = passed[-1] if passed and (anchor is None or passed[-1].next_offset > anchor.offset) else None
+                if resume is not None:
+                    anchor = None
+                start_offset = resume.next_offset if resume else anchor.offset if anchor else 0
+                start = self.index_entry(stream_id, start_offset)
+                snapshot = StreamSnapshot(stream, self.segments(stream_id), anchor, start, gaps, resume)
         return snapshot
+
+    def gaps(self, stream_id: StreamId) -> list[GapRow]:
+        """The stream's isolated and cut offset ranges, by offset (none before schema 4)."""
+        if self.schema_version() < GAPS_VERSION:
+            return []
+        rows = self.conn.execute(
+            "SELECT first_offset, next_offset, action, segment_no, start_byte, resume_segment_no, resume_byte,"
+            " link_hash FROM gaps WHERE stream_id = ? ORDER BY first_offset",
+            (stream_id,),
+        )
+        return [
+            GapRow(
+                stream_id,
+                Offset(first),
+                Offset(nxt),
+                action,
+                no,
+                start,
+                rno,
+                rbyte,
+                None if link is None else ChainHash(link),
+            )
+            for first, nxt, action, no, start, rno, rbyte, link in rows
+        ]
+
+    def insert_gaps(self, rows: Iterable[GapRow]) -> None:
+        self.conn.executemany(
+            "INSERT INTO gaps (stream_id, first_offset, next_offset, action, segment_no, start_byte,"
+            " resume_segment_no, resume_byte, link_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    g.stream_id,
+                    g.first_offset,
+                    g.next_offset,
+                    g.action,
+                    g.segment_no,
+                    g.start_byte,
+                    g.resume_segment_no,
+                    g.resume_byte,
+                    g.link_hash,
+                )
+                for g in rows
+            ),
+        )
 
     def segment_sizes(self) -> dict[StreamId, dict[int, int]]:
         """Every segment's committed size, by stream and segment number, in one query."""
@@ -636,7 +715,7 @@ class Catalog:
 
     def forget_stream(self, stream_id: StreamId) -> None:
         """Delete every row about a stream (the start of a rebuild, inside its transaction)."""
-        for table in ("records", "checkpoints", "segments", "streams"):
+        for table in ("records", "checkpoints", "segments", "streams", "gaps"):
             self.conn.execute(f"DELETE FROM {table} WHERE stream_id = ?", (stream_id,))  # noqa: S608
 
     def forget_checkpoints(self, stream_id: StreamId) -> None:

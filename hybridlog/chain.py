@@ -18,6 +18,7 @@ from hybridlog.errors import (
     MissingDictionary,
     Where,
 )
+from hybridlog.markers import is_cut_jump
 from hybridlog.record import (
     CHECKSUM,
     FLAG_BATCH_END,
@@ -54,6 +55,9 @@ def open_record(
 ) -> Record:
     """Verify ``frame`` as the record at ``expected_offset`` of ``stream_id`` and return it.
 
+    The one record that may carry a later offset is a cut marker naming exactly the offsets it
+    steps over (``markers.py``): callers continue from ``record.offset + 1``.
+
     Checks that the frame belongs to this stream and offset, that its hash is the hash of its
     contents, and (unless ``prev_hash`` is None, for a trusted anchor) that it links to the record
     before it. Raises an IntegrityError subclass naming the place. ``dictionaries``: where a
@@ -61,15 +65,18 @@ def open_record(
     """
     header = frame.header
     where: Where = {"stream_id": stream_id, "offset": expected_offset, "segment": segment, "position": frame.position}
-    if header.stream_id != stream_id or header.offset != expected_offset:
-        raise IntegrityError(f"record belongs to stream {header.stream_id} offset {header.offset}, not here", **where)
+    misplaced = f"record belongs to stream {header.stream_id} offset {header.offset}, not here"
+    if header.stream_id != stream_id or (header.offset != expected_offset and header.kind != RecordKind.REPAIR):
+        raise IntegrityError(misplaced, **where)
     try:
         payload = decode_payload(header, frame.stored, dictionaries)
     except DictionaryUnavailable as e:
         raise dictionary_unusable(e, where) from e
     except FrameError as e:
         raise ChecksumMismatch(f"payload cannot be decoded ({e.reason})", **where) from e
-    own = record_hash(stream_id, expected_offset, header.kind, header.timestamp_ns, header.prev_hash, payload)
+    if header.offset != expected_offset and not is_cut_jump(header.kind, payload, expected_offset, header.offset):
+        raise IntegrityError(misplaced, **where)
+    own = record_hash(stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload)
     if own != header.hash:
         used = f" (decompressed with dictionary {_dictionary_file(frame, segment)})" if header.uses_dictionary else ""
         raise HashMismatch(f"record hash does not match its contents{used}", **where)
@@ -77,7 +84,7 @@ def open_record(
         raise ChainBroken("record does not link to the record before it", **where)
     return Record(
         stream_id=stream_id,
-        offset=Offset(expected_offset),
+        offset=Offset(header.offset),
         kind=RecordKind(header.kind),
         timestamp_ns=header.timestamp_ns,
         prev_hash=ChainHash(header.prev_hash),
@@ -139,7 +146,7 @@ def _dictionary_file(frame: Frame, segment: Path) -> Path | str:
 
 
 _CHUNK = 1 << 20
-_KINDS = (RecordKind.EVENT, RecordKind.CHECKPOINT)
+_KINDS = (RecordKind.EVENT, RecordKind.CHECKPOINT, RecordKind.REPAIR)
 
 
 class FastWalk:

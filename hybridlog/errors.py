@@ -311,3 +311,37 @@ class DamagedDictionary(DictionaryUnusable):
     """Raised when the dictionary file a record needs fails its digest, is not a dictionary file, or
     belongs to another stream or number.
     """
+
+
+class RecordsUnavailable(IntegrityError):
+    """Raised when a read reaches offsets a repair took out of the stream (``first_offset`` to
+    ``next_offset - 1``); the stream goes on readable from ``next_offset``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        first_offset: int,
+        next_offset: int,
+        stream_id: int | None = None,
+        offset: int | None = None,
+        segment: Path | None = None,
+        position: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, stream_id=stream_id, offset=offset, segment=segment, position=position, hint=hint)
+        self.first_offset = first_offset
+        self.next_offset = next_offset
+
+
+class RecordIsolated(RecordsUnavailable):
+    """Raised when a read reaches a damaged record that repair isolated: its bytes are still in the
+    segment but do not verify. The records before and after it read and verify as usual.
+    """
+
+
+class RecordsCut(RecordsUnavailable):
+    """Raised when a read asks for offsets that repair cut from the stream (moved to quarantine):
+    the stream's cut marker record stands in their place and links past them.
+    """

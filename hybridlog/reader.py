@@ -12,10 +12,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from hybridlog.catalog import StreamSnapshot
+from hybridlog.catalog import GapRow, StreamSnapshot
 from hybridlog.chain import FastWalk, open_record
 from hybridlog.dictionary import DictionaryCache
-from hybridlog.errors import CatalogMismatch, ChecksumMismatch, TruncatedRecord, Where
+from hybridlog.errors import (
+    CatalogMismatch,
+    ChecksumMismatch,
+    RecordIsolated,
+    RecordsCut,
+    RecordsUnavailable,
+    TruncatedRecord,
+    Where,
+)
+from hybridlog.markers import ISOLATED
 from hybridlog.record import DictionarySource, FrameError
 from hybridlog.segment import IncompleteFrame, SegmentReader, segment_path
 from hybridlog.types import GENESIS_HASH, Record
@@ -42,6 +51,9 @@ def verified_frames(
     dictionaries = dictionaries or DictionaryCache(data_dir)
     stream = snap.stream
     sid = stream.stream_id
+    for gap in snap.gaps:
+        if gap.holds(from_offset):
+            raise unavailable(data_dir, gap, from_offset)
     if snap.start is None:
         raise CatalogMismatch(
             "the offset index has no entry to start reading from",
@@ -50,9 +62,16 @@ def verified_frames(
         )
     expected: int = snap.start.offset
     prev: bytes | None = None if snap.anchor else GENESIS_HASH
+    if snap.resume is not None:
+        prev = snap.resume.link_hash  # the stored link of the first record after an isolated gap
+    # The walk must not go into the next isolated gap: its bytes do not verify, and a read that
+    # reaches it says so (cut gaps need nothing: the cut marker links past them).
+    ahead = next((g for g in snap.gaps if g.action == ISOLATED and g.first_offset >= expected), None)
     for seg in snap.segments:
         if seg.segment_no < snap.start.segment_no:
             continue
+        if ahead is not None and expected == ahead.first_offset:
+            raise unavailable(data_dir, ahead, expected)
         path = segment_path(data_dir, sid, seg.segment_no)
         position = snap.start.position if seg.segment_no == snap.start.segment_no else 0
         if position == 0 and expected != seg.first_offset:
@@ -71,7 +90,7 @@ def verified_frames(
                 sid,
                 expected,
                 prev,
-                seg.size_bytes,
+                ahead.start_byte if ahead is not None and ahead.segment_no == seg.segment_no else seg.size_bytes,
                 anchor=snap.anchor.hash if snap.anchor else None,
                 head=(stream.next_offset - 1, stream.chain_head),
                 dictionaries=dictionaries,
@@ -83,6 +102,8 @@ def verified_frames(
             expected, prev = fast.expected, fast.prev
             reader.seek(fast.position)
             while expected < seg.next_offset:
+                if ahead is not None and expected == ahead.first_offset:
+                    raise unavailable(data_dir, ahead, expected)
                 at = reader.position
                 where: Where = {"stream_id": sid, "offset": expected, "segment": path, "position": at}
                 try:
@@ -103,15 +124,43 @@ def verified_frames(
                 )
                 if prev is None and snap.anchor is not None and record.hash != snap.anchor.hash:
                     raise CatalogMismatch("checkpoint record does not match the catalog's anchor", **where)
-                if expected == stream.next_offset - 1 and record.hash != stream.chain_head:
+                if record.offset == stream.next_offset - 1 and record.hash != stream.chain_head:
                     raise CatalogMismatch("last record does not match the catalog's chain head", **where)
                 prev = record.hash
-                expected += 1
+                expected = record.offset + 1  # a cut marker jumps over the offsets it names (markers.py)
                 if record.offset >= from_offset:
                     yield seg.segment_no, at, reader.position - at, record
         if expected >= stream.next_offset:
             return
+    if ahead is not None and expected == ahead.first_offset:
+        raise unavailable(data_dir, ahead, expected)
     if expected < stream.next_offset:
         raise CatalogMismatch(
             f"segments end at offset {expected}; the catalog says {stream.next_offset}", stream_id=sid, offset=expected
         )
+
+
+def unavailable(data_dir: Path, gap: GapRow, offset: int) -> RecordsUnavailable:
+    """The error for a read that reaches ``offset`` inside a gap repair made."""
+    sid = gap.stream_id
+    where = f"offsets {gap.first_offset}..{gap.next_offset - 1}"
+    more = f"the stream reads on from offset {gap.next_offset}"
+    if gap.action == ISOLATED:
+        return RecordIsolated(
+            f"damaged record isolated by repair ({where}; {more})",
+            first_offset=gap.first_offset,
+            next_offset=gap.next_offset,
+            stream_id=sid,
+            offset=offset,
+            segment=segment_path(data_dir, sid, gap.segment_no),
+            position=gap.start_byte,
+            hint="its bytes are kept in place; read from the offset after the gap",
+        )
+    return RecordsCut(
+        f"record cut from the stream by repair ({where}; {more})",
+        first_offset=gap.first_offset,
+        next_offset=gap.next_offset,
+        stream_id=sid,
+        offset=offset,
+        hint="the cut bytes are in the stream's *.quarantine files; see `hybridlog recovery-log`",
+    )

@@ -5,7 +5,7 @@ A segment file is a plain sequence of records, nothing before, between or after 
     offset  size  field
          0     4  magic        b"HLR1": the start of a record
          4     1  version      format version, 1
-         5     1  kind         0 event, 1 checkpoint
+         5     1  kind         0 event, 1 checkpoint, 2 repair marker (``markers.py``)
          6     1  flags        bit 0: payload is zstd-compressed; bit 1: last record of its batch;
                                bit 2: compressed with the stream's dictionary (bit 0 set too)
          7     1  reserved     0
@@ -51,6 +51,7 @@ import zstandard
 from hybridlog.types import MAX_EVENT_SIZE, ChainHash, RecordKind
 
 MAGIC = b"HLR1"
+RECORD_KINDS = frozenset(int(kind) for kind in RecordKind)
 FORMAT_VERSION = 1
 HASH_DOMAIN = b"hybridlog.record\x00"
 
@@ -146,7 +147,7 @@ def parse_header(data: bytes | memoryview) -> FrameHeader:
         raise FrameError("no record magic")
     if version != FORMAT_VERSION:
         raise FrameError(f"unknown format version {version}")
-    if kind not in (RecordKind.EVENT, RecordKind.CHECKPOINT) or flags & ~KNOWN_FLAGS or reserved:
+    if kind not in RECORD_KINDS or flags & ~KNOWN_FLAGS or reserved:
         raise FrameError("invalid kind or flags")
     if stored_len > MAX_STORED_LEN or raw_len > MAX_EVENT_SIZE:
         raise FrameError("length out of range")

@@ -31,9 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, IndexEntry, RecoveryEntry, SegmentRow
+from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, GapRow, IndexEntry, RecoveryEntry, SegmentRow
 from hybridlog.errors import CatalogMismatch, IntegrityError
-from hybridlog.scan import Adoption, ScannedRecord, SegmentScan, StreamScan, is_torn_tail, walk_stream
+from hybridlog.markers import CUT, ISOLATED
+from hybridlog.scan import Adoption, FoundGap, ScannedRecord, SegmentScan, StreamScan, is_torn_tail, walk_stream
 from hybridlog.segment import (
     STREAMS_DIR,
     file_digest,
@@ -413,42 +414,118 @@ def index_stream(
 ) -> ReconcileResult:
     """Replace a stream's catalog rows with a verifying scan of its segment files.
 
-    Indexes every complete, valid batch up to the first damage. A torn tail of the last segment is
-    quarantined. Damage (a bad record that is not a torn tail, a missing segment) is left where it
-    is and returned as ``damage``: the catalog then ends before it, so reads stop before it.
-    ``prior``: entries for what the caller already did to the files (``truncate_stream``), logged
-    first and in the same transaction.
+    Indexes every valid record up to the first damage that no repair marker accounts for: damage
+    that a repair isolated (an ``isolated`` marker later in the stream names its offsets) is
+    stepped over and recorded as a gap, as are the offsets a ``cut`` marker jumps over
+    (``markers.py``). A torn tail of the last segment is quarantined. Other damage (a bad record
+    that is not a torn tail, a missing segment) is left where it is and returned as ``damage``:
+    the catalog then ends before it, so reads stop before it. ``prior``: entries for what the
+    caller already did to the files (``truncate_stream``), logged first and in the same transaction.
     """
     result = ReconcileResult(stream_id, entries=list(prior or []))
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
         result.entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1]))
-    adoption = Adoption()
-    scan = walk_stream(data_dir, stream_id, lambda batch: adoption.add(stream_id, batch))
+    scanned: list[ScannedRecord] = []
+    scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True)
     result.foreign_files = scan.foreign_files
-    result.damage = _damage_of(data_dir, scan)
-    if scan.torn and scan.problem_segment is not None:
-        result.entries.append(
-            quarantine_tail(data_dir, stream_id, scan.problem_segment, scan.valid_ends[scan.problem_segment])
+    isolated = {(m.first_offset, m.next_offset) for m in scan.markers if m.action == ISOLATED}
+    unexplained = next((g for g in scan.gaps if (g.first_offset, g.next_offset) not in isolated), None)
+    if unexplained is None:
+        result.damage = _damage_of(data_dir, scan)
+        if scan.torn and scan.problem_segment is not None:
+            result.entries.append(
+                quarantine_tail(data_dir, stream_id, scan.problem_segment, scan.valid_ends[scan.problem_segment])
+            )
+        kept, gaps = scanned, scan.gaps
+    else:
+        result.damage = IntegrityError(
+            f"bad record ({unexplained.reason}); {unexplained.records} records up to offset"
+            f" {unexplained.next_offset - 1} do not verify, the records after them do",
+            stream_id=stream_id,
+            offset=unexplained.first_offset,
+            segment=segment_path(data_dir, stream_id, unexplained.segment_no),
+            position=unexplained.start_byte,
+            hint=f"run `hybridlog repair {data_dir} --stream {stream_id}` to isolate it",
         )
-    segment_rows = [
-        (no, scan.first_offsets[no], scan.next_offsets[no], scan.valid_ends[no])
-        for no in scan.segments
-        if scan.valid_ends[no] > 0
-    ]
+        kept = [r for r in scanned if r.entry.offset < unexplained.first_offset]
+        gaps = [g for g in scan.gaps if g.first_offset < unexplained.first_offset]
+    adoption = Adoption()
+    if kept:
+        adoption.add(stream_id, kept)
+    next_offset, head = (kept[-1].entry.offset + 1, kept[-1].hash) if kept else (0, GENESIS_HASH)
     result.entries.append(
-        RecoveryEntry(stream_id, found=found, action=REINDEXED, first_offset=0, next_offset=scan.next_offset)
+        RecoveryEntry(stream_id, found=found, action=REINDEXED, first_offset=0, next_offset=next_offset)
     )
     t = now()
     with catalog.transaction():
-        kept = catalog.global_positions(stream_id)
+        kept_positions = catalog.global_positions(stream_id)
         catalog.forget_stream(stream_id)
-        _store_adoption(catalog, data_dir, stream_id, adoption, segment_rows, (scan.next_offset, scan.head), t, kept)
+        rows = _segment_rows(data_dir, stream_id, scan, kept)
+        _store_adoption(catalog, data_dir, stream_id, adoption, rows, (next_offset, head), t, kept_positions)
+        catalog.insert_gaps(_gap_rows(stream_id, gaps, kept))
         _commit(catalog, result.entries, t)
-    log.info("stream %d: catalog rows rebuilt from segments: %d records", stream_id, scan.next_offset)
+    log.info("stream %d: catalog rows rebuilt from segments: %d records", stream_id, next_offset)
     if result.damage is not None:
         log.error("%s", result.damage)
     return result
+
+
+def _segment_rows(
+    data_dir: Path, stream_id: StreamId, scan: StreamScan, kept: list[ScannedRecord]
+) -> list[tuple[int, int, int, int]]:
+    """(segment_no, first_offset, next_offset, size) for every segment up to the last one holding a
+    kept record: that one ends after its last kept record; the ones before it keep their whole
+    file (damage an isolated gap steps over stays in place)."""
+    if not kept:
+        return []
+    last_no = kept[-1].entry.segment_no
+    ends: dict[int, int] = {}
+    for record in kept:
+        ends[record.entry.segment_no] = record.entry.offset + 1
+    rows = []
+    for no in scan.segments:
+        if no > last_no:
+            break
+        if no == last_no:
+            size = kept[-1].entry.position + kept[-1].entry.length
+        else:
+            size = segment_path(data_dir, stream_id, no).stat().st_size
+        first = scan.first_offsets[no]
+        rows.append((no, first, ends.get(no, first), size))
+    return rows
+
+
+def _gap_rows(stream_id: StreamId, gaps: list[FoundGap], kept: list[ScannedRecord]) -> list[GapRow]:
+    """Catalog rows for the isolated gaps a walk stepped over and the ranges cut markers jump over."""
+    rows = [
+        GapRow(
+            stream_id,
+            Offset(g.first_offset),
+            Offset(g.next_offset),
+            ISOLATED,
+            g.segment_no,
+            g.start_byte,
+            g.resume_segment_no,
+            g.resume_byte,
+            g.link_hash,
+        )
+        for g in gaps
+    ]
+    for record in kept:
+        marker = record.marker
+        if marker is not None and marker.action == CUT and record.entry.offset == marker.next_offset:
+            rows.append(
+                GapRow(
+                    stream_id,
+                    Offset(marker.first_offset),
+                    Offset(marker.next_offset),
+                    CUT,
+                    marker.segment_no,
+                    marker.start_byte,
+                )
+            )
+    return sorted(rows, key=lambda g: g.first_offset)
 
 
 def truncate_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clock) -> ReconcileResult:

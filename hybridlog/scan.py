@@ -14,11 +14,12 @@ from pathlib import Path
 
 from hybridlog.catalog import CheckpointRow, IndexEntry
 from hybridlog.chain import FastWalk, open_record
-from hybridlog.dictionary import DictionaryCache
+from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable
 from hybridlog.errors import DictionaryUnusable, IntegrityError
-from hybridlog.record import MAGIC, DictionarySource, FrameError
+from hybridlog.markers import RepairMarker, decode_marker
+from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload, record_hash
 from hybridlog.segment import SegmentReader, segment_numbers_on_disk, segment_path, stream_path
-from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
+from hybridlog.types import GENESIS_HASH, ChainHash, Record, RecordKind, StreamId
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,13 @@ class ScannedRecord:
     entry: IndexEntry
     hash: ChainHash
     payload_len: int
+    marker: RepairMarker | None = None
+    """The repair marker a kind-2 record holds (``markers.py``)."""
+
+
+def _scanned(entry: IndexEntry, record: Record) -> ScannedRecord:
+    marker = decode_marker(record.payload) if record.kind is RecordKind.REPAIR else None
+    return ScannedRecord(entry, record.hash, len(record.payload), marker)
 
 
 @dataclass(slots=True)
@@ -69,6 +77,8 @@ class SegmentScan:
         self.next_offset = next_offset
         self.prev_hash = prev_hash
         self.problem: ScanProblem | None = None
+        self.pending: list[ScannedRecord] = []
+        """At a bad record: the verified records of its batch before it (not handed out as a batch)."""
 
     def batches(self) -> Iterator[list[ScannedRecord]]:
         pending: list[ScannedRecord] = []
@@ -80,7 +90,7 @@ class SegmentScan:
             )
             for record, position, size, batch_end in fast.frames():
                 entry = IndexEntry(record.offset, self.segment_no, position, size, record.kind, record.timestamp_ns)
-                pending.append(ScannedRecord(entry, record.hash, len(record.payload)))
+                pending.append(_scanned(entry, record))
                 if batch_end:
                     yield pending
                     self.valid_end = position + size
@@ -94,6 +104,7 @@ class SegmentScan:
                     frame = reader.read_frame()
                 except FrameError as e:  # IncompleteFrame too: the reader stays at the bad frame
                     self.problem = ScanProblem(reader.position, e.reason, unterminated=False, offset=offset)
+                    self.pending = pending
                     return
                 if frame is None:
                     break
@@ -111,6 +122,7 @@ class SegmentScan:
                     self.problem = ScanProblem(frame.position, e.reason, unterminated=False, offset=offset)
                     if isinstance(e, DictionaryUnusable):
                         self.problem.dictionary = e
+                    self.pending = pending
                     return
                 entry = IndexEntry(
                     record.offset,
@@ -120,8 +132,8 @@ class SegmentScan:
                     record.kind,
                     record.timestamp_ns,
                 )
-                pending.append(ScannedRecord(entry, record.hash, len(record.payload)))
-                offset, prev = offset + 1, record.hash
+                pending.append(_scanned(entry, record))
+                offset, prev = record.offset + 1, record.hash  # a cut marker jumps (markers.py)
                 if frame.header.batch_end:
                     yield pending
                     self.valid_end = reader.position
@@ -190,6 +202,27 @@ def is_torn_tail(path: Path, problem: ScanProblem) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class FoundGap:
+    """Damaged records a resyncing walk stepped over: offsets ``first_offset .. next_offset - 1``,
+    whose bytes start in segment ``segment_no`` at ``start_byte``. The walk went on at the first
+    record after them that verifies on its own (``resume_segment_no`` / ``resume_byte``), linked
+    through the hash it stores of the record before it (``link_hash``)."""
+
+    first_offset: int
+    next_offset: int
+    segment_no: int
+    start_byte: int
+    resume_segment_no: int
+    resume_byte: int
+    link_hash: ChainHash
+    reason: str
+
+    @property
+    def records(self) -> int:
+        return self.next_offset - self.first_offset
+
+
 @dataclass(slots=True)
 class StreamScan:
     """What a verifying walk over all of a stream's segment files found.
@@ -197,7 +230,9 @@ class StreamScan:
     ``next_offset`` / ``head`` describe the valid prefix (complete, verified batches). When the walk
     stopped early, ``problem`` says why and ``problem_segment`` where; ``missing_segment`` is set
     when a segment number is absent from the sequence; ``torn`` is True when the problem is an
-    interrupted write at the very end of the stream rather than damage.
+    interrupted write at the very end of the stream rather than damage. A resyncing walk steps
+    over damage that has verifying records after it and lists it in ``gaps``; ``markers`` are
+    the repair markers it met (``markers.py``).
     """
 
     stream_id: StreamId
@@ -212,44 +247,163 @@ class StreamScan:
     missing_segment: int | None = None
     torn: bool = False
     foreign_files: list[str] = field(default_factory=list)
+    gaps: list[FoundGap] = field(default_factory=list)
+    markers: list[RepairMarker] = field(default_factory=list)
+    last_timestamp_ns: int = 0
 
     @property
     def clean(self) -> bool:
-        return self.problem is None and self.missing_segment is None
+        return self.problem is None and self.missing_segment is None and not self.gaps
 
 
 def walk_stream(
     data_dir: Path,
     stream_id: StreamId,
     on_batch: Callable[[list[ScannedRecord]], None] | None = None,
+    *,
+    resync: bool = False,
 ) -> StreamScan:
-    """Verify a stream's segment files from genesis, in order, up to the first problem."""
+    """Verify a stream's segment files from genesis, in order, up to the first problem.
+
+    With ``resync``, damage (a bad record, a missing segment) that has a verifying record after it
+    is stepped over (``find_resume``) and listed in ``gaps``, and the walk goes on from there; the
+    verified records of a damaged record's batch before it are handed to ``on_batch`` too. Damage
+    with nothing verifying after it still stops the walk.
+    """
     result = StreamScan(stream_id)
     numbers, result.foreign_files = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     dictionaries = DictionaryCache(data_dir)
-    for expected_no, segment_no in enumerate(numbers):
-        if segment_no != expected_no:
-            result.missing_segment = expected_no
-            break
-        result.segments.append(segment_no)
+
+    def deliver(batch: list[ScannedRecord]) -> None:
+        result.markers.extend(r.marker for r in batch if r.marker is not None)
+        result.last_timestamp_ns = batch[-1].entry.timestamp_ns
+        if on_batch is not None:
+            on_batch(batch)
+
+    def step_over(at: int, position: int, gap_segment: int, reason: str) -> tuple[int, int] | None:
+        """Go on after damage at ``numbers[at]``/``position`` (the record at ``result.next_offset``):
+        returns (index into numbers, byte) of the first record after it that verifies, or None.
+        A missing segment passes ``gap_segment`` before ``numbers[at]`` and ``position`` 0."""
+        search_from = position + 1 if gap_segment == numbers[at] else 0
+        resume = find_resume(data_dir, stream_id, numbers, at, search_from, result.next_offset, dictionaries)
+        if resume is None:
+            return None
+        index, segment_no, byte, header = resume
+        result.gaps.append(
+            FoundGap(
+                result.next_offset, header.offset, gap_segment, position, segment_no, byte, header.prev_hash, reason
+            )
+        )
+        for skipped in numbers[at + 1 : index]:  # whole segments inside the gap
+            result.segments.append(skipped)
+            result.first_offsets[skipped] = result.next_offsets[skipped] = header.offset
+            result.valid_ends[skipped] = 0
+        if index != at:
+            result.segments.append(segment_no)
+            result.first_offsets[segment_no] = header.offset
+        result.next_offset, result.head = header.offset, header.prev_hash
+        return index, byte
+
+    i, position = 0, 0
+    while i < len(numbers):
+        segment_no = numbers[i]
+        expected_no = numbers[i - 1] + 1 if i else 0
+        if position == 0 and segment_no != expected_no:
+            resumed = step_over(i, 0, expected_no, f"segment {expected_no} is missing") if resync else None
+            if resumed is None:
+                result.missing_segment = expected_no
+                break
+            i, position = resumed
+            continue
+        if segment_no not in result.first_offsets:
+            result.segments.append(segment_no)
+            result.first_offsets[segment_no] = result.next_offset
         scan = SegmentScan(
             data_dir,
             stream_id,
             segment_no,
-            position=0,
+            position=position,
             next_offset=result.next_offset,
             prev_hash=result.head,
             dictionaries=dictionaries,
         )
-        result.first_offsets[segment_no] = result.next_offset
         for batch in scan.batches():
-            if on_batch is not None:
-                on_batch(batch)
+            deliver(batch)
         result.valid_ends[segment_no] = scan.valid_end
         result.next_offsets[segment_no] = scan.next_offset
         result.next_offset, result.head = scan.next_offset, scan.prev_hash
-        if scan.problem is not None:
-            result.problem, result.problem_segment = scan.problem, segment_no
-            result.torn = segment_no == numbers[-1] and is_torn_tail(scan.path, scan.problem)
+        problem = scan.problem
+        if problem is not None and resync and problem.dictionary is None and not problem.unterminated:
+            if scan.pending:  # the damaged record's batch: the records before it verify
+                last = scan.pending[-1]
+                result.next_offset, result.head = last.entry.offset + 1, last.hash
+            resumed = step_over(i, problem.position, segment_no, problem.reason)
+            if resumed is not None:
+                if scan.pending:
+                    deliver(scan.pending)
+                    result.valid_ends[segment_no] = problem.position
+                    result.next_offsets[segment_no] = problem.offset
+                i, position = resumed
+                continue
+            result.next_offset, result.head = scan.next_offset, scan.prev_hash  # damage at the tail: as before
+        if problem is not None:
+            result.problem, result.problem_segment = problem, segment_no
+            result.torn = segment_no == numbers[-1] and is_torn_tail(scan.path, problem)
             break
+        i, position = i + 1, 0
     return result
+
+
+def find_resume(
+    data_dir: Path,
+    stream_id: StreamId,
+    numbers: list[int],
+    at: int,
+    search_from: int,
+    expected: int,
+    dictionaries: DictionarySource,
+) -> tuple[int, int, int, FrameHeader] | None:
+    """The first record after damage that verifies on its own: (index into ``numbers``, segment
+    number, byte position, header); None if nothing after the damage does.
+
+    Looks in segment ``numbers[at]`` from byte ``search_from``, then in every later segment from
+    its start. A candidate must be a whole frame (magic, checksum) of this stream at an offset past
+    ``expected`` whose stored hash is the hash of its contents; whether it links to the records
+    before the damage cannot be known (their bytes are what is damaged), so the walk goes on
+    from the link it stores.
+    """
+    for index in range(at, len(numbers)):
+        segment_no = numbers[index]
+        path = segment_path(data_dir, stream_id, segment_no)
+        start = search_from if index == at else 0
+        with path.open("rb") as f:
+            f.seek(start)
+            data = f.read()
+        found = data.find(MAGIC)
+        while found != -1:
+            header = _self_verifying(path, start + found, stream_id, expected, dictionaries)
+            if header is not None:
+                return index, segment_no, start + found, header
+            found = data.find(MAGIC, found + 1)
+    return None
+
+
+def _self_verifying(
+    path: Path, position: int, stream_id: StreamId, expected: int, dictionaries: DictionarySource
+) -> FrameHeader | None:
+    with SegmentReader(path, position) as reader:
+        try:
+            frame = reader.read_frame()
+        except FrameError:
+            return None
+    if frame is None:
+        return None
+    header = frame.header
+    if header.stream_id != stream_id or header.offset <= expected:
+        return None
+    try:
+        payload = decode_payload(header, frame.stored, dictionaries)
+    except (FrameError, DictionaryUnavailable):
+        return None
+    own = record_hash(stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload)
+    return header if own == header.hash else None

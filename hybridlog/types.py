@@ -37,6 +37,8 @@ class RecordKind(enum.IntEnum):
 
     EVENT = 0
     CHECKPOINT = 1
+    REPAIR = 2
+    """A repair marker: a range of offsets that repair isolated or cut (``markers.py``)."""
 
 
 class CompressionKind(enum.Enum):

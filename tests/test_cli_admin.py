@@ -506,11 +506,13 @@ def test_stats_json_shape_and_compression_ratio(tmp_path: Path) -> None:
 def downgrade_to_schema_1(store: Path) -> None:
     """Make the catalog what a hybridlog with only migrations/0001_initial.sql left behind.
 
-    Undoes 0003 (``records`` back to a WITHOUT ROWID table keyed by stream and offset, no
-    ``global_order``) and 0002 (no ``recovery_log``).
+    Undoes 0004 (no ``gaps``, no 'repair' kind), 0003 (``records`` back to a WITHOUT ROWID table
+    keyed by stream and offset, no ``global_order``) and 0002 (no ``recovery_log``).
     """
     conn = apsw.Connection(str(store / CATALOG_FILE))
     with conn:
+        conn.execute("DROP TABLE gaps")
+        conn.execute("DELETE FROM record_kinds WHERE kind = 2")
         conn.execute("DROP TABLE global_order")
         conn.execute("ALTER TABLE records RENAME TO records_schema3")
         conn.execute(
@@ -558,9 +560,11 @@ def test_migrate_upgrades_a_version_1_catalog_with_the_data_intact(store: Path) 
     assert sorted(row[0] for row in records) == list(range(1, len(records) + 1))  # type: ignore[type-var]
     assert sorted(row[1:] for row in records) == sorted(rows_before["records"])
     assert after["global_order"] == [(1, len(records))]
-    unchanged = ("user_version", "recovery_log", "records", "global_order")
+    assert after["gaps"] == []
+    assert after["record_kinds"] == [(0, "event"), (1, "checkpoint"), (2, "repair")]  # 0004 added one
+    unchanged = ("user_version", "recovery_log", "records", "global_order", "gaps", "record_kinds")
     assert {k: v for k, v in after.items() if k not in unchanged} == {
-        k: v for k, v in rows_before.items() if k != "records"
+        k: v for k, v in rows_before.items() if k not in ("records", "record_kinds")
     }
     assert read_events(store, DAMAGED) == [e for b in DAMAGED_BATCHES for e in b]
     assert run("verify", str(store))[0] == 0

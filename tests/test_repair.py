@@ -555,7 +555,8 @@ def test_repair_logs_the_cut_before_the_reindex(history: History, store_copy: Pa
 def test_rebuild_does_not_cut_a_forged_record_followed_by_a_good_one(history: History, store_copy: Path) -> None:
     """Damage is never cut automatically: in the last batch of the active segment, a record whose
     checksum was forged and that a valid record follows is damage, not a torn write. A rebuild
-    (here on open, the catalog being gone) indexes up to it, fences the stream and cuts nothing."""
+    (here on open, the catalog being gone) indexes up to it (the records of its batch before it
+    verify, so they are kept), fences the stream and cuts nothing."""
     last_batch = history.batches_in(history.last_segment)[-1]
     victim = last_batch[-2]
     segment = segment_path(store_copy, STREAM, history.last_segment)
@@ -572,7 +573,7 @@ def test_rebuild_does_not_cut_a_forged_record_followed_by_a_good_one(history: Hi
         )
         assert_hint_names_repair(damage)
         assert stream_bytes(store_copy) == before
-        assert store.read_records_from_genesis(STREAM) == history.records[STREAM][: last_batch[0].offset]
+        assert store.read_records_from_genesis(STREAM) == history.records[STREAM][: victim.offset]
 
 
 # --- damaged, missing and extra segment files ------------------------------------------------------------

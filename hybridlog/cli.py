@@ -285,6 +285,8 @@ def _render_plan(plan: list[RepairStep]) -> None:
     for step in plan:
         target = "the whole store" if step.stream_id is None else f"stream {step.stream_id}"
         click.echo(f"  {step.repair} {target}  ({step.reason})")
+        if step.effect:
+            click.echo(f"    {step.effect}")
 
 
 @cli.command()
@@ -318,14 +320,19 @@ def check(store: Path, stream_ids: tuple[int, ...], as_json: bool) -> None:
 @click.option("--stream", "stream_ids", type=click.IntRange(0, 2**63 - 1), multiple=True, help="Only these streams.")
 @click.option("--yes", is_flag=True, help="Apply the plan without asking.")
 @click.option("--dry-run", is_flag=True, help="Show the plan only.")
+@click.option(
+    "--isolate",
+    is_flag=True,
+    help="Keep every record that still verifies: isolate damage in place instead of cutting the stream there.",
+)
 @json_option
-def repair(store: Path, stream_ids: tuple[int, ...], yes: bool, dry_run: bool, as_json: bool) -> None:
+def repair(store: Path, stream_ids: tuple[int, ...], yes: bool, dry_run: bool, isolate: bool, as_json: bool) -> None:
     """Show the repair plan, then apply it (cut bytes are kept in quarantine files)."""
     wanted = list(stream_ids) or None
     # The plan comes from a read-only store: opening for writing runs open-time recovery, which
     # must not change anything before the operator has seen the plan and said yes.
     with _open_existing(store, read_only=True) as reader, _progress("checking", _records_in(reader, wanted)) as advance:
-        plan = reader.check(wanted, progress=advance).plan(wanted)
+        plan = reader.check(wanted, progress=advance).plan(wanted, isolate=isolate)
     if not as_json:
         if not plan:
             click.echo("nothing to repair")

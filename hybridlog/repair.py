@@ -20,15 +20,17 @@ is written to ``recovery_log``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hybridlog.catalog import CATALOG_FILE, Catalog, RecoveryEntry
 from hybridlog.errors import CatalogTooNew, CatalogUnusable, MissingDictionary
+from hybridlog.markers import ISOLATED
 from hybridlog.recovery import stream_ids_on_disk
-from hybridlog.scan import ScannedRecord, walk_stream
+from hybridlog.scan import FoundGap, ScannedRecord, ScanProblem, StreamScan, walk_stream
 from hybridlog.segment import file_digest, segment_path
-from hybridlog.types import RecordKind, StreamId
+from hybridlog.stream_repair import StreamRepairPlan, plan_stream_repair
+from hybridlog.types import GENESIS_HASH, RecordKind, StreamId
 
 # Finding.problem values
 CATALOG_MISSING = "catalog_missing"
@@ -43,11 +45,15 @@ MISSING_DICTIONARY = "missing_dictionary"
 DAMAGED_DICTIONARY = "damaged_dictionary"
 FOREIGN_FILE = "foreign_file"
 
+ISOLATED_RECORDS = "isolated_records"
+
 # repair names, in the order a plan applies them
 REBUILD_CATALOG = "rebuild_catalog"
+ISOLATE = "isolate"
 TRUNCATE = "truncate"
 REINDEX = "reindex"
-_REPAIR_ORDER = {REBUILD_CATALOG: 0, TRUNCATE: 1, REINDEX: 2}
+_REPAIR_ORDER = {REBUILD_CATALOG: 0, ISOLATE: 1, TRUNCATE: 1, REINDEX: 2}
+STREAM_REPAIRS = (ISOLATE, TRUNCATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +82,21 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class RepairStep:
-    """One repair to apply: ``rebuild_catalog`` (store-wide), or ``truncate`` / ``reindex`` a stream."""
+    """One repair to apply: ``rebuild_catalog`` (store-wide), or ``isolate`` / ``truncate`` /
+    ``reindex`` a stream. ``reason`` says what was found; ``effect`` what the step will do, in
+    records, offsets and bytes (``effects`` the same numbers for ``--json``)."""
 
     repair: str
     stream_id: StreamId | None
     reason: str
+    effect: str = ""
+    effects: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"repair": self.repair, "stream_id": self.stream_id, "reason": self.reason}
+        shown: dict[str, object] = {"repair": self.repair, "stream_id": self.stream_id, "reason": self.reason}
+        if self.effect:
+            shown.update(effect=self.effect, effects=self.effects)
+        return shown
 
 
 @dataclass(slots=True)
@@ -91,23 +104,37 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     streams_checked: int = 0
     records_verified: int = 0
+    stream_plans: dict[StreamId, tuple[StreamRepairPlan, StreamRepairPlan]] = field(default_factory=dict)
+    """For each damaged stream: what an isolating repair and a truncating one would do."""
 
     @property
     def ok(self) -> bool:
-        """True when nothing needs repairing (foreign files are reported but need no repair)."""
+        """True when nothing needs repairing (foreign files and isolated records are reported but
+        need no repair)."""
         return all(f.repair is None for f in self.findings)
 
-    def plan(self, stream_ids: list[int] | None = None) -> list[RepairStep]:
-        """The repairs that fix every finding (for ``stream_ids`` only, if given), in order."""
+    def plan(self, stream_ids: list[int] | None = None, *, isolate: bool = False) -> list[RepairStep]:
+        """The repairs that fix every finding (for ``stream_ids`` only, if given), in order.
+
+        Damage is cut at its batch (``truncate``), as before; ``isolate`` keeps every record that
+        still verifies instead (``stream_repair.py``): the damaged records are isolated in place,
+        and only records that no longer verify at the end of a stream are cut.
+        """
         steps: dict[tuple[str, StreamId | None], RepairStep] = {}
         for f in self.findings:
             if f.repair is None or (stream_ids is not None and f.stream_id not in stream_ids):
                 continue
-            key = (f.repair, f.stream_id)
-            steps.setdefault(key, RepairStep(f.repair, f.stream_id, f.message))
-        # truncating a stream re-indexes it, so a separate reindex of it is redundant
-        truncated = {s.stream_id for s in steps.values() if s.repair == TRUNCATE}
-        kept = [s for s in steps.values() if not (s.repair == REINDEX and s.stream_id in truncated)]
+            plans = self.stream_plans.get(f.stream_id) if f.stream_id is not None else None
+            repair = ISOLATE if isolate and plans is not None and f.repair in (TRUNCATE, REINDEX) else f.repair
+            if (repair, f.stream_id) in steps:
+                continue
+            step = RepairStep(repair, f.stream_id, f.message)
+            if repair == ISOLATE and plans is not None:
+                step = RepairStep(repair, f.stream_id, f.message, plans[0].statement(), plans[0].as_dict())
+            steps[repair, f.stream_id] = step
+        # isolating or truncating a stream re-indexes it, so a separate reindex of it is redundant
+        rebuilt = {s.stream_id for s in steps.values() if s.repair in STREAM_REPAIRS}
+        kept = [s for s in steps.values() if not (s.repair == REINDEX and s.stream_id in rebuilt)]
         return sorted(kept, key=lambda s: (_REPAIR_ORDER[s.repair], -1 if s.stream_id is None else s.stream_id))
 
     def as_dict(self) -> dict[str, object]:
@@ -202,19 +229,42 @@ def _check_stream(
     report: CheckReport,
     progress: Callable[[int], None] | None,
 ) -> list[Finding]:
-    index = _IndexComparison(catalog, sid)
+    scanned: list[ScannedRecord] = []
 
     def count(batch: list[ScannedRecord]) -> None:
         report.records_verified += len(batch)
-        index.compare(batch)
+        scanned.extend(batch)
         if progress is not None:
             progress(len(batch))
 
-    scan = walk_stream(data_dir, sid, count)
+    walked = walk_stream(data_dir, sid, count, resync=True)
     found: list[Finding] = [
         Finding(sid, FOREIGN_FILE, f"file {name} is not a segment, dictionary or quarantine file", None)
-        for name in scan.foreign_files
+        for name in walked.foreign_files
     ]
+    isolated = {(m.first_offset, m.next_offset) for m in walked.markers if m.action == ISOLATED}
+    for gap in walked.gaps:
+        if (gap.first_offset, gap.next_offset) in isolated:
+            found.append(
+                Finding(
+                    sid,
+                    ISOLATED_RECORDS,
+                    f"offsets {gap.first_offset}..{gap.next_offset - 1} were isolated by a repair ({gap.reason})",
+                    None,
+                    offset=gap.first_offset,
+                    segment=segment_path(data_dir, sid, gap.segment_no),
+                    position=gap.start_byte,
+                )
+            )
+    if not walked.clean or catalog is not None:
+        isolate_plan, _, _ = plan_stream_repair(catalog, data_dir, sid, scan=walked, scanned=scanned)
+        truncate_plan, _, _ = plan_stream_repair(catalog, data_dir, sid, truncate=True, scan=walked, scanned=scanned)
+        if isolate_plan.changes_anything:
+            report.stream_plans[sid] = (isolate_plan, truncate_plan)
+    unexplained = next((g for g in walked.gaps if (g.first_offset, g.next_offset) not in isolated), None)
+    scan = walked if unexplained is None else _stopped_at(walked, unexplained, scanned)
+    index = _IndexComparison(catalog, sid)
+    index.compare([r for r in scanned if r.entry.offset < scan.next_offset])
     if scan.missing_segment is not None:
         found.append(
             Finding(
@@ -339,6 +389,25 @@ class _IndexComparison:
                     Finding(self.sid, CATALOG_MISMATCH, "the checkpoint rows disagree with the segments", REINDEX)
                 )
         return found
+
+
+def _stopped_at(walked: StreamScan, gap: FoundGap, scanned: list[ScannedRecord]) -> StreamScan:
+    """The walk as a walk without resync would have ended: at the batch of damage no repair marker
+    accounts for (so ``check`` reports it, and compares the catalog with what comes before it)."""
+    before = [r for r in scanned if r.entry.offset < gap.batch_offset]
+    view = replace(
+        walked,
+        next_offset=gap.batch_offset,
+        head=before[-1].hash if before else GENESIS_HASH,
+        valid_ends={**walked.valid_ends, gap.segment_no: gap.batch_byte},
+    )
+    if gap.missing:
+        view.missing_segment = gap.segment_no
+    else:
+        view.problem = ScanProblem(gap.start_byte, gap.reason, unterminated=False, offset=gap.first_offset)
+        view.problem_segment = gap.segment_no
+        view.torn = False
+    return view
 
 
 def _check_segment_rows(data_dir: Path, catalog: Catalog, sid: StreamId) -> list[Finding]:

@@ -217,6 +217,12 @@ class FoundGap:
     resume_byte: int
     link_hash: ChainHash
     reason: str
+    batch_offset: int
+    """Where the damaged record's batch starts (offset, and byte in ``segment_no``): a walk
+    without resync stops there, since it hands out whole batches only."""
+    batch_byte: int
+    missing: bool = False
+    """True when the damage is a missing segment file (``segment_no``)."""
 
     @property
     def records(self) -> int:
@@ -280,7 +286,9 @@ def walk_stream(
         if on_batch is not None:
             on_batch(batch)
 
-    def step_over(at: int, position: int, gap_segment: int, reason: str) -> tuple[int, int] | None:
+    def step_over(
+        at: int, position: int, gap_segment: int, reason: str, batch: tuple[int, int]
+    ) -> tuple[int, int] | None:
         """Go on after damage at ``numbers[at]``/``position`` (the record at ``result.next_offset``):
         returns (index into numbers, byte) of the first record after it that verifies, or None.
         A missing segment passes ``gap_segment`` before ``numbers[at]`` and ``position`` 0."""
@@ -291,7 +299,17 @@ def walk_stream(
         index, segment_no, byte, header = resume
         result.gaps.append(
             FoundGap(
-                result.next_offset, header.offset, gap_segment, position, segment_no, byte, header.prev_hash, reason
+                result.next_offset,
+                header.offset,
+                gap_segment,
+                position,
+                segment_no,
+                byte,
+                header.prev_hash,
+                reason,
+                batch[0],
+                batch[1],
+                missing=gap_segment != numbers[at],
             )
         )
         for skipped in numbers[at + 1 : index]:  # whole segments inside the gap
@@ -309,7 +327,8 @@ def walk_stream(
         segment_no = numbers[i]
         expected_no = numbers[i - 1] + 1 if i else 0
         if position == 0 and segment_no != expected_no:
-            resumed = step_over(i, 0, expected_no, f"segment {expected_no} is missing") if resync else None
+            missing = f"segment {expected_no} is missing"
+            resumed = step_over(i, 0, expected_no, missing, (result.next_offset, 0)) if resync else None
             if resumed is None:
                 result.missing_segment = expected_no
                 break
@@ -337,7 +356,7 @@ def walk_stream(
             if scan.pending:  # the damaged record's batch: the records before it verify
                 last = scan.pending[-1]
                 result.next_offset, result.head = last.entry.offset + 1, last.hash
-            resumed = step_over(i, problem.position, segment_no, problem.reason)
+            resumed = step_over(i, problem.position, segment_no, problem.reason, (scan.next_offset, scan.valid_end))
             if resumed is not None:
                 if scan.pending:
                     deliver(scan.pending)

@@ -94,7 +94,16 @@ from hybridlog.recovery import (
     streams_to_reconcile,
     truncate_stream,
 )
-from hybridlog.repair import REBUILD_CATALOG, REINDEX, TRUNCATE, CheckReport, RepairReport, RepairStep, check_store
+from hybridlog.repair import (
+    ISOLATE,
+    REBUILD_CATALOG,
+    REINDEX,
+    TRUNCATE,
+    CheckReport,
+    RepairReport,
+    RepairStep,
+    check_store,
+)
 from hybridlog.segment import (
     SegmentWriter,
     file_digest,
@@ -104,6 +113,7 @@ from hybridlog.segment import (
     stream_path,
 )
 from hybridlog.sql import QueryResult, SqlValue, query_catalog
+from hybridlog.stream_repair import repair_stream
 from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for
 from hybridlog.training import DictionaryTrainer
 from hybridlog.types import (
@@ -1293,20 +1303,27 @@ class Storage:
             except OSError as e:
                 raise StorageIOError(f"cannot check {self._data_dir}: {e}") from e
 
-    def repair(self, plan: list[RepairStep] | None = None, *, stream_ids: list[int] | None = None) -> RepairReport:
+    def repair(
+        self, plan: list[RepairStep] | None = None, *, stream_ids: list[int] | None = None, isolate: bool = False
+    ) -> RepairReport:
         """Apply ``plan`` (default: the plan of a fresh ``check``); returns what was done.
 
-        Nothing is deleted: cut bytes go to quarantine files, and each action to ``recovery_log``.
+        ``isolate=True`` makes the default plan keep every record that still verifies
+        (``stream_repair.py``): damage is isolated in place and marked in the stream, and a stream
+        that must be cut continues after the highest offset it committed. Nothing is deleted: cut
+        bytes go to quarantine files, and each action to ``recovery_log``.
         """
         sids: list[int] | None = None if stream_ids is None else [check_stream_id(s) for s in stream_ids]
         report = RepairReport()
         with self._lock:
             self._writable_catalog()
-            for step in self.check(sids).plan(sids) if plan is None else plan:
+            for step in self.check(sids).plan(sids, isolate=bool(isolate)) if plan is None else plan:
                 if step.repair == REBUILD_CATALOG:
                     results = self._rebuild_catalog(found=step.reason)
                 elif step.stream_id is None:
                     raise InvalidArgument(f"repair {step.repair!r} needs a stream id")
+                elif step.repair == ISOLATE:
+                    results = [self._repair_stream(step.stream_id, truncate=False)]
                 elif step.repair == TRUNCATE:
                     results = [self._reindex(step.stream_id, found=step.reason, truncate=True)]
                 elif step.repair == REINDEX:
@@ -1362,6 +1379,17 @@ class Storage:
                 result = index_stream(catalog, self._data_dir, sid, self._now, found=found)
         except OSError as e:
             raise StorageIOError(f"stream {sid}: cannot rebuild its index: {e}") from e
+        self._note_recovery([result])
+        return result
+
+    def _repair_stream(self, sid: StreamId, *, truncate: bool) -> ReconcileResult:
+        """Isolate a stream's damage (or cut it there, with ``truncate``), then re-index it."""
+        catalog = self._writable_catalog()
+        self._forget_head(sid)
+        try:
+            result = repair_stream(catalog, self._data_dir, sid, self._now, truncate=truncate)
+        except OSError as e:
+            raise StorageIOError(f"stream {sid}: cannot repair it: {e}") from e
         self._note_recovery([result])
         return result
 

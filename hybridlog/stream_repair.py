@@ -1,0 +1,313 @@
+"""Repairing one damaged stream while keeping every record that still verifies.
+
+``plan_stream_repair`` measures what a repair would do (read only); ``repair_stream`` does it.
+
+* **isolate** (the default): damage that has verifying records after it is stepped over. Its
+  bytes stay where they are, an ``isolated`` repair marker (``markers.py``) is appended at the
+  head of the stream naming its offsets, and the catalog records the gap: reads before and after
+  it verify as usual (the chain is checked across it through the link the record after it
+  stores), and a read of the damaged records raises ``RecordIsolated``. Damage with nothing
+  verifying after it (the end of the stream) is cut into a quarantine file: only records that
+  no longer verify are cut.
+* **truncate** (only when the operator asks): everything from the first damaged record on is cut
+  into quarantine files, records that still verify included.
+
+Offsets are never given out twice: when a repair leaves the stream shorter than the highest
+offset it ever committed (the catalog's next offset, or the last offset seen in the segments),
+a ``cut`` marker takes that offset and links to the last record kept, so the stream continues
+after it.
+
+Order of the steps, each durable before the next: cut bytes to quarantine (``recovery.py``), then
+write the markers as one batch at the end of the stream and fsync them, then re-index the stream
+from its segments, which finds the markers and records the gaps. A crash in between leaves a
+stream that a second ``repair`` finishes: the markers are the record of what was decided.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from hybridlog.catalog import Catalog, RecoveryEntry
+from hybridlog.markers import CUT, ISOLATED, RepairMarker
+from hybridlog.record import append_frames
+from hybridlog.recovery import (
+    TRUNCATED,
+    Clock,
+    ReconcileResult,
+    index_stream,
+    quarantine_segment,
+    quarantine_tail,
+)
+from hybridlog.scan import FoundGap, ScannedRecord, StreamScan, walk_stream
+from hybridlog.segment import (
+    SegmentWriter,
+    fsync_dir,
+    make_dirs_durably,
+    segment_numbers_on_disk,
+    segment_path,
+    stream_path,
+)
+from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
+
+ISOLATE_ACTION = "isolated"
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Where a repair cuts a stream: from ``offset``, whose bytes start in ``segment_no`` at ``byte``."""
+
+    offset: int
+    segment_no: int
+    byte: int
+
+
+@dataclass(slots=True)
+class StreamRepairPlan:
+    """What repairing one stream will do, in records, offsets and bytes (nothing done yet)."""
+
+    stream_id: StreamId
+    truncate: bool
+    isolate: list[FoundGap] = field(default_factory=list)
+    cut: Cut | None = None
+    """Where the stream is cut (None: nothing is cut)."""
+    cut_bytes: int = 0
+    cut_files: list[str] = field(default_factory=list)
+    cut_verifying: int = 0
+    """Records cut that still verify (only an explicit truncate cuts those)."""
+    committed_next: int = 0
+    """The offset after the highest one the stream ever committed, as far as anyone knows."""
+    kept_after: int = 0
+    """Verifying records after the first isolated gap that stay readable."""
+
+    @property
+    def needs_cut_marker(self) -> bool:
+        return self.cut is not None and self.committed_next > self.cut.offset
+
+    @property
+    def cut_records(self) -> int:
+        return self.committed_next - self.cut.offset if self.cut is not None else 0
+
+    @property
+    def changes_anything(self) -> bool:
+        return bool(self.isolate) or self.cut is not None
+
+    def statement(self) -> str:
+        """The plan in words, with the numbers an operator needs before saying yes."""
+        parts = []
+        for gap in self.isolate:
+            parts.append(
+                f"isolates offsets {_span(gap.first_offset, gap.next_offset)} ({gap.records} damaged"
+                f" record{'s' if gap.records != 1 else ''}, bytes kept in place in segment {gap.segment_no}"
+                f" from byte {gap.start_byte})"
+            )
+        if self.isolate:
+            parts.append(f"keeps the {self.kept_after:,} verifying records after the damage readable")
+        if self.cut is not None:
+            lost = self.cut_records
+            if lost > 0:
+                verifying = f", {self.cut_verifying:,} of them still verifying" if self.cut_verifying else ""
+                span = _span(self.cut.offset, self.committed_next)
+                cut = f"cuts offsets {span}: {lost:,} committed records{verifying}"
+            else:
+                cut = f"cuts an unacknowledged tail from offset {self.cut.offset}"
+            where = ", ".join(self.cut_files) if self.cut_files else "quarantine"
+            parts.append(f"{cut}, {_size(self.cut_bytes)}, to {where}")
+            if self.needs_cut_marker:
+                parts.append(f"a cut marker takes offset {self.committed_next}: no offset is used twice")
+        return "; ".join(parts) if parts else "nothing to change"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "stream_id": self.stream_id,
+            "truncate": self.truncate,
+            "isolates": [
+                {
+                    "first_offset": g.first_offset,
+                    "next_offset": g.next_offset,
+                    "records": g.records,
+                    "segment_no": g.segment_no,
+                    "start_byte": g.start_byte,
+                }
+                for g in self.isolate
+            ],
+            "kept_after": self.kept_after,
+            "cut": None
+            if self.cut is None
+            else {
+                "first_offset": self.cut.offset,
+                "next_offset": self.committed_next,
+                "committed_records": self.cut_records,
+                "verifying_records": self.cut_verifying,
+                "bytes": self.cut_bytes,
+                "files": self.cut_files,
+            },
+        }
+
+
+def _span(first: int, nxt: int) -> str:
+    return str(first) if nxt == first + 1 else f"{first}..{nxt - 1}"
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes" if n < 1024 * 1024 else f"{n / 1e6:.1f} MB"
+
+
+def plan_stream_repair(
+    catalog: Catalog | None,
+    data_dir: Path,
+    stream_id: StreamId,
+    *,
+    truncate: bool = False,
+    scan: StreamScan | None = None,
+    scanned: list[ScannedRecord] | None = None,
+) -> tuple[StreamRepairPlan, StreamScan, list[ScannedRecord]]:
+    """Measure the repair of one stream (changes nothing). ``scan``/``scanned``: a resyncing walk
+    already made (``walk_stream(..., resync=True)`` and the records it handed out)."""
+    if scan is None or scanned is None:
+        scanned = []
+        scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True)
+    row = catalog.stream(stream_id) if catalog is not None else None
+    plan = StreamRepairPlan(stream_id, truncate)
+    isolated = {(m.first_offset, m.next_offset) for m in scan.markers if m.action == ISOLATED}
+    unexplained = [g for g in scan.gaps if (g.first_offset, g.next_offset) not in isolated]
+    highest_seen = max((r.entry.offset for r in scanned), default=-1) + 1
+    plan.committed_next = max(row.next_offset if row else 0, highest_seen, scan.next_offset)
+    numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
+    if truncate and unexplained:
+        first = unexplained[0]
+        plan.cut = Cut(first.first_offset, first.segment_no, first.start_byte)
+        plan.cut_verifying = sum(1 for r in scanned if r.entry.offset >= first.first_offset)
+    else:
+        plan.isolate = unexplained
+        if unexplained:
+            plan.kept_after = sum(1 for r in scanned if r.entry.offset >= unexplained[0].next_offset)
+        if scan.problem is not None and scan.problem_segment is not None:
+            plan.cut = Cut(scan.next_offset, scan.problem_segment, scan.valid_ends[scan.problem_segment])
+        elif scan.missing_segment is not None:
+            plan.cut = Cut(scan.next_offset, scan.missing_segment, 0)
+        elif plan.committed_next > scan.next_offset:  # the catalog knew more than the segments hold
+            last = numbers[-1] if numbers else 0
+            size = segment_path(data_dir, stream_id, last).stat().st_size if numbers else 0
+            plan.cut = Cut(scan.next_offset, last, size)
+    cut = plan.cut
+    if cut is not None:
+        for no in numbers:
+            path = segment_path(data_dir, stream_id, no)
+            if no == cut.segment_no:
+                size = path.stat().st_size
+                if size > cut.byte:
+                    plan.cut_bytes += size - cut.byte
+                    plan.cut_files.append(f"{path.name}.{cut.byte}.quarantine")
+            elif no > cut.segment_no:
+                plan.cut_bytes += path.stat().st_size
+                plan.cut_files.append(f"{path.name}.0.quarantine")
+    return plan, scan, scanned
+
+
+def repair_stream(
+    catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clock, *, truncate: bool = False
+) -> ReconcileResult:
+    """Repair one stream as ``plan_stream_repair`` describes it (see the module docstring)."""
+    plan, scan, scanned = plan_stream_repair(catalog, data_dir, stream_id, truncate=truncate)
+    entries: list[RecoveryEntry] = []
+    head: ChainHash = scan.head
+    last_timestamp = scan.last_timestamp_ns
+    next_offset = scan.next_offset
+    markers: list[RepairMarker] = []
+    cut = plan.cut
+    if cut is not None:
+        entries.extend(_cut(data_dir, stream_id, plan, cut))
+        kept = [r for r in scanned if r.entry.offset < cut.offset]
+        head = kept[-1].hash if kept else GENESIS_HASH
+        last_timestamp = kept[-1].entry.timestamp_ns if kept else 0
+        next_offset = cut.offset
+        if plan.needs_cut_marker:
+            end = cut.byte + plan.cut_bytes
+            markers.append(RepairMarker(CUT, cut.offset, plan.committed_next, cut.segment_no, cut.byte, end))
+            next_offset = plan.committed_next
+    for gap in plan.isolate:
+        markers.append(
+            RepairMarker(ISOLATED, gap.first_offset, gap.next_offset, gap.segment_no, gap.start_byte, gap.resume_byte)
+        )
+        entries.append(
+            RecoveryEntry(
+                stream_id,
+                found=f"damage: {gap.reason}",
+                action=ISOLATE_ACTION,
+                segment_no=gap.segment_no,
+                start_byte=gap.start_byte,
+                end_byte=gap.resume_byte if gap.resume_segment_no == gap.segment_no else None,
+                first_offset=gap.first_offset,
+                next_offset=gap.next_offset,
+                detail=f"reads resume at segment {gap.resume_segment_no} byte {gap.resume_byte}",
+            )
+        )
+    if markers:
+        _write_markers(data_dir, stream_id, markers, next_offset, head, max(now(), last_timestamp))
+    found = "truncate requested" if truncate else "repair keeping what verifies"
+    return index_stream(catalog, data_dir, stream_id, now, found=found, prior=entries)
+
+
+def _cut(data_dir: Path, stream_id: StreamId, plan: StreamRepairPlan, cut: Cut) -> list[RecoveryEntry]:
+    """Move everything from the cut on into quarantine files."""
+    found = (
+        f"{plan.cut_records} committed records lost from offset {cut.offset}"
+        if plan.cut_records
+        else "unacknowledged records at the end of the stream"
+    )
+    entries = []
+    numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
+    for no in numbers:
+        if no == cut.segment_no and segment_path(data_dir, stream_id, no).stat().st_size > cut.byte:
+            entry = quarantine_tail(data_dir, stream_id, no, cut.byte)
+        elif no > cut.segment_no:
+            entry = quarantine_segment(data_dir, stream_id, no, found)
+        else:
+            continue
+        entries.append(
+            replace(
+                entry,
+                found=found,
+                action=TRUNCATED,
+                first_offset=cut.offset,
+                next_offset=plan.committed_next,
+            )
+        )
+    return entries
+
+
+def _write_markers(
+    data_dir: Path,
+    stream_id: StreamId,
+    markers: list[RepairMarker],
+    first_offset: int,
+    prev_hash: ChainHash,
+    timestamp_ns: int,
+) -> None:
+    """Append the markers as one batch at the end of the stream's last segment, durably."""
+    frames = bytearray()
+    append_frames(
+        frames,
+        [(RecordKind.REPAIR, m.encode()) for m in markers],
+        stream_id=stream_id,
+        first_offset=first_offset,
+        timestamp_ns=timestamp_ns,
+        prev_hash=prev_hash,
+        batch_end=True,
+        compressor=None,
+    )
+    directory = stream_path(data_dir, stream_id)
+    make_dirs_durably(directory)
+    numbers, _ = segment_numbers_on_disk(directory)
+    path = segment_path(data_dir, stream_id, numbers[-1] if numbers else 0)
+    created = not path.exists()
+    writer = SegmentWriter(path, create=created)
+    try:
+        writer.write_at(os.fstat(writer.fd).st_size, frames)
+        writer.sync()  # the markers are durable before the catalog points at them
+    finally:
+        writer.close()
+    if created:
+        fsync_dir(directory)

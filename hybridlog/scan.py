@@ -256,6 +256,8 @@ class StreamScan:
     gaps: list[FoundGap] = field(default_factory=list)
     markers: list[RepairMarker] = field(default_factory=list)
     last_timestamp_ns: int = 0
+    pending: list[ScannedRecord] = field(default_factory=list)
+    """At ``problem``: the verified records of the damaged record's batch before it."""
 
     @property
     def clean(self) -> bool:
@@ -322,18 +324,19 @@ def walk_stream(
         result.next_offset, result.head = header.offset, header.prev_hash
         return index, byte
 
-    i, position = 0, 0
+    i, position, resumed_here = 0, 0, False
     while i < len(numbers):
         segment_no = numbers[i]
         expected_no = numbers[i - 1] + 1 if i else 0
-        if position == 0 and segment_no != expected_no:
+        if position == 0 and segment_no != expected_no and not resumed_here:
             missing = f"segment {expected_no} is missing"
             resumed = step_over(i, 0, expected_no, missing, (result.next_offset, 0)) if resync else None
             if resumed is None:
                 result.missing_segment = expected_no
                 break
-            i, position = resumed
+            (i, position), resumed_here = resumed, True
             continue
+        resumed_here = False
         if segment_no not in result.first_offsets:
             result.segments.append(segment_no)
             result.first_offsets[segment_no] = result.next_offset
@@ -362,11 +365,11 @@ def walk_stream(
                     deliver(scan.pending)
                     result.valid_ends[segment_no] = problem.position
                     result.next_offsets[segment_no] = problem.offset
-                i, position = resumed
+                (i, position), resumed_here = resumed, True
                 continue
             result.next_offset, result.head = scan.next_offset, scan.prev_hash  # damage at the tail: as before
         if problem is not None:
-            result.problem, result.problem_segment = problem, segment_no
+            result.problem, result.problem_segment, result.pending = problem, segment_no, scan.pending
             result.torn = segment_no == numbers[-1] and is_torn_tail(scan.path, problem)
             break
         i, position = i + 1, 0

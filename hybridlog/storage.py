@@ -75,6 +75,7 @@ from hybridlog.errors import (
     OffsetMismatch,
     ReadOnlyStore,
     RecordCountMismatch,
+    RecordsUnavailable,
     StorageError,
     StorageIOError,
     StoreClosed,
@@ -82,7 +83,7 @@ from hybridlog.errors import (
 from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
-from hybridlog.reader import verified_frames, verified_records
+from hybridlog.reader import unavailable, verified_frames, verified_records
 from hybridlog.record import PayloadCompressor, checkpoint_payload
 from hybridlog.recovery import (
     ReconcileResult,
@@ -847,7 +848,7 @@ class Storage:
     def _add_repair_hint(self, error: IntegrityError) -> None:
         """Point a read's integrity error at ``check`` and ``repair`` (a missing or damaged
         dictionary keeps its own hint: restore the file first)."""
-        if not isinstance(error, DictionaryUnusable):
+        if not isinstance(error, DictionaryUnusable | RecordsUnavailable):
             error.hint = (
                 f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
             )
@@ -935,13 +936,20 @@ class Storage:
         snap = self._snapshot(sid, from_offset, anchored=True)
         if snap is None or from_offset >= snap.stream.next_offset:
             return []
-        start = snap.anchor.offset if snap.anchor else 0
+        for gap in snap.gaps:
+            if gap.holds(from_offset):
+                raise unavailable(self._data_dir, gap, from_offset)
+        start = snap.start.offset if snap.start else 0
         run = VerifiedRun(sid, start)
         wanted: list[Record] = []
         wanted_bytes = 0
         try:
             for segment_no, position, size, record in verified_frames(self._data_dir, snap, start, self._dictionaries):
-                if (record.kind is RecordKind.CHECKPOINT and record.offset > start) or len(run) >= MAX_RUN:
+                if (
+                    (record.kind is RecordKind.CHECKPOINT and record.offset > start)
+                    or len(run) >= MAX_RUN
+                    or record.offset != start + len(run)  # a cut marker's jump: runs hold consecutive offsets
+                ):
                     break
                 run.add(segment_no, position, size, record.hash)
                 if record.offset >= from_offset and wanted_bytes <= limit:

@@ -80,6 +80,8 @@ class StreamRepairPlan:
     """The offset after the highest one the stream ever committed, as far as anyone knows."""
     kept_after: int = 0
     """Verifying records after the first isolated gap that stay readable."""
+    keep_pending: bool = False
+    """The cut starts at the damaged record itself: the records of its batch before it are kept."""
 
     @property
     def needs_cut_marker(self) -> bool:
@@ -183,8 +185,14 @@ def plan_stream_repair(
         plan.isolate = unexplained
         if unexplained:
             plan.kept_after = sum(1 for r in scanned if r.entry.offset >= unexplained[0].next_offset)
-        if scan.problem is not None and scan.problem_segment is not None:
-            plan.cut = Cut(scan.next_offset, scan.problem_segment, scan.valid_ends[scan.problem_segment])
+        problem = scan.problem
+        if problem is not None and scan.problem_segment is not None:
+            if scan.pending and plan.committed_next > problem.offset:
+                # A committed batch damaged at its end: the records of it before the damage verify.
+                plan.cut = Cut(problem.offset, scan.problem_segment, problem.position)
+                plan.keep_pending = True
+            else:
+                plan.cut = Cut(scan.next_offset, scan.problem_segment, scan.valid_ends[scan.problem_segment])
         elif scan.missing_segment is not None:
             plan.cut = Cut(scan.next_offset, scan.missing_segment, 0)
         elif plan.committed_next > scan.next_offset:  # the catalog knew more than the segments hold
@@ -219,7 +227,7 @@ def repair_stream(
     cut = plan.cut
     if cut is not None:
         entries.extend(_cut(data_dir, stream_id, plan, cut))
-        kept = [r for r in scanned if r.entry.offset < cut.offset]
+        kept = [r for r in scanned if r.entry.offset < cut.offset] + (scan.pending if plan.keep_pending else [])
         head = kept[-1].hash if kept else GENESIS_HASH
         last_timestamp = kept[-1].entry.timestamp_ns if kept else 0
         next_offset = cut.offset

@@ -1,0 +1,195 @@
+"""Repair that keeps what verifies: damage isolated in place, only unverifiable tails cut, offsets
+never reused, and the decision kept in the stream (repair markers) so a rebuilt catalog keeps it.
+
+Each test damages real segment bytes, counts the records that read back before and after the
+repair, and compares them with what was appended.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hybridlog import CheckpointPolicy, Storage
+from hybridlog.errors import RecordIsolated, RecordsCut
+from hybridlog.markers import CUT, ISOLATED, decode_marker
+from hybridlog.record import HEADER_SIZE
+from hybridlog.repair import ISOLATE, ISOLATED_RECORDS, TRUNCATE
+from hybridlog.segment import segment_path
+from hybridlog.types import RecordKind
+from tests.damage_tools import flip_byte, quarantine_files, segment_files
+
+STREAM = 3
+EVENTS = 600
+BATCH = 20
+
+
+def event(i: int) -> bytes:
+    return f"event {i:05d} ".encode() * 3
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    """600 events in batches of 20, checkpoints every 100 events, about 12 segments."""
+    path = tmp_path / "store"
+    with Storage(path, checkpoint_policy=CheckpointPolicy.every(100), max_segment_size=4096) as store:
+        for first in range(0, EVENTS, BATCH):
+            store.append(STREAM, [event(i) for i in range(first, first + BATCH)])
+    return path
+
+
+def all_records(store: Storage) -> list[tuple[int, int, bytes]]:
+    """(offset, kind, payload) of every record, read from genesis (raises at damage)."""
+    return [(r.offset, int(r.kind), r.payload) for r in store.iter_records(STREAM, 0, anchored=False)]
+
+
+def events_from(store: Storage, offset: int) -> list[bytes]:
+    return [r.payload for r in store.iter_records(STREAM, offset) if r.kind is RecordKind.EVENT]
+
+
+def record_at(store: Storage, offset: int) -> tuple[int, int, int]:
+    """(segment_no, byte position, frame length) of a record, from the catalog."""
+    entry = store.offset_index(STREAM).lookup(offset)
+    assert entry is not None
+    return entry.segment_no, entry.position, entry.length
+
+
+def test_isolate_keeps_every_record_after_a_damaged_one(store_dir: Path) -> None:
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        original = all_records(store)
+        committed = store.next_offset(STREAM)
+        victim = original[len(original) // 2 + 3][0]
+        segment_no, position, _ = record_at(store, victim)
+    flip_byte(segment_path(store_dir, STREAM, segment_no), position + HEADER_SIZE + 2)
+    before_files = {p: p.read_bytes() for p in segment_files(store_dir, STREAM)}
+
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        plan = store.check().plan(isolate=True)
+        assert [(s.repair, s.stream_id) for s in plan] == [(ISOLATE, STREAM)]
+        assert f"isolates offsets {victim} (1 damaged record" in plan[0].effect
+        after_victim = sum(1 for r in original if r[0] > victim)
+        assert f"keeps the {after_victim:,} verifying records" in plan[0].effect
+        assert plan[0].effects is not None
+        assert plan[0].effects["cut"] is None  # nothing is cut
+
+        report = store.repair(plan)
+        assert report.after is not None
+        assert report.after.ok
+        assert [f.problem for f in report.after.findings] == [ISOLATED_RECORDS]
+
+        # Every record but the damaged one still reads, verified; the damaged one raises.
+        with pytest.raises(RecordIsolated) as raised:
+            store.read_from(STREAM, victim, 1 << 20)
+        assert (raised.value.first_offset, raised.value.next_offset) == (victim, victim + 1)
+        before = [r for r in original if r[0] < victim]
+        got_before = []
+        with pytest.raises(RecordIsolated):
+            for r in store.iter_records(STREAM, 0, anchored=False):
+                got_before.append((r.offset, int(r.kind), r.payload))
+        assert got_before == before
+        after = [(r.offset, int(r.kind), r.payload) for r in store.iter_records(STREAM, victim + 1)]
+        assert after[: len(original) - victim - 1] == [r for r in original if r[0] > victim]
+        # The repair marker took the next offset; appends continue after it.
+        marker = after[-1]
+        assert (marker[0], marker[1]) == (committed, RecordKind.REPAIR)
+        decoded = decode_marker(marker[2])
+        assert decoded is not None
+        assert (decoded.action, decoded.first_offset, decoded.next_offset) == (ISOLATED, victim, victim + 1)
+        assert store.append(STREAM, [b"after repair"])[0] == committed + 2
+
+    # Nothing was cut or moved: every byte of every segment is still there.
+    assert quarantine_files(store_dir, STREAM) == []
+    for path, data in before_files.items():
+        assert path.read_bytes()[: len(data)] == data
+
+    # The decision is in the stream: a catalog rebuilt from the segments alone keeps the isolation.
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.rebuild_catalog()
+        assert store.check().ok
+        with pytest.raises(RecordIsolated):
+            store.read_from(STREAM, victim, 100)
+        assert events_from(store, victim + 1)[-1] == b"after repair"
+
+
+def test_truncate_would_cut_what_isolate_keeps(store_dir: Path, tmp_path: Path) -> None:
+    """The issue's case in small: the default (truncate) plan cuts every record after the damage;
+    the isolating plan keeps them. Counted by reading both repaired stores back."""
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        total = store.next_offset(STREAM)
+        segment_no, position, _ = record_at(store, total // 2)
+    flip_byte(segment_path(store_dir, STREAM, segment_no), position + HEADER_SIZE + 1)
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(store_dir, copy)
+    kept = {}
+    for path, isolate in ((store_dir, True), (copy, False)):
+        with Storage(path, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+            [step] = store.check().plan(isolate=isolate)
+            assert step.repair == (ISOLATE if isolate else TRUNCATE)
+            store.repair([step])
+            readable = 0
+            offset = 0
+            while offset < store.next_offset(STREAM):
+                try:
+                    readable += sum(1 for r in store.iter_records(STREAM, offset) if r.kind is not RecordKind.REPAIR)
+                    break
+                except RecordIsolated as e:
+                    readable += e.first_offset - offset
+                    offset = e.next_offset
+            kept[isolate] = readable
+    assert kept[True] == total - 1
+    assert kept[False] < total // 2 + 1
+
+
+def test_damaged_tail_is_cut_and_its_offsets_are_never_reused(store_dir: Path) -> None:
+    """Damage in the last record has nothing verifying after it: isolate cuts it (it does not
+    verify), and a cut marker takes the next offset so the cut offset is never given out again."""
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        committed = store.next_offset(STREAM)
+        last = committed - 1
+        segment_no, position, _ = record_at(store, last)
+        original = all_records(store)
+    flip_byte(segment_path(store_dir, STREAM, segment_no), position + HEADER_SIZE + 2)
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        [step] = store.check().plan(isolate=True)
+        assert f"cuts offsets {last}: 1 committed records" in step.effect
+        assert f"a cut marker takes offset {committed}" in step.effect
+        report = store.repair([step])
+        assert report.after is not None
+        assert report.after.ok
+        with pytest.raises(RecordsCut):
+            store.read_from(STREAM, last, 100)
+        records = all_records(store)
+        assert records[:-1] == original[:-1]
+        assert records[-1][0] == committed  # the cut marker
+        marker = decode_marker(records[-1][2])
+        assert marker is not None
+        assert (marker.action, marker.first_offset, marker.next_offset) == (CUT, last, committed)
+        assert store.append(STREAM, [b"next"])[0] == committed + 2
+    assert len(quarantine_files(store_dir, STREAM)) == 1
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.rebuild_catalog()
+        assert store.next_offset(STREAM) == committed + 2
+        with pytest.raises(RecordsCut):
+            store.read_from(STREAM, last, 100)
+
+
+def test_a_missing_middle_segment_is_isolated(store_dir: Path) -> None:
+    files = segment_files(store_dir, STREAM)
+    gone = files[len(files) // 2]
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        original = all_records(store)
+        committed = store.next_offset(STREAM)
+        first_gone = next(s.first_offset for s in store.segments(STREAM) if s.path == gone)
+        next_kept = next(s.first_offset for s in store.segments(STREAM) if s.path == files[len(files) // 2 + 1])
+    gone.unlink()
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.repair(isolate=True)
+        with pytest.raises(RecordIsolated) as raised:
+            store.read_from(STREAM, first_gone, 100)
+        assert (raised.value.first_offset, raised.value.next_offset) == (first_gone, next_kept)
+        after = [(r.offset, int(r.kind), r.payload) for r in store.iter_records(STREAM, next_kept)]
+        assert after[:-1] == [r for r in original if r[0] >= next_kept]
+        assert store.next_offset(STREAM) == committed + 1

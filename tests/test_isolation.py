@@ -7,9 +7,11 @@ repair, and compares them with what was appended.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+from damage_tools import flip_byte, quarantine_files, segment_files
 
 from hybridlog import CheckpointPolicy, Storage
 from hybridlog.errors import RecordIsolated, RecordsCut
@@ -18,7 +20,6 @@ from hybridlog.record import HEADER_SIZE
 from hybridlog.repair import ISOLATE, ISOLATED_RECORDS, TRUNCATE
 from hybridlog.segment import segment_path
 from hybridlog.types import RecordKind
-from tests.damage_tools import flip_byte, quarantine_files, segment_files
 
 STREAM = 3
 EVENTS = 600
@@ -42,6 +43,11 @@ def store_dir(tmp_path: Path) -> Path:
 def all_records(store: Storage) -> list[tuple[int, int, bytes]]:
     """(offset, kind, payload) of every record, read from genesis (raises at damage)."""
     return [(r.offset, int(r.kind), r.payload) for r in store.iter_records(STREAM, 0, anchored=False)]
+
+
+def collect(store: Storage, into: list[tuple[int, int, bytes]]) -> None:
+    """Read from genesis into ``into`` until the read raises."""
+    into.extend((r.offset, int(r.kind), r.payload) for r in store.iter_records(STREAM, 0, anchored=False))
 
 
 def events_from(store: Storage, offset: int) -> list[bytes]:
@@ -83,10 +89,9 @@ def test_isolate_keeps_every_record_after_a_damaged_one(store_dir: Path) -> None
             store.read_from(STREAM, victim, 1 << 20)
         assert (raised.value.first_offset, raised.value.next_offset) == (victim, victim + 1)
         before = [r for r in original if r[0] < victim]
-        got_before = []
+        got_before: list[tuple[int, int, bytes]] = []
         with pytest.raises(RecordIsolated):
-            for r in store.iter_records(STREAM, 0, anchored=False):
-                got_before.append((r.offset, int(r.kind), r.payload))
+            collect(store, got_before)
         assert got_before == before
         after = [(r.offset, int(r.kind), r.payload) for r in store.iter_records(STREAM, victim + 1)]
         assert after[: len(original) - victim - 1] == [r for r in original if r[0] > victim]
@@ -120,8 +125,6 @@ def test_truncate_would_cut_what_isolate_keeps(store_dir: Path, tmp_path: Path) 
         segment_no, position, _ = record_at(store, total // 2)
     flip_byte(segment_path(store_dir, STREAM, segment_no), position + HEADER_SIZE + 1)
     copy = tmp_path / "copy"
-    import shutil
-
     shutil.copytree(store_dir, copy)
     kept = {}
     for path, isolate in ((store_dir, True), (copy, False)):

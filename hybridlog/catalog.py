@@ -8,7 +8,9 @@ rebuilt from them. Its schema is the SQL in ``migrations/``, applied in order on
 
 from __future__ import annotations
 
+import errno
 import importlib.resources
+import os
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -17,11 +19,25 @@ from pathlib import Path
 
 import apsw
 
-from hybridlog.errors import CatalogError, CatalogTooNew, CatalogUnusable
+from hybridlog.errors import (
+    CatalogBusy,
+    CatalogError,
+    CatalogIOError,
+    CatalogPermissionDenied,
+    CatalogTooNew,
+    CatalogUnusable,
+)
 from hybridlog.record import CHECKPOINT_PAYLOAD, FRAME_OVERHEAD
 from hybridlog.types import ChainHash, GlobalPosition, Offset, RecordKind, StreamId
 
 CATALOG_FILE = "catalog.db"
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+"""How long opening the catalog waits for another process's lock before raising CatalogBusy."""
+
+_BUSY = (apsw.BusyError, apsw.LockedError)
+"""SQLite errors that mean another connection holds a lock: no verdict on the catalog."""
+_OS_LEVEL = (apsw.CantOpenError, apsw.PermissionsError, apsw.ReadOnlyError, apsw.FullError, apsw.IOError)
+"""SQLite errors that mean the operating system refused: no verdict on the catalog either."""
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -49,6 +65,17 @@ def load_migrations(directory: Path | None = None) -> list[tuple[int, str, str]]
     if [v for v, _, _ in found] != list(range(1, len(found) + 1)):
         raise CatalogError(f"migrations in {where} are not numbered 0001, 0002, ...")
     return found
+
+
+def _denied(path: Path, *, read_only: bool) -> Path | None:
+    """The catalog file, companion or directory this process may not use as it needs, if any."""
+    mode = os.R_OK if read_only else os.R_OK | os.W_OK
+    for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if os.path.lexists(candidate) and not os.access(candidate, mode, effective_ids=True):
+            return candidate
+    if not read_only and not os.access(path.parent, os.W_OK | os.X_OK, effective_ids=True):
+        return path.parent  # where SQLite creates the -wal and -shm files
+    return None
 
 
 SCHEMA_VERSION = len(load_migrations())
@@ -199,15 +226,20 @@ class Catalog:
     Not thread-safe on its own: ``Storage`` serialises every call with its lock.
     """
 
-    def __init__(self, path: Path, *, read_only: bool) -> None:
+    def __init__(self, path: Path, *, read_only: bool, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> None:
         self.path = path
         self.read_only = read_only
+        self.busy_timeout_ms = busy_timeout_ms
         flags = apsw.SQLITE_OPEN_READONLY if read_only else apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        conn: apsw.Connection | None = None
         try:
-            self.conn = apsw.Connection(str(path), flags=flags)
-            # Wait for a writer's WAL checkpoint instead of failing with SQLITE_BUSY at once.
-            self.conn.set_busy_timeout(5000)
+            self.conn = conn = apsw.Connection(str(path), flags=flags)
+            # Wait for a writer's WAL checkpoint (or another process's lock) instead of failing
+            # with SQLITE_BUSY at once; after the wait it is CatalogBusy, never a rebuild.
+            self.conn.set_busy_timeout(busy_timeout_ms)
             if not read_only:
+                if self.conn.readonly("main"):  # SQLite falls back to read-only when it may not write
+                    raise apsw.ReadOnlyError("the catalog file is not writable")
                 # Readers in other processes keep reading while the writer commits.
                 self.conn.pragma("journal_mode", "wal")
                 # The segment fsync is the durability point; the catalog is rebuilt from the
@@ -217,10 +249,37 @@ class Catalog:
             else:
                 self._check_version()
         except apsw.Error as e:
-            raise CatalogUnusable(
-                f"cannot open catalog {path}: {e}",
-                hint=f"a writer rebuilds it from the segments: run `hybridlog repair {path.parent}`",
-            ) from e
+            error = self._open_error(e, conn)
+            if conn is not None:
+                conn.close()
+            raise error from e
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+
+    def _open_error(self, error: apsw.Error, conn: apsw.Connection | None) -> CatalogError:
+        """What an SQLite error while opening says about the catalog. Only proof that the file is
+        not a usable catalog gives CatalogUnusable (which a writer answers with a rebuild): a busy
+        file, a permission denied, a full disk or an I/O error says nothing about its contents."""
+        path = self.path
+        if isinstance(error, _BUSY):
+            return CatalogBusy(path, waited_s=self.busy_timeout_ms / 1000, detail=str(error))
+        if isinstance(error, _OS_LEVEL):
+            denied = _denied(path, read_only=self.read_only)
+            if denied is not None:
+                return CatalogPermissionDenied(
+                    denied, needs="read" if self.read_only else "read and write", detail=str(error)
+                )
+            code = conn.system_errno if conn is not None else 0
+            if isinstance(error, apsw.FullError) and not code:
+                code = errno.ENOSPC
+            why = f" [{errno.errorcode.get(code, code)}: {os.strerror(code)}]" if code else ""
+            return CatalogIOError(f"cannot open catalog {path}: {error}{why}", path=path)
+        return CatalogUnusable(
+            f"cannot open catalog {path}: {error}",
+            hint=f"a writer rebuilds it from the segments: run `hybridlog repair {path.parent}`",
+        )
 
     @classmethod
     def create(cls, path: Path) -> Catalog:
@@ -237,9 +296,14 @@ class Catalog:
         return cls(path, read_only=False)
 
     def health_problem(self) -> str | None:
-        """None if SQLite's ``quick_check`` passes, else what it reports (the first few lines)."""
+        """None if SQLite's ``quick_check`` passes, else what it reports (the first few lines).
+
+        CatalogBusy / CatalogIOError if it cannot be run: that is no verdict on the catalog.
+        """
         try:
             lines = [row[0] for row in self.conn.execute("PRAGMA quick_check(5)")]
+        except (*_BUSY, *_OS_LEVEL) as e:
+            raise self._open_error(e, self.conn) from e  # not a problem of the catalog's contents
         except apsw.Error as e:
             return str(e)
         return None if lines == ["ok"] else "; ".join(lines)

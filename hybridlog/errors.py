@@ -9,6 +9,8 @@ it. Driver errors (``apsw.Error``, ``OSError``) are translated where they are ra
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import TypedDict
 
@@ -117,6 +119,23 @@ class StorageLocked(StorageError):
         self.holder_pid = holder_pid
 
 
+class LockLost(StorageError):
+    """Raised when a writer's ``LOCK`` file was deleted or replaced while it held the store.
+
+    The writer writes nothing more (every later write raises this too); it still holds the lock on
+    the store directory, so no other writer can open the store until it is closed. Reads work.
+    Close the store and open it again: that creates a new ``LOCK``.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"the writer lock {path} {reason} while this process held the store; it writes nothing more",
+            hint="find out who removed or replaced it, then close the store and open it again",
+        )
+        self.path = path
+        self.reason = reason
+
+
 class ReadOnlyStore(StorageError):
     """Raised when a store opened with ``read_only=True`` is asked to write."""
 
@@ -133,6 +152,13 @@ class StorageIOError(StorageError):
         self.path = path
 
 
+def os_error_detail(error: OSError) -> str:
+    """An OSError in words with its errno's name, e.g. "No space left on device [ENOSPC]: /s/LOCK"."""
+    name = errno.errorcode.get(error.errno or 0, str(error.errno))
+    text = f"{error.strerror or error} [{name}]"
+    return f"{text}: {error.filename}" if error.filename else text
+
+
 class InvalidConfiguration(InvalidArgument):
     """Raised when a ``Storage`` option is out of range (for example a tiny ``max_segment_size``)."""
 
@@ -146,6 +172,45 @@ class CatalogError(StorageError):
 
 class CatalogUnusable(CatalogError):
     """Raised when the catalog file is not a usable SQLite database (a writer rebuilds it)."""
+
+
+class CatalogBusy(CatalogError):
+    """Raised when another process keeps the catalog locked for longer than the store's
+    ``busy_timeout`` (an ``sqlite3`` shell with ``PRAGMA locking_mode=EXCLUSIVE``, a long
+    transaction). Nothing was changed: a busy catalog is never rebuilt."""
+
+    def __init__(self, path: Path, *, waited_s: float, detail: str) -> None:
+        super().__init__(
+            f"catalog {path} is busy: another process holds it locked ({detail}); gave up after {waited_s:g} s",
+            hint="stop the other program using it (an sqlite3 shell, a backup tool) and try again,"
+            " or open the store with a longer busy_timeout",
+        )
+        self.path = path
+        self.waited_s = waited_s
+
+
+class CatalogIOError(CatalogError, StorageIOError):
+    """Raised when the operating system fails an operation on the catalog's files (disk full, an
+    I/O error, a name that is not a regular file). Nothing was changed: the catalog is not rebuilt
+    for it, since its contents were never shown to be bad."""
+
+    def __init__(self, message: str, *, path: Path, hint: str | None = None) -> None:
+        StorageIOError.__init__(self, message, path=path)
+        if hint is not None:
+            self.hint = hint
+
+
+class CatalogPermissionDenied(CatalogIOError):
+    """Raised when this process may not read or write the catalog (``path``: the file, its
+    ``-wal``/``-shm`` companion, or the store directory it must create them in). Nothing was
+    changed: an unreadable catalog is never rebuilt."""
+
+    def __init__(self, path: Path, *, needs: str, detail: str) -> None:
+        super().__init__(
+            f"permission denied: this process (uid {os.geteuid()}) may not {needs} {path} ({detail})",
+            path=path,
+            hint=f"give this user {needs} access to {path}, or run as the store's owner",
+        )
 
 
 class CatalogTooNew(CatalogError):

@@ -21,8 +21,10 @@ from hybridlog.errors import (
     RecordIsolated,
     RecordsCut,
     RecordsUnavailable,
+    StorageIOError,
     TruncatedRecord,
     Where,
+    os_error_detail,
 )
 from hybridlog.markers import ISOLATED
 from hybridlog.record import DictionarySource, FrameError
@@ -82,6 +84,8 @@ def verified_frames(
             reader = SegmentReader(path, position)
         except FileNotFoundError as e:
             raise CatalogMismatch("segment file is missing", stream_id=sid, offset=expected, segment=path) from e
+        except OSError as e:  # permission denied, not a file...: the segment may be fine, so no IntegrityError
+            raise StorageIOError(f"stream {sid}: cannot read segment {path}: {os_error_detail(e)}", path=path) from e
         with reader:
             # The fast walk verifies everything the slow one does; it stops at the first record it
             # cannot vouch for, and the slow walk below takes over there to raise the exact error.

@@ -53,6 +53,7 @@ from hybridlog.batch import (
 )
 from hybridlog.catalog import (
     CATALOG_FILE,
+    DEFAULT_BUSY_TIMEOUT_MS,
     Catalog,
     GlobalRow,
     RecoveryEntry,
@@ -79,6 +80,7 @@ from hybridlog.errors import (
     StorageError,
     StorageIOError,
     StoreClosed,
+    os_error_detail,
 )
 from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
@@ -178,6 +180,9 @@ class Storage:
 
     One process may hold a store for writing (others get ``StorageLocked``); any number may open
     it with ``read_only=True``. An instance is safe to share between threads.
+
+    ``busy_timeout``: seconds opening waits while another process keeps the catalog locked, before
+    ``CatalogBusy`` (a busy or unreadable catalog is never rebuilt; see lock.py for ``LOCK``).
     """
 
     def __init__(
@@ -190,6 +195,7 @@ class Storage:
         read_only: bool = False,
         clock: Clock | None = None,
         verified_cache_records: int = DEFAULT_VERIFIED_CACHE_RECORDS,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT_MS / 1000,
     ) -> None:
         if isinstance(max_segment_size, bool) or not isinstance(max_segment_size, int):
             raise InvalidConfiguration(f"max_segment_size must be an int, not {type(max_segment_size).__name__}")
@@ -201,6 +207,8 @@ class Storage:
             raise InvalidConfiguration("verified_cache_records must be an int")
         if verified_cache_records < 0:
             raise InvalidConfiguration("verified_cache_records must be 0 (off) or more")
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float) or not 0 <= busy_timeout <= 3600:
+            raise InvalidConfiguration(f"busy_timeout must be 0 to 3600 seconds, not {busy_timeout!r}")
         policy = CheckpointPolicy() if checkpoint_policy is None else checkpoint_policy
         if not isinstance(policy, CheckpointPolicy):
             raise InvalidConfiguration(f"checkpoint_policy must be a CheckpointPolicy, not {policy!r}")
@@ -209,6 +217,7 @@ class Storage:
         self._max_segment_size = max_segment_size
         self._compression = compression
         self._read_only = read_only
+        self._busy_timeout_ms = round(busy_timeout * 1000)  # how long opening waits for a locked catalog
         self._clock = clock or wall_clock
         self._lock = threading.RLock()
         self._catalog: Catalog | None = None
@@ -229,6 +238,8 @@ class Storage:
         self._consumers: ConsumerStore | None = None  # consumers.db, opened when first needed
         self._consumers_lock = threading.Lock()
         self._closed = False
+        if self._data_dir.exists() and not self._data_dir.is_dir():
+            raise StorageIOError(f"store path {self._data_dir} is not a directory", path=self._data_dir)
         if self._data_dir.exists():
             try:
                 self._open()
@@ -290,7 +301,7 @@ class Storage:
         catalog_path = self._data_dir / CATALOG_FILE
         if self._read_only:
             if catalog_path.exists():
-                catalog = Catalog(catalog_path, read_only=True)
+                catalog = Catalog(catalog_path, read_only=True, busy_timeout_ms=self._busy_timeout_ms)
                 if catalog.schema_version() == 0:
                     catalog.close()  # a writer is creating it right now: not a catalog yet, look again later
                 else:
@@ -306,7 +317,8 @@ class Storage:
             self._note_recovery(recover_store(self._catalog, self._data_dir, self._now))
         except OSError as e:
             self._release()
-            raise StorageIOError(f"cannot open store {self._data_dir}: {e}", path=self._data_dir) from e
+            detail = os_error_detail(e)
+            raise StorageIOError(f"cannot open store {self._data_dir}: {detail}", path=self._data_dir) from e
         except BaseException:
             self._release()
             raise
@@ -329,7 +341,12 @@ class Storage:
             self._store_lock = None
 
     def _open_or_rebuild_catalog(self) -> Catalog:
-        """The catalog, migrated; rebuilt from the segments if it is missing or unusable."""
+        """The catalog, migrated; rebuilt from the segments if it is missing or unusable.
+
+        Unusable means proven so (not a database, failing ``quick_check``): a catalog that is
+        busy (CatalogBusy, after ``busy_timeout``), unreadable (CatalogPermissionDenied) or on a
+        failing disk (CatalogIOError) raises, and is left exactly as it is.
+        """
         path = self._data_dir / CATALOG_FILE
         problem: str | None = None
         if not path.exists():
@@ -340,11 +357,15 @@ class Storage:
             problem = "catalog file missing"
         else:
             try:
-                catalog = Catalog(path, read_only=False)
+                catalog = Catalog(path, read_only=False, busy_timeout_ms=self._busy_timeout_ms)
             except CatalogUnusable as e:
                 problem = f"catalog unusable: {e.message}"
             else:
-                health = catalog.health_problem()
+                try:
+                    health = catalog.health_problem()
+                except BaseException:
+                    catalog.close()
+                    raise
                 if health is None:
                     return catalog
                 catalog.close()
@@ -375,6 +396,8 @@ class Storage:
         if self._catalog is None:
             self._open()
         assert self._catalog is not None
+        if self._store_lock is not None:
+            self._store_lock.check()  # LockLost if LOCK was deleted or replaced: write nothing more
         return self._catalog
 
     def _readable_catalog(self) -> Catalog | None:
@@ -397,7 +420,8 @@ class Storage:
                 if self._closed:
                     return
                 due = []
-                if not self._read_only and self._policy.on_close and self._catalog is not None:
+                lock_held = self._store_lock is not None and self._store_lock.is_held()
+                if not self._read_only and self._policy.on_close and self._catalog is not None and lock_held:
                     due = [
                         h.stream_id for h in self._heads.values() if h.damage is None and h.view.events_since_checkpoint
                     ]

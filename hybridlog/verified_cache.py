@@ -143,7 +143,7 @@ class VerifiedRunCache:
 
     def read(self, run: VerifiedRun, offset: int) -> tuple[bytes, ChainHash] | None:
         """The frame bytes now on disk where the run's record at ``offset`` was, and its verified
-        hash; None if the segment file is gone."""
+        hash; None if the segment file is gone (or cannot be opened)."""
         i = offset - run.first_offset
         key = (run.stream_id, run.segment_nos[i])
         with self._lock:  # held while reading: ``clear`` must not close the file under us
@@ -153,7 +153,7 @@ class VerifiedRunCache:
                     self._close_files()
                 try:
                     fd = os.open(self._segment_path(*key), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                except FileNotFoundError:
+                except OSError:  # gone or unreadable: the verified walk says which
                     return None
                 self._files[key] = fd
             frame = os.pread(fd, run.sizes[i], run.positions[i])

@@ -664,6 +664,13 @@ class Catalog:
     # --- writes ----------------------------------------------------------------------------------
 
     @contextmanager
+    def read_snapshot(self) -> Iterator[None]:
+        """One read transaction: every query inside sees the catalog as it was when it began."""
+        with self.conn:
+            self._count("SELECT count(*) FROM sqlite_schema", ())  # the snapshot starts at the first read
+            yield
+
+    @contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction; everything in it commits together or not at all."""
         with self.conn:
@@ -803,6 +810,18 @@ class Catalog:
                 entry.detail,
             ),
         )
+
+    def fold_wal(self) -> None:
+        """Copy every commit in the WAL into the main file (waiting for readers of older snapshots).
+
+        CatalogError if a reader keeps an older snapshot past the busy timeout.
+        """
+        try:
+            in_log, copied = self.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_FULL)
+        except apsw.Error as e:
+            raise CatalogError(f"cannot fold the WAL of {self.path} into it: {e}") from e
+        if in_log != copied:
+            raise CatalogError(f"cannot fold the WAL of {self.path} into it: a reader holds an older snapshot")
 
     def checkpoint_wal(self) -> None:
         """Copy the WAL into the database file and fsync it: every commit so far is durable."""

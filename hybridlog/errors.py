@@ -269,9 +269,9 @@ class ConsumerPositionLost(StorageError):
     nothing is read; choose the restart point (``from_position`` / ``from_offset``, then
     ``ack(name, position, force=True)``)."""
 
-    def __init__(self, name: str, position: int, reason: str) -> None:
+    def __init__(self, name: str | None, position: int, reason: str) -> None:
         super().__init__(
-            f"consumer {name!r}: position {position} {reason}",
+            f"{'subscription' if name is None else f'consumer {name!r}'}: position {position} {reason}",
             hint="subscribe with from_position or from_offset to choose where to resume, "
             "then move the consumer there with ack(name, position, force=True)",
         )

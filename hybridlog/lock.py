@@ -124,3 +124,31 @@ def _read_pid(path: Path) -> int | None:
             return int(f.read(32).decode().strip())
     except (ValueError, OSError):
         return None
+
+
+def writer_holds_lock(data_dir: Path) -> bool:
+    """Whether some process holds the writer lock of the store at ``data_dir`` now.
+
+    Asked without taking the lock (a writer opening at that moment must not be refused): Linux
+    lists every ``flock`` in ``/proc/locks`` by device and inode. Elsewhere, a shared lock is
+    tried and given back at once.
+    """
+    path = data_dir / LOCK_FILE
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii") as f:
+            return any(line.split()[1:2] == ["FLOCK"] and key in line.split() for line in f)
+    except OSError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock if it was taken
+    return False

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import apsw
+
 from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, GapRow, IndexEntry, RecoveryEntry, SegmentRow
-from hybridlog.errors import CatalogMismatch, IntegrityError
+from hybridlog.errors import CatalogError, CatalogMismatch, IntegrityError
 from hybridlog.markers import CUT, ISOLATED
 from hybridlog.scan import Adoption, FoundGap, ScannedRecord, SegmentScan, StreamScan, is_torn_tail, walk_stream
 from hybridlog.segment import (
@@ -566,41 +569,94 @@ def stream_ids_on_disk(data_dir: Path) -> list[StreamId]:
     return sorted(StreamId(sid) for sid in found if sid is not None)
 
 
-def move_catalog_aside(data_dir: Path, now_ns: int) -> Path | None:
-    """Rename ``catalog.db`` (and its -wal / -shm files) to ``catalog.db.<ns>.aside``; returns the new path."""
-    path = data_dir / CATALOG_FILE
-    kept = data_dir / f"{CATALOG_FILE}.{now_ns}.aside"
-    moved = None
-    for suffix in ("", "-wal", "-shm"):
-        source = path.with_name(path.name + suffix)
-        if source.exists():
-            os.replace(source, kept.with_name(kept.name + suffix))
-            moved = kept
-    fsync_dir(data_dir)
-    return moved
+def rebuild_catalog(
+    data_dir: Path, now: Clock, *, found: str, retiring: Catalog | None = None
+) -> tuple[Catalog, list[ReconcileResult]]:
+    """Build a fresh catalog from every stream's segments and put it in place of the old one (kept aside).
 
-
-def rebuild_catalog(data_dir: Path, now: Clock, *, found: str) -> tuple[Catalog, list[ReconcileResult]]:
-    """Build a fresh catalog from every stream's segments, keeping any old catalog file aside."""
+    The new catalog is built as ``catalog.db.new`` and renamed over ``catalog.db`` only when it is
+    complete, so a reader that opens the store meanwhile sees the old catalog whole, never a
+    catalog half-way through the rebuild. ``retiring``: the old catalog's open connection (a
+    writer's), closed just before the swap; None when the old one is missing or unusable.
+    """
     t = now()
-    kept = move_catalog_aside(data_dir, t)
-    catalog = Catalog(data_dir / CATALOG_FILE, read_only=False)
-    fsync_dir(data_dir)
-    with catalog.transaction():
-        catalog.log_recovery(
-            RecoveryEntry(
-                None,
-                found=found,
-                action=REBUILT_CATALOG,
-                kept_as=_relative(data_dir, kept) if kept else None,
-                at_ns=t,
+    path = data_dir / CATALOG_FILE
+    building = path.with_name(path.name + ".new")
+    for suffix in ("", "-wal", "-shm"):  # remains of a rebuild or creation a crash interrupted
+        building.with_name(building.name + suffix).unlink(missing_ok=True)
+    kept = data_dir / f"{CATALOG_FILE}.{t}.aside" if path.exists() else None
+    catalog = Catalog(building, read_only=False)
+    try:
+        with catalog.transaction():
+            catalog.log_recovery(
+                RecoveryEntry(
+                    None,
+                    found=found,
+                    action=REBUILT_CATALOG,
+                    kept_as=_relative(data_dir, kept) if kept else None,
+                    at_ns=t,
+                )
             )
-        )
-    results = [index_stream(catalog, data_dir, sid, now, found=found) for sid in stream_ids_on_disk(data_dir)]
-    with catalog.transaction():
-        catalog.renumber_global_positions()  # deterministic: the same segments give the same positions
+        results = [index_stream(catalog, data_dir, sid, now, found=found) for sid in stream_ids_on_disk(data_dir)]
+        with catalog.transaction():
+            catalog.renumber_global_positions()  # deterministic: the same segments give the same positions
+    finally:
+        catalog.close()  # the only connection: its close folds the WAL into the file
+    _install_catalog(data_dir, building, kept, retiring, found=found, now_ns=t)
     log.info("catalog rebuilt from the segments of %d streams (%s); old file kept as %s", len(results), found, kept)
-    return catalog, results
+    return Catalog(path, read_only=False), results
+
+
+def _install_catalog(
+    data_dir: Path, building: Path, kept: Path | None, retiring: Catalog | None, *, found: str, now_ns: int
+) -> None:
+    """Rename the complete catalog ``building`` over ``catalog.db``, keeping the old file as ``kept``.
+
+    Until the last step ``catalog.db`` is the old catalog, whole: its WAL is folded into it
+    first, because the old -wal / -shm files must leave before the new file arrives (SQLite
+    would read them as the new file's). The old file stays reachable under ``catalog.db`` until
+    the rename replaces it (a hard link keeps it aside), so there is no moment without a catalog.
+    Readers with the old file open keep reading it; ``Storage`` notices the swap and reopens
+    (the last entry logged in the old catalog moves its ``data_version``, so readers look at once).
+    """
+    path = data_dir / CATALOG_FILE
+    # 1. The new file's bytes are durable before its name is.
+    with building.open("rb") as f:
+        os.fsync(f.fileno())
+    # 2. Every commit of the old catalog is in its main file (readers that open it now need no WAL).
+    if retiring is not None:
+        try:
+            with retiring.transaction():
+                retiring.log_recovery(
+                    RecoveryEntry(
+                        None,
+                        found=found,
+                        action=REBUILT_CATALOG,
+                        kept_as=_relative(data_dir, kept) if kept else None,
+                        detail=f"this catalog was replaced by one rebuilt from the segments as {CATALOG_FILE}",
+                        at_ns=now_ns,
+                    )
+                )
+            retiring.fold_wal()
+        except apsw.Error as e:
+            raise CatalogError(f"cannot retire the old catalog {retiring.path}: {e}") from e
+        finally:
+            retiring.close()
+    # 3. Keep the old file aside under a second name, and move its WAL and shared memory with it.
+    if kept is not None:
+        try:
+            os.link(path, kept)
+        except FileExistsError:
+            pass  # a retry after a crash between this step and the rename
+        except OSError:  # a file system without hard links: a copy keeps it just as well
+            shutil.copyfile(path, kept)
+        for suffix in ("-wal", "-shm"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                os.replace(source, kept.with_name(kept.name + suffix))
+    # 4. The swap: one rename, then the directory fsync that makes it durable.
+    os.replace(building, path)
+    fsync_dir(data_dir)
 
 
 def rebuild_checkpoints(catalog: Catalog, data_dir: Path, stream_id: StreamId) -> int:

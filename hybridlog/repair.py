@@ -3,7 +3,12 @@
 ``check_store`` compares the catalog with a verifying walk over every stream's segment files and
 returns a ``CheckReport``: one ``Finding`` per disagreement or damage, each naming the stream,
 offset, segment file and byte position where it applies, and the repair that fixes it. It opens
-the catalog read-only, so it is safe to run beside a live writer.
+the catalog read-only and is safe to run beside a live writer: it reads the catalog in one read
+transaction (a snapshot) and judges each stream's records up to what that snapshot committed.
+Bytes past it (a batch being written, a segment just created, or committed after the snapshot)
+are in flight while a writer runs, so they are judged only when no other process holds the writer
+lock at the end of the walk and the catalog did not move meanwhile (then they are what they are:
+a torn tail, records the catalog missed).
 
 ``apply_repairs`` (through ``Storage.repair``) carries out a plan. The repairs:
 
@@ -20,11 +25,13 @@ is written to ``recovery_log``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hybridlog.catalog import CATALOG_FILE, Catalog, RecoveryEntry
 from hybridlog.errors import CatalogTooNew, CatalogUnusable, MissingDictionary
+from hybridlog.lock import writer_holds_lock
 from hybridlog.markers import ISOLATED
 from hybridlog.recovery import stream_ids_on_disk
 from hybridlog.scan import FoundGap, ScannedRecord, ScanProblem, StreamScan, walk_stream
@@ -204,21 +211,36 @@ def check_store(
     stream_ids: list[int] | None = None,
     *,
     progress: Callable[[int], None] | None = None,
+    writer_paused: bool = False,
 ) -> CheckReport:
-    """Find every disagreement between catalog and segments, and all damage; change nothing."""
+    """Find every disagreement between catalog and segments, and all damage; change nothing.
+
+    Beside a live writer, bytes past the catalog snapshot are not judged (see the module
+    docstring). ``writer_paused``: the caller is the store's writer and its appends wait until
+    the check ends, so nothing is in flight and every byte is judged.
+    """
     report = CheckReport()
     catalog = _open_catalog_for_check(data_dir, report)
+    judged: list[tuple[list[Finding], list[Finding]]] = []
+    in_flight = False
     try:
-        known = set(catalog.stream_ids()) if catalog else set()
-        streams = sorted(known | set(stream_ids_on_disk(data_dir)))
-        if stream_ids is not None:
-            streams = [s for s in streams if s in stream_ids]
-        for sid in streams:
-            report.findings.extend(_check_stream(data_dir, catalog, sid, report, progress))
-            report.streams_checked += 1
+        with catalog.read_snapshot() if catalog else nullcontext():
+            version = catalog.data_version() if catalog else 0
+            known = set(catalog.stream_ids()) if catalog else set()
+            streams = sorted(known | set(stream_ids_on_disk(data_dir)))
+            if stream_ids is not None:
+                streams = [s for s in streams if s in stream_ids]
+            for sid in streams:
+                judged.append(_check_stream(data_dir, catalog, sid, report, progress))
+                report.streams_checked += 1
+        if catalog is not None and not writer_paused:
+            # After the walk: a writer that ran during it either still holds the lock or committed.
+            in_flight = writer_holds_lock(data_dir) or catalog.data_version() != version
     finally:
         if catalog is not None:
             catalog.close()
+    for to_the_end, committed_only in judged:
+        report.findings.extend(committed_only if in_flight else to_the_end)
     return report
 
 
@@ -228,7 +250,11 @@ def _check_stream(
     sid: StreamId,
     report: CheckReport,
     progress: Callable[[int], None] | None,
-) -> list[Finding]:
+) -> tuple[list[Finding], list[Finding]]:
+    """The stream's findings judged to the end of its files, and judged only up to the records the
+    catalog snapshot committed (what may be said while a writer is writing past them)."""
+    row = catalog.stream(sid) if catalog else None
+    catalog_next = row.next_offset if row else 0
     scanned: list[ScannedRecord] = []
 
     def count(batch: list[ScannedRecord]) -> None:
@@ -263,7 +289,7 @@ def _check_stream(
             report.stream_plans[sid] = (isolate_plan, truncate_plan)
     unexplained = next((g for g in walked.gaps if (g.first_offset, g.next_offset) not in isolated), None)
     scan = walked if unexplained is None else _stopped_at(walked, unexplained, scanned)
-    index = _IndexComparison(catalog, sid)
+    index = _IndexComparison(catalog, sid, catalog_next)
     index.compare([r for r in scanned if r.entry.offset < scan.next_offset])
     if scan.missing_segment is not None:
         found.append(
@@ -317,10 +343,13 @@ def _check_stream(
                 )
             )
     if catalog is None:
-        return found
+        return found, found
 
-    row = catalog.stream(sid)
-    catalog_next = row.next_offset if row else 0
+    foreign = [f for f in found if f.problem == FOREIGN_FILE]
+    to_the_end, committed_only = found, found
+    if scan.next_offset >= catalog_next:  # every committed record verified: what follows may be in flight
+        committed_only = foreign + index.committed_findings(row.chain_head if row else None)
+        committed_only.extend(_check_segment_rows(data_dir, catalog, sid, last_may_grow=True))
     if catalog_next > scan.next_offset:
         found.append(
             Finding(
@@ -346,28 +375,58 @@ def _check_stream(
     else:
         found.extend(_check_segment_rows(data_dir, catalog, sid))
         found.extend(index.findings())
-    return found
+    return to_the_end, committed_only
 
 
 class _IndexComparison:
     """Compares the catalog's offset-index and checkpoint rows with the records a walk finds.
 
     Fed batch by batch, it walks the catalog's rows alongside, so memory stays bounded.
+    ``committed``: the catalog's record count, for ``committed_findings``.
     """
 
-    def __init__(self, catalog: Catalog | None, sid: StreamId) -> None:
+    def __init__(self, catalog: Catalog | None, sid: StreamId, committed: int) -> None:
         self.sid = sid
         self.catalog = catalog
+        self.committed = committed
         self.rows = iter(catalog.index_entries(sid)) if catalog else iter(())
         self.first_wrong: int | None = None
         self.checkpoints: list[tuple[int, bytes]] = []
+        self.committed_head: bytes | None = None  # the hash of the last committed record, as walked
 
     def compare(self, batch: list[ScannedRecord]) -> None:
         for record in batch:
             if record.entry.kind == RecordKind.CHECKPOINT:
                 self.checkpoints.append((record.entry.offset, record.hash))
+            if record.entry.offset == self.committed - 1:
+                self.committed_head = record.hash
             if self.first_wrong is None and next(self.rows, None) != record.entry:
                 self.first_wrong = record.entry.offset
+
+    def committed_findings(self, chain_head: bytes | None) -> list[Finding]:
+        """Disagreements about the committed records only (call before ``findings``)."""
+        if chain_head != self.committed_head:
+            return [
+                Finding(self.sid, CATALOG_MISMATCH, "the catalog's chain head is not the last record's hash", REINDEX)
+            ]
+        found = []
+        assert self.catalog is not None
+        wrong = self.first_wrong if self.first_wrong is not None and self.first_wrong < self.committed else None
+        if wrong is not None or self.catalog.index_size(self.sid) != self.committed:
+            where = f"from offset {wrong}" if wrong is not None else "past the last record"
+            found.append(
+                Finding(
+                    self.sid,
+                    CATALOG_MISMATCH,
+                    f"the offset index disagrees with the segments {where}",
+                    REINDEX,
+                    offset=wrong,
+                )
+            )
+        rows = [(c.offset, c.hash) for c in self.catalog.checkpoints(self.sid)]
+        if rows != [c for c in self.checkpoints if c[0] < self.committed]:
+            found.append(Finding(self.sid, CATALOG_MISMATCH, "the checkpoint rows disagree with the segments", REINDEX))
+        return found
 
     def findings(self) -> list[Finding]:
         found = []
@@ -410,13 +469,21 @@ def _stopped_at(walked: StreamScan, gap: FoundGap, scanned: list[ScannedRecord])
     return view
 
 
-def _check_segment_rows(data_dir: Path, catalog: Catalog, sid: StreamId) -> list[Finding]:
-    """Catalog segment rows against the files: sizes, and digests of sealed segments."""
+def _check_segment_rows(
+    data_dir: Path, catalog: Catalog, sid: StreamId, *, last_may_grow: bool = False
+) -> list[Finding]:
+    """Catalog segment rows against the files: sizes, and digests of sealed segments.
+
+    ``last_may_grow``: the last segment, if not sealed, may be longer than the catalog says (a
+    writer is appending to it).
+    """
     found = []
-    for seg in catalog.segments(sid):
+    rows = catalog.segments(sid)
+    for seg in rows:
         path = segment_path(data_dir, sid, seg.segment_no)
         size = path.stat().st_size if path.exists() else None
-        if size != seg.size_bytes:
+        growing = last_may_grow and seg is rows[-1] and not seg.sealed
+        if size != seg.size_bytes and not (growing and size is not None and size > seg.size_bytes):
             message = f"segment is {size} bytes; the catalog records {seg.size_bytes}"
             found.append(Finding(sid, CATALOG_MISMATCH, message, REINDEX, segment=path))
         elif seg.sealed and seg.digest != file_digest(path):

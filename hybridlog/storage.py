@@ -221,6 +221,10 @@ class Storage:
         self._clock = clock or wall_clock
         self._lock = threading.RLock()
         self._catalog: Catalog | None = None
+        # A reader's catalog file, as (st_dev, st_ino) when opened: a rebuild renames a new one over it.
+        self._catalog_file = str(self._data_dir / CATALOG_FILE)
+        self._catalog_identity: tuple[int, int] | None = None
+        self._catalog_generation = 0  # how many times this store moved to a new catalog file
         self._store_lock: StoreLock | None = None
         self._heads: dict[StreamId, _StreamHead] = {}
         self._damage: dict[StreamId, IntegrityError] = {}
@@ -300,12 +304,19 @@ class Storage:
         """Readers open the catalog; a writer takes the lock, opens (or rebuilds) it, and recovers."""
         catalog_path = self._data_dir / CATALOG_FILE
         if self._read_only:
-            if catalog_path.exists():
+            for _attempt in range(3):
+                identity = _file_identity(self._catalog_file)
+                if identity is None:
+                    return
                 catalog = Catalog(catalog_path, read_only=True, busy_timeout_ms=self._busy_timeout_ms)
-                if catalog.schema_version() == 0:
+                if _file_identity(self._catalog_file) != identity:
+                    catalog.close()  # replaced while we opened it: open the new one
+                elif catalog.schema_version() == 0:
                     catalog.close()  # a writer is creating it right now: not a catalog yet, look again later
+                    return
                 else:
-                    self._catalog = catalog
+                    self._catalog, self._catalog_identity = catalog, identity
+                    return
             return
         try:
             make_dirs_durably(self._data_dir)
@@ -400,9 +411,17 @@ class Storage:
             self._store_lock.check()  # LockLost if LOCK was deleted or replaced: write nothing more
         return self._catalog
 
-    def _readable_catalog(self) -> Catalog | None:
+    def _readable_catalog(self, *, follow: bool = True) -> Catalog | None:
+        """The catalog to read (None before the store has one).
+
+        A reader checks first (``follow``) that its catalog file is still the one at the path: a
+        rebuild in another process renames a new catalog over it, and the old file, still open
+        here, would never see another commit. One ``stat``; see ``_follow_catalog``.
+        """
         if self._closed:
             raise StoreClosed(f"store {self._data_dir} is closed")
+        if follow and self._read_only and self._catalog is not None:
+            self._follow_catalog()
         if self._catalog is None and self._read_only:
             if (self._data_dir / CATALOG_FILE).exists():
                 self._open()
@@ -412,6 +431,30 @@ class Storage:
                     hint=f"open it for writing, or run `hybridlog repair {self._data_dir}`, to rebuild the catalog",
                 )
         return self._catalog
+
+    def _follow_catalog(self) -> bool:
+        """Reopen a reader's catalog if the file at the path is no longer the one open (True if so).
+
+        Everything derived from the old file goes with it: verified runs (records may have moved)
+        and the data_version / recovery-log marks they were checked against.
+        """
+        if _file_identity(self._catalog_file) == self._catalog_identity:
+            return False
+        log.info("store %s: the catalog file was replaced (a rebuild); reopening it", self._data_dir)
+        self._verified.clear()
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+        self._catalog_identity = None
+        self._catalog_generation += 1
+        self._open()
+        return True
+
+    @property
+    def catalog_generation(self) -> int:
+        """How many times this store moved to a new catalog file: a rebuild here, or one a reader
+        noticed. Global positions may have been renumbered by it (subscriptions check)."""
+        return self._catalog_generation
 
     def close(self) -> None:
         """Write on-close checkpoints (if the policy says so), close files, release the lock."""
@@ -935,13 +978,18 @@ class Storage:
         ``data_version``) only makes us look at the recovery log's last entry.
         """
         with self._lock:
-            catalog = self._readable_catalog()
-            if catalog is None:
-                self._verified.clear()
-                return False
-            version = catalog.data_version()
-            if version == self._verified.data_version:
+            # No stat while nothing was committed: a run's records are re-verified from their bytes,
+            # and a read past the runs goes through ``_readable_catalog``, which follows a rebuild.
+            catalog = self._readable_catalog(follow=False)
+            version = catalog.data_version() if catalog is not None else None
+            if version is not None and version == self._verified.data_version:
                 return True
+            if self._follow_catalog() or catalog is None:
+                catalog = self._catalog
+                if catalog is None:
+                    self._verified.clear()
+                    return False
+                version = catalog.data_version()
             generation = catalog.recovery_generation()
         held = generation == self._verified.generation
         if not held:
@@ -1324,14 +1372,16 @@ class Storage:
         """Every disagreement between catalog and segments, and all damage, found by a full walk.
 
         Changes nothing. In a writer, appends wait while it runs (so the batch being written is
-        not mistaken for a torn one); ``progress`` is called with each count of records verified.
+        not mistaken for a torn one); a reader judges what a writer in another process may be
+        writing past the catalog only once no writer holds the lock (see repair.py);
+        ``progress`` is called with each count of records verified.
         """
         sids: list[int] | None = None if stream_ids is None else [check_stream_id(s) for s in stream_ids]
         with self._lock:
             if self._closed:
                 raise StoreClosed(f"store {self._data_dir} is closed")
             try:
-                return check_store(self._data_dir, sids, progress=progress)
+                return check_store(self._data_dir, sids, progress=progress, writer_paused=self._store_lock is not None)
             except OSError as e:
                 raise StorageIOError(f"cannot check {self._data_dir}: {e}") from e
 
@@ -1376,14 +1426,17 @@ class Storage:
     def _rebuild_catalog(self, *, found: str) -> list[ReconcileResult]:
         for sid in list(self._heads):
             self._forget_head(sid)
-        if self._catalog is not None:
-            self._catalog.close()
-            self._catalog = None
+        # Readers keep reading the old catalog until the new one is renamed into place.
+        retiring, self._catalog = self._catalog, None
         self._damage.clear()
         try:
-            self._catalog, results = rebuild_catalog(self._data_dir, self._now, found=found)
+            self._catalog, results = rebuild_catalog(self._data_dir, self._now, found=found, retiring=retiring)
         except OSError as e:
             raise StorageIOError(f"cannot rebuild the catalog of {self._data_dir}: {e}") from e
+        finally:
+            if self._catalog is None and retiring is not None:
+                retiring.close()
+        self._catalog_generation += 1
         self._note_recovery(results)
         return results
 
@@ -1456,6 +1509,15 @@ class Storage:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
             raise InvalidConfiguration(f"clock must return nanoseconds as an int in 0..2**64-1, not {value!r}")
         return value
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path``; None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _copy_error(error: StorageError) -> StorageError:

@@ -20,6 +20,11 @@ subscription asks for "the first positions at or after the next one", so it step
 and when a read finds nothing at or after the next position although the mark is past it, it
 moves past the mark instead of waiting for a position that will never come. Within one
 subscription positions only grow, so no record comes twice.
+
+A full catalog rebuild (here, or in another process: the store follows it, see
+``Storage.catalog_generation``) may renumber positions. A subscription that meets a new catalog
+checks that the last record it delivered still has its position: then it goes on from there;
+otherwise it raises ConsumerPositionLost rather than guess where to resume.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import TYPE_CHECKING
 from hybridlog.batch import check_non_negative
 from hybridlog.consumers import ConsumerState, check_consumer_name
 from hybridlog.errors import ConsumerPositionLost, InvalidArgument
-from hybridlog.types import DEFAULT_MAX_READ_BYTES, GlobalPosition, GlobalRecord, StreamId, check_stream_id
+from hybridlog.types import DEFAULT_MAX_READ_BYTES, GlobalPosition, GlobalRecord, Offset, StreamId, check_stream_id
 
 if TYPE_CHECKING:
     from hybridlog.storage import Storage
@@ -139,6 +144,9 @@ class Subscription(Iterator[GlobalRecord]):
             self.consumer = storage.register_consumer(name, self.stream_id)
         # Records of the stream before this offset are passed over (set by from_offset).
         self._min_offset = 0
+        # The catalog the positions come from, and the last record delivered from it.
+        self._generation = storage.catalog_generation
+        self._delivered: tuple[int, StreamId, Offset] | None = None
         self._next = self._start(from_offset, from_position)
         self._records = self._follow()
 
@@ -213,6 +221,7 @@ class Subscription(Iterator[GlobalRecord]):
                         return
                     self._next = item.global_position + 1
                     if item.record.offset >= self._min_offset:
+                        self._delivered = (item.global_position, item.record.stream_id, item.record.offset)
                         yield item
                 wait = self._poll_interval
                 continue
@@ -223,12 +232,42 @@ class Subscription(Iterator[GlobalRecord]):
 
     def _read_page(self) -> list[GlobalRecord]:
         """The next records after ``_next`` (an empty list when there are none yet)."""
-        mark = self._storage.last_global_position()  # before the read: see the module docstring
-        if mark < self._next:
-            return []
-        page = self._storage.read_global(self._next, PAGE_BYTES, stream_id=self.stream_id)
+        while True:
+            mark = self._storage.last_global_position()  # before the read: see the module docstring
+            if self._storage.catalog_generation != self._generation:
+                self._follow_new_catalog()
+                continue
+            if mark < self._next:
+                return []
+            page = self._storage.read_global(self._next, PAGE_BYTES, stream_id=self.stream_id)
+            if self._storage.catalog_generation == self._generation:
+                break  # the mark and the page come from the same catalog
         if not page:
             # Nothing at or after _next although the mark has reached it: the positions up to the
             # mark are gaps, or (with a stream filter) other streams' records. Never wait for them.
             self._next = mark + 1
         return page
+
+    def _follow_new_catalog(self) -> None:
+        """Go on in a new catalog if the last record delivered kept its position; else ConsumerPositionLost."""
+        self._generation = self._storage.catalog_generation
+        name = None if self.consumer is None else self.consumer.name
+        if self._delivered is None:
+            if self.consumer is not None and self._next == self.consumer.position + 1:
+                self._next = self._resume(self.consumer)  # nothing delivered yet: check where it resumed
+            return
+        position, stream, offset = self._delivered
+        found = self._storage.record_at_position(position)
+        if found is not None and found != (stream, offset):
+            raise ConsumerPositionLost(
+                name,
+                position,
+                f"was stream {stream} offset {offset} when delivered and is now stream {found[0]} offset"
+                f" {found[1]}: the catalog was rebuilt and global positions renumbered",
+            )
+        if found is None and self._storage.global_position_of(stream, offset) is not None:
+            raise ConsumerPositionLost(
+                name, position, f"no longer names stream {stream} offset {offset}: the catalog was rebuilt"
+            )
+        # Positions passed over after it (gaps, other streams) are looked at again in the new catalog.
+        self._next = position + 1

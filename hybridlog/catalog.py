@@ -588,6 +588,8 @@ class Catalog:
                 if resume is not None:
                     anchor = None
                 start_offset = resume.next_offset if resume else anchor.offset if anchor else 0
+                if start_offset == 0 and gaps and gaps[0].first_offset == 0 and gaps[0].action == "cut":
+                    start_offset = gaps[0].next_offset  # the stream starts with a cut marker
                 start = self.index_entry(stream_id, start_offset)
                 snapshot = StreamSnapshot(stream, self.segments(stream_id), anchor, start, gaps, resume)
         return snapshot

@@ -321,18 +321,24 @@ def check(store: Path, stream_ids: tuple[int, ...], as_json: bool) -> None:
 @click.option("--yes", is_flag=True, help="Apply the plan without asking.")
 @click.option("--dry-run", is_flag=True, help="Show the plan only.")
 @click.option(
-    "--isolate",
+    "--truncate",
     is_flag=True,
-    help="Keep every record that still verifies: isolate damage in place instead of cutting the stream there.",
+    help="Cut each damaged stream at its first damaged record, verifying records after it too "
+    "(default: isolate the damage and keep every record that still verifies).",
 )
 @json_option
-def repair(store: Path, stream_ids: tuple[int, ...], yes: bool, dry_run: bool, isolate: bool, as_json: bool) -> None:
-    """Show the repair plan, then apply it (cut bytes are kept in quarantine files)."""
+def repair(store: Path, stream_ids: tuple[int, ...], yes: bool, dry_run: bool, truncate: bool, as_json: bool) -> None:
+    """Show the repair plan, then apply it.
+
+    Damage is isolated in place, keeping every record that still verifies; only records that no
+    longer verify are cut, into quarantine files. Each step says what it will do in records,
+    offsets and bytes before you confirm.
+    """
     wanted = list(stream_ids) or None
     # The plan comes from a read-only store: opening for writing runs open-time recovery, which
     # must not change anything before the operator has seen the plan and said yes.
     with _open_existing(store, read_only=True) as reader, _progress("checking", _records_in(reader, wanted)) as advance:
-        plan = reader.check(wanted, progress=advance).plan(wanted, isolate=isolate)
+        plan = reader.check(wanted, progress=advance).plan(wanted, truncate=truncate)
     if not as_json:
         if not plan:
             click.echo("nothing to repair")

@@ -26,7 +26,7 @@ from hybridlog.errors import (
     Where,
     os_error_detail,
 )
-from hybridlog.markers import ISOLATED
+from hybridlog.markers import CUT, ISOLATED
 from hybridlog.record import DictionarySource, FrameError
 from hybridlog.segment import IncompleteFrame, SegmentReader, segment_path
 from hybridlog.types import GENESIS_HASH, Record
@@ -76,7 +76,11 @@ def verified_frames(
             raise unavailable(data_dir, ahead, expected)
         path = segment_path(data_dir, sid, seg.segment_no)
         position = snap.start.position if seg.segment_no == snap.start.segment_no else 0
-        if position == 0 and expected != seg.first_offset:
+        if (
+            position == 0
+            and expected != seg.first_offset
+            and not _starts_with_cut_marker(snap, seg.first_offset, expected)
+        ):
             raise CatalogMismatch(
                 f"segment starts at offset {seg.first_offset}", stream_id=sid, offset=expected, segment=path
             )
@@ -142,6 +146,12 @@ def verified_frames(
         raise CatalogMismatch(
             f"segments end at offset {expected}; the catalog says {stream.next_offset}", stream_id=sid, offset=expected
         )
+
+
+def _starts_with_cut_marker(snap: StreamSnapshot, first_offset: int, expected: int) -> bool:
+    """A segment whose first record is a cut marker starts, for the catalog, at the first offset cut
+    (the walk's offset there); a read that starts at the marker expects the marker's own offset."""
+    return any(g.action == CUT and g.first_offset == first_offset and g.next_offset == expected for g in snap.gaps)
 
 
 def unavailable(data_dir: Path, gap: GapRow, offset: int) -> RecordsUnavailable:

@@ -423,7 +423,7 @@ def index_stream(
     (``markers.py``). A torn tail of the last segment is quarantined. Other damage (a bad record
     that is not a torn tail, a missing segment) is left where it is and returned as ``damage``:
     the catalog then ends before it, so reads stop before it. ``prior``: entries for what the
-    caller already did to the files (``truncate_stream``), logged first and in the same transaction.
+    caller already did to the files (``stream_repair.repair_stream``), logged first and in the same transaction.
     """
     result = ReconcileResult(stream_id, entries=list(prior or []))
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
@@ -529,36 +529,6 @@ def _gap_rows(stream_id: StreamId, gaps: list[FoundGap], kept: list[ScannedRecor
                 )
             )
     return sorted(rows, key=lambda g: g.first_offset)
-
-
-def truncate_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clock) -> ReconcileResult:
-    """Cut a damaged stream back to its last complete, valid batch, then re-index it.
-
-    Everything after that point (the rest of the damaged segment, every later segment) is moved
-    to quarantine files, not deleted. A stream without damage is only re-indexed.
-    """
-    scan = walk_stream(data_dir, stream_id)
-    entries: list[RecoveryEntry] = []
-    damage = _damage_of(data_dir, scan)
-    if damage is not None:
-        found = f"damage: {damage.reason}"
-        if scan.problem_segment is not None:
-            cut = scan.valid_ends[scan.problem_segment]
-            entry = quarantine_tail(data_dir, stream_id, scan.problem_segment, cut)
-            entries.append(replace(entry, found=found, action=TRUNCATED, first_offset=scan.next_offset))
-        numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
-        first_dropped = scan.problem_segment + 1 if scan.problem_segment is not None else scan.missing_segment
-        assert first_dropped is not None
-        for no in (n for n in numbers if n >= first_dropped):
-            entries.append(replace(quarantine_segment(data_dir, stream_id, no, found), action=TRUNCATED))
-    return index_stream(
-        catalog,
-        data_dir,
-        stream_id,
-        now,
-        found="truncated at damage" if damage else "truncate requested",
-        prior=entries,
-    )
 
 
 def stream_ids_on_disk(data_dir: Path) -> list[StreamId]:

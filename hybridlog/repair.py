@@ -10,16 +10,22 @@ are in flight while a writer runs, so they are judged only when no other process
 lock at the end of the walk and the catalog did not move meanwhile (then they are what they are:
 a torn tail, records the catalog missed).
 
-``apply_repairs`` (through ``Storage.repair``) carries out a plan. The repairs:
+``Storage.repair`` carries out a plan. The repairs:
 
-* ``rebuild_catalog``: move the catalog aside and build a new one from every stream's segments;
-* ``reindex``: replace one stream's catalog rows with what its segments hold (rolls back a
-  catalog that is ahead of its segments, adopts what it missed, quarantines a torn tail);
-* ``truncate``: cut a damaged stream back to its last complete, valid batch, moving the rest to
-  quarantine files, then reindex it.
+* ``rebuild_catalog``: build a new catalog from every stream's segments (the old one kept aside);
+* ``isolate`` (the default for damage): keep every record that still verifies. Damage with
+  verifying records after it is isolated in place; only records at the end of a stream that no
+  longer verify are cut (``stream_repair.py``);
+* ``truncate`` (only when asked: ``plan(truncate=True)``, ``hybridlog repair --truncate``): cut a
+  damaged stream at its first damaged record, verifying records after it included;
+* ``reindex``: replace one stream's catalog rows with what its segments hold (adopts what the
+  catalog missed, quarantines a torn tail, and when the catalog knew more records than the
+  segments hold, says how many are lost and marks their offsets as cut).
 
-None of them deletes bytes: what they cut is kept in ``*.quarantine`` files, and every action
-is written to ``recovery_log``.
+Every step says beforehand what it will do in records, offsets and bytes (``RepairStep.effect``).
+None of them deletes bytes: what they cut is kept in ``*.quarantine`` files, every action is
+written to ``recovery_log``, and no offset is ever given out twice (repair markers,
+``markers.py``).
 """
 
 from __future__ import annotations
@@ -100,10 +106,13 @@ class RepairStep:
     effects: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
-        shown: dict[str, object] = {"repair": self.repair, "stream_id": self.stream_id, "reason": self.reason}
-        if self.effect:
-            shown.update(effect=self.effect, effects=self.effects)
-        return shown
+        return {
+            "repair": self.repair,
+            "stream_id": self.stream_id,
+            "reason": self.reason,
+            "effect": self.effect,
+            "effects": self.effects,
+        }
 
 
 @dataclass(slots=True)
@@ -111,8 +120,8 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     streams_checked: int = 0
     records_verified: int = 0
-    stream_plans: dict[StreamId, tuple[StreamRepairPlan, StreamRepairPlan]] = field(default_factory=dict)
-    """For each damaged stream: what an isolating repair and a truncating one would do."""
+    stream_plans: dict[StreamId, tuple[StreamRepairPlan, ...]] = field(default_factory=dict)
+    """For each stream a repair would change: what isolate, truncate and reindex would do, in order."""
 
     @property
     def ok(self) -> bool:
@@ -120,25 +129,32 @@ class CheckReport:
         need no repair)."""
         return all(f.repair is None for f in self.findings)
 
-    def plan(self, stream_ids: list[int] | None = None, *, isolate: bool = False) -> list[RepairStep]:
+    def plan(self, stream_ids: list[int] | None = None, *, truncate: bool = False) -> list[RepairStep]:
         """The repairs that fix every finding (for ``stream_ids`` only, if given), in order.
 
-        Damage is cut at its batch (``truncate``), as before; ``isolate`` keeps every record that
-        still verifies instead (``stream_repair.py``): the damaged records are isolated in place,
-        and only records that no longer verify at the end of a stream are cut.
+        Damage is isolated, keeping every record that still verifies; ``truncate`` cuts each
+        damaged stream at its first damaged record instead (records after it that verify too).
         """
         steps: dict[tuple[str, StreamId | None], RepairStep] = {}
         for f in self.findings:
             if f.repair is None or (stream_ids is not None and f.stream_id not in stream_ids):
                 continue
-            plans = self.stream_plans.get(f.stream_id) if f.stream_id is not None else None
-            repair = ISOLATE if isolate and plans is not None and f.repair in (TRUNCATE, REINDEX) else f.repair
+            repair = TRUNCATE if truncate and f.repair == ISOLATE else f.repair
             if (repair, f.stream_id) in steps:
                 continue
-            step = RepairStep(repair, f.stream_id, f.message)
-            if repair == ISOLATE and plans is not None:
-                step = RepairStep(repair, f.stream_id, f.message, plans[0].statement(), plans[0].as_dict())
-            steps[repair, f.stream_id] = step
+            plans = self.stream_plans.get(f.stream_id) if f.stream_id is not None else None
+            if repair == REBUILD_CATALOG:
+                effect = "moves catalog.db aside (kept) and builds a new one from the segments of every stream"
+                steps[repair, f.stream_id] = RepairStep(repair, f.stream_id, f.message, effect)
+            elif plans is not None:
+                chosen = plans[{ISOLATE: 0, TRUNCATE: 1, REINDEX: 2}[repair]]
+                statement = chosen.statement()
+                if repair == REINDEX:
+                    statement = f"re-indexes the stream from its segments; {statement}"
+                steps[repair, f.stream_id] = RepairStep(repair, f.stream_id, f.message, statement, chosen.as_dict())
+            else:
+                effect = "re-indexes the stream from its segments; no record is cut"
+                steps[repair, f.stream_id] = RepairStep(repair, f.stream_id, f.message, effect)
         # isolating or truncating a stream re-indexes it, so a separate reindex of it is redundant
         rebuilt = {s.stream_id for s in steps.values() if s.repair in STREAM_REPAIRS}
         kept = [s for s in steps.values() if not (s.repair == REINDEX and s.stream_id in rebuilt)]
@@ -282,11 +298,12 @@ def _check_stream(
                     position=gap.start_byte,
                 )
             )
-    if not walked.clean or catalog is not None:
-        isolate_plan, _, _ = plan_stream_repair(catalog, data_dir, sid, scan=walked, scanned=scanned)
-        truncate_plan, _, _ = plan_stream_repair(catalog, data_dir, sid, truncate=True, scan=walked, scanned=scanned)
-        if isolate_plan.changes_anything:
-            report.stream_plans[sid] = (isolate_plan, truncate_plan)
+    plans = tuple(
+        plan_stream_repair(catalog, data_dir, sid, truncate=t, reindex_only=r, scan=walked, scanned=scanned)[0]
+        for t, r in ((False, False), (True, False), (False, True))
+    )
+    if any(p.changes_anything for p in plans):
+        report.stream_plans[sid] = plans
     unexplained = next((g for g in walked.gaps if (g.first_offset, g.next_offset) not in isolated), None)
     scan = walked if unexplained is None else _stopped_at(walked, unexplained, scanned)
     index = _IndexComparison(catalog, sid, catalog_next)
@@ -297,7 +314,7 @@ def _check_stream(
                 sid,
                 MISSING_SEGMENT,
                 f"segment {scan.missing_segment} is missing; records from offset {scan.next_offset} on are cut off",
-                TRUNCATE,
+                ISOLATE,
                 offset=scan.next_offset,
                 segment=segment_path(data_dir, sid, scan.missing_segment),
             )
@@ -312,7 +329,7 @@ def _check_stream(
                     sid,
                     MISSING_DICTIONARY if isinstance(unusable, MissingDictionary) else DAMAGED_DICTIONARY,
                     f"{unusable.reason}; {unusable.hint}",
-                    TRUNCATE,
+                    ISOLATE,
                     offset=scan.problem.offset,
                     segment=path,
                     position=scan.problem.position,
@@ -336,7 +353,7 @@ def _check_stream(
                     sid,
                     DAMAGED_RECORD,
                     f"damaged record ({scan.problem.reason})",
-                    TRUNCATE,
+                    ISOLATE,
                     offset=scan.problem.offset,
                     segment=path,
                     position=scan.problem.position,

@@ -146,6 +146,7 @@ class SegmentScan:
                 unterminated=True,
                 offset=pending[0].entry.offset,
             )
+            self.pending = pending
 
 
 @dataclass(slots=True)

@@ -89,13 +89,11 @@ from hybridlog.reader import unavailable, verified_frames, verified_records
 from hybridlog.record import PayloadCompressor, checkpoint_payload
 from hybridlog.recovery import (
     ReconcileResult,
-    index_stream,
     rebuild_catalog,
     rebuild_checkpoints,
     recover_store,
     stream_ids_on_disk,
     streams_to_reconcile,
-    truncate_stream,
 )
 from hybridlog.repair import (
     ISOLATE,
@@ -1386,30 +1384,27 @@ class Storage:
                 raise StorageIOError(f"cannot check {self._data_dir}: {e}") from e
 
     def repair(
-        self, plan: list[RepairStep] | None = None, *, stream_ids: list[int] | None = None, isolate: bool = False
+        self, plan: list[RepairStep] | None = None, *, stream_ids: list[int] | None = None, truncate: bool = False
     ) -> RepairReport:
         """Apply ``plan`` (default: the plan of a fresh ``check``); returns what was done.
 
-        ``isolate=True`` makes the default plan keep every record that still verifies
-        (``stream_repair.py``): damage is isolated in place and marked in the stream, and a stream
-        that must be cut continues after the highest offset it committed. Nothing is deleted: cut
-        bytes go to quarantine files, and each action to ``recovery_log``.
+        The default plan keeps every record that still verifies (``stream_repair.py``): damage is
+        isolated in place and marked in the stream, and only records that no longer verify at
+        the end of a stream are cut. ``truncate=True`` cuts each damaged stream at its first
+        damaged record instead. Either way a stream continues after the highest offset it ever
+        committed, cut bytes go to quarantine files, and each action to ``recovery_log``.
         """
         sids: list[int] | None = None if stream_ids is None else [check_stream_id(s) for s in stream_ids]
         report = RepairReport()
         with self._lock:
             self._writable_catalog()
-            for step in self.check(sids).plan(sids, isolate=bool(isolate)) if plan is None else plan:
+            for step in self.check(sids).plan(sids, truncate=bool(truncate)) if plan is None else plan:
                 if step.repair == REBUILD_CATALOG:
                     results = self._rebuild_catalog(found=step.reason)
                 elif step.stream_id is None:
                     raise InvalidArgument(f"repair {step.repair!r} needs a stream id")
-                elif step.repair == ISOLATE:
-                    results = [self._repair_stream(step.stream_id, truncate=False)]
-                elif step.repair == TRUNCATE:
-                    results = [self._reindex(step.stream_id, found=step.reason, truncate=True)]
-                elif step.repair == REINDEX:
-                    results = [self._reindex(step.stream_id, found=step.reason)]
+                elif step.repair in (ISOLATE, TRUNCATE, REINDEX):
+                    results = [self._repair_stream(step.stream_id, step.repair, found=step.reason)]
                 else:
                     raise InvalidArgument(f"unknown repair {step.repair!r}")
                 report.applied.append(step)
@@ -1453,26 +1448,32 @@ class Storage:
                 raise result.damage
         return self.offset_index(sid)
 
-    def _reindex(self, sid: StreamId, *, found: str, truncate: bool = False) -> ReconcileResult:
-        """Rebuild one stream's catalog rows from its segments (cut back at damage first, if asked)."""
+    def _reindex(self, sid: StreamId, *, found: str) -> ReconcileResult:
+        """Rebuild one stream's catalog rows from its segments (a torn tail is quarantined; offsets
+        the catalog knew that the segments lost are marked cut, never given out again)."""
         catalog = self._writable_catalog()
         self._forget_head(sid)
         try:
-            if truncate:
-                result = truncate_stream(catalog, self._data_dir, sid, self._now)
-            else:
-                result = index_stream(catalog, self._data_dir, sid, self._now, found=found)
+            result = repair_stream(catalog, self._data_dir, sid, self._now, reindex_only=True, found=found)
         except OSError as e:
             raise StorageIOError(f"stream {sid}: cannot rebuild its index: {e}") from e
         self._note_recovery([result])
         return result
 
-    def _repair_stream(self, sid: StreamId, *, truncate: bool) -> ReconcileResult:
-        """Isolate a stream's damage (or cut it there, with ``truncate``), then re-index it."""
+    def _repair_stream(self, sid: StreamId, repair: str, *, found: str) -> ReconcileResult:
+        """Isolate a stream's damage, cut it there (``truncate``) or only re-index it (``reindex``)."""
         catalog = self._writable_catalog()
         self._forget_head(sid)
         try:
-            result = repair_stream(catalog, self._data_dir, sid, self._now, truncate=truncate)
+            result = repair_stream(
+                catalog,
+                self._data_dir,
+                sid,
+                self._now,
+                truncate=repair == TRUNCATE,
+                reindex_only=repair == REINDEX,
+                found=found,
+            )
         except OSError as e:
             raise StorageIOError(f"stream {sid}: cannot repair it: {e}") from e
         self._note_recovery([result])

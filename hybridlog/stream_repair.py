@@ -30,15 +30,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hybridlog.catalog import Catalog, RecoveryEntry
+from hybridlog.errors import DictionaryUnusable
 from hybridlog.markers import CUT, ISOLATED, RepairMarker
 from hybridlog.record import append_frames
 from hybridlog.recovery import (
+    QUARANTINED,
     TRUNCATED,
     Clock,
     ReconcileResult,
     index_stream,
     quarantine_segment,
     quarantine_tail,
+    remove_empty_segment,
 )
 from hybridlog.scan import FoundGap, ScannedRecord, StreamScan, walk_stream
 from hybridlog.segment import (
@@ -51,7 +54,9 @@ from hybridlog.segment import (
 )
 from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
 
+# recovery_log.action values (besides recovery.py's)
 ISOLATE_ACTION = "isolated"
+MARKED_CUT = "marked_cut"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,8 @@ class StreamRepairPlan:
     """Verifying records after the first isolated gap that stay readable."""
     keep_pending: bool = False
     """The cut starts at the damaged record itself: the records of its batch before it are kept."""
+    dictionary: DictionaryUnusable | None = None
+    """A dictionary file the stream's intact records need is missing or damaged: nothing is cut."""
 
     @property
     def needs_cut_marker(self) -> bool:
@@ -93,7 +100,7 @@ class StreamRepairPlan:
 
     @property
     def changes_anything(self) -> bool:
-        return bool(self.isolate) or self.cut is not None
+        return bool(self.isolate) or self.cut is not None or self.dictionary is not None
 
     def statement(self) -> str:
         """The plan in words, with the numbers an operator needs before saying yes."""
@@ -108,16 +115,22 @@ class StreamRepairPlan:
             parts.append(f"keeps the {self.kept_after:,} verifying records after the damage readable")
         if self.cut is not None:
             lost = self.cut_records
-            if lost > 0:
+            span = _span(self.cut.offset, self.committed_next)
+            moved = f"{_size(self.cut_bytes)}, to {', '.join(self.cut_files)}"
+            if lost > 0 and not self.cut_bytes:
+                parts.append(f"{lost:,} committed records are lost: their bytes are gone from the segments")
+            elif lost > 0:
                 verifying = f", {self.cut_verifying:,} of them still verifying" if self.cut_verifying else ""
-                span = _span(self.cut.offset, self.committed_next)
-                cut = f"cuts offsets {span}: {lost:,} committed records{verifying}"
+                parts.append(f"cuts offsets {span}: {lost:,} committed records{verifying}, {moved}")
             else:
-                cut = f"cuts an unacknowledged tail from offset {self.cut.offset}"
-            where = ", ".join(self.cut_files) if self.cut_files else "quarantine"
-            parts.append(f"{cut}, {_size(self.cut_bytes)}, to {where}")
+                parts.append(f"cuts an unacknowledged tail from offset {self.cut.offset}, {moved}")
             if self.needs_cut_marker:
-                parts.append(f"a cut marker takes offset {self.committed_next}: no offset is used twice")
+                parts.append(f"a cut marker takes offset {self.committed_next}: offsets {span} are never used again")
+        if self.dictionary is not None:
+            parts.append(
+                f"cuts nothing: the records from offset {self.dictionary.offset} are intact but need"
+                f" {self.dictionary.dictionary.name}; {self.dictionary.hint}"
+            )
         return "; ".join(parts) if parts else "nothing to change"
 
     def as_dict(self) -> dict[str, object]:
@@ -162,11 +175,14 @@ def plan_stream_repair(
     stream_id: StreamId,
     *,
     truncate: bool = False,
+    reindex_only: bool = False,
     scan: StreamScan | None = None,
     scanned: list[ScannedRecord] | None = None,
 ) -> tuple[StreamRepairPlan, StreamScan, list[ScannedRecord]]:
-    """Measure the repair of one stream (changes nothing). ``scan``/``scanned``: a resyncing walk
-    already made (``walk_stream(..., resync=True)`` and the records it handed out)."""
+    """Measure the repair of one stream (changes nothing). ``truncate``: cut at the first damage;
+    ``reindex_only``: leave damage alone, cut only an unacknowledged tail (and mark offsets the
+    catalog knew that the segments lost). ``scan``/``scanned``: a resyncing walk already made
+    (``walk_stream(..., resync=True)`` and the records it handed out)."""
     if scan is None or scanned is None:
         scanned = []
         scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True)
@@ -177,19 +193,24 @@ def plan_stream_repair(
     highest_seen = max((r.entry.offset for r in scanned), default=-1) + 1
     plan.committed_next = max(row.next_offset if row else 0, highest_seen, scan.next_offset)
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
-    if truncate and unexplained:
+    problem = scan.problem
+    if problem is not None and problem.dictionary is not None and not truncate:
+        plan.dictionary = problem.dictionary  # intact records: restore (or re-seal) the file, cut nothing
+    elif truncate and unexplained:
         first = unexplained[0]
         plan.cut = Cut(first.first_offset, first.segment_no, first.start_byte)
         plan.cut_verifying = sum(1 for r in scanned if r.entry.offset >= first.first_offset)
+    elif reindex_only and (unexplained or (problem is not None and not scan.torn)):
+        pass  # damage is for isolate or truncate to decide; re-indexing stops before it
     else:
-        plan.isolate = unexplained
+        plan.isolate = [] if reindex_only else unexplained
         if unexplained:
             plan.kept_after = sum(1 for r in scanned if r.entry.offset >= unexplained[0].next_offset)
-        problem = scan.problem
         if problem is not None and scan.problem_segment is not None:
-            if scan.pending and plan.committed_next > problem.offset:
-                # A committed batch damaged at its end: the records of it before the damage verify.
-                plan.cut = Cut(problem.offset, scan.problem_segment, problem.position)
+            whole = scan.pending[-1].entry if scan.pending else None
+            if whole is not None and plan.committed_next > whole.offset + 1:
+                # A committed batch damaged (or cut short) at its end: its records before that verify.
+                plan.cut = Cut(whole.offset + 1, scan.problem_segment, whole.position + whole.length)
                 plan.keep_pending = True
             else:
                 plan.cut = Cut(scan.next_offset, scan.problem_segment, scan.valid_ends[scan.problem_segment])
@@ -215,10 +236,17 @@ def plan_stream_repair(
 
 
 def repair_stream(
-    catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clock, *, truncate: bool = False
+    catalog: Catalog,
+    data_dir: Path,
+    stream_id: StreamId,
+    now: Clock,
+    *,
+    truncate: bool = False,
+    reindex_only: bool = False,
+    found: str | None = None,
 ) -> ReconcileResult:
     """Repair one stream as ``plan_stream_repair`` describes it (see the module docstring)."""
-    plan, scan, scanned = plan_stream_repair(catalog, data_dir, stream_id, truncate=truncate)
+    plan, scan, scanned = plan_stream_repair(catalog, data_dir, stream_id, truncate=truncate, reindex_only=reindex_only)
     entries: list[RecoveryEntry] = []
     head: ChainHash = scan.head
     last_timestamp = scan.last_timestamp_ns
@@ -253,34 +281,42 @@ def repair_stream(
             )
         )
     if markers:
+        numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
+        if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
+            entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1]))  # markers follow records
         _write_markers(data_dir, stream_id, markers, next_offset, head, max(now(), last_timestamp))
-    found = "truncate requested" if truncate else "repair keeping what verifies"
+    found = found or ("truncate requested" if truncate else "repair keeping what verifies")
     return index_stream(catalog, data_dir, stream_id, now, found=found, prior=entries)
 
 
 def _cut(data_dir: Path, stream_id: StreamId, plan: StreamRepairPlan, cut: Cut) -> list[RecoveryEntry]:
-    """Move everything from the cut on into quarantine files."""
-    found = (
-        f"{plan.cut_records} committed records lost from offset {cut.offset}"
-        if plan.cut_records
-        else "unacknowledged records at the end of the stream"
-    )
+    """Move everything from the cut on into quarantine files (one entry per file cut or moved)."""
+    if plan.truncate:
+        found, action = "truncate requested", TRUNCATED
+    elif plan.cut_records:
+        found, action = f"{plan.cut_records} committed records from offset {cut.offset} do not verify", TRUNCATED
+    else:
+        found, action = "incomplete batch at the end of the stream, never acknowledged", QUARANTINED
     entries = []
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     for no in numbers:
         if no == cut.segment_no and segment_path(data_dir, stream_id, no).stat().st_size > cut.byte:
-            entry = quarantine_tail(data_dir, stream_id, no, cut.byte)
+            entry = replace(quarantine_tail(data_dir, stream_id, no, cut.byte), first_offset=cut.offset)
         elif no > cut.segment_no:
             entry = quarantine_segment(data_dir, stream_id, no, found)
         else:
             continue
+        entries.append(replace(entry, found=found, action=action))
+    if plan.needs_cut_marker:
+        gone = "" if plan.cut_bytes else ": their bytes are gone from the segments"
         entries.append(
-            replace(
-                entry,
-                found=found,
-                action=TRUNCATED,
+            RecoveryEntry(
+                stream_id,
+                found=f"{plan.cut_records} committed records are lost{gone}",
+                action=MARKED_CUT,
                 first_offset=cut.offset,
                 next_offset=plan.committed_next,
+                detail=f"a cut marker at offset {plan.committed_next} keeps these offsets from being used again",
             )
         )
     return entries

@@ -2,7 +2,9 @@
 
 ``verify_store`` never prints and never changes anything; it returns a ``VerifyReport`` that the
 CLI renders. A stream passes when every record links to the one before it and the last one
-matches the catalog's chain head (see the trust model in docs/format.md).
+matches the catalog's chain head (see the trust model in docs/format.md). Records a repair
+isolated (``stream_repair.py``) are listed in the verdict, not counted as damage: the walk goes on
+after them from the link the next record stores, as reads do.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hybridlog.errors import IntegrityError
+from hybridlog.errors import IntegrityError, RecordIsolated
 from hybridlog.storage import Storage
 from hybridlog.types import ChainHash, StreamId
 
@@ -21,6 +23,8 @@ class StreamVerdict:
     records: int
     head: ChainHash | None
     error: IntegrityError | None = None
+    isolated: list[tuple[int, int]] = field(default_factory=list)
+    """(first offset, next offset) of each range of records a repair isolated."""
 
     @property
     def ok(self) -> bool:
@@ -33,6 +37,7 @@ class StreamVerdict:
             "ok": self.ok,
             "records_verified": self.records,
             "head": self.head.hex() if self.head else None,
+            "isolated": [{"first_offset": first, "next_offset": nxt} for first, nxt in self.isolated],
             "error": None
             if err is None
             else {
@@ -73,17 +78,30 @@ def verify_store(
     report = VerifyReport()
     for sid in storage.stream_ids() if stream_ids is None else [StreamId(s) for s in stream_ids]:
         verdict = StreamVerdict(sid, 0, None)
-        try:
-            start = 0 if from_genesis else _last_checkpoint_offset(storage, sid)
-            for record in storage.iter_records(sid, start, anchored=not from_genesis):
-                verdict.records += 1
-                verdict.head = record.hash
-                if progress is not None:
-                    progress(1)
-        except IntegrityError as e:
-            verdict.error = e
+        start: int | None = 0 if from_genesis else _last_checkpoint_offset(storage, sid)
+        anchored = not from_genesis
+        while start is not None:
+            start, anchored = _verify_from(storage, verdict, start, anchored, progress), True
         report.streams.append(verdict)
     return report
+
+
+def _verify_from(
+    storage: Storage, verdict: StreamVerdict, start: int, anchored: bool, progress: Callable[[int], None] | None
+) -> int | None:
+    """Walk one stream from ``start``; returns where to go on after isolated records (None: done)."""
+    try:
+        for record in storage.iter_records(verdict.stream_id, start, anchored=anchored):
+            verdict.records += 1
+            verdict.head = record.hash
+            if progress is not None:
+                progress(1)
+    except RecordIsolated as e:
+        verdict.isolated.append((e.first_offset, e.next_offset))
+        return e.next_offset
+    except IntegrityError as e:
+        verdict.error = e
+    return None
 
 
 def _last_checkpoint_offset(storage: Storage, stream_id: StreamId) -> int:

@@ -148,7 +148,13 @@ def _finding_line(f: Finding) -> str:
 
 def _step_line(number: int, step: RepairStep) -> str:
     target = "the whole store" if step.stream_id is None else f"stream {step.stream_id}"
-    return f"  {number}. {step.repair} {target} ({step.reason})"
+    effect = f"\n     {step.effect}" if step.effect else ""
+    return f"  {number}. {step.repair} {target} ({step.reason}){effect}"
+
+
+def _isolated(ranges: list[tuple[int, int]]) -> str:
+    spans = ", ".join(str(first) if nxt == first + 1 else f"{first}..{nxt - 1}" for first, nxt in ranges)
+    return f", offsets {spans} isolated by repair" if spans else ""
 
 
 def _entry_line(entry: RecoveryEntry) -> str:
@@ -179,7 +185,9 @@ def render_outcome(result: RunbookResult) -> list[str]:
     if result.repair is not None:
         lines.append(f"repair: applied {len(result.repair.applied)} steps")
         lines += [_entry_line(e) for e in result.repair.entries]
-    verdicts = ", ".join(f"stream {v.stream_id} {'ok' if v.ok else 'DAMAGED'}" for v in result.verify.streams)
+    verdicts = ", ".join(
+        f"stream {v.stream_id} {'ok' if v.ok else 'DAMAGED'}{_isolated(v.isolated)}" for v in result.verify.streams
+    )
     lines.append(f"verify: {result.verify.records} records verified ({verdicts or 'no streams'})")
     lines += [f"  {v.error}" for v in result.verify.streams if v.error is not None]
     remaining = [f for f in result.final_check.findings if f.repair is not None]

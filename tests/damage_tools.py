@@ -273,15 +273,21 @@ def stream_bytes(data_dir: Path) -> dict[Path, bytes]:
     return {p.relative_to(data_dir): p.read_bytes() for p in sorted(data_dir.glob("streams/*/*")) if p.is_file()}
 
 
-def assert_no_bytes_lost(before: dict[Path, bytes], data_dir: Path) -> dict[Path, bytes]:
+def assert_no_bytes_lost(
+    before: dict[Path, bytes], data_dir: Path, appended: dict[Path, int] | None = None
+) -> dict[Path, bytes]:
     """Every byte of ``before`` (a ``stream_bytes`` snapshot) is still in a segment or quarantine file.
 
     Each segment file of ``before`` must read back as: what is left of it, followed by the new
     quarantine files cut from it (``<segment>.<position>.quarantine``), each starting exactly where
     the previous part ended, and every new quarantine file must be one of those parts. Quarantine
-    files of ``before`` must be unchanged. Returns the new quarantine files and their contents.
+    files of ``before`` must be unchanged. ``appended``: bytes a repair appended at the end of
+    segment files (its marker records, ``repair_marker_bytes``), left out of the comparison.
+    Returns the new quarantine files and their contents.
     """
     after = stream_bytes(data_dir)
+    for path, n in (appended or {}).items():
+        after[path] = after[path][: len(after[path]) - n]
     new_quarantine = {
         path: data for path, data in after.items() if path not in before and path.name.endswith(QUARANTINE_SUFFIX)
     }

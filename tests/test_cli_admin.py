@@ -39,9 +39,11 @@ from conftest import make_clock
 from hybridlog import CheckpointPolicy, CompressionKind, Storage
 from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION
 from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_USAGE, cli
+from hybridlog.errors import RecordIsolated
 from hybridlog.record import HEADER_SIZE
 from hybridlog.segment import QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.sql import query_catalog
+from hybridlog.types import RecordKind
 
 DAMAGED = 1
 HEALTHY = 2
@@ -213,8 +215,9 @@ def test_check_reports_damage_with_exit_3_naming_the_place(store: Path) -> None:
     line = next(line for line in out.splitlines() if "damaged_record" in line)
     assert line.startswith(f"stream {DAMAGED}: damaged_record:")
     assert f"offset 2, segment {segment}, byte {position}" in line
-    assert "-> repair: truncate" in line
-    assert f"truncate stream {DAMAGED}" in out  # the plan
+    assert "-> repair: isolate" in line
+    assert f"isolate stream {DAMAGED}" in out  # the plan
+    assert f"isolates offsets 2 (1 damaged record, bytes kept in place in segment 0 from byte {position})" in out
     assert "PROBLEMS FOUND" in err
     assert store_bytes(store) == before
 
@@ -236,7 +239,7 @@ def test_check_json_shape_holds_findings_and_plan(store: Path) -> None:
             "stream_id": DAMAGED,
             "problem": "damaged_record",
             "message": damaged[0]["message"],
-            "repair": "truncate",
+            "repair": "isolate",
             "offset": 2,
             "segment": str(segment),
             "position": position,
@@ -244,7 +247,25 @@ def test_check_json_shape_holds_findings_and_plan(store: Path) -> None:
     ]
     assert "checksum" in damaged[0]["message"]
     assert all(f["stream_id"] == DAMAGED for f in report["findings"])
-    assert report["plan"] == [{"repair": "truncate", "stream_id": DAMAGED, "reason": damaged[0]["message"]}]
+    assert report["plan"] == [isolate_step(damaged[0]["message"], position)]
+
+
+def isolate_step(reason: str, position: int) -> dict[str, object]:
+    """The plan step (as JSON) that isolates the damaged record at offset 2 of ``DAMAGED``."""
+    return {
+        "repair": "isolate",
+        "stream_id": DAMAGED,
+        "reason": reason,
+        "effect": f"isolates offsets 2 (1 damaged record, bytes kept in place in segment 0 from byte {position});"
+        " keeps the 3 verifying records after the damage readable",
+        "effects": {
+            "stream_id": DAMAGED,
+            "truncate": False,
+            "isolates": [{"first_offset": 2, "next_offset": 3, "records": 1, "segment_no": 0, "start_byte": position}],
+            "kept_after": 3,
+            "cut": None,
+        },
+    }
 
 
 def test_check_finding_offset_is_the_damaged_records_offset(store: Path) -> None:
@@ -277,17 +298,27 @@ def test_check_of_other_streams_is_clean(store: Path) -> None:
 
 
 def test_repair_dry_run_shows_the_plan_and_changes_nothing(store: Path) -> None:
-    damage_payload(store, DAMAGED, 2)
+    _, position = damage_payload(store, DAMAGED, 2)
     before, dump = store_bytes(store), catalog_dump(store)
     code, out, err = run("repair", str(store), "--dry-run")
     assert code == 0, err
-    assert out.splitlines() == ["repair plan:", f"  truncate stream {DAMAGED}  (damaged record (checksum mismatch))"]
+    step = isolate_step("damaged record (checksum mismatch)", position)
+    assert out.splitlines() == [
+        "repair plan:",
+        f"  isolate stream {DAMAGED}  (damaged record (checksum mismatch))",
+        f"    {step['effect']}",
+    ]
     code, out, _ = run("repair", str(store), "--dry-run", "--json")
     assert code == 0
-    assert json.loads(out) == {
-        "plan": [{"repair": "truncate", "stream_id": DAMAGED, "reason": "damaged record (checksum mismatch)"}],
-        "applied": [],
-    }
+    assert json.loads(out) == {"plan": [step], "applied": []}
+    code, out, _ = run("repair", str(store), "--dry-run", "--truncate")
+    assert code == 0
+    assert out.splitlines() == [
+        "repair plan:",
+        f"  truncate stream {DAMAGED}  (damaged record (checksum mismatch))",
+        "    cuts offsets 2..5: 4 committed records, 3 of them still verifying, 440 bytes, to"
+        " 00000000000000000000.seg.220.quarantine; a cut marker takes offset 6: offsets 2..5 are never used again",
+    ]
     assert store_bytes(store) == before
     assert catalog_dump(store) == dump
 
@@ -299,7 +330,7 @@ def test_repair_asks_and_no_leaves_everything_unchanged(store: Path) -> None:
     assert code == EXIT_ERROR
     assert "apply this plan?" in err
     assert "not applied" in err
-    assert f"truncate stream {DAMAGED}" in out
+    assert f"isolate stream {DAMAGED}" in out
     assert "Traceback" not in out + err
     assert store_bytes(store) == before
     assert catalog_dump(store) == dump
@@ -326,14 +357,44 @@ def test_declined_repair_does_not_cut_an_unacknowledged_torn_tail(store: Path) -
     assert segment.exists()
 
 
-def test_repair_yes_applies_and_keeps_the_cut_bytes(store: Path) -> None:
-    segment, position = damage_payload(store, DAMAGED, 2)
-    damaged_tail = segment.read_bytes()[position:]
+def events_around(store: Path, stream_id: int, damaged: int) -> tuple[list[bytes], list[bytes]]:
+    """The events before the isolated offset ``damaged`` (a read from genesis stops there with
+    RecordIsolated) and the events after it."""
+    before: list[bytes] = []
+    with Storage(store, read_only=True) as reader:
+        with pytest.raises(RecordIsolated):
+            before.extend(r.payload for r in reader.iter_records(stream_id, 0) if r.kind is RecordKind.EVENT)
+        after = [r.payload for r in reader.iter_records(stream_id, damaged + 1) if r.kind is RecordKind.EVENT]
+        with pytest.raises(RecordIsolated):
+            reader.read_from(stream_id, damaged, 100)
+    return before, after
+
+
+def test_repair_yes_isolates_and_keeps_every_verifying_record(store: Path) -> None:
+    segment, _ = damage_payload(store, DAMAGED, 2)
+    size = segment.stat().st_size
     code, out, err = run("repair", str(store), "--yes")
     assert code == 0, err
     assert "repaired; the store checks clean" in out
+    assert f"stream {DAMAGED}: isolated" in out
+    # every event but the damaged one reads back; nothing was cut, only the marker appended
+    assert events_around(store, DAMAGED, 2) == ([b"a0", b"a1"], [b"a3", b"a4", b"a5"])
+    assert read_events(store, HEALTHY) == HEALTHY_BATCHES[0]
+    assert quarantine_files(store, DAMAGED) == []
+    assert segment.stat().st_size > size
+    assert run("check", str(store))[0] == 0
+    code, out, _ = run("sql", str(store), "SELECT action FROM recovery_log WHERE stream_id = 1", "--output", "json")
+    assert {"action": "isolated"} in json.loads(out)
+
+
+def test_repair_truncate_cuts_and_keeps_the_cut_bytes(store: Path) -> None:
+    segment, position = damage_payload(store, DAMAGED, 2)
+    damaged_tail = segment.read_bytes()[position:]
+    code, out, err = run("repair", str(store), "--yes", "--truncate")
+    assert code == 0, err
+    assert "repaired; the store checks clean" in out
     assert f"stream {DAMAGED}: truncated" in out
-    # exactly the valid prefix remains; the other stream is untouched
+    # exactly the valid prefix remains (then the cut marker); the other stream is untouched
     assert read_events(store, DAMAGED) == DAMAGED_BATCHES[0]
     assert read_events(store, HEALTHY) == HEALTHY_BATCHES[0]
     (kept,) = quarantine_files(store, DAMAGED)
@@ -342,27 +403,30 @@ def test_repair_yes_applies_and_keeps_the_cut_bytes(store: Path) -> None:
     assert run("verify", str(store))[0] == 0
     code, out, _ = run("sql", str(store), "SELECT action FROM recovery_log WHERE stream_id = 1", "--output", "json")
     assert {"action": "truncated"} in json.loads(out)
+    with Storage(store) as writer:
+        assert writer.append(DAMAGED, [b"next"])[0] == len(DAMAGED_BATCHES) * 2 + 2  # after the cut marker
 
 
 def test_repair_confirmed_with_y_applies(store: Path) -> None:
     damage_payload(store, DAMAGED, 4)
     code, _, err = run("repair", str(store), stdin="y\n")
     assert code == 0, err
-    assert read_events(store, DAMAGED) == DAMAGED_BATCHES[0] + DAMAGED_BATCHES[1]
+    assert events_around(store, DAMAGED, 4) == ([b"a0", b"a1", b"a2", b"a3"], [b"a5"])
 
 
 def test_repair_json_shape(store: Path) -> None:
     damage_payload(store, DAMAGED, 2)
-    code, out, err = run("repair", str(store), "--yes", "--json")
+    code, out, err = run("repair", str(store), "--yes", "--truncate", "--json")
     assert code == 0, err
     report = json.loads(out)
     assert set(report) == {"plan", "applied", "actions", "ok_after"}
     step = {"repair": "truncate", "stream_id": DAMAGED, "reason": "damaged record (checksum mismatch)"}
-    assert report["plan"] == [step]
-    assert report["applied"] == [step]
+    assert [{k: v for k, v in s.items() if k in step} for s in report["plan"]] == [step]
+    assert report["applied"] == report["plan"]
     assert report["ok_after"] is True
     actions = {a["action"]: a for a in report["actions"]}
-    assert set(actions) == {"truncated", "reindexed"}
+    assert set(actions) == {"truncated", "marked_cut", "reindexed"}
+    assert (actions["marked_cut"]["first_offset"], actions["marked_cut"]["next_offset"]) == (2, 6)
     truncated = actions["truncated"]
     assert set(truncated) == {
         "stream_id",

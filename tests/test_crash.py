@@ -55,10 +55,12 @@ from hybridlog import (
     Storage,
 )
 from hybridlog.catalog import RecoveryEntry
+from hybridlog.markers import CUT, decode_marker
 from hybridlog.record import MAGIC
-from hybridlog.recovery import ADOPTED, QUARANTINED, REINDEXED, REMOVED_EMPTY
+from hybridlog.recovery import ADOPTED, QUARANTINED, REINDEXED, REMOVED_EMPTY, TRUNCATED
 from hybridlog.repair import CATALOG_AHEAD, REINDEX, TORN_TAIL
 from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, segment_path
+from hybridlog.stream_repair import MARKED_CUT
 
 THIS_FILE = Path(__file__).resolve()
 SEGMENT_SIZE = 4096
@@ -95,15 +97,16 @@ def assert_append_continues(store: Storage, stream_id: int, records: list[Record
     last record read. Returns the appended event's record.
     """
     prev = records[-1].hash if records else None
+    head_offset = records[-1].offset + 1 if records else 0  # past a cut marker's jump too
     assert store.latest_chain_hash(stream_id) == prev
-    assert store.next_offset(stream_id) == len(records)
-    next_offset, head = store.append_batch(stream_id, [payload], len(records), prev, fsync=True)
+    assert store.next_offset(stream_id) == head_offset
+    next_offset, head = store.append_batch(stream_id, [payload], head_offset, prev, fsync=True)
     after = store.read_records_from_genesis(stream_id)
     assert after[: len(records)] == records
     added = after[len(records) :]
     assert event_payloads(added) == [payload]
     assert added[0].prev_hash == (prev or bytes(32))
-    assert (len(after), after[-1].hash) == (next_offset, head)
+    assert (after[-1].offset + 1, after[-1].hash) == (next_offset, head)
     return added[0]
 
 
@@ -137,7 +140,7 @@ def assert_catalog_matches_segments(store: Storage, stream_id: int, records: lis
     assert [(c.offset, c.hash) for c in store.checkpoint_index(stream_id)] == checkpoints
     if records:
         # A read anchored at the last checkpoint (through the offset index) returns the same records.
-        assert store.read_records_verified(stream_id, len(records) - 1) == records[-1:]
+        assert store.read_records_verified(stream_id, records[-1].offset) == records[-1:]
 
 
 @contextmanager
@@ -741,34 +744,51 @@ def catalog_ahead(tpl: LastBatch, workdir: Path, keep: int | None) -> None:
             assert (segment.read_bytes() if segment.exists() else None) == on_disk
             assert quarantine_files(store_dir) == []
 
-            # repair() rolls the catalog back to the segments; the torn bytes are kept aside.
+            # repair() keeps every whole record of the committed batch, keeps the torn bytes aside,
+            # and marks the offsets whose bytes are gone as cut: they are never given out again.
             repaired = store.repair()
             assert [(s.repair, s.stream_id) for s in repaired.applied] == [(REINDEX, LAST_STREAM)]
             assert repaired.after is not None
             assert repaired.after.findings == []
             assert store.damaged_streams() == {}
-            assert store.read_records_from_genesis(LAST_STREAM) == before
-            assert_catalog_matches_segments(store, LAST_STREAM, before)
+            committed = len(tpl.records_after)
+            records = store.read_records_from_genesis(LAST_STREAM)
+            assert records[:-1] == tpl.records_after[:hurt_offset]
+            marker = decode_marker(records[-1].payload)
+            assert marker is not None
+            assert (records[-1].offset, marker.action, marker.first_offset, marker.next_offset) == (
+                committed,
+                CUT,
+                hurt_offset,
+                committed,
+            )
+            assert_catalog_matches_segments(store, LAST_STREAM, records)
             kept = quarantine_files(store_dir)
             rows: list[tuple[object, ...]] = []
-            if keep:
-                assert [p.name for p in kept] == [f"{segment.name}.{tpl.base:020d}{QUARANTINE_SUFFIX}"]
-                assert kept[0].read_bytes() == tpl.batch[:keep]
+            if keep is not None and cut_at > hurt_at:
+                assert [p.name for p in kept] == [f"{segment.name}.{hurt_at:020d}{QUARANTINE_SUFFIX}"]
+                assert kept[0].read_bytes() == tpl.batch[hurt_at - tpl.base : keep]
                 kept_as = str(kept[0].relative_to(store_dir))
-                rows.append((LAST_STREAM, QUARANTINED, tpl.segment_no, tpl.base, cut_at, None, None, kept_as))
+                rows.append((LAST_STREAM, TRUNCATED, tpl.segment_no, hurt_at, cut_at, hurt_offset, None, kept_as))
             else:
                 assert kept == []
-                if keep == 0 and tpl.rotated:
-                    rows.append((LAST_STREAM, REMOVED_EMPTY, tpl.segment_no, None, None, None, None, None))
-            rows.append((LAST_STREAM, REINDEXED, None, None, None, 0, len(before), None))
+            rows.append((LAST_STREAM, MARKED_CUT, None, None, None, hurt_offset, committed, None))
+            if keep == 0 and tpl.rotated:  # the marker goes after the last record, not into an empty file
+                rows.append((LAST_STREAM, REMOVED_EMPTY, tpl.segment_no, None, None, None, None, None))
+            rows.append((LAST_STREAM, REINDEXED, None, None, None, 0, committed + 1, None))
             assert [log_row(e) for e in store.recovery_log()] == rows
             assert [log_row(e) for e in repaired.entries] == rows
-            if tpl.rotated:
+            marker_frame = store.offset_index(LAST_STREAM).lookup(committed)
+            assert marker_frame is not None
+            marker_segment = segment_path(store_dir, LAST_STREAM, marker_frame.segment_no)
+            if keep is None or (tpl.rotated and whole_frames == 0):  # nothing of the new file was kept
                 assert not segment.exists()
             else:
-                assert segment.read_bytes() == tpl.segment_before
+                whole = tpl.frame_starts[whole_frames] if whole_frames < len(tpl.frame_starts) else cut_at
+                assert marker_segment == segment
+                assert segment.read_bytes()[: marker_frame.position] == (tpl.segment_before + tpl.batch)[:whole]
 
-            assert_append_continues(store, LAST_STREAM, before, b"appended after the repair")
+            assert_append_continues(store, LAST_STREAM, records, b"appended after the repair")
             assert store.check().findings == []
             assert store.read_records_from_genesis(OTHER_STREAM) == tpl.records_before[OTHER_STREAM]
 

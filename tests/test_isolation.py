@@ -71,7 +71,7 @@ def test_isolate_keeps_every_record_after_a_damaged_one(store_dir: Path) -> None
     before_files = {p: p.read_bytes() for p in segment_files(store_dir, STREAM)}
 
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
-        plan = store.check().plan(isolate=True)
+        plan = store.check().plan()
         assert [(s.repair, s.stream_id) for s in plan] == [(ISOLATE, STREAM)]
         assert f"isolates offsets {victim} (1 damaged record" in plan[0].effect
         after_victim = sum(1 for r in original if r[0] > victim)
@@ -118,8 +118,9 @@ def test_isolate_keeps_every_record_after_a_damaged_one(store_dir: Path) -> None
 
 
 def test_truncate_would_cut_what_isolate_keeps(store_dir: Path, tmp_path: Path) -> None:
-    """The issue's case in small: the default (truncate) plan cuts every record after the damage;
-    the isolating plan keeps them. Counted by reading both repaired stores back."""
+    """The issue's case in small: one flipped byte in the middle of a stream. The default plan
+    (isolate) keeps every other record; an explicit truncate cuts every record after the damage.
+    Counted by reading both repaired stores back."""
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
         total = store.next_offset(STREAM)
         segment_no, position, _ = record_at(store, total // 2)
@@ -129,7 +130,7 @@ def test_truncate_would_cut_what_isolate_keeps(store_dir: Path, tmp_path: Path) 
     kept = {}
     for path, isolate in ((store_dir, True), (copy, False)):
         with Storage(path, checkpoint_policy=CheckpointPolicy.explicit()) as store:
-            [step] = store.check().plan(isolate=isolate)
+            [step] = store.check().plan(truncate=not isolate)
             assert step.repair == (ISOLATE if isolate else TRUNCATE)
             store.repair([step])
             readable = 0
@@ -156,7 +157,7 @@ def test_damaged_tail_is_cut_and_its_offsets_are_never_reused(store_dir: Path) -
         original = all_records(store)
     flip_byte(segment_path(store_dir, STREAM, segment_no), position + HEADER_SIZE + 2)
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
-        [step] = store.check().plan(isolate=True)
+        [step] = store.check().plan()
         assert f"cuts offsets {last}: 1 committed records" in step.effect
         assert f"a cut marker takes offset {committed}" in step.effect
         report = store.repair([step])
@@ -189,7 +190,7 @@ def test_a_missing_middle_segment_is_isolated(store_dir: Path) -> None:
         next_kept = next(s.first_offset for s in store.segments(STREAM) if s.path == files[len(files) // 2 + 1])
     gone.unlink()
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
-        store.repair(isolate=True)
+        store.repair()
         with pytest.raises(RecordIsolated) as raised:
             store.read_from(STREAM, first_gone, 100)
         assert (raised.value.first_offset, raised.value.next_offset) == (first_gone, next_kept)

@@ -74,7 +74,8 @@ from hybridlog import (
     TruncatedRecord,
 )
 from hybridlog.catalog import RecoveryEntry, StreamStats
-from hybridlog.errors import CatalogUnusable
+from hybridlog.errors import CatalogUnusable, RecordIsolated, RecordsCut
+from hybridlog.markers import CUT, ISOLATED, decode_marker
 from hybridlog.record import HEADER_SIZE
 from hybridlog.recovery import ADOPTED, QUARANTINED, REBUILT_CATALOG, REINDEXED, TRUNCATED
 from hybridlog.repair import (
@@ -84,6 +85,7 @@ from hybridlog.repair import (
     CATALOG_MISSING,
     CATALOG_UNUSABLE,
     DAMAGED_RECORD,
+    ISOLATE,
     MISSING_SEGMENT,
     REBUILD_CATALOG,
     REINDEX,
@@ -92,6 +94,7 @@ from hybridlog.repair import (
     CheckReport,
 )
 from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, segment_name, segment_path, stream_path
+from hybridlog.stream_repair import ISOLATE_ACTION, MARKED_CUT
 
 STREAM = 0  # the stream that gets damaged
 OTHER = 7  # a stream that must never notice
@@ -346,6 +349,76 @@ def assert_appends_continue(store: Storage, history: History, cut: int) -> None:
         assert reader.read_records_from_genesis(STREAM) == records
 
 
+def repair_marker_bytes(store: Storage, stream_id: int = STREAM) -> dict[Path, int]:
+    """Bytes of the repair marker records a repair appended, by segment file (relative to the store)."""
+    appended: dict[Path, int] = {}
+    for entry in store.offset_index(stream_id).entries():
+        if entry.kind is RecordKind.REPAIR:
+            path = segment_path(Path(), stream_id, entry.segment_no)
+            appended[path] = appended.get(path, 0) + entry.length
+    return appended
+
+
+def assert_fresh_reader_agrees(store: Storage, from_offset: int) -> None:
+    store.flush_indexes()
+    mine = list(store.iter_records(STREAM, from_offset))
+    with open_store(store.data_dir, read_only=True) as reader:
+        assert list(reader.iter_records(STREAM, from_offset)) == mine
+
+
+def assert_isolated(store: Storage, history: History, first: int, nxt: int, committed: int) -> None:
+    """``STREAM`` reads every record but ``first .. nxt-1``, verified; those raise RecordIsolated;
+    an ``isolated`` marker took offset ``committed``; ``OTHER`` is untouched; appends continue."""
+    original = history.records[STREAM]
+    records, error = read_until_damage(store, STREAM)
+    assert records == original[:first]
+    assert type(error) is RecordIsolated
+    assert (error.first_offset, error.next_offset) == (first, nxt)
+    for offset in (first, nxt - 1):
+        with pytest.raises(RecordIsolated):
+            store.read_from(STREAM, offset, 1 << 20)
+    after = list(store.iter_records(STREAM, nxt))
+    assert after[:-1] == original[nxt:]
+    marker = after[-1]
+    assert (marker.offset, marker.kind) == (committed, RecordKind.REPAIR)
+    decoded = decode_marker(marker.payload)
+    assert decoded is not None
+    assert (decoded.action, decoded.first_offset, decoded.next_offset) == (ISOLATED, first, nxt)
+    assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+    assert catalog_view(store, OTHER) == history.views[OTHER]
+    assert store.damaged_streams() == {}
+    assert store.check().ok
+    next_offset, head = store.append(STREAM, [b"after the repair"], expected_offset=committed + 1)
+    assert next_offset == committed + 2
+    [record] = list(store.iter_records(STREAM, committed + 1))
+    assert (record.payload, record.prev_hash, record.hash) == (b"after the repair", marker.hash, head)
+    assert_fresh_reader_agrees(store, nxt)
+
+
+def assert_cut(store: Storage, history: History, cut: int, committed: int, stream_id: int = STREAM) -> None:
+    """``stream_id`` holds its first ``cut`` records, then a ``cut`` marker at offset ``committed``
+    linked to the last of them; offsets ``cut .. committed-1`` raise RecordsCut; appends go on
+    after the marker."""
+    original = history.records[stream_id]
+    records = store.read_records_from_genesis(stream_id)
+    assert records[:-1] == original[:cut]
+    marker = records[-1]
+    assert (marker.offset, marker.kind, marker.prev_hash) == (committed, RecordKind.REPAIR, original[cut - 1].hash)
+    decoded = decode_marker(marker.payload)
+    assert decoded is not None
+    assert (decoded.action, decoded.first_offset, decoded.next_offset) == (CUT, cut, committed)
+    for offset in (cut, committed - 1):
+        with pytest.raises(RecordsCut):
+            store.read_from(stream_id, offset, 100)
+    assert store.damaged_streams() == {}
+    assert store.check().ok
+    next_offset, _ = store.append(stream_id, [b"after the repair"], expected_offset=committed + 1)
+    assert next_offset == committed + 2
+    store.flush_indexes()
+    with open_store(store.data_dir, read_only=True) as reader:
+        assert reader.read_records_from_genesis(stream_id) == store.read_records_from_genesis(stream_id)
+
+
 LogRow = tuple[str, int | None, int | None, int | None, int | None, int | None, str | None]
 
 
@@ -401,6 +474,19 @@ def expected_truncation(
         quarantine[kept] = data
     log[(REINDEXED, None, None, None, 0, cut, None)] += 1
     return Truncation(log, quarantine)
+
+
+def expected_cut(
+    before: dict[Path, bytes], *, cut: int, committed: int, cut_segment: int | None, position: int = 0
+) -> Truncation:
+    """A truncation at offset ``cut`` of a stream that had committed up to ``committed``: the
+    files as ``expected_truncation`` says, then a cut marker at ``committed`` (logged as
+    ``marked_cut``), and the stream re-indexed up to and including it."""
+    moved = expected_truncation(before, cut=cut, cut_segment=cut_segment, position=position)
+    log = Counter(row for row in moved.log.elements() if row[0] != REINDEXED)
+    log[(MARKED_CUT, None, None, None, cut, committed, None)] += 1
+    log[(REINDEXED, None, None, None, 0, committed + 1, None)] += 1
+    return Truncation(log, moved.quarantine)
 
 
 Located = tuple[int | None, str, str | None, int | None, Path | None, int | None]
@@ -483,12 +569,12 @@ RECORD_CASES += [
 
 @pytest.mark.parametrize("case", RECORD_CASES, ids=lambda c: c.id)
 def test_damaged_middle_record(history: History, store_copy: Path, case: RecordCase) -> None:
-    """A damaged record inside durable data: reported, never repaired on open; repair truncates at its batch."""
+    """A damaged record inside durable data: reported, never repaired on open; repair isolates it
+    and keeps every other record readable and verified (nothing is cut)."""
     frame = pick_record(history, case.place)
     segment = segment_path(store_copy, STREAM, frame.segment_no)
     case.damage(segment, frame)
-    batch = history.batch_of(frame)
-    cut = batch[0].offset
+    committed = len(history.records[STREAM])
 
     with open_store(store_copy, read_only=True) as reader:
         records, error = read_until_damage(reader, STREAM)
@@ -507,21 +593,61 @@ def test_damaged_middle_record(history: History, store_copy: Path, case: RecordC
 
         report = store.check()
         assert [(f.stream_id, f.problem, f.repair, f.segment) for f in report.findings] == [
-            (STREAM, DAMAGED_RECORD, TRUNCATE, segment),
+            (STREAM, DAMAGED_RECORD, ISOLATE, segment),
             (STREAM, CATALOG_AHEAD, REINDEX, None),
         ]
-        assert plan_of(report) == [(TRUNCATE, STREAM)]
+        [step] = report.plan()
+        assert (step.repair, step.stream_id) == (ISOLATE, STREAM)
+        assert step.effect.startswith(f"isolates offsets {frame.offset} (1 damaged record,")
+        assert f"keeps the {committed - frame.offset - 1:,} verifying records after the damage" in step.effect
+        assert "cuts" not in step.effect
 
         repaired = store.repair()
-        assert [(s.repair, s.stream_id) for s in repaired.applied] == [(TRUNCATE, STREAM)]
+        assert [(s.repair, s.stream_id) for s in repaired.applied] == [(ISOLATE, STREAM)]
         assert repaired.after is not None
         assert repaired.after.ok
-        expected = expected_truncation(before, cut=cut, cut_segment=frame.segment_no, position=batch[0].position)
+        end = frame.position + frame.size
+        expected = Counter(
+            [
+                (ISOLATE_ACTION, frame.segment_no, frame.position, end, frame.offset, frame.offset + 1, None),
+                (REINDEXED, None, None, None, 0, committed + 1, None),
+            ]
+        )
+        assert log_rows(store.recovery_log()) == expected
+        assert log_rows(repaired.entries) == expected
+        assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == {}
+        assert_isolated(store, history, frame.offset, frame.offset + 1, committed)
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_truncate_cuts_from_the_damaged_record_and_never_reuses_its_offsets(
+    history: History, store_copy: Path, place: str
+) -> None:
+    """An explicit truncate cuts from the damaged record on (the records of its batch before it
+    stay), says so in records and bytes first, and a cut marker keeps the cut offsets unused."""
+    frame = pick_record(history, place)
+    segment = segment_path(store_copy, STREAM, frame.segment_no)
+    flip_byte(segment, frame.position + HEADER_SIZE + 5)
+    committed = len(history.records[STREAM])
+    before = stream_bytes(store_copy)
+    with open_store(store_copy) as store:
+        [step] = store.check().plan(truncate=True)
+        assert (step.repair, step.stream_id) == (TRUNCATE, STREAM)
+        lost = committed - frame.offset
+        assert step.effect.startswith(
+            f"cuts offsets {frame.offset}..{committed - 1}: {lost:,} committed records, {lost - 1:,} of them still"
+            " verifying"
+        )
+        assert f"a cut marker takes offset {committed}" in step.effect
+        repaired = store.repair(truncate=True)
+        assert [(s.repair, s.stream_id) for s in repaired.applied] == [(TRUNCATE, STREAM)]
+        expected = expected_cut(
+            before, cut=frame.offset, committed=committed, cut_segment=frame.segment_no, position=frame.position
+        )
         assert log_rows(store.recovery_log()) == expected.log
-        assert log_rows(repaired.entries) == expected.log
-        assert assert_no_bytes_lost(before, store_copy) == expected.quarantine
-        assert_recovered(store, history, cut)
-        assert_appends_continue(store, history, cut)
+        assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == expected.quarantine
+        assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+        assert_cut(store, history, frame.offset, committed)
 
 
 @pytest.mark.parametrize("case", RECORD_CASES, ids=lambda c: c.id)
@@ -545,10 +671,10 @@ def test_repair_logs_the_cut_before_the_reindex(history: History, store_copy: Pa
     frame = pick_record(history, PLACES[0])
     flip_byte(segment_path(store_copy, STREAM, frame.segment_no), frame.position + HEADER_SIZE + 5)
     with open_store(store_copy) as store:
-        store.repair()
+        store.repair(truncate=True)
         actions = [e.action for e in store.recovery_log(STREAM)]
         stamps = [e.at_ns for e in store.recovery_log(STREAM)]
-    assert actions == [TRUNCATED] * (actions.count(TRUNCATED)) + [REINDEXED]
+    assert actions == [TRUNCATED] * (actions.count(TRUNCATED)) + [MARKED_CUT, REINDEXED]
     assert stamps == sorted(stamps)
 
 
@@ -603,19 +729,38 @@ def test_deleted_middle_segment(history: History, store_copy: Path) -> None:
 
         report = store.check()
         assert findings_of(report) == [
-            (STREAM, MISSING_SEGMENT, TRUNCATE, cut, missing, None),
+            (STREAM, MISSING_SEGMENT, ISOLATE, cut, missing, None),
             (STREAM, CATALOG_AHEAD, REINDEX, cut, None, None),
         ]
-        assert plan_of(report) == [(TRUNCATE, STREAM)]
+        assert plan_of(report) == [(ISOLATE, STREAM)]
 
         repaired = store.repair()
-        expected = expected_truncation(before, cut=cut, cut_segment=None)
-        assert log_rows(store.recovery_log()) == expected.log
-        assert assert_no_bytes_lost(before, store_copy) == expected.quarantine
-        assert_recovered(store, history, cut)
-        assert_appends_continue(store, history, cut)
+        resume = history.segment_first_offset(3)
+        committed = len(history.records[STREAM])
+        assert log_rows(store.recovery_log()) == Counter(
+            [
+                (ISOLATE_ACTION, 2, 0, None, cut, resume, None),
+                (REINDEXED, None, None, None, 0, committed + 1, None),
+            ]
+        )
+        assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == {}
         assert repaired.after is not None
         assert repaired.after.ok
+        assert_isolated(store, history, cut, resume, committed)
+
+
+def test_deleted_middle_segment_truncated_on_request(history: History, store_copy: Path) -> None:
+    """``truncate``: every later segment is moved aside and the lost offsets are marked cut."""
+    drop_segment(store_copy, STREAM, 2)
+    cut = history.segment_first_offset(2)
+    committed = len(history.records[STREAM])
+    before = stream_bytes(store_copy)
+    with open_store(store_copy) as store:
+        store.repair(truncate=True)
+        expected = expected_cut(before, cut=cut, committed=committed, cut_segment=None)
+        assert log_rows(store.recovery_log()) == expected.log
+        assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == expected.quarantine
+        assert_cut(store, history, cut, committed)
 
 
 def test_truncated_sealed_segment(history: History, store_copy: Path) -> None:
@@ -643,17 +788,22 @@ def test_truncated_sealed_segment(history: History, store_copy: Path) -> None:
 
         report = store.check()
         assert findings_of(report) == [
-            (STREAM, DAMAGED_RECORD, TRUNCATE, cut, segment, first.position),
+            (STREAM, DAMAGED_RECORD, ISOLATE, cut, segment, first.position),
             (STREAM, CATALOG_AHEAD, REINDEX, cut, None, None),
         ]
-        assert plan_of(report) == [(TRUNCATE, STREAM)]
+        assert plan_of(report) == [(ISOLATE, STREAM)]
 
         store.repair()
-        expected = expected_truncation(before, cut=cut, cut_segment=2, position=first.position)
-        assert log_rows(store.recovery_log()) == expected.log
-        assert assert_no_bytes_lost(before, store_copy) == expected.quarantine
-        assert_recovered(store, history, cut)
-        assert_appends_continue(store, history, cut)
+        resume = history.segment_first_offset(3)
+        committed = len(history.records[STREAM])
+        assert log_rows(store.recovery_log()) == Counter(
+            [
+                (ISOLATE_ACTION, 2, first.position, None, cut, resume, None),
+                (REINDEXED, None, None, None, 0, committed + 1, None),
+            ]
+        )
+        assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == {}
+        assert_isolated(store, history, cut, resume, committed)
 
 
 def foreign_segment(history: History) -> bytes:
@@ -682,8 +832,9 @@ def test_extra_foreign_segment_after_the_last(history: History, store_copy: Path
 
         report = store.check()
         # (its byte position: test_foreign_segment_is_reported_at_its_first_byte)
-        assert [f[:5] for f in findings_of(report)] == [(STREAM, DAMAGED_RECORD, TRUNCATE, full, extra)]
-        assert plan_of(report) == [(TRUNCATE, STREAM)]
+        assert [f[:5] for f in findings_of(report)] == [(STREAM, DAMAGED_RECORD, ISOLATE, full, extra)]
+        assert plan_of(report) == [(ISOLATE, STREAM)]
+        assert report.plan()[0].effect.startswith(f"cuts an unacknowledged tail from offset {full},")
 
         store.repair()
         kept = quarantine_name(extra_no, 0)
@@ -725,8 +876,8 @@ def test_extra_segment_after_a_gap(history: History, store_copy: Path) -> None:
 
         report = store.check()
         missing = segment_path(store_copy, STREAM, gap_no)
-        assert findings_of(report) == [(STREAM, MISSING_SEGMENT, TRUNCATE, full, missing, None)]
-        assert plan_of(report) == [(TRUNCATE, STREAM)]
+        assert findings_of(report) == [(STREAM, MISSING_SEGMENT, ISOLATE, full, missing, None)]
+        assert plan_of(report) == [(ISOLATE, STREAM)]
 
         store.repair()
         kept = quarantine_name(gap_no + 1, 0)
@@ -919,12 +1070,20 @@ def test_catalog_ahead_of_the_segments(history: History, store_copy: Path, how: 
         report = store.check()
         assert findings_of(report) == [(STREAM, CATALOG_AHEAD, REINDEX, cut, None, None)]
         assert plan_of(report) == [(REINDEX, STREAM)]
+        full = len(history.records[STREAM])
+        lost = full - cut
+        assert report.plan()[0].effect == (
+            f"re-indexes the stream from its segments; {lost:,} committed records are lost: their bytes are gone"
+            f" from the segments; a cut marker takes offset {full}: offsets {cut}..{full - 1} are never used again"
+        )
 
         store.repair()
-        assert log_rows(store.recovery_log()) == Counter([(REINDEXED, None, None, None, 0, cut, None)])
-        assert assert_no_bytes_lost(before, store_copy) == {}
-        assert_recovered(store, history, cut)
-        assert_appends_continue(store, history, cut)
+        assert log_rows(store.recovery_log()) == Counter(
+            [(MARKED_CUT, None, None, None, cut, full, None), (REINDEXED, None, None, None, 0, full + 1, None)]
+        )
+        assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == {}
+        assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+        assert_cut(store, history, cut, full)
 
 
 def test_catalog_from_another_longer_history(history: History, store_copy: Path) -> None:
@@ -963,14 +1122,23 @@ def test_catalog_from_another_longer_history(history: History, store_copy: Path)
         ]
         assert plan_of(report) == [(REINDEX, sid) for sid in STREAMS]
 
+        # The catalog claimed more records than the segments hold: whatever its history was, the
+        # offsets it gave out are never given out again.
         store.repair()
+        claimed_next = {stream: history.foreign_views[stream].next_offset for stream in STREAMS}
+        held = {stream: len(history.records[stream]) for stream in STREAMS}
         assert log_rows(store.recovery_log()) == Counter(
-            (REINDEXED, None, None, None, 0, len(history.records[sid]), None) for sid in STREAMS
+            row
+            for stream in STREAMS
+            for row in (
+                (MARKED_CUT, None, None, None, held[stream], claimed_next[stream], None),
+                (REINDEXED, None, None, None, 0, claimed_next[stream] + 1, None),
+            )
         )
-        assert assert_no_bytes_lost(before, store_copy) == {}
-        full = len(history.records[STREAM])
-        assert_recovered(store, history, full)
-        assert_appends_continue(store, history, full)
+        marked = {**repair_marker_bytes(store, STREAM), **repair_marker_bytes(store, OTHER)}
+        assert assert_no_bytes_lost(before, store_copy, marked) == {}
+        for stream in STREAMS:
+            assert_cut(store, history, held[stream], claimed_next[stream], stream)
 
 
 def test_the_nothing_lost_oracle_fails_when_a_byte_is_lost(tmp_path: Path) -> None:

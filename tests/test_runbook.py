@@ -26,6 +26,7 @@ from hybridlog import CheckpointPolicy, Storage
 from hybridlog.record import HEADER_SIZE
 from hybridlog.segment import QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.sql import query_catalog
+from hybridlog.types import RecordKind
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "scripts" / "repair_runbook.py"
 DAMAGED = 1
@@ -87,6 +88,11 @@ def store_bytes(store: Path) -> dict[str, bytes]:
     return files
 
 
+def events_after(store: Path, stream_id: int, offset: int) -> list[bytes]:
+    with Storage(store, read_only=True) as reader:
+        return [r.payload for r in reader.iter_records(stream_id, offset) if r.kind is RecordKind.EVENT]
+
+
 def read_events(store: Path, stream_id: int) -> list[bytes]:
     with Storage(store, read_only=True) as reader:
         return reader.read_from_genesis(stream_id)
@@ -116,22 +122,23 @@ def test_clean_store_exits_0_and_changes_nothing(store: Path) -> None:
 
 def test_damaged_store_with_yes_is_repaired_and_verified(store: Path) -> None:
     segment, position = damage_payload(store, DAMAGED, 2)
-    cut = segment.read_bytes()[position:]
     done = runbook(str(store), "--yes")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert f"stream {DAMAGED}: damaged_record:" in out
-    assert f"segment {segment}, byte {position} -> truncate" in out
-    assert f"1. truncate stream {DAMAGED}" in out
-    assert f"stream {DAMAGED}: truncated" in out
-    assert "verify: 4 records verified" in out  # two left in the damaged stream, two in the other
+    assert f"segment {segment}, byte {position} -> isolate" in out
+    assert f"1. isolate stream {DAMAGED}" in out
+    assert f"isolates offsets 2 (1 damaged record, bytes kept in place in segment 0 from byte {position})" in out
+    assert f"stream {DAMAGED}: isolated" in out
+    # every record of the damaged stream but offset 2, its repair marker, and the other stream's two
+    assert "verify: 8 records verified" in out
+    assert f"stream {DAMAGED} ok, offsets 2 isolated by repair" in out
     assert out.splitlines()[-1].startswith("result: CLEAN")
     # the findings and the plan come before the repair
     assert out.index("plan:") < out.index("repair: applied") < out.index("verify:")
-    assert read_events(store, DAMAGED) == DAMAGED_BATCHES[0]
+    assert events_after(store, DAMAGED, 3) == [b"a3", b"a4", b"a5"]
     assert read_events(store, HEALTHY) == HEALTHY_EVENTS
-    (kept,) = quarantine_files(store, DAMAGED)
-    assert kept.read_bytes() == cut
+    assert quarantine_files(store, DAMAGED) == []
 
 
 def test_json_shape(store: Path) -> None:
@@ -159,13 +166,16 @@ def test_json_shape(store: Path) -> None:
     assert check["ok"] is False
     (damaged,) = [f for f in check["findings"] if f["problem"] == "damaged_record"]
     assert (damaged["stream_id"], damaged["segment"], damaged["position"]) == (DAMAGED, str(segment), position)
-    step = {"repair": "truncate", "stream_id": DAMAGED, "reason": damaged["message"]}
-    assert report["plan"] == check["plan"] == [step]
-    assert report["repair"]["applied"] == [step]
+    assert report["plan"] == check["plan"] == report["repair"]["applied"]
+    [step] = report["plan"]
+    assert (step["repair"], step["stream_id"], step["reason"]) == ("isolate", DAMAGED, damaged["message"])
+    assert step["effects"]["isolates"] == [
+        {"first_offset": 2, "next_offset": 3, "records": 1, "segment_no": 0, "start_byte": position}
+    ]
     assert report["repair"]["ok_after"] is True
-    assert "truncated" in [a["action"] for a in report["repair"]["actions"]]
+    assert "isolated" in [a["action"] for a in report["repair"]["actions"]]
     assert report["verify"]["ok"] is True
-    assert report["verify"]["records_verified"] == 4
+    assert report["verify"]["records_verified"] == 8
 
 
 def test_clean_store_json(store: Path) -> None:
@@ -196,7 +206,7 @@ def test_yes_typed_at_the_prompt_applies(store: Path) -> None:
     damage_payload(store, DAMAGED, 4)
     done = runbook(str(store), answer="y\n")
     assert done.returncode == 0, done.stderr
-    assert read_events(store, DAMAGED) == DAMAGED_BATCHES[0] + DAMAGED_BATCHES[1]
+    assert events_after(store, DAMAGED, 5) == [b"a5"]
 
 
 def test_what_open_time_recovery_did_is_reported(store: Path) -> None:
@@ -210,7 +220,7 @@ def test_what_open_time_recovery_did_is_reported(store: Path) -> None:
     done = runbook(str(store), "--yes", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["plan"] == [{"repair": "reindex", "stream_id": HEALTHY, "reason": report["plan"][0]["reason"]}]
+    assert [(s["repair"], s["stream_id"]) for s in report["plan"]] == [("reindex", HEALTHY)]
     assert [e["action"] for e in report["recovered_on_open"]] == ["quarantined"]
     assert report["clean"] is True
     assert segment.read_bytes() == intact

@@ -173,7 +173,10 @@ def window_records(
     if before is not None:
         try:
             record = next(walk, None)
-        except IntegrityError:  # the walk from ``start`` below says whether that concerns this window
+        except IntegrityError as e:
+            if e.offset != before:
+                raise
+            # damage at the record before the window: the walk from ``start`` says whether it matters
             walk = backend.iter_records(stream_id, start)
         else:
             assert since is not None
@@ -185,8 +188,8 @@ def window_records(
             record = next(walk)
         except StopIteration:
             return
-        except IntegrityError:
-            if past_window:
+        except IntegrityError as e:
+            if past_window and e.offset is not None and stop is not None and e.offset >= stop:
                 return  # the record after the window is damaged: a read of it says so
             raise
         if past_window:

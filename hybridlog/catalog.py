@@ -412,9 +412,19 @@ class Catalog:
             found[table] = {sid for (sid,) in rows}
         return found
 
-    def recovery_actions(self) -> set[str]:
-        """Every action the recovery log records (``recovery_log.action``), once each."""
-        return {str(action) for (action,) in self.conn.execute("SELECT DISTINCT action FROM recovery_log")}
+    def positions_may_be_unused(self) -> bool:
+        """Whether the recovery log records an action that can leave global positions unused.
+
+        Positions are given out in the transaction that commits their records, so on a store no
+        repair has touched they are 1, 2, 3, ... without a gap. Adopting records numbers them
+        after the mark, and what recovery quarantines was never committed; any other action (a
+        re-index, a truncation, a rebuild, or one this code does not know) may have dropped
+        records that had positions.
+        """
+        row = self.conn.execute(
+            "SELECT 1 FROM recovery_log WHERE action NOT IN ('adopted', 'quarantined', 'removed_empty') LIMIT 1"
+        ).fetchone()
+        return row is not None
 
     def index_size(self, stream_id: StreamId) -> int:
         return self._count("SELECT count(*) FROM records WHERE stream_id = ?", (stream_id,))
@@ -538,9 +548,31 @@ class Catalog:
                     " WHERE global_position >= ? ORDER BY global_position",
                     (from_position,),
                 )
-                rows = self._rows_within(cursor, max_payload_bytes)
+                rows, cut = self._rows_within(cursor, max_payload_bytes)
+                self._check_positions_used(rows, from_position, cut)
             self._check_global_rows(rows, from_position)
         return rows
+
+    def _check_positions_used(self, rows: list[GlobalRow], from_position: int, cut: bool) -> None:
+        """Rows of every stream must use each position from ``from_position`` to the last row's (to
+        the mark, if the size did not ``cut`` them), unless a repair may have left positions unused:
+        a position missing in between is a row a damaged page hides from this scan."""
+        mark = self.last_global_position()
+        expected = max(from_position, 1)
+        for row in rows:
+            if row.global_position != expected:
+                break
+            expected += 1
+        else:
+            if cut or expected > mark:
+                return
+        if not self.positions_may_be_unused():
+            raise self._position_mismatch(
+                rows[0].stream_id if rows else StreamId(0),
+                rows[0].offset if rows else 0,
+                f"no record has global position {expected}, and no repair can have dropped one"
+                f" (read from {from_position}, high-water mark {mark})",
+            )
 
     def _check_global_rows(self, rows: list[GlobalRow], from_position: int) -> None:
         """Refuse rows a damaged catalog got wrong, rather than let a read skip or misplace records.
@@ -627,22 +659,30 @@ class Catalog:
             " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
             (stream_id, low),
         )
-        return self._rows_within(cursor, max_payload_bytes)
+        rows, cut = self._rows_within(cursor, max_payload_bytes)
+        if not cut and rows and rows[-1].offset + 1 < (stream.next_offset if stream else 0):
+            raise self._position_mismatch(
+                stream_id, rows[-1].offset + 1, "the offset index scan ends before the stream's next offset"
+            )
+        return rows
 
-    def _rows_within(self, cursor: apsw.Cursor, max_payload_bytes: int) -> list[GlobalRow]:
+    def _rows_within(self, cursor: apsw.Cursor, max_payload_bytes: int) -> tuple[list[GlobalRow], bool]:
+        """The rows that may fit, and whether the size cut them short (False: the cursor ran out)."""
         rows: list[GlobalRow] = []
         at_least = 0
+        cut = False
         try:
             for row in cursor:
                 _ints(row, "offset index row", self.path, None)
                 position, sid, offset, length = row
                 at_least += length - FRAME_OVERHEAD
                 if rows and at_least > max_payload_bytes:
+                    cut = True
                     break  # this one cannot fit after those before it
                 rows.append(GlobalRow(GlobalPosition(position), StreamId(sid), Offset(offset), length))
         finally:
             cursor.close()  # ends the read the unfinished statement would otherwise hold open
-        return rows
+        return rows, cut
 
     def first_offset_at_or_after(self, stream_id: StreamId, timestamp_ns: int) -> Offset:
         """The first offset whose timestamp is ``timestamp_ns`` or later (the stream's next offset if none).
@@ -716,7 +756,12 @@ class Catalog:
             " s.stored_bytes, s.payload_bytes, s.first_timestamp_ns, s.last_timestamp_ns"
             " FROM streams s ORDER BY s.stream_id"
         )
-        return [StreamStats(*row) for row in rows]
+        stats = []
+        for row in rows:
+            _ints(row[:8], "streams row", self.path, None)
+            _ints(tuple(ts for ts in row[8:] if ts is not None), "streams row", self.path, None)
+            stats.append(StreamStats(*row))
+        return stats
 
     def recovery_log(self, stream_id: StreamId | None = None) -> list[RecoveryEntry]:
         rows = self.conn.execute(

@@ -67,6 +67,7 @@ from hybridlog.consumers import CONSUMERS_FILE, ConsumerState, ConsumerStore, ch
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     CatalogError,
+    CatalogMismatch,
     CatalogUnusable,
     ChainMismatch,
     DictionaryUnusable,
@@ -427,6 +428,14 @@ class Storage:
         segments = catalog.segments(stream_id)
         last_checkpoint = catalog.checkpoint_at_or_before(stream_id, (row.next_offset if row else 0))
         damage = self._damage.get(stream_id)
+        if damage is None and segments and (row is None or row.next_offset != segments[-1].next_offset):
+            # appending on top of a head the catalog lost would write offsets that are taken
+            damage = CatalogMismatch(
+                f"the catalog's streams row ({'missing' if row is None else f'next offset {row.next_offset}'})"
+                f" disagrees with its segments row (next offset {segments[-1].next_offset})",
+                stream_id=stream_id,
+                hint=damaged_hint(self._data_dir),
+            )
         head = _StreamHead(
             stream_id=stream_id,
             view=HeadView(

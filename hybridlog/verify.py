@@ -33,17 +33,12 @@ from hybridlog.catalog import CATALOG_FILE, Catalog, StreamSnapshot, damaged_hin
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import CatalogError, CatalogMismatch, CatalogTooNew, IntegrityError, StorageError
 from hybridlog.reader import unlisted_stream_problem, verified_frames
-from hybridlog.recovery import ADOPTED, QUARANTINED, REMOVED_EMPTY, stream_ids_on_disk
+from hybridlog.recovery import stream_ids_on_disk
 from hybridlog.storage import Storage
 from hybridlog.types import ChainHash, Record, RecordKind, StreamId
 
 MAX_LISTED = 20
 """Disagreements listed per stream (and store-wide); the rest are counted."""
-
-_KEEPS_POSITIONS = {ADOPTED, QUARANTINED, REMOVED_EMPTY}
-"""Recovery actions that never leave a global position unused (adopting numbers records after the
-mark; the bytes quarantined by recovery were never committed). Any other action logged (a re-index,
-a truncation, a rebuild) may have dropped records that had positions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,7 +401,7 @@ def _check_store(catalog: Catalog, report: VerifyReport, streams: set[StreamId])
                     )
                 previous = position
             unused = mark - count
-            if unused > 0 and not catalog.recovery_actions() - _KEEPS_POSITIONS:
+            if unused > 0 and not catalog.positions_may_be_unused():
                 found.add(
                     Disagreement(
                         None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar, cast
 
-from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidArgument, InvalidEvent
+from hybridlog.errors import CatalogMismatch, EmptyBatch, EventTooLarge, IntegrityError, InvalidArgument, InvalidEvent
 from hybridlog.record import checkpoint_payload
 from hybridlog.types import HASH_SIZE, MAX_EVENT_SIZE, CheckpointPolicy, Record, RecordKind
 
@@ -143,12 +143,69 @@ class TimeIndexed(Protocol):
 def read_window(
     backend: TimeIndexed, stream_id: int, since_ns: object, until_ns: object, max_bytes: object
 ) -> list[Record]:
-    """``read_between`` for every backend: the records from ``offset_at(since)`` up to (not
-    including, and never reading) ``offset_at(until)``, at least one, then up to ``max_bytes``."""
+    """``read_between`` for every backend: the records of ``window_records``, at least one, then up
+    to ``max_bytes``."""
     since, until = check_time_window(since_ns, until_ns)
     limit = check_non_negative("max_bytes", max_bytes)
-    start = 0 if since is None else backend.offset_at(stream_id, since)
+    return take_within(window_records(backend, stream_id, since, until), lambda r: len(r.payload), limit)
+
+
+def window_records(
+    backend: TimeIndexed, stream_id: int, since: int | None, until: int | None, from_offset: int = 0
+) -> Iterator[Record]:
+    """Verified records appended at or after ``since`` and before ``until`` (None: no bound), from
+    ``from_offset`` on: those from ``offset_at(since)`` up to ``offset_at(until)``.
+
+    ``offset_at`` answers from the time index, which is only as good as the catalog. The walk that
+    verifies the window also checks it against the records' own (hashed) timestamps: every record
+    returned is inside the window, the record before the first one is before ``since``, and the
+    record at ``offset_at(until)`` is not before ``until``. A contradiction raises CatalogMismatch,
+    so a damaged time index never shortens a window silently. The record at ``offset_at(until)`` is
+    only looked at: if it fails verification itself, the window before it is still returned.
+    """
+    start, before = from_offset, None
+    if since is not None:
+        found = backend.offset_at(stream_id, since)
+        if found > from_offset:
+            start, before = found, found - 1
     stop = None if until is None else backend.offset_at(stream_id, until)
-    if stop is not None and start >= stop:
-        return []
-    return take_within(records_before(backend.iter_records(stream_id, start), stop), lambda r: len(r.payload), limit)
+    walk = backend.iter_records(stream_id, start if before is None else before)
+    if before is not None:
+        try:
+            record = next(walk, None)
+        except IntegrityError as e:
+            if e.offset != before:
+                raise
+            # damage at the record before the window: the walk from ``start`` says whether it matters
+            walk = backend.iter_records(stream_id, start)
+        else:
+            assert since is not None
+            if record is not None and record.timestamp_ns >= since:
+                raise _time_index_mismatch(record, f"it is before offset_at(since={since}) = {start}")
+    while True:
+        past_window = stop is not None and start >= stop
+        try:
+            record = next(walk)
+        except StopIteration:
+            return
+        except IntegrityError as e:
+            if past_window and e.offset is not None and stop is not None and e.offset >= stop:
+                return  # the record after the window is damaged: a read of it says so
+            raise
+        if past_window:
+            if until is not None and record.timestamp_ns < until:
+                raise _time_index_mismatch(record, f"it is at or after offset_at(until={until}) = {stop}")
+            return
+        if (since is not None and record.timestamp_ns < since) or (until is not None and record.timestamp_ns >= until):
+            raise _time_index_mismatch(record, f"the time index puts it in the window [{since}, {until})")
+        yield record
+        start = record.offset + 1
+
+
+def _time_index_mismatch(record: Record, claim: str) -> CatalogMismatch:
+    return CatalogMismatch(
+        f"the time index disagrees with the record's timestamp {record.timestamp_ns}: {claim}",
+        stream_id=record.stream_id,
+        offset=record.offset,
+        hint="see it with `hybridlog check`, fix it with `hybridlog repair`",
+    )

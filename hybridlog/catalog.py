@@ -23,6 +23,7 @@ from hybridlog.errors import (
     CatalogBusy,
     CatalogError,
     CatalogIOError,
+    CatalogMismatch,
     CatalogPermissionDenied,
     CatalogTooNew,
     CatalogUnusable,
@@ -76,6 +77,50 @@ def _denied(path: Path, *, read_only: bool) -> Path | None:
     if not read_only and not os.access(path.parent, os.W_OK | os.X_OK, effective_ids=True):
         return path.parent  # where SQLite creates the -wal and -shm files
     return None
+
+
+def damaged_hint(data_dir: Path) -> str:
+    """What to run when the catalog holds something its segments contradict (or its schema forbids)."""
+    return f"see it with `hybridlog check {data_dir}`, fix it with `hybridlog repair {data_dir}`"
+
+
+def _ints(values: tuple[object, ...], what: str, path: Path, stream_id: int | None, offset: int | None = None) -> None:
+    """Refuse a row whose integer columns hold something else.
+
+    STRICT tables check types when a row is written, not when it is read: a damaged page can hand
+    back text, a blob or NULL where an integer was stored, which must not reach arithmetic.
+    """
+    for value in values:
+        if type(value) is not int:
+            raise CatalogMismatch(
+                f"the catalog's {what} holds {value!r} where an integer belongs",
+                stream_id=stream_id,
+                offset=offset,
+                hint=damaged_hint(path.parent),
+            )
+
+
+def _hash(value: object, what: str, path: Path, stream_id: int, offset: int | None = None) -> ChainHash:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise CatalogMismatch(
+            f"the catalog's {what} holds {value!r} where a 32-byte hash belongs",
+            stream_id=stream_id,
+            offset=offset,
+            hint=damaged_hint(path.parent),
+        )
+    return ChainHash(value)
+
+
+def _kind(value: int, path: Path, stream_id: int, offset: int) -> RecordKind:
+    try:
+        return RecordKind(value)
+    except ValueError:
+        raise CatalogMismatch(
+            f"the catalog's offset index holds record kind {value!r}, which is no kind",
+            stream_id=stream_id,
+            offset=offset,
+            hint=damaged_hint(path.parent),
+        ) from None
 
 
 SCHEMA_VERSION = len(load_migrations())
@@ -353,7 +398,17 @@ class Catalog:
         if row is None:
             return None
         next_offset, head, events, last_ts = row
-        return StreamRow(stream_id, Offset(next_offset), None if head is None else ChainHash(head), events, last_ts)
+        _ints((next_offset, events), "streams row", self.path, stream_id)
+        if last_ts is not None:
+            _ints((last_ts,), "streams row", self.path, stream_id)
+        chain_head = None if head is None else _hash(head, "chain head", self.path, stream_id)
+        if (chain_head is None) != (next_offset == 0):
+            raise CatalogMismatch(
+                f"the catalog's streams row says {next_offset} records with chain head {head!r}",
+                stream_id=stream_id,
+                hint=damaged_hint(self.path.parent),
+            )
+        return StreamRow(stream_id, Offset(next_offset), chain_head, events, last_ts)
 
     def segments(self, stream_id: StreamId) -> list[SegmentRow]:
         rows = self.conn.execute(
@@ -361,10 +416,11 @@ class Catalog:
             " FROM segments WHERE stream_id = ? ORDER BY segment_no",
             (stream_id,),
         )
-        return [
-            SegmentRow(stream_id, no, Offset(first), Offset(nxt), size, bool(sealed), digest)
-            for no, first, nxt, size, sealed, digest in rows
-        ]
+        found = []
+        for no, first, nxt, size, sealed, digest in rows:
+            _ints((no, first, nxt, size, sealed), "segments row", self.path, stream_id)
+            found.append(SegmentRow(stream_id, no, Offset(first), Offset(nxt), size, bool(sealed), digest))
+        return found
 
     def index_entry(self, stream_id: StreamId, offset: int) -> IndexEntry | None:
         row = self.conn.execute(
@@ -374,7 +430,8 @@ class Catalog:
         if row is None:
             return None
         no, position, length, kind, ts = row
-        return IndexEntry(Offset(offset), no, position, length, RecordKind(kind), ts)
+        _ints(row, "offset index row", self.path, stream_id, offset)
+        return IndexEntry(Offset(offset), no, position, length, _kind(kind, self.path, stream_id, offset), ts)
 
     def first_entry_ending_after(self, stream_id: StreamId, segment_no: int, byte: int) -> IndexEntry | None:
         """The first record of a segment whose frame does not end by ``byte`` (the first one a cut there hurts)."""
@@ -386,7 +443,8 @@ class Catalog:
         if row is None:
             return None
         offset, position, length, kind, ts = row
-        return IndexEntry(Offset(offset), segment_no, position, length, RecordKind(kind), ts)
+        _ints(row, "offset index row", self.path, stream_id)
+        return IndexEntry(Offset(offset), segment_no, position, length, _kind(kind, self.path, stream_id, offset), ts)
 
     def index_entries(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[IndexEntry]:
         rows = self.conn.execute(
@@ -394,8 +452,73 @@ class Catalog:
             " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
             (stream_id, from_offset),
         )
-        for offset, no, position, length, kind, ts in rows:
-            yield IndexEntry(Offset(offset), no, position, length, RecordKind(kind), ts)
+        for row in rows:
+            _ints(row, "offset index row", self.path, stream_id)
+            offset, no, position, length, kind, ts = row
+            yield IndexEntry(Offset(offset), no, position, length, _kind(kind, self.path, stream_id, offset), ts)
+
+    def stream_index_rows(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[tuple[object, ...]]:
+        """The stream's ``records`` rows from ``from_offset`` on, by offset, exactly as stored and
+        unchecked: (offset, segment_no, position, length, kind, timestamp_ns, global_position).
+
+        For ``verify``, which compares every value with the records and reports what differs.
+        """
+        yield from self.conn.execute(
+            "SELECT offset, segment_no, position, length, kind, timestamp_ns, global_position FROM records"
+            " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+            (stream_id, from_offset),
+        )
+
+    def stream_checkpoint_rows(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[tuple[object, ...]]:
+        """The stream's ``checkpoints`` rows from ``from_offset`` on, as stored: (offset, hash, timestamp_ns)."""
+        yield from self.conn.execute(
+            "SELECT offset, hash, timestamp_ns FROM checkpoints WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+            (stream_id, from_offset),
+        )
+
+    def structure_problems(self, limit: int) -> list[str]:
+        """What SQLite's ``integrity_check`` finds (at most ``limit`` lines; none: the file is sound).
+
+        Besides the b-trees themselves it checks that every index agrees with its table: a damaged
+        index can make a lookup by (stream, offset) see a row that a scan by position does not.
+        """
+        lines = [str(row[0]) for row in self.conn.execute(f"PRAGMA integrity_check({int(limit)})")]
+        return [] if lines == ["ok"] else lines
+
+    def global_order_summary(self) -> tuple[object, object, object]:
+        """(the high-water mark as stored, how many records rows, the largest global position)."""
+        mark = self.conn.execute("SELECT last_position FROM global_order WHERE singleton = 1").fetchone()
+        totals = self.conn.execute("SELECT count(*), max(global_position) FROM records").fetchone()
+        assert totals is not None  # an aggregate always gives a row
+        count, largest = totals
+        return (None if mark is None else mark[0]), count, largest
+
+    def all_global_positions(self) -> Iterator[object]:
+        """Every record's global position, in order (a b-tree walk: damage can show duplicates)."""
+        for (position,) in self.conn.execute("SELECT global_position FROM records ORDER BY global_position"):
+            yield position
+
+    def streams_with_rows(self) -> dict[str, set[object]]:
+        """The stream ids that have rows, by table (``records``, ``checkpoints``, ``segments``, ``streams``)."""
+        found: dict[str, set[object]] = {}
+        for table in ("records", "checkpoints", "segments", "streams"):
+            rows = self.conn.execute(f"SELECT DISTINCT stream_id FROM {table}")  # noqa: S608 (a constant)
+            found[table] = {sid for (sid,) in rows}
+        return found
+
+    def positions_may_be_unused(self) -> bool:
+        """Whether the recovery log records an action that can leave global positions unused.
+
+        Positions are given out in the transaction that commits their records, so on a store no
+        repair has touched they are 1, 2, 3, ... without a gap. Adopting records numbers them
+        after the mark, and what recovery quarantines was never committed; any other action (a
+        re-index, a truncation, a rebuild, or one this code does not know) may have dropped
+        records that had positions.
+        """
+        row = self.conn.execute(
+            "SELECT 1 FROM recovery_log WHERE action NOT IN ('adopted', 'quarantined', 'removed_empty') LIMIT 1"
+        ).fetchone()
+        return row is not None
 
     def index_size(self, stream_id: StreamId) -> int:
         return self._count("SELECT count(*) FROM records WHERE stream_id = ?", (stream_id,))
@@ -406,13 +529,22 @@ class Catalog:
             " ORDER BY offset DESC LIMIT 1",
             (stream_id, offset),
         ).fetchone()
-        return None if row is None else CheckpointRow(stream_id, Offset(row[0]), ChainHash(row[1]), row[2])
+        return None if row is None else self._checkpoint_row(stream_id, row)
+
+    def _checkpoint_row(self, stream_id: StreamId, row: tuple[object, ...]) -> CheckpointRow:
+        offset, digest, ts = row
+        _ints((offset, ts), "checkpoints row", self.path, stream_id)
+        assert isinstance(offset, int)
+        assert isinstance(ts, int)
+        return CheckpointRow(
+            stream_id, Offset(offset), _hash(digest, "checkpoint hash", self.path, stream_id, offset), ts
+        )
 
     def checkpoints(self, stream_id: StreamId) -> list[CheckpointRow]:
         rows = self.conn.execute(
             "SELECT offset, hash, timestamp_ns FROM checkpoints WHERE stream_id = ? ORDER BY offset", (stream_id,)
         )
-        return [CheckpointRow(stream_id, Offset(o), ChainHash(h), ts) for o, h, ts in rows]
+        return [self._checkpoint_row(stream_id, row) for row in rows]
 
     def global_positions(
         self, stream_id: StreamId, first: int = 0, last: int = 2**63 - 1
@@ -432,7 +564,12 @@ class Catalog:
             " AND (?3 IS NULL OR stream_id = ?3) GROUP BY stream_id ORDER BY stream_id",
             (low, high, stream_id),
         )
-        return [(StreamId(sid), first, last) for sid, first, last in rows]
+        found = []
+        for row in rows:
+            _ints(row, "offset index row", self.path, None)
+            sid, first, last = row
+            found.append((StreamId(sid), first, last))
+        return found
 
     def _require_global_order(self) -> None:
         """A reader may meet a catalog no writer has upgraded yet: say so, rather than fail on SQL.
@@ -451,7 +588,11 @@ class Catalog:
     def last_global_position(self) -> GlobalPosition:
         """The high-water mark: the last global position ever given out (0: none yet)."""
         self._require_global_order()
-        return GlobalPosition(self._count("SELECT last_position FROM global_order WHERE singleton = 1", ()))
+        row = self.conn.execute("SELECT last_position FROM global_order WHERE singleton = 1").fetchone()
+        if row is None:
+            raise CatalogMismatch("the catalog has no global-position mark", hint=damaged_hint(self.path.parent))
+        _ints(row, "global-position mark", self.path, None)
+        return GlobalPosition(row[0])
 
     def global_position_of(self, stream_id: StreamId, offset: int) -> GlobalPosition | None:
         """The global position of one record (None: the stream has no record at that offset)."""
@@ -459,7 +600,12 @@ class Catalog:
         row = self.conn.execute(
             "SELECT global_position FROM records WHERE stream_id = ? AND offset = ?", (stream_id, offset)
         ).fetchone()
-        return None if row is None else GlobalPosition(row[0])
+        if row is None:
+            return None
+        _ints(row, "global position", self.path, stream_id, offset)
+        if row[0] < 1:
+            raise self._position_mismatch(stream_id, offset, f"global position {row[0]} is below 1")
+        return GlobalPosition(row[0])
 
     def record_at_position(self, position: int) -> tuple[StreamId, Offset] | None:
         """(stream, offset) of the record at a global position (None: no record has it)."""
@@ -467,7 +613,10 @@ class Catalog:
         row = self.conn.execute(
             "SELECT stream_id, offset FROM records WHERE global_position = ?", (position,)
         ).fetchone()
-        return None if row is None else (StreamId(row[0]), Offset(row[1]))
+        if row is None:
+            return None
+        _ints(row, f"offset index row at global position {position}", self.path, None)
+        return StreamId(row[0]), Offset(row[1])
 
     def global_rows(
         self, from_position: int, max_payload_bytes: int, stream_id: StreamId | None = None
@@ -484,53 +633,150 @@ class Catalog:
         are read by offset, from the first offset whose position is ``from_position`` or more.
         """
         self._require_global_order()
-        if stream_id is not None:
-            return self._stream_global_rows(stream_id, from_position, max_payload_bytes)
-        cursor = self.conn.execute(
-            "SELECT global_position, stream_id, offset, length FROM records"
-            " WHERE global_position >= ? ORDER BY global_position",
-            (from_position,),
+        with self.conn:  # one read: the rows and what they are checked against agree
+            if stream_id is not None:
+                rows = self._stream_global_rows(stream_id, from_position, max_payload_bytes)
+            else:
+                cursor = self.conn.execute(
+                    "SELECT global_position, stream_id, offset, length FROM records"
+                    " WHERE global_position >= ? ORDER BY global_position",
+                    (from_position,),
+                )
+                rows, cut = self._rows_within(cursor, max_payload_bytes)
+                self._check_positions_used(rows, from_position, cut)
+            self._check_global_rows(rows, from_position)
+        return rows
+
+    def _check_positions_used(self, rows: list[GlobalRow], from_position: int, cut: bool) -> None:
+        """Rows of every stream must use each position from ``from_position`` to the last row's (to
+        the mark, if the size did not ``cut`` them), unless a repair may have left positions unused:
+        a position missing in between is a row a damaged page hides from this scan."""
+        mark = self.last_global_position()
+        expected = max(from_position, 1)
+        for row in rows:
+            if row.global_position != expected:
+                break
+            expected += 1
+        else:
+            if cut or expected > mark:
+                return
+        if not self.positions_may_be_unused():
+            raise self._position_mismatch(
+                rows[0].stream_id if rows else StreamId(0),
+                rows[0].offset if rows else 0,
+                f"no record has global position {expected}, and no repair can have dropped one"
+                f" (read from {from_position}, high-water mark {mark})",
+            )
+
+    def _check_global_rows(self, rows: list[GlobalRow], from_position: int) -> None:
+        """Refuse rows a damaged catalog got wrong, rather than let a read skip or misplace records.
+
+        Within a stream, global positions increase with offsets, so the rows of one stream in a
+        range of positions are consecutive offsets, and the record before the first of them has a
+        position before ``from_position`` (else it belongs in the range), and the record after the
+        last of them a later position than it. Every row is the record of a stream the catalog
+        lists, below its next offset, at a position no later than the high-water mark. Costs a
+        streams row and two point lookups per stream in the rows.
+        """
+        mark = self.last_global_position()
+        previous: int | None = None
+        runs: dict[StreamId, tuple[GlobalRow, GlobalRow]] = {}
+        for row in rows:
+            problem = None
+            run = runs.get(row.stream_id)
+            if row.global_position < from_position or (previous is not None and row.global_position <= previous):
+                problem = (
+                    f"global position {row.global_position} is out of order"
+                    f" (read from {from_position}, after {previous})"
+                )
+            elif row.global_position > mark:
+                problem = f"global position {row.global_position} is past the high-water mark {mark}"
+            elif run is not None and (row.offset != run[1].offset + 1 or row.global_position <= run[1].global_position):
+                problem = (
+                    f"offset {row.offset} at global position {row.global_position} follows offset"
+                    f" {run[1].offset} at global position {run[1].global_position}"
+                )
+            if problem is not None:
+                raise self._position_mismatch(row.stream_id, row.offset, problem)
+            previous = row.global_position
+            runs[row.stream_id] = (run[0] if run else row, row)
+        for sid, (first, last) in runs.items():
+            stream = self.stream(sid)
+            if stream is None or last.offset >= stream.next_offset:
+                listed = "no row" if stream is None else f"next offset {stream.next_offset}"
+                raise self._position_mismatch(sid, last.offset, f"the streams table has {listed}")
+            before = self.global_position_of(sid, first.offset - 1) if first.offset > 0 else None
+            if first.offset > 0 and (before is None or before >= from_position):
+                raise self._position_mismatch(
+                    sid, first.offset - 1, f"global position {before} is not before {from_position}"
+                )
+            # and the one before that, so that one damaged position cannot pose as the boundary
+            earlier = self.global_position_of(sid, first.offset - 2) if first.offset > 1 else None
+            if first.offset > 1 and (earlier is None or before is None or earlier >= before):
+                raise self._position_mismatch(
+                    sid, first.offset - 2, f"global position {earlier} is not before {before}"
+                )
+            after = self.global_position_of(sid, last.offset + 1) if last.offset + 1 < stream.next_offset else None
+            if last.offset + 1 < stream.next_offset and (after is None or after <= last.global_position):
+                raise self._position_mismatch(
+                    sid, last.offset + 1, f"global position {after} is not after {last.global_position}"
+                )
+
+    def _position_mismatch(self, stream_id: StreamId, offset: int, problem: str) -> CatalogMismatch:
+        return CatalogMismatch(
+            f"the catalog's global positions are inconsistent: {problem}",
+            stream_id=stream_id,
+            offset=offset,
+            hint=damaged_hint(self.path.parent),
         )
-        return self._rows_within(cursor, max_payload_bytes)
 
     def _stream_global_rows(self, stream_id: StreamId, from_position: int, max_payload_bytes: int) -> list[GlobalRow]:
         """``global_rows`` of one stream: a binary search for the first offset, then an index range."""
-        with self.conn:
-            stream = self.stream(stream_id)
-            low, high = 0, stream.next_offset if stream else 0
-            while low < high:
-                middle = (low + high) // 2
-                position = self.global_position_of(stream_id, middle)
-                if position is None:
-                    raise CatalogError(
-                        f"stream {stream_id}: the offset index has no row for offset {middle}",
-                        hint="run `hybridlog check` on the store, then `hybridlog repair`",
-                    )
-                if position < from_position:
-                    low = middle + 1
-                else:
-                    high = middle
-            cursor = self.conn.execute(
-                "SELECT global_position, stream_id, offset, length FROM records"
-                " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
-                (stream_id, low),
+        stream = self.stream(stream_id)
+        low, high = 0, stream.next_offset if stream else 0
+        while low < high:
+            middle = (low + high) // 2
+            position = self.global_position_of(stream_id, middle)
+            if position is None:
+                raise CatalogMismatch(
+                    "the offset index has no row for this offset",
+                    stream_id=stream_id,
+                    offset=middle,
+                    hint=damaged_hint(self.path.parent),
+                )
+            if position < from_position:
+                low = middle + 1
+            else:
+                high = middle
+        cursor = self.conn.execute(
+            "SELECT global_position, stream_id, offset, length FROM records"
+            " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+            (stream_id, low),
+        )
+        rows, cut = self._rows_within(cursor, max_payload_bytes)
+        if not cut and rows and rows[-1].offset + 1 < (stream.next_offset if stream else 0):
+            raise self._position_mismatch(
+                stream_id, rows[-1].offset + 1, "the offset index scan ends before the stream's next offset"
             )
-            rows = self._rows_within(cursor, max_payload_bytes)
         return rows
 
-    @staticmethod
-    def _rows_within(cursor: apsw.Cursor, max_payload_bytes: int) -> list[GlobalRow]:
+    def _rows_within(self, cursor: apsw.Cursor, max_payload_bytes: int) -> tuple[list[GlobalRow], bool]:
+        """The rows that may fit, and whether the size cut them short (False: the cursor ran out)."""
         rows: list[GlobalRow] = []
         at_least = 0
+        cut = False
         try:
-            for position, sid, offset, length in cursor:
+            for row in cursor:
+                _ints(row, "offset index row", self.path, None)
+                position, sid, offset, length = row
                 at_least += length - FRAME_OVERHEAD
                 if rows and at_least > max_payload_bytes:
+                    cut = True
                     break  # this one cannot fit after those before it
                 rows.append(GlobalRow(GlobalPosition(position), StreamId(sid), Offset(offset), length))
         finally:
             cursor.close()  # ends the read the unfinished statement would otherwise hold open
-        return rows
+        return rows, cut
 
     def first_offset_at_or_after(self, stream_id: StreamId, timestamp_ns: int) -> Offset:
         """The first offset whose timestamp is ``timestamp_ns`` or later (the stream's next offset if none).
@@ -549,10 +795,13 @@ class Catalog:
                     "SELECT timestamp_ns FROM records WHERE stream_id = ? AND offset = ?", (stream_id, middle)
                 ).fetchone()
                 if row is None:
-                    raise CatalogError(
-                        f"stream {stream_id}: the offset index has no row for offset {middle}",
-                        hint="run `hybridlog check` on the store, then `hybridlog repair`",
+                    raise CatalogMismatch(
+                        "the offset index has no row for this offset",
+                        stream_id=stream_id,
+                        offset=middle,
+                        hint=damaged_hint(self.path.parent),
                     )
+                _ints(row, "offset index timestamp", self.path, stream_id, middle)
                 if row[0] < timestamp_ns:
                     low = middle + 1
                 else:
@@ -653,7 +902,12 @@ class Catalog:
             " s.stored_bytes, s.payload_bytes, s.first_timestamp_ns, s.last_timestamp_ns"
             " FROM streams s ORDER BY s.stream_id"
         )
-        return [StreamStats(*row) for row in rows]
+        stats = []
+        for row in rows:
+            _ints(row[:8], "streams row", self.path, None)
+            _ints(tuple(ts for ts in row[8:] if ts is not None), "streams row", self.path, None)
+            stats.append(StreamStats(*row))
+        return stats
 
     def recovery_log(self, stream_id: StreamId | None = None) -> list[RecoveryEntry]:
         rows = self.conn.execute(

@@ -25,14 +25,14 @@ from typing import Any
 
 import click
 
-from hybridlog.batch import records_before
+from hybridlog.batch import window_records
 from hybridlog.catalog import SCHEMA_VERSION
 from hybridlog.errors import IntegrityError, StorageError
 from hybridlog.repair import CheckReport, RepairStep
 from hybridlog.sql import QueryResult, SqlValue, query_catalog
 from hybridlog.storage import Storage
 from hybridlog.types import CheckpointPolicy, CompressionKind, Record, RecordKind
-from hybridlog.verify import VerifyReport, verify_store
+from hybridlog.verify import Disagreements, VerifyReport, verify_store
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -203,13 +203,9 @@ def read(
     if since_ns is not None and until_ns is not None and since_ns > until_ns:
         raise click.BadParameter("--since is after --until", param_hint="--since")
     with _open_existing(store, read_only=True) as storage:
-        if since_ns is not None:
-            from_offset = max(from_offset, storage.offset_at(stream_id, since_ns))
-        stop = None if until_ns is None else storage.offset_at(stream_id, until_ns)
-        if stop is not None and from_offset >= stop:
-            return  # an empty window: read nothing, not even the record after it
         shown = 0
-        for record in records_before(storage.iter_records(stream_id, from_offset), stop):
+        # the window's bounds are checked against the records' own timestamps as they are read
+        for record in window_records(storage, stream_id, since_ns, until_ns, from_offset):
             if not records and record.kind is not RecordKind.EVENT:
                 continue
             if records:
@@ -226,13 +222,26 @@ def _render_verify(report: VerifyReport, as_json: bool) -> None:
     if as_json:
         _print_json(report.as_dict())
         return
+    if report.error is not None:
+        click.echo(f"store: DAMAGED: {report.error}")
     for verdict in report.streams:
         if verdict.ok:
             head = verdict.head.hex() if verdict.head else "-"
-            click.echo(f"stream {verdict.stream_id}: ok, {verdict.records} records, head {head}")
-        else:
+            isolated = ", ".join(str(f) if n == f + 1 else f"{f}..{n - 1}" for f, n in verdict.isolated)
+            note = f" (offsets {isolated} isolated by repair)" if isolated else ""
+            click.echo(f"stream {verdict.stream_id}: ok, {verdict.records} records, head {head}{note}")
+        elif verdict.error is not None:
             click.echo(f"stream {verdict.stream_id}: DAMAGED: {verdict.error}")
+        _render_disagreements(verdict.catalog)
+    _render_disagreements(report.catalog)
     click.echo(f"{'ok' if report.ok else 'DAMAGE FOUND'}: {report.records} records verified", err=not report.ok)
+
+
+def _render_disagreements(found: Disagreements) -> None:
+    for disagreement in found.listed:
+        click.echo(f"CATALOG DISAGREES: {disagreement}")
+    if found.count > len(found.listed):
+        click.echo(f"CATALOG DISAGREES: ... and {found.count - len(found.listed)} more")
 
 
 @cli.command()
@@ -261,8 +270,12 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
         yield bar.update
 
 
-def _records_in(storage: Storage, stream_ids: list[int] | None) -> int:
-    return sum(s.records for s in storage.stats() if stream_ids is None or s.stream_id in stream_ids)
+def _records_in(storage: Storage, stream_ids: list[int] | None) -> int | None:
+    """How many records the catalog says there are (None if it cannot say: the command then finds out why)."""
+    try:
+        return sum(s.records for s in storage.stats() if stream_ids is None or s.stream_id in stream_ids)
+    except StorageError:
+        return None
 
 
 def _render_findings(report: CheckReport) -> None:

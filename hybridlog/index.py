@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
-from hybridlog.catalog import Catalog, CheckpointRow, IndexEntry
+import apsw
+
+from hybridlog.catalog import Catalog, CheckpointRow, IndexEntry, damaged_hint
+from hybridlog.errors import CatalogError
 from hybridlog.types import Offset, StreamId
+
+T = TypeVar("T")
 
 
 class OffsetIndex:
@@ -18,19 +24,23 @@ class OffsetIndex:
         self._lock = lock
 
     def lookup(self, offset: int) -> IndexEntry | None:
-        with self._lock:
-            catalog = self._catalog()
-            return catalog.index_entry(self.stream_id, offset) if catalog else None
+        return self._ask(lambda catalog: catalog.index_entry(self.stream_id, offset), None)
 
     def __len__(self) -> int:
-        with self._lock:
-            catalog = self._catalog()
-            return catalog.index_size(self.stream_id) if catalog else 0
+        return self._ask(lambda catalog: catalog.index_size(self.stream_id), 0)
 
     def entries(self, from_offset: int = 0) -> list[IndexEntry]:
+        return self._ask(lambda catalog: list(catalog.index_entries(self.stream_id, from_offset)), [])
+
+    def _ask(self, ask: Callable[[Catalog], T], empty: T) -> T:
         with self._lock:
             catalog = self._catalog()
-            return list(catalog.index_entries(self.stream_id, from_offset)) if catalog else []
+            if catalog is None:
+                return empty
+            try:
+                return ask(catalog)
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the offset index: {e}", hint=damaged_hint(catalog.path.parent)) from e
 
 
 class CheckpointIndex:

@@ -9,7 +9,9 @@ to the size the snapshot committed, so it never sees a batch that is being writt
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hybridlog.catalog import GapRow, StreamSnapshot
@@ -28,11 +30,52 @@ from hybridlog.errors import (
 )
 from hybridlog.markers import CUT, ISOLATED
 from hybridlog.record import DictionarySource, FrameError
-from hybridlog.segment import IncompleteFrame, SegmentReader, segment_path
-from hybridlog.types import GENESIS_HASH, Record
+from hybridlog.segment import IncompleteFrame, SegmentReader, segment_numbers_on_disk, segment_path, stream_path
+from hybridlog.types import GENESIS_HASH, Record, StreamId
 
 VerifiedFrame = tuple[int, int, int, Record]
 """A verified record and where its frame is: segment_no, byte position, frame size, record."""
+
+NEW_STREAM_GRACE_NS = 5_000_000_000
+"""How long a stream's newest segment file may have been written before the catalog must list it.
+
+A writer creates a new stream's first segment file and writes its first batch there before it
+commits the catalog rows that name the stream; a reader that looks in between sees records on
+disk that the catalog does not list yet. Within this time of the file's last write the reader
+waits for that commit; after it, the catalog has lost the stream.
+"""
+
+
+def unlisted_stream_problem(data_dir: Path, stream_id: StreamId, listed: Callable[[], bool]) -> CatalogMismatch | None:
+    """Why a stream the catalog did not list is not simply empty: its directory holds records.
+
+    ``listed`` asks the catalog again (True: it lists the stream now). Returns None when the
+    stream has no segment file with bytes in it, or once ``listed`` says the commit has landed;
+    else, once the newest such file is older than ``NEW_STREAM_GRACE_NS``, the CatalogMismatch
+    to raise.
+    """
+    directory = stream_path(data_dir, stream_id)
+    while True:
+        written: list[os.stat_result] = []
+        numbers, _ = segment_numbers_on_disk(directory)
+        for no in numbers:
+            try:
+                info = segment_path(data_dir, stream_id, no).stat()
+            except FileNotFoundError:
+                continue  # a failed first batch removes its new file again
+            if info.st_size > 0:
+                written.append(info)
+        if not written or listed():
+            return None
+        if time.time_ns() - max(info.st_mtime_ns for info in written) >= NEW_STREAM_GRACE_NS:
+            return CatalogMismatch(
+                f"the catalog has no row for this stream, yet its directory {directory} holds"
+                f" {len(written)} segment file(s) with {sum(info.st_size for info in written)} bytes",
+                stream_id=stream_id,
+                hint=f"see it with `hybridlog check {data_dir}`, rebuild the stream's rows with"
+                f" `hybridlog repair {data_dir}`",
+            )
+        time.sleep(0.01)
 
 
 def verified_records(

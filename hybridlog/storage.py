@@ -60,6 +60,7 @@ from hybridlog.catalog import (
     SegmentRow,
     StreamSnapshot,
     StreamStats,
+    damaged_hint,
 )
 from hybridlog.chain import reverify_frame
 from hybridlog.commit import AppendRequest, FramedBatch, GroupCommitQueue, HeadView, SegmentWrite, frame_batch
@@ -67,6 +68,7 @@ from hybridlog.consumers import CONSUMERS_FILE, ConsumerState, ConsumerStore, ch
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     CatalogError,
+    CatalogMismatch,
     CatalogUnusable,
     ChainMismatch,
     DictionaryUnusable,
@@ -85,7 +87,7 @@ from hybridlog.errors import (
 from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
-from hybridlog.reader import unavailable, verified_frames, verified_records
+from hybridlog.reader import unavailable, unlisted_stream_problem, verified_frames, verified_records
 from hybridlog.record import PayloadCompressor, checkpoint_payload
 from hybridlog.recovery import (
     ReconcileResult,
@@ -502,6 +504,14 @@ class Storage:
         segments = catalog.segments(stream_id)
         last_checkpoint = catalog.checkpoint_at_or_before(stream_id, (row.next_offset if row else 0))
         damage = self._damage.get(stream_id)
+        if damage is None and segments and (row is None or row.next_offset != segments[-1].next_offset):
+            # appending on top of a head the catalog lost would write offsets that are taken
+            damage = CatalogMismatch(
+                f"the catalog's streams row ({'missing' if row is None else f'next offset {row.next_offset}'})"
+                f" disagrees with its segments row (next offset {segments[-1].next_offset})",
+                stream_id=stream_id,
+                hint=damaged_hint(self._data_dir),
+            )
         head = _StreamHead(
             stream_id=stream_id,
             view=HeadView(
@@ -888,10 +898,35 @@ class Storage:
             try:
                 return ask(catalog)
             except apsw.Error as e:
-                raise CatalogError(f"cannot read the catalog: {e}") from e
+                raise CatalogError(f"cannot read the catalog: {e}", hint=damaged_hint(self._data_dir)) from e
+            except StorageError:
+                raise
+            except (TypeError, ValueError, KeyError, OverflowError) as e:
+                # The catalog's rows are checked where catalog.py reads them; this is the net
+                # under those checks, so that a damaged page never surfaces as a bare traceback.
+                raise CatalogError(
+                    f"the catalog holds a value its schema does not allow ({type(e).__name__}: {e})",
+                    hint=damaged_hint(self._data_dir),
+                ) from e
 
     def _snapshot(self, stream_id: StreamId, from_offset: int, *, anchored: bool) -> StreamSnapshot | None:
-        return self._query(lambda catalog: catalog.snapshot(stream_id, from_offset, anchored=anchored), None)
+        """What a read of the stream needs (None: no such stream, in the catalog or on disk).
+
+        A stream the catalog does not list but whose directory holds records is lost from the
+        catalog, not empty: that raises CatalogMismatch (after giving a new stream's first commit
+        the time to land, see ``unlisted_stream_problem``).
+        """
+
+        def ask(catalog: Catalog) -> StreamSnapshot | None:
+            return catalog.snapshot(stream_id, from_offset, anchored=anchored)
+
+        snap = self._query(ask, None)
+        if snap is None:
+            problem = unlisted_stream_problem(self._data_dir, stream_id, lambda: self._query(ask, None) is not None)
+            if problem is not None:
+                raise problem
+            snap = self._query(ask, None)
+        return snap
 
     def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
         """Verified records from ``from_offset`` to the head, streamed in bounded memory.
@@ -1226,18 +1261,14 @@ class Storage:
     def latest_chain_hash(self, stream_id: int) -> ChainHash | None:
         """The hash of the stream's last record (None for an empty or unknown stream)."""
         sid = check_stream_id(stream_id)
-        with self._lock:
-            catalog = self._readable_catalog()
-            row = catalog.stream(sid) if catalog else None
-            return row.chain_head if row else None
+        row = self._query(lambda catalog: catalog.stream(sid), None)
+        return row.chain_head if row else None
 
     def next_offset(self, stream_id: int) -> Offset:
         """The offset the stream's next record will get (its record count)."""
         sid = check_stream_id(stream_id)
-        with self._lock:
-            catalog = self._readable_catalog()
-            row = catalog.stream(sid) if catalog else None
-            return row.next_offset if row else Offset(0)
+        row = self._query(lambda catalog: catalog.stream(sid), None)
+        return row.next_offset if row else Offset(0)
 
     # --- SQL ------------------------------------------------------------------------------------
 
@@ -1263,23 +1294,17 @@ class Storage:
         return self._query(lambda catalog: catalog.global_positions(sid, first, last), {})
 
     def stream_ids(self) -> list[StreamId]:
-        with self._lock:
-            catalog = self._readable_catalog()
-            return catalog.stream_ids() if catalog else []
+        return self._query(lambda catalog: catalog.stream_ids(), [])
 
     def last_checkpoint(self, stream_id: int) -> tuple[Offset, ChainHash] | None:
         """(offset, hash) of the stream's latest checkpoint record, or None."""
         sid = check_stream_id(stream_id)
-        with self._lock:
-            catalog = self._readable_catalog()
-            row = catalog.checkpoint_at_or_before(sid, 2**63 - 1) if catalog else None
-            return (row.offset, row.hash) if row else None
+        row = self._query(lambda catalog: catalog.checkpoint_at_or_before(sid, 2**63 - 1), None)
+        return (row.offset, row.hash) if row else None
 
     def checkpoint_index(self, stream_id: int) -> CheckpointIndex:
         sid = check_stream_id(stream_id)
-        with self._lock:
-            catalog = self._readable_catalog()
-            return CheckpointIndex(sid, catalog.checkpoints(sid) if catalog else [])
+        return CheckpointIndex(sid, self._query(lambda catalog: catalog.checkpoints(sid), []))
 
     def offset_index(self, stream_id: int) -> OffsetIndex:
         sid = check_stream_id(stream_id)
@@ -1287,21 +1312,15 @@ class Storage:
 
     def stats(self) -> list[StreamStats]:
         """Per-stream counts and sizes from the catalog (records, segments, bytes, compression)."""
-        with self._lock:
-            catalog = self._readable_catalog()
-            return catalog.stream_stats() if catalog else []
+        return self._query(lambda catalog: catalog.stream_stats(), [])
 
     def schema_version(self) -> int:
         """The catalog's schema version (``PRAGMA user_version``); 0 before the store exists."""
-        with self._lock:
-            catalog = self._readable_catalog()
-            return catalog.schema_version() if catalog else 0
+        return self._query(lambda catalog: catalog.schema_version(), 0)
 
     def segments(self, stream_id: int) -> list[SegmentInfo]:
         sid = check_stream_id(stream_id)
-        with self._lock:
-            catalog = self._readable_catalog()
-            rows: list[SegmentRow] = catalog.segments(sid) if catalog else []
+        rows: list[SegmentRow] = self._query(lambda catalog: catalog.segments(sid), [])
         return [
             SegmentInfo(
                 sid,
@@ -1355,9 +1374,7 @@ class Storage:
     def recovery_log(self, stream_id: int | None = None) -> list[RecoveryEntry]:
         """The ``recovery_log`` table: every recovery and repair action ever taken on this store."""
         sid = None if stream_id is None else check_stream_id(stream_id)
-        with self._lock:
-            catalog = self._readable_catalog()
-            return catalog.recovery_log(sid) if catalog else []
+        return self._query(lambda catalog: catalog.recovery_log(sid), [])
 
     def damaged_streams(self) -> dict[StreamId, IntegrityError]:
         """Streams that recovery found damaged (appends refused until ``repair``), with where."""

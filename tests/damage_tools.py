@@ -11,6 +11,7 @@ commits), so the damage hits everything the catalog knows.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import zlib
@@ -201,6 +202,33 @@ def corrupt_catalog(data_dir: Path, table: str = "records") -> int:
         f.write(bytes([0xA5, 0x5A]) * (page_size // 2))
     _remove_side_files(data_dir)
     return position
+
+
+def edit_catalog(data_dir: Path, sql: str, bindings: tuple[object, ...] = ()) -> int:
+    """Run one SQL statement on a closed store's catalog file, as someone with ``sqlite3`` would;
+    returns how many rows it changed. The edit is in the file when this returns (the connection's
+    close folds its WAL in)."""
+    _assert_no_pending_wal(data_dir)
+    conn = apsw.Connection(str(catalog_path(data_dir)))
+    try:
+        with conn:
+            conn.execute(sql, bindings)
+            changed = conn.changes()
+    finally:
+        conn.close()
+    _assert_no_pending_wal(data_dir)
+    return changed
+
+
+def age_segments(data_dir: Path, seconds: int = 3600) -> None:
+    """Make every segment file look last written ``seconds`` ago (a store that has sat for a while).
+
+    A reader gives a segment written moments ago the benefit of the doubt: a writer may be about to
+    commit the catalog rows for it. Damage tests on a store just built need files past that.
+    """
+    for path in data_dir.glob(f"streams/*/*{SEGMENT_SUFFIX}"):
+        info = path.stat()
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns - seconds * 1_000_000_000))
 
 
 def replace_catalog(data_dir: Path, content: bytes) -> None:

@@ -73,6 +73,9 @@ def test_verify_ok_and_json_shape(populated: Path) -> None:
     report = json.loads(out)
     assert report["ok"] is True
     assert report["records_verified"] == 4
+    assert report["catalog_disagreements"] == []
+    assert report["catalog_disagreement_count"] == 0
+    assert report["error"] is None
     (stream,) = report["streams"]
     assert stream == {
         "stream_id": 5,
@@ -80,6 +83,8 @@ def test_verify_ok_and_json_shape(populated: Path) -> None:
         "records_verified": 4,
         "head": stream["head"],
         "error": None,
+        "catalog_disagreements": [],
+        "catalog_disagreement_count": 0,
     }
 
 

@@ -361,6 +361,8 @@ def test_check_does_not_compare_global_positions(store_dir: Path) -> None:
     with conn:  # renumber by hand, as an older rebuild might have: 1 -> 10, 2 -> 20
         conn.execute("UPDATE records SET global_position = global_position * 10")
         conn.execute("UPDATE global_order SET last_position = 20")
+        # and log it as a rebuild does (positions left unused with nothing in the log are damage)
+        conn.execute("INSERT INTO recovery_log (at_ns, found, action) VALUES (1, 'by hand', 'rebuilt_catalog')")
     conn.close()
     with Storage(store_dir, read_only=True) as reader:
         report = reader.check()

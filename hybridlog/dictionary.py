@@ -112,6 +112,23 @@ def parse_dictionary_file(content: bytes, *, stream_id: int, number: int, path: 
     return dictionary
 
 
+def salvage_dictionary(content: bytes, *, stream_id: int, number: int) -> StreamDictionary | None:
+    """The zstd dictionary in a damaged ``.zdict`` file, read where the layout puts it and ignoring
+    the header and digest (None: there is no zstd dictionary with the right id there).
+
+    Only for repair: whether it is the right dictionary is proven by the records that name it,
+    which must all decode to the hashes they store (``stream_repair.py``).
+    """
+    if len(content) < DICTIONARY_HEADER.size + DIGEST_SIZE:
+        return None
+    try:
+        candidate = StreamDictionary(stream_id, number, content[DICTIONARY_HEADER.size : -DIGEST_SIZE])
+        ok = candidate.zstd.dict_id() == dictionary_id(number)
+    except zstandard.ZstdError:
+        return None
+    return candidate if ok else None
+
+
 def load_dictionary(data_dir: Path, stream_id: int, number: int) -> StreamDictionary:
     """Read and check a stream's dictionary file; DictionaryUnavailable if it is missing or damaged."""
     path = dictionary_path(data_dir, stream_id, number)

@@ -271,17 +271,19 @@ def walk_stream(
     on_batch: Callable[[list[ScannedRecord]], None] | None = None,
     *,
     resync: bool = False,
+    dictionaries: DictionaryCache | None = None,
 ) -> StreamScan:
     """Verify a stream's segment files from genesis, in order, up to the first problem.
 
     With ``resync``, damage (a bad record, a missing segment) that has a verifying record after it
     is stepped over (``find_resume``) and listed in ``gaps``, and the walk goes on from there; the
     verified records of a damaged record's batch before it are handed to ``on_batch`` too. Damage
-    with nothing verifying after it still stops the walk.
+    with nothing verifying after it still stops the walk. ``dictionaries``: where dictionary-
+    compressed records find their dictionary (default: the stream's files).
     """
     result = StreamScan(stream_id)
     numbers, result.foreign_files = segment_numbers_on_disk(stream_path(data_dir, stream_id))
-    dictionaries = DictionaryCache(data_dir)
+    dictionaries = dictionaries or DictionaryCache(data_dir)
 
     def deliver(batch: list[ScannedRecord]) -> None:
         result.markers.extend(r.marker for r in batch if r.marker is not None)

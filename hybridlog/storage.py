@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -895,19 +896,25 @@ class Storage:
             catalog = self._readable_catalog()
             if catalog is None:
                 return empty
-            try:
+            with self._catalog_errors():
                 return ask(catalog)
-            except apsw.Error as e:
-                raise CatalogError(f"cannot read the catalog: {e}", hint=damaged_hint(self._data_dir)) from e
-            except StorageError:
-                raise
-            except (TypeError, ValueError, KeyError, OverflowError) as e:
-                # The catalog's rows are checked where catalog.py reads them; this is the net
-                # under those checks, so that a damaged page never surfaces as a bare traceback.
-                raise CatalogError(
-                    f"the catalog holds a value its schema does not allow ({type(e).__name__}: {e})",
-                    hint=damaged_hint(self._data_dir),
-                ) from e
+
+    @contextmanager
+    def _catalog_errors(self) -> Iterator[None]:
+        """Catalog reads in this block raise CatalogError, never a driver or a bare Python error."""
+        try:
+            yield
+        except apsw.Error as e:
+            raise CatalogError(f"cannot read the catalog: {e}", hint=damaged_hint(self._data_dir)) from e
+        except StorageError:
+            raise
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
+            # The catalog's rows are checked where catalog.py reads them; this is the net
+            # under those checks, so that a damaged page never surfaces as a bare traceback.
+            raise CatalogError(
+                f"the catalog holds a value its schema does not allow ({type(e).__name__}: {e})",
+                hint=damaged_hint(self._data_dir),
+            ) from e
 
     def _snapshot(self, stream_id: StreamId, from_offset: int, *, anchored: bool) -> StreamSnapshot | None:
         """What a read of the stream needs (None: no such stream, in the catalog or on disk).
@@ -1010,7 +1017,7 @@ class Storage:
         Appends leave every remembered record where it was, so a commit alone (a new
         ``data_version``) only makes us look at the recovery log's last entry.
         """
-        with self._lock:
+        with self._lock, self._catalog_errors():
             # No stat while nothing was committed: a run's records are re-verified from their bytes,
             # and a read past the runs goes through ``_readable_catalog``, which follows a rebuild.
             catalog = self._readable_catalog(follow=False)

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hybridlog.catalog import Catalog, RecoveryEntry
-from hybridlog.errors import DictionaryUnusable
+from hybridlog.dictionary import DictionaryCache, StreamDictionary, salvage_dictionary
+from hybridlog.errors import DamagedDictionary, DictionaryUnusable
 from hybridlog.markers import CUT, ISOLATED, RepairMarker
 from hybridlog.record import append_frames
 from hybridlog.recovery import (
@@ -45,18 +46,24 @@ from hybridlog.recovery import (
 )
 from hybridlog.scan import FoundGap, ScannedRecord, StreamScan, walk_stream
 from hybridlog.segment import (
+    QUARANTINE_SUFFIX,
     SegmentWriter,
+    dictionary_name,
+    dictionary_path,
     fsync_dir,
     make_dirs_durably,
+    parse_dictionary_name,
     segment_numbers_on_disk,
     segment_path,
     stream_path,
+    write_file_durably,
 )
 from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
 
 # recovery_log.action values (besides recovery.py's)
 ISOLATE_ACTION = "isolated"
 MARKED_CUT = "marked_cut"
+RESEALED_DICTIONARY = "resealed_dictionary"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,9 @@ class StreamRepairPlan:
     """The cut starts at the damaged record itself: the records of its batch before it are kept."""
     dictionary: DictionaryUnusable | None = None
     """A dictionary file the stream's intact records need is missing or damaged: nothing is cut."""
+    reseal: StreamDictionary | None = None
+    """A dictionary file damaged outside its zstd dictionary (its digest, say), whose content every
+    record that needs it decodes with to the hash it stores: rewritten whole, the old file kept."""
 
     @property
     def needs_cut_marker(self) -> bool:
@@ -100,11 +110,17 @@ class StreamRepairPlan:
 
     @property
     def changes_anything(self) -> bool:
-        return bool(self.isolate) or self.cut is not None or self.dictionary is not None
+        return bool(self.isolate) or self.cut is not None or self.dictionary is not None or self.reseal is not None
 
     def statement(self) -> str:
         """The plan in words, with the numbers an operator needs before saying yes."""
         parts = []
+        if self.reseal is not None:
+            name = dictionary_name(self.reseal.number)
+            parts.append(
+                f"rewrites the damaged dictionary file {name} with a correct digest: every record that needs it"
+                f" decodes with its content and verifies (the damaged file is kept as {name}{QUARANTINE_SUFFIX})"
+            )
         for gap in self.isolate:
             parts.append(
                 f"isolates offsets {_span(gap.first_offset, gap.next_offset)} ({gap.records} damaged"
@@ -148,6 +164,7 @@ class StreamRepairPlan:
                 for g in self.isolate
             ],
             "kept_after": self.kept_after,
+            "resealed_dictionary": None if self.reseal is None else self.reseal.number,
             "cut": None
             if self.cut is None
             else {
@@ -188,6 +205,11 @@ def plan_stream_repair(
         scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True)
     row = catalog.stream(stream_id) if catalog is not None else None
     plan = StreamRepairPlan(stream_id, truncate)
+    damaged_dictionary = scan.problem.dictionary if scan.problem is not None else None
+    if isinstance(damaged_dictionary, DamagedDictionary) and not truncate:
+        resealed = _reseal(data_dir, stream_id, damaged_dictionary)
+        if resealed is not None:
+            plan.reseal, scan, scanned = resealed
     isolated = {(m.first_offset, m.next_offset) for m in scan.markers if m.action == ISOLATED}
     unexplained = [g for g in scan.gaps if (g.first_offset, g.next_offset) not in isolated]
     highest_seen = max((r.entry.offset for r in scanned), default=-1) + 1
@@ -247,10 +269,16 @@ def repair_stream(
 ) -> ReconcileResult:
     """Repair one stream as ``plan_stream_repair`` describes it (see the module docstring)."""
     plan, scan, scanned = plan_stream_repair(catalog, data_dir, stream_id, truncate=truncate, reindex_only=reindex_only)
+    if plan.dictionary is not None:
+        # Intact records whose dictionary file must be restored: changing the catalog would only
+        # hide them (it would end before them), so nothing is touched.
+        return ReconcileResult(stream_id, damage=plan.dictionary)
     entries: list[RecoveryEntry] = []
     head: ChainHash = scan.head
     last_timestamp = scan.last_timestamp_ns
     next_offset = scan.next_offset
+    if plan.reseal is not None:
+        entries.append(_write_resealed(data_dir, stream_id, plan.reseal))
     markers: list[RepairMarker] = []
     cut = plan.cut
     if cut is not None:
@@ -320,6 +348,46 @@ def _cut(data_dir: Path, stream_id: StreamId, plan: StreamRepairPlan, cut: Cut) 
             )
         )
     return entries
+
+
+def _reseal(
+    data_dir: Path, stream_id: StreamId, damaged: DictionaryUnusable
+) -> tuple[StreamDictionary, StreamScan, list[ScannedRecord]] | None:
+    """The dictionary in a damaged file, if the stream verifies with it: every record decodes and
+    matches its stored hash, and the walk meets no damage it did not meet before (else None)."""
+    number = parse_dictionary_name(damaged.dictionary.name)
+    if number is None or not damaged.dictionary.exists():
+        return None
+    salvaged = salvage_dictionary(damaged.dictionary.read_bytes(), stream_id=stream_id, number=number)
+    if salvaged is None:
+        return None
+    dictionaries = DictionaryCache(data_dir)
+    dictionaries.remember(salvaged)
+    scanned: list[ScannedRecord] = []
+    scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True, dictionaries=dictionaries)
+    isolated = {(m.first_offset, m.next_offset) for m in scan.markers if m.action == ISOLATED}
+    if scan.problem is not None or any((g.first_offset, g.next_offset) not in isolated for g in scan.gaps):
+        return None
+    return salvaged, scan, scanned
+
+
+def _write_resealed(data_dir: Path, stream_id: StreamId, dictionary: StreamDictionary) -> RecoveryEntry:
+    """Replace a damaged dictionary file with the same dictionary, correctly sealed; the damaged file
+    stays as ``<name>.quarantine`` (a hard link made before the new file is renamed over it)."""
+    path = dictionary_path(data_dir, stream_id, dictionary.number)
+    kept = path.with_name(path.name + QUARANTINE_SUFFIX)
+    n = 0
+    while kept.exists():
+        n += 1
+        kept = path.with_name(f"{path.name}.{n}{QUARANTINE_SUFFIX}")
+    os.link(path, kept)
+    write_file_durably(path, dictionary.file_bytes())
+    return RecoveryEntry(
+        stream_id,
+        found=f"dictionary file {path.name} damaged; the records that need it verify with its content",
+        action=RESEALED_DICTIONARY,
+        kept_as=str(kept.relative_to(data_dir)),
+    )
 
 
 def _write_markers(

@@ -83,6 +83,7 @@ def test_verify_ok_and_json_shape(populated: Path) -> None:
         "records_verified": 4,
         "head": stream["head"],
         "error": None,
+        "isolated": [],
         "catalog_disagreements": [],
         "catalog_disagreement_count": 0,
     }

@@ -57,9 +57,11 @@ from hybridlog import (
     StorageError,
     StreamId,
 )
+from hybridlog.dictionary import DICTIONARY_HEADER
 from hybridlog.record import FLAG_COMPRESSED, FLAG_DICTIONARY, dictionary_no_of
-from hybridlog.repair import DAMAGED_DICTIONARY, MISSING_DICTIONARY, TRUNCATE
+from hybridlog.repair import DAMAGED_DICTIONARY, ISOLATE, MISSING_DICTIONARY
 from hybridlog.segment import DICTIONARY_SUFFIX, SegmentReader, dictionary_path, segment_path, stream_path
+from hybridlog.stream_repair import RESEALED_DICTIONARY
 from hybridlog.training import TRAIN_AFTER_SAMPLES, DictionaryTrainer, train_dictionary
 from hybridlog.verify import verify_store
 
@@ -373,13 +375,71 @@ def test_an_unusable_dictionary_fails_the_read_by_name_and_check_reports_it(
         report = store.check()
         problem = MISSING_DICTIONARY if damage == "deleted" else DAMAGED_DICTIONARY
         (finding,) = [f for f in report.findings if f.problem == problem]
-        assert (finding.stream_id, finding.offset, finding.repair) == (SID, first, TRUNCATE)
+        assert (finding.stream_id, finding.offset, finding.repair) == (SID, first, ISOLATE)
         assert str(path) in finding.message
         assert "restore" in finding.message
+        # The records are intact: the default repair cuts none of them. A file whose zstd dictionary
+        # still decodes every record to its hash is rewritten; otherwise the plan says to restore it.
+        (step,) = report.plan()
+        if damage == "flipped byte":  # this byte is not one the records' decoding depends on
+            assert step.effect.startswith(f"rewrites the damaged dictionary file {path.name}")
+        else:
+            assert step.effect.startswith(f"cuts nothing: the records from offset {first} are intact but need")
 
         path.write_bytes(original)  # restored from a backup: readable again, no reopen needed
         assert store.read_from_genesis(SID) == events
         assert store.check().ok
+
+
+@pytest.mark.parametrize("where", ["digest", "header"])
+def test_a_dictionary_damaged_outside_its_content_is_resealed_and_no_record_is_cut(
+    trained: tuple[Path, list[bytes], int], where: str
+) -> None:
+    """Issue 9, item 13: one bit of a dictionary file's digest (or header) flipped. The records that
+    need it still decode with its content and verify, so repair rewrites the file correctly sealed
+    (keeping the damaged one) and cuts nothing; every record reads back."""
+    data_dir, events, number = trained
+    path = dictionary_path(data_dir, SID, number)
+    damaged = path.read_bytes()
+    flip_byte(path, len(damaged) - 5 if where == "digest" else 9, 0x01)  # the digest, or the stream id field
+    damaged = path.read_bytes()
+    with Storage(data_dir) as store:
+        with pytest.raises(DamagedDictionary):
+            store.read_from_genesis(SID)
+        (step,) = store.check().plan()
+        assert step.repair == ISOLATE
+        assert step.effect.startswith(f"rewrites the damaged dictionary file {path.name} with a correct digest")
+        assert "cuts" not in step.effect
+        report = store.repair()
+        assert report.after is not None
+        assert report.after.ok
+        assert [e.action for e in report.entries if e.action == RESEALED_DICTIONARY] == [RESEALED_DICTIONARY]
+        assert store.read_from_genesis(SID) == events  # every record, none cut
+        assert store.next_offset(SID) == len(stored_records(data_dir))
+    kept = path.with_name(path.name + ".quarantine")
+    assert kept.read_bytes() == damaged
+    assert quarantine_files(data_dir, SID) == [kept]  # and no segment bytes were cut
+    with Storage(data_dir, read_only=True) as reader:
+        assert reader.read_from_genesis(SID) == events
+        assert verify_store(reader).ok
+
+
+def test_a_dictionary_whose_content_is_damaged_is_not_resealed(trained: tuple[Path, list[bytes], int]) -> None:
+    """A flipped byte in the zstd dictionary's own id: no dictionary the records name is in the file,
+    so nothing is rewritten or cut; the plan says to restore the file."""
+    data_dir, _, number = trained
+    path = dictionary_path(data_dir, SID, number)
+    flip_byte(path, DICTIONARY_HEADER.size + 4)  # after the zstd dictionary magic: its id
+    before = path.read_bytes()
+    with Storage(data_dir) as store:
+        (step,) = store.check().plan()
+        assert "rewrites" not in step.effect
+        assert step.effect.startswith("cuts nothing")
+        store.repair([step])
+        with pytest.raises(DamagedDictionary):
+            store.read_from_genesis(SID)
+    assert path.read_bytes() == before
+    assert quarantine_files(data_dir, SID) == []
 
 
 def test_a_forged_dictionary_that_passes_the_file_checks_is_caught_by_the_record_hash(

@@ -79,6 +79,22 @@ def _denied(path: Path, *, read_only: bool) -> Path | None:
     return None
 
 
+def _next_offset(gaps: list[GapRow], offset: int) -> int:
+    """The offset of the record after ``offset``, stepping over the gaps a repair left."""
+    following = offset + 1
+    while (gap := next((g for g in gaps if g.holds(following)), None)) is not None:
+        following = gap.next_offset
+    return following
+
+
+def _previous_offset(gaps: list[GapRow], offset: int) -> int:
+    """The offset of the record before ``offset`` (-1: none), stepping over the gaps a repair left."""
+    preceding = offset - 1
+    while (gap := next((g for g in gaps if g.holds(preceding)), None)) is not None:
+        preceding = gap.first_offset - 1
+    return preceding
+
+
 def damaged_hint(data_dir: Path) -> str:
     """What to run when the catalog holds something its segments contradict (or its schema forbids)."""
     return f"see it with `hybridlog check {data_dir}`, fix it with `hybridlog repair {data_dir}`"
@@ -681,6 +697,7 @@ class Catalog:
         mark = self.last_global_position()
         previous: int | None = None
         runs: dict[StreamId, tuple[GlobalRow, GlobalRow]] = {}
+        gaps = {sid: self.gaps(sid) for sid in {row.stream_id for row in rows}}
         for row in rows:
             problem = None
             run = runs.get(row.stream_id)
@@ -691,7 +708,10 @@ class Catalog:
                 )
             elif row.global_position > mark:
                 problem = f"global position {row.global_position} is past the high-water mark {mark}"
-            elif run is not None and (row.offset != run[1].offset + 1 or row.global_position <= run[1].global_position):
+            elif run is not None and (
+                row.offset != _next_offset(gaps[row.stream_id], run[1].offset)
+                or row.global_position <= run[1].global_position
+            ):
                 problem = (
                     f"offset {row.offset} at global position {row.global_position} follows offset"
                     f" {run[1].offset} at global position {run[1].global_position}"
@@ -705,21 +725,21 @@ class Catalog:
             if stream is None or last.offset >= stream.next_offset:
                 listed = "no row" if stream is None else f"next offset {stream.next_offset}"
                 raise self._position_mismatch(sid, last.offset, f"the streams table has {listed}")
-            before = self.global_position_of(sid, first.offset - 1) if first.offset > 0 else None
-            if first.offset > 0 and (before is None or before >= from_position):
-                raise self._position_mismatch(
-                    sid, first.offset - 1, f"global position {before} is not before {from_position}"
-                )
+            # The records next to the run (offsets a repair took out have none: step over them).
+            one_back = _previous_offset(gaps[sid], first.offset)
+            two_back = _previous_offset(gaps[sid], one_back)
+            one_on = _next_offset(gaps[sid], last.offset)
+            before = self.global_position_of(sid, one_back) if one_back >= 0 else None
+            if one_back >= 0 and (before is None or before >= from_position):
+                raise self._position_mismatch(sid, one_back, f"global position {before} is not before {from_position}")
             # and the one before that, so that one damaged position cannot pose as the boundary
-            earlier = self.global_position_of(sid, first.offset - 2) if first.offset > 1 else None
-            if first.offset > 1 and (earlier is None or before is None or earlier >= before):
+            earlier = self.global_position_of(sid, two_back) if two_back >= 0 else None
+            if two_back >= 0 and (earlier is None or before is None or earlier >= before):
+                raise self._position_mismatch(sid, two_back, f"global position {earlier} is not before {before}")
+            after = self.global_position_of(sid, one_on) if one_on < stream.next_offset else None
+            if one_on < stream.next_offset and (after is None or after <= last.global_position):
                 raise self._position_mismatch(
-                    sid, first.offset - 2, f"global position {earlier} is not before {before}"
-                )
-            after = self.global_position_of(sid, last.offset + 1) if last.offset + 1 < stream.next_offset else None
-            if last.offset + 1 < stream.next_offset and (after is None or after <= last.global_position):
-                raise self._position_mismatch(
-                    sid, last.offset + 1, f"global position {after} is not after {last.global_position}"
+                    sid, one_on, f"global position {after} is not after {last.global_position}"
                 )
 
     def _position_mismatch(self, stream_id: StreamId, offset: int, problem: str) -> CatalogMismatch:
@@ -733,9 +753,16 @@ class Catalog:
     def _stream_global_rows(self, stream_id: StreamId, from_position: int, max_payload_bytes: int) -> list[GlobalRow]:
         """``global_rows`` of one stream: a binary search for the first offset, then an index range."""
         stream = self.stream(stream_id)
+        gaps = self.gaps(stream_id)
         low, high = 0, stream.next_offset if stream else 0
         while low < high:
             middle = (low + high) // 2
+            if any(g.holds(middle) for g in gaps):  # no record there: ask the one after the gap
+                after = _next_offset(gaps, middle - 1)
+                if after >= high:
+                    high = middle
+                    continue
+                middle = after
             position = self.global_position_of(stream_id, middle)
             if position is None:
                 raise CatalogMismatch(
@@ -754,7 +781,7 @@ class Catalog:
             (stream_id, low),
         )
         rows, cut = self._rows_within(cursor, max_payload_bytes)
-        if not cut and rows and rows[-1].offset + 1 < (stream.next_offset if stream else 0):
+        if not cut and rows and _next_offset(gaps, rows[-1].offset) < (stream.next_offset if stream else 0):
             raise self._position_mismatch(
                 stream_id, rows[-1].offset + 1, "the offset index scan ends before the stream's next offset"
             )

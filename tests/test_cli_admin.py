@@ -263,6 +263,7 @@ def isolate_step(reason: str, position: int) -> dict[str, object]:
             "truncate": False,
             "isolates": [{"first_offset": 2, "next_offset": 3, "records": 1, "segment_no": 0, "start_byte": position}],
             "kept_after": 3,
+            "resealed_dictionary": None,
             "cut": None,
         },
     }

@@ -288,16 +288,43 @@ def test_a_truncating_repair_leaves_a_gap_and_positions_are_not_reused(store_dir
         assert third is not None
     flip_byte(segment_path(store_dir, 1, third.segment_no), third.position + third.length - 20)  # damage offset 2
     with Storage(store_dir, checkpoint_policy=policy) as store:
+        report = store.repair(truncate=True)
+        assert report.after is not None
+        assert report.after.ok
+        assert store.next_offset(1) == 5  # a cut marker at offset 4 stands in for the cut offsets 2..3
+        assert store.last_global_position() == 6  # the marker's position: 4 and 5 are never given out again
+        after_repair = positions(store_dir)
+        store.append(1, [b"five"])
+        tail = store.read_global(6)
+    assert after_repair == {
+        **{k: v for k, v in before.items() if k not in {(1, 2), (1, 3)}},  # 4 and 5 are gone
+        (1, 4): 6,
+    }
+    assert [(g.global_position, g.record.stream_id, g.record.offset, g.record.kind) for g in tail] == [
+        (6, 1, 4, RecordKind.REPAIR),
+        (7, 1, 5, RecordKind.EVENT),
+    ]
+
+
+def test_an_isolating_repair_keeps_every_other_position(store_dir: Path) -> None:
+    """The default repair isolates the damaged record: its position is gone, every other record
+    keeps its own, and the repair marker gets the next one."""
+    policy = CheckpointPolicy.explicit()
+    with Storage(store_dir, checkpoint_policy=policy) as store:
+        store.append(1, [b"one", b"two"])  # 1, 2
+        store.append(2, [b"other"])  # 3
+        store.append(1, [b"three"])  # 4
+        store.append(1, [b"four"])  # 5
+        before = positions(store_dir)
+        third = store.offset_index(1).lookup(2)
+        assert third is not None
+    flip_byte(segment_path(store_dir, 1, third.segment_no), third.position + third.length - 20)  # damage offset 2
+    with Storage(store_dir, checkpoint_policy=policy) as store:
         report = store.repair()
         assert report.after is not None
         assert report.after.ok
-        assert store.next_offset(1) == 2
-        assert store.last_global_position() == 5
-        after_repair = positions(store_dir)
-        store.append(1, [b"five"])
-        tail = store.read_global(5)
-    assert after_repair == {k: v for k, v in before.items() if k not in {(1, 2), (1, 3)}}  # 4 and 5 are gone
-    assert [(g.global_position, g.record.stream_id, g.record.offset) for g in tail] == [(6, 1, 2)]
+        assert store.last_global_position() == 6
+        assert positions(store_dir) == {**{k: v for k, v in before.items() if k != (1, 2)}, (1, 4): 6}
 
 
 def test_rebuild_index_keeps_every_position(store_dir: Path) -> None:

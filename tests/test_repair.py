@@ -840,7 +840,7 @@ def test_extra_foreign_segment_after_the_last(history: History, store_copy: Path
         kept = quarantine_name(extra_no, 0)
         assert log_rows(store.recovery_log()) == Counter(
             [
-                (TRUNCATED, extra_no, 0, len(before[segment_rel(extra_no)]), full, None, str(kept)),
+                (QUARANTINED, extra_no, 0, len(before[segment_rel(extra_no)]), full, None, str(kept)),
                 (REINDEXED, None, None, None, 0, full, None),
             ]
         )
@@ -883,7 +883,7 @@ def test_extra_segment_after_a_gap(history: History, store_copy: Path) -> None:
         kept = quarantine_name(gap_no + 1, 0)
         assert log_rows(store.recovery_log()) == Counter(
             [
-                (TRUNCATED, gap_no + 1, 0, len(before[segment_rel(gap_no + 1)]), None, None, str(kept)),
+                (QUARANTINED, gap_no + 1, 0, len(before[segment_rel(gap_no + 1)]), None, None, str(kept)),
                 (REINDEXED, None, None, None, 0, full, None),
             ]
         )

@@ -61,6 +61,7 @@ from hybridlog import (
 )
 from hybridlog.consumers import CONSUMERS_FILE
 from hybridlog.segment import segment_path
+from hybridlog.types import RecordKind
 
 THIS_FILE = Path(__file__).resolve()
 WAKE_TIMEOUT = 30  # seconds; bounds a broken wake-up (the poll interval is an hour), not a timing assertion
@@ -402,17 +403,19 @@ def test_the_consumers_query_in_docs_schema_runs(store_dir: Path) -> None:
 
 
 def cut_offset_2_of_stream_1(store_dir: Path) -> None:
-    """Damage stream 1's record at offset 2 and repair: its positions 4 and 5 become a gap."""
+    """Damage stream 1's record at offset 2 and cut the stream there: its positions 4 and 5 become a
+    gap, and the cut marker that stands in for offsets 2..3 takes offset 4 and position 6."""
     with Storage(store_dir, read_only=True) as reader:
         third = reader.offset_index(1).lookup(2)
         assert third is not None
     flip_byte(segment_path(store_dir, 1, third.segment_no), third.position + third.length - 20)
     with open_writer(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
-        report = store.repair()
+        report = store.repair(truncate=True)
         assert report.after is not None
         assert report.after.ok
-        assert store.last_global_position() == 5
+        assert store.last_global_position() == 6
         assert store.record_at_position(4) is None
+        assert store.record_at_position(6) == (1, 4)
 
 
 def five_records(store_dir: Path) -> None:
@@ -434,12 +437,15 @@ def test_gaps_left_by_a_repair_are_stepped_over(store_dir: Path) -> None:
         assert [g.global_position for g in take(everyone, 3)] == [1, 2, 3]
         at_gap = store.subscribe(1, from_position=4, poll_interval=HOUR, max_interval=HOUR)
         with following(at_gap) as got, following(everyone) as got_all:
-            store.append(1, [b"five"])  # position 6
+            store.append(1, [b"five"])  # position 7
             for q in (got, got_all):
+                marker = q.get(timeout=WAKE_TIMEOUT)
+                assert isinstance(marker, GlobalRecord)
+                assert (marker.global_position, marker.record.offset, marker.record.kind) == (6, 4, RecordKind.REPAIR)
                 item = q.get(timeout=WAKE_TIMEOUT)
                 assert isinstance(item, GlobalRecord)
-                assert (item.global_position, item.record.offset, item.record.payload) == (6, 2, b"five")
-        assert everyone.position == 6
+                assert (item.global_position, item.record.offset, item.record.payload) == (7, 5, b"five")
+        assert everyone.position == 7
         # the acknowledged record was cut: positions are never reused, so the consumer resumes after it
         resumed = store.subscribe(consumer="cut")
         assert [g.global_position for g in take(resumed, 1)] == [6]
@@ -475,8 +481,8 @@ def test_a_consumer_past_the_mark_after_a_rebuild_is_told_so(store_dir: Path) ->
         store.ack("c", 5)
     cut_offset_2_of_stream_1(store_dir)
     with open_writer(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
-        store.rebuild_catalog()  # closes the gap: the mark goes back to 3
-        assert store.last_global_position() == 3
+        store.rebuild_catalog()  # closes the gap: four records (the cut marker too), so the mark goes back to 4
+        assert store.last_global_position() == 4
         with pytest.raises(ConsumerPositionLost, match="past the last position"):
             store.subscribe(consumer="c")
         sub = store.subscribe(consumer="c", from_position=3)  # an explicit start is always allowed

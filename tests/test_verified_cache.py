@@ -26,6 +26,7 @@ from hybridlog import (
     Storage,
     StreamId,
 )
+from hybridlog.errors import RecordsCut
 from hybridlog.record import FRAME_OVERHEAD, HEADER_SIZE, record_hash
 from hybridlog.segment import segment_path
 from hybridlog.verified_cache import VerifiedRun, VerifiedRunCache
@@ -156,14 +157,17 @@ def test_a_readers_runs_outlive_appends_but_not_a_repair(store_dir: Path, monkey
         assert reader.read_from(STREAM, 8, 0) == [b"event 08"]
         assert hashes[0] == 1  # an append does not drop the run: one frame re-hashed, no walk
         flip_byte(segment_files(store_dir, STREAM)[0], frame_position(writer, 46) + HEADER_SIZE)
-        report = writer.repair()  # cuts the damaged batch (offsets 44..48) and logs it
+        report = writer.repair(truncate=True)  # cuts offsets 46..48, a cut marker at 49, and logs it
         assert report.applied
         assert report.entries
-        writer.append(STREAM, [b"after repair"])
+        writer.append(STREAM, [b"after repair"])  # offset 50
         hashes[0] = 0
         assert reader.read_from(STREAM, 8, 0) == [b"event 08"]
         assert hashes[0] > 1  # the repair's log entry dropped the runs: a fresh walk
-        assert reader.read_from(STREAM, 44, 0) == [b"after repair"]
+        assert reader.read_from(STREAM, 44, 0) == [b"late 0"]
+        with pytest.raises(RecordsCut):
+            reader.read_from(STREAM, 46, 0)
+        assert reader.read_from(STREAM, 50, 0) == [b"after repair"]
     writer.close()
 
 

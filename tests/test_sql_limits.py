@@ -30,9 +30,8 @@ import apsw
 import pytest
 from click.testing import CliRunner
 
-from hybridlog import InvalidArgument, Storage, StorageError
+from hybridlog import InvalidArgument, QueryLimitExceeded, QueryRowLimit, QueryTimeout, Storage, StorageError
 from hybridlog.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, TABLE_WIDTH_ROWS, cli
-from hybridlog.errors import QueryLimitExceeded, QueryRowLimit, QueryTimeout
 from hybridlog.sql import QueryGuard, query_catalog
 
 THIS_FILE = Path(__file__)

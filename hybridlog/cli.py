@@ -7,18 +7,21 @@ with ``--json``, as JSON on stdout. Diagnostics go to stderr. Exit codes (also i
     1  error (the message names the problem and, where there is one, the command that fixes it)
     2  usage error (bad arguments)
     3  verification found damage
+  130  interrupted (Ctrl-C during ``sql``)
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 import logging
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+import textwrap
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DAMAGE = 3
+EXIT_INTERRUPTED = 130
 
 store_argument = click.argument("store", envvar="HYBRIDLOG_STORE", type=click.Path(file_okay=False, path_type=Path))
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -571,36 +575,94 @@ def tail(
             return
 
 
+TABLE_WIDTH_ROWS = 1000  # a table's column widths come from its first rows; later wider values stick out
+
+
 def _render_rows(result: QueryResult, output: str) -> None:
+    _write_rows(result.columns, result.rows, output)
+
+
+def _write_rows(columns: list[str], rows: Iterable[tuple[SqlValue, ...]], output: str) -> None:
+    """Rows written as they come (one in memory at a time; a table keeps its first rows for the
+    column widths), each flushed so that a slow query's rows show as soon as they are found."""
+    out = sys.stdout
+
     def cell(value: SqlValue) -> str | int | float | None:
         return value.hex() if isinstance(value, bytes) else value
 
-    if output == "json":
-        _print_json([{c: cell(v) for c, v in zip(result.columns, row, strict=True)} for row in result.rows])
+    if output == "json":  # the same text as one json.dumps(list, indent=2), written row by row
+        separator = "[\n"
+        for row in rows:
+            item = json.dumps({c: cell(v) for c, v in zip(columns, row, strict=True)}, indent=2, sort_keys=True)
+            out.write(separator + textwrap.indent(item, "  "))
+            out.flush()
+            separator = ",\n"
+        out.write("[]\n" if separator == "[\n" else "\n]\n")
     elif output == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(result.columns)
-        writer.writerows([[cell(v) for v in row] for row in result.rows])
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([cell(v) for v in row])
+            out.flush()
     else:
-        table = [result.columns] + [["NULL" if v is None else str(cell(v)) for v in row] for row in result.rows]
-        widths = [max(len(r[i]) for r in table) for i in range(len(result.columns))]
-        for i, row in enumerate(table):
-            click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-            if i == 0:
-                click.echo("  ".join("-" * w for w in widths))
+
+        def text(row: tuple[SqlValue, ...]) -> list[str]:
+            return ["NULL" if v is None else str(cell(v)) for v in row]
+
+        rest = iter(rows)
+        first = [text(row) for row in itertools.islice(rest, TABLE_WIDTH_ROWS)]
+        widths = [max([len(c)] + [len(r[i]) for r in first]) for i, c in enumerate(columns)]
+
+        def line(values: list[str]) -> None:
+            out.write("  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip() + "\n")
+
+        line(list(columns))
+        line(["-" * w for w in widths])
+        for values in first:
+            line(values)
+        out.flush()
+        for row in rest:
+            line(text(row))
+            out.flush()
+    out.flush()
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C stopped the command: exit code 130 (128 + SIGINT), one line on stderr."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 @cli.command()
 @store_argument
 @click.argument("query")
 @click.option("--output", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
-def sql(store: Path, query: str, output: str) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Stop the query after it has run this many seconds (exit 1). Default: no limit.",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(0),
+    default=None,
+    help="Stop the query if it returns more than this many rows (exit 1). Default: no limit.",
+)
+def sql(store: Path, query: str, output: str, timeout: float | None, max_rows: int | None) -> None:
     """Run a read-only SQL QUERY over the catalog and the store's events (docs/sql.md).
 
-    Tables: events (verified records), streams, segments, records, checkpoints.
+    Tables: events (verified records), streams, segments, records, checkpoints. Rows are printed
+    as the query finds them. Ctrl-C stops the query (exit 130).
     """
-    with _open_existing(store, read_only=True) as storage:
-        _render_rows(storage.sql(query), output)
+    try:
+        with (
+            _open_existing(store, read_only=True) as storage,
+            storage.iter_sql(query, timeout=timeout, max_rows=max_rows) as rows,
+        ):
+            _write_rows(rows.columns, rows, output)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: the query was stopped") from None
 
 
 @cli.command()

@@ -63,11 +63,18 @@ class ConsumerState:
 
 
 def check_consumer_name(name: object) -> str:
-    """``name`` if it is a usable consumer name (1 to 200 characters, no NUL), else InvalidArgument."""
+    """``name`` if it is a usable consumer name (1 to 200 characters, no NUL, no lone surrogate:
+    it is stored as UTF-8), else InvalidArgument."""
     if not isinstance(name, str):
         raise InvalidArgument(f"consumer name must be a str, not {type(name).__name__}")
     if not 1 <= len(name) <= MAX_CONSUMER_NAME or "\0" in name:
         raise InvalidArgument(f"consumer name must be 1 to {MAX_CONSUMER_NAME} characters without NUL: {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgument(
+            f"consumer name must be valid Unicode text: lone surrogate {name[e.start]!r} at index {e.start} in {name!r}"
+        ) from e
     return name
 
 

@@ -279,6 +279,47 @@ class ConsumerPositionLost(StorageError):
         self.position = position
 
 
+# --- SQL -----------------------------------------------------------------------------------------
+
+
+class QueryLimitExceeded(StorageError):
+    """Raised when a SQL query goes past a limit its caller set (``timeout`` or ``max_rows``); the
+    query is stopped and its connection closed. ``limit`` names which (``"timeout"`` or
+    ``"max_rows"``) and ``value`` is the limit that was set."""
+
+    def __init__(self, message: str, *, limit: str, value: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.limit = limit
+        self.value = value
+
+
+class QueryTimeout(QueryLimitExceeded):
+    """Raised when a SQL query runs longer than its ``timeout`` (seconds spent running the query,
+    not the caller's time between rows)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            f"the query ran longer than its timeout of {timeout:g} seconds and was stopped",
+            limit="timeout",
+            value=timeout,
+            hint="narrow the query (a WHERE on stream_id, offset, timestamp or global_position), or raise the timeout"
+            " (`timeout=`, `--timeout`)",
+        )
+
+
+class QueryRowLimit(QueryLimitExceeded):
+    """Raised when a SQL query returns more rows than its ``max_rows``; the rows up to the limit
+    were produced, the rest never are."""
+
+    def __init__(self, max_rows: int) -> None:
+        super().__init__(
+            f"the query returned more than {max_rows} rows (max_rows) and was stopped",
+            limit="max_rows",
+            value=max_rows,
+            hint="add a LIMIT or narrow the query, or raise the limit (`max_rows=`, `--max-rows`)",
+        )
+
+
 # --- stored data ---------------------------------------------------------------------------------
 
 

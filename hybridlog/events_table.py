@@ -23,7 +23,7 @@ read more, never return wrong rows. Rows come in (stream_id, offset) order.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -223,12 +223,20 @@ class EventsTable:
     Destroy = Disconnect
 
 
+_AT_END = True.__bool__
+_NOT_AT_END = False.__bool__
+
+
 class EventsCursor:
     def __init__(self, module: EventsModule) -> None:
         self.module = module
         self.rows: Iterator[tuple[object, ...]] = iter(())
         self.row: tuple[object, ...] | None = None
         self.rowid = 0
+        # Eof is a C method returning the answer, not Python code: SQLite's xEof cannot report an
+        # error, so a KeyboardInterrupt (Ctrl-C) raised on entering a Python Eof would stay
+        # pending inside apsw (a SystemError later) instead of stopping the query. Next sets it.
+        self.Eof: Callable[[], bool] = _AT_END
 
     def Filter(self, indexnum: int, indexname: str, constraintargs: tuple[Any, ...] | None) -> None:
         self.Close()
@@ -257,12 +265,10 @@ class EventsCursor:
                     record.prev_hash,
                 )
 
-    def Eof(self) -> bool:
-        return self.row is None
-
     def Next(self) -> None:
         self.row = next(self.rows, None)
         self.rowid += 1
+        self.Eof = _AT_END if self.row is None else _NOT_AT_END
 
     def Rowid(self) -> int:
         return self.rowid

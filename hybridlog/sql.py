@@ -4,11 +4,18 @@ The catalog is opened with SQLITE_OPEN_READONLY, and an authorizer refuses anyth
 (no ATTACH, no PRAGMA assignments), so no statement run through here can change the store. Given
 an event source, the connection also has the ``events`` table (events_table.py), which reads
 and verifies records from the segments.
+
+Every query has a progress handler (``QueryGuard``): it enforces the caller's ``timeout`` and lets
+a Ctrl-C interrupt a statement that runs no Python code of its own. Rows are produced one at a
+time as the caller asks (``QueryRows``); ``max_rows`` stops a query that returns more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +23,14 @@ import apsw
 
 from hybridlog.catalog import CATALOG_FILE, Catalog
 from hybridlog.consumers import CONSUMERS_FILE
-from hybridlog.errors import CatalogError, InvalidArgument
+from hybridlog.errors import CatalogError, InvalidArgument, QueryRowLimit, QueryTimeout
 from hybridlog.events_table import EventSource
 from hybridlog.events_table import register as register_events_table
 
 SqlValue = int | float | str | bytes | None
+
+PROGRESS_STEPS = 10_000  # SQLite instructions between two calls of a query's progress handler (~50 us)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _ALLOWED = {
     apsw.SQLITE_SELECT,
@@ -35,7 +45,8 @@ _SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "ind
 
 
 class SqlRefused(InvalidArgument):
-    """Raised when a statement given to ``query_catalog`` would change something or fails to run."""
+    """Raised when a statement given to ``query_rows`` / ``query_catalog`` would change something or
+    fails to run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +78,180 @@ def attach_consumers(conn: apsw.Connection, data_dir: Path) -> None:
         raise CatalogError(f"cannot read {path}: {e}") from e
 
 
-def query_catalog(
-    data_dir: Path, sql: str, params: Sequence[SqlValue] = (), *, events: EventSource | None = None
-) -> QueryResult:
-    """Run one read-only statement against the catalog (and ``events``, when given a source);
-    returns its column names and rows. An integrity error met while reading events is raised
-    as itself."""
+def check_query(sql: object, params: object) -> tuple[SqlValue, ...]:
+    """The bindings for ``sql`` if the statement and its parameters can be run, else InvalidArgument.
+
+    ``sql`` is a str without NUL or lone surrogates (SQLite takes UTF-8). ``params`` is a sequence
+    (list, tuple) of None, int (64-bit), float, str (no lone surrogates) or bytes-like values;
+    bytes-like values are copied to ``bytes``.
+    """
+    if not isinstance(sql, str):
+        raise InvalidArgument(f"query must be a str, not {type(sql).__name__}")
+    if "\0" in sql:
+        raise InvalidArgument(f"query contains a NUL character at index {sql.index(chr(0))}")
+    _check_text("query", sql)
+    if params is None or isinstance(params, (str, bytes, bytearray, memoryview)) or not isinstance(params, Sequence):
+        raise InvalidArgument(
+            f"params must be a sequence (a list or tuple) of values, not {type(params).__name__}",
+            hint="pass () for a query without parameters",
+        )
+    return tuple(_check_param(i, value) for i, value in enumerate(params, start=1))
+
+
+def _check_text(what: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgument(
+            f"{what} is not valid Unicode text: lone surrogate {text[e.start]!r} at index {e.start}"
+        ) from e
+
+
+def _check_param(number: int, value: object) -> SqlValue:
+    if value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidArgument(f"parameter {number}: {value} does not fit SQLite's 64-bit integers")
+        return int(value)
+    if isinstance(value, str):
+        _check_text(f"parameter {number}", value)
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise InvalidArgument(
+        f"parameter {number}: unsupported type {type(value).__name__} (use None, int, float, str or bytes)"
+    )
+
+
+def check_limits(timeout: object, max_rows: object) -> tuple[float | None, int | None]:
+    """``timeout`` (seconds > 0, or None) and ``max_rows`` (an int >= 0, or None), else InvalidArgument."""
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf
+    ):
+        raise InvalidArgument(f"timeout must be a number of seconds above 0, or None: {timeout!r}")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
+        raise InvalidArgument(f"max_rows must be an int >= 0, or None: {max_rows!r}")
+    return (None if timeout is None else float(timeout)), max_rows
+
+
+class QueryGuard:
+    """The progress handler of one query (SQLite calls it every ``PROGRESS_STEPS`` instructions).
+
+    It stops the query once it has run longer than ``timeout`` seconds, counting only the time
+    spent producing rows (inside ``running``), not the caller's time between rows. And it is
+    Python code that runs while SQLite works, so a Ctrl-C (KeyboardInterrupt) is raised from here
+    even in a query that calls no Python code of its own, such as a recursive CTE.
+    """
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.spent = 0.0  # seconds of running before the current step
+        self.started: float | None = None  # time.monotonic() at the start of the current step
+        self.timed_out = False
+
+    def __call__(self) -> bool:
+        if self.timeout is None or self.started is None:
+            return False
+        if self.spent + (time.monotonic() - self.started) > self.timeout:
+            self.timed_out = True
+            return True  # SQLite stops the statement with SQLITE_INTERRUPT
+        return False
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        self.started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.spent += time.monotonic() - self.started
+            self.started = None
+
+
+class QueryRows:
+    """A running read-only query: ``columns``, then its rows, produced one at a time as the caller
+    iterates (memory stays bounded however many rows there are).
+
+    It holds its own catalog connection until the rows run out or an error ends it; close it (or
+    use ``with``) to stop early. Past ``max_rows`` rows the next one raises QueryRowLimit; past
+    ``timeout`` seconds of running, QueryTimeout. Either closes it.
+    """
+
+    def __init__(
+        self, catalog: Catalog, cursor: apsw.Cursor, columns: list[str], guard: QueryGuard, max_rows: int | None
+    ) -> None:
+        self.columns = columns
+        self.rows_returned = 0
+        self._catalog: Catalog | None = catalog
+        self._cursor = cursor
+        self._guard = guard
+        self._max_rows = max_rows
+
+    def __iter__(self) -> QueryRows:
+        return self
+
+    def __next__(self) -> tuple[SqlValue, ...]:
+        if self._catalog is None:
+            raise StopIteration
+        try:
+            with self._guard.running(), _translated(self._guard):
+                row = next(self._cursor, None)
+            if row is not None and self._max_rows is not None and self.rows_returned >= self._max_rows:
+                raise QueryRowLimit(self._max_rows)
+        except BaseException:  # an error, or a KeyboardInterrupt: the query is over
+            self.close()
+            raise
+        if row is None:
+            self.close()
+            raise StopIteration
+        self.rows_returned += 1
+        return tuple(row)
+
+    def close(self) -> None:
+        """Stop the query and close its connection (again: nothing)."""
+        if self._catalog is not None:
+            catalog, self._catalog = self._catalog, None
+            catalog.close()
+
+    def __enter__(self) -> QueryRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def _translated(guard: QueryGuard) -> Iterator[None]:
+    """SQLite's errors while a query runs, as StorageErrors (an IntegrityError from ``events`` is
+    raised as itself)."""
+    try:
+        yield
+    except apsw.InterruptError as e:
+        if guard.timed_out:
+            assert guard.timeout is not None
+            raise QueryTimeout(guard.timeout) from e
+        raise SqlRefused(f"SQL error: {e}") from e
+    except (apsw.AuthError, apsw.ReadOnlyError) as e:
+        raise SqlRefused(f"refused: the catalog is read-only here ({e})") from e
+    except apsw.Error as e:
+        raise SqlRefused(f"SQL error: {e}") from e
+
+
+def query_rows(
+    data_dir: Path,
+    sql: str,
+    params: Sequence[SqlValue] = (),
+    *,
+    events: EventSource | None = None,
+    timeout: float | None = None,
+    max_rows: int | None = None,
+) -> QueryRows:
+    """Start one read-only statement against the catalog (and ``events``, when given a source);
+    returns its column names and its rows as they come (``QueryRows``). Bad arguments raise
+    InvalidArgument before anything is opened. An integrity error met while reading events is
+    raised as itself."""
+    bindings = check_query(sql, params)
+    limit_seconds, limit_rows = check_limits(timeout, max_rows)
     path = data_dir / CATALOG_FILE
     if not path.exists():
         raise CatalogError(f"no catalog at {path}", hint="is this a hybridlog store? create one with `hybridlog init`")
@@ -82,6 +261,8 @@ def query_catalog(
             register_events_table(catalog.conn, events)
         attach_consumers(catalog.conn, data_dir)
         catalog.conn.authorizer = _authorizer
+        guard = QueryGuard(limit_seconds)
+        catalog.conn.set_progress_handler(guard, PROGRESS_STEPS)
         cursor = catalog.conn.cursor()
         columns: list[str] = []
 
@@ -91,14 +272,23 @@ def query_catalog(
             return True
 
         cursor.exec_trace = remember_columns
-        try:
-            rows = [tuple(row) for row in cursor.execute(sql, tuple(params))]
-        except apsw.AuthError as e:
-            raise SqlRefused(f"refused: the catalog is read-only here ({e})") from e
-        except apsw.ReadOnlyError as e:
-            raise SqlRefused(f"refused: the catalog is read-only here ({e})") from e
-        except apsw.Error as e:
-            raise SqlRefused(f"SQL error: {e}") from e
-        return QueryResult(columns, rows)
-    finally:
+        with guard.running(), _translated(guard):
+            cursor.execute(sql, bindings)  # runs the statement up to its first row
+    except BaseException:
         catalog.close()
+        raise
+    return QueryRows(catalog, cursor, columns, guard, limit_rows)
+
+
+def query_catalog(
+    data_dir: Path,
+    sql: str,
+    params: Sequence[SqlValue] = (),
+    *,
+    events: EventSource | None = None,
+    timeout: float | None = None,
+    max_rows: int | None = None,
+) -> QueryResult:
+    """Run one read-only statement to its end (``query_rows``) and return its columns and all its rows."""
+    with query_rows(data_dir, sql, params, events=events, timeout=timeout, max_rows=max_rows) as rows:
+        return QueryResult(rows.columns, list(rows))

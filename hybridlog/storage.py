@@ -116,7 +116,7 @@ from hybridlog.segment import (
     segment_path,
     stream_path,
 )
-from hybridlog.sql import QueryResult, SqlValue, query_catalog
+from hybridlog.sql import QueryResult, QueryRows, SqlValue, check_limits, check_query, query_rows
 from hybridlog.stream_repair import repair_stream
 from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for
 from hybridlog.training import DictionaryTrainer
@@ -1279,16 +1279,44 @@ class Storage:
 
     # --- SQL ------------------------------------------------------------------------------------
 
-    def sql(self, query: str, params: Sequence[SqlValue] = ()) -> QueryResult:
-        """Run one read-only SQL statement over the catalog and the ``events`` table (docs/sql.md).
+    def sql(
+        self,
+        query: str,
+        params: Sequence[SqlValue] = (),
+        *,
+        timeout: float | None = None,
+        max_rows: int | None = None,
+    ) -> QueryResult:
+        """Run one read-only SQL statement over the catalog and the ``events`` table (docs/sql.md),
+        to its end: every row is collected (``iter_sql`` streams them instead).
 
         Rows of ``events`` are verified records: a damaged one raises its IntegrityError.
+        ``timeout``: seconds the query may run (None: no limit), else QueryTimeout. ``max_rows``:
+        rows it may return (None: no limit), else QueryRowLimit. Both are QueryLimitExceeded. A
+        query that is not a str (or holds a NUL or a lone surrogate), params that are not a
+        sequence of None, int (64-bit), float, str or bytes, and bad limits raise InvalidArgument.
         """
-        if not isinstance(query, str):
-            raise InvalidArgument(f"query must be a str, not {type(query).__name__}")
+        with self.iter_sql(query, params, timeout=timeout, max_rows=max_rows) as rows:
+            return QueryResult(rows.columns, list(rows))
+
+    def iter_sql(
+        self,
+        query: str,
+        params: Sequence[SqlValue] = (),
+        *,
+        timeout: float | None = None,
+        max_rows: int | None = None,
+    ) -> QueryRows:
+        """Start one read-only SQL statement, like ``sql``; returns ``columns`` and the rows one at
+        a time as they are produced, in bounded memory. Use it in a ``with`` block (or close it)
+        when stopping early: it holds a catalog connection until its rows run out.
+        ``timeout`` counts only the time spent producing rows, not the caller's time between them.
+        """
+        check_query(query, params)  # bad arguments first, whatever state the store is in
+        check_limits(timeout, max_rows)
         with self._lock:
             self._readable_catalog()  # StoreClosed, or a reader's late open
-        return query_catalog(self._data_dir, query, params, events=self)
+        return query_rows(self._data_dir, query, params, events=self, timeout=timeout, max_rows=max_rows)
 
     def global_ranges(self, low: int, high: int, stream_id: int | None) -> list[tuple[StreamId, int, int]]:
         """(stream, first offset, last offset) holding the records with global positions ``low`` to ``high``."""

@@ -5,9 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar, cast
 
-from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidArgument, InvalidEvent
+from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidArgument, InvalidConfiguration, InvalidEvent
 from hybridlog.record import checkpoint_payload
-from hybridlog.types import HASH_SIZE, MAX_EVENT_SIZE, CheckpointPolicy, Record, RecordKind
+from hybridlog.types import (
+    HASH_SIZE,
+    MAX_EVENT_SIZE,
+    MAX_POSITION,
+    MAX_TIMESTAMP_NS,
+    CheckpointPolicy,
+    Record,
+    RecordKind,
+)
 
 BytesLike = bytes | bytearray | memoryview
 PlannedRecord = tuple[RecordKind, BytesLike]
@@ -84,6 +92,20 @@ def plan_batch(
 def check_non_negative(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidArgument(f"{name} must be a non-negative int, not {value!r}")
+    return value
+
+
+def check_position(name: str, value: object) -> int:
+    """An offset or global position to read from: an int in 0..2**63-1, or InvalidArgument."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
+        raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
+    return value
+
+
+def check_clock_reading(value: object) -> int:
+    """A clock's reading as a record timestamp (nanoseconds, an int in 0..2**63-1), or InvalidConfiguration."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMESTAMP_NS:
+        raise InvalidConfiguration(f"clock must return nanoseconds as an int in 0..2**63-1, not {value!r}")
     return value
 
 

@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from itertools import chain
@@ -41,9 +41,11 @@ import blake3
 from hybridlog.batch import (
     BytesLike,
     PlannedRecord,
+    check_clock_reading,
     check_events,
     check_non_negative,
     check_offset,
+    check_position,
     check_prev_hash,
     plan_batch,
     read_window,
@@ -824,7 +826,7 @@ class Storage:
         it); otherwise from offset 0. The head record is checked against the catalog's chain head.
         """
         sid = check_stream_id(stream_id)
-        check_non_negative("from_offset", from_offset)
+        check_position("from_offset", from_offset)
         snap = self._snapshot(sid, from_offset, anchored=anchored)
         if snap is None or from_offset >= snap.stream.next_offset:
             return
@@ -855,7 +857,7 @@ class Storage:
         if not self._verified.enabled:
             return take_payloads(self.iter_records(stream_id, from_offset), limit)
         sid = check_stream_id(stream_id)
-        check_non_negative("from_offset", from_offset)
+        check_position("from_offset", from_offset)
         remembered = self._read_remembered(sid, from_offset, limit)
         if remembered is not None:
             return remembered
@@ -1002,7 +1004,7 @@ class Storage:
         ``stream_id``: only that stream's records (found through its offset index, not by reading
         past the others').
         """
-        start = check_non_negative("from_position", from_position)
+        start = check_position("from_position", from_position)
         limit = check_non_negative("max_bytes", max_bytes)
         only = None if stream_id is None else check_stream_id(stream_id)
         rows: list[GlobalRow] = self._query(lambda catalog: catalog.global_rows(start, limit, only), [])
@@ -1029,12 +1031,12 @@ class Storage:
     def global_position_of(self, stream_id: int, offset: int) -> GlobalPosition | None:
         """The global position of the stream's record at ``offset`` (None: no such record yet)."""
         sid = check_stream_id(stream_id)
-        at = check_non_negative("offset", offset)
+        at = check_position("offset", offset)
         return self._query(lambda catalog: catalog.global_position_of(sid, at), None)
 
     def record_at_position(self, position: int) -> tuple[StreamId, Offset] | None:
         """(stream, offset) of the record at a global position (None: none has it, or not yet)."""
-        at = check_non_negative("position", position)
+        at = check_position("position", position)
         return self._query(lambda catalog: catalog.record_at_position(at), None)
 
     # --- subscriptions and consumers (subscription.py, consumers.py) -----------------------------
@@ -1299,6 +1301,7 @@ class Storage:
         Nothing is deleted: cut bytes go to quarantine files, and each action to ``recovery_log``.
         """
         sids: list[int] | None = None if stream_ids is None else [check_stream_id(s) for s in stream_ids]
+        plan = None if plan is None else _checked_plan(plan)
         report = RepairReport()
         with self._lock:
             self._writable_catalog()
@@ -1391,11 +1394,25 @@ class Storage:
             head.writer.close()
 
     def _now(self) -> int:
-        """The clock's reading, checked: record headers hold it as an unsigned 64-bit integer."""
-        value = self._clock()
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
-            raise InvalidConfiguration(f"clock must return nanoseconds as an int in 0..2**64-1, not {value!r}")
-        return value
+        """The clock's reading, checked: record headers hold it as a u64, the catalog as a signed 64-bit integer."""
+        return check_clock_reading(self._clock())
+
+
+def _checked_plan(plan: object) -> list[RepairStep]:
+    """``repair``'s plan as a list of RepairSteps it can apply, or InvalidArgument before any is applied."""
+    if isinstance(plan, (str, bytes, bytearray, memoryview)) or not isinstance(plan, Iterable):
+        raise InvalidArgument(f"plan must be a list of RepairStep, not {type(plan).__name__}")
+    steps: list[object] = list(plan)
+    for i, step in enumerate(steps):
+        if not isinstance(step, RepairStep):
+            raise InvalidArgument(f"plan step {i} is {type(step).__name__} {step!r}, not a RepairStep")
+        if step.repair not in (REBUILD_CATALOG, TRUNCATE, REINDEX):
+            raise InvalidArgument(f"plan step {i}: unknown repair {step.repair!r}")
+        if step.stream_id is not None:
+            check_stream_id(step.stream_id)
+        elif step.repair != REBUILD_CATALOG:
+            raise InvalidArgument(f"plan step {i}: repair {step.repair!r} needs a stream id")
+    return [step for step in steps if isinstance(step, RepairStep)]
 
 
 def _copy_error(error: StorageError) -> StorageError:

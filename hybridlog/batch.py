@@ -23,7 +23,12 @@ T = TypeVar("T")
 
 
 def check_events(events: Iterable[object]) -> list[BytesLike]:
-    """The events as a list of bytes-like payloads, or a typed error naming the first bad one."""
+    """The events as a list of immutable ``bytes`` payloads, or a typed error naming the first bad one.
+
+    A ``bytearray`` or ``memoryview`` is copied here, before anything hashes or writes it: another
+    thread changing the buffer during the append then cannot make a record whose bytes differ from
+    the bytes its hash covers. ``bytes`` objects are taken as they are (no copy).
+    """
     if isinstance(events, (bytes, bytearray, memoryview, str)):
         raise InvalidEvent(f"events must be a sequence of bytes objects, not one {type(events).__name__}")
     try:
@@ -31,17 +36,17 @@ def check_events(events: Iterable[object]) -> list[BytesLike]:
     except TypeError as e:
         raise InvalidEvent(f"events must be a sequence of bytes objects, not {type(events).__name__}") from e
     # The common case, all plain bytes within the limit, is checked at C speed; anything else
-    # goes through the loop that converts memoryviews and names the first bad event.
+    # goes through the loop that copies mutable buffers and names the first bad event.
     plain = payloads and set(map(type, payloads)) == {bytes}
     if plain and max(map(len, cast(list[bytes], payloads))) <= MAX_EVENT_SIZE:
         return cast(list[BytesLike], payloads)
-    checked = [_checked_event(i, event) for i, event in enumerate(payloads)]
+    checked: list[BytesLike] = [_checked_event(i, event) for i, event in enumerate(payloads)]
     if not checked:
         raise EmptyBatch("a batch needs at least one event")
     return checked
 
 
-def _checked_event(i: int, event: object) -> BytesLike:
+def _checked_event(i: int, event: object) -> bytes:
     if not isinstance(event, (bytes, bytearray, memoryview)):
         raise InvalidEvent(f"event {i} is {type(event).__name__}, not bytes")
     if isinstance(event, memoryview):
@@ -50,7 +55,7 @@ def _checked_event(i: int, event: object) -> BytesLike:
         event = event.cast("B")
     if len(event) > MAX_EVENT_SIZE:
         raise EventTooLarge(f"event {i} is {len(event)} bytes; the limit is {MAX_EVENT_SIZE}")
-    return event
+    return event if type(event) is bytes else bytes(event)  # a snapshot of a mutable buffer
 
 
 def check_offset(name: str, value: object) -> int:

@@ -4,6 +4,7 @@ from hybridlog.backend import StorageBackend
 from hybridlog.catalog import CheckpointRow, IndexEntry
 from hybridlog.consumers import ConsumerState
 from hybridlog.errors import (
+    AppendOutcomeUnknown,
     CatalogError,
     CatalogMismatch,
     CatalogTooNew,
@@ -55,6 +56,7 @@ from hybridlog.types import (
 )
 
 __all__ = [
+    "AppendOutcomeUnknown",
     "GENESIS_HASH",
     "MAX_EVENT_SIZE",
     "AppendPipeline",

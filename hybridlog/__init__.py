@@ -4,6 +4,7 @@ from hybridlog.backend import StorageBackend
 from hybridlog.catalog import CheckpointRow, IndexEntry
 from hybridlog.consumers import ConsumerState
 from hybridlog.errors import (
+    AppendOutcomeUnknown,
     CatalogBusy,
     CatalogError,
     CatalogIOError,
@@ -62,6 +63,7 @@ from hybridlog.types import (
 )
 
 __all__ = [
+    "AppendOutcomeUnknown",
     "GENESIS_HASH",
     "MAX_EVENT_SIZE",
     "AppendPipeline",

@@ -5,9 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, TypeVar, cast
 
-from hybridlog.errors import CatalogMismatch, EmptyBatch, EventTooLarge, IntegrityError, InvalidArgument, InvalidEvent
+from hybridlog.errors import (
+    CatalogMismatch,
+    EmptyBatch,
+    EventTooLarge,
+    IntegrityError,
+    InvalidArgument,
+    InvalidConfiguration,
+    InvalidEvent,
+)
 from hybridlog.record import checkpoint_payload
-from hybridlog.types import HASH_SIZE, MAX_EVENT_SIZE, CheckpointPolicy, Record, RecordKind
+from hybridlog.types import (
+    HASH_SIZE,
+    MAX_EVENT_SIZE,
+    MAX_POSITION,
+    MAX_TIMESTAMP_NS,
+    CheckpointPolicy,
+    Record,
+    RecordKind,
+)
 
 BytesLike = bytes | bytearray | memoryview
 PlannedRecord = tuple[RecordKind, BytesLike]
@@ -15,7 +31,12 @@ T = TypeVar("T")
 
 
 def check_events(events: Iterable[object]) -> list[BytesLike]:
-    """The events as a list of bytes-like payloads, or a typed error naming the first bad one."""
+    """The events as a list of immutable ``bytes`` payloads, or a typed error naming the first bad one.
+
+    A ``bytearray`` or ``memoryview`` is copied here, before anything hashes or writes it: another
+    thread changing the buffer during the append then cannot make a record whose bytes differ from
+    the bytes its hash covers. ``bytes`` objects are taken as they are (no copy).
+    """
     if isinstance(events, (bytes, bytearray, memoryview, str)):
         raise InvalidEvent(f"events must be a sequence of bytes objects, not one {type(events).__name__}")
     try:
@@ -23,17 +44,17 @@ def check_events(events: Iterable[object]) -> list[BytesLike]:
     except TypeError as e:
         raise InvalidEvent(f"events must be a sequence of bytes objects, not {type(events).__name__}") from e
     # The common case, all plain bytes within the limit, is checked at C speed; anything else
-    # goes through the loop that converts memoryviews and names the first bad event.
+    # goes through the loop that copies mutable buffers and names the first bad event.
     plain = payloads and set(map(type, payloads)) == {bytes}
     if plain and max(map(len, cast(list[bytes], payloads))) <= MAX_EVENT_SIZE:
         return cast(list[BytesLike], payloads)
-    checked = [_checked_event(i, event) for i, event in enumerate(payloads)]
+    checked: list[BytesLike] = [_checked_event(i, event) for i, event in enumerate(payloads)]
     if not checked:
         raise EmptyBatch("a batch needs at least one event")
     return checked
 
 
-def _checked_event(i: int, event: object) -> BytesLike:
+def _checked_event(i: int, event: object) -> bytes:
     if not isinstance(event, (bytes, bytearray, memoryview)):
         raise InvalidEvent(f"event {i} is {type(event).__name__}, not bytes")
     if isinstance(event, memoryview):
@@ -42,7 +63,7 @@ def _checked_event(i: int, event: object) -> BytesLike:
         event = event.cast("B")
     if len(event) > MAX_EVENT_SIZE:
         raise EventTooLarge(f"event {i} is {len(event)} bytes; the limit is {MAX_EVENT_SIZE}")
-    return event
+    return event if type(event) is bytes else bytes(event)  # a snapshot of a mutable buffer
 
 
 def check_offset(name: str, value: object) -> int:
@@ -84,6 +105,20 @@ def plan_batch(
 def check_non_negative(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidArgument(f"{name} must be a non-negative int, not {value!r}")
+    return value
+
+
+def check_position(name: str, value: object) -> int:
+    """An offset or global position to read from: an int in 0..2**63-1, or InvalidArgument."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
+        raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
+    return value
+
+
+def check_clock_reading(value: object) -> int:
+    """A clock's reading as a record timestamp (nanoseconds, an int in 0..2**63-1), or InvalidConfiguration."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMESTAMP_NS:
+        raise InvalidConfiguration(f"clock must return nanoseconds as an int in 0..2**63-1, not {value!r}")
     return value
 
 

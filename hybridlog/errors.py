@@ -159,6 +159,30 @@ def os_error_detail(error: OSError) -> str:
     return f"{text}: {error.filename}" if error.filename else text
 
 
+class AppendOutcomeUnknown(StorageIOError):
+    """Raised when an append failed at a point where its batch may or may not be stored: the
+    catalog commit itself failed (it may have happened), or a failed write could not be cut back
+    (its bytes may be complete, and recovery then adopts them). ``stream_id`` and the offsets
+    ``first_offset`` up to (not including) ``next_offset`` say which batch.
+
+    The stream refuses every further append (StorageIOError) until the store is opened again.
+    Reopen it (recovery decides: the batch is then wholly there or wholly absent), read the stream
+    from ``first_offset``, and append the batch again only if its records are not there.
+    """
+
+    def __init__(
+        self, message: str, *, stream_id: int, first_offset: int, next_offset: int, path: Path | None = None
+    ) -> None:
+        super().__init__(message, path=path)
+        self.hint = (
+            f"close and reopen the store, then read stream {stream_id} from offset {first_offset}:"
+            " append the batch again only if its records are not there"
+        )
+        self.stream_id = stream_id
+        self.first_offset = first_offset
+        self.next_offset = next_offset
+
+
 class InvalidConfiguration(InvalidArgument):
     """Raised when a ``Storage`` option is out of range (for example a tiny ``max_segment_size``)."""
 

@@ -16,9 +16,11 @@ from types import TracebackType
 from hybridlog.batch import (
     BytesLike,
     PlannedRecord,
+    check_clock_reading,
     check_events,
     check_non_negative,
     check_offset,
+    check_position,
     check_prev_hash,
     plan_batch,
     read_window,
@@ -126,8 +128,9 @@ class MemoryStorage:
             raise ChainMismatch(stream_id=sid, given=given, head=head)
 
     def _write(self, sid: StreamId, planned: list[PlannedRecord]) -> tuple[Offset, ChainHash]:
+        now = check_clock_reading(self._clock())  # before the stream exists: a bad clock changes nothing
         records = self._streams.setdefault(sid, [])
-        timestamp = max(self._clock(), records[-1].timestamp_ns if records else 0)
+        timestamp = max(now, records[-1].timestamp_ns if records else 0)
         prev = records[-1].hash if records else GENESIS_HASH
         since = self._since_checkpoint.get(sid, 0)
         for kind, payload in planned:
@@ -146,7 +149,7 @@ class MemoryStorage:
 
     def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
         sid = check_stream_id(stream_id)
-        check_non_negative("from_offset", from_offset)
+        check_position("from_offset", from_offset)
         with self._lock:
             snapshot = self._records(sid)[from_offset:]
         yield from snapshot
@@ -188,7 +191,7 @@ class MemoryStorage:
     def read_global(
         self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES, *, stream_id: int | None = None
     ) -> list[GlobalRecord]:
-        start = max(check_non_negative("from_position", from_position), 1)
+        start = max(check_position("from_position", from_position), 1)
         limit = check_non_negative("max_bytes", max_bytes)
         only = None if stream_id is None else check_stream_id(stream_id)
         with self._lock:

@@ -8,8 +8,9 @@ agrees with them. Everything here walks segments with ``scan.SegmentScan``.
 * ``reconcile_stream`` does what is provably safe: it adopts complete, chain-valid batches the
   catalog missed (a crash between the segment write and the catalog commit, or a catalog that lost
   its last commits) and cuts off an incomplete last batch after saving its bytes to a quarantine
-  file. Anything else (a file shorter than the catalog says, a missing segment, a bad record that
-  is not a torn tail) it reports as ``damage`` without touching anything.
+  file (after a rotating group commit, also the segment files that follow it:
+  ``_cut_unacknowledged``). Anything else (a file shorter than the catalog says, a missing
+  segment, a bad record that is not a torn tail) it reports as ``damage`` without touching anything.
 * ``index_stream`` replaces a stream's catalog rows with what a verifying scan of its segments
   finds, up to the first damage; ``rebuild_catalog`` does that for every stream into a fresh
   catalog, keeping the old file aside.
@@ -37,9 +38,11 @@ import apsw
 from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, GapRow, IndexEntry, RecoveryEntry, SegmentRow
 from hybridlog.errors import CatalogError, CatalogMismatch, IntegrityError
 from hybridlog.markers import CUT, ISOLATED
+from hybridlog.record import FrameError
 from hybridlog.scan import Adoption, FoundGap, ScannedRecord, SegmentScan, StreamScan, is_torn_tail, walk_stream
 from hybridlog.segment import (
     STREAMS_DIR,
+    SegmentReader,
     file_digest,
     fsync_dir,
     parse_stream_dir_name,
@@ -292,9 +295,12 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
     for i, (segment_no, position) in enumerate(to_scan):
         path = segment_path(data_dir, stream_id, segment_no)
         size = path.stat().st_size
-        if size == 0 and position == 0 and i == len(to_scan) - 1:
+        later = [no for no, _ in to_scan[i + 1 :]]
+        if size == 0 and position == 0:
+            # A rotation created this file and stopped before its bytes were durable.
+            result.entries += _cut_unacknowledged(data_dir, stream_id, later)
             result.entries.append(remove_empty_segment(data_dir, stream_id, segment_no))
-            continue
+            break
         if size == position:
             continue
         scan = SegmentScan(data_dir, stream_id, segment_no, position=position, next_offset=next_offset, prev_hash=prev)
@@ -319,7 +325,8 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
                 log.error("%s", result.damage)
                 result.entries = []  # nothing was changed
                 return result
-            if i != len(to_scan) - 1 or not is_torn_tail(path, scan.problem):
+            gap = position == 0 and i > 0 and scan.valid_end == 0 and _starts_past(path, stream_id, next_offset)
+            if not gap and not is_torn_tail(path, scan.problem):
                 result.damage = IntegrityError(
                     f"bad record past the catalog's end, not a torn write ({scan.problem.reason})",
                     stream_id=stream_id,
@@ -331,11 +338,15 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
                 log.error("%s", result.damage)
                 result.entries = []  # nothing was changed
                 return result
+            # An interrupted write (or group): what follows it was never acknowledged.
+            result.entries += _cut_unacknowledged(data_dir, stream_id, later)
             result.entries.append(quarantine_tail(data_dir, stream_id, segment_no, scan.valid_end))
         if scan.valid_end > 0:
             first = next_offset if position == 0 else (last.first_offset if last else 0)
             segment_rows.append((segment_no, first, scan.next_offset, scan.valid_end))
         next_offset, prev = scan.next_offset, scan.prev_hash
+        if scan.problem is not None:
+            break
 
     if result.entries:
         t = now()
@@ -346,6 +357,36 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
         if adoption.entries:
             log.warning("stream %d: adopted %d records the catalog had missed", stream_id, result.adopted_records)
     return result
+
+
+def _starts_past(path: Path, stream_id: StreamId, next_offset: int) -> bool:
+    """Whether a segment file starts with a whole, valid frame of this stream at an offset past
+    ``next_offset``: the batches before it in the same group never became durable."""
+    try:
+        with SegmentReader(path) as reader:
+            frame = reader.read_frame()
+    except FrameError:
+        return False
+    return frame is not None and frame.header.stream_id == stream_id and frame.header.offset > next_offset
+
+
+def _cut_unacknowledged(data_dir: Path, stream_id: StreamId, segment_nos: list[int]) -> list[RecoveryEntry]:
+    """Move aside whole segment files (empty ones are removed) that follow an interrupted write.
+
+    A group that creates a segment file seals the one before it and fsyncs that before its commit,
+    so a torn or missing batch in an earlier file means the group never committed: no append of it
+    (or after it) returned. The highest file goes first, so a crash in between leaves a state this
+    same rule recovers.
+    """
+    entries = []
+    for no in sorted(segment_nos, reverse=True):
+        if segment_path(data_dir, stream_id, no).stat().st_size == 0:
+            entries.append(remove_empty_segment(data_dir, stream_id, no))
+        else:
+            entries.append(
+                quarantine_segment(data_dir, stream_id, no, "segment written by a group commit that was interrupted")
+            )
+    return entries
 
 
 def streams_to_reconcile(catalog: Catalog, data_dir: Path) -> list[StreamId]:

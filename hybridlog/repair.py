@@ -41,7 +41,7 @@ from hybridlog.lock import writer_holds_lock
 from hybridlog.markers import ISOLATED
 from hybridlog.recovery import stream_ids_on_disk
 from hybridlog.scan import FoundGap, ScannedRecord, ScanProblem, StreamScan, walk_stream
-from hybridlog.segment import file_digest, segment_path
+from hybridlog.segment import STREAMS_DIR, file_digest, foreign_stream_entries, segment_path
 from hybridlog.stream_repair import StreamRepairPlan, plan_stream_repair
 from hybridlog.types import GENESIS_HASH, RecordKind, StreamId
 
@@ -246,6 +246,11 @@ def check_store(
             streams = sorted(known | set(stream_ids_on_disk(data_dir)))
             if stream_ids is not None:
                 streams = [s for s in streams if s in stream_ids]
+            else:
+                report.findings.extend(
+                    Finding(None, FOREIGN_FILE, f"{STREAMS_DIR}/{name} is not a stream directory; left alone", None)
+                    for name in foreign_stream_entries(data_dir)
+                )
             for sid in streams:
                 judged.append(_check_stream(data_dir, catalog, sid, report, progress))
                 report.streams_checked += 1

@@ -27,11 +27,13 @@ from hybridlog.record import (
     CHECKSUM,
     CHECKSUM_SIZE,
     HEADER_SIZE,
+    MAX_DICTIONARY_NO,
     FrameError,
     FrameHeader,
     frame_checksum,
     parse_header,
 )
+from hybridlog.types import MAX_STREAM_ID
 
 STREAMS_DIR = "streams"
 SEGMENT_SUFFIX = ".seg"
@@ -41,6 +43,8 @@ DICTIONARY_SUFFIX = ".zdict"
 _DICTIONARY_NAME = re.compile(r"^(\d{20})\.zdict$")
 _STREAM_NAME = re.compile(r"^\d{20}$")
 _READ_BUFFER = 1024 * 1024
+MAX_SEGMENT_NO = 2**63 - 1
+"""The largest segment number: the catalog stores it as an SQLite (signed 64-bit) integer."""
 
 
 def stream_dir_name(stream_id: int) -> str:
@@ -48,7 +52,12 @@ def stream_dir_name(stream_id: int) -> str:
 
 
 def parse_stream_dir_name(name: str) -> int | None:
-    return int(name) if _STREAM_NAME.match(name) else None
+    """The stream id a directory name stands for; None for any other name, a number above the
+    largest stream id (2**63-1) included, so callers report it as a foreign entry."""
+    if not _STREAM_NAME.match(name):
+        return None
+    number = int(name)
+    return number if number <= MAX_STREAM_ID else None
 
 
 def segment_name(segment_no: int) -> str:
@@ -56,8 +65,13 @@ def segment_name(segment_no: int) -> str:
 
 
 def parse_segment_name(name: str) -> int | None:
+    """The segment number a file name stands for; None for any other name, a number above
+    ``MAX_SEGMENT_NO`` included (the catalog could not hold it), so callers report it as foreign."""
     match = _SEGMENT_NAME.match(name)
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    number = int(match.group(1))
+    return number if number <= MAX_SEGMENT_NO else None
 
 
 def dictionary_name(dictionary_no: int) -> str:
@@ -65,8 +79,13 @@ def dictionary_name(dictionary_no: int) -> str:
 
 
 def parse_dictionary_name(name: str) -> int | None:
+    """The dictionary number a file name stands for; None for any other name, a number above
+    ``record.MAX_DICTIONARY_NO`` included, so callers report it as foreign."""
     match = _DICTIONARY_NAME.match(name)
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    number = int(match.group(1))
+    return number if number <= MAX_DICTIONARY_NO else None
 
 
 def stream_path(data_dir: Path, stream_id: int) -> Path:
@@ -133,6 +152,14 @@ def segment_numbers_on_disk(stream_dir: Path) -> tuple[list[int], list[str]]:
         elif not entry.endswith(QUARANTINE_SUFFIX) and parse_dictionary_name(entry) is None:
             foreign.append(entry)
     return sorted(numbers), sorted(foreign)
+
+
+def foreign_stream_entries(data_dir: Path) -> list[str]:
+    """The names in ``<store>/streams`` that are not stream directories (out-of-range numbers included), sorted."""
+    root = data_dir / STREAMS_DIR
+    if not root.is_dir():
+        return []
+    return sorted(name for name in os.listdir(root) if parse_stream_dir_name(name) is None)
 
 
 def dictionary_numbers_on_disk(stream_dir: Path) -> list[int]:

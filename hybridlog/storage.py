@@ -15,7 +15,10 @@ Write path, in this order (``commit.py`` explains how concurrent appends form a 
    and the global-position mark (each batch's records get the next positions, in group order).
 
 If anything in 3-5 fails, every segment is cut back to where the group began (new segment files
-are removed) and every caller in the group gets the error, so no partial batch stays. A crash
+are removed; the cut is fsynced) and every caller in the group gets the error ("batch not
+stored"), so no partial batch stays. Where that cut fails, or the catalog COMMIT itself fails (it
+may have happened), the batch may be stored: its callers get ``AppendOutcomeUnknown``, nothing is
+cut, and the stream refuses appends until the store is reopened and recovery settles it. A crash
 between 4 and 5 leaves complete batches the catalog does not know; recovery
 (``recovery.recover_store``, run when a writer opens the store) adopts them.
 """
@@ -27,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,9 +45,11 @@ import blake3
 from hybridlog.batch import (
     BytesLike,
     PlannedRecord,
+    check_clock_reading,
     check_events,
     check_non_negative,
     check_offset,
+    check_position,
     check_prev_hash,
     plan_batch,
     read_window,
@@ -68,6 +73,7 @@ from hybridlog.commit import AppendRequest, FramedBatch, GroupCommitQueue, HeadV
 from hybridlog.consumers import CONSUMERS_FILE, ConsumerState, ConsumerStore, check_consumer_name
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
+    AppendOutcomeUnknown,
     CatalogError,
     CatalogMismatch,
     CatalogUnusable,
@@ -708,6 +714,14 @@ class Storage:
                 self._write_group(
                     batches, [r.framed for r in accepted if r.framed], fsync=any(r.fsync for r in accepted)
                 )
+            except _GroupFailed as failure:
+                for i, request in enumerate(accepted):
+                    if request.stream_id in failure.unsure:
+                        request.error = _outcome_unknown(request, failure)
+                    else:
+                        request.error = failure.error if i == 0 else _copy_error(failure.error)
+                    request.done = True
+                return
             except StorageError as e:
                 for i, request in enumerate(accepted):
                     request.error, request.done = (e if i == 0 else _copy_error(e)), True
@@ -738,6 +752,7 @@ class Storage:
             new_last += len(batch.records)
         writes, seals = self._layout(batches, first_positions)
         now = max(b.timestamp_ns for bs in batches.values() for b in bs)
+        committing = False
         try:
             # 2. Rotation: create the new segment files (full ones are sealed in step 5).
             new_dirs: set[Path] = set()
@@ -798,13 +813,32 @@ class Storage:
                         now_ns=now,
                     )
                 catalog.advance_global_position(last_position, new_last)
+                committing = True  # what fails from here on is the COMMIT itself: it may have happened
         except BaseException as e:
-            self._undo_writes(writes)
+            if committing:
+                # The catalog may hold the group or not; cutting the segments could leave it
+                # pointing at bytes that are gone. Keep them, and fence the streams until a reopen
+                # lets recovery settle it (the batches are then wholly there, or wholly absent).
+                unsure = set(batches)
+                reason = f"the catalog commit failed and may have happened: {e}"
+            else:
+                unsure = self._undo_writes(writes)
+                reason = f"the write failed ({e}) and could not be cut back"
+            for sid in unsure:
+                self._fence(sid, reason)
             if isinstance(e, OSError):
-                raise StorageIOError(f"write failed, batch not stored: {e}", path=getattr(e, "filename", None)) from e
-            if isinstance(e, apsw.Error):
-                raise CatalogError(f"catalog commit failed, batch not stored: {e}") from e
-            raise
+                error: StorageError = StorageIOError(
+                    f"write failed, batch not stored: {e}", path=getattr(e, "filename", None)
+                )
+            elif isinstance(e, apsw.Error):
+                error = CatalogError(f"catalog commit failed, batch not stored: {e}")
+            elif isinstance(e, Exception) and unsure:
+                error = StorageIOError(f"append failed: {e!r}")
+            else:
+                raise
+            if unsure:
+                raise _GroupFailed(error, unsure, reason) from e
+            raise error from e
         self._advance_heads(batches, writes)
         self._commit_signal.notify()
 
@@ -851,8 +885,10 @@ class Storage:
                 size += len(batch.data)
         return writes, seals
 
-    def _undo_writes(self, writes: list[SegmentWrite]) -> None:
-        """Cut every segment back to where this group began; if that fails, fence the stream."""
+    def _undo_writes(self, writes: list[SegmentWrite]) -> set[StreamId]:
+        """Cut every segment back to where this group began, durably; returns the streams where
+        that failed (their batches' bytes may still be there, whole, for recovery to adopt)."""
+        failed: set[StreamId] = set()
         for w in reversed(writes):
             if w.writer is None:
                 continue
@@ -862,14 +898,21 @@ class Storage:
                     w.writer.close()
                     w.writer.path.unlink()
                     fsync_dir(w.writer.path.parent)
+                else:
+                    w.writer.sync()  # the cut is durable: a power loss cannot bring the batch back
             except OSError as e:
-                head = self._heads[w.stream_id]
-                head.damage = StorageIOError(
-                    f"stream {w.stream_id}: could not cut a failed batch from {w.writer.path} ({e});"
-                    " reopen the store to let recovery finish",
-                    path=w.writer.path,
-                )
-                log.error("%s", head.damage)
+                failed.add(w.stream_id)
+                log.error("stream %d: could not cut a failed batch from %s: %s", w.stream_id, w.writer.path, e)
+        return failed
+
+    def _fence(self, sid: StreamId, reason: str) -> None:
+        """Refuse appends to a stream until the store is reopened (recovery then settles its files)."""
+        head = self._heads[sid]
+        head.damage = StorageIOError(
+            f"stream {sid} refuses appends until the store is reopened: {reason}",
+            path=segment_path(self._data_dir, sid, head.segment_no) if head.segment_no >= 0 else None,
+        )
+        log.error("%s", head.damage)
 
     def _advance_heads(self, batches: dict[StreamId, list[FramedBatch]], writes: list[SegmentWrite]) -> None:
         for sid, framed in batches.items():
@@ -942,7 +985,7 @@ class Storage:
         it); otherwise from offset 0. The head record is checked against the catalog's chain head.
         """
         sid = check_stream_id(stream_id)
-        check_non_negative("from_offset", from_offset)
+        check_position("from_offset", from_offset)
         snap = self._snapshot(sid, from_offset, anchored=anchored)
         if snap is None or from_offset >= snap.stream.next_offset:
             return
@@ -973,7 +1016,7 @@ class Storage:
         if not self._verified.enabled:
             return take_payloads(self.iter_records(stream_id, from_offset), limit)
         sid = check_stream_id(stream_id)
-        check_non_negative("from_offset", from_offset)
+        check_position("from_offset", from_offset)
         remembered = self._read_remembered(sid, from_offset, limit)
         if remembered is not None:
             return remembered
@@ -1132,7 +1175,7 @@ class Storage:
         ``stream_id``: only that stream's records (found through its offset index, not by reading
         past the others').
         """
-        start = check_non_negative("from_position", from_position)
+        start = check_position("from_position", from_position)
         limit = check_non_negative("max_bytes", max_bytes)
         only = None if stream_id is None else check_stream_id(stream_id)
         rows: list[GlobalRow] = self._query(lambda catalog: catalog.global_rows(start, limit, only), [])
@@ -1159,12 +1202,12 @@ class Storage:
     def global_position_of(self, stream_id: int, offset: int) -> GlobalPosition | None:
         """The global position of the stream's record at ``offset`` (None: no such record yet)."""
         sid = check_stream_id(stream_id)
-        at = check_non_negative("offset", offset)
+        at = check_position("offset", offset)
         return self._query(lambda catalog: catalog.global_position_of(sid, at), None)
 
     def record_at_position(self, position: int) -> tuple[StreamId, Offset] | None:
         """(stream, offset) of the record at a global position (None: none has it, or not yet)."""
-        at = check_non_negative("position", position)
+        at = check_position("position", position)
         return self._query(lambda catalog: catalog.record_at_position(at), None)
 
     # --- subscriptions and consumers (subscription.py, consumers.py) -----------------------------
@@ -1447,6 +1490,7 @@ class Storage:
         committed, cut bytes go to quarantine files, and each action to ``recovery_log``.
         """
         sids: list[int] | None = None if stream_ids is None else [check_stream_id(s) for s in stream_ids]
+        plan = None if plan is None else _checked_plan(plan)
         report = RepairReport()
         with self._lock:
             self._writable_catalog()
@@ -1557,11 +1601,52 @@ class Storage:
             head.writer.close()
 
     def _now(self) -> int:
-        """The clock's reading, checked: record headers hold it as an unsigned 64-bit integer."""
-        value = self._clock()
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
-            raise InvalidConfiguration(f"clock must return nanoseconds as an int in 0..2**64-1, not {value!r}")
-        return value
+        """The clock's reading, checked: record headers hold it as a u64, the catalog as a signed 64-bit integer."""
+        return check_clock_reading(self._clock())
+
+
+class _GroupFailed(Exception):
+    """A failed group in which the batches of ``unsure`` streams may be stored (the others are not)."""
+
+    def __init__(self, error: StorageError, unsure: set[StreamId], reason: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.unsure = unsure
+        self.reason = reason
+
+
+def _outcome_unknown(request: AppendRequest, failure: _GroupFailed) -> AppendOutcomeUnknown:
+    """The error for a caller whose batch may or may not be stored."""
+    assert request.framed is not None
+    first, nxt = request.framed.on.next_offset, request.framed.after.next_offset
+    sid = request.stream_id
+    error = AppendOutcomeUnknown(
+        f"stream {sid}: the batch for offsets {first}..{nxt - 1} may or may not be stored ({failure.reason});"
+        " the stream refuses appends until the store is reopened",
+        stream_id=sid,
+        first_offset=first,
+        next_offset=nxt,
+        path=failure.error.path if isinstance(failure.error, StorageIOError) else None,
+    )
+    error.__cause__ = failure.__cause__
+    return error
+
+
+def _checked_plan(plan: object) -> list[RepairStep]:
+    """``repair``'s plan as a list of RepairSteps it can apply, or InvalidArgument before any is applied."""
+    if isinstance(plan, (str, bytes, bytearray, memoryview)) or not isinstance(plan, Iterable):
+        raise InvalidArgument(f"plan must be a list of RepairStep, not {type(plan).__name__}")
+    steps: list[object] = list(plan)
+    for i, step in enumerate(steps):
+        if not isinstance(step, RepairStep):
+            raise InvalidArgument(f"plan step {i} is {type(step).__name__} {step!r}, not a RepairStep")
+        if step.repair not in (REBUILD_CATALOG, ISOLATE, TRUNCATE, REINDEX):
+            raise InvalidArgument(f"plan step {i}: unknown repair {step.repair!r}")
+        if step.stream_id is not None:
+            check_stream_id(step.stream_id)
+        elif step.repair != REBUILD_CATALOG:
+            raise InvalidArgument(f"plan step {i}: repair {step.repair!r} needs a stream id")
+    return [step for step in steps if isinstance(step, RepairStep)]
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:

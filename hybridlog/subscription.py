@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hybridlog.batch import check_non_negative
+from hybridlog.batch import check_position
 from hybridlog.consumers import ConsumerState, check_consumer_name
 from hybridlog.errors import ConsumerPositionLost, InvalidArgument
 from hybridlog.types import DEFAULT_MAX_READ_BYTES, GlobalPosition, GlobalRecord, Offset, StreamId, check_stream_id
@@ -131,9 +131,9 @@ class Subscription(Iterator[GlobalRecord]):
         if from_offset is not None and self.stream_id is None:
             raise InvalidArgument("from_offset needs a stream_id (offsets count records within one stream)")
         if from_offset is not None:
-            check_non_negative("from_offset", from_offset)
+            check_position("from_offset", from_offset)
         if from_position is not None:
-            check_non_negative("from_position", from_position)
+            check_position("from_position", from_position)
         if should_stop is not None and not callable(should_stop):
             raise InvalidArgument(f"should_stop must be callable, not {should_stop!r}")
         self._should_stop = should_stop

@@ -22,6 +22,10 @@ ChainHash = NewType("ChainHash", bytes)
 
 HASH_SIZE = 32
 MAX_STREAM_ID = 2**63 - 1
+MAX_POSITION = 2**63 - 1
+"""The largest offset or global position a read may ask for (the catalog holds them as SQLite integers)."""
+MAX_TIMESTAMP_NS = 2**63 - 1
+"""The largest clock reading a record may carry: frames hold a u64, the catalog a signed 64-bit integer."""
 MAX_EVENT_SIZE = 64 * 1024 * 1024
 """The largest event payload accepted, in bytes (before compression)."""
 

@@ -29,6 +29,7 @@ from hybridlog import (
     EmptyBatch,
     GlobalRecord,
     InvalidArgument,
+    InvalidConfiguration,
     InvalidEvent,
     InvalidStreamId,
     MemoryStorage,
@@ -775,6 +776,90 @@ def test_offset_at_refuses_a_time_that_is_not_an_int(harness: Harness) -> None:
             backend.offset_at(1, bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidStreamId):
         backend.offset_at(-1, START_NS)
+
+
+OUT_OF_RANGE = [2**63, 2**64, 2**100, -1, -(2**63) - 1, True, False, 1.5, 2.0**63, "0", None]
+
+
+@pytest.mark.parametrize("bad", OUT_OF_RANGE, ids=repr)
+def test_read_offsets_and_positions_out_of_range_are_invalid_arguments(harness: Harness, bad: object) -> None:
+    """An offset or global position a read starts from is an int in 0..2**63-1 (the largest any
+    stream can reach); anything else is InvalidArgument in both backends, and changes nothing."""
+    backend = harness.make()
+    fill(backend, 1, [[b"a", b"b"]])
+    reads: list[Callable[[], object]] = [
+        lambda: backend.read_from(1, bad, 100),  # type: ignore[arg-type]
+        lambda: list(backend.iter_records(1, bad)),  # type: ignore[arg-type]
+        lambda: list(backend.iter_records(1, bad, anchored=False)),  # type: ignore[arg-type]
+        lambda: backend.read_records_verified(1, bad),  # type: ignore[arg-type]
+        lambda: backend.read_global(bad),  # type: ignore[arg-type]
+        lambda: backend.read_global(bad, 100, stream_id=1),  # type: ignore[arg-type]
+    ]
+    for read in reads:
+        with pytest.raises(InvalidArgument):
+            read()
+    assert backend.read_from_genesis(1) == [b"a", b"b"]
+    assert backend.last_global_position() == 2
+
+
+def test_reads_at_the_largest_offset_and_position_find_nothing(harness: Harness) -> None:
+    backend = harness.make()
+    fill(backend, 1, [[b"a", b"b"]])
+    top = 2**63 - 1
+    assert backend.read_from(1, top, 100) == []
+    assert list(backend.iter_records(1, top)) == []
+    assert backend.read_records_verified(1, top) == []
+    assert backend.read_global(top) == []
+    assert backend.read_global(top, 100, stream_id=1) == []
+
+
+def test_times_beyond_any_clock_reading_are_bounds_both_backends_agree_on(harness: Harness) -> None:
+    """offset_at and read_between take any int as a time: before the first record or after the
+    last, the answer is the same in both backends (no error for times no clock can give)."""
+    backend = timed_stream(harness)
+    everything = backend.read_records_from_genesis(1)
+    for early in (-1, -(2**63) - 1, -(2**100)):
+        assert backend.offset_at(1, early) == 0
+        assert backend.read_between(1, None, early) == []
+        assert backend.read_between(1, early, None) == everything
+    for late in (2**63, 2**64, 2**100):
+        assert backend.offset_at(1, late) == len(everything)
+        assert backend.read_between(1, late, None) == []
+        assert backend.read_between(1, None, late) == everything
+        assert backend.read_between(1, None, None, late) == everything  # a max_bytes past any payload
+
+
+@pytest.mark.parametrize("reading", [2**63, 2**64, -1, True, False, 1.7e18, float(2**62), None, "now"], ids=repr)
+def test_a_clock_reading_a_record_cannot_hold_is_invalid_configuration(harness: Harness, reading: object) -> None:
+    """Timestamps are nanoseconds in 0..2**63-1 (frames hold a u64, the catalog a signed 64-bit
+    integer, so the store takes the smaller range): a clock giving anything else makes an append
+    raise InvalidConfiguration in both backends, and nothing is written."""
+    clock = ManualClock(START_NS)
+    backend = harness.make(clock=clock)
+    fill(backend, 1, [[b"a"]])
+    clock.now = reading  # type: ignore[assignment]
+    writes: list[Callable[[], object]] = [
+        lambda: backend.append(1, [b"b"]),
+        lambda: backend.append(2, [b"b"]),
+        lambda: backend.append_batch(1, [b"b"], 1, backend.latest_chain_hash(1)),
+        lambda: backend.create_checkpoint(1, 1, backend.latest_chain_hash(1), 1),
+    ]
+    for write in writes:
+        with pytest.raises(InvalidConfiguration):
+            write()
+    assert backend.read_from_genesis(1) == [b"a"]
+    assert backend.next_offset(2) == 0
+    assert backend.stream_ids() == [1]
+    clock.now = START_NS + 1
+    fill(backend, 1, [[b"b"]])
+    assert backend.read_from_genesis(1) == [b"a", b"b"]
+
+
+def test_the_largest_clock_reading_is_stored(harness: Harness) -> None:
+    backend = harness.make(clock=ManualClock(2**63 - 1))
+    fill(backend, 1, [[b"a"], [b"b"]])
+    assert [r.timestamp_ns for r in backend.read_records_from_genesis(1)] == [2**63 - 1, 2**63 - 1]
+    assert backend.offset_at(1, 2**63 - 1) == 0
 
 
 @settings(max_examples=25)

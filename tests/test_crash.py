@@ -20,6 +20,12 @@ Contracts tested here:
   bytes are there) or wholly absent, the cut bytes are kept in a quarantine file holding exactly
   them, ``check()`` finds nothing, and appends continue the chain. The same holds when the last
   batch was the first in a new segment file (a rotation the catalog never heard of).
+* **Power loss during a group commit that rotates segments.** One group (two threads) writes batch
+  A to the end of the active segment and batch B to a new segment file. With the catalog from
+  before the group, any prefix of A and any prefix of B (the new file empty or never created, and a
+  further segment file after it) is recovered on open without a repair: complete, chain-valid
+  batches are adopted (B only with all of A), every other byte is moved to quarantine files,
+  ``check()`` finds nothing, and appends continue the chain.
 * **Catalog ahead of its segments.** With ``fsync=True`` the segment is durable before the catalog
   commit, so a committed batch whose bytes are cut short is damage: it is reported (never cut
   silently), reads fail with a typed error naming stream, segment and byte position, appends are
@@ -36,6 +42,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,10 +63,10 @@ from hybridlog import (
 )
 from hybridlog.catalog import RecoveryEntry
 from hybridlog.markers import CUT, decode_marker
-from hybridlog.record import MAGIC
+from hybridlog.record import HEADER_SIZE, MAGIC
 from hybridlog.recovery import ADOPTED, QUARANTINED, REINDEXED, REMOVED_EMPTY, TRUNCATED
 from hybridlog.repair import CATALOG_AHEAD, REINDEX, TORN_TAIL
-from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, segment_path
+from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, SegmentWriter, segment_path
 from hybridlog.stream_repair import MARKED_CUT
 
 THIS_FILE = Path(__file__).resolve()
@@ -843,6 +850,259 @@ def test_templates_are_what_the_cases_assume(
         assert tpl.batch.startswith(MAGIC)
         assert (tpl.base == 0) == tpl.rotated
         assert tpl.records_after[: len(tpl.records_before[LAST_STREAM])] == tpl.records_before[LAST_STREAM]
+
+
+# ===================================================================================================
+# 3. Power loss during a group commit that rotates segments
+# ===================================================================================================
+
+GROUP_FIRST = [b"group batch A, event 0 " * 2, b"group batch A, event 1 " * 2]
+GROUP_SECOND = [b"group batch B, event 0 " * 3, b"group batch B, event 1 " * 3]
+
+
+def open_group_store(path: Path, start_ns: int) -> Storage:
+    """4 KiB segments and explicit checkpoints only, so each batch is exactly its events."""
+    return Storage(
+        path, checkpoint_policy=CheckpointPolicy.explicit(), max_segment_size=SEGMENT_SIZE, clock=make_clock(start_ns)
+    )
+
+
+@dataclass(frozen=True)
+class RotatingGroup:
+    """One group commit of two batches for ``LAST_STREAM``: A fills the active segment ``old`` and
+    B, which no longer fits, goes to the new segment file ``new`` (the group seals ``old``).
+
+    ``before`` is the closed store as it was just before the group wrote anything (its catalog is
+    the catalog before the commit); ``old_before`` is the old segment's bytes then, ``first`` and
+    ``second`` the bytes the group wrote for A (after ``old_before``) and B (the whole new file).
+    """
+
+    before: Path
+    old: Path
+    new: Path
+    old_before: bytes
+    first: bytes
+    second: bytes
+    records_before: list[Record]
+    records_first: list[Record]
+    records_both: list[Record]
+    other_records: list[Record]
+
+
+def commit_as_one_group(store: Storage, store_dir: Path, snapshot: Path) -> int:
+    """Append GROUP_FIRST then GROUP_SECOND to LAST_STREAM from two threads, committed as one group.
+
+    A leader thread's append to OTHER_STREAM holds stage 2 (inside its write) until both are queued;
+    the group's own first write is held until the store directory has been copied to ``snapshot``.
+    Returns how many batches the group wrote.
+    """
+    real_write_at, real_write_group = SegmentWriter.write_at, Storage._write_group
+    writes = itertools.count(1)
+    leader_writing, leader_go = threading.Event(), threading.Event()
+    group_writing, group_go = threading.Event(), threading.Event()
+    group_sizes: list[int] = []
+
+    def write_at(self: SegmentWriter, position: int, data: bytes | bytearray | memoryview) -> None:
+        n = next(writes)
+        if n == 1:
+            leader_writing.set()
+            assert leader_go.wait(CHILD_TIMEOUT)
+        elif n == 2:
+            group_writing.set()
+            assert group_go.wait(CHILD_TIMEOUT)
+        real_write_at(self, position, data)
+
+    def write_group(self: Storage, batches: dict[int, list[object]], *args: object, **kwargs: object) -> None:
+        group_sizes.append(sum(len(b) for b in batches.values()))
+        real_write_group(self, batches, *args, **kwargs)  # type: ignore[arg-type]
+
+    errors: list[BaseException] = []
+
+    def append(stream_id: int, events: list[bytes]) -> threading.Thread:
+        def run() -> None:
+            try:
+                store.append(stream_id, events)
+            except BaseException as e:
+                errors.append(e)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SegmentWriter, "write_at", write_at)
+        patch.setattr(Storage, "_write_group", write_group)
+        threads = [append(OTHER_STREAM, [b"the leader's own batch"])]
+        assert leader_writing.wait(CHILD_TIMEOUT)
+        for events in (GROUP_FIRST, GROUP_SECOND):  # queued in this order: A, then B on top of it
+            queued = len(store._commits._queue)
+            threads.append(append(LAST_STREAM, events))
+            while len(store._commits._queue) == queued:
+                time.sleep(0.001)
+        leader_go.set()
+        assert group_writing.wait(CHILD_TIMEOUT)
+        shutil.copytree(store_dir, snapshot)  # nothing of the group is written yet (its new file is empty)
+        group_go.set()
+        for thread in threads:
+            thread.join(CHILD_TIMEOUT)
+    assert errors == []
+    return group_sizes[-1]
+
+
+def build_rotating_group(root: Path) -> RotatingGroup:
+    store_dir, before = root / "store", root / "before"
+    with open_group_store(store_dir, START_NS) as store:
+        store.append(OTHER_STREAM, [b"other stream, first batch"])
+        for n in itertools.count():  # fill until A fits in the active segment but A and B do not
+            segments = store.segments(LAST_STREAM)
+            free = SEGMENT_SIZE - segments[-1].size_bytes if segments else SEGMENT_SIZE
+            if len(segments) >= 2 and free < 300 + 208:
+                break
+            store.append(LAST_STREAM, [f"filler {n} ".encode() * 10])
+        records_before = store.read_records_from_genesis(LAST_STREAM)
+        old = segments[-1].path
+        batches = commit_as_one_group(store, store_dir, before)
+        assert batches == 2  # A and B went in one group
+        records_both = store.read_records_from_genesis(LAST_STREAM)
+        other_records = store.read_records_from_genesis(OTHER_STREAM)
+        after_segments = store.segments(LAST_STREAM)
+    assert event_payloads(records_both[len(records_before) :]) == GROUP_FIRST + GROUP_SECOND
+    assert [s.path for s in after_segments[:-1]] == [s.path for s in segments]
+    new = after_segments[-1].path
+    assert after_segments[-2].sealed
+    assert new != old
+    # The snapshot is the store before the group: the old catalog, the old segment, an empty new file.
+    new_in_snapshot = before / new.relative_to(store_dir)
+    assert new_in_snapshot.read_bytes() == b""
+    new_in_snapshot.unlink()
+    old_before = (before / old.relative_to(store_dir)).read_bytes()
+    old_after = old.read_bytes()
+    assert old_after.startswith(old_before)
+    return RotatingGroup(
+        before=before,
+        old=old.relative_to(store_dir),
+        new=new.relative_to(store_dir),
+        old_before=old_before,
+        first=old_after[len(old_before) :],
+        second=new.read_bytes(),
+        records_before=records_before,
+        records_first=records_both[: len(records_before) + len(GROUP_FIRST)],
+        records_both=records_both,
+        other_records=other_records,
+    )
+
+
+@pytest.fixture(scope="module")
+def rotating_group(tmp_path_factory: pytest.TempPathFactory) -> RotatingGroup:
+    return build_rotating_group(tmp_path_factory.mktemp("rotating-group"))
+
+
+def recover_rotating_group(
+    tpl: RotatingGroup, workdir: Path, first: bytes, second: bytes | None, extra: bytes | None = None
+) -> None:
+    """Power loss during the group: the old segment got ``first`` after its committed end, the new
+    file holds ``second`` (None: its creation was not durable), and ``extra`` (if given) is in a
+    segment file after the new one; the catalog is from before the group. Reopen and check that
+    complete, chain-valid batches are adopted, everything else is quarantined byte for byte, and
+    the stream is appendable (no append of the group had returned, so nothing acknowledged is lost)."""
+    a_whole = first == tpl.first
+    b_whole = a_whole and second == tpl.second and extra is None
+    expected = tpl.records_both if b_whole else tpl.records_first if a_whole else tpl.records_before
+    with copy_of(tpl.before, workdir) as store_dir:
+        old, new = store_dir / tpl.old, store_dir / tpl.new
+        with old.open("ab") as f:
+            f.write(first)
+        if second is not None:
+            new.write_bytes(second)
+        after_new = new.with_name(f"{int(new.name.split('.')[0]) + 1:020d}.seg")
+        if extra is not None:
+            after_new.write_bytes(extra)
+
+        with open_group_store(store_dir, START_NS + 2 * 10**12) as store:
+            assert store.damaged_streams() == {}
+            records = store.read_records_from_genesis(LAST_STREAM)
+            assert records == expected
+            assert store.read_records_from_genesis(OTHER_STREAM) == tpl.other_records
+
+            # The segments hold exactly the adopted batches; every other byte is in a quarantine file.
+            assert old.read_bytes() == tpl.old_before + (tpl.first if a_whole else b"")
+            assert new.exists() == (b_whole and bool(second))
+            assert not after_new.exists()
+            cut = [first] if first and not a_whole else []
+            if second and not b_whole:
+                cut.append(second)
+            if extra:
+                cut.append(extra)
+            assert sorted(p.read_bytes() for p in quarantine_files(store_dir)) == sorted(cut)
+            adopted = [e for e in store.recovery_log() if e.action == ADOPTED]
+            assert sum((e.next_offset or 0) - (e.first_offset or 0) for e in adopted) == len(expected) - len(
+                tpl.records_before
+            )
+
+            report = store.check()
+            assert report.findings == [], [f.as_dict() for f in report.findings]
+            assert_catalog_matches_segments(store, LAST_STREAM, expected)
+            assert_append_continues(store, LAST_STREAM, expected, b"appended after the power came back")
+
+
+def frame_cuts(data: bytes) -> list[int]:
+    """Every byte boundary of ``data``: 0, 1, ..., len(data)."""
+    return list(range(len(data) + 1))
+
+
+def test_rotating_group_template_is_what_the_cases_assume(rotating_group: RotatingGroup) -> None:
+    tpl = rotating_group
+    assert tpl.first.startswith(MAGIC)
+    assert tpl.second.startswith(MAGIC)
+    assert len(tpl.old_before) + len(tpl.first) <= SEGMENT_SIZE < len(tpl.old_before) + len(tpl.first) + len(tpl.second)
+    assert len(tpl.records_both) == len(tpl.records_before) + len(GROUP_FIRST) + len(GROUP_SECOND)
+
+
+def test_rotating_group_old_segment_cut_at_every_byte_new_segment_whole(
+    rotating_group: RotatingGroup, tmp_path: Path
+) -> None:
+    """The new segment holds all of B, the old one any prefix of A: B is adopted only with all of A."""
+    tpl = rotating_group
+    for keep in frame_cuts(tpl.first):
+        with case(f"A: {keep} of {len(tpl.first)} bytes, B whole"):
+            recover_rotating_group(tpl, tmp_path, tpl.first[:keep], tpl.second)
+
+
+def test_rotating_group_new_segment_cut_at_every_byte(rotating_group: RotatingGroup, tmp_path: Path) -> None:
+    """All of A reached the old segment, the new one holds any prefix of B (or was never created)."""
+    tpl = rotating_group
+    with case("A whole, new file not durable"):
+        recover_rotating_group(tpl, tmp_path, tpl.first, None)
+    for keep in frame_cuts(tpl.second):
+        with case(f"A whole, B: {keep} of {len(tpl.second)} bytes"):
+            recover_rotating_group(tpl, tmp_path, tpl.first, tpl.second[:keep])
+
+
+def test_rotating_group_both_segments_cut(rotating_group: RotatingGroup, tmp_path: Path) -> None:
+    """Part of A and part of B (an empty new file included): A at every 7th byte, and both at each
+    frame boundary and one byte either side; and a segment file after the new one (a group that
+    rotated twice), moved aside whole whenever what comes before it is incomplete."""
+    tpl = rotating_group
+
+    def around_frame_ends(batch: bytes) -> list[int]:
+        """Each frame boundary of ``batch`` (from each frame's stored length) and one byte either side."""
+        ends, position = {0, len(batch)}, 0
+        while position < len(batch):
+            position += HEADER_SIZE + int.from_bytes(batch[position + 32 : position + 36], "little") + 4
+            ends.add(position)
+        return sorted({c for end in ends for c in (end - 1, end, end + 1) if 0 <= c <= len(batch)})
+
+    a_cuts = sorted(set(around_frame_ends(tpl.first)[:-1]) | set(range(0, len(tpl.first), 7)))
+    for keep_a in a_cuts:
+        for keep_b in around_frame_ends(tpl.second):
+            with case(f"A: {keep_a} bytes, B: {keep_b} bytes"):
+                recover_rotating_group(tpl, tmp_path, tpl.first[:keep_a], tpl.second[:keep_b])
+    for keep_a in (0, len(tpl.first) // 2, len(tpl.first)):
+        for second in (b"", tpl.second[:50], tpl.second):
+            if keep_a == len(tpl.first) and second == tpl.second:
+                continue  # a third file would have to hold a batch after B: not a crash of this group
+            with case(f"A: {keep_a} bytes, B: {len(second)} bytes, a third file after it"):
+                recover_rotating_group(tpl, tmp_path, tpl.first[:keep_a], second, extra=tpl.second)
 
 
 # --- the children ------------------------------------------------------------------------------------

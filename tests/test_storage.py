@@ -28,12 +28,14 @@ from hybridlog import (
     CheckpointPolicy,
     CompressionKind,
     EventTooLarge,
+    InvalidArgument,
     InvalidConfiguration,
     ReadOnlyStore,
     RecordKind,
     Storage,
     StorageIOError,
     StoreClosed,
+    StreamId,
 )
 from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION, Catalog
 from hybridlog.repair import REBUILD_CATALOG, RepairStep
@@ -246,6 +248,37 @@ def test_clock_that_returns_garbage_is_refused(store_dir: Path) -> None:
         with pytest.raises(InvalidConfiguration, match="clock"):
             s.append(1, [b"x"])
         assert s.next_offset(1) == 0
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        ["junk"],
+        "junk",
+        b"junk",
+        5,
+        [None],
+        [{"repair": REBUILD_CATALOG, "stream_id": None, "reason": "a dict"}],
+        [RepairStep(REBUILD_CATALOG, None, "fine"), "junk"],  # the good first step is not applied either
+        [RepairStep("burn", StreamId(1), "unknown repair")],
+        [RepairStep("reindex", None, "no stream")],
+        [RepairStep("truncate", StreamId(2**63), "stream id out of range")],
+        [RepairStep("reindex", True, "a bool")],  # type: ignore[arg-type]
+    ],
+    ids=repr,
+)
+def test_repair_refuses_a_plan_that_is_not_repair_steps(store_dir: Path, plan: object) -> None:
+    """A plan is a list of RepairStep with known repairs and valid stream ids; anything else is
+    InvalidArgument before any step is applied (the catalog is not rebuilt, nothing is logged)."""
+    with Storage(store_dir) as store:
+        store.append(1, [b"a", b"b"])
+        catalog_before = (store_dir / CATALOG_FILE).stat().st_ino
+        with pytest.raises(InvalidArgument):
+            store.repair(plan)  # type: ignore[arg-type]
+        assert (store_dir / CATALOG_FILE).stat().st_ino == catalog_before
+        assert store.recovery_log() == []
+        assert store.read_from_genesis(1) == [b"a", b"b"]
+        store.append(1, [b"c"])
 
 
 def test_threads_share_one_store(store_dir: Path) -> None:

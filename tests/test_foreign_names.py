@@ -1,0 +1,123 @@
+"""Names in a store that hybridlog did not make: reported and left alone, never fatal.
+
+Contracts tested here:
+
+* a directory under ``streams/`` whose name is 20 digits but a number above the largest stream id
+  (2**63-1) is a foreign entry like any other name: ``Storage(dir)`` (writer and reader),
+  ``check()``, ``rebuild_catalog()``, and ``hybridlog check / repair / rebuild-index / verify``
+  work, report it (``check``) and leave it and its contents byte for byte as they were;
+* a file in a stream directory named like a segment or a dictionary, but with a number out of range
+  (a segment number above 2**63-1, a dictionary number above ``record.MAX_DICTIONARY_NO``), is a
+  foreign file of that stream: reported by ``check``, never read, never moved, and the stream
+  keeps working (appends, reads, verify).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from hybridlog import Storage
+from hybridlog.cli import cli
+from hybridlog.record import MAX_DICTIONARY_NO
+from hybridlog.repair import FOREIGN_FILE
+from hybridlog.segment import (
+    MAX_SEGMENT_NO,
+    STREAMS_DIR,
+    parse_dictionary_name,
+    parse_segment_name,
+    parse_stream_dir_name,
+    stream_path,
+)
+from hybridlog.types import MAX_STREAM_ID
+
+TOO_BIG = "99999999999999999999"  # 20 digits, above 2**64 too
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` and the bytes of every file (None for a directory)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def make_store(path: Path) -> list[bytes]:
+    with Storage(path) as store:
+        store.append(1, [b"one", b"two"])
+        store.append(2, [b"three"])
+        return store.read_from_genesis(1)
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_parsers_refuse_numbers_out_of_range() -> None:
+    assert parse_stream_dir_name(f"{MAX_STREAM_ID:020d}") == MAX_STREAM_ID
+    assert parse_stream_dir_name(f"{MAX_STREAM_ID + 1:020d}") is None
+    assert parse_stream_dir_name(TOO_BIG) is None
+    assert parse_segment_name(f"{MAX_SEGMENT_NO:020d}.seg") == MAX_SEGMENT_NO
+    assert parse_segment_name(f"{MAX_SEGMENT_NO + 1:020d}.seg") is None
+    assert parse_segment_name(f"{TOO_BIG}.seg") is None
+    assert parse_dictionary_name(f"{MAX_DICTIONARY_NO:020d}.zdict") == MAX_DICTIONARY_NO
+    assert parse_dictionary_name(f"{MAX_DICTIONARY_NO + 1:020d}.zdict") is None
+
+
+def test_a_stream_directory_above_the_largest_stream_id_is_reported_and_left_alone(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    events = make_store(store_dir)
+    # A copy of a real stream directory under an out-of-range number: it holds a valid segment.
+    stray = store_dir / STREAMS_DIR / TOO_BIG
+    shutil.copytree(stream_path(store_dir, 1), stray)
+    before = snapshot(stray)
+
+    with Storage(store_dir) as store:  # the writer's open-time recovery
+        assert store.read_from_genesis(1) == events
+        assert store.damaged_streams() == {}
+        report = store.check()
+        assert [(f.stream_id, f.problem, f.repair) for f in report.findings] == [(None, FOREIGN_FILE, None)]
+        assert TOO_BIG in report.findings[0].message
+        assert report.ok
+        store.append(1, [b"after"])
+        store.rebuild_catalog()
+        assert store.read_from_genesis(1) == [*events, b"after"]
+        assert sorted(store.stream_ids()) == [1, 2]
+    with Storage(store_dir, read_only=True) as reader:
+        assert reader.read_from_genesis(1) == [*events, b"after"]
+        assert reader.check().ok
+
+    for command in (["check"], ["repair", "--yes"], ["rebuild-index"], ["verify"], ["stats"]):
+        code, out, err = run(*command, str(store_dir))
+        assert code == 0, (command, out, err)
+        assert "Traceback" not in out + err
+    code, out, _ = run("check", str(store_dir))
+    assert f"{STREAMS_DIR}/{TOO_BIG}" in out
+    assert snapshot(stray) == before
+
+
+def test_segment_and_dictionary_names_out_of_range_are_foreign_files(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    events = make_store(store_dir)
+    directory = stream_path(store_dir, 1)
+    names = [f"{TOO_BIG}.seg", f"{MAX_SEGMENT_NO + 1:020d}.seg", f"{MAX_DICTIONARY_NO + 1:020d}.zdict"]
+    for name in names:
+        (directory / name).write_bytes(b"not ours")
+    before = snapshot(directory)
+
+    with Storage(store_dir) as store:
+        assert store.damaged_streams() == {}
+        assert store.read_from_genesis(1) == events
+        store.append(1, [b"after"])
+        report = store.check()
+        assert report.ok
+        assert sorted(f.message for f in report.findings if f.problem == FOREIGN_FILE) == sorted(
+            f"file {name} is not a segment, dictionary or quarantine file" for name in names
+        )
+    for command in (["check"], ["repair", "--yes"], ["rebuild-index"], ["verify"]):
+        code, out, err = run(*command, str(store_dir))
+        assert code == 0, (command, out, err)
+    with Storage(store_dir, read_only=True) as reader:
+        assert reader.read_from_genesis(1) == [*events, b"after"]
+    after = snapshot(directory)
+    assert {name: after[name] for name in names} == {name: before[name] for name in names}

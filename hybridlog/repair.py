@@ -144,7 +144,10 @@ class CheckReport:
                 continue
             plans = self.stream_plans.get(f.stream_id) if f.stream_id is not None else None
             if repair == REBUILD_CATALOG:
-                effect = "moves catalog.db aside (kept) and builds a new one from the segments of every stream"
+                effect = (
+                    f"builds a new catalog from the segments of {self.streams_checked} streams; the old"
+                    " catalog.db, if there is one, is kept aside as catalog.db.<time>.aside"
+                )
                 steps[repair, f.stream_id] = RepairStep(repair, f.stream_id, f.message, effect)
             elif plans is not None:
                 chosen = plans[{ISOLATE: 0, TRUNCATE: 1, REINDEX: 2}[repair]]

@@ -446,6 +446,31 @@ def test_repair_json_shape(store: Path) -> None:
     assert truncated["end_byte"] - truncated["start_byte"] == kept.stat().st_size
 
 
+def test_after_the_catalog_is_deleted_every_hint_names_repair_and_repair_works(store: Path) -> None:
+    """Issue 9: the command every other command's hint names must be the one that fixes it."""
+    for path in store.glob(f"{CATALOG_FILE}*"):
+        path.unlink()
+    segments = store_bytes(store)
+    for args in (
+        ["verify"],
+        ["check"],
+        ["stats"],
+        ["read", "--stream", str(DAMAGED)],
+        ["sql", "SELECT count(*) FROM events"],
+    ):
+        code, out, err = run(args[0], str(store), *args[1:])
+        assert code != 0, args
+        assert f"hybridlog repair {store}" in out + err or "`hybridlog repair`" in out + err, (args, out, err)
+        assert "Traceback" not in out + err
+    assert store_bytes(store) == segments  # none of them changed anything
+    code, out, err = run("repair", str(store), "--yes")
+    assert code == 0, err
+    assert "repaired; the store checks clean" in out
+    assert run("verify", str(store))[0] == 0
+    assert read_events(store, DAMAGED) == [e for b in DAMAGED_BATCHES for e in b]
+    assert read_events(store, HEALTHY) == HEALTHY_BATCHES[0]
+
+
 def test_repair_on_a_clean_store_does_nothing(store: Path) -> None:
     before = store_bytes(store)
     code, out, _ = run("repair", str(store))

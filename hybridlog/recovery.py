@@ -473,8 +473,7 @@ def index_stream(
     scanned: list[ScannedRecord] = []
     scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True)
     result.foreign_files = scan.foreign_files
-    isolated = {(m.first_offset, m.next_offset) for m in scan.markers if m.action == ISOLATED}
-    unexplained = next((g for g in scan.gaps if (g.first_offset, g.next_offset) not in isolated), None)
+    unexplained = next(iter(scan.unexplained_gaps), None)
     if unexplained is None:
         result.damage = _damage_of(data_dir, scan)
         if scan.torn and scan.problem_segment is not None:

@@ -38,7 +38,6 @@ from pathlib import Path
 from hybridlog.catalog import CATALOG_FILE, Catalog, RecoveryEntry
 from hybridlog.errors import CatalogTooNew, CatalogUnusable, MissingDictionary
 from hybridlog.lock import writer_holds_lock
-from hybridlog.markers import ISOLATED
 from hybridlog.recovery import stream_ids_on_disk
 from hybridlog.scan import FoundGap, ScannedRecord, ScanProblem, StreamScan, walk_stream
 from hybridlog.segment import STREAMS_DIR, file_digest, foreign_stream_entries, segment_path
@@ -292,9 +291,8 @@ def _check_stream(
         Finding(sid, FOREIGN_FILE, f"file {name} is not a segment, dictionary or quarantine file", None)
         for name in walked.foreign_files
     ]
-    isolated = {(m.first_offset, m.next_offset) for m in walked.markers if m.action == ISOLATED}
     for gap in walked.gaps:
-        if (gap.first_offset, gap.next_offset) in isolated:
+        if walked.is_isolated(gap):
             found.append(
                 Finding(
                     sid,
@@ -312,7 +310,7 @@ def _check_stream(
     )
     if any(p.changes_anything for p in plans):
         report.stream_plans[sid] = plans
-    unexplained = next((g for g in walked.gaps if (g.first_offset, g.next_offset) not in isolated), None)
+    unexplained = next(iter(walked.unexplained_gaps), None)
     scan = walked if unexplained is None else _stopped_at(walked, unexplained, scanned)
     index = _IndexComparison(catalog, sid, catalog_next)
     index.compare([r for r in scanned if r.entry.offset < scan.next_offset])

@@ -16,7 +16,7 @@ from hybridlog.catalog import CheckpointRow, IndexEntry
 from hybridlog.chain import FastWalk, open_record
 from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable
 from hybridlog.errors import DictionaryUnusable, IntegrityError
-from hybridlog.markers import RepairMarker, decode_marker
+from hybridlog.markers import ISOLATED, RepairMarker, decode_marker
 from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload, record_hash
 from hybridlog.segment import SegmentReader, segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.types import GENESIS_HASH, ChainHash, Record, RecordKind, StreamId
@@ -263,6 +263,18 @@ class StreamScan:
     @property
     def clean(self) -> bool:
         return self.problem is None and self.missing_segment is None and not self.gaps
+
+    def is_isolated(self, gap: FoundGap) -> bool:
+        """Whether an ``isolated`` repair marker of the stream names exactly this gap's offsets."""
+        return any(
+            m.action == ISOLATED and (m.first_offset, m.next_offset) == (gap.first_offset, gap.next_offset)
+            for m in self.markers
+        )
+
+    @property
+    def unexplained_gaps(self) -> list[FoundGap]:
+        """The gaps no repair decided about: damage found, not yet isolated."""
+        return [g for g in self.gaps if not self.is_isolated(g)]
 
 
 def walk_stream(

@@ -210,8 +210,7 @@ def plan_stream_repair(
         resealed = _reseal(data_dir, stream_id, damaged_dictionary)
         if resealed is not None:
             plan.reseal, scan, scanned = resealed
-    isolated = {(m.first_offset, m.next_offset) for m in scan.markers if m.action == ISOLATED}
-    unexplained = [g for g in scan.gaps if (g.first_offset, g.next_offset) not in isolated]
+    unexplained = scan.unexplained_gaps
     highest_seen = max((r.entry.offset for r in scanned), default=-1) + 1
     plan.committed_next = max(row.next_offset if row else 0, highest_seen, scan.next_offset)
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
@@ -365,8 +364,7 @@ def _reseal(
     dictionaries.remember(salvaged)
     scanned: list[ScannedRecord] = []
     scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True, dictionaries=dictionaries)
-    isolated = {(m.first_offset, m.next_offset) for m in scan.markers if m.action == ISOLATED}
-    if scan.problem is not None or any((g.first_offset, g.next_offset) not in isolated for g in scan.gaps):
+    if scan.problem is not None or scan.unexplained_gaps:
         return None
     return salvaged, scan, scanned
 

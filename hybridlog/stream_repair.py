@@ -17,10 +17,11 @@ offset it ever committed (the catalog's next offset, or the last offset seen in 
 a ``cut`` marker takes that offset and links to the last record kept, so the stream continues
 after it.
 
-Order of the steps, each durable before the next: cut bytes to quarantine (``recovery.py``), then
-write the markers as one batch at the end of the stream and fsync them, then re-index the stream
-from its segments, which finds the markers and records the gaps. A crash in between leaves a
-stream that a second ``repair`` finishes: the markers are the record of what was decided.
+Order of the steps, each durable before the next: cut bytes to quarantine (``recovery.py``) and
+log where they went, then write the markers as one batch at the end of the stream and fsync them,
+then re-index the stream from its segments, which finds the markers and records the gaps. A crash
+in between leaves a stream that a second ``repair`` finishes the same way (the markers are the
+record of what was decided; ``tests/test_isolation.py`` kills a repair at each step).
 """
 
 from __future__ import annotations
@@ -273,6 +274,7 @@ def repair_stream(
         # hide them (it would end before them), so nothing is touched.
         return ReconcileResult(stream_id, damage=plan.dictionary)
     entries: list[RecoveryEntry] = []
+    logged: list[RecoveryEntry] = []
     head: ChainHash = scan.head
     last_timestamp = scan.last_timestamp_ns
     next_offset = scan.next_offset
@@ -281,7 +283,11 @@ def repair_stream(
     markers: list[RepairMarker] = []
     cut = plan.cut
     if cut is not None:
-        entries.extend(_cut(data_dir, stream_id, plan, cut))
+        cut_entries = _cut(data_dir, stream_id, plan, cut)
+        with catalog.transaction():  # logged now: a crash before the re-index must not lose where the bytes went
+            for entry in cut_entries:
+                catalog.log_recovery(replace(entry, at_ns=now()))
+        logged = cut_entries
         kept = [r for r in scanned if r.entry.offset < cut.offset] + (scan.pending if plan.keep_pending else [])
         head = kept[-1].hash if kept else GENESIS_HASH
         last_timestamp = kept[-1].entry.timestamp_ns if kept else 0
@@ -313,7 +319,9 @@ def repair_stream(
             entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1]))  # markers follow records
         _write_markers(data_dir, stream_id, markers, next_offset, head, max(now(), last_timestamp))
     found = found or ("truncate requested" if truncate else "repair keeping what verifies")
-    return index_stream(catalog, data_dir, stream_id, now, found=found, prior=entries)
+    result = index_stream(catalog, data_dir, stream_id, now, found=found, prior=entries)
+    result.entries[:0] = logged
+    return result
 
 
 def _cut(data_dir: Path, stream_id: StreamId, plan: StreamRepairPlan, cut: Cut) -> list[RecoveryEntry]:

@@ -8,6 +8,9 @@ repair, and compares them with what was appended.
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,3 +200,81 @@ def test_a_missing_middle_segment_is_isolated(store_dir: Path) -> None:
         after = [(r.offset, int(r.kind), r.payload) for r in store.iter_records(STREAM, next_kept)]
         assert after[:-1] == [r for r in original if r[0] >= next_kept]
         assert store.next_offset(STREAM) == committed + 1
+
+
+# --- a repair killed between its steps ----------------------------------------------------------
+
+KILLED_REPAIR = """
+import os, signal, sys
+import hybridlog.stream_repair as steps
+from hybridlog import CheckpointPolicy, Storage
+
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(steps, sys.argv[2], killed)
+with Storage(sys.argv[1], checkpoint_policy=CheckpointPolicy.explicit()) as store:
+    store.repair(truncate=sys.argv[3] == "truncate")
+"""
+
+
+def readable(store: Storage) -> list[tuple[int, int, object]]:
+    """Every record a reader can get, stepping over isolated ranges as a reader would; a repair
+    marker stands as its action and range (where the cut bytes went depends on when it ran)."""
+    out: list[tuple[int, int, object]] = []
+    offset = 0
+    while True:
+        try:
+            for r in store.iter_records(STREAM, offset, anchored=False):
+                marker = decode_marker(r.payload) if r.kind is RecordKind.REPAIR else None
+                shown = (marker.action, marker.first_offset, marker.next_offset) if marker else r.payload
+                out.append((r.offset, int(r.kind), shown))
+            return out
+        except RecordIsolated as e:
+            out = [r for r in out if r[0] < e.first_offset]
+            offset = e.next_offset
+
+
+def repaired_state(path: Path) -> tuple[list[tuple[int, int, object]], list[tuple[object, ...]], int]:
+    with Storage(path, read_only=True) as store:
+        gaps: list[tuple[object, ...]] = [
+            tuple(row) for row in store.sql("SELECT first_offset, next_offset, action FROM gaps").rows
+        ]
+        return readable(store), gaps, store.next_offset(STREAM)
+
+
+@pytest.mark.parametrize("mode", ["isolate", "truncate", "tail"])
+@pytest.mark.parametrize("step", ["_write_markers", "index_stream"])
+def test_a_repair_killed_between_its_steps_is_finished_by_the_next_one(
+    store_dir: Path, tmp_path: Path, mode: str, step: str
+) -> None:
+    """SIGKILL after the cut (before the markers are written) or after the markers (before the
+    catalog commit): the next open reports what is left, and a second repair ends exactly where
+    an uninterrupted repair does: the same records readable, the same gaps, no marker twice."""
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        total = store.next_offset(STREAM)
+        victim = total - 1 if mode == "tail" else total // 2
+        segment_no, position, _ = record_at(store, victim)
+    flip_byte(segment_path(store_dir, STREAM, segment_no), position + HEADER_SIZE + 2)
+    uninterrupted = tmp_path / "uninterrupted"
+    shutil.copytree(store_dir, uninterrupted)
+    with Storage(uninterrupted, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.repair(truncate=mode == "truncate")
+    expected = repaired_state(uninterrupted)
+
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_REPAIR, str(store_dir), step, "truncate" if mode == "truncate" else "default"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        report = store.repair(truncate=mode == "truncate")
+        assert report.after is not None
+        assert report.after.ok, report.after.findings
+    assert repaired_state(store_dir) == expected
+    with Storage(store_dir, read_only=True) as store:  # every cut byte's file is in the recovery log
+        logged = {e.kept_as for e in store.recovery_log(STREAM) if e.kept_as}
+    assert logged == {str(q.relative_to(store_dir)) for q in quarantine_files(store_dir, STREAM)}

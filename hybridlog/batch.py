@@ -13,6 +13,7 @@ from hybridlog.errors import (
     InvalidArgument,
     InvalidConfiguration,
     InvalidEvent,
+    RecordIsolated,
 )
 from hybridlog.record import checkpoint_payload
 from hybridlog.types import (
@@ -166,6 +167,23 @@ def records_before(records: Iterable[Record], stop_offset: int | None) -> Iterat
         yield record
         if stop_offset is not None and record.offset + 1 >= stop_offset:
             return
+
+
+class RecordSource(Protocol):
+    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]: ...
+
+
+def records_between(source: RecordSource, stream_id: int, first: int, last: int) -> Iterator[Record]:
+    """A stream's verified records from offset ``first`` to ``last``, stepping over ranges a repair
+    isolated (they have no index rows, no global positions and no verified content; reads of them
+    raise ``RecordIsolated``). Never asks for the record after ``last``."""
+    offset = first
+    while offset <= last:
+        try:
+            yield from records_before(source.iter_records(stream_id, offset), last + 1)
+            return
+        except RecordIsolated as e:
+            offset = e.next_offset
 
 
 class TimeIndexed(Protocol):

@@ -4,8 +4,8 @@ An eponymous, read-only apsw virtual table (no ``CREATE VIRTUAL TABLE`` needed):
 
     events(stream_id, offset, global_position, kind, timestamp, payload, hash, prev_hash)
 
-``kind`` is ``'event'`` or ``'checkpoint'``; ``timestamp`` is the append time in nanoseconds since
-the epoch; ``payload`` is an event's bytes (SQLite's JSON functions read JSON text held in a
+``kind`` is ``'event'``, ``'checkpoint'`` or ``'repair'`` (a repair marker, ``markers.py``);
+``timestamp`` is the append time in nanoseconds since the epoch; ``payload`` is an event's bytes (SQLite's JSON functions read JSON text held in a
 blob, so ``payload ->> '$.type'`` works) and NULL for a checkpoint record, whose content is
 internal (a tag and its own offset) and would only break JSON functions over a whole stream.
 
@@ -29,7 +29,7 @@ from typing import Any, Protocol, cast
 
 import apsw
 
-from hybridlog.batch import records_before
+from hybridlog.batch import records_between
 from hybridlog.types import GlobalPosition, Offset, Record, RecordKind, StreamId
 
 COLUMNS = ("stream_id", "offset", "global_position", "kind", "timestamp", "payload", "hash", "prev_hash")
@@ -38,7 +38,7 @@ SCHEMA = (
     " timestamp INTEGER, payload BLOB, hash BLOB, prev_hash BLOB)"
 )
 _STREAM, _OFFSET, _GLOBAL, _KIND, _TIMESTAMP, _PAYLOAD, _HASH, _PREV = range(len(COLUMNS))
-_KIND_NAMES = {RecordKind.EVENT: "event", RecordKind.CHECKPOINT: "checkpoint"}
+_KIND_NAMES = {RecordKind.EVENT: "event", RecordKind.CHECKPOINT: "checkpoint", RecordKind.REPAIR: "repair"}
 
 _EQ = apsw.SQLITE_INDEX_CONSTRAINT_EQ
 _GT = apsw.SQLITE_INDEX_CONSTRAINT_GT
@@ -248,8 +248,9 @@ class EventsCursor:
         source = self.module.source
         for sid, first, last in plan.ranges(source):
             positions: dict[Offset, GlobalPosition] = {}
-            # records_before never asks for the record after the range (which may be damaged)
-            for record in records_before(source.iter_records(sid, first), last + 1):
+            # never asks for the record after the range (which may be damaged); steps over
+            # records a repair isolated (they are no rows: the ``gaps`` table lists them)
+            for record in records_between(source, sid, first, last):
                 offset = record.offset
                 if offset not in positions:  # the next chunk of the range's global positions
                     positions = source.global_positions(sid, offset, min(last, offset + _POSITION_CHUNK - 1))

@@ -53,7 +53,7 @@ from hybridlog.batch import (
     check_prev_hash,
     plan_batch,
     read_window,
-    records_before,
+    records_between,
     take_payloads,
     take_within,
 )
@@ -1187,7 +1187,7 @@ class Storage:
             ranges[row.stream_id] = (min(low, row.offset), row.offset)
         found: dict[tuple[StreamId, int], Record] = {}
         for sid, (low, high) in ranges.items():
-            for record in records_before(self.iter_records(sid, low), high + 1):
+            for record in records_between(self, sid, low, high):  # isolated records have no position
                 found[sid, record.offset] = record
 
         def in_order() -> Iterator[GlobalRecord]:

@@ -278,3 +278,32 @@ def test_a_repair_killed_between_its_steps_is_finished_by_the_next_one(
     with Storage(store_dir, read_only=True) as store:  # every cut byte's file is in the recovery log
         logged = {e.kept_as for e in store.recovery_log(STREAM) if e.kept_as}
     assert logged == {str(q.relative_to(store_dir)) for q in quarantine_files(store_dir, STREAM)}
+
+
+def test_global_reads_subscriptions_and_sql_step_over_isolated_records(tmp_path: Path) -> None:
+    """An isolated record has no global position and no row: reads by position, subscriptions and
+    the ``events`` table go on past it with every other record, verified."""
+    path = tmp_path / "store"
+    with Storage(path, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        for i in range(10):
+            store.append(1, [b"one %d" % i])
+            store.append(2, [b"two %d" % i])
+        entry = store.offset_index(1).lookup(4)
+        assert entry is not None
+        damaged_position = store.global_position_of(1, 4)
+    flip_byte(segment_path(path, 1, entry.segment_no), entry.position + HEADER_SIZE)
+    with Storage(path, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.repair()
+    with Storage(path, read_only=True) as reader:
+        page = reader.read_global(1, max_bytes=1 << 20)
+        positions = [g.global_position for g in page]
+        assert damaged_position not in positions
+        assert positions == [p for p in range(1, 22) if p != damaged_position]  # 21: the repair marker
+        ones = [g.record.payload for g in page if g.record.stream_id == 1 and g.record.kind is RecordKind.EVENT]
+        assert ones == [b"one %d" % i for i in range(10) if i != 4]
+        subscribed = [g.record.offset for _, g in zip(range(10), reader.subscribe(1, from_position=1), strict=False)]
+        assert subscribed == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10]
+        rows = reader.sql("SELECT offset, kind FROM events WHERE stream_id = 1").rows
+        assert [tuple(r) for r in rows] == [*((o, "event") for o in range(10) if o != 4), (10, "repair")]
+        gaps = reader.sql("SELECT first_offset, next_offset, action FROM gaps WHERE stream_id = 1").rows
+        assert [tuple(r) for r in gaps] == [(4, 5, "isolated")]

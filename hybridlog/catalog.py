@@ -79,6 +79,11 @@ def _denied(path: Path, *, read_only: bool) -> Path | None:
     return None
 
 
+def _schema_rows(conn: apsw.Connection) -> dict[str, tuple[object, ...]]:
+    rows = conn.execute("SELECT name, type, tbl_name, sql FROM sqlite_master ORDER BY name")
+    return {str(name): (kind, table, sql) for name, kind, table, sql in rows}
+
+
 def _next_offset(gaps: list[GapRow], offset: int) -> int:
     """The offset of the record after ``offset``, stepping over the gaps a repair left."""
     following = offset + 1
@@ -500,6 +505,26 @@ class Catalog:
         """
         lines = [str(row[0]) for row in self.conn.execute(f"PRAGMA integrity_check({int(limit)})")]
         return [] if lines == ["ok"] else lines
+
+    def schema_problems(self) -> list[str]:
+        """How the catalog's schema (``sqlite_master``) differs from what its migrations create (none:
+        the same). A damaged page there can rename a column that only some queries use."""
+        version = self.schema_version()
+        expected = apsw.Connection(":memory:")
+        try:
+            for number, _name, sql in load_migrations():
+                if number <= version:
+                    expected.execute(sql)
+            want = _schema_rows(expected)
+        finally:
+            expected.close()
+        have = _schema_rows(self.conn)
+        problems = [f"{name}: missing" for name in want if name not in have]
+        problems += [f"{name}: not made by any migration" for name in have if name not in want]
+        problems += [
+            f"{name}: differs from its migration" for name in want if name in have and have[name] != want[name]
+        ]
+        return problems
 
     def global_order_summary(self) -> tuple[object, object, object]:
         """(the high-water mark as stored, how many records rows, the largest global position)."""

@@ -5,9 +5,11 @@ An eponymous, read-only apsw virtual table (no ``CREATE VIRTUAL TABLE`` needed):
     events(stream_id, offset, global_position, kind, timestamp, payload, hash, prev_hash)
 
 ``kind`` is ``'event'``, ``'checkpoint'`` or ``'repair'`` (a repair marker, ``markers.py``);
-``timestamp`` is the append time in nanoseconds since the epoch; ``payload`` is an event's bytes (SQLite's JSON functions read JSON text held in a
-blob, so ``payload ->> '$.type'`` works) and NULL for a checkpoint record, whose content is
-internal (a tag and its own offset) and would only break JSON functions over a whole stream.
+``timestamp`` is the append time in nanoseconds since the epoch; ``payload`` is an event's bytes
+(SQLite's JSON functions read JSON text held in a blob, so ``payload ->> '$.type'`` works) and
+NULL for a checkpoint or repair record, whose content is internal and would only break JSON
+functions over a whole stream. Records a repair isolated are not rows (the ``gaps`` table lists
+them).
 
 Constraints on ``stream_id`` (=), ``offset``, ``timestamp`` and ``global_position`` (=, <, <=, >,
 >=) are pushed down: they are turned into one offset range per stream, using the catalog (the

@@ -408,6 +408,8 @@ def _check_store(catalog: Catalog, report: VerifyReport, streams: set[StreamId])
         with catalog.conn:
             for line in catalog.structure_problems(MAX_LISTED):
                 found.add(Disagreement(None, None, "catalog file", f"integrity_check: {line}", ""))
+            for line in catalog.schema_problems():
+                found.add(Disagreement(None, None, "catalog schema", line, "the schema its migrations make"))
             mark, count, largest = catalog.global_order_summary()
             if type(mark) is not int or mark < 0:
                 found.add(Disagreement(None, None, "global-position mark", _show(mark), "a position"))

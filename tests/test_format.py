@@ -351,6 +351,52 @@ def test_chained_vectors_read_back_as_verified_records(tmp_path: Path) -> None:
     assert scan.prev_hash == BY_NAME["checkpoint"].hash
 
 
+DOC_MARKER = struct.Struct("<8sB7sQQQQQ")  # section 4a
+
+
+def test_the_repair_marker_vector_is_the_documented_cut() -> None:
+    marker = BY_NAME["repair-cut"]
+    magic, action, reserved, first, nxt, segment_no, start, end = DOC_MARKER.unpack(marker.payload)
+    assert (magic, action, reserved, first, nxt) == (b"HLREPAIR", 2, bytes(7), 4, 10)
+    assert (marker.kind, marker.offset, marker.prev_hash) == (RecordKind.REPAIR, nxt, BY_NAME["checkpoint"].hash)
+    assert (segment_no, start, end) == (0, sum(len(BY_NAME[n].frame) for n in CHAIN), start)
+
+
+@pytest.mark.parametrize("first", [4, 5, 3])
+def test_a_walk_takes_the_cut_markers_jump_only_as_its_payload_names_it(tmp_path: Path, first: int) -> None:
+    """After the chain, the marker at offset 10 is accepted exactly when it names offsets 4..9: a
+    marker naming another range (re-hashed and re-sealed as a forger would) is refused there."""
+    vector = BY_NAME["repair-cut"]
+    payload = DOC_MARKER.pack(b"HLREPAIR", 2, bytes(7), first, 10, *DOC_MARKER.unpack(vector.payload)[5:])
+    frame = bytearray()
+    append_frame(
+        frame,
+        stream_id=0,
+        offset=10,
+        kind=RecordKind.REPAIR,
+        timestamp_ns=vector.timestamp_ns,
+        prev_hash=vector.prev_hash,
+        payload=payload,
+        batch_end=True,
+        compressor=None,
+    )
+    if first == 4:
+        assert bytes(frame) == vector.frame
+    path = segment_path(tmp_path, 0, 0)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"".join(BY_NAME[n].frame for n in CHAIN) + frame)
+    scan = SegmentScan(tmp_path, StreamId(0), 0, position=0, next_offset=0, prev_hash=GENESIS_HASH)
+    offsets = [r.entry.offset for batch in scan.batches() for r in batch]
+    if first == 4:
+        assert offsets == [0, 1, 2, 3, 10]
+        assert scan.problem is None
+        assert (scan.next_offset, scan.prev_hash) == (11, vector.hash)
+    else:
+        assert offsets == [0, 1, 2, 3]
+        assert scan.problem is not None
+        assert scan.problem.offset == 4
+
+
 def test_chained_vectors_are_the_segment_a_store_writes(store_dir: Path) -> None:
     """A Storage making the documented appends writes exactly the concatenated vector frames."""
     genesis, second, compressed, checkpoint = (BY_NAME[n] for n in CHAIN)

@@ -54,6 +54,7 @@ from hybridlog.segment import (
     fsync_dir,
     make_dirs_durably,
     parse_dictionary_name,
+    quarantine_path,
     segment_numbers_on_disk,
     segment_path,
     stream_path,
@@ -184,7 +185,7 @@ def _span(first: int, nxt: int) -> str:
 
 
 def _size(n: int) -> str:
-    return f"{n:,} bytes" if n < 1024 * 1024 else f"{n / 1e6:.1f} MB"
+    return f"{n:,} bytes" if n < 1_000_000 else f"{n / 1e6:.1f} MB"
 
 
 def plan_stream_repair(
@@ -250,10 +251,10 @@ def plan_stream_repair(
                 size = path.stat().st_size
                 if size > cut.byte:
                     plan.cut_bytes += size - cut.byte
-                    plan.cut_files.append(f"{path.name}.{cut.byte}.quarantine")
+                    plan.cut_files.append(quarantine_path(data_dir, stream_id, no, cut.byte).name)
             elif no > cut.segment_no:
                 plan.cut_bytes += path.stat().st_size
-                plan.cut_files.append(f"{path.name}.0.quarantine")
+                plan.cut_files.append(quarantine_path(data_dir, stream_id, no, 0).name)
     return plan, scan, scanned
 
 

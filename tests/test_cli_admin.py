@@ -318,7 +318,8 @@ def test_repair_dry_run_shows_the_plan_and_changes_nothing(store: Path) -> None:
         "repair plan:",
         f"  truncate stream {DAMAGED}  (damaged record (checksum mismatch))",
         "    cuts offsets 2..5: 4 committed records, 3 of them still verifying, 440 bytes, to"
-        " 00000000000000000000.seg.220.quarantine; a cut marker takes offset 6: offsets 2..5 are never used again",
+        " 00000000000000000000.seg.00000000000000000220.quarantine; a cut marker takes offset 6: offsets 2..5 are"
+        " never used again",
     ]
     assert store_bytes(store) == before
     assert catalog_dump(store) == dump

@@ -42,7 +42,7 @@ from hybridlog.recovery import stream_ids_on_disk
 from hybridlog.scan import FoundGap, ScannedRecord, ScanProblem, StreamScan, walk_stream
 from hybridlog.segment import STREAMS_DIR, file_digest, foreign_stream_entries, segment_path
 from hybridlog.stream_repair import StreamRepairPlan, plan_stream_repair
-from hybridlog.types import GENESIS_HASH, RecordKind, StreamId
+from hybridlog.types import RecordKind, StreamId
 
 # Finding.problem values
 CATALOG_MISSING = "catalog_missing"
@@ -278,11 +278,11 @@ def _check_stream(
     catalog snapshot committed (what may be said while a writer is writing past them)."""
     row = catalog.stream(sid) if catalog else None
     catalog_next = row.next_offset if row else 0
-    scanned: list[ScannedRecord] = []
+    index = _IndexComparison(catalog, sid, catalog_next)
 
     def count(batch: list[ScannedRecord]) -> None:
         report.records_verified += len(batch)
-        scanned.extend(batch)
+        index.compare(batch)
         if progress is not None:
             progress(len(batch))
 
@@ -305,15 +305,13 @@ def _check_stream(
                 )
             )
     plans = tuple(
-        plan_stream_repair(catalog, data_dir, sid, truncate=t, reindex_only=r, scan=walked, scanned=scanned)[0]
+        plan_stream_repair(catalog, data_dir, sid, truncate=t, reindex_only=r, scan=walked)[0]
         for t, r in ((False, False), (True, False), (False, True))
     )
     if any(p.changes_anything for p in plans):
         report.stream_plans[sid] = plans
     unexplained = next(iter(walked.unexplained_gaps), None)
-    scan = walked if unexplained is None else _stopped_at(walked, unexplained, scanned)
-    index = _IndexComparison(catalog, sid, catalog_next)
-    index.compare([r for r in scanned if r.entry.offset < scan.next_offset])
+    scan = walked if unexplained is None else _stopped_at(walked, unexplained)
     if scan.missing_segment is not None:
         found.append(
             Finding(
@@ -404,7 +402,9 @@ def _check_stream(
 class _IndexComparison:
     """Compares the catalog's offset-index and checkpoint rows with the records a walk finds.
 
-    Fed batch by batch, it walks the catalog's rows alongside, so memory stays bounded.
+    Fed batch by batch, it walks the catalog's rows alongside, so memory stays bounded. Where the
+    walk stepped over offsets (damage it went on after, a cut marker's jump), rows for them are
+    skipped: the damage is reported by its own finding.
     ``committed``: the catalog's record count, for ``committed_findings``.
     """
 
@@ -416,15 +416,23 @@ class _IndexComparison:
         self.first_wrong: int | None = None
         self.checkpoints: list[tuple[int, bytes]] = []
         self.committed_head: bytes | None = None  # the hash of the last committed record, as walked
+        self.walked = 0  # the offset after the last record compared
 
     def compare(self, batch: list[ScannedRecord]) -> None:
         for record in batch:
+            offset = record.entry.offset
             if record.entry.kind == RecordKind.CHECKPOINT:
-                self.checkpoints.append((record.entry.offset, record.hash))
-            if record.entry.offset == self.committed - 1:
+                self.checkpoints.append((offset, record.hash))
+            if offset == self.committed - 1:
                 self.committed_head = record.hash
-            if self.first_wrong is None and next(self.rows, None) != record.entry:
-                self.first_wrong = record.entry.offset
+            if self.first_wrong is None:
+                row = next(self.rows, None)
+                # A walk that stepped over damage (or a cut marker's jump) skips offsets: so do the rows.
+                while row is not None and row.offset < offset and offset != self.walked:
+                    row = next(self.rows, None)
+                if row != record.entry:
+                    self.first_wrong = offset
+            self.walked = offset + 1
 
     def committed_findings(self, chain_head: bytes | None) -> list[Finding]:
         """Disagreements about the committed records only (call before ``findings``)."""
@@ -473,16 +481,10 @@ class _IndexComparison:
         return found
 
 
-def _stopped_at(walked: StreamScan, gap: FoundGap, scanned: list[ScannedRecord]) -> StreamScan:
-    """The walk as a walk without resync would have ended: at the batch of damage no repair marker
-    accounts for (so ``check`` reports it, and compares the catalog with what comes before it)."""
-    before = [r for r in scanned if r.entry.offset < gap.batch_offset]
-    view = replace(
-        walked,
-        next_offset=gap.batch_offset,
-        head=before[-1].hash if before else GENESIS_HASH,
-        valid_ends={**walked.valid_ends, gap.segment_no: gap.batch_byte},
-    )
+def _stopped_at(walked: StreamScan, gap: FoundGap) -> StreamScan:
+    """The walk as a walk without resync would have ended: at damage no repair marker accounts
+    for (so ``check`` reports it there, and compares the catalog with what comes before it)."""
+    view = replace(walked, next_offset=gap.first_offset, head=gap.head_before)
     if gap.missing:
         view.missing_segment = gap.segment_no
     else:

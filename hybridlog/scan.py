@@ -218,12 +218,11 @@ class FoundGap:
     resume_byte: int
     link_hash: ChainHash
     reason: str
-    batch_offset: int
-    """Where the damaged record's batch starts (offset, and byte in ``segment_no``): a walk
-    without resync stops there, since it hands out whole batches only."""
-    batch_byte: int
     missing: bool = False
     """True when the damage is a missing segment file (``segment_no``)."""
+    head_before: ChainHash = GENESIS_HASH
+    """The hash of the last verified record before the gap (the link a cut there continues from)."""
+    timestamp_before: int = 0
 
     @property
     def records(self) -> int:
@@ -259,6 +258,12 @@ class StreamScan:
     last_timestamp_ns: int = 0
     pending: list[ScannedRecord] = field(default_factory=list)
     """At ``problem``: the verified records of the damaged record's batch before it."""
+    records: int = 0
+    """How many records the walk handed out (verified)."""
+    highest_offset: int = -1
+    """The offset of the last of them."""
+    records_after_gap: list[int] = field(default_factory=list)
+    """For each of ``gaps``: how many records the walk handed out after it."""
 
     @property
     def clean(self) -> bool:
@@ -300,19 +305,25 @@ def walk_stream(
     def deliver(batch: list[ScannedRecord]) -> None:
         result.markers.extend(r.marker for r in batch if r.marker is not None)
         result.last_timestamp_ns = batch[-1].entry.timestamp_ns
+        result.records += len(batch)
+        result.highest_offset = batch[-1].entry.offset
+        for i in range(len(result.records_after_gap)):
+            result.records_after_gap[i] += len(batch)
         if on_batch is not None:
             on_batch(batch)
 
-    def step_over(
-        at: int, position: int, gap_segment: int, reason: str, batch: tuple[int, int]
-    ) -> tuple[int, int] | None:
-        """Go on after damage at ``numbers[at]``/``position`` (the record at ``result.next_offset``):
-        returns (index into numbers, byte) of the first record after it that verifies, or None.
-        A missing segment passes ``gap_segment`` before ``numbers[at]`` and ``position`` 0."""
+    def resume_after(at: int, position: int, gap_segment: int) -> tuple[int, int, int, FrameHeader] | None:
+        """Where the walk goes on after damage at ``numbers[at]``/``position`` (the record at
+        ``result.next_offset``). A missing segment passes ``gap_segment`` before ``numbers[at]``
+        and ``position`` 0."""
         search_from = position + 1 if gap_segment == numbers[at] else 0
-        resume = find_resume(data_dir, stream_id, numbers, at, search_from, result.next_offset, dictionaries)
-        if resume is None:
-            return None
+        return find_resume(data_dir, stream_id, numbers, at, search_from, result.next_offset, dictionaries)
+
+    def step_over(
+        at: int, position: int, gap_segment: int, reason: str, resume: tuple[int, int, int, FrameHeader]
+    ) -> tuple[int, int]:
+        """Record the gap from the record at ``result.next_offset`` to ``resume``, and go on there:
+        returns (index into numbers, byte)."""
         index, segment_no, byte, header = resume
         result.gaps.append(
             FoundGap(
@@ -324,11 +335,12 @@ def walk_stream(
                 byte,
                 header.prev_hash,
                 reason,
-                batch[0],
-                batch[1],
                 missing=gap_segment != numbers[at],
+                head_before=result.head,
+                timestamp_before=result.last_timestamp_ns,
             )
         )
+        result.records_after_gap.append(0)
         for skipped in numbers[at + 1 : index]:  # whole segments inside the gap
             result.segments.append(skipped)
             result.first_offsets[skipped] = result.next_offsets[skipped] = header.offset
@@ -344,12 +356,12 @@ def walk_stream(
         segment_no = numbers[i]
         expected_no = numbers[i - 1] + 1 if i else 0
         if position == 0 and segment_no != expected_no and not resumed_here:
-            missing = f"segment {expected_no} is missing"
-            resumed = step_over(i, 0, expected_no, missing, (result.next_offset, 0)) if resync else None
-            if resumed is None:
+            resume = resume_after(i, 0, expected_no) if resync else None
+            if resume is None:
                 result.missing_segment = expected_no
                 break
-            (i, position), resumed_here = resumed, True
+            missing = f"segment {expected_no} is missing"
+            (i, position), resumed_here = step_over(i, 0, expected_no, missing, resume), True
             continue
         resumed_here = False
         if segment_no not in result.first_offsets:
@@ -371,18 +383,19 @@ def walk_stream(
         result.next_offset, result.head = scan.next_offset, scan.prev_hash
         problem = scan.problem
         if problem is not None and resync and problem.dictionary is None and not problem.unterminated:
-            if scan.pending:  # the damaged record's batch: the records before it verify
-                last = scan.pending[-1]
-                result.next_offset, result.head = last.entry.offset + 1, last.hash
-            resumed = step_over(i, problem.position, segment_no, problem.reason, (scan.next_offset, scan.valid_end))
-            if resumed is not None:
+            # The damaged record's batch: the records before it verify, and are kept when the walk
+            # can go on after the damage (at the end of the stream, the batch counts as torn).
+            result.next_offset = problem.offset
+            resume = resume_after(i, problem.position, segment_no)
+            if resume is not None:
                 if scan.pending:
                     deliver(scan.pending)
+                    result.head = scan.pending[-1].hash
                     result.valid_ends[segment_no] = problem.position
                     result.next_offsets[segment_no] = problem.offset
-                (i, position), resumed_here = resumed, True
+                (i, position), resumed_here = step_over(i, problem.position, segment_no, problem.reason, resume), True
                 continue
-            result.next_offset, result.head = scan.next_offset, scan.prev_hash  # damage at the tail: as before
+            result.next_offset = scan.next_offset  # damage at the tail: as without resync
         if problem is not None:
             result.problem, result.problem_segment, result.pending = problem, segment_no, scan.pending
             result.torn = segment_no == numbers[-1] and is_torn_tail(scan.path, problem)

@@ -45,7 +45,7 @@ from hybridlog.recovery import (
     quarantine_tail,
     remove_empty_segment,
 )
-from hybridlog.scan import FoundGap, ScannedRecord, StreamScan, walk_stream
+from hybridlog.scan import FoundGap, StreamScan, walk_stream
 from hybridlog.segment import (
     QUARANTINE_SUFFIX,
     SegmentWriter,
@@ -60,7 +60,7 @@ from hybridlog.segment import (
     stream_path,
     write_file_durably,
 )
-from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
+from hybridlog.types import ChainHash, RecordKind, StreamId
 
 # recovery_log.action values (besides recovery.py's)
 ISOLATE_ACTION = "isolated"
@@ -70,11 +70,14 @@ RESEALED_DICTIONARY = "resealed_dictionary"
 
 @dataclass(frozen=True, slots=True)
 class Cut:
-    """Where a repair cuts a stream: from ``offset``, whose bytes start in ``segment_no`` at ``byte``."""
+    """Where a repair cuts a stream: from ``offset``, whose bytes start in ``segment_no`` at ``byte``;
+    the record kept before it has hash ``head`` (what a cut marker links to) and ``timestamp_ns``."""
 
     offset: int
     segment_no: int
     byte: int
+    head: ChainHash
+    timestamp_ns: int
 
 
 @dataclass(slots=True)
@@ -196,53 +199,55 @@ def plan_stream_repair(
     truncate: bool = False,
     reindex_only: bool = False,
     scan: StreamScan | None = None,
-    scanned: list[ScannedRecord] | None = None,
-) -> tuple[StreamRepairPlan, StreamScan, list[ScannedRecord]]:
+) -> tuple[StreamRepairPlan, StreamScan]:
     """Measure the repair of one stream (changes nothing). ``truncate``: cut at the first damage;
     ``reindex_only``: leave damage alone, cut only an unacknowledged tail (and mark offsets the
-    catalog knew that the segments lost). ``scan``/``scanned``: a resyncing walk already made
-    (``walk_stream(..., resync=True)`` and the records it handed out)."""
-    if scan is None or scanned is None:
-        scanned = []
-        scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True)
+    catalog knew that the segments lost). ``scan``: a resyncing walk already made
+    (``walk_stream(..., resync=True)``); returned with the plan (a re-sealed dictionary's walk)."""
+    if scan is None:
+        scan = walk_stream(data_dir, stream_id, resync=True)
     row = catalog.stream(stream_id) if catalog is not None else None
     plan = StreamRepairPlan(stream_id, truncate)
     damaged_dictionary = scan.problem.dictionary if scan.problem is not None else None
     if isinstance(damaged_dictionary, DamagedDictionary) and not truncate:
         resealed = _reseal(data_dir, stream_id, damaged_dictionary)
         if resealed is not None:
-            plan.reseal, scan, scanned = resealed
+            plan.reseal, scan = resealed
     unexplained = scan.unexplained_gaps
-    highest_seen = max((r.entry.offset for r in scanned), default=-1) + 1
-    plan.committed_next = max(row.next_offset if row else 0, highest_seen, scan.next_offset)
+    plan.committed_next = max(row.next_offset if row else 0, scan.highest_offset + 1, scan.next_offset)
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     problem = scan.problem
     if problem is not None and problem.dictionary is not None and not truncate:
         plan.dictionary = problem.dictionary  # intact records: restore (or re-seal) the file, cut nothing
     elif truncate and unexplained:
         first = unexplained[0]
-        plan.cut = Cut(first.first_offset, first.segment_no, first.start_byte)
-        plan.cut_verifying = sum(1 for r in scanned if r.entry.offset >= first.first_offset)
+        plan.cut = Cut(
+            first.first_offset, first.segment_no, first.start_byte, first.head_before, first.timestamp_before
+        )
+        plan.cut_verifying = scan.records_after_gap[scan.gaps.index(first)]
     elif reindex_only and (unexplained or (problem is not None and not scan.torn)):
         pass  # damage is for isolate or truncate to decide; re-indexing stops before it
     else:
         plan.isolate = [] if reindex_only else unexplained
         if unexplained:
-            plan.kept_after = sum(1 for r in scanned if r.entry.offset >= unexplained[0].next_offset)
+            plan.kept_after = scan.records_after_gap[scan.gaps.index(unexplained[0])]
+        head, timestamp = scan.head, scan.last_timestamp_ns  # the last record of the valid prefix
         if problem is not None and scan.problem_segment is not None:
-            whole = scan.pending[-1].entry if scan.pending else None
-            if whole is not None and plan.committed_next > whole.offset + 1:
+            whole = scan.pending[-1] if scan.pending else None
+            if whole is not None and plan.committed_next > whole.entry.offset + 1:
                 # A committed batch damaged (or cut short) at its end: its records before that verify.
-                plan.cut = Cut(whole.offset + 1, scan.problem_segment, whole.position + whole.length)
+                end = whole.entry.position + whole.entry.length
+                plan.cut = Cut(whole.entry.offset + 1, scan.problem_segment, end, whole.hash, whole.entry.timestamp_ns)
                 plan.keep_pending = True
             else:
-                plan.cut = Cut(scan.next_offset, scan.problem_segment, scan.valid_ends[scan.problem_segment])
+                byte = scan.valid_ends[scan.problem_segment]
+                plan.cut = Cut(scan.next_offset, scan.problem_segment, byte, head, timestamp)
         elif scan.missing_segment is not None:
-            plan.cut = Cut(scan.next_offset, scan.missing_segment, 0)
+            plan.cut = Cut(scan.next_offset, scan.missing_segment, 0, head, timestamp)
         elif plan.committed_next > scan.next_offset:  # the catalog knew more than the segments hold
             last = numbers[-1] if numbers else 0
             size = segment_path(data_dir, stream_id, last).stat().st_size if numbers else 0
-            plan.cut = Cut(scan.next_offset, last, size)
+            plan.cut = Cut(scan.next_offset, last, size, head, timestamp)
     cut = plan.cut
     if cut is not None:
         for no in numbers:
@@ -255,7 +260,7 @@ def plan_stream_repair(
             elif no > cut.segment_no:
                 plan.cut_bytes += path.stat().st_size
                 plan.cut_files.append(quarantine_path(data_dir, stream_id, no, 0).name)
-    return plan, scan, scanned
+    return plan, scan
 
 
 def repair_stream(
@@ -269,7 +274,7 @@ def repair_stream(
     found: str | None = None,
 ) -> ReconcileResult:
     """Repair one stream as ``plan_stream_repair`` describes it (see the module docstring)."""
-    plan, scan, scanned = plan_stream_repair(catalog, data_dir, stream_id, truncate=truncate, reindex_only=reindex_only)
+    plan, scan = plan_stream_repair(catalog, data_dir, stream_id, truncate=truncate, reindex_only=reindex_only)
     if plan.dictionary is not None:
         # Intact records whose dictionary file must be restored: changing the catalog would only
         # hide them (it would end before them), so nothing is touched.
@@ -289,10 +294,7 @@ def repair_stream(
             for entry in cut_entries:
                 catalog.log_recovery(replace(entry, at_ns=now()))
         logged = cut_entries
-        kept = [r for r in scanned if r.entry.offset < cut.offset] + (scan.pending if plan.keep_pending else [])
-        head = kept[-1].hash if kept else GENESIS_HASH
-        last_timestamp = kept[-1].entry.timestamp_ns if kept else 0
-        next_offset = cut.offset
+        head, last_timestamp, next_offset = cut.head, cut.timestamp_ns, cut.offset
         if plan.needs_cut_marker:
             end = cut.byte + plan.cut_bytes
             markers.append(RepairMarker(CUT, cut.offset, plan.committed_next, cut.segment_no, cut.byte, end))
@@ -360,7 +362,7 @@ def _cut(data_dir: Path, stream_id: StreamId, plan: StreamRepairPlan, cut: Cut) 
 
 def _reseal(
     data_dir: Path, stream_id: StreamId, damaged: DictionaryUnusable
-) -> tuple[StreamDictionary, StreamScan, list[ScannedRecord]] | None:
+) -> tuple[StreamDictionary, StreamScan] | None:
     """The dictionary in a damaged file, if the stream verifies with it: every record decodes and
     matches its stored hash, and the walk meets no damage it did not meet before (else None)."""
     number = parse_dictionary_name(damaged.dictionary.name)
@@ -371,11 +373,10 @@ def _reseal(
         return None
     dictionaries = DictionaryCache(data_dir)
     dictionaries.remember(salvaged)
-    scanned: list[ScannedRecord] = []
-    scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True, dictionaries=dictionaries)
+    scan = walk_stream(data_dir, stream_id, resync=True, dictionaries=dictionaries)
     if scan.problem is not None or scan.unexplained_gaps:
         return None
-    return salvaged, scan, scanned
+    return salvaged, scan
 
 
 def _write_resealed(data_dir: Path, stream_id: StreamId, dictionary: StreamDictionary) -> RecoveryEntry:

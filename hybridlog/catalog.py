@@ -149,6 +149,10 @@ GLOBAL_ORDER_VERSION = 3
 """The schema version that added global positions (``migrations/0003_global_order.sql``)."""
 GAPS_VERSION = 4
 """The schema version that added repair gaps (``migrations/0004_gaps.sql``)."""
+APPLICATION_ID_VERSION = 5
+"""The schema version that sets the file's ``application_id`` (``migrations/0005_application_id.sql``)."""
+APPLICATION_ID = 0x484C4F47
+"""SQLite's ``application_id`` of a hybridlog catalog: "HLOG"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +400,13 @@ class Catalog:
         found = self.schema_version()
         if found > SCHEMA_VERSION:
             raise CatalogTooNew(self.path, found, SCHEMA_VERSION)
+        owner = int(self.conn.pragma("application_id"))
+        if owner not in (0, APPLICATION_ID) or (owner == 0 and found >= APPLICATION_ID_VERSION):
+            raise CatalogUnusable(
+                f"{self.path} is not a hybridlog catalog (its application_id is {owner:#010x},"
+                f" a hybridlog catalog's is {APPLICATION_ID:#010x})",
+                hint=f"a writer rebuilds it from the segments: run `hybridlog repair {self.path.parent}`",
+            )
 
     def _migrate(self) -> None:
         self._check_version()

@@ -930,6 +930,11 @@ def damage_catalog(path: Path, how: str) -> bytes | None:
         truncate_catalog(path)
     elif how == "corrupt":
         corrupt_catalog(path)
+    elif how in ("another application's", "application id lost"):
+        conn = apsw.Connection(str(catalog_path(path)))
+        conn.pragma("application_id", 0x12345678 if how == "another application's" else 0)
+        conn.pragma("wal_checkpoint", "TRUNCATE")
+        conn.close()
     else:
         replace_catalog(path, bytes((i * 131 + 7) % 256 for i in range(20_000)))
     return catalog_path(path).read_bytes()
@@ -941,6 +946,8 @@ BAD_CATALOGS = {
     "truncated": (CATALOG_UNUSABLE, "malformed", CatalogUnusable),
     "corrupt": (CATALOG_UNUSABLE, "quick_check", CatalogError),
     "garbage": (CATALOG_UNUSABLE, "not a database", CatalogUnusable),
+    "another application's": (CATALOG_UNUSABLE, "not a hybridlog catalog", CatalogUnusable),
+    "application id lost": (CATALOG_UNUSABLE, "not a hybridlog catalog", CatalogUnusable),
 }
 
 

@@ -577,9 +577,10 @@ def killed_stream(round_no: int) -> int:
     return round_no % KILLED_STREAMS
 
 
-def run_killed_child(data_dir: Path, workdir: Path, round_no: int, delay: float) -> list[tuple[int, bytes]]:
-    """Start a child appending batches of 50 with fsync to ``killed_stream(round_no)``, SIGKILL it
-    ``delay`` seconds after it opened the store.
+def run_killed_child(data_dir: Path, workdir: Path, round_no: int, kill_after: int) -> list[tuple[int, bytes]]:
+    """Start a child appending batches of 50 with fsync to ``killed_stream(round_no)``, and SIGKILL it
+    once it has acknowledged ``kill_after`` batches (it may have gone on a little by then: the kill
+    lands wherever the child is, which is the point).
 
     Returns its acknowledgements: (next offset, head) per batch, as printed after ``append`` returned.
     """
@@ -592,11 +593,10 @@ def run_killed_child(data_dir: Path, workdir: Path, round_no: int, delay: float)
         )
     try:
         deadline = time.monotonic() + CHILD_TIMEOUT
-        while not out.read_text().startswith("ready\n"):
-            assert child.poll() is None, "the child ended before it was ready"
-            assert time.monotonic() < deadline, "the child did not get ready"
+        while not out.read_text().startswith("ready\n") or out.read_text().count("\n") <= kill_after:
+            assert child.poll() is None, "the child ended before it acknowledged enough batches"
+            assert time.monotonic() < deadline, "the child did not acknowledge enough batches in time"
             time.sleep(0.002)
-        time.sleep(delay)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(CHILD_TIMEOUT)
@@ -620,9 +620,10 @@ def child_append(data_dir: Path, round_no: int) -> None:
 
 
 def test_writers_killed_around_dictionary_training_lose_nothing_acknowledged(tmp_path: Path) -> None:
-    """Writers SIGKILLed at random moments before, during and after training a dictionary, round after
-    round on one store (three streams, one per round in turn): every acknowledged batch reads back,
-    check() finds nothing, and appends continue."""
+    """Writers SIGKILLed after a seeded number of acknowledged batches, before and after training a
+    dictionary, round after round on one store (three streams, one per round in turn): every
+    acknowledged batch reads back, check() finds nothing, and appends continue. (A kill inside
+    training, at a named step, is the test above.)"""
     data_dir = tmp_path / "store"
     rng = random.Random(21)
     known: dict[int, list[bytes]] = {sid: [] for sid in range(KILLED_STREAMS)}  # events known to be stored
@@ -630,7 +631,7 @@ def test_writers_killed_around_dictionary_training_lose_nothing_acknowledged(tmp
     policy = CheckpointPolicy.every(500, on_close=False)
     for round_no in range(9):
         sid = killed_stream(round_no)
-        acks = run_killed_child(data_dir, tmp_path, round_no, rng.uniform(0.0, 0.25))
+        acks = run_killed_child(data_dir, tmp_path, round_no, rng.randrange(4, 30))
         events = [e for batch_no in range(len(acks) + 1) for e in child_batch(round_no, batch_no)]
         with open_writer(data_dir, checkpoint_policy=policy) as store:
             assert store.damaged_streams() == {}

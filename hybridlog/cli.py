@@ -21,6 +21,7 @@ import re
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -264,14 +265,33 @@ def verify(store: Path, stream_ids: tuple[int, ...], from_checkpoints: bool, as_
         raise DamageFound("verification found damage; see above")
 
 
+PROGRESS_INTERVAL_S = 0.1
+"""How often a progress bar is redrawn at most: drawing it for every record costs more than the work."""
+
+
 @contextlib.contextmanager
-def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr when it is a terminal; silent when piped."""
+def _progress(
+    label: str, total: int | None, clock: Callable[[], float] = time.monotonic
+) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr when it is a terminal; silent when piped. The counts it is given
+    are added up and drawn at most every ``PROGRESS_INTERVAL_S`` (and once at the end)."""
     if not sys.stderr.isatty():
         yield lambda _n: None
         return
     with click.progressbar(length=total or 0, label=label, file=sys.stderr) as bar:
-        yield bar.update
+        pending, drawn_at = 0, clock()
+
+        def advance(n: int) -> None:
+            nonlocal pending, drawn_at
+            pending += n
+            now = clock()
+            if now - drawn_at >= PROGRESS_INTERVAL_S:
+                bar.update(pending)
+                pending, drawn_at = 0, now
+
+        yield advance
+        if pending:
+            bar.update(pending)
 
 
 def _records_in(storage: Storage, stream_ids: list[int] | None) -> int | None:
@@ -673,13 +693,19 @@ def demo(store: Path | None) -> None:
     click.echo(f"# a store at {target}")
     try:
         with Storage(target, checkpoint_policy=CheckpointPolicy.every(4), max_segment_size=4096) as storage:
-            offset, head = storage.append_batch(7, [b'{"type": "opened", "account": 42}'], 0, None)
+            # Appended at the stream's head, whatever it is: running the demo again adds 40 more.
+            start = storage.next_offset(7)
+            offset, head = storage.append(7, [b'{"type": "opened", "account": 42}'])
             for i in range(1, 40):
                 event = f'{{"type": "deposit", "account": 42, "amount": {i * 10}}}'.encode()
-                offset, head = storage.append_batch(7, [event], offset, head)
-            click.echo(f"# appended 40 events to stream 7: next offset {offset}, head {head.hex()[:16]}...")
-            click.echo("# read 3 events from offset 10 (verified from the nearest checkpoint):")
-            for payload in storage.read_from(7, 10, 200)[:3]:
+                offset, head = storage.append(7, [event])
+            checkpoints = offset - start - 40
+            click.echo(
+                f"# appended 40 events to stream 7, and {checkpoints} checkpoint records (one after every 4"
+                f" events; a checkpoint takes an offset too): next offset {offset}, head {head.hex()[:16]}..."
+            )
+            click.echo(f"# read 3 events from offset {start + 10} (verified from the nearest checkpoint):")
+            for payload in storage.read_from(7, start + 10, 200)[:3]:
                 click.echo(f"  {payload.decode()}")
             click.echo(f"# segments: {storage.segment_count(7)}, sealed: {len(storage.completed_segments(7))}")
         with Storage(target, read_only=True) as storage:

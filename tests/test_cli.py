@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
+import hybridlog.cli as cli_module
 from hybridlog import Storage
 from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_USAGE, cli
 from hybridlog.segment import segment_path
@@ -162,10 +164,47 @@ def test_store_from_environment(populated: Path, monkeypatch: pytest.MonkeyPatch
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     code, out, err = run("demo", str(tmp_path / "demo"))
     assert code == 0, err
+    assert "appended 40 events to stream 7, and 10 checkpoint records" in out  # why 40 events make 50 offsets
+    assert "a checkpoint takes an offset too): next offset 50" in out
     assert "verify from genesis: ok, 50 records" in out
     assert "stream_id" in out
     with Storage(tmp_path / "demo", read_only=True) as s:
         assert len(s.read_from_genesis(7)) == 40
+
+
+def test_demo_runs_again_on_its_own_store(tmp_path: Path) -> None:
+    """A second ``demo STORE`` appends at the stream's head instead of failing with a library hint."""
+    assert run("demo", str(tmp_path / "demo"))[0] == 0
+    code, out, err = run("demo", str(tmp_path / "demo"))
+    assert code == 0, err
+    assert "next offset 100" in out
+    assert "verify from genesis: ok, 100 records" in out
+    with Storage(tmp_path / "demo", read_only=True) as s:
+        assert len(s.read_from_genesis(7)) == 80
+
+
+def test_the_progress_bar_is_drawn_at_most_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting a million records one by one draws the bar a handful of times, and the total is exact."""
+    drawn: list[int] = []
+
+    class Bar:
+        def __enter__(self) -> Bar:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def update(self, n: int) -> None:
+            drawn.append(n)
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    monkeypatch.setattr(click, "progressbar", lambda **_kwargs: Bar())
+    ticks = iter(range(10**7))
+    with cli_module._progress("verifying", 10**6, clock=lambda: next(ticks) * 1e-6) as advance:  # 1 us a record
+        for _ in range(10**6):
+            advance(1)
+    assert sum(drawn) == 10**6
+    assert len(drawn) <= 1 + 10**6 * 1e-6 / cli_module.PROGRESS_INTERVAL_S  # one draw per interval, plus the last
 
 
 # --- read --since / --until ------------------------------------------------------------------------

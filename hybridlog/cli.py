@@ -17,7 +17,9 @@ import csv
 import itertools
 import json
 import logging
+import os
 import re
+import select
 import sys
 import tempfile
 import textwrap
@@ -35,7 +37,14 @@ from hybridlog.errors import IntegrityError, StorageError
 from hybridlog.repair import CheckReport, RepairStep
 from hybridlog.sql import QueryResult, SqlValue, query_catalog
 from hybridlog.storage import Storage
-from hybridlog.types import CheckpointPolicy, CompressionKind, Record, RecordKind
+from hybridlog.types import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    MAX_EVENT_SIZE,
+    CheckpointPolicy,
+    CompressionKind,
+    Record,
+    RecordKind,
+)
 from hybridlog.verify import Disagreements, VerifyReport, verify_store
 
 EXIT_OK = 0
@@ -102,13 +111,69 @@ def init(store: Path) -> None:
     click.echo(f"initialised {store}", err=True)
 
 
-def _read_lines(sources: tuple[Path, ...]) -> Iterator[bytes]:
-    if not sources:
+def _stdin_lines(flush_interval: float) -> Iterator[bytes | None]:
+    """Lines of stdin without their line ending, and None whenever ``flush_interval`` seconds pass
+    without input (so that slow, live input is committed while it trickles in).
+
+    Reads the file descriptor directly (``select`` for the wait), so nothing is left blocked in a
+    buffered read when the command ends. Standard input without a descriptor (a test harness's) is
+    read line by line, without the wait.
+    """
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if fd is None:
         for line in sys.stdin.buffer:
             yield line.rstrip(b"\r\n")
         return
-    for source in sources:
-        yield source.read_bytes()
+    buffer = bytearray()
+    searched = 0  # no line ending before this position of ``buffer``
+    while True:
+        ready, _, _ = select.select([fd], [], [], flush_interval)
+        if not ready:
+            yield None
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            if buffer:
+                yield bytes(buffer).rstrip(b"\r")
+            return
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", max(start, searched))) != -1:
+            yield bytes(buffer[start:end]).rstrip(b"\r")
+            start = end + 1
+        del buffer[:start]
+        searched = len(buffer)
+
+
+class _Appending:
+    """What an ``append`` command has committed so far, for the line it ends with, however it ends."""
+
+    def __init__(self, stream_id: int, unit: str) -> None:
+        self.stream_id = stream_id
+        self.unit = unit  # "line" or "file"
+        self.events = 0
+        self.next_offset: int | None = None
+        self.head: bytes | None = None
+
+    def add(self, count: int, next_offset: int, head: bytes) -> None:
+        self.events += count
+        self.next_offset, self.head = next_offset, head
+
+    def summary(self) -> str:
+        if not self.events:
+            return f"nothing was appended to stream {self.stream_id}"
+        where = f"{self.unit}s 1-{self.events}" if self.events > 1 else f"{self.unit} 1"
+        return (
+            f"{_count(self.events, 'event')} ({where}) appended to stream {self.stream_id},"
+            f" next offset {self.next_offset}"
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 @cli.command()
@@ -116,36 +181,78 @@ def _read_lines(sources: tuple[Path, ...]) -> Iterator[bytes]:
 @stream_option
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option(
+    "--flush-interval",
+    type=click.FloatRange(0.001, 3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds: lines read from stdin are committed at least this often, however slowly they come.",
+)
 @click.option("--compress", is_flag=True, help="Store payloads zstd-compressed when that makes them smaller.")
 @json_option
 def append(
-    store: Path, stream_id: int, files: tuple[Path, ...], batch_size: int, compress: bool, as_json: bool
+    store: Path,
+    stream_id: int,
+    files: tuple[Path, ...],
+    batch_size: int,
+    flush_interval: float,
+    compress: bool,
+    as_json: bool,
 ) -> None:
-    """Append events: one per line of stdin, or one per FILE."""
+    """Append events: one per line of stdin, or one per FILE.
+
+    Lines are committed in batches of --batch-size, and at least every --flush-interval seconds.
+    However the command ends (end of input, an event too large, Ctrl-C), it says exactly which
+    lines were committed. It writes no checkpoint of its own when it ends.
+    """
     compression = CompressionKind.ZSTD if compress else CompressionKind.NONE
-    appended = 0
-    with Storage(store, compression=compression) as storage:
-        batch: list[bytes] = []
-        for event in _read_lines(files):
-            batch.append(event)
-            if len(batch) == batch_size:
-                storage.append(stream_id, batch)
-                appended, batch = appended + len(batch), []
-        if batch:
-            storage.append(stream_id, batch)
-            appended += len(batch)
-        head = storage.latest_chain_hash(stream_id)
-        next_offset = storage.next_offset(stream_id)
+    # Checkpoints every 1,000 events, inside batches; none on close, so the numbers reported below
+    # are the stream's head when the command exits, and one-line appends add one record each.
+    policy = CheckpointPolicy.every(DEFAULT_CHECKPOINT_INTERVAL, on_close=False)
+    done = _Appending(stream_id, "file" if files else "line")
+    events: Iterable[bytes | None] = (p.read_bytes() for p in files) if files else _stdin_lines(flush_interval)
+    try:
+        with Storage(store, compression=compression, checkpoint_policy=policy) as storage:
+            batch: list[bytes] = []
+            started = 0.0
+
+            def commit() -> None:
+                if batch:
+                    done.add(len(batch), *storage.append(stream_id, batch))
+                    batch.clear()
+
+            for event in events:
+                if event is None or (batch and time.monotonic() - started >= flush_interval):
+                    commit()
+                if event is None:
+                    continue
+                if len(event) > MAX_EVENT_SIZE:
+                    commit()
+                    number = done.events + 1
+                    raise click.ClickException(
+                        f"{done.unit} {number} is {len(event):,} bytes, more than an event may hold"
+                        f" ({MAX_EVENT_SIZE:,}); {done.summary()}; nothing from {done.unit} {number} on"
+                    )
+                if not batch:
+                    started = time.monotonic()
+                batch.append(event)
+                if len(batch) == batch_size:
+                    commit()
+            commit()
+            if done.next_offset is None:
+                done.next_offset, done.head = storage.next_offset(stream_id), storage.latest_chain_hash(stream_id)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {done.summary()}; the lines read after them were not") from None
     result = {
         "stream_id": stream_id,
-        "appended": appended,
-        "next_offset": next_offset,
-        "head": head.hex() if head else None,
+        "appended": done.events,
+        "next_offset": done.next_offset,
+        "head": done.head.hex() if done.head else None,
     }
     if as_json:
         _print_json(result)
     else:
-        click.echo(f"appended {appended} events to stream {stream_id}; next offset {next_offset}")
+        click.echo(f"appended {_count(done.events, 'event')} to stream {stream_id}; next offset {done.next_offset}")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -11,8 +16,9 @@ from click.testing import CliRunner
 
 import hybridlog.cli as cli_module
 from hybridlog import Storage
-from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_USAGE, cli
+from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, cli
 from hybridlog.segment import segment_path
+from hybridlog.types import MAX_EVENT_SIZE
 
 
 def run(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
@@ -37,6 +43,8 @@ def populated(tmp_path: Path) -> Path:
     assert report["appended"] == 3
     assert report["next_offset"] == 3
     assert len(report["head"]) == 64
+    code, _, err = run("checkpoint", str(store), "--stream", "5")  # append writes none of its own
+    assert code == 0, err
     return store
 
 
@@ -52,7 +60,7 @@ def test_read_records_prints_json_lines_with_checkpoints(populated: Path) -> Non
     code, out, _ = run("read", str(populated), "--stream", "5", "--records")
     assert code == 0
     records = [json.loads(line) for line in out.splitlines()]
-    # the append command closed its store, which wrote the on-close checkpoint
+    # the checkpoint the fixture wrote after the append
     assert [r["kind"] for r in records] == ["event", "event", "event", "checkpoint"]
     assert records[1]["prev_hash"] == records[0]["hash"]
     assert records[0]["prev_hash"] == "00" * 32
@@ -305,3 +313,86 @@ def test_schema_doc_examples_run(timed: Path) -> None:
         "SELECT global_position, stream_id, offset FROM records ORDER BY global_position DESC LIMIT 2",
     )
     assert [line.split() for line in out.splitlines()[2:]] == [["5", "3", "4"], ["4", "3", "3"]]
+
+
+# --- append: what was committed, in every ending ---------------------------------------------------
+
+
+def test_append_reports_the_head_the_store_has_after_it_exits(tmp_path: Path) -> None:
+    """No checkpoint is written when the command ends: five one-line appends make five records, and
+    each --json report is the stream's head as the next reader sees it."""
+    store = tmp_path / "store"
+    for i in range(5):
+        code, out, err = run("append", str(store), "--stream", "3", "--json", stdin=b"line %d\n" % i)
+        assert code == 0, err
+        report = json.loads(out)
+        with Storage(store, read_only=True) as reader:
+            assert (report["next_offset"], report["head"]) == (
+                reader.next_offset(3),
+                reader.latest_chain_hash(3).hex(),  # type: ignore[union-attr]
+            )
+    with Storage(store, read_only=True) as reader:
+        assert reader.next_offset(3) == 5
+        assert reader.read_from_genesis(3) == [b"line %d" % i for i in range(5)]
+    code, out, _ = run("append", str(store), "--stream", "3", stdin=b"x\n")
+    assert out.strip() == "appended 1 event to stream 3; next offset 6"
+
+
+def test_an_oversized_line_is_named_with_what_was_committed_before_it(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    big = b"x" * (MAX_EVENT_SIZE + 1)
+    code, out, err = run("append", str(store), "--stream", "0", stdin=b"a\nb\nc\n" + big + b"\nd\n")
+    assert code == EXIT_ERROR
+    assert out == ""
+    [line] = err.strip().splitlines()
+    assert f"line 4 is {MAX_EVENT_SIZE + 1:,} bytes, more than an event may hold ({MAX_EVENT_SIZE:,})" in line
+    assert "3 events (lines 1-3) appended to stream 0, next offset 3; nothing from line 4 on" in line
+    with Storage(store, read_only=True) as reader:
+        assert reader.read_from_genesis(0) == [b"a", b"b", b"c"]
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def committed(store: Path, stream_id: int) -> int:
+    if not (store / "catalog.db").exists():
+        return 0
+    with Storage(store, read_only=True) as reader:
+        return reader.next_offset(stream_id)
+
+
+def test_slow_live_input_is_committed_as_it_comes_and_ctrl_c_says_what_was(tmp_path: Path) -> None:
+    """A real ``hybridlog append`` reading a pipe: each line is committed within the flush interval
+    without waiting for more input or its end; Ctrl-C then exits 130 with one line saying exactly
+    what was committed."""
+    store = tmp_path / "store"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "hybridlog", "append", str(store), "--stream", "1", "--flush-interval", "0.05"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert child.stdin is not None
+    try:
+        for i in range(1, 4):
+            child.stdin.write(b"event %d\n" % i)
+            child.stdin.flush()
+            wait_for(lambda i=i: committed(store, 1) == i, f"line {i} to be committed")  # type: ignore[misc]
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == EXIT_INTERRUPTED, err
+    assert out == b""
+    assert err.decode().strip().splitlines() == [
+        "Error: interrupted: 3 events (lines 1-3) appended to stream 1, next offset 3; the lines read after"
+        " them were not"
+    ]
+    with Storage(store, read_only=True) as reader:
+        assert reader.read_from_genesis(1) == [b"event 1", b"event 2", b"event 3"]

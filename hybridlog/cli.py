@@ -6,8 +6,9 @@ with ``--json``, as JSON on stdout. Diagnostics go to stderr. Exit codes (also i
     0  success
     1  error (the message names the problem and, where there is one, the command that fixes it)
     2  usage error (bad arguments)
-    3  verification found damage
-  130  interrupted (Ctrl-C during ``sql``)
+    3  verification found damage (also ``repair --dry-run`` with a plan to apply)
+  130  interrupted (Ctrl-C), one line on stderr
+  141  stdout closed early by its reader (``| head``): the output stops quietly
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from typing import Any
 import click
 
 from hybridlog.batch import window_records
-from hybridlog.catalog import SCHEMA_VERSION
-from hybridlog.errors import IntegrityError, StorageError
+from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION
+from hybridlog.errors import IntegrityError, StorageError, StorageLocked
+from hybridlog.lock import LOCK_FILE
 from hybridlog.repair import CheckReport, RepairStep
+from hybridlog.segment import STREAMS_DIR
 from hybridlog.sql import QueryResult, SqlValue, query_catalog
 from hybridlog.storage import Storage
 from hybridlog.types import (
@@ -52,6 +55,12 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DAMAGE = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool its reader stopped early
+
+LOCKED_HINT = (
+    "stop that process, or run this command once it has finished; read, tail, verify, check, stats and sql"
+    " need no lock and work beside it"
+)
 
 store_argument = click.argument("store", envvar="HYBRIDLOG_STORE", type=click.Path(file_okay=False, path_type=Path))
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -72,19 +81,69 @@ class HybridlogGroup(click.Group):
             return super().invoke(ctx)
         except IntegrityError as e:
             raise DamageFound(str(e)) from e
+        except StorageLocked as e:  # the library's hint (read_only=True) means nothing on the command line
+            raise click.ClickException(f"{e.message} (hint: {LOCKED_HINT})") from e
         except StorageError as e:
             raise click.ClickException(str(e)) from e
+        except BrokenPipeError:
+            # The reader of stdout is gone (``| head``): nothing more to say to anyone.
+            _stdout_to_devnull()
+            raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
         except OSError as e:
             raise click.ClickException(f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")) from e
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
+        except click.Abort as e:
+            if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C at a prompt (click.confirm)
+                click.echo(err=True)  # ends the prompt's line, so the error is a line of its own
+                raise Interrupted("interrupted") from None
+            raise
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's file descriptor at /dev/null, so that Python's flush of what is still buffered,
+    at exit, does not fail again and print a traceback."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (CliRunner): nothing to flush at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _plural(count: int, noun: str) -> str:
+    """``1 record``, ``2 records``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _print_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
+def is_store(path: Path) -> bool:
+    """Whether ``path`` is a store: a directory holding ``catalog.db``, a ``streams/`` directory or
+    ``LOCK``. A store whose catalog was deleted still is one (``hybridlog repair`` rebuilds it); an
+    empty directory, a mistyped path or a directory of other files is not."""
+    return path.is_dir() and (
+        (path / CATALOG_FILE).exists() or (path / STREAMS_DIR).is_dir() or (path / LOCK_FILE).exists()
+    )
+
+
+def _has_files(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
 def _open_existing(store: Path, *, read_only: bool) -> Storage:
     """A store that must already exist. Admin commands write no checkpoints of their own on close."""
-    if not store.is_dir():
+    if not is_store(store):
+        if _has_files(store):
+            raise click.ClickException(
+                f"{store} is not a hybridlog store (no {CATALOG_FILE}, {STREAMS_DIR}/ or {LOCK_FILE} in it):"
+                " check the path, or create a store in a new or empty directory with `hybridlog init`"
+            )
         raise click.ClickException(f"no store at {store} (create one with `hybridlog init {store}`)")
     return Storage(store, read_only=read_only, checkpoint_policy=CheckpointPolicy.explicit())
 
@@ -105,8 +164,19 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @store_argument
 def init(store: Path) -> None:
-    """Create an empty store (directory, catalog, lock file)."""
+    """Create an empty store (directory and missing parents, catalog, lock file), durably.
+
+    A store that exists is left as it is; a directory with other files in it is refused.
+    """
+    if is_store(store):
+        click.echo(f"a store already exists at {store}; left as it is", err=True)
+        return
+    if _has_files(store):
+        raise click.ClickException(
+            f"{store} has files in it and is not a hybridlog store: give a new or empty directory"
+        )
     with Storage(store, checkpoint_policy=CheckpointPolicy.explicit()) as storage:
+        storage.ensure_created()
         storage.flush_indexes()
     click.echo(f"initialised {store}", err=True)
 
@@ -341,12 +411,14 @@ def _render_verify(report: VerifyReport, as_json: bool) -> None:
             head = verdict.head.hex() if verdict.head else "-"
             isolated = ", ".join(str(f) if n == f + 1 else f"{f}..{n - 1}" for f, n in verdict.isolated)
             note = f" (offsets {isolated} isolated by repair)" if isolated else ""
-            click.echo(f"stream {verdict.stream_id}: ok, {verdict.records} records, head {head}{note}")
+            click.echo(f"stream {verdict.stream_id}: ok, {_plural(verdict.records, 'record')}, head {head}{note}")
         elif verdict.error is not None:
             click.echo(f"stream {verdict.stream_id}: DAMAGED: {verdict.error}")
         _render_disagreements(verdict.catalog)
     _render_disagreements(report.catalog)
-    click.echo(f"{'ok' if report.ok else 'DAMAGE FOUND'}: {report.records} records verified", err=not report.ok)
+    click.echo(
+        f"{'ok' if report.ok else 'DAMAGE FOUND'}: {_plural(report.records, 'record')} verified", err=not report.ok
+    )
 
 
 def _render_disagreements(found: Disagreements) -> None:
@@ -451,8 +523,8 @@ def check(store: Path, stream_ids: tuple[int, ...], as_json: bool) -> None:
             click.echo("repair plan (`hybridlog repair` applies it):")
             _render_plan(report.plan())
         click.echo(
-            f"{'ok' if report.ok else 'PROBLEMS FOUND'}: {report.streams_checked} streams, "
-            f"{report.records_verified} records verified",
+            f"{'ok' if report.ok else 'PROBLEMS FOUND'}: {_plural(report.streams_checked, 'stream')}, "
+            f"{_plural(report.records_verified, 'record')} verified",
             err=not report.ok,
         )
     if not report.ok:
@@ -492,6 +564,8 @@ def repair(store: Path, stream_ids: tuple[int, ...], yes: bool, dry_run: bool, t
     if dry_run or not plan:
         if as_json:
             _print_json({"plan": [s.as_dict() for s in plan], "applied": []})
+        if plan:  # like `check`: a plan means something needs repair
+            raise DamageFound("the store needs repair; `hybridlog repair` without --dry-run applies the plan")
         return
     if not yes and not click.confirm("apply this plan?", err=True):
         raise click.ClickException("not applied")
@@ -534,7 +608,7 @@ def rebuild_index(store: Path, stream_id: int | None, as_json: bool) -> None:
     else:
         for item in summary:
             damage = f"; DAMAGE: {item['damage']}" if item["damage"] else ""
-            click.echo(f"stream {item['stream_id']}: {item['records']} records indexed{damage}")
+            click.echo(f"stream {item['stream_id']}: {_plural(int(item['records'] or 0), 'record')} indexed{damage}")
     if any(item["damage"] for item in summary):
         raise DamageFound("some streams are damaged; `hybridlog repair` shows the plan")
 
@@ -547,6 +621,12 @@ def checkpoint(store: Path, stream_ids: tuple[int, ...], as_json: bool) -> None:
     """Write a checkpoint record at the head of each stream."""
     done = []
     with _open_existing(store, read_only=False) as storage:
+        unknown = sorted(set(stream_ids) - set(storage.stream_ids()))
+        if unknown:  # a checkpoint goes at the head of a stream that exists; it never creates one
+            raise click.ClickException(
+                f"no stream {', '.join(map(str, unknown))} in {store}"
+                f" (`hybridlog stats {store}` lists its streams); no checkpoint written"
+            )
         for sid in stream_ids or storage.stream_ids():
             offset = storage.next_offset(sid)
             _next, digest = storage.create_checkpoint(sid, offset, storage.latest_chain_hash(sid), offset)
@@ -585,7 +665,10 @@ def stats(store: Path, as_json: bool) -> None:
         return
     columns = list(items[0]) if items else ["stream_id", "records"]
     _render_rows(QueryResult(columns, [tuple(i[c] for c in columns) for i in items]), "table")
-    click.echo(f"{len(items)} streams, {totals['events']} events, {totals['stored_bytes']} bytes in segments")
+    click.echo(
+        f"{_plural(len(items), 'stream')}, {_plural(totals['events'], 'event')},"
+        f" {_plural(totals['stored_bytes'], 'byte')} in segments"
+    )
 
 
 @cli.command()
@@ -605,7 +688,7 @@ def migrate(store: Path, check_only: bool, as_json: bool) -> None:
     if as_json:
         _print_json(result)
     elif check_only:
-        state = "up to date" if before == SCHEMA_VERSION else f"{SCHEMA_VERSION - before} migrations pending"
+        state = "up to date" if before == SCHEMA_VERSION else f"{_plural(SCHEMA_VERSION - before, 'migration')} pending"
         click.echo(f"schema version {before}; this hybridlog knows {SCHEMA_VERSION}: {state}")
     else:
         click.echo(f"schema version {before} -> {after}")

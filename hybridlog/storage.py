@@ -1431,6 +1431,13 @@ class Storage:
                     head.writer.sync()
             catalog.checkpoint_wal()
 
+    def ensure_created(self) -> None:
+        """Create the store now if it does not exist yet: its directory (missing parents too),
+        ``LOCK`` and the catalog, each new directory entry fsynced before this returns. A writer
+        otherwise creates its store on first use; an existing store is only opened."""
+        with self._lock:
+            self._writable_catalog()
+
     # --- rebuilding ------------------------------------------------------------------------------
 
     def recover(self) -> list[ReconcileResult]:

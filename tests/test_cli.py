@@ -154,7 +154,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in err
     code, _, err = run("sql", str(tmp_path), "SELECT 1")
     assert code == EXIT_ERROR
-    assert "no catalog" in err
+    assert "no store at" in err  # an empty directory is not a store
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

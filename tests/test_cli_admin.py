@@ -5,7 +5,8 @@ Contracts tested here (tests/test_cli.py covers init, append, read, verify, sql 
 * ``check`` changes nothing, exits 0 on a clean store and 3 on damage, and each finding names the
   stream, offset, segment file and byte position (the same place ``verify`` names); ``--json``
   holds the findings and the plan;
-* ``repair --dry-run`` and a declined ``repair`` leave every byte of the store as it was;
+* ``repair --dry-run`` (exit 3 when it has a plan, as ``check``) and a declined ``repair`` leave
+  every byte of the store as it was;
   ``repair --yes`` applies the plan, keeps the cut bytes in a quarantine file, and exits 0 when
   the store checks clean afterwards;
 * ``rebuild-index`` rebuilds the whole catalog (keeping the old file aside) or one stream's rows;
@@ -302,7 +303,8 @@ def test_repair_dry_run_shows_the_plan_and_changes_nothing(store: Path) -> None:
     _, position = damage_payload(store, DAMAGED, 2)
     before, dump = store_bytes(store), catalog_dump(store)
     code, out, err = run("repair", str(store), "--dry-run")
-    assert code == 0, err
+    assert code == EXIT_DAMAGE, err  # like `check`: there is something to repair
+    assert "`hybridlog repair` without --dry-run applies the plan" in one_error_line(err)
     step = isolate_step("damaged record (checksum mismatch)", position)
     assert out.splitlines() == [
         "repair plan:",
@@ -310,10 +312,10 @@ def test_repair_dry_run_shows_the_plan_and_changes_nothing(store: Path) -> None:
         f"    {step['effect']}",
     ]
     code, out, _ = run("repair", str(store), "--dry-run", "--json")
-    assert code == 0
+    assert code == EXIT_DAMAGE
     assert json.loads(out) == {"plan": [step], "applied": []}
     code, out, _ = run("repair", str(store), "--dry-run", "--truncate")
-    assert code == 0
+    assert code == EXIT_DAMAGE
     assert out.splitlines() == [
         "repair plan:",
         f"  truncate stream {DAMAGED}  (damaged record (checksum mismatch))",
@@ -347,7 +349,7 @@ def test_declined_repair_does_not_cut_an_unacknowledged_torn_tail(store: Path) -
     """
     segment = add_unacknowledged_torn_tail(store, HEALTHY)
     code, out, _ = run("repair", str(store), "--dry-run")
-    assert code == 0
+    assert code == EXIT_DAMAGE
     assert f"reindex stream {HEALTHY}" in out
     before, dump = store_bytes(store), catalog_dump(store)
     code, out, err = run("repair", str(store), stdin="n\n")

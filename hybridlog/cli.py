@@ -237,13 +237,9 @@ class _Appending:
             return f"nothing was appended to stream {self.stream_id}"
         where = f"{self.unit}s 1-{self.events}" if self.events > 1 else f"{self.unit} 1"
         return (
-            f"{_count(self.events, 'event')} ({where}) appended to stream {self.stream_id},"
+            f"{_plural(self.events, 'event')} ({where}) appended to stream {self.stream_id},"
             f" next offset {self.next_offset}"
         )
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 @cli.command()
@@ -322,7 +318,7 @@ def append(
     if as_json:
         _print_json(result)
     else:
-        click.echo(f"appended {_count(done.events, 'event')} to stream {stream_id}; next offset {done.next_offset}")
+        click.echo(f"appended {_plural(done.events, 'event')} to stream {stream_id}; next offset {done.next_offset}")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -766,23 +762,20 @@ def tail(
         )
         force = from_offset is not None or from_position is not None  # the first ack may move it back
         shown = 0
-        try:
-            for item in subscription:
-                record = item.record
-                if records:
-                    click.echo(_record_json(record, item.global_position))
-                elif record.kind is RecordKind.EVENT:
-                    sys.stdout.buffer.write(record.payload + b"\n")
-                    sys.stdout.flush()
-                if consumer is not None:
-                    storage.ack(consumer, item.global_position, force=force)  # after it is printed
-                    force = False
-                if records or record.kind is RecordKind.EVENT:
-                    shown += 1
-                    if count is not None and shown >= count:
-                        return
-        except KeyboardInterrupt:
-            return
+        for item in subscription:
+            record = item.record
+            if records:
+                click.echo(_record_json(record, item.global_position))
+            elif record.kind is RecordKind.EVENT:
+                sys.stdout.buffer.write(record.payload + b"\n")
+                sys.stdout.flush()
+            if consumer is not None:
+                storage.ack(consumer, item.global_position, force=force)  # after it is printed
+                force = False
+            if records or record.kind is RecordKind.EVENT:
+                shown += 1
+                if count is not None and shown >= count:
+                    return
 
 
 TABLE_WIDTH_ROWS = 1000  # a table's column widths come from its first rows; later wider values stick out

@@ -19,6 +19,7 @@ Contracts tested here:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from pathlib import Path
 import pytest
 from test_cli_admin import DAMAGED, damage_payload, one_error_line, run, store_bytes, writer
 
+from hybridlog import Storage
 from hybridlog.catalog import CATALOG_FILE
 from hybridlog.cli import EXIT_BROKEN_PIPE, EXIT_DAMAGE, EXIT_ERROR, EXIT_INTERRUPTED, is_store
 from hybridlog.lock import LOCK_FILE
@@ -263,6 +265,20 @@ def test_ctrl_c_while_printing_exits_130_with_one_line(
     assert proc.stdout.readline().startswith(b"0....")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=GUARD)  # drains stdout so that the child can end
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert err.decode().splitlines() == ["Error: interrupted"]
+
+
+def test_ctrl_c_in_tail_exits_130_with_one_line(big_store: Path, children: list[subprocess.Popen[bytes]]) -> None:
+    """``tail`` waits for records forever; SIGINT once it has printed the last one it found."""
+    with Storage(big_store, read_only=True) as reader:
+        last = reader.next_offset(1) - 1
+    proc = child("tail", str(big_store), "--stream", "1", "--from-offset", str(last), "--records")
+    children.append(proc)
+    assert proc.stdout is not None
+    assert json.loads(proc.stdout.readline())["offset"] == last
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=GUARD)
     assert proc.returncode == EXIT_INTERRUPTED
     assert err.decode().splitlines() == ["Error: interrupted"]
 

@@ -52,6 +52,7 @@ from hybridlog.batch import (
     check_position,
     check_prev_hash,
     plan_batch,
+    read_page,
     read_window,
     records_between,
     take_payloads,
@@ -1120,17 +1121,27 @@ class Storage:
         # The answer goes past the interval: the next one starts at its checkpoint.
         return take_payloads(chain(wanted, self.iter_records(sid, max(run.end, from_offset))), limit)
 
-    def read_from_genesis(self, stream_id: int) -> list[bytes]:
-        """Every event payload, verified from offset 0."""
-        return [r.payload for r in self.iter_records(stream_id, 0, anchored=False) if r.kind is RecordKind.EVENT]
+    def read_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
+        """A page of event payloads from ``from_offset``, verified from offset 0 (genesis) even when
+        the page starts later: at least one event when there is one, then stops before the payloads
+        would exceed ``max_bytes``. Checkpoint records are skipped. An unknown stream gives ``[]``.
 
-    def read_records_from_genesis(self, stream_id: int) -> list[Record]:
-        """Every record, checkpoints included, verified from offset 0."""
-        return list(self.iter_records(stream_id, 0, anchored=False))
+        A page ends before a range a repair isolated; a page that starts in one raises
+        ``RecordIsolated``. To walk a whole stream in bounded memory, use
+        ``iter_records(stream_id, 0, anchored=False)``.
+        """
+        page = read_page(self, stream_id, from_offset, max_bytes, anchored=False, events_only=True)
+        return [r.payload for r in page]
 
-    def read_records_verified(self, stream_id: int, from_offset: int = 0) -> list[Record]:
-        """Records from ``from_offset``, checkpoints included, verified from the nearest checkpoint."""
-        return list(self.iter_records(stream_id, from_offset))
+    def read_records_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]:
+        """``read_from_genesis`` as Records, checkpoints included; the next page starts at
+        ``page[-1].offset + 1``."""
+        return read_page(self, stream_id, from_offset, max_bytes, anchored=False, events_only=False)
+
+    def read_records_verified(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]:
+        """``read_records_from_genesis``, verified from the nearest checkpoint at or before
+        ``from_offset`` instead of from genesis."""
+        return read_page(self, stream_id, from_offset, max_bytes, anchored=True, events_only=False)
 
     # --- time and global order ------------------------------------------------------------------
 

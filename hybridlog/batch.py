@@ -162,23 +162,27 @@ def read_page(
     source: RecordSource, stream_id: int, from_offset: int, max_bytes: object, *, anchored: bool, events_only: bool
 ) -> list[Record]:
     """One page of the seed's ``(stream_id, from_offset, max_bytes)`` reads (``read_from_genesis``,
-    ``read_records_from_genesis``, ``read_records_verified``), for every backend.
+    ``read_records_from_genesis``, ``read_records_verified``), for every backend: ``take_page``
+    over the verified records from ``from_offset`` (``anchored``: verified from the nearest
+    checkpoint at or before it; otherwise from offset 0)."""
+    limit = check_non_negative("max_bytes", max_bytes)
+    return take_page(source.iter_records(stream_id, from_offset, anchored=anchored), limit, events_only=events_only)
 
-    Verified records from ``from_offset`` (``anchored``: verified from the nearest checkpoint at or
-    before it; otherwise from offset 0), only events when ``events_only``: at least one when there
-    is one, then more while their payloads add up to ``max_bytes`` (``take_within``'s rule).
+
+def take_page(records: Iterable[Record], max_bytes: int, *, events_only: bool) -> list[Record]:
+    """A page of ``records`` (only events when ``events_only``): at least one when there is one,
+    then more while their payloads add up to ``max_bytes`` (``take_within``'s rule).
 
     A page that reaches a range a repair isolated ends before it when it already holds a record; the
     next page, read from inside the range, raises ``RecordIsolated`` (its ``next_offset`` says where
     the stream reads on). A page with nothing before the range raises at once.
     """
-    limit = check_non_negative("max_bytes", max_bytes)
     taken = False
 
     def walk() -> Iterator[Record]:
         nonlocal taken
         try:
-            for record in source.iter_records(stream_id, from_offset, anchored=anchored):
+            for record in records:
                 if events_only and record.kind is not RecordKind.EVENT:
                     continue
                 yield record
@@ -187,7 +191,7 @@ def read_page(
             if not taken:
                 raise
 
-    return take_within(walk(), lambda r: len(r.payload), limit)
+    return take_within(walk(), lambda r: len(r.payload), max_bytes)
 
 
 def records_before(records: Iterable[Record], stop_offset: int | None) -> Iterator[Record]:

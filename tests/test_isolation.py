@@ -23,6 +23,7 @@ from hybridlog.record import HEADER_SIZE
 from hybridlog.repair import ISOLATE, ISOLATED_RECORDS, TRUNCATE
 from hybridlog.segment import segment_path
 from hybridlog.types import RecordKind
+from hybridlog.verified_cache import DEFAULT_MAX_RECORDS
 
 STREAM = 3
 EVENTS = 600
@@ -161,6 +162,28 @@ def test_pages_end_before_an_isolated_record_and_the_next_page_raises(store_dir:
             kept = [(r.offset, int(r.kind), r.payload) for r in original if r.offset != victim]
             assert seen[:-1] == kept
             assert seen[-1][1] == RecordKind.REPAIR  # the marker the repair appended
+
+
+def test_read_from_ends_before_an_isolated_record_like_the_pages(store_dir: Path) -> None:
+    """``read_from`` (with and without its verified-run cache) ends a page before an isolated
+    record instead of raising and losing the events it already read; the next read raises."""
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        original = all_records(store)
+        victim = original[len(original) // 2 + 3][0]
+        segment_no, position, _ = record_at(store, victim)
+    flip_byte(segment_path(store_dir, STREAM, segment_no), position + HEADER_SIZE + 2)
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.repair()
+    events = [(offset, payload) for offset, kind, payload in original if kind == RecordKind.EVENT]
+    for cache in (DEFAULT_MAX_RECORDS, 0):
+        with Storage(store_dir, read_only=True, verified_cache_records=cache) as reader:
+            for start in (victim - 30, victim - 3, victim - 1, victim - 30):  # the last one warm
+                expected = [p for o, p in events if start <= o < victim]
+                assert reader.read_from(STREAM, start, 1 << 20) == expected
+            with pytest.raises(RecordIsolated) as raised:
+                reader.read_from(STREAM, victim, 1 << 20)
+            assert raised.value.next_offset == victim + 1
+            assert reader.read_from(STREAM, victim + 1, 0) == [next(p for o, p in events if o > victim)]
 
 
 def test_truncate_would_cut_what_isolate_keeps(store_dir: Path, tmp_path: Path) -> None:

@@ -158,6 +158,42 @@ def take_within(items: Iterable[T], size: Callable[[T], int], max_bytes: int) ->
     return out
 
 
+def read_page(
+    source: RecordSource, stream_id: int, from_offset: int, max_bytes: object, *, anchored: bool, events_only: bool
+) -> list[Record]:
+    """One page of the seed's ``(stream_id, from_offset, max_bytes)`` reads (``read_from_genesis``,
+    ``read_records_from_genesis``, ``read_records_verified``), for every backend: ``take_page``
+    over the verified records from ``from_offset`` (``anchored``: verified from the nearest
+    checkpoint at or before it; otherwise from offset 0)."""
+    limit = check_non_negative("max_bytes", max_bytes)
+    return take_page(source.iter_records(stream_id, from_offset, anchored=anchored), limit, events_only=events_only)
+
+
+def take_page(records: Iterable[Record], max_bytes: int, *, events_only: bool) -> list[Record]:
+    """A page of ``records`` (only events when ``events_only``): at least one when there is one,
+    then more while their payloads add up to ``max_bytes`` (``take_within``'s rule).
+
+    A page that reaches a range a repair isolated ends before it when it already holds a record; the
+    next page, read from inside the range, raises ``RecordIsolated`` (its ``next_offset`` says where
+    the stream reads on). A page with nothing before the range raises at once.
+    """
+    taken = False
+
+    def walk() -> Iterator[Record]:
+        nonlocal taken
+        try:
+            for record in records:
+                if events_only and record.kind is not RecordKind.EVENT:
+                    continue
+                yield record
+                taken = True  # resumed: take_within kept the record and asks for the next one
+        except RecordIsolated:
+            if not taken:
+                raise
+
+    return take_within(walk(), lambda r: len(r.payload), max_bytes)
+
+
 def records_before(records: Iterable[Record], stop_offset: int | None) -> Iterator[Record]:
     """The records before ``stop_offset`` (None: all), without reading the one at ``stop_offset``:
     a read that ends before damage never reaches it."""

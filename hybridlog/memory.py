@@ -23,6 +23,7 @@ from hybridlog.batch import (
     check_position,
     check_prev_hash,
     plan_batch,
+    read_page,
     read_window,
     take_payloads,
     take_within,
@@ -158,14 +159,15 @@ class MemoryStorage:
         limit = check_non_negative("max_bytes", max_bytes)
         return take_payloads(self.iter_records(stream_id, from_offset), limit)
 
-    def read_from_genesis(self, stream_id: int) -> list[bytes]:
-        return [r.payload for r in self.iter_records(stream_id) if r.kind is RecordKind.EVENT]
+    def read_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
+        page = read_page(self, stream_id, from_offset, max_bytes, anchored=False, events_only=True)
+        return [r.payload for r in page]
 
-    def read_records_from_genesis(self, stream_id: int) -> list[Record]:
-        return list(self.iter_records(stream_id))
+    def read_records_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]:
+        return read_page(self, stream_id, from_offset, max_bytes, anchored=False, events_only=False)
 
-    def read_records_verified(self, stream_id: int, from_offset: int = 0) -> list[Record]:
-        return list(self.iter_records(stream_id, from_offset))
+    def read_records_verified(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]:
+        return read_page(self, stream_id, from_offset, max_bytes, anchored=True, events_only=False)
 
     def offset_at(self, stream_id: int, timestamp_ns: int) -> Offset:
         sid = check_stream_id(stream_id)

@@ -52,8 +52,10 @@ from hybridlog.batch import (
     check_position,
     check_prev_hash,
     plan_batch,
+    read_page,
     read_window,
     records_between,
+    take_page,
     take_payloads,
     take_within,
 )
@@ -85,6 +87,7 @@ from hybridlog.errors import (
     OffsetMismatch,
     ReadOnlyStore,
     RecordCountMismatch,
+    RecordIsolated,
     RecordsUnavailable,
     StorageError,
     StorageIOError,
@@ -1007,14 +1010,15 @@ class Storage:
         """Event payloads from ``from_offset``, verified from the nearest checkpoint.
 
         Returns at least one event when there is one, then stops before the payloads would exceed
-        ``max_bytes``. Checkpoint records are skipped. An unknown stream gives ``[]``.
+        ``max_bytes``. Checkpoint records are skipped. An unknown stream gives ``[]``. Like the page
+        reads, it ends before a range a repair isolated (see ``take_page``).
 
         A point read remembers the checkpoint interval it verified, so the next read in it checks
         only the records it returns against the hashes verified then (see verified_cache.py).
         """
         limit = check_non_negative("max_bytes", max_bytes)
         if not self._verified.enabled:
-            return take_payloads(self.iter_records(stream_id, from_offset), limit)
+            return [r.payload for r in read_page(self, stream_id, from_offset, limit, anchored=True, events_only=True)]
         sid = check_stream_id(stream_id)
         check_position("from_offset", from_offset)
         remembered = self._read_remembered(sid, from_offset, limit)
@@ -1098,6 +1102,7 @@ class Storage:
         run = VerifiedRun(sid, start)
         wanted: list[Record] = []
         wanted_bytes = 0
+        at_gap = False
         try:
             for segment_no, position, size, record in verified_frames(self._data_dir, snap, start, self._dictionaries):
                 if (
@@ -1110,27 +1115,42 @@ class Storage:
                 if record.offset >= from_offset and wanted_bytes <= limit:
                     wanted.append(record)
                     wanted_bytes += len(record.payload) if record.kind is RecordKind.EVENT else 0
+        except RecordIsolated:
+            if not any(r.kind is RecordKind.EVENT for r in wanted):
+                raise
+            at_gap = True  # the answer ends before the isolated range (take_page's rule)
         except IntegrityError as e:
             self._add_repair_hint(e)
             raise
         if not self._read_only or self._verified.generation == generation:
             self._verified.add(run)
-        if wanted_bytes > limit or run.end >= snap.stream.next_offset:
+        if at_gap or wanted_bytes > limit or run.end >= snap.stream.next_offset:
             return take_payloads(wanted, limit)
         # The answer goes past the interval: the next one starts at its checkpoint.
-        return take_payloads(chain(wanted, self.iter_records(sid, max(run.end, from_offset))), limit)
+        rest = chain(wanted, self.iter_records(sid, max(run.end, from_offset)))
+        return [r.payload for r in take_page(rest, limit, events_only=True)]
 
-    def read_from_genesis(self, stream_id: int) -> list[bytes]:
-        """Every event payload, verified from offset 0."""
-        return [r.payload for r in self.iter_records(stream_id, 0, anchored=False) if r.kind is RecordKind.EVENT]
+    def read_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
+        """A page of event payloads from ``from_offset``, verified from offset 0 (genesis) even when
+        the page starts later: at least one event when there is one, then stops before the payloads
+        would exceed ``max_bytes``. Checkpoint records are skipped. An unknown stream gives ``[]``.
 
-    def read_records_from_genesis(self, stream_id: int) -> list[Record]:
-        """Every record, checkpoints included, verified from offset 0."""
-        return list(self.iter_records(stream_id, 0, anchored=False))
+        A page ends before a range a repair isolated; a page that starts in one raises
+        ``RecordIsolated``. To walk a whole stream in bounded memory, use
+        ``iter_records(stream_id, 0, anchored=False)``.
+        """
+        page = read_page(self, stream_id, from_offset, max_bytes, anchored=False, events_only=True)
+        return [r.payload for r in page]
 
-    def read_records_verified(self, stream_id: int, from_offset: int = 0) -> list[Record]:
-        """Records from ``from_offset``, checkpoints included, verified from the nearest checkpoint."""
-        return list(self.iter_records(stream_id, from_offset))
+    def read_records_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]:
+        """``read_from_genesis`` as Records, checkpoints included; the next page starts at
+        ``page[-1].offset + 1``."""
+        return read_page(self, stream_id, from_offset, max_bytes, anchored=False, events_only=False)
+
+    def read_records_verified(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]:
+        """``read_records_from_genesis``, verified from the nearest checkpoint at or before
+        ``from_offset`` instead of from genesis."""
+        return read_page(self, stream_id, from_offset, max_bytes, anchored=True, events_only=False)
 
     # --- time and global order ------------------------------------------------------------------
 

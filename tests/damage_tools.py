@@ -1,6 +1,7 @@
 """Helpers that damage a store on purpose, build its bytes by hand, and check that nothing was lost.
 
-Shared by the damage tests (``test_damage.py``, ``test_repair.py``). pytest puts ``tests/`` on
+Shared by the damage tests (``test_damage.py``, ``test_repair.py``), and by every test that reads a
+whole stream back (``genesis_records``, ``genesis_events``). pytest puts ``tests/`` on
 ``sys.path`` (the default ``prepend`` import mode, no ``__init__.py``), so test modules import this
 as ``from damage_tools import ...``.
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import apsw
 
-from hybridlog import ChainHash, CompressionKind, Offset, Record, RecordKind, StreamId
+from hybridlog import ChainHash, CompressionKind, Offset, Record, RecordKind, StorageBackend, StreamId
 from hybridlog.catalog import CATALOG_FILE
 from hybridlog.record import (
     CHECKSUM,
@@ -279,6 +280,21 @@ def frame_batch(
         sizes.append(len(out) - start)
         prev = own
     return FramedBatch(records, sizes)
+
+
+# --- whole streams, read back ------------------------------------------------------------------------
+
+
+def genesis_records(store: StorageBackend, stream_id: int) -> list[Record]:
+    """Every record of a stream, checkpoints included, verified from offset 0: a whole-stream walk
+    (``iter_records(..., anchored=False)``), where the paged ``read_records_from_genesis`` gives one
+    ``max_bytes`` page."""
+    return list(store.iter_records(stream_id, 0, anchored=False))
+
+
+def genesis_events(store: StorageBackend, stream_id: int) -> list[bytes]:
+    """Every event payload of a stream, verified from offset 0 (``genesis_records``' events)."""
+    return [r.payload for r in store.iter_records(stream_id, 0, anchored=False) if r.kind is RecordKind.EVENT]
 
 
 # --- nothing lost ------------------------------------------------------------------------------------

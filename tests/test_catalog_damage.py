@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from conftest import make_clock
-from damage_tools import age_segments, catalog_path, edit_catalog
+from damage_tools import age_segments, catalog_path, edit_catalog, genesis_events, genesis_records
 
 from hybridlog import CheckpointPolicy, GlobalRecord, Record, Storage, StorageError
 from hybridlog.catalog import CATALOG_FILE
@@ -74,7 +74,7 @@ class Truth:
 
     def __init__(self, data_dir: Path) -> None:
         with Storage(data_dir, read_only=True) as store:
-            self.records: dict[int, list[Record]] = {sid: store.read_records_from_genesis(sid) for sid in STREAMS}
+            self.records: dict[int, list[Record]] = {sid: genesis_records(store, sid) for sid in STREAMS}
             self.global_order: list[GlobalRecord] = store.read_global(1, 1 << 30)
         assert all(len(r) > 20 for r in self.records.values())
         assert len(self.global_order) == sum(map(len, self.records.values()))
@@ -125,9 +125,10 @@ def test_a_lost_stream_row_is_an_error_not_an_empty_stream(store: Path, truth: T
     assert edit_catalog(store, "DELETE FROM streams WHERE stream_id = 1") == 1
     with Storage(store, read_only=True) as reader:
         for read in (
-            lambda: reader.read_records_from_genesis(1),
+            lambda: reader.read_records_from_genesis(1, 0, 1 << 30),
             lambda: reader.read_from(1, 0, 1 << 20),
-            lambda: reader.read_records_verified(1, 5),
+            lambda: reader.read_records_verified(1, 5, 1 << 30),
+            lambda: reader.read_from_genesis(1, 5, 1 << 30),
             lambda: reader.read_between(1, None, None),
             lambda: reader.read_global(1, 1 << 30),
             lambda: reader.read_global(1, 1 << 30, stream_id=1),
@@ -136,7 +137,7 @@ def test_a_lost_stream_row_is_an_error_not_an_empty_stream(store: Path, truth: T
                 read()
             assert caught.value.stream_id == 1
             assert "hybridlog repair" in str(caught.value)
-        assert reader.read_records_from_genesis(2) == truth.records[2]  # the other streams read as before
+        assert genesis_records(reader, 2) == truth.records[2]  # the other streams read as before
 
     code, out, err, raised = run("read", str(store), "--stream", "1")
     assert (code, out, raised) == (EXIT_DAMAGE, "", None)
@@ -155,7 +156,7 @@ def test_a_lost_stream_row_is_an_error_not_an_empty_stream(store: Path, truth: T
     code, _, err, raised = run("repair", str(store), "--yes")
     assert (code, raised) == (0, None), err
     with Storage(store, read_only=True) as reader:
-        assert reader.read_records_from_genesis(1) == truth.records[1]
+        assert genesis_records(reader, 1) == truth.records[1]
     assert run("verify", str(store))[0] == 0
 
 
@@ -188,7 +189,7 @@ def test_a_new_streams_first_batch_in_flight_is_waited_for_not_an_error(
     results: list[object] = []
     monkeypatch.setattr(time, "sleep", sleeping)  # the reader's poll for the commit
     try:
-        reading = threading.Thread(target=lambda: results.append(_outcome(lambda: reader.read_from_genesis(9))))
+        reading = threading.Thread(target=lambda: results.append(_outcome(lambda: genesis_events(reader, 9))))
         reading.start()
         assert reader_waits.wait(30)  # the reader found the segment and no row, and is waiting
         release.set()
@@ -350,7 +351,7 @@ def test_a_damaged_global_position_is_an_error_not_a_skipped_record(
 def _reads(reader: Storage, truth: Truth) -> Iterator[tuple[str, Callable[[], object], object]]:
     for sid in STREAMS:
         records = truth.records[sid]
-        yield f"genesis {sid}", partial(reader.read_records_from_genesis, sid), records
+        yield f"genesis {sid}", partial(reader.read_records_from_genesis, sid, 0, 1 << 30), records
         for offset in (0, len(records) // 2, len(records) - 1):
             events = [r.payload for r in records[offset:] if r.kind == 0]
             yield f"read_from {sid}@{offset}", partial(reader.read_from, sid, offset, 1), events[:1]

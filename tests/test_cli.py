@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from damage_tools import genesis_events
 
 import hybridlog.cli as cli_module
 from hybridlog import Storage
@@ -74,7 +75,7 @@ def test_append_files(tmp_path: Path) -> None:
     code, _, _ = run("append", str(store), str(a), str(b))
     assert code == 0
     with Storage(store, read_only=True) as s:
-        assert s.read_from_genesis(0) == [b"\x00\x01 multi\nline", b""]
+        assert genesis_events(s, 0) == [b"\x00\x01 multi\nline", b""]
 
 
 def test_verify_ok_and_json_shape(populated: Path) -> None:
@@ -177,7 +178,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "verify from genesis: ok, 50 records" in out
     assert "stream_id" in out
     with Storage(tmp_path / "demo", read_only=True) as s:
-        assert len(s.read_from_genesis(7)) == 40
+        assert len(genesis_events(s, 7)) == 40
 
 
 def test_demo_runs_again_on_its_own_store(tmp_path: Path) -> None:

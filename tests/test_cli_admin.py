@@ -36,6 +36,7 @@ import apsw
 import pytest
 from click.testing import CliRunner
 from conftest import make_clock
+from damage_tools import genesis_events
 
 from hybridlog import CheckpointPolicy, CompressionKind, Storage
 from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION
@@ -186,7 +187,7 @@ def catalog_dump(store: Path) -> dict[str, list[tuple[object, ...]]]:
 
 def read_events(store: Path, stream_id: int) -> list[bytes]:
     with Storage(store, read_only=True) as reader:
-        return reader.read_from_genesis(stream_id)
+        return genesis_events(reader, stream_id)
 
 
 def quarantine_files(store: Path, stream_id: int) -> list[Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_clock
+from damage_tools import flip_byte, genesis_events, genesis_records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +29,7 @@ from hybridlog import (
     ConflictError,
     EmptyBatch,
     GlobalRecord,
+    IntegrityError,
     InvalidArgument,
     InvalidConfiguration,
     InvalidEvent,
@@ -42,7 +44,7 @@ from hybridlog import (
     StorageError,
     StreamId,
 )
-from hybridlog.record import checkpoint_payload, record_hash
+from hybridlog.record import HEADER_SIZE, checkpoint_payload, record_hash
 
 Clock = Callable[[], int]
 
@@ -109,7 +111,7 @@ def closed_records(backend: StorageBackend, stream_id: int) -> list[Record]:
     """A closed backend's records for a stream: Storage reopened read-only, MemoryStorage's lists."""
     if isinstance(backend, Storage):
         with Storage(backend.data_dir, read_only=True) as reader:
-            return reader.read_records_from_genesis(stream_id)
+            return genesis_records(reader, stream_id)
     assert isinstance(backend, MemoryStorage)
     # MemoryStorage refuses reads once closed, so look at its record lists directly.
     return list(backend._streams.get(StreamId(stream_id), []))
@@ -139,7 +141,7 @@ def observe(backend: StorageBackend, stream_id: int) -> StreamState:
     return StreamState(
         next_offset=backend.next_offset(stream_id),
         head=backend.latest_chain_hash(stream_id),
-        records=backend.read_records_from_genesis(stream_id),
+        records=genesis_records(backend, stream_id),
         last_checkpoint=backend.last_checkpoint(stream_id),
     )
 
@@ -216,7 +218,7 @@ def test_first_append_to_an_empty_stream(harness: Harness) -> None:
     backend = harness.make()
     assert backend.next_offset(5) == 0
     assert backend.latest_chain_hash(5) is None
-    assert backend.read_records_from_genesis(5) == []
+    assert genesis_records(backend, 5) == []
 
     next_offset, head = backend.append_batch(5, [b"a", b"bc", b""], 0, None)
 
@@ -224,7 +226,7 @@ def test_first_append_to_an_empty_stream(harness: Harness) -> None:
     assert len(head) == 32
     assert backend.latest_chain_hash(5) == head
     assert backend.next_offset(5) == 3
-    records = backend.read_records_from_genesis(5)
+    records = genesis_records(backend, 5)
     assert [r.payload for r in records] == [b"a", b"bc", b""]
     assert [r.kind for r in records] == [RecordKind.EVENT] * 3
     assert records[0].prev_hash == GENESIS_HASH
@@ -242,7 +244,7 @@ def test_appends_extend_the_chain(harness: Harness) -> None:
 
     assert next_offset == 3
     assert head2 != head1
-    records = backend.read_records_from_genesis(1)
+    records = genesis_records(backend, 1)
     assert records[1].prev_hash == head1
     assert records[-1].hash == head2
     assert_valid_chain(records, 1)
@@ -273,7 +275,7 @@ def test_offset_mismatch_on_an_empty_stream(harness: Harness) -> None:
     with pytest.raises(OffsetMismatch):
         backend.append_batch(1, [b"a"], 1, None)
     assert backend.next_offset(1) == 0
-    assert backend.read_records_from_genesis(1) == []
+    assert genesis_records(backend, 1) == []
 
 
 @pytest.mark.parametrize("case", ["none-on-non-empty", "random-hash", "first-record-hash", "zero-hash"])
@@ -281,7 +283,7 @@ def test_chain_mismatch_is_refused_and_changes_nothing(harness: Harness, case: s
     """A prev_hash that is not the head raises ChainMismatch, None included; nothing is written."""
     backend = harness.make()
     _, head = fill(backend, 1, [[b"a"], [b"b"]])
-    first_hash = backend.read_records_from_genesis(1)[0].hash
+    first_hash = genesis_records(backend, 1)[0].hash
     wrong: bytes | None = {
         "none-on-non-empty": None,
         "random-hash": bytes(range(32)),
@@ -304,7 +306,7 @@ def test_a_hash_on_an_empty_stream_is_a_chain_mismatch(harness: Harness) -> None
     for wrong in (GENESIS_HASH, bytes(range(32))):
         with pytest.raises(ChainMismatch):
             backend.append_batch(1, [b"a"], 0, wrong)
-    assert backend.read_records_from_genesis(1) == []
+    assert genesis_records(backend, 1) == []
 
 
 @pytest.mark.parametrize("events", [[], ()], ids=["list", "tuple"])
@@ -359,7 +361,7 @@ def test_bytes_like_events_are_accepted(harness: Harness) -> None:
     ]
     backend.append_batch(1, events, 0, None)
     source[:] = b"XXXXXXXXXX"  # the store must have copied what it was given
-    records = backend.read_records_from_genesis(1)
+    records = genesis_records(backend, 1)
     assert [r.payload for r in records] == [b"array", b"view", b"234", b"plain"]
     assert all(type(r.payload) is bytes for r in records)
     assert_valid_chain(records, 1)
@@ -376,9 +378,9 @@ def every_call_with(backend: StorageBackend, stream_id: object) -> list[Callable
         lambda: backend.append(sid, [b"a"]),
         lambda: backend.create_checkpoint(sid, 0, None, 0),
         lambda: backend.read_from(sid, 0, 100),
-        lambda: backend.read_from_genesis(sid),
-        lambda: backend.read_records_from_genesis(sid),
-        lambda: backend.read_records_verified(sid, 0),
+        lambda: backend.read_from_genesis(sid, 0, 100),
+        lambda: backend.read_records_from_genesis(sid, 0, 100),
+        lambda: backend.read_records_verified(sid, 0, 100),
         lambda: list(backend.iter_records(sid, 0)),
         lambda: backend.latest_chain_hash(sid),
         lambda: backend.next_offset(sid),
@@ -414,9 +416,9 @@ def test_stream_ids_at_the_limits_are_accepted(harness: Harness, stream_id: int)
     """0 and 2**63-1 are valid stream ids and round-trip."""
     backend = harness.make()
     backend.append_batch(stream_id, [b"edge"], 0, None)
-    assert backend.read_from_genesis(stream_id) == [b"edge"]
+    assert genesis_events(backend, stream_id) == [b"edge"]
     assert backend.stream_ids() == [stream_id]
-    assert_valid_chain(backend.read_records_from_genesis(stream_id), stream_id)
+    assert_valid_chain(genesis_records(backend, stream_id), stream_id)
 
 
 def test_append_fills_in_the_head(harness: Harness) -> None:
@@ -433,8 +435,8 @@ def test_append_fills_in_the_head(harness: Harness) -> None:
     assert observe(backend, 1) == before
 
     assert backend.append(1, [b"d"], expected_offset=3)[0] == 4
-    assert backend.read_from_genesis(1) == [b"a", b"b", b"c", b"d"]
-    assert_valid_chain(backend.read_records_from_genesis(1), 1)
+    assert genesis_events(backend, 1) == [b"a", b"b", b"c", b"d"]
+    assert_valid_chain(genesis_records(backend, 1), 1)
 
 
 def test_create_checkpoint_writes_a_checkpoint_record(harness: Harness) -> None:
@@ -447,14 +449,14 @@ def test_create_checkpoint_writes_a_checkpoint_record(harness: Harness) -> None:
     assert next_offset == 3
     assert checkpoint_hash == backend.latest_chain_hash(1)
     assert backend.last_checkpoint(1) == (2, checkpoint_hash)
-    records = backend.read_records_from_genesis(1)
+    records = genesis_records(backend, 1)
     assert records[-1].kind is RecordKind.CHECKPOINT
     assert records[-1].offset == 2
     assert records[-1].prev_hash == head
     assert records[-1].payload == checkpoint_payload(2)
     assert_valid_chain(records, 1)
     # Checkpoints are not events.
-    assert backend.read_from_genesis(1) == [b"a", b"b"]
+    assert genesis_events(backend, 1) == [b"a", b"b"]
     assert backend.read_from(1, 0, 1 << 20) == [b"a", b"b"]
     # The stream goes on after it.
     assert backend.append_batch(1, [b"c"], 3, checkpoint_hash)[0] == 4
@@ -466,8 +468,8 @@ def test_create_checkpoint_on_an_empty_stream(harness: Harness) -> None:
     next_offset, checkpoint_hash = backend.create_checkpoint(1, 0, None, 0)
     assert next_offset == 1
     assert backend.last_checkpoint(1) == (0, checkpoint_hash)
-    assert backend.read_from_genesis(1) == []
-    assert_valid_chain(backend.read_records_from_genesis(1), 1)
+    assert genesis_events(backend, 1) == []
+    assert_valid_chain(genesis_records(backend, 1), 1)
 
 
 @pytest.mark.parametrize("wrong", ["offset", "prev_hash", "none_prev_hash", "record_count"])
@@ -526,17 +528,17 @@ def test_every_n_policy_places_checkpoints(harness: Harness, every: int, batch_s
         batch = [next(payloads) for _ in range(size)]
         sent += batch
         next_offset, head = backend.append(1, batch)
-        records = backend.read_records_from_genesis(1)
+        records = genesis_records(backend, 1)
         assert next_offset == len(records)
         assert head == records[-1].hash
 
-    records = backend.read_records_from_genesis(1)
+    records = genesis_records(backend, 1)
     assert [r.kind for r in records] == expected_kinds(batch_sizes, every)
     for r in records:
         if r.kind is RecordKind.CHECKPOINT:
             assert r.payload == checkpoint_payload(r.offset)
     assert_valid_chain(records, 1)
-    assert backend.read_from_genesis(1) == sent
+    assert genesis_events(backend, 1) == sent
     assert backend.read_from(1, 0, 1 << 30) == sent
     checkpoint_offsets = [r.offset for r in records if r.kind is RecordKind.CHECKPOINT]
     if checkpoint_offsets:
@@ -551,7 +553,7 @@ def test_explicit_checkpoints_restart_the_policy_count(harness: Harness) -> None
     offset, head = fill(backend, 1, [[b"a", b"b"]])
     offset, head = backend.create_checkpoint(1, offset, head, offset)
     fill(backend, 1, [[b"c", b"d"], [b"e"]])
-    kinds = [r.kind for r in backend.read_records_from_genesis(1)]
+    kinds = [r.kind for r in genesis_records(backend, 1)]
     e, c = RecordKind.EVENT, RecordKind.CHECKPOINT
     assert kinds == [e, e, c, e, e, e, c]
 
@@ -568,7 +570,7 @@ def test_on_close_policy(harness: Harness, on_close: bool) -> None:
     fill(backend, 2, [[b"c"]])
     offset, head = fill(backend, 3, [[b"d"]])
     backend.create_checkpoint(3, offset, head, offset)
-    before = {sid: backend.read_records_from_genesis(sid) for sid in (1, 2, 3)}
+    before = {sid: genesis_records(backend, sid) for sid in (1, 2, 3)}
 
     backend.close()
     backend.close()  # idempotent: no second round of checkpoints
@@ -619,11 +621,11 @@ def test_read_from_unknown_stream_and_past_the_end(harness: Harness) -> None:
     assert backend.read_from(9, 0, 100) == []
     assert backend.read_from(1, 2, 100) == []
     assert backend.read_from(1, 50, 100) == []
-    assert backend.read_records_verified(1, 2) == []
-    assert backend.read_records_verified(1, 50) == []
-    assert backend.read_from_genesis(9) == []
-    assert backend.read_records_from_genesis(9) == []
-    assert backend.read_records_verified(9) == []
+    assert backend.read_records_verified(1, 2, 100) == []
+    assert backend.read_records_verified(1, 50, 100) == []
+    assert backend.read_from_genesis(9, 0, 100) == []
+    assert backend.read_records_from_genesis(9, 0, 100) == []
+    assert backend.read_records_verified(9, 0, 100) == []
 
 
 def test_read_from_skips_checkpoint_records(harness: Harness) -> None:
@@ -649,7 +651,7 @@ def test_read_from_matches_the_reference(
     backend = harness.make(policy=CheckpointPolicy(every_records=every, on_close=False))
     payloads = [bytes([i]) * n for i, n in enumerate(sizes)]
     backend.append_batch(1, payloads, 0, None)
-    events = [(r.offset, r.payload) for r in backend.read_records_from_genesis(1) if r.kind is RecordKind.EVENT]
+    events = [(r.offset, r.payload) for r in genesis_records(backend, 1) if r.kind is RecordKind.EVENT]
     assert [p for _, p in events] == payloads
     assert backend.read_from(1, from_offset, max_bytes) == expected_read(events, from_offset, max_bytes)
 
@@ -658,17 +660,154 @@ def test_genesis_and_verified_reads(harness: Harness) -> None:
     """read_from_genesis gives event payloads; the record reads give Records, checkpoints included."""
     backend = harness.make(policy=CheckpointPolicy.every(3, on_close=False))
     fill(backend, 1, [[b"a", b"b"], [b"c", b"d"], [b"e"]])  # a b c C d e
-    records = backend.read_records_from_genesis(1)
+    records = genesis_records(backend, 1)
     assert [(r.kind, r.payload) for r in records if r.kind is RecordKind.EVENT] == [
         (RecordKind.EVENT, p) for p in (b"a", b"b", b"c", b"d", b"e")
     ]
     assert [r.kind for r in records].count(RecordKind.CHECKPOINT) == 1
     assert_valid_chain(records, 1)
-    assert backend.read_from_genesis(1) == [b"a", b"b", b"c", b"d", b"e"]
+    assert backend.read_from_genesis(1, 0, 1 << 20) == [b"a", b"b", b"c", b"d", b"e"]
     for start in range(len(records) + 2):
-        assert backend.read_records_verified(1, start) == records[start:]
+        assert backend.read_records_verified(1, start, 1 << 20) == records[start:]
+        assert backend.read_records_from_genesis(1, start, 1 << 20) == records[start:]
         assert list(backend.iter_records(1, start)) == records[start:]
-    assert backend.read_records_verified(1) == records
+        assert list(backend.iter_records(1, start, anchored=False)) == records[start:]
+    assert genesis_events(backend, 1) == [b"a", b"b", b"c", b"d", b"e"]
+
+
+# --- the seed's page reads: (stream_id, from_offset, max_bytes) -----------------------------------
+
+PAGE_READS = ["read_from_genesis", "read_records_from_genesis", "read_records_verified"]
+
+
+def page_of(backend: StorageBackend, read: str, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
+    """The payloads of one page of ``read`` (the record reads' Records as their payloads)."""
+    if read == "read_from_genesis":
+        return backend.read_from_genesis(stream_id, from_offset, max_bytes)
+    if read == "read_records_from_genesis":
+        return [r.payload for r in backend.read_records_from_genesis(stream_id, from_offset, max_bytes)]
+    assert read == "read_records_verified"
+    return [r.payload for r in backend.read_records_verified(stream_id, from_offset, max_bytes)]
+
+
+def expected_page(records: Sequence[Record], from_offset: int, max_bytes: int) -> list[Record]:
+    """Reference page over records: from ``from_offset``, at least one, then within max_bytes."""
+    out: list[Record] = []
+    total = 0
+    for record in records:
+        if record.offset < from_offset:
+            continue
+        if out and total + len(record.payload) > max_bytes:
+            break
+        out.append(record)
+        total += len(record.payload)
+    return out
+
+
+@pytest.mark.parametrize("read", PAGE_READS)
+def test_page_reads_take_at_least_one_then_stop_within_max_bytes(harness: Harness, read: str) -> None:
+    """The seed's signature: from ``from_offset``, at least one item when there is one, then stop
+    before the payloads would exceed ``max_bytes`` (``read_from``'s rule)."""
+    backend = harness.make()
+    fill(backend, 1, [[b"a" * 5, b"b" * 5], [b"c" * 5, b"d" * 20, b"e" * 5]])
+    assert page_of(backend, read, 1, 0, 0) == [b"a" * 5]  # max_bytes 0: one item
+    assert page_of(backend, read, 1, 0, 9) == [b"a" * 5]
+    assert page_of(backend, read, 1, 0, 10) == [b"a" * 5, b"b" * 5]
+    assert page_of(backend, read, 1, 0, 14) == [b"a" * 5, b"b" * 5]
+    assert page_of(backend, read, 1, 0, 15) == [b"a" * 5, b"b" * 5, b"c" * 5]
+    assert page_of(backend, read, 1, 3, 4) == [b"d" * 20]  # one item even when it alone is too big
+    assert page_of(backend, read, 1, 2, 24) == [b"c" * 5]  # stops at the first item that does not fit
+    assert page_of(backend, read, 1, 1, 1 << 20) == [b"b" * 5, b"c" * 5, b"d" * 20, b"e" * 5]
+    assert page_of(backend, read, 1, 4, 2**100) == [b"e" * 5]  # a budget past any payload
+    assert page_of(backend, read, 1, 5, 100) == []  # at the end
+    assert page_of(backend, read, 1, 2**63 - 1, 100) == []  # far past it
+    assert page_of(backend, read, 9, 0, 100) == []  # an unknown stream
+    backend.create_checkpoint(2, 0, None, 0)
+    assert page_of(backend, read, 2, 0, 0) == ([] if read == "read_from_genesis" else [checkpoint_payload(0)])
+
+
+def test_page_reads_of_records_include_checkpoints_and_payload_pages_skip_them(harness: Harness) -> None:
+    backend = harness.make(policy=CheckpointPolicy.every(2, on_close=False))
+    fill(backend, 1, [[b"a", b"b", b"c", b"d", b"e"]])  # a b C c d C e
+    records = genesis_records(backend, 1)
+    assert backend.read_from_genesis(1, 2, 0) == [b"c"]  # from a checkpoint: the next event
+    assert backend.read_from_genesis(1, 5, 1 << 20) == [b"e"]
+    assert backend.read_records_from_genesis(1, 2, 0) == records[2:3]
+    assert backend.read_records_verified(1, 2, 0) == records[2:3]
+    assert backend.read_records_verified(1, 3, 1) == records[3:4]
+
+
+@pytest.mark.parametrize("bad", [-1, -(2**63), True, False, 1.5, "10", None, b"1"], ids=repr)
+def test_page_reads_refuse_a_bad_max_bytes(harness: Harness, bad: object) -> None:
+    """``max_bytes`` is a non-negative int (as for ``read_from``, no upper bound); anything else
+    is InvalidArgument in both backends, also for an unknown stream."""
+    backend = harness.make()
+    fill(backend, 1, [[b"a", b"b"]])
+    reads: list[Callable[[int, int, int], object]] = [
+        backend.read_from,
+        backend.read_from_genesis,
+        backend.read_records_from_genesis,
+        backend.read_records_verified,
+    ]
+    for read, sid in itertools.product(reads, (1, 9)):
+        with pytest.raises(InvalidArgument):
+            read(sid, 0, bad)  # type: ignore[arg-type]
+    assert genesis_events(backend, 1) == [b"a", b"b"]
+
+
+@settings(max_examples=25)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=12),
+    every=st.none() | st.integers(min_value=1, max_value=4),
+    from_offset=st.integers(min_value=0, max_value=20),
+    max_bytes=st.integers(min_value=0, max_value=120),
+)
+def test_page_reads_match_the_reference_and_page_through_the_stream(
+    harness: Harness, sizes: list[int], every: int | None, from_offset: int, max_bytes: int
+) -> None:
+    """Every page read agrees with a reference for any offset, budget and policy, and paging from
+    ``page[-1].offset + 1`` gives every record once, in order."""
+    backend = harness.make(policy=CheckpointPolicy(every_records=every, on_close=False))
+    backend.append_batch(1, [bytes([i]) * n for i, n in enumerate(sizes)], 0, None)
+    records = genesis_records(backend, 1)
+    events = [(r.offset, r.payload) for r in records if r.kind is RecordKind.EVENT]
+    assert backend.read_from_genesis(1, from_offset, max_bytes) == expected_read(events, from_offset, max_bytes)
+    page = expected_page(records, from_offset, max_bytes)
+    assert backend.read_records_from_genesis(1, from_offset, max_bytes) == page
+    assert backend.read_records_verified(1, from_offset, max_bytes) == page
+    for read in (backend.read_records_from_genesis, backend.read_records_verified):
+        seen: list[Record] = []
+        offset = 0
+        while got := read(1, offset, max_bytes):
+            assert len(got) == 1 or sum(len(r.payload) for r in got) <= max_bytes
+            seen += got
+            offset = got[-1].offset + 1
+        assert seen == records
+
+
+def test_genesis_pages_verify_from_offset_0_and_verified_pages_from_their_checkpoint(tmp_path: Path) -> None:
+    """A byte flipped in record 0: a page from genesis that starts at offset 5 still verifies from
+    offset 0 and raises there; a checkpoint-anchored page from after the checkpoint past the damage
+    trusts the checkpoint and reads."""
+    path = tmp_path / "store"
+    with Storage(path, checkpoint_policy=CheckpointPolicy.every(4, on_close=False)) as store:
+        fill(store, 1, [[b"event %d" % i] for i in range(10)])  # e e e e C e e e e C e e
+        records = genesis_records(store, 1)
+        assert records[4].kind is RecordKind.CHECKPOINT
+        first = store.offset_index(1).lookup(0)
+        assert first is not None
+        segment = store.segments(1)[0].path
+    flip_byte(segment, first.position + HEADER_SIZE)  # the first payload byte of record 0
+    with Storage(path, read_only=True) as store:
+        for read in (store.read_from_genesis, store.read_records_from_genesis):
+            with pytest.raises(IntegrityError) as raised:
+                read(1, 5, 1 << 20)
+            assert raised.value.offset == 0
+        with pytest.raises(IntegrityError):
+            store.read_records_verified(1, 3, 1 << 20)  # anchored at genesis: no checkpoint before 3
+        assert store.read_records_verified(1, 5, 1 << 20) == records[5:]
+        assert store.read_records_verified(1, 4, 0) == records[4:5]
+        assert store.read_from(1, 5, 1 << 20) == [r.payload for r in records[5:] if r.kind is RecordKind.EVENT]
 
 
 def test_timestamps_never_decrease_when_the_clock_steps_back(harness: Harness) -> None:
@@ -683,9 +822,9 @@ def test_timestamps_never_decrease_when_the_clock_steps_back(harness: Harness) -
     clock.now = START_NS + 7
     backend.append(1, [b"d"])  # d, checkpoint
 
-    assert [r.timestamp_ns for r in backend.read_records_from_genesis(1)] == [START_NS] * 4 + [START_NS + 7] * 2
-    assert [r.timestamp_ns for r in backend.read_records_from_genesis(2)] == [START_NS - 10_000]
-    assert all(r.timestamp == r.timestamp_ns for r in backend.read_records_from_genesis(1))
+    assert [r.timestamp_ns for r in genesis_records(backend, 1)] == [START_NS] * 4 + [START_NS + 7] * 2
+    assert [r.timestamp_ns for r in genesis_records(backend, 2)] == [START_NS - 10_000]
+    assert all(r.timestamp == r.timestamp_ns for r in genesis_records(backend, 1))
 
 
 def test_timestamps_come_from_the_clock(harness: Harness) -> None:
@@ -696,7 +835,7 @@ def test_timestamps_come_from_the_clock(harness: Harness) -> None:
     clock.now = START_NS + 1_000
     offset, head = backend.next_offset(1), backend.latest_chain_hash(1)
     backend.create_checkpoint(1, offset, head, offset)
-    assert [r.timestamp_ns for r in backend.read_records_from_genesis(1)] == [START_NS, START_NS, START_NS + 1_000]
+    assert [r.timestamp_ns for r in genesis_records(backend, 1)] == [START_NS, START_NS, START_NS + 1_000]
 
 
 # --- time -----------------------------------------------------------------------------------------
@@ -748,7 +887,7 @@ def test_read_between_since_inclusive_until_exclusive(harness: Harness) -> None:
     assert payloads(100, None, max_bytes=2) == [b"a", b"b"]
     assert backend.read_between(9, None, None) == []
     records = backend.read_between(1, START_NS + 200, None)
-    assert records == backend.read_records_verified(1, 3)  # whole, verified Records
+    assert records == backend.read_records_verified(1, 3, 1 << 20)  # whole, verified Records
 
 
 def test_read_between_includes_checkpoints_in_the_window(harness: Harness) -> None:
@@ -791,14 +930,16 @@ def test_read_offsets_and_positions_out_of_range_are_invalid_arguments(harness: 
         lambda: backend.read_from(1, bad, 100),  # type: ignore[arg-type]
         lambda: list(backend.iter_records(1, bad)),  # type: ignore[arg-type]
         lambda: list(backend.iter_records(1, bad, anchored=False)),  # type: ignore[arg-type]
-        lambda: backend.read_records_verified(1, bad),  # type: ignore[arg-type]
+        lambda: backend.read_records_verified(1, bad, 100),  # type: ignore[arg-type]
+        lambda: backend.read_records_from_genesis(1, bad, 100),  # type: ignore[arg-type]
+        lambda: backend.read_from_genesis(1, bad, 100),  # type: ignore[arg-type]
         lambda: backend.read_global(bad),  # type: ignore[arg-type]
         lambda: backend.read_global(bad, 100, stream_id=1),  # type: ignore[arg-type]
     ]
     for read in reads:
         with pytest.raises(InvalidArgument):
             read()
-    assert backend.read_from_genesis(1) == [b"a", b"b"]
+    assert genesis_events(backend, 1) == [b"a", b"b"]
     assert backend.last_global_position() == 2
 
 
@@ -808,7 +949,9 @@ def test_reads_at_the_largest_offset_and_position_find_nothing(harness: Harness)
     top = 2**63 - 1
     assert backend.read_from(1, top, 100) == []
     assert list(backend.iter_records(1, top)) == []
-    assert backend.read_records_verified(1, top) == []
+    assert backend.read_records_verified(1, top, 100) == []
+    assert backend.read_records_from_genesis(1, top, 100) == []
+    assert backend.read_from_genesis(1, top, 100) == []
     assert backend.read_global(top) == []
     assert backend.read_global(top, 100, stream_id=1) == []
 
@@ -817,7 +960,7 @@ def test_times_beyond_any_clock_reading_are_bounds_both_backends_agree_on(harnes
     """offset_at and read_between take any int as a time: before the first record or after the
     last, the answer is the same in both backends (no error for times no clock can give)."""
     backend = timed_stream(harness)
-    everything = backend.read_records_from_genesis(1)
+    everything = genesis_records(backend, 1)
     for early in (-1, -(2**63) - 1, -(2**100)):
         assert backend.offset_at(1, early) == 0
         assert backend.read_between(1, None, early) == []
@@ -847,18 +990,18 @@ def test_a_clock_reading_a_record_cannot_hold_is_invalid_configuration(harness: 
     for write in writes:
         with pytest.raises(InvalidConfiguration):
             write()
-    assert backend.read_from_genesis(1) == [b"a"]
+    assert genesis_events(backend, 1) == [b"a"]
     assert backend.next_offset(2) == 0
     assert backend.stream_ids() == [1]
     clock.now = START_NS + 1
     fill(backend, 1, [[b"b"]])
-    assert backend.read_from_genesis(1) == [b"a", b"b"]
+    assert genesis_events(backend, 1) == [b"a", b"b"]
 
 
 def test_the_largest_clock_reading_is_stored(harness: Harness) -> None:
     backend = harness.make(clock=ManualClock(2**63 - 1))
     fill(backend, 1, [[b"a"], [b"b"]])
-    assert [r.timestamp_ns for r in backend.read_records_from_genesis(1)] == [2**63 - 1, 2**63 - 1]
+    assert [r.timestamp_ns for r in genesis_records(backend, 1)] == [2**63 - 1, 2**63 - 1]
     assert backend.offset_at(1, 2**63 - 1) == 0
 
 
@@ -878,7 +1021,7 @@ def test_time_reads_match_a_linear_scan(harness: Harness, steps: list[tuple[int,
     for i, (step, size) in enumerate(steps):
         clock.now += step  # may step back: clamped per stream
         backend.append(1, [b"%d.%d" % (i, j) for j in range(size)])
-    records = backend.read_records_from_genesis(1)
+    records = genesis_records(backend, 1)
     stamps = [r.timestamp_ns for r in records]
     assert stamps == sorted(stamps)
     for probe in probes:
@@ -904,7 +1047,7 @@ def test_global_positions_follow_append_order_across_streams(harness: Harness) -
     e, c = RecordKind.EVENT, RecordKind.CHECKPOINT
     assert got == [(1, 3, 0, e), (2, 1, 0, e), (3, 1, 1, e), (4, 1, 2, c), (5, 3, 1, e), (6, 3, 2, c)]
     assert backend.last_global_position() == 6
-    by_stream = {sid: backend.read_records_from_genesis(sid) for sid in (1, 3)}
+    by_stream = {sid: genesis_records(backend, sid) for sid in (1, 3)}
     assert all(g.record == by_stream[g.record.stream_id][g.record.offset] for g in backend.read_global())
     assert [g.global_position for g in backend.read_global(0)] == [1, 2, 3, 4, 5, 6]
     assert [g.global_position for g in backend.read_global(5)] == [5, 6]
@@ -1033,7 +1176,7 @@ def assert_same_everywhere(backends: dict[str, StorageBackend], results: dict[st
     reference = results["memory"]
     for name in backends:
         assert results[name] == reference, name
-    live = {name: {sid: b.read_records_from_genesis(sid) for sid in (1, 2)} for name, b in backends.items()}
+    live = {name: {sid: genesis_records(b, sid) for sid in (1, 2)} for name, b in backends.items()}
     for name in backends:
         assert live[name] == live["memory"], name
     for sid in (1, 2):

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_clock
+from damage_tools import genesis_records
 
 from hybridlog import (
     CatalogMismatch,
@@ -108,7 +109,7 @@ def assert_append_continues(store: Storage, stream_id: int, records: list[Record
     assert store.latest_chain_hash(stream_id) == prev
     assert store.next_offset(stream_id) == head_offset
     next_offset, head = store.append_batch(stream_id, [payload], head_offset, prev, fsync=True)
-    after = store.read_records_from_genesis(stream_id)
+    after = genesis_records(store, stream_id)
     assert after[: len(records)] == records
     added = after[len(records) :]
     assert event_payloads(added) == [payload]
@@ -147,7 +148,7 @@ def assert_catalog_matches_segments(store: Storage, stream_id: int, records: lis
     assert [(c.offset, c.hash) for c in store.checkpoint_index(stream_id)] == checkpoints
     if records:
         # A read anchored at the last checkpoint (through the offset index) returns the same records.
-        assert store.read_records_verified(stream_id, records[-1].offset) == records[-1:]
+        assert list(store.iter_records(stream_id, records[-1].offset)) == records[-1:]
 
 
 @contextmanager
@@ -276,7 +277,7 @@ def first_record_of_event(records: list[Record], event_number: int) -> int:
 
 def check_after_kill(store: Storage, store_dir: Path, model: Model, run: KilledRun) -> dict[int, list[Record]]:
     """Everything a reopened writer must find after a kill; updates ``model`` with a landed in-flight batch."""
-    records = {sid: store.read_records_from_genesis(sid) for sid in CRASH_STREAMS}  # verifies every record
+    records = {sid: genesis_records(store, sid) for sid in CRASH_STREAMS}  # verifies every record
 
     # Each stream is exactly its known batches, plus at most the in-flight batch, whole.
     landed_at: int | None = None
@@ -401,7 +402,7 @@ def crash_rounds(store_dir: Path, workdir: Path, rounds: int, seed: int, max_del
             model.log_seen = len(store.recovery_log())
 
     with Storage(store_dir, read_only=True) as reader:
-        final = {sid: reader.read_records_from_genesis(sid) for sid in CRASH_STREAMS}
+        final = {sid: genesis_records(reader, sid) for sid in CRASH_STREAMS}
     for sid in CRASH_STREAMS:
         assert event_payloads(final[sid]) == model.events[sid]
     for ack in model.acks:
@@ -500,13 +501,13 @@ def build_last_batch(root: Path, compression: CompressionKind, *, rotated: bool)
                 break
         else:
             pytest.fail("the filler never left the active segment where the variant needs it")
-        records_before = {sid: store.read_records_from_genesis(sid) for sid in (LAST_STREAM, OTHER_STREAM)}
+        records_before = {sid: genesis_records(store, sid) for sid in (LAST_STREAM, OTHER_STREAM)}
 
     shutil.copytree(before, after)
     with open_template_store(after, compression, START_NS + 10**12) as store:
         prev = records_before[LAST_STREAM]
         store.append_batch(LAST_STREAM, LAST_BATCH, len(prev), prev[-1].hash, fsync=True)
-        records_after = store.read_records_from_genesis(LAST_STREAM)
+        records_after = genesis_records(store, LAST_STREAM)
         segments_after = store.segments(LAST_STREAM)
     assert event_payloads(records_after[len(prev) :]) == LAST_BATCH
     assert len(segments_after) == len(segments) + (1 if rotated else 0)
@@ -588,8 +589,8 @@ def recover_before_commit(tpl: LastBatch, workdir: Path, written: bytes) -> None
             f.write(written)
 
         with open_recovering_writer(store_dir, tpl.compression) as store:
-            assert store.read_records_from_genesis(LAST_STREAM) == expected
-            assert store.read_records_from_genesis(OTHER_STREAM) == tpl.records_before[OTHER_STREAM]
+            assert genesis_records(store, LAST_STREAM) == expected
+            assert genesis_records(store, OTHER_STREAM) == tpl.records_before[OTHER_STREAM]
             assert store.damaged_streams() == {}
 
             # The segment holds exactly the kept batches; the cut bytes are in one quarantine file.
@@ -741,7 +742,7 @@ def catalog_ahead(tpl: LastBatch, workdir: Path, keep: int | None) -> None:
             with pytest.raises(IntegrityError) as refused:
                 store.append(LAST_STREAM, [b"refused"])
             assert (refused.value.stream_id, refused.value.segment) == (LAST_STREAM, segment)
-            assert store.read_records_from_genesis(OTHER_STREAM) == tpl.records_before[OTHER_STREAM]
+            assert genesis_records(store, OTHER_STREAM) == tpl.records_before[OTHER_STREAM]
 
             # check() reports it, with the repair that fixes it, and changes nothing either.
             report = store.check()
@@ -759,7 +760,7 @@ def catalog_ahead(tpl: LastBatch, workdir: Path, keep: int | None) -> None:
             assert repaired.after.findings == []
             assert store.damaged_streams() == {}
             committed = len(tpl.records_after)
-            records = store.read_records_from_genesis(LAST_STREAM)
+            records = genesis_records(store, LAST_STREAM)
             assert records[:-1] == tpl.records_after[:hurt_offset]
             marker = decode_marker(records[-1].payload)
             assert marker is not None
@@ -797,7 +798,7 @@ def catalog_ahead(tpl: LastBatch, workdir: Path, keep: int | None) -> None:
 
             assert_append_continues(store, LAST_STREAM, records, b"appended after the repair")
             assert store.check().findings == []
-            assert store.read_records_from_genesis(OTHER_STREAM) == tpl.records_before[OTHER_STREAM]
+            assert genesis_records(store, OTHER_STREAM) == tpl.records_before[OTHER_STREAM]
 
 
 @pytest.mark.parametrize("rotated", VARIANTS, ids=VARIANT_IDS)
@@ -832,7 +833,7 @@ def test_the_whole_last_batch_with_the_commit_needs_no_recovery(
     for (_compression, _rotated), tpl in sorted(last_batch_templates.items(), key=lambda kv: kv[1].label):
         with case(tpl.label), copy_of(tpl.after, tmp_path) as store_dir:
             with open_recovering_writer(store_dir, tpl.compression) as store:
-                assert store.read_records_from_genesis(LAST_STREAM) == tpl.records_after
+                assert genesis_records(store, LAST_STREAM) == tpl.records_after
                 assert store.recovery_log() == []
                 assert store.check().findings == []
                 assert_catalog_matches_segments(store, LAST_STREAM, tpl.records_after)
@@ -959,12 +960,12 @@ def build_rotating_group(root: Path) -> RotatingGroup:
             if len(segments) >= 2 and free < 300 + 208:
                 break
             store.append(LAST_STREAM, [f"filler {n} ".encode() * 10])
-        records_before = store.read_records_from_genesis(LAST_STREAM)
+        records_before = genesis_records(store, LAST_STREAM)
         old = segments[-1].path
         batches = commit_as_one_group(store, store_dir, before)
         assert batches == 2  # A and B went in one group
-        records_both = store.read_records_from_genesis(LAST_STREAM)
-        other_records = store.read_records_from_genesis(OTHER_STREAM)
+        records_both = genesis_records(store, LAST_STREAM)
+        other_records = genesis_records(store, OTHER_STREAM)
         after_segments = store.segments(LAST_STREAM)
     assert event_payloads(records_both[len(records_before) :]) == GROUP_FIRST + GROUP_SECOND
     assert [s.path for s in after_segments[:-1]] == [s.path for s in segments]
@@ -1020,9 +1021,9 @@ def recover_rotating_group(
 
         with open_group_store(store_dir, START_NS + 2 * 10**12) as store:
             assert store.damaged_streams() == {}
-            records = store.read_records_from_genesis(LAST_STREAM)
+            records = genesis_records(store, LAST_STREAM)
             assert records == expected
-            assert store.read_records_from_genesis(OTHER_STREAM) == tpl.other_records
+            assert genesis_records(store, OTHER_STREAM) == tpl.other_records
 
             # The segments hold exactly the adopted batches; every other byte is in a quarantine file.
             assert old.read_bytes() == tpl.old_before + (tpl.first if a_whole else b"")

@@ -31,7 +31,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from damage_tools import active_segment, drop_segment, flip_byte, frame_batch, quarantine_files, tear_tail
+from damage_tools import (
+    active_segment,
+    drop_segment,
+    flip_byte,
+    frame_batch,
+    genesis_events,
+    genesis_records,
+    quarantine_files,
+    tear_tail,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.vendor.pretty import RepresentationPrinter
@@ -100,7 +109,7 @@ def fill_store(path: Path, compression: CompressionKind, *, batches: int = 12, s
 
 def records_of(path: Path, compression: CompressionKind, stream_id: int) -> list[Record]:
     with open_store(path, compression, read_only=True) as store:
-        return store.read_records_from_genesis(stream_id)
+        return genesis_records(store, stream_id)
 
 
 @dataclass(frozen=True, repr=False)
@@ -263,13 +272,13 @@ def check_flip_read_only(template: Template, flip: Flip) -> None:
         for sid in STREAMS:
             if sid == flip.stream_id and not flip.in_tail:
                 with pytest.raises(IntegrityError) as caught:
-                    store.read_records_from_genesis(sid)
+                    genesis_records(store, sid)
                 assert_names_the_damage(caught.value, flip)
                 with pytest.raises(IntegrityError):
-                    store.read_from_genesis(sid)
+                    genesis_events(store, sid)
             else:
                 # Bytes past the catalog's end are invisible to a reader.
-                assert store.read_records_from_genesis(sid) == template.committed[sid]
+                assert genesis_records(store, sid) == template.committed[sid]
 
 
 def check_flip_writer(template: Template, flip: Flip) -> None:
@@ -277,16 +286,16 @@ def check_flip_writer(template: Template, flip: Flip) -> None:
         for sid in STREAMS:
             if sid == flip.stream_id and not flip.in_tail:
                 with pytest.raises(IntegrityError) as caught:
-                    store.read_records_from_genesis(sid)
+                    genesis_records(store, sid)
                 assert_names_the_damage(caught.value, flip)
             elif sid == flip.stream_id:
                 check_tail_flip(template, store, flip)
             else:
                 expected = template.committed[sid] + (flat(template.tail) if sid == TAIL_STREAM else [])
-                assert store.read_records_from_genesis(sid) == expected
+                assert genesis_records(store, sid) == expected
                 # The undamaged stream also takes new appends and reads them back.
                 result = store.append(sid, [b"after the flip"])
-                assert_appended_after(expected, store.read_records_from_genesis(sid), b"after the flip", result)
+                assert_appended_after(expected, genesis_records(store, sid), b"after the flip", result)
 
 
 def check_tail_flip(template: Template, store: Storage, flip: Flip) -> None:
@@ -297,7 +306,7 @@ def check_tail_flip(template: Template, store: Storage, flip: Flip) -> None:
     """
     damaged_batch = tail_batch_of(template, flip.position)
     committed = template.committed[TAIL_STREAM]
-    records = store.read_records_from_genesis(TAIL_STREAM)  # the first use runs recovery
+    records = genesis_records(store, TAIL_STREAM)  # the first use runs recovery
     allowed = [committed + flat(template.tail[:n]) for n in range(damaged_batch + 1)]
     assert records in allowed
     quarantined = quarantine_files(flip.store, TAIL_STREAM)
@@ -308,13 +317,13 @@ def check_tail_flip(template: Template, store: Storage, flip: Flip) -> None:
         assert kept.name == f"{flip.file.name}.{cut_at:020d}{QUARANTINE_SUFFIX}"
         assert kept.read_bytes() == flip.damaged[cut_at:]
         result = store.append(TAIL_STREAM, [b"after the flip"])
-        assert_appended_after(records, store.read_records_from_genesis(TAIL_STREAM), b"after the flip", result)
+        assert_appended_after(records, genesis_records(store, TAIL_STREAM), b"after the flip", result)
     else:
         assert flip.file.read_bytes() == flip.damaged  # nothing cut
         with pytest.raises(IntegrityError) as caught:
             store.append(TAIL_STREAM, [b"refused"])
         assert_names_the_damage(caught.value, flip)
-        assert store.read_records_from_genesis(TAIL_STREAM) == records
+        assert genesis_records(store, TAIL_STREAM) == records
 
 
 # --- torn writes -------------------------------------------------------------------------------------
@@ -391,7 +400,7 @@ def test_torn_last_batch_is_quarantined_and_complete_batches_adopted(
 
     with open_store(store_dir, compression, start_ns=START_NS * 2) as store:
         expected = pending.committed + pending.adopted
-        assert store.read_records_from_genesis(TAIL_STREAM) == expected
+        assert genesis_records(store, TAIL_STREAM) == expected
         assert store.latest_chain_hash(TAIL_STREAM) == pending.adopted[-1].hash
         assert pending.segment.read_bytes() == pending.segment_before + pending.complete_bytes
         [kept] = quarantine_files(store_dir, TAIL_STREAM)
@@ -399,10 +408,10 @@ def test_torn_last_batch_is_quarantined_and_complete_batches_adopted(
         assert kept.name.startswith(pending.segment.name)
 
         result = store.append_batch(TAIL_STREAM, [b"after recovery"], len(expected), expected[-1].hash)
-        records = store.read_records_from_genesis(TAIL_STREAM)
+        records = genesis_records(store, TAIL_STREAM)
         assert_appended_after(expected, records, b"after recovery", result)
     with open_store(store_dir, compression, read_only=True) as reader:
-        assert reader.read_records_from_genesis(TAIL_STREAM)[: len(records)] == records
+        assert genesis_records(reader, TAIL_STREAM)[: len(records)] == records
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS, ids=[c.value for c in COMPRESSIONS])
@@ -413,10 +422,10 @@ def test_complete_batches_past_the_catalog_are_adopted_without_quarantine(
     pending = write_pending(store_dir, compression)
     with open_store(store_dir, compression, start_ns=START_NS * 2) as store:
         expected = pending.committed + pending.adopted + pending.torn
-        assert store.read_records_from_genesis(TAIL_STREAM) == expected
+        assert genesis_records(store, TAIL_STREAM) == expected
         assert quarantine_files(store_dir, TAIL_STREAM) == []
         result = store.append(TAIL_STREAM, [b"next"])
-        assert_appended_after(expected, store.read_records_from_genesis(TAIL_STREAM), b"next", result)
+        assert_appended_after(expected, genesis_records(store, TAIL_STREAM), b"next", result)
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS, ids=[c.value for c in COMPRESSIONS])
@@ -428,7 +437,7 @@ def test_zeros_after_a_torn_batch_are_quarantined_with_it(store_dir: Path, compr
     with pending.segment.open("ab") as f:
         f.write(bytes(300))
     with open_store(store_dir, compression, start_ns=START_NS * 2) as store:
-        assert store.read_records_from_genesis(TAIL_STREAM) == pending.committed + pending.adopted
+        assert genesis_records(store, TAIL_STREAM) == pending.committed + pending.adopted
         [kept] = quarantine_files(store_dir, TAIL_STREAM)
         assert kept.read_bytes() == pending.torn_bytes[:keep] + bytes(300)
         assert pending.segment.read_bytes() == pending.segment_before + pending.complete_bytes
@@ -450,7 +459,7 @@ def test_bad_record_before_good_ones_in_the_tail_is_reported_not_cut(
         assert caught.value.segment == pending.segment
         assert caught.value.position == len(pending.segment_before)
         # Committed data still reads, exactly; nothing was cut or adopted.
-        assert store.read_records_from_genesis(TAIL_STREAM) == pending.committed
+        assert genesis_records(store, TAIL_STREAM) == pending.committed
     assert pending.segment.read_bytes() == on_disk
     assert quarantine_files(store_dir, TAIL_STREAM) == []
 
@@ -470,19 +479,17 @@ def test_a_dropped_segment_is_reported(store_dir: Path, which: str) -> None:
 
     with open_store(store_dir, CompressionKind.NONE, read_only=True) as reader:
         with pytest.raises(CatalogMismatch) as caught:
-            reader.read_records_from_genesis(TAIL_STREAM)
+            genesis_records(reader, TAIL_STREAM)
         assert (caught.value.stream_id, caught.value.segment) == (TAIL_STREAM, path)
-        assert reader.read_records_from_genesis(other) == other_records
+        assert genesis_records(reader, other) == other_records
 
     with open_store(store_dir, CompressionKind.NONE, start_ns=START_NS * 2) as store:
         with pytest.raises(CatalogMismatch) as refused:
             store.append(TAIL_STREAM, [b"refused"])
         assert (refused.value.stream_id, refused.value.segment) == (TAIL_STREAM, path)
         with pytest.raises(CatalogMismatch):
-            store.read_records_from_genesis(TAIL_STREAM)
-        assert [r.payload for r in store.read_records_from_genesis(other) if r.kind is RecordKind.EVENT] == appended[
-            other
-        ]
+            genesis_records(store, TAIL_STREAM)
+        assert [r.payload for r in genesis_records(store, other) if r.kind is RecordKind.EVENT] == appended[other]
     assert not path.exists()
     assert quarantine_files(store_dir, TAIL_STREAM) == []
 
@@ -496,7 +503,7 @@ def test_committed_bytes_cut_off_are_reported_not_repaired(store_dir: Path) -> N
 
     with open_store(store_dir, CompressionKind.NONE, read_only=True) as reader:
         with pytest.raises(TruncatedRecord) as caught:
-            reader.read_records_from_genesis(TAIL_STREAM)
+            genesis_records(reader, TAIL_STREAM)
         assert (caught.value.stream_id, caught.value.segment) == (TAIL_STREAM, segment)
 
     with open_store(store_dir, CompressionKind.NONE, start_ns=START_NS * 2) as store:
@@ -569,7 +576,7 @@ def test_an_empty_segment_left_by_a_rotation_crash_does_not_block_appends(store_
         for n in range(12):  # enough to fill the active segment and rotate past it
             payload = f"after the crash {n} ".encode() * 20
             result = store.append(TAIL_STREAM, [payload])
-            after = store.read_records_from_genesis(TAIL_STREAM)
+            after = genesis_records(store, TAIL_STREAM)
             assert_appended_after(records, after, payload, result)
             records = after
         assert store.segment_count(TAIL_STREAM) > int(last.stem) + 1
@@ -585,4 +592,4 @@ def test_an_empty_first_segment_left_by_a_crash_does_not_block_a_new_stream(stor
 
     with open_store(store_dir, CompressionKind.NONE, start_ns=START_NS * 2) as store:
         result = store.append(new_stream, [b"first event"])
-        assert_appended_after([], store.read_records_from_genesis(new_stream), b"first event", result)
+        assert_appended_after([], genesis_records(store, new_stream), b"first event", result)

@@ -41,7 +41,15 @@ from pathlib import Path
 import pytest
 import zstandard
 from conftest import make_clock
-from damage_tools import delete_catalog, flip_byte, quarantine_files, rollback_catalog, save_catalog
+from damage_tools import (
+    delete_catalog,
+    flip_byte,
+    genesis_events,
+    genesis_records,
+    quarantine_files,
+    rollback_catalog,
+    save_catalog,
+)
 
 from hybridlog import (
     CheckpointPolicy,
@@ -186,10 +194,10 @@ def test_a_dictionary_is_trained_after_enough_events_and_used_from_then_on(
     assert len(list(stream_path(data_dir, SID).glob("*.seg"))) > 1  # rotation happened on the way
 
     with Storage(data_dir, read_only=True) as reader:
-        assert reader.read_from_genesis(SID) == events
+        assert genesis_events(reader, SID) == events
         # Anchored at checkpoints before and after the dictionary, and a single record.
-        assert events_of(reader.read_records_verified(SID, 700)) == events[699:]
-        assert events_of(reader.read_records_verified(SID, 1300)) == events[1298:]
+        assert events_of(list(reader.iter_records(SID, 700))) == events[699:]
+        assert events_of(list(reader.iter_records(SID, 1300))) == events[1298:]
         assert reader.read_from(SID, number + 5, 1) == [events[number + 3]]
         assert verify_store(reader).ok
 
@@ -200,7 +208,7 @@ def test_reopening_loads_the_newest_dictionary_for_new_records(trained: tuple[Pa
     more = json_events(300, seed=2)
     with open_writer(data_dir) as store:
         append_in_batches(store, SID, more)
-        assert store.read_from_genesis(SID) == events + more
+        assert genesis_events(store, SID) == events + more
     assert [int(p.stem) for p in dictionary_files(data_dir)] == [number]
     after = [r for r in stored_records(data_dir) if r[0] > 1500 and r[1] & FLAG_COMPRESSED]
     assert after
@@ -214,7 +222,7 @@ def test_reopening_loads_the_newest_dictionary_for_new_records(trained: tuple[Pa
     with open_writer(data_dir) as store:
         start = store.next_offset(SID)
         store.append(SID, last)
-        assert store.read_from_genesis(SID) == events + more + last
+        assert genesis_events(store, SID) == events + more + last
     compressed = [r for r in stored_records(data_dir) if r[0] >= start and r[1] & FLAG_COMPRESSED]
     assert {used for _, _, used, _ in compressed} == {5000}
 
@@ -224,11 +232,11 @@ def test_rebuilt_catalog_reads_dictionary_records(trained: tuple[Path, list[byte
     data_dir, events, _ = trained
     with open_writer(data_dir) as store:
         store.rebuild_catalog()
-        assert store.read_from_genesis(SID) == events
+        assert genesis_events(store, SID) == events
         assert store.check().ok
     delete_catalog(data_dir)
     with open_writer(data_dir) as store:
-        assert store.read_from_genesis(SID) == events
+        assert genesis_events(store, SID) == events
         assert store.check().findings == []
 
 
@@ -247,7 +255,7 @@ def test_threads_crossing_the_threshold_together_train_one_dictionary(tmp_path: 
             thread.start()
         for thread in threads:
             thread.join()
-        got = store.read_from_genesis(SID)
+        got = genesis_events(store, SID)
     assert sorted(got) == sorted(e for events in per_thread.values() for e in events)
     for events in per_thread.values():
         mine = set(events)
@@ -266,7 +274,7 @@ def test_a_dictionary_that_does_not_pay_is_not_used(tmp_path: Path) -> None:
     events = [rng.randbytes(200) for _ in range(1200)]
     with open_writer(data_dir) as store:
         append_in_batches(store, SID, events)
-        assert store.read_from_genesis(SID) == events
+        assert genesis_events(store, SID) == events
     assert dictionary_files(data_dir) == []
     assert not any(flags & FLAG_DICTIONARY for _, flags, _, _ in stored_records(data_dir))
 
@@ -293,7 +301,7 @@ def test_a_failing_training_leaves_the_batch_committed(
         for start in range(0, 1200, 100):
             head = store.append(SID, events[start : start + 100], fsync=False)
             assert head[0] == store.next_offset(SID)
-        assert store.read_from_genesis(SID) == events
+        assert genesis_events(store, SID) == events
         assert store.check().ok
     assert list(stream_path(data_dir, SID).glob("*.zdict*")) == []
     assert not any(flags & FLAG_DICTIONARY for _, flags, _, _ in stored_records(data_dir))
@@ -387,7 +395,7 @@ def test_an_unusable_dictionary_fails_the_read_by_name_and_check_reports_it(
             assert step.effect.startswith(f"cuts nothing: the records from offset {first} are intact but need")
 
         path.write_bytes(original)  # restored from a backup: readable again, no reopen needed
-        assert store.read_from_genesis(SID) == events
+        assert genesis_events(store, SID) == events
         assert store.check().ok
 
 
@@ -405,7 +413,7 @@ def test_a_dictionary_damaged_outside_its_content_is_resealed_and_no_record_is_c
     damaged = path.read_bytes()
     with Storage(data_dir) as store:
         with pytest.raises(DamagedDictionary):
-            store.read_from_genesis(SID)
+            genesis_events(store, SID)
         (step,) = store.check().plan()
         assert step.repair == ISOLATE
         assert step.effect.startswith(f"rewrites the damaged dictionary file {path.name} with a correct digest")
@@ -414,13 +422,13 @@ def test_a_dictionary_damaged_outside_its_content_is_resealed_and_no_record_is_c
         assert report.after is not None
         assert report.after.ok
         assert [e.action for e in report.entries if e.action == RESEALED_DICTIONARY] == [RESEALED_DICTIONARY]
-        assert store.read_from_genesis(SID) == events  # every record, none cut
+        assert genesis_events(store, SID) == events  # every record, none cut
         assert store.next_offset(SID) == len(stored_records(data_dir))
     kept = path.with_name(path.name + ".quarantine")
     assert kept.read_bytes() == damaged
     assert quarantine_files(data_dir, SID) == [kept]  # and no segment bytes were cut
     with Storage(data_dir, read_only=True) as reader:
-        assert reader.read_from_genesis(SID) == events
+        assert genesis_events(reader, SID) == events
         assert verify_store(reader).ok
 
 
@@ -437,7 +445,7 @@ def test_a_dictionary_whose_content_is_damaged_is_not_resealed(trained: tuple[Pa
         assert step.effect.startswith("cuts nothing")
         store.repair([step])
         with pytest.raises(DamagedDictionary):
-            store.read_from_genesis(SID)
+            genesis_events(store, SID)
     assert path.read_bytes() == before
     assert quarantine_files(data_dir, SID) == []
 
@@ -485,10 +493,10 @@ def test_a_writer_never_reuses_the_number_of_a_missing_dictionary(trained: tuple
         (newer,) = dictionary_files(data_dir)
         assert int(newer.stem) > number
         with pytest.raises(MissingDictionary) as caught:
-            store.read_from_genesis(SID)
+            genesis_events(store, SID)
         assert caught.value.dictionary == path
         path.write_bytes(original)
-        assert store.read_from_genesis(SID) == events + more
+        assert genesis_events(store, SID) == events + more
 
 
 def test_a_damaged_newest_dictionary_is_not_used_for_new_records(trained: tuple[Path, list[bytes], int]) -> None:
@@ -505,7 +513,7 @@ def test_a_damaged_newest_dictionary_is_not_used_for_new_records(trained: tuple[
     assert not any(flags & FLAG_DICTIONARY for _, flags, _, _ in new)
     path.write_bytes(original)
     with Storage(data_dir, read_only=True) as store:
-        assert store.read_from_genesis(SID) == events + more
+        assert genesis_events(store, SID) == events + more
 
 
 # --- crashes ---------------------------------------------------------------------------------------
@@ -533,14 +541,14 @@ def test_a_writer_killed_after_writing_a_dictionary_before_using_it_loses_nothin
 
     with open_writer(data_dir) as store:
         assert store.damaged_streams() == {}
-        got = store.read_records_from_genesis(SID)
+        got = genesis_records(store, SID)
         # The acknowledged batches, and possibly the one whose append trained the dictionary.
         assert events_of(got) in (events[: 100 * len(acks)], events[: 100 * (len(acks) + 1)])
         for next_offset, head in acks:
             assert got[next_offset - 1].hash == head
         more = json_events(100, seed=14)
         store.append(SID, more)
-        assert events_of(store.read_records_from_genesis(SID))[-100:] == more
+        assert events_of(genesis_records(store, SID))[-100:] == more
         assert store.check().ok
     used = {used for _, _, used, _ in stored_records(data_dir) if used is not None}
     assert used == {int(dictionary.stem)}
@@ -635,7 +643,7 @@ def test_writers_killed_around_dictionary_training_lose_nothing_acknowledged(tmp
         events = [e for batch_no in range(len(acks) + 1) for e in child_batch(round_no, batch_no)]
         with open_writer(data_dir, checkpoint_policy=policy) as store:
             assert store.damaged_streams() == {}
-            records = store.read_records_from_genesis(sid)
+            records = genesis_records(store, sid)
             got = events_of(records)
             acked, in_flight = events[: 50 * len(acks)], events[: 50 * (len(acks) + 1)]
             assert got in (known[sid] + acked, known[sid] + in_flight), f"round {round_no}"
@@ -648,7 +656,7 @@ def test_writers_killed_around_dictionary_training_lose_nothing_acknowledged(tmp
             known[sid] = got + extra
     with Storage(data_dir, read_only=True) as reader:
         for sid in range(KILLED_STREAMS):
-            assert reader.read_from_genesis(sid) == known[sid]
+            assert genesis_events(reader, sid) == known[sid]
     assert any(dictionary_files(data_dir, sid) for sid in range(KILLED_STREAMS)), "no round trained a dictionary"
 
 
@@ -706,7 +714,7 @@ def test_records_past_the_catalog_needing_a_missing_dictionary_are_damage_not_a_
     dictionary.write_bytes(original)
     with open_writer(data_dir, max_segment_size=1024 * 1024) as store:
         assert store.damaged_streams() == {}
-        assert store.read_from_genesis(SID) == everything
+        assert genesis_events(store, SID) == everything
         assert store.check().ok
 
 
@@ -726,14 +734,14 @@ def test_a_catalog_rebuilt_while_a_dictionary_is_missing_cuts_nothing(tmp_path: 
         assert isinstance(damage, MissingDictionary)
         assert damage.offset == first
         assert store.next_offset(SID) == first
-        assert store.read_from_genesis(SID) == everything[: first - 2]
+        assert genesis_events(store, SID) == everything[: first - 2]
     assert segment_path(data_dir, SID, 0).read_bytes() == before
     assert quarantine_files(data_dir, SID) == []
 
     dictionary.write_bytes(original)
     with open_writer(data_dir, max_segment_size=1024 * 1024) as store:
         assert store.damaged_streams() == {}
-        assert store.read_from_genesis(SID) == everything
+        assert genesis_events(store, SID) == everything
         assert store.check().ok
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import apsw
 import pytest
 from click.testing import CliRunner
-from damage_tools import flip_byte, segment_files
+from damage_tools import flip_byte, genesis_records, segment_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +39,7 @@ def model_rows(store: Storage) -> list[Row]:
     positions = {(g.record.stream_id, g.record.offset): g.global_position for g in all_global(store)}
     rows: list[Row] = []
     for sid in sorted(store.stream_ids()):
-        for r in store.read_records_from_genesis(sid):
+        for r in genesis_records(store, sid):
             kind = "event" if r.kind is RecordKind.EVENT else "checkpoint"
             payload = r.payload if r.kind is RecordKind.EVENT else None
             rows.append((sid, r.offset, positions[sid, r.offset], kind, r.timestamp_ns, payload))
@@ -161,7 +161,7 @@ def test_a_narrow_query_reads_its_range_not_the_stream(tmp_path: Path, monkeypat
         assert module.records_read == 101
         assert hashes[0] <= 101 + 51  # the rows, plus at most one checkpoint interval before them
         module.records_read = 0
-        records = store.read_records_from_genesis(1)
+        records = genesis_records(store, 1)
         first, last = records[7000].timestamp_ns, records[7010].timestamp_ns
         in_window = sum(1 for r in records if first <= r.timestamp_ns <= last)  # whole batches share a time
         query = "SELECT count(*) FROM events WHERE stream_id = 1 AND timestamp BETWEEN ? AND ?"

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
+from damage_tools import genesis_events
 
 from hybridlog import Storage
 from hybridlog.cli import cli
@@ -45,7 +46,7 @@ def make_store(path: Path) -> list[bytes]:
     with Storage(path) as store:
         store.append(1, [b"one", b"two"])
         store.append(2, [b"three"])
-        return store.read_from_genesis(1)
+        return genesis_events(store, 1)
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -73,7 +74,7 @@ def test_a_stream_directory_above_the_largest_stream_id_is_reported_and_left_alo
     before = snapshot(stray)
 
     with Storage(store_dir) as store:  # the writer's open-time recovery
-        assert store.read_from_genesis(1) == events
+        assert genesis_events(store, 1) == events
         assert store.damaged_streams() == {}
         report = store.check()
         assert [(f.stream_id, f.problem, f.repair) for f in report.findings] == [(None, FOREIGN_FILE, None)]
@@ -81,10 +82,10 @@ def test_a_stream_directory_above_the_largest_stream_id_is_reported_and_left_alo
         assert report.ok
         store.append(1, [b"after"])
         store.rebuild_catalog()
-        assert store.read_from_genesis(1) == [*events, b"after"]
+        assert genesis_events(store, 1) == [*events, b"after"]
         assert sorted(store.stream_ids()) == [1, 2]
     with Storage(store_dir, read_only=True) as reader:
-        assert reader.read_from_genesis(1) == [*events, b"after"]
+        assert genesis_events(reader, 1) == [*events, b"after"]
         assert reader.check().ok
 
     for command in (["check"], ["repair", "--yes"], ["rebuild-index"], ["verify"], ["stats"]):
@@ -107,7 +108,7 @@ def test_segment_and_dictionary_names_out_of_range_are_foreign_files(tmp_path: P
 
     with Storage(store_dir) as store:
         assert store.damaged_streams() == {}
-        assert store.read_from_genesis(1) == events
+        assert genesis_events(store, 1) == events
         store.append(1, [b"after"])
         report = store.check()
         assert report.ok
@@ -118,6 +119,6 @@ def test_segment_and_dictionary_names_out_of_range_are_foreign_files(tmp_path: P
         code, out, err = run(*command, str(store_dir))
         assert code == 0, (command, out, err)
     with Storage(store_dir, read_only=True) as reader:
-        assert reader.read_from_genesis(1) == [*events, b"after"]
+        assert genesis_events(reader, 1) == [*events, b"after"]
     after = snapshot(directory)
     assert {name: after[name] for name in names} == {name: before[name] for name in names}

@@ -23,7 +23,7 @@ from pathlib import Path
 import apsw
 import pytest
 from conftest import make_clock
-from damage_tools import flip_byte, rollback_catalog, save_catalog
+from damage_tools import flip_byte, genesis_events, genesis_records, rollback_catalog, save_catalog
 
 from hybridlog import (
     CatalogError,
@@ -187,7 +187,7 @@ def test_concurrent_appends_get_unique_contiguous_positions_in_stream_order(stor
             w.join()
         assert failures == []
         records: dict[Placement, Record] = {
-            (r.stream_id, r.offset): r for sid in range(streams) for r in store.read_records_from_genesis(sid)
+            (r.stream_id, r.offset): r for sid in range(streams) for r in genesis_records(store, sid)
         }
         total = len(records)
         everything = store.read_global(1, max_bytes=1 << 30)
@@ -424,7 +424,7 @@ def test_read_global_of_a_schema_2_catalog_asks_for_the_upgrade(tmp_path: Path) 
     shutil.copytree(FIXTURE, store)
     with Storage(store, read_only=True) as reader:
         assert reader.schema_version() == 2
-        assert reader.read_from_genesis(0) == [b"s0-a0", b"s0-b0", b"s0-b1"]  # per-stream reads still work
+        assert genesis_events(reader, 0) == [b"s0-a0", b"s0-b0", b"s0-b1"]  # per-stream reads still work
         with pytest.raises(CatalogError, match="before global positions") as caught:
             reader.read_global()
         assert caught.value.hint is not None
@@ -472,7 +472,7 @@ def test_a_schema_2_store_is_upgraded_in_place(tmp_path: Path) -> None:
         assert positions(store)[0, 0] == 10
         # every record readable and verified, from genesis and through the global read
         for sid, events in FIXTURE_EVENTS.items():
-            assert writer.read_from_genesis(sid) == events
+            assert genesis_events(writer, sid) == events
         got = writer.read_global(1, max_bytes=1 << 20)
         assert [g.global_position for g in got] == list(range(1, 21))
         assert [(g.record.stream_id, g.record.offset) for g in got] == expected
@@ -490,7 +490,7 @@ def test_a_schema_2_store_is_upgraded_in_place(tmp_path: Path) -> None:
     with Storage(store, read_only=True) as reader:
         assert reader.schema_version() == SCHEMA_VERSION
         assert reader.last_global_position() == 23
-        assert reader.read_from_genesis(1)[-1] == b"s1-new"
+        assert genesis_events(reader, 1)[-1] == b"s1-new"
 
 
 def test_the_upgrade_numbers_records_as_a_full_rebuild_would(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from damage_tools import genesis_events, genesis_records
 
 from hybridlog import (
     CheckpointPolicy,
@@ -93,7 +94,7 @@ def test_threads_on_their_own_streams_share_commits(
         assert slow_fsync[0] >= group_count[0]
         assert group_count[0] < appends / 2
         for n in range(THREADS):
-            assert store.read_from_genesis(n) == [f"{n}:{i}".encode() for i in range(APPENDS_PER_THREAD)]
+            assert genesis_events(store, n) == [f"{n}:{i}".encode() for i in range(APPENDS_PER_THREAD)]
         assert store.check().ok
 
 
@@ -105,12 +106,12 @@ def test_threads_appending_to_one_stream_all_land_in_order_per_thread(store_dir:
                 store.append(0, [f"{n}:{i}".encode()], fsync=True)
 
         assert run_threads(THREADS, work) == []
-        events = store.read_from_genesis(0)
+        events = genesis_events(store, 0)
         assert len(events) == THREADS * APPENDS_PER_THREAD
         for n in range(THREADS):
             mine = [int(e.split(b":")[1]) for e in events if e.startswith(f"{n}:".encode())]
             assert mine == list(range(APPENDS_PER_THREAD))
-        kinds = [r.kind for r in store.read_records_from_genesis(0)]
+        kinds = [r.kind for r in genesis_records(store, 0)]
         assert kinds.count(RecordKind.CHECKPOINT) == len(events) // 10
         assert slow_fsync[0] < len(events) / 2
         assert store.check().ok
@@ -133,7 +134,7 @@ def test_a_conflict_in_a_group_fails_only_its_caller(store_dir: Path, slow_fsync
         assert run_threads(THREADS, work) == []
         assert sorted(outcomes.values()) == ["conflict 1 2"] * (THREADS - 1) + ["won"]
         (winner,) = (n for n, o in outcomes.items() if o == "won")
-        assert store.read_from_genesis(0) == [b"genesis", f"racer {winner}".encode()]
+        assert genesis_events(store, 0) == [b"genesis", f"racer {winner}".encode()]
 
 
 def test_a_failed_group_write_fails_every_batch_in_it_and_stores_none(
@@ -159,10 +160,10 @@ def test_a_failed_group_write_fails_every_batch_in_it_and_stores_none(
         assert len(errors) == THREADS
         assert all(isinstance(e, StorageIOError) for e in errors)
         failing.clear()
-        assert store.read_from_genesis(0) == [b"before"]
-        assert store.read_from_genesis(1) == []
+        assert genesis_events(store, 0) == [b"before"]
+        assert genesis_events(store, 1) == []
         store.append(0, [b"after"])
-        assert store.read_from_genesis(0) == [b"before", b"after"]
+        assert genesis_events(store, 0) == [b"before", b"after"]
         assert store.check().ok
 
 
@@ -179,7 +180,7 @@ def test_rotation_inside_a_group(store_dir: Path, slow_fsync: list[int]) -> None
         assert len(segments) > 10
         assert all(s.sealed for s in segments[:-1])
         assert not segments[-1].sealed
-        assert len(store.read_from_genesis(0)) == THREADS * 10 * 2
+        assert len(genesis_events(store, 0)) == THREADS * 10 * 2
         assert store.check().ok
     with Storage(store_dir, read_only=True) as reader:
         assert reader.check().ok

@@ -23,6 +23,7 @@ from hybridlog.record import HEADER_SIZE
 from hybridlog.repair import ISOLATE, ISOLATED_RECORDS, TRUNCATE
 from hybridlog.segment import segment_path
 from hybridlog.types import RecordKind
+from hybridlog.verified_cache import DEFAULT_MAX_RECORDS
 
 STREAM = 3
 EVENTS = 600
@@ -118,6 +119,71 @@ def test_isolate_keeps_every_record_after_a_damaged_one(store_dir: Path) -> None
         with pytest.raises(RecordIsolated):
             store.read_from(STREAM, victim, 100)
         assert events_from(store, victim + 1)[-1] == b"after repair"
+
+
+def test_pages_end_before_an_isolated_record_and_the_next_page_raises(store_dir: Path) -> None:
+    """The seed's page reads on a repaired stream: a page that reaches an isolated record ends
+    before it; the next page (from inside the gap) raises RecordIsolated naming where the stream
+    reads on; pages from there go on, and paging around the gap gives every other record."""
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        original = store.read_records_from_genesis(STREAM, 0, 1 << 30)
+        victim = original[len(original) // 2 + 3].offset
+        segment_no, position, _ = record_at(store, victim)
+        assert len(original) == store.next_offset(STREAM)  # one page of 1 GiB held the whole stream
+    flip_byte(segment_path(store_dir, STREAM, segment_no), position + HEADER_SIZE + 2)
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.repair()
+        before = original[victim - 3 : victim]
+        for read in (store.read_records_from_genesis, store.read_records_verified):
+            assert read(STREAM, victim - 3, 1 << 20) == before  # ends before the gap, no error
+            assert read(STREAM, victim - 1, 0) == before[-1:]
+            with pytest.raises(RecordIsolated) as raised:
+                read(STREAM, victim, 1 << 20)  # a page that starts in the gap
+            assert (raised.value.first_offset, raised.value.next_offset) == (victim, victim + 1)
+            assert read(STREAM, victim + 1, 0) == original[victim + 1 : victim + 2]
+        events_before = [r.payload for r in before if r.kind is RecordKind.EVENT]
+        assert store.read_from_genesis(STREAM, victim - 3, 1 << 20) == events_before
+        with pytest.raises(RecordIsolated):
+            store.read_from_genesis(STREAM, victim, 1 << 20)
+
+        for read in (store.read_records_from_genesis, store.read_records_verified):
+            seen: list[tuple[int, int, bytes]] = []
+            offset = 0
+            while True:
+                try:
+                    page = read(STREAM, offset, 500)
+                except RecordIsolated as e:
+                    offset = e.next_offset
+                    continue
+                if not page:
+                    break
+                seen += [(r.offset, int(r.kind), r.payload) for r in page]
+                offset = page[-1].offset + 1
+            kept = [(r.offset, int(r.kind), r.payload) for r in original if r.offset != victim]
+            assert seen[:-1] == kept
+            assert seen[-1][1] == RecordKind.REPAIR  # the marker the repair appended
+
+
+def test_read_from_ends_before_an_isolated_record_like_the_pages(store_dir: Path) -> None:
+    """``read_from`` (with and without its verified-run cache) ends a page before an isolated
+    record instead of raising and losing the events it already read; the next read raises."""
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        original = all_records(store)
+        victim = original[len(original) // 2 + 3][0]
+        segment_no, position, _ = record_at(store, victim)
+    flip_byte(segment_path(store_dir, STREAM, segment_no), position + HEADER_SIZE + 2)
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.repair()
+    events = [(offset, payload) for offset, kind, payload in original if kind == RecordKind.EVENT]
+    for cache in (DEFAULT_MAX_RECORDS, 0):
+        with Storage(store_dir, read_only=True, verified_cache_records=cache) as reader:
+            for start in (victim - 30, victim - 3, victim - 1, victim - 30):  # the last one warm
+                expected = [p for o, p in events if start <= o < victim]
+                assert reader.read_from(STREAM, start, 1 << 20) == expected
+            with pytest.raises(RecordIsolated) as raised:
+                reader.read_from(STREAM, victim, 1 << 20)
+            assert raised.value.next_offset == victim + 1
+            assert reader.read_from(STREAM, victim + 1, 0) == [next(p for o, p in events if o > victim)]
 
 
 def test_truncate_would_cut_what_isolate_keeps(store_dir: Path, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ import child_process
 import pytest
 from child_process import CHILD_TIMEOUT, read_line
 from click.testing import CliRunner
+from damage_tools import genesis_events
 
 from hybridlog import Storage, StorageError, StorageLocked
 from hybridlog.cli import cli
@@ -286,10 +287,10 @@ def test_a_deleted_lock_file_lets_no_second_writer_in(store_dir: Path, damage: s
     assert writer.returncode == 0
 
     with Storage(store_dir) as store:  # the writer is gone: the store opens, holding only the first batch
-        assert store.read_from_genesis(0) == [b"first"]
+        assert genesis_events(store, 0) == [b"first"]
         assert store.recovery_results() == []
         store.append(0, [b"second"])
-        assert store.read_from_genesis(0) == [b"first", b"second"]
+        assert genesis_events(store, 0) == [b"first", b"second"]
 
 
 def test_a_writer_in_the_same_process_is_refused_after_lock_is_deleted(store_dir: Path) -> None:
@@ -300,9 +301,9 @@ def test_a_writer_in_the_same_process_is_refused_after_lock_is_deleted(store_dir
             Storage(store_dir)
         with pytest.raises(LockLost):
             first.append(0, [b"b"])
-        assert first.read_from_genesis(0) == [b"a"]  # reads still work
+        assert genesis_events(first, 0) == [b"a"]  # reads still work
     with Storage(store_dir) as again:
-        assert again.read_from_genesis(0) == [b"a"]
+        assert genesis_events(again, 0) == [b"a"]
 
 
 # --- (11) a full disk at open -------------------------------------------------------------------------
@@ -364,7 +365,7 @@ def test_a_lock_that_is_a_directory_is_refused_and_nothing_stays_locked(store_di
     assert catalog_state(store_dir) == before
     (store_dir / "LOCK").rmdir()
     with Storage(store_dir) as store:  # the directory lock was let go with the refusal
-        assert len(store.read_from_genesis(0)) == 15
+        assert len(genesis_events(store, 0)) == 15
 
 
 def test_a_segment_the_writer_may_not_read_gives_typed_errors(shared_dir: Path) -> None:
@@ -443,7 +444,7 @@ def child_as_nobody_read(store: Path) -> None:
     answer: dict[str, object] = {}
     with Storage(store) as opened:
         calls: dict[str, Callable[[], object]] = {
-            "read_from_genesis": lambda: opened.read_from_genesis(0),
+            "read_from_genesis": lambda: opened.read_from_genesis(0, 0, 1 << 20),
             "read_from": lambda: opened.read_from(0, 3, 1 << 20),
             "read_global": lambda: opened.read_global(1, 1 << 20),
         }
@@ -453,7 +454,7 @@ def child_as_nobody_read(store: Path) -> None:
                 answer[name] = None
             except StorageIOError as e:  # anything else (PermissionError) fails the child
                 answer[name], answer["message"] = type(e).__name__, str(e)
-        answer["stream 1"] = len(opened.read_from_genesis(1))
+        answer["stream 1"] = len(genesis_events(opened, 1))
     result = CliRunner().invoke(cli, ["read", str(store), "--stream", "0"])
     answer["cli"], answer["cli_stderr"] = result.exit_code, result.stderr
     print(json.dumps(answer), flush=True)

@@ -30,6 +30,7 @@ from pathlib import Path
 import child_process
 import pytest
 from child_process import CHILD_TIMEOUT, drain_killed, read_line
+from damage_tools import genesis_records
 
 from hybridlog import CheckpointPolicy, CompressionKind, Record, RecordKind, Storage, StorageLocked
 
@@ -123,12 +124,12 @@ def test_a_second_writer_process_is_refused_with_the_holders_pid(store_dir: Path
 
         # A reader does not need the lock and sees the holder's committed batch.
         with Storage(store_dir, read_only=True) as reader:
-            assert whole_batches(reader.read_records_from_genesis(STREAM)) == ["holder"]
+            assert whole_batches(genesis_records(reader, STREAM)) == ["holder"]
 
     assert holder.returncode == 0
     with open_writer(store_dir) as store:
         store.append(STREAM, batch_events("after the holder", 2))
-        assert whole_batches(store.read_records_from_genesis(STREAM)) == ["holder", "after the holder"]
+        assert whole_batches(genesis_records(store, STREAM)) == ["holder", "after the holder"]
 
 
 def test_a_second_writer_in_the_same_process_is_refused(store_dir: Path) -> None:
@@ -146,7 +147,7 @@ def test_a_second_writer_in_the_same_process_is_refused(store_dir: Path) -> None
     assert try_open_in_child(store_dir) == "opened"
     with open_writer(store_dir) as second:
         second.append(STREAM, batch_events("second", 2))
-        assert whole_batches(second.read_records_from_genesis(STREAM)) == ["first", "still first", "second"]
+        assert whole_batches(genesis_records(second, STREAM)) == ["first", "still first", "second"]
 
 
 def test_the_lock_dies_with_a_killed_writer(store_dir: Path) -> None:
@@ -158,7 +159,7 @@ def test_the_lock_dies_with_a_killed_writer(store_dir: Path) -> None:
     assert child.returncode == -signal.SIGKILL
     with open_writer(store_dir) as store:
         store.append(STREAM, batch_events("after the kill", 1))
-        assert whole_batches(store.read_records_from_genesis(STREAM)) == ["holder", "after the kill"]
+        assert whole_batches(genesis_records(store, STREAM)) == ["holder", "after the kill"]
 
 
 # --- (b) a reader while a writer appends -------------------------------------------------------------
@@ -174,7 +175,7 @@ def test_a_reader_process_sees_whole_batches_while_a_writer_appends(store_dir: P
     with Storage(store_dir, read_only=True) as reader:
         while True:
             running = writer.poll() is None
-            records = reader.read_records_from_genesis(STREAM)  # verifies every record and the head
+            records = genesis_records(reader, STREAM)  # verifies every record and the head
             ids = whole_batches(records)
             assert ids == [f"reader-test-{b}" for b in range(len(ids))]
             if seen_sizes:
@@ -234,17 +235,17 @@ def crash_rounds(store_dir: Path, rounds: int, seed: int) -> None:
         compression = CompressionKind.ZSTD if r % 2 else CompressionKind.NONE
         acks += kill_mid_append(store_dir, f"r{r}", compression, acks_before_kill=rng.randint(1, 12))
         with open_writer(store_dir, compression) as store:
-            records = store.read_records_from_genesis(STREAM)
+            records = genesis_records(store, STREAM)
             check_acknowledged(records, acks)
             head = records[-1].hash
             next_offset, new_head = store.append_batch(STREAM, batch_events(f"parent-{r}", 3), len(records), head)
-            after = store.read_records_from_genesis(STREAM)
+            after = genesis_records(store, STREAM)
             assert after[: len(records)] == records
             assert after[len(records)].prev_hash == head
             assert (len(after), after[-1].hash) == (next_offset, new_head)
             acks.append(Ack(f"parent-{r}", next_offset, new_head))
     with Storage(store_dir, read_only=True) as reader:
-        final = reader.read_records_from_genesis(STREAM)
+        final = genesis_records(reader, STREAM)
     check_acknowledged(final, acks)
     assert [i for i in whole_batches(final) if i.startswith("parent-")] == [f"parent-{r}" for r in range(rounds)]
 

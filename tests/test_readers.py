@@ -26,6 +26,7 @@ from pathlib import Path
 import child_process
 import pytest
 from child_process import CHILD_TIMEOUT, read_line
+from damage_tools import genesis_events, genesis_records
 
 from hybridlog import CheckpointPolicy, ConsumerPositionLost, GlobalRecord, Record, Storage
 
@@ -103,7 +104,7 @@ def test_a_reader_and_its_subscription_follow_a_rebuild_in_another_process(tmp_p
 
         # Reads see the commits made after the rebuild.
         assert reader.next_offset(0) == 12
-        assert reader.read_from_genesis(0) == [f"0-{i}".encode() for i in range(9)]
+        assert genesis_events(reader, 0) == [f"0-{i}".encode() for i in range(9)]
         assert reader.read_from(0, 10, 1) == [b"0-8"]
         assert reader.read_from(0, 2, 1) == [b"0-2"]
         assert reader.last_global_position() == 12
@@ -148,12 +149,12 @@ def fill_store(store_dir: Path) -> dict[int, list[Record]]:
         for round_no in range(12):
             for sid in (1, 2, 3):
                 store.append(sid, [f"{sid}-{round_no}-{i}".encode() * 20 for i in range(4)])
-        return {sid: store.read_records_from_genesis(sid) for sid in (1, 2, 3)}
+        return {sid: genesis_records(store, sid) for sid in (1, 2, 3)}
 
 
 def assert_reads_whole(reader: Storage, expected: dict[int, list[Record]]) -> None:
     for sid, records in expected.items():
-        assert reader.read_records_from_genesis(sid) == records
+        assert genesis_records(reader, sid) == records
         assert reader.read_from(sid, 5, 10**9) == [r.payload for r in records[5:] if r.kind.name == "EVENT"]
     total = sum(len(r) for r in expected.values())
     assert reader.last_global_position() == total

@@ -45,6 +45,7 @@ from damage_tools import (
     delete_catalog,
     drop_segment,
     flip_byte,
+    genesis_records,
     rehash_frame,
     replace_catalog,
     reseal_frame,
@@ -230,7 +231,7 @@ def build_history(root: Path) -> History:
     with open_store(path, clock) as store:
         append_batches(store, range(STALE_AFTER, BATCHES), "a")
     with open_store(path, read_only=True) as reader:
-        records = {sid: reader.read_records_from_genesis(sid) for sid in STREAMS}
+        records = {sid: genesis_records(reader, sid) for sid in STREAMS}
         views = {sid: catalog_view(reader, sid) for sid in STREAMS}
 
     foreign = root / "foreign"
@@ -326,10 +327,10 @@ def expected_view(history: History, stream_id: int, cut: int) -> CatalogView:
 
 def assert_recovered(store: Storage, history: History, cut: int) -> None:
     """``STREAM`` holds exactly the first ``cut`` records, indexed exactly; ``OTHER`` is untouched."""
-    assert store.read_records_from_genesis(STREAM) == history.records[STREAM][:cut]
+    assert genesis_records(store, STREAM) == history.records[STREAM][:cut]
     assert store.latest_chain_hash(STREAM) == history.records[STREAM][cut - 1].hash
     assert catalog_view(store, STREAM) == expected_view(history, STREAM, cut)
-    assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+    assert genesis_records(store, OTHER) == history.records[OTHER]
     assert catalog_view(store, OTHER) == history.views[OTHER]
     assert store.damaged_streams() == {}
     assert store.check().ok
@@ -339,14 +340,14 @@ def assert_appends_continue(store: Storage, history: History, cut: int) -> None:
     """A new batch links to the last record kept, and a fresh reader verifies the whole stream."""
     kept = history.records[STREAM][:cut]
     next_offset, head = store.append(STREAM, [b"after the repair"], expected_offset=cut)
-    records = store.read_records_from_genesis(STREAM)
+    records = genesis_records(store, STREAM)
     assert records[:cut] == kept
     assert records[cut].prev_hash == kept[-1].hash
     assert records[cut].payload == b"after the repair"
     assert (len(records), records[-1].hash) == (next_offset, head)
     store.flush_indexes()
     with open_store(store.data_dir, read_only=True) as reader:
-        assert reader.read_records_from_genesis(STREAM) == records
+        assert genesis_records(reader, STREAM) == records
 
 
 def repair_marker_bytes(store: Storage, stream_id: int = STREAM) -> dict[Path, int]:
@@ -384,7 +385,7 @@ def assert_isolated(store: Storage, history: History, first: int, nxt: int, comm
     decoded = decode_marker(marker.payload)
     assert decoded is not None
     assert (decoded.action, decoded.first_offset, decoded.next_offset) == (ISOLATED, first, nxt)
-    assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+    assert genesis_records(store, OTHER) == history.records[OTHER]
     assert catalog_view(store, OTHER) == history.views[OTHER]
     assert store.damaged_streams() == {}
     assert store.check().ok
@@ -400,7 +401,7 @@ def assert_cut(store: Storage, history: History, cut: int, committed: int, strea
     linked to the last of them; offsets ``cut .. committed-1`` raise RecordsCut; appends go on
     after the marker."""
     original = history.records[stream_id]
-    records = store.read_records_from_genesis(stream_id)
+    records = genesis_records(store, stream_id)
     assert records[:-1] == original[:cut]
     marker = records[-1]
     assert (marker.offset, marker.kind, marker.prev_hash) == (committed, RecordKind.REPAIR, original[cut - 1].hash)
@@ -416,7 +417,7 @@ def assert_cut(store: Storage, history: History, cut: int, committed: int, strea
     assert next_offset == committed + 2
     store.flush_indexes()
     with open_store(store.data_dir, read_only=True) as reader:
-        assert reader.read_records_from_genesis(stream_id) == store.read_records_from_genesis(stream_id)
+        assert genesis_records(reader, stream_id) == genesis_records(store, stream_id)
 
 
 LogRow = tuple[str, int | None, int | None, int | None, int | None, int | None, str | None]
@@ -580,7 +581,7 @@ def test_damaged_middle_record(history: History, store_copy: Path, case: RecordC
         records, error = read_until_damage(reader, STREAM)
         assert records == history.records[STREAM][: frame.offset]
         assert_error(error, case.error, offset=frame.offset, segment=segment, position=frame.position)
-        assert reader.read_records_from_genesis(OTHER) == history.records[OTHER]
+        assert genesis_records(reader, OTHER) == history.records[OTHER]
 
     before = stream_bytes(store_copy)
     with open_store(store_copy) as store:
@@ -589,7 +590,7 @@ def test_damaged_middle_record(history: History, store_copy: Path, case: RecordC
         records, error = read_until_damage(store, STREAM)
         assert records == history.records[STREAM][: frame.offset]
         assert_error(error, case.error, offset=frame.offset, segment=segment, position=frame.position)
-        assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+        assert genesis_records(store, OTHER) == history.records[OTHER]
 
         report = store.check()
         assert [(f.stream_id, f.problem, f.repair, f.segment) for f in report.findings] == [
@@ -646,7 +647,7 @@ def test_truncate_cuts_from_the_damaged_record_and_never_reuses_its_offsets(
         )
         assert log_rows(store.recovery_log()) == expected.log
         assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == expected.quarantine
-        assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+        assert genesis_records(store, OTHER) == history.records[OTHER]
         assert_cut(store, history, frame.offset, committed)
 
 
@@ -699,7 +700,7 @@ def test_rebuild_does_not_cut_a_forged_record_followed_by_a_good_one(history: Hi
         )
         assert_hint_names_repair(damage)
         assert stream_bytes(store_copy) == before
-        assert store.read_records_from_genesis(STREAM) == history.records[STREAM][: victim.offset]
+        assert genesis_records(store, STREAM) == history.records[STREAM][: victim.offset]
 
 
 # --- damaged, missing and extra segment files ------------------------------------------------------------
@@ -725,7 +726,7 @@ def test_deleted_middle_segment(history: History, store_copy: Path) -> None:
         records, error = read_until_damage(store, STREAM)
         assert records == history.records[STREAM][:cut]
         assert_error(error, CatalogMismatch, offset=cut, segment=missing, position=None)
-        assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+        assert genesis_records(store, OTHER) == history.records[OTHER]
 
         report = store.check()
         assert findings_of(report) == [
@@ -784,7 +785,7 @@ def test_truncated_sealed_segment(history: History, store_copy: Path) -> None:
         with pytest.raises(CatalogMismatch) as refused:
             store.append(STREAM, [b"refused"])
         assert refused.value is damage
-        assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+        assert genesis_records(store, OTHER) == history.records[OTHER]
 
         report = store.check()
         assert findings_of(report) == [
@@ -828,7 +829,7 @@ def test_extra_foreign_segment_after_the_last(history: History, store_copy: Path
             store.append(STREAM, [b"refused"])
         assert refused.value is damage
         # The catalog never knew the file, so everything committed still reads.
-        assert store.read_records_from_genesis(STREAM) == history.records[STREAM]
+        assert genesis_records(store, STREAM) == history.records[STREAM]
 
         report = store.check()
         # (its byte position: test_foreign_segment_is_reported_at_its_first_byte)
@@ -872,7 +873,7 @@ def test_extra_segment_after_a_gap(history: History, store_copy: Path) -> None:
         assert_error(damage, CatalogMismatch, offset=full, segment=extra, position=None)
         with pytest.raises(CatalogMismatch):
             store.append(STREAM, [b"refused"])
-        assert store.read_records_from_genesis(STREAM) == history.records[STREAM]
+        assert genesis_records(store, STREAM) == history.records[STREAM]
 
         report = store.check()
         missing = segment_path(store_copy, STREAM, gap_no)
@@ -972,7 +973,7 @@ def test_reader_of_an_unusable_catalog_gets_a_catalog_error(store_copy: Path, ho
     """A reader cannot rebuild; it raises the exact CatalogError instead of returning anything."""
     damage_catalog(store_copy, how)
     with pytest.raises(CatalogError) as caught, open_store(store_copy, read_only=True) as reader:
-        reader.read_records_from_genesis(STREAM)
+        genesis_records(reader, STREAM)
     assert type(caught.value) is BAD_CATALOGS[how][2]
 
 
@@ -1011,7 +1012,7 @@ def test_stale_catalog_is_caught_up_on_open(history: History, store_copy: Path) 
 
     with open_store(store_copy, read_only=True) as reader:
         for sid in STREAMS:
-            assert reader.read_records_from_genesis(sid) == history.records[sid][: stale[sid]]
+            assert genesis_records(reader, sid) == history.records[sid][: stale[sid]]
         report = reader.check()
         assert findings_of(report) == [(sid, CATALOG_BEHIND, REINDEX, stale[sid], None, None) for sid in STREAMS]
         assert plan_of(report) == [(REINDEX, sid) for sid in STREAMS]
@@ -1072,7 +1073,7 @@ def test_catalog_ahead_of_the_segments(history: History, store_copy: Path, how: 
         records, error = read_until_damage(store, STREAM)
         assert records == history.records[STREAM][:cut]
         assert_error(error, read_error, offset=cut, segment=segment, position=size if has_position else None)
-        assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+        assert genesis_records(store, OTHER) == history.records[OTHER]
 
         report = store.check()
         assert findings_of(report) == [(STREAM, CATALOG_AHEAD, REINDEX, cut, None, None)]
@@ -1089,7 +1090,7 @@ def test_catalog_ahead_of_the_segments(history: History, store_copy: Path, how: 
             [(MARKED_CUT, None, None, None, cut, full, None), (REINDEXED, None, None, None, 0, full + 1, None)]
         )
         assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == {}
-        assert store.read_records_from_genesis(OTHER) == history.records[OTHER]
+        assert genesis_records(store, OTHER) == history.records[OTHER]
         assert_cut(store, history, cut, full)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_clock
+from damage_tools import genesis_events
 
 from hybridlog import CheckpointPolicy, Storage
 from hybridlog.record import HEADER_SIZE
@@ -95,7 +96,7 @@ def events_after(store: Path, stream_id: int, offset: int) -> list[bytes]:
 
 def read_events(store: Path, stream_id: int) -> list[bytes]:
     with Storage(store, read_only=True) as reader:
-        return reader.read_from_genesis(stream_id)
+        return genesis_events(reader, stream_id)
 
 
 def quarantine_files(store: Path, stream_id: int) -> list[Path]:

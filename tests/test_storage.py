@@ -19,7 +19,7 @@ from pathlib import Path
 import apsw
 import blake3
 import pytest
-from damage_tools import active_segment, frame_batch
+from damage_tools import active_segment, frame_batch, genesis_events, genesis_records
 
 from hybridlog import (
     MAX_EVENT_SIZE,
@@ -82,10 +82,10 @@ def test_failed_segment_write_leaves_no_partial_batch(
     assert store.next_offset(1) == offset
     assert store.latest_chain_hash(1) == head
     store.append_batch(1, [b"d"], offset, head)
-    assert store.read_from_genesis(1) == [b"a" * 100, b"d"]
+    assert genesis_events(store, 1) == [b"a" * 100, b"d"]
     store.close()
     with Storage(store_dir, read_only=True) as reader:
-        assert reader.read_from_genesis(1) == [b"a" * 100, b"d"]
+        assert genesis_events(reader, 1) == [b"a" * 100, b"d"]
 
 
 def test_failed_catalog_commit_cuts_the_segment_back(
@@ -107,7 +107,7 @@ def test_failed_catalog_commit_cuts_the_segment_back(
     assert store.append_batch(1, [b"next"], offset, head)[0] == offset + 1
     store.close()
     with Storage(store_dir) as reopened:
-        assert reopened.read_from_genesis(1) == [b"kept", b"next"]
+        assert genesis_events(reopened, 1) == [b"kept", b"next"]
 
 
 def test_failed_commit_after_rotation_removes_the_new_segment(
@@ -131,7 +131,7 @@ def test_failed_commit_after_rotation_removes_the_new_segment(
     assert store.segment_count(1) == 2
     store.close()
     with Storage(store_dir) as reopened:
-        assert reopened.read_from_genesis(1) == [b"x" * 3000, b"z" * 3000]
+        assert genesis_events(reopened, 1) == [b"x" * 3000, b"z" * 3000]
 
 
 def test_rotation_seals_segments_with_their_digest(store_dir: Path, clock: Callable[[], int]) -> None:
@@ -162,7 +162,7 @@ def test_batch_bigger_than_a_segment_gets_a_segment_of_its_own(store_dir: Path) 
         sizes = [seg.size_bytes for seg in s.segments(1)]
         assert len(sizes) == 3
         assert sizes[1] > 4096
-        assert s.read_from_genesis(1) == [b"small", b"big" * 3000, b"after"]
+        assert genesis_events(s, 1) == [b"small", b"big" * 3000, b"after"]
 
 
 def test_event_size_limit(store_dir: Path) -> None:
@@ -192,7 +192,7 @@ def test_catalog_newer_than_the_code_is_refused(store_dir: Path) -> None:
     conn.pragma("user_version", SCHEMA_VERSION)
     conn.close()
     with Storage(store_dir) as s:
-        assert s.read_from_genesis(1) == [b"x"]
+        assert genesis_events(s, 1) == [b"x"]
 
 
 def test_migrations_apply_in_order_and_set_user_version(store_dir: Path) -> None:
@@ -212,7 +212,7 @@ def test_read_only_store_refuses_writes(store_dir: Path) -> None:
             r.append(1, [b"y"])
         with pytest.raises(ReadOnlyStore):
             r.create_checkpoint(1, 2, r.latest_chain_hash(1), 2)
-        assert r.read_from_genesis(1) == [b"x"]
+        assert genesis_events(r, 1) == [b"x"]
 
 
 def test_closed_store_refuses_use(store_dir: Path) -> None:
@@ -277,7 +277,7 @@ def test_repair_refuses_a_plan_that_is_not_repair_steps(store_dir: Path, plan: o
             store.repair(plan)  # type: ignore[arg-type]
         assert (store_dir / CATALOG_FILE).stat().st_ino == catalog_before
         assert store.recovery_log() == []
-        assert store.read_from_genesis(1) == [b"a", b"b"]
+        assert genesis_events(store, 1) == [b"a", b"b"]
         store.append(1, [b"c"])
 
 
@@ -300,14 +300,14 @@ def test_threads_share_one_store(store_dir: Path) -> None:
             t.join()
         assert errors == []
         for stream in range(3):
-            events = s.read_from_genesis(stream)
+            events = genesis_events(s, stream)
             assert len(events) == 80
             per_writer: dict[str, list[int]] = {}
             for event in events:
                 writer, i = event.decode().split(":")
                 per_writer.setdefault(writer, []).append(int(i))
             assert all(v == list(range(40)) for v in per_writer.values())
-            kinds = [r.kind for r in s.read_records_from_genesis(stream)]
+            kinds = [r.kind for r in genesis_records(s, stream)]
             assert kinds.count(RecordKind.CHECKPOINT) == 80 // 7
 
 
@@ -409,10 +409,10 @@ def test_recover_adopts_batches_written_behind_the_catalogs_back(store_dir: Path
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
         store.append(1, [b"committed"])
         _write_uncommitted_batch(store_dir, 1, store, [b"missed-1", b"missed-2"])
-        assert store.read_from_genesis(1) == [b"committed"]
+        assert genesis_events(store, 1) == [b"committed"]
         (result,) = store.recover()
         assert (result.stream_id, result.adopted_records, result.damage) == (1, 2, None)
-        assert store.read_from_genesis(1) == [b"committed", b"missed-1", b"missed-2"]
+        assert genesis_events(store, 1) == [b"committed", b"missed-1", b"missed-2"]
         assert store.recovery_results() == [result]
         assert [e.action for e in store.recovery_log(1)] == ["adopted"]
         assert store.recover() == []  # nothing left to do
@@ -429,7 +429,7 @@ def test_load_or_rebuild_index_rebuilds_only_when_the_catalog_disagrees(store_di
         index = store.load_or_rebuild_index(1)
         assert [e.offset for e in index.entries()] == [0, 1, 2]
         assert [e.action for e in store.recovery_log(1)] == ["reindexed"]
-        assert store.read_from_genesis(1) == [b"a", b"b", b"c"]
+        assert genesis_events(store, 1) == [b"a", b"b", b"c"]
 
 
 def test_rebuild_checkpoint_index_restores_deleted_rows(store_dir: Path) -> None:
@@ -459,4 +459,4 @@ def test_repair_reports_each_result_once(store_dir: Path) -> None:
         store.append(2, [b"b"])
         store.repair([RepairStep(REBUILD_CATALOG, None, "asked for by the test")])
         assert [r.stream_id for r in store.recovery_results()] == [1, 1, 2]
-        assert store.read_from_genesis(1) == [b"a"]
+        assert genesis_events(store, 1) == [b"a"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from damage_tools import flip_byte
+from damage_tools import flip_byte, genesis_records
 
 from hybridlog import CheckpointPolicy, IntegrityError, Storage
 from hybridlog.segment import segment_path
@@ -34,7 +34,7 @@ def test_the_clamp_survives_a_reopen(store_dir: Path) -> None:
     clock.now = T0 + 100  # the clock is behind the stream's last record now
     with Storage(store_dir, clock=clock, checkpoint_policy=CheckpointPolicy.explicit()) as store:
         store.append(1, [b"b"])
-        assert [r.timestamp_ns for r in store.read_records_from_genesis(1)] == [T0 + 500, T0 + 500]
+        assert [r.timestamp_ns for r in genesis_records(store, 1)] == [T0 + 500, T0 + 500]
         assert store.offset_at(1, T0 + 100) == 0
         assert store.offset_at(1, T0 + 501) == 2
         assert store.read_between(1, T0 + 100, T0 + 500) == []
@@ -48,7 +48,7 @@ def test_windows_across_segments_and_checkpoints_match_a_scan(store_dir: Path) -
             clock.now = T0 + (i // 3) * 10 - (7 if i % 11 == 0 else 0)  # runs of equal times, steps back
             store.append(1, [b"%04d" % i + b"." * 200])
         assert store.segment_count(1) > 3
-        records = store.read_records_from_genesis(1)
+        records = genesis_records(store, 1)
         for probe in range(-10, 420, 7):
             t = T0 + probe
             expected_offset = next((r.offset for r in records if r.timestamp_ns >= t), len(records))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from damage_tools import flip_byte, segment_files
+from damage_tools import flip_byte, genesis_records, segment_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,7 +79,7 @@ def test_point_reads_match_the_plain_model(
         verified_cache_records=cache_records,
     ) as store:
         payloads = fill(store, rng.randrange(1, 12), rng.randrange(1, 20), rng)
-        records = store.read_records_from_genesis(STREAM)
+        records = genesis_records(store, STREAM)
         events = [r for r in records if r.kind == RecordKind.EVENT]
         offset_to_event = {int(r.offset): i for i, r in enumerate(events)}
         end = records[-1].offset + 1

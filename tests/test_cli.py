@@ -189,7 +189,7 @@ def test_demo_runs_again_on_its_own_store(tmp_path: Path) -> None:
     assert "next offset 100" in out
     assert "verify from genesis: ok, 100 records" in out
     with Storage(tmp_path / "demo", read_only=True) as s:
-        assert len(s.read_from_genesis(7)) == 80
+        assert len(genesis_events(s, 7)) == 80
 
 
 def test_the_progress_bar_is_drawn_at_most_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -334,7 +334,7 @@ def test_append_reports_the_head_the_store_has_after_it_exits(tmp_path: Path) ->
             )
     with Storage(store, read_only=True) as reader:
         assert reader.next_offset(3) == 5
-        assert reader.read_from_genesis(3) == [b"line %d" % i for i in range(5)]
+        assert genesis_events(reader, 3) == [b"line %d" % i for i in range(5)]
     code, out, _ = run("append", str(store), "--stream", "3", stdin=b"x\n")
     assert out.strip() == "appended 1 event to stream 3; next offset 6"
 
@@ -349,7 +349,7 @@ def test_an_oversized_line_is_named_with_what_was_committed_before_it(tmp_path: 
     assert f"line 4 is {MAX_EVENT_SIZE + 1:,} bytes, more than an event may hold ({MAX_EVENT_SIZE:,})" in line
     assert "3 events (lines 1-3) appended to stream 0, next offset 3; nothing from line 4 on" in line
     with Storage(store, read_only=True) as reader:
-        assert reader.read_from_genesis(0) == [b"a", b"b", b"c"]
+        assert genesis_events(reader, 0) == [b"a", b"b", b"c"]
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -396,4 +396,4 @@ def test_slow_live_input_is_committed_as_it_comes_and_ctrl_c_says_what_was(tmp_p
         " them were not"
     ]
     with Storage(store, read_only=True) as reader:
-        assert reader.read_from_genesis(1) == [b"event 1", b"event 2", b"event 3"]
+        assert genesis_events(reader, 1) == [b"event 1", b"event 2", b"event 3"]

@@ -36,6 +36,7 @@ from hybridlog.batch import window_records
 from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION
 from hybridlog.errors import IntegrityError, StorageError, StorageLocked
 from hybridlog.lock import LOCK_FILE
+from hybridlog.output import json_value, text_value
 from hybridlog.repair import CheckReport, RepairStep
 from hybridlog.segment import STREAMS_DIR
 from hybridlog.sql import QueryResult, SqlValue, query_catalog
@@ -787,30 +788,34 @@ def _render_rows(result: QueryResult, output: str) -> None:
 
 def _write_rows(columns: list[str], rows: Iterable[tuple[SqlValue, ...]], output: str) -> None:
     """Rows written as they come (one in memory at a time; a table keeps its first rows for the
-    column widths), each flushed so that a slow query's rows show as soon as they are found."""
+    column widths), each flushed so that a slow query's rows show as soon as they are found.
+    Objects keep the columns' order; blobs are text or ``$base64`` (hybridlog/output.py)."""
     out = sys.stdout
 
-    def cell(value: SqlValue) -> str | int | float | None:
-        return value.hex() if isinstance(value, bytes) else value
+    def item(row: tuple[SqlValue, ...]) -> dict[str, object]:
+        return {c: json_value(v) for c, v in zip(columns, row, strict=True)}
 
     if output == "json":  # the same text as one json.dumps(list, indent=2), written row by row
         separator = "[\n"
         for row in rows:
-            item = json.dumps({c: cell(v) for c, v in zip(columns, row, strict=True)}, indent=2, sort_keys=True)
-            out.write(separator + textwrap.indent(item, "  "))
+            out.write(separator + textwrap.indent(json.dumps(item(row), indent=2), "  "))
             out.flush()
             separator = ",\n"
         out.write("[]\n" if separator == "[\n" else "\n]\n")
+    elif output == "nl":  # JSON Lines: one object per line
+        for row in rows:
+            out.write(json.dumps(item(row)) + "\n")
+            out.flush()
     elif output == "csv":
         writer = csv.writer(out)
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([cell(v) for v in row])
+            writer.writerow([text_value(v) for v in row])
             out.flush()
     else:
 
         def text(row: tuple[SqlValue, ...]) -> list[str]:
-            return ["NULL" if v is None else str(cell(v)) for v in row]
+            return [text_value(v, null="NULL") for v in row]
 
         rest = iter(rows)
         first = [text(row) for row in itertools.islice(rest, TABLE_WIDTH_ROWS)]
@@ -836,10 +841,17 @@ class Interrupted(click.ClickException):
     exit_code = EXIT_INTERRUPTED
 
 
+OUTPUT_FORMATS = ("table", "csv", "json", "nl")
+
+
 @cli.command()
 @store_argument
 @click.argument("query")
-@click.option("--output", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--table", "as_table", is_flag=True, help="Print an aligned text table (the default).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV, with a header row.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects, keys in column order.")
+@click.option("--nl", "as_nl", is_flag=True, help="Print JSON Lines: one object per row.")
+@click.option("--output", type=click.Choice(OUTPUT_FORMATS), default=None, help="The format by name (older spelling).")
 @click.option(
     "--timeout",
     type=click.FloatRange(0, min_open=True),
@@ -852,12 +864,29 @@ class Interrupted(click.ClickException):
     default=None,
     help="Stop the query if it returns more than this many rows (exit 1). Default: no limit.",
 )
-def sql(store: Path, query: str, output: str, timeout: float | None, max_rows: int | None) -> None:
-    """Run a read-only SQL QUERY over the catalog and the store's events (docs/sql.md).
+def sql(
+    store: Path,
+    query: str,
+    as_table: bool,
+    as_csv: bool,
+    as_json: bool,
+    as_nl: bool,
+    output: str | None,
+    timeout: float | None,
+    max_rows: int | None,
+) -> None:
+    """Run one read-only SQL statement, QUERY, over the catalog and the store's events (docs/sql.md).
 
-    Tables: events (verified records), streams, segments, records, checkpoints. Rows are printed
-    as the query finds them. Ctrl-C stops the query (exit 130).
+    Tables: events (verified records), streams, segments, records, checkpoints, consumers. Rows
+    are printed as the query finds them; a blob prints as its text when it is valid UTF-8, else
+    as {"$base64": true, "encoded": ...}. Ctrl-C stops the query (exit 130).
     """
+    flags = (as_table, as_csv, as_json, as_nl)
+    chosen = {name for name, given in zip(OUTPUT_FORMATS, flags, strict=True) if given}
+    chosen |= {output} if output else set()
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one output format, not {' and '.join(sorted(chosen))}")
+    output = chosen.pop() if chosen else "table"
     try:
         with (
             _open_existing(store, read_only=True) as storage,

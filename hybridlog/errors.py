@@ -306,6 +306,10 @@ class ConsumerPositionLost(StorageError):
 # --- SQL -----------------------------------------------------------------------------------------
 
 
+class MultipleStatements(InvalidArgument):
+    """Raised when a SQL query holds more than one statement; none of them ran."""
+
+
 class QueryLimitExceeded(StorageError):
     """Raised when a SQL query goes past a limit its caller set (``timeout`` or ``max_rows``); the
     query is stopped and its connection closed. ``limit`` names which (``"timeout"`` or

@@ -12,18 +12,19 @@ time as the caller asks (``QueryRows``); ``max_rows`` stops a query that returns
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
 
 from hybridlog.catalog import CATALOG_FILE, Catalog
-from hybridlog.consumers import CONSUMERS_FILE
-from hybridlog.errors import CatalogError, InvalidArgument, QueryRowLimit, QueryTimeout
+from hybridlog.consumers import CONSUMERS_FILE, consumer_migrations
+from hybridlog.errors import CatalogError, InvalidArgument, MultipleStatements, QueryRowLimit, QueryTimeout
 from hybridlog.events_table import EventSource
 from hybridlog.events_table import register as register_events_table
 
@@ -51,8 +52,13 @@ class SqlRefused(InvalidArgument):
 
 @dataclass(frozen=True, slots=True)
 class QueryResult:
+    """A whole result: its ``columns`` and its ``rows``; iterating it gives the rows."""
+
     columns: list[str]
     rows: list[tuple[SqlValue, ...]]
+
+    def __iter__(self) -> Iterator[tuple[SqlValue, ...]]:
+        return iter(self.rows)
 
 
 def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
@@ -65,14 +71,41 @@ def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None,
     return apsw.SQLITE_DENY
 
 
-def attach_consumers(conn: apsw.Connection, data_dir: Path) -> None:
-    """Make ``consumers`` (from ``consumers.db``, which lives beside the catalog) readable too."""
-    path = data_dir / CONSUMERS_FILE
-    if not path.exists():
-        return
+@functools.cache
+def _empty_consumers_db() -> bytes:
+    """An empty ``consumers.db`` (its migrations applied, no rows), as the bytes of a database."""
+    scratch = apsw.Connection(":memory:")
     try:
-        # Attached databases share the connection's SQLITE_OPEN_READONLY: this one is read-only too.
-        conn.execute("ATTACH DATABASE ? AS consumer_state", (str(path),))
+        for _version, _name, migration in consumer_migrations():
+            scratch.execute(migration)
+        return scratch.serialize("main")
+    finally:
+        scratch.close()
+
+
+def attach_consumers(conn: apsw.Connection, data_dir: Path) -> None:
+    """Make ``consumers`` (from ``consumers.db``, which lives beside the catalog) readable too.
+
+    The relation always exists: until a consumer is registered (no file yet, or a file whose schema
+    is not written yet), it is an empty table of the same columns, held in memory; nothing is
+    created on disk by a query.
+    """
+    path = data_dir / CONSUMERS_FILE
+    try:
+        attached = False
+        if path.exists():
+            # Attached databases share the connection's SQLITE_OPEN_READONLY: this one is read-only too.
+            conn.execute("ATTACH DATABASE ? AS consumer_state", (str(path),))
+            attached = bool(
+                conn.execute(
+                    "SELECT 1 FROM consumer_state.sqlite_schema WHERE type = 'table' AND name = 'consumers'"
+                ).fetchall()
+            )
+            if not attached:  # created, but not migrated yet by the process that registers a consumer
+                conn.execute("DETACH DATABASE consumer_state")
+        if not attached:
+            conn.execute("ATTACH DATABASE ':memory:' AS consumer_state")
+            conn.deserialize("consumer_state", _empty_consumers_db())
         conn.execute("CREATE TEMP VIEW consumers AS SELECT * FROM consumer_state.consumers")
     except apsw.Error as e:
         raise CatalogError(f"cannot read {path}: {e}") from e
@@ -237,6 +270,49 @@ def _translated(guard: QueryGuard) -> Iterator[None]:
         raise SqlRefused(f"SQL error: {e}") from e
 
 
+def _first_statement(conn: apsw.Connection, sql: str, bindings: Sequence[SqlValue] | None) -> tuple[str, bool]:
+    """The text of ``sql``'s first statement (with the spaces and semicolons after it), and whether
+    it does anything (False for only a comment), found by preparing it, never running it."""
+    found: list[tuple[str, bool]] = []
+
+    def stop(cursor: apsw.Cursor, statement: str, _bindings: object) -> bool:
+        found.append((statement, cursor.has_vdbe))
+        return False  # prepared and bound: enough; SQLite never steps it
+
+    cursor = conn.cursor()
+    cursor.exec_trace = stop
+    with suppress(apsw.ExecTraceAbort):
+        cursor.execute(sql, bindings, can_cache=False)
+    return found[0] if found else (sql, False)
+
+
+def refuse_more_than_one_statement(conn: apsw.Connection, sql: str, bindings: Sequence[SqlValue]) -> None:
+    """MultipleStatements if ``sql`` holds a statement after its first one, before any runs.
+
+    apsw's cursor runs every statement of a string, one after another: their rows would come out
+    mixed under the first one's column names, and a later statement could fail once the earlier
+    ones had printed their rows. Text after the first statement that is only spaces, semicolons
+    and comments is allowed.
+    """
+    first, _ = _first_statement(conn, sql, bindings)
+    rest = sql[len(first) :]
+    while rest.strip():
+        try:
+            statement, does_something = _first_statement(conn, rest, None)
+        except (apsw.BindingsError, apsw.AuthError):
+            does_something = True  # it has parameters, or would be refused: a statement either way
+        if does_something:
+            start = len(sql) - len(rest.lstrip())
+            raise MultipleStatements(
+                f"refused: the query holds more than one statement (the second begins at character {start}:"
+                f" {rest.strip()[:40]!r}); nothing was run",
+                hint="run one statement at a time",
+            )
+        if not statement:
+            return
+        rest = rest[len(statement) :]
+
+
 def query_rows(
     data_dir: Path,
     sql: str,
@@ -268,11 +344,14 @@ def query_rows(
 
         def remember_columns(cur: apsw.Cursor, _sql: str, _bindings: object) -> bool:
             # Prepared but not yet stepped: the only moment an empty result still has column names.
-            columns[:] = [d[0] for d in cur.get_description()]
+            # Only the statement's: a trailing comment comes here too, as a statement without columns.
+            if cur.has_vdbe:
+                columns[:] = [d[0] for d in cur.get_description()]
             return True
 
         cursor.exec_trace = remember_columns
         with guard.running(), _translated(guard):
+            refuse_more_than_one_statement(catalog.conn, sql, bindings)
             cursor.execute(sql, bindings)  # runs the statement up to its first row
     except BaseException:
         catalog.close()

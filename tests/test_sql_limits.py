@@ -231,14 +231,16 @@ def interrupt(child: subprocess.Popen[str], stderr: Lines | None = None) -> list
     [
         ("csv", ["x", "1", "2", "3"]),
         ("json", ["[", "  {", '    "x": 1', "  },"]),
+        ("nl", ['{"x": 1}', '{"x": 2}', '{"x": 3}']),
         ("table", ["x", "-" * len(str(TABLE_WIDTH_ROWS)), *map(str, range(1, TABLE_WIDTH_ROWS + 1))]),
     ],
 )
 def test_the_cli_prints_rows_before_the_query_ends(store: Path, output: str, until: list[str]) -> None:
     """Rows found so far are printed while the statement is still looking for more (forever: only
-    Ctrl-C ends it), and Ctrl-C then exits 130 with one line."""
+    Ctrl-C ends it), and Ctrl-C then exits 130 with one line. Every format streams; a table holds
+    back its first TABLE_WIDTH_ROWS rows, to size its columns."""
     query = f"{ENDLESS_ROWS} WHERE x <= {TABLE_WIDTH_ROWS if output == 'table' else 3} OR x < 0"
-    with sql_child(store, query, "--output", output) as child:
+    with sql_child(store, query, f"--{output}") as child:
         stdout = Lines(child.stdout)
         assert [stdout.next() for _ in until] == until
         err = interrupt(child)

@@ -121,7 +121,13 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _print_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
+    """One JSON object (keys in the order the command builds them: ``stream_id`` first)."""
+    click.echo(json.dumps(value, indent=2))
+
+
+def _print_payload(payload: bytes) -> None:
+    """An event as one line of text: its UTF-8 text, or the ``$base64`` form (hybridlog/output.py)."""
+    sys.stdout.write(text_value(payload) + "\n")
 
 
 def is_store(path: Path) -> bool:
@@ -164,22 +170,27 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @store_argument
-def init(store: Path) -> None:
+@json_option
+def init(store: Path, as_json: bool) -> None:
     """Create an empty store (directory and missing parents, catalog, lock file), durably.
 
     A store that exists is left as it is; a directory with other files in it is refused.
     """
-    if is_store(store):
+    created = not is_store(store)
+    if created:
+        if _has_files(store):
+            raise click.ClickException(
+                f"{store} has files in it and is not a hybridlog store: give a new or empty directory"
+            )
+        with Storage(store, checkpoint_policy=CheckpointPolicy.explicit()) as storage:
+            storage.ensure_created()
+            storage.flush_indexes()
+    if as_json:
+        _print_json({"store": str(store.absolute()), "created": created})
+    elif created:
+        click.echo(f"initialised {store}", err=True)
+    else:
         click.echo(f"a store already exists at {store}; left as it is", err=True)
-        return
-    if _has_files(store):
-        raise click.ClickException(
-            f"{store} has files in it and is not a hybridlog store: give a new or empty directory"
-        )
-    with Storage(store, checkpoint_policy=CheckpointPolicy.explicit()) as storage:
-        storage.ensure_created()
-        storage.flush_indexes()
-    click.echo(f"initialised {store}", err=True)
 
 
 def _stdin_lines(flush_interval: float) -> Iterator[bytes | None]:
@@ -363,8 +374,9 @@ def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--from", "from_offset", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--since", "since_ns", callback=_time_option, help="Only records appended at or after this time.")
 @click.option("--until", "until_ns", callback=_time_option, help="Only records appended before this time.")
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many records.")
-@click.option("--records", is_flag=True, help="Print each record's metadata as JSON Lines.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON object, one per line (JSON Lines).")
+@click.option("--records", is_flag=True, help="Print every record (checkpoints and repair markers too) as JSON Lines.")
 def read(
     store: Path,
     stream_id: int,
@@ -372,10 +384,13 @@ def read(
     since_ns: int | None,
     until_ns: int | None,
     limit: int | None,
+    as_json: bool,
     records: bool,
 ) -> None:
-    """Print events (verified from the nearest checkpoint), one per line.
+    """Print events (verified from the nearest checkpoint), one per line: as text, or with --json
+    as JSON Lines with their stream, offset, kind, time and hashes.
 
+    A payload prints as its text when it is valid UTF-8, else as {"$base64": true, "encoded": ...}.
     --since and --until take ISO 8601 times (2024-05-01, 2024-05-01T12:00:00.5+02:00); a time
     without a UTC offset is UTC. --since is inclusive, --until exclusive.
     """
@@ -387,10 +402,10 @@ def read(
         for record in window_records(storage, stream_id, since_ns, until_ns, from_offset):
             if not records and record.kind is not RecordKind.EVENT:
                 continue
-            if records:
-                click.echo(json.dumps(_record_fields(record)))
+            if records or as_json:
+                sys.stdout.write(_record_json(record) + "\n")
             else:
-                sys.stdout.buffer.write(record.payload + b"\n")
+                _print_payload(record.payload)
             shown += 1
             if limit is not None and shown >= limit:
                 break
@@ -601,7 +616,7 @@ def rebuild_index(store: Path, stream_id: int | None, as_json: bool) -> None:
             for r in results
         ]
     if as_json:
-        _print_json(summary)
+        _print_json({"streams": summary})
     else:
         for item in summary:
             damage = f"; DAMAGE: {item['damage']}" if item["damage"] else ""
@@ -629,7 +644,7 @@ def checkpoint(store: Path, stream_ids: tuple[int, ...], as_json: bool) -> None:
             _next, digest = storage.create_checkpoint(sid, offset, storage.latest_chain_hash(sid), offset)
             done.append({"stream_id": sid, "offset": offset, "hash": digest.hex()})
     if as_json:
-        _print_json(done)
+        _print_json({"checkpoints": done})
     else:
         for item in done:
             click.echo(f"stream {item['stream_id']}: checkpoint at offset {item['offset']}, hash {item['hash']}")
@@ -691,21 +706,20 @@ def migrate(store: Path, check_only: bool, as_json: bool) -> None:
         click.echo(f"schema version {before} -> {after}")
 
 
-def _record_fields(record: Record) -> dict[str, object]:
-    """A record's metadata and payload as JSON fields (``read --records``)."""
-    return {
-        "offset": record.offset,
+def _record_json(record: Record, global_position: int | None = None) -> str:
+    """One record as a line of JSON Lines (``read --json``, ``tail --json``, ``--records``), in the
+    vocabulary every command's JSON uses; ``global_position`` where the command knows it (``tail``)."""
+    fields: dict[str, object] = {"stream_id": record.stream_id, "offset": record.offset}
+    if global_position is not None:
+        fields["global_position"] = global_position
+    fields |= {
         "kind": record.kind.name.lower(),
         "timestamp_ns": record.timestamp_ns,
         "prev_hash": record.prev_hash.hex(),
         "hash": record.hash.hex(),
-        "payload": record.payload.decode("utf-8", errors="backslashreplace"),
+        "payload": json_value(record.payload),
     }
-
-
-def _record_json(record: Record, global_position: int) -> str:
-    """One record as a line of JSON Lines, with its stream and global position (``tail --records``)."""
-    return json.dumps({"global_position": global_position, "stream_id": record.stream_id, **_record_fields(record)})
+    return json.dumps(fields)
 
 
 @cli.command()
@@ -723,33 +737,63 @@ def _record_json(record: Record, global_position: int) -> str:
 )
 @click.option("--from-position", type=click.IntRange(0), default=None, help="Start at this global position.")
 @click.option(
+    "--from-beginning",
+    is_flag=True,
+    help="Start at the first record (of --stream, or of the store); the same as --from-position 1.",
+)
+@click.option(
     "--consumer",
     default=None,
     help="Resume after this consumer's acknowledged position, and acknowledge each record once printed.",
 )
 @click.option("--count", type=click.IntRange(1), default=None, help="Stop after printing this many lines.")
-@click.option("--records", is_flag=True, help="Print every record (checkpoints too) as JSON Lines with its position.")
+@click.option(
+    "-e",
+    "--exit-when-caught-up",
+    "caught_up",
+    is_flag=True,
+    help="Exit (0) once everything committed so far is printed, instead of waiting for more.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print each event as JSON Lines, with its stream, offset and position."
+)
+@click.option("--records", is_flag=True, help="Print every record (checkpoints and repair markers too) as JSON Lines.")
 @click.option("--poll", type=click.FloatRange(0.001), default=0.05, show_default=True, help="Seconds between polls.")
 def tail(
     store: Path,
     stream_id: int | None,
     from_offset: int | None,
     from_position: int | None,
+    from_beginning: bool,
     consumer: str | None,
     count: int | None,
+    caught_up: bool,
+    as_json: bool,
     records: bool,
     poll: float,
 ) -> None:
     """Print events as they are committed, in global order (Ctrl-C to stop).
 
-    Starts at --from-offset / --from-position; else after --consumer's acknowledged position (a
-    new consumer starts at the beginning); else at the current end. With --consumer and a --from
-    option, the consumer is moved to where the output starts, even backwards.
+    Starts at --from-offset / --from-position / --from-beginning; else after --consumer's
+    acknowledged position (a new consumer starts at the beginning); else at the current end. With
+    --consumer and a --from option, the consumer is moved to where the output starts, even
+    backwards. Payloads print as in `read`.
     """
-    if from_offset is not None and from_position is not None:
-        raise click.UsageError("give --from-offset or --from-position, not both")
+    starts = [
+        name
+        for name, given in (
+            ("--from-offset", from_offset is not None),
+            ("--from-position", from_position is not None),
+            ("--from-beginning", from_beginning),
+        )
+        if given
+    ]
+    if len(starts) > 1:
+        raise click.UsageError(f"give {' or '.join(starts)}, not both" if len(starts) == 2 else "give one start option")
     if from_offset is not None and stream_id is None:
         raise click.UsageError("--from-offset needs --stream")
+    if from_beginning:
+        from_position = 1
     with _open_existing(store, read_only=True) as storage:
         if from_offset is None and from_position is None and consumer is None:
             from_position = storage.last_global_position() + 1
@@ -760,20 +804,23 @@ def tail(
             consumer=consumer,
             poll_interval=poll,
             max_interval=max(poll, 1.0),
+            stop_when_caught_up=caught_up,
         )
         force = from_offset is not None or from_position is not None  # the first ack may move it back
         shown = 0
         for item in subscription:
             record = item.record
-            if records:
-                click.echo(_record_json(record, item.global_position))
-            elif record.kind is RecordKind.EVENT:
-                sys.stdout.buffer.write(record.payload + b"\n")
+            printed = records or record.kind is RecordKind.EVENT
+            if printed:
+                if records or as_json:
+                    sys.stdout.write(_record_json(record, item.global_position) + "\n")
+                else:
+                    _print_payload(record.payload)
                 sys.stdout.flush()
             if consumer is not None:
                 storage.ack(consumer, item.global_position, force=force)  # after it is printed
                 force = False
-            if records or record.kind is RecordKind.EVENT:
+            if printed:
                 shown += 1
                 if count is not None and shown >= count:
                     return
@@ -897,33 +944,55 @@ def sql(
         raise Interrupted("interrupted: the query was stopped") from None
 
 
+DEMO_STREAM = 7
+
+
 @cli.command()
 @click.argument("store", required=False, type=click.Path(file_okay=False, path_type=Path))
-def demo(store: Path | None) -> None:
-    """Append, read, verify and query a small store, showing each step."""
+@json_option
+def demo(store: Path | None, as_json: bool) -> None:
+    """Append, read, verify and query a small store, showing each step (--json: the numbers only)."""
     target = store or Path(tempfile.mkdtemp(prefix="hybridlog-demo-")) / "store"
-    click.echo(f"# a store at {target}")
+    say = (lambda _text: None) if as_json else click.echo
+    say(f"# a store at {target}")
     try:
         with Storage(target, checkpoint_policy=CheckpointPolicy.every(4), max_segment_size=4096) as storage:
             # Appended at the stream's head, whatever it is: running the demo again adds 40 more.
-            start = storage.next_offset(7)
-            offset, head = storage.append(7, [b'{"type": "opened", "account": 42}'])
+            start = storage.next_offset(DEMO_STREAM)
+            offset, head = storage.append(DEMO_STREAM, [b'{"type": "opened", "account": 42}'])
             for i in range(1, 40):
                 event = f'{{"type": "deposit", "account": 42, "amount": {i * 10}}}'.encode()
-                offset, head = storage.append(7, [event])
+                offset, head = storage.append(DEMO_STREAM, [event])
             checkpoints = offset - start - 40
-            click.echo(
-                f"# appended 40 events to stream 7, and {checkpoints} checkpoint records (one after every 4"
-                f" events; a checkpoint takes an offset too): next offset {offset}, head {head.hex()[:16]}..."
+            say(
+                f"# appended 40 events to stream {DEMO_STREAM}, and {checkpoints} checkpoint records (one after"
+                f" every 4 events; a checkpoint takes an offset too): next offset {offset}, head {head.hex()[:16]}..."
             )
-            click.echo(f"# read 3 events from offset {start + 10} (verified from the nearest checkpoint):")
-            for payload in storage.read_from(7, start + 10, 200)[:3]:
-                click.echo(f"  {payload.decode()}")
-            click.echo(f"# segments: {storage.segment_count(7)}, sealed: {len(storage.completed_segments(7))}")
+            say(f"# read 3 events from offset {start + 10} (verified from the nearest checkpoint):")
+            for payload in storage.read_from(DEMO_STREAM, start + 10, 200)[:3]:
+                say(f"  {payload.decode()}")
+            segments, sealed = storage.segment_count(DEMO_STREAM), len(storage.completed_segments(DEMO_STREAM))
+            say(f"# segments: {segments}, sealed: {sealed}")
         with Storage(target, read_only=True) as storage:
             report = verify_store(storage)
-        click.echo(f"# verify from genesis: {'ok' if report.ok else 'DAMAGED'}, {report.records} records")
-        click.echo("# the catalog, with SQL:")
+        if as_json:
+            _print_json(
+                {
+                    "store": str(target.absolute()),
+                    "stream_id": DEMO_STREAM,
+                    "appended": 40,
+                    "checkpoints": checkpoints,
+                    "next_offset": offset,
+                    "head": head.hex(),
+                    "segments": segments,
+                    "sealed_segments": sealed,
+                    "ok": report.ok,
+                    "records_verified": report.records,
+                }
+            )
+            return
+        say(f"# verify from genesis: {'ok' if report.ok else 'DAMAGED'}, {report.records} records")
+        say("# the catalog, with SQL:")
         _render_rows(
             query_catalog(
                 target,

@@ -6,7 +6,7 @@ In JSON and JSON Lines that object is the value; in a CSV or table cell it is th
 written as JSON text. So ``b"c\\xff"`` prints as ``{"$base64": true, "encoded": "Y/8="}`` and
 ``b"caf\\xc3\\xa9"`` as ``café``. A JSON reader tells the two apart by type (an object is never
 text); in a CSV or table cell, text that happens to spell that object looks the same.
-README.md ("Output formats") and docs/sql.md document it.
+README.md ("Payloads and JSON") and docs/sql.md document it.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ The catalog is opened with SQLITE_OPEN_READONLY, and an authorizer refuses anyth
 an event source, the connection also has the ``events`` table (events_table.py), which reads
 and verifies records from the segments.
 
-Every query has a progress handler (``QueryGuard``): it enforces the caller's ``timeout`` and lets
-a Ctrl-C interrupt a statement that runs no Python code of its own. Rows are produced one at a
+Every query has a progress handler (``QueryGuard``): it enforces the caller's ``timeout`` and
+stops the statement on Ctrl-C, which then reaches the caller as KeyboardInterrupt. Rows are produced one at a
 time as the caller asks (``QueryRows``); ``max_rows`` stops a query that returns more.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -172,9 +174,16 @@ class QueryGuard:
     """The progress handler of one query (SQLite calls it every ``PROGRESS_STEPS`` instructions).
 
     It stops the query once it has run longer than ``timeout`` seconds, counting only the time
-    spent producing rows (inside ``running``), not the caller's time between rows. And it is
-    Python code that runs while SQLite works, so a Ctrl-C (KeyboardInterrupt) is raised from here
-    even in a query that calls no Python code of its own, such as a recursive CTE.
+    spent producing rows (inside ``running``), not the caller's time between rows.
+
+    And it stops the query on Ctrl-C. Python raises KeyboardInterrupt in whatever Python code runs
+    when SIGINT arrives, and while SQLite steps that may be code whose exceptions nobody can
+    receive: a generator of the ``events`` table finalized when SQLite rescans it, where the
+    KeyboardInterrupt is printed as "Exception ignored" and lost, and the query runs on. So while
+    a step runs in the main thread with Python's default SIGINT handler, SIGINT only sets
+    ``interrupted``; the next call here stops the statement (SQLITE_INTERRUPT), and ``running``
+    raises KeyboardInterrupt once SQLite has returned. A handler the application installed is
+    left alone.
     """
 
     def __init__(self, timeout: float | None) -> None:
@@ -182,23 +191,47 @@ class QueryGuard:
         self.spent = 0.0  # seconds of running before the current step
         self.started: float | None = None  # time.monotonic() at the start of the current step
         self.timed_out = False
+        self.interrupted = False
 
     def __call__(self) -> bool:
+        if self.interrupted:
+            return True  # SQLite stops the statement with SQLITE_INTERRUPT
         if self.timeout is None or self.started is None:
             return False
         if self.spent + (time.monotonic() - self.started) > self.timeout:
             self.timed_out = True
-            return True  # SQLite stops the statement with SQLITE_INTERRUPT
+            return True
         return False
 
     @contextmanager
     def running(self) -> Iterator[None]:
+        """One step of the query (preparing it, or producing a row): timed, and Ctrl-C deferred."""
         self.started = time.monotonic()
         try:
-            yield
+            with self._ctrl_c_deferred():
+                yield
         finally:
             self.spent += time.monotonic() - self.started
             self.started = None
+
+    @contextmanager
+    def _ctrl_c_deferred(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread() or (
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            yield
+            return
+
+        def note_ctrl_c(_signum: int, _frame: object) -> None:
+            self.interrupted = True
+
+        previous = signal.signal(signal.SIGINT, note_ctrl_c)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if self.interrupted:  # the step ended before the handler saw it (a row came first)
+            raise KeyboardInterrupt
 
 
 class QueryRows:
@@ -260,6 +293,8 @@ def _translated(guard: QueryGuard) -> Iterator[None]:
     try:
         yield
     except apsw.InterruptError as e:
+        if guard.interrupted:
+            raise KeyboardInterrupt from None
         if guard.timed_out:
             assert guard.timeout is not None
             raise QueryTimeout(guard.timeout) from e

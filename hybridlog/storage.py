@@ -1242,6 +1242,7 @@ class Storage:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         max_interval: float = DEFAULT_MAX_INTERVAL,
         should_stop: Callable[[], bool] | None = None,
+        stop_when_caught_up: bool = False,
     ) -> Subscription:
         """Every committed record (checkpoints included) in global order, waiting for new ones.
 
@@ -1260,6 +1261,8 @@ class Storage:
         The iterator never ends by itself: it waits for new records (woken by this process's
         commits, or polling the catalog every ``poll_interval`` seconds, doubling up to
         ``max_interval``) until ``close()`` is called on it or ``should_stop()`` returns True.
+        With ``stop_when_caught_up`` it ends instead the first time it finds nothing more committed
+        (``hybridlog tail --exit-when-caught-up``, as kcat's ``-e``).
         Records are verified as they are read; a damaged one raises IntegrityError. Closing the
         store wakes it, and its next read raises StoreClosed.
         """
@@ -1273,6 +1276,7 @@ class Storage:
             poll_interval=poll_interval,
             max_interval=max_interval,
             should_stop=should_stop,
+            stop_when_caught_up=stop_when_caught_up,
         )
 
     def _consumer_store(self, *, create: bool) -> ConsumerStore | None:

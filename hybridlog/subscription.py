@@ -100,7 +100,8 @@ def check_interval(name: str, value: object) -> float:
 
 
 class Subscription(Iterator[GlobalRecord]):
-    """An endless iterator over committed records in global order; see ``Storage.subscribe``.
+    """An endless iterator over committed records in global order (or one that ends once it has
+    caught up, with ``stop_when_caught_up``); see ``Storage.subscribe``.
 
     ``position`` is how far it has gone: the last position delivered, or passed over (gaps, other
     streams' records). ``close()`` ends it from any thread, waking it if it waits.
@@ -118,6 +119,7 @@ class Subscription(Iterator[GlobalRecord]):
         poll_interval: float,
         max_interval: float,
         should_stop: Callable[[], bool] | None,
+        stop_when_caught_up: bool = False,
     ) -> None:
         self._storage = storage
         self._signal = signal
@@ -137,6 +139,7 @@ class Subscription(Iterator[GlobalRecord]):
         if should_stop is not None and not callable(should_stop):
             raise InvalidArgument(f"should_stop must be callable, not {should_stop!r}")
         self._should_stop = should_stop
+        self._stop_when_caught_up = bool(stop_when_caught_up)
         self._stopped = False
         name = None if consumer is None else check_consumer_name(consumer)
         self.consumer: ConsumerState | None = None
@@ -225,8 +228,8 @@ class Subscription(Iterator[GlobalRecord]):
                         yield item
                 wait = self._poll_interval
                 continue
-            if self._stop_requested():
-                return
+            if self._stop_requested() or self._stop_when_caught_up:
+                return  # caught up: nothing committed is left to deliver
             if not self._signal.wait(seen, wait):
                 wait = min(wait * 2, self._max_interval)  # a quiet poll: wait longer next time
 

@@ -492,10 +492,12 @@ def test_rebuild_index_of_the_whole_store_keeps_the_old_catalog_aside(store: Pat
     old_rows = catalog_dump(store)["streams"]
     code, out, err = run("rebuild-index", str(store), "--json")
     assert code == 0, err
-    assert json.loads(out) == [
-        {"stream_id": DAMAGED, "records": 6, "damage": None},
-        {"stream_id": HEALTHY, "records": 2, "damage": None},
-    ]
+    assert json.loads(out) == {  # an object, as every command's --json
+        "streams": [
+            {"stream_id": DAMAGED, "records": 6, "damage": None},
+            {"stream_id": HEALTHY, "records": 2, "damage": None},
+        ]
+    }
     (aside,) = store.glob(f"{CATALOG_FILE}.*.aside")
     conn = apsw.Connection(str(aside), flags=apsw.SQLITE_OPEN_READONLY)
     try:
@@ -537,7 +539,7 @@ def test_rebuild_index_of_a_damaged_stream_exits_3(store: Path) -> None:
 def test_checkpoint_json_shape_and_the_record_read_shows(store: Path) -> None:
     code, out, err = run("checkpoint", str(store), "--stream", str(DAMAGED), "--json")
     assert code == 0, err
-    (made,) = json.loads(out)
+    (made,) = json.loads(out)["checkpoints"]  # an object, as every command's --json
     assert set(made) == {"stream_id", "offset", "hash"}
     assert made["stream_id"] == DAMAGED
     assert made["offset"] == 6  # at the head: after the six events
@@ -549,7 +551,7 @@ def test_checkpoint_json_shape_and_the_record_read_shows(store: Path) -> None:
     assert records[-1]["prev_hash"] == records[-2]["hash"]
     # every stream by default; a checkpoint right after another one still goes at the head
     code, out, _ = run("checkpoint", str(store), "--json")
-    assert [(c["stream_id"], c["offset"]) for c in json.loads(out)] == [(DAMAGED, 7), (HEALTHY, 2)]
+    assert [(c["stream_id"], c["offset"]) for c in json.loads(out)["checkpoints"]] == [(DAMAGED, 7), (HEALTHY, 2)]
     assert run("verify", str(store), "--from-checkpoints")[0] == 0
 
 

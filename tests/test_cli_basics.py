@@ -232,7 +232,7 @@ def test_repair_dry_run_exits_like_check(damaged_store: Path, one_record_store: 
     ("args", "first"),
     [
         (["read", "--stream", "1"], b"0...."),
-        (["read", "--stream", "1", "--records"], b'{"offset": 0'),
+        (["read", "--stream", "1", "--records"], b'{"stream_id": 1, "offset": 0'),
         (["sql", "SELECT offset, payload FROM events", "--output", "csv"], b"offset,payload"),
     ],
     ids=["read", "read-records", "sql"],

@@ -32,6 +32,7 @@ from click.testing import CliRunner
 
 from hybridlog import InvalidArgument, QueryLimitExceeded, QueryRowLimit, QueryTimeout, Storage, StorageError
 from hybridlog.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, TABLE_WIDTH_ROWS, cli
+from hybridlog.segment import SegmentReader
 from hybridlog.sql import QueryGuard, query_catalog
 
 THIS_FILE = Path(__file__)
@@ -285,6 +286,33 @@ def test_ctrl_c_in_the_library_raises_keyboard_interrupt(store: Path, monkeypatc
                 threading.Thread(target=ctrl_c).start()
                 with pytest.raises(KeyboardInterrupt):
                     reader.sql(EVENTS_RUNAWAY, timeout=GUARD)
+            assert reader.sql("SELECT count(*) FROM events").rows == [(301,)]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_a_finalizer_runs_still_stops_the_query(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lost-interrupt race, made deterministic: SIGINT arrives while a segment reader closes
+    inside a generator that is being finalized (SQLite rescanning ``events`` drops the previous
+    scan's generators). Raised there, the KeyboardInterrupt would be "ignored" and the query run
+    on to its timeout; deferred by the query's guard, it stops the query."""
+    close = SegmentReader.close
+    sent: list[int] = []
+
+    def close_then_ctrl_c(self: SegmentReader) -> None:
+        close(self)
+        if not sent and sys.exc_info()[0] is GeneratorExit:  # in a generator that is being closed
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(SegmentReader, "close", close_then_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with Storage(store, read_only=True) as reader:
+            with pytest.raises(KeyboardInterrupt):
+                reader.sql(EVENTS_RUNAWAY, timeout=10.0)
+            assert sent == [1]
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the guard's is gone
             assert reader.sql("SELECT count(*) FROM events").rows == [(301,)]
     finally:
         signal.signal(signal.SIGINT, previous)

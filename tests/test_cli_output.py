@@ -181,7 +181,9 @@ def test_demo_json_gives_the_demos_numbers(tmp_path: Path) -> None:
     again = json.loads(run("demo", str(path), "--json")[1])
     assert (again["next_offset"], again["records_verified"]) == (100, 100)
     with Storage(path, read_only=True) as reader:
-        assert reader.latest_chain_hash(7).hex() == again["head"]
+        head = reader.latest_chain_hash(7)
+        assert head is not None
+        assert head.hex() == again["head"]
 
 
 STREAM_KEYS_ELSEWHERE = {"stream", "sid", "stream_no", "pos", "global_pos", "position_global"}

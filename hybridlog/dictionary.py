@@ -51,7 +51,7 @@ _CACHE_CAPACITY = 64
 class DictionaryUnavailable(FrameError):
     """The dictionary a payload needs cannot be used: ``missing`` file, or a damaged one; ``path`` names it.
 
-    ``chain.open_record`` turns it into a ``MissingDictionary`` / ``DamagedDictionary`` naming the record.
+    ``walk.open_record`` turns it into a ``MissingDictionary`` / ``DamagedDictionary`` naming the record.
     """
 
     def __init__(self, reason: str, *, path: Path, missing: bool) -> None:

@@ -138,23 +138,37 @@ class FrameError(Exception):
         self.reason = reason
 
 
+def header_problem(
+    magic: bytes, version: int, kind: int, flags: int, reserved: int, stored_len: int, raw_len: int
+) -> str | None:
+    """Why these header fields are not a record's frame header; None when they are.
+
+    The one list of frame-header rules: ``parse_header`` raises its answer as a FrameError, and the
+    fast walk (``walk.SegmentWalk``) stops where it is not None.
+    """
+    if magic != MAGIC:
+        return "no record magic"
+    if version != FORMAT_VERSION:
+        return f"unknown format version {version}"
+    if kind not in RECORD_KINDS or flags & ~KNOWN_FLAGS or reserved:
+        return "invalid kind or flags"
+    if stored_len > MAX_STORED_LEN or raw_len > MAX_EVENT_SIZE:
+        return "length out of range"
+    if not flags & FLAG_COMPRESSED and stored_len != raw_len:
+        return "uncompressed length mismatch"
+    if flags & FLAG_DICTIONARY and not flags & FLAG_COMPRESSED:
+        return "dictionary flag on an uncompressed payload"
+    return None
+
+
 def parse_header(data: bytes | memoryview) -> FrameHeader:
     """Decode and sanity-check a frame header (``frame_checksum`` gives the checksum to compare)."""
     magic, version, kind, flags, reserved, stream_id, offset, ts, stored_len, raw_len, prev, own = HEADER.unpack(
         data[:HEADER_SIZE]
     )
-    if magic != MAGIC:
-        raise FrameError("no record magic")
-    if version != FORMAT_VERSION:
-        raise FrameError(f"unknown format version {version}")
-    if kind not in RECORD_KINDS or flags & ~KNOWN_FLAGS or reserved:
-        raise FrameError("invalid kind or flags")
-    if stored_len > MAX_STORED_LEN or raw_len > MAX_EVENT_SIZE:
-        raise FrameError("length out of range")
-    if not flags & FLAG_COMPRESSED and stored_len != raw_len:
-        raise FrameError("uncompressed length mismatch")
-    if flags & FLAG_DICTIONARY and not flags & FLAG_COMPRESSED:
-        raise FrameError("dictionary flag on an uncompressed payload")
+    problem = header_problem(magic, version, kind, flags, reserved, stored_len, raw_len)
+    if problem is not None:
+        raise FrameError(problem)
     return FrameHeader(kind, flags, stream_id, offset, ts, stored_len, raw_len, ChainHash(prev), ChainHash(own))
 
 

@@ -1,7 +1,7 @@
 """Reconciling the catalog with the segments, and rebuilding it from them.
 
 The segments are the truth for data; the catalog is an index of them, trusted only as far as it
-agrees with them. Everything here walks segments with ``scan.SegmentScan``.
+agrees with them. Everything here walks segments with ``walk.SegmentScan``.
 
 * ``recover_store`` runs when a writer opens a store: a size check per stream finds the streams
   whose catalog rows and files disagree, and ``reconcile_stream`` runs on those only.
@@ -36,10 +36,10 @@ from pathlib import Path
 import apsw
 
 from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, GapRow, IndexEntry, RecoveryEntry, SegmentRow
+from hybridlog.diagnose import Adoption, FoundGap, StreamScan, is_torn_tail, walk_stream
 from hybridlog.errors import CatalogError, CatalogMismatch, IntegrityError
 from hybridlog.markers import CUT, ISOLATED
 from hybridlog.record import FrameError
-from hybridlog.scan import Adoption, FoundGap, ScannedRecord, SegmentScan, StreamScan, is_torn_tail, walk_stream
 from hybridlog.segment import (
     STREAMS_DIR,
     SegmentReader,
@@ -53,6 +53,7 @@ from hybridlog.segment import (
     write_file_durably,
 )
 from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, RecordKind, StreamId
+from hybridlog.walk import ScannedRecord, SegmentScan
 
 log = logging.getLogger(__name__)
 

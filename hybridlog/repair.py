@@ -36,13 +36,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hybridlog.catalog import CATALOG_FILE, Catalog, RecoveryEntry
+from hybridlog.diagnose import FoundGap, StreamScan, walk_stream
 from hybridlog.errors import CatalogTooNew, CatalogUnusable, MissingDictionary
 from hybridlog.lock import writer_holds_lock
 from hybridlog.recovery import stream_ids_on_disk
-from hybridlog.scan import FoundGap, ScannedRecord, ScanProblem, StreamScan, walk_stream
 from hybridlog.segment import STREAMS_DIR, file_digest, foreign_stream_entries, segment_path
 from hybridlog.stream_repair import StreamRepairPlan, plan_stream_repair
 from hybridlog.types import RecordKind, StreamId
+from hybridlog.walk import ScannedRecord, ScanProblem
 
 # Finding.problem values
 CATALOG_MISSING = "catalog_missing"

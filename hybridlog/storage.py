@@ -70,9 +70,9 @@ from hybridlog.catalog import (
     StreamStats,
     damaged_hint,
 )
-from hybridlog.chain import reverify_frame
 from hybridlog.commit import AppendRequest, FramedBatch, GroupCommitQueue, HeadView, SegmentWrite, frame_batch
 from hybridlog.consumers import CONSUMERS_FILE, ConsumerState, ConsumerStore, check_consumer_name
+from hybridlog.diagnose import unlisted_stream_problem
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     AppendOutcomeUnknown,
@@ -97,7 +97,6 @@ from hybridlog.errors import (
 from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
-from hybridlog.reader import unavailable, unlisted_stream_problem, verified_frames, verified_records
 from hybridlog.record import PayloadCompressor, checkpoint_payload
 from hybridlog.recovery import (
     ReconcileResult,
@@ -146,6 +145,7 @@ from hybridlog.types import (
 )
 from hybridlog.verified_cache import DEFAULT_MAX_RECORDS as DEFAULT_VERIFIED_CACHE_RECORDS
 from hybridlog.verified_cache import MAX_RUN, VerifiedRun, VerifiedRunCache
+from hybridlog.walk import reverify_frame, unavailable, verified_frames, verified_records
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hybridlog.catalog import Catalog, RecoveryEntry
+from hybridlog.diagnose import FoundGap, StreamScan, walk_stream
 from hybridlog.dictionary import DictionaryCache, StreamDictionary, salvage_dictionary
 from hybridlog.errors import DamagedDictionary, DictionaryUnusable
 from hybridlog.markers import CUT, ISOLATED, RepairMarker
@@ -45,7 +46,6 @@ from hybridlog.recovery import (
     quarantine_tail,
     remove_empty_segment,
 )
-from hybridlog.scan import FoundGap, StreamScan, walk_stream
 from hybridlog.segment import (
     QUARANTINE_SUFFIX,
     SegmentWriter,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import apsw
 
 from hybridlog.catalog import CATALOG_FILE, Catalog, StreamSnapshot, damaged_hint
+from hybridlog.diagnose import unlisted_stream_problem
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     CatalogError,
@@ -40,10 +41,10 @@ from hybridlog.errors import (
     StorageError,
 )
 from hybridlog.markers import ISOLATED
-from hybridlog.reader import unlisted_stream_problem, verified_frames
 from hybridlog.recovery import stream_ids_on_disk
 from hybridlog.storage import Storage
 from hybridlog.types import ChainHash, Record, RecordKind, StreamId
+from hybridlog.walk import verified_frames
 
 MAX_LISTED = 20
 """Disagreements listed per stream (and store-wide); the rest are counted."""

@@ -35,7 +35,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hybridlog import ChainHash, CheckpointPolicy, ChecksumMismatch, CompressionKind, RecordKind, Storage, StreamId
-from hybridlog.chain import open_record
 from hybridlog.dictionary import DictionaryUnavailable, StreamDictionary, parse_dictionary_file
 from hybridlog.record import (
     CHECKPOINT_MAGIC,
@@ -55,9 +54,9 @@ from hybridlog.record import (
     parse_header,
     record_hash,
 )
-from hybridlog.scan import SegmentScan
 from hybridlog.segment import SegmentReader, segment_path
 from hybridlog.types import GENESIS_HASH, MAX_EVENT_SIZE
+from hybridlog.walk import SegmentScan, open_record
 
 FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
 VECTOR_BLOCK = re.compile(r"^```hybridlog-vector\n(.*?)^```$", re.MULTILINE | re.DOTALL)

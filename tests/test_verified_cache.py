@@ -144,7 +144,7 @@ def counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         counter[0] += 1
         return record_hash(*args, **kwargs)
 
-    monkeypatch.setattr("hybridlog.chain.record_hash", counted)
+    monkeypatch.setattr("hybridlog.walk.record_hash", counted)
     return counter
 
 

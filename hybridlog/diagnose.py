@@ -1,206 +1,31 @@
-"""Verifying walks over segment files: the one reader that recovery, rebuild and repair share.
+"""The one classifier of damage: what a verifying walk's stop means, stream by stream.
 
-``SegmentScan`` walks a segment's frames from a byte position and verifies every one (checksum,
-identity, hash, chain link), handing back complete batches (a batch ends at a frame with the
-batch-end flag). When it stops early it says where and why (``ScanProblem``), and
-``is_torn_tail`` tells an interrupted write from damage.
+``walk_stream`` walks all of a stream's segment files from genesis (``walk.SegmentScan`` per
+segment) and turns where the walk stopped into a judgement (``StreamScan``): a torn tail
+(``is_torn_tail``: an interrupted write, safe to cut), a missing segment, or damage in durable data;
+with ``resync`` it steps over damage that has verifying records after it (``find_resume``) and
+lists it as gaps, each isolated by repair or not yet decided. ``unlisted_stream_problem`` says when a
+catalog has lost a stream whose files hold records. ``Adoption`` gathers the catalog rows of the
+complete batches a walk found past the catalog's end. Open-time recovery, ``check``/``repair`` and
+reads use these verdicts; nothing here changes a file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridlog.catalog import CheckpointRow, IndexEntry
-from hybridlog.chain import FastWalk, open_record
 from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable
-from hybridlog.errors import DictionaryUnusable, IntegrityError
-from hybridlog.markers import ISOLATED, RepairMarker, decode_marker
+from hybridlog.errors import CatalogMismatch
+from hybridlog.markers import ISOLATED, RepairMarker
 from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload, record_hash
 from hybridlog.segment import SegmentReader, segment_numbers_on_disk, segment_path, stream_path
-from hybridlog.types import GENESIS_HASH, ChainHash, Record, RecordKind, StreamId
-
-
-@dataclass(frozen=True, slots=True)
-class ScannedRecord:
-    entry: IndexEntry
-    hash: ChainHash
-    payload_len: int
-    marker: RepairMarker | None = None
-    """The repair marker a kind-2 record holds (``markers.py``)."""
-
-
-def _scanned(entry: IndexEntry, record: Record) -> ScannedRecord:
-    marker = decode_marker(record.payload) if record.kind is RecordKind.REPAIR else None
-    return ScannedRecord(entry, record.hash, len(record.payload), marker)
-
-
-@dataclass(slots=True)
-class ScanProblem:
-    """Why a scan stopped before the end of a file: where, why, and whether the file just ends."""
-
-    position: int
-    reason: str
-    unterminated: bool
-    """True when every frame read fine but the last batch had no end marker: a write cut short."""
-    offset: int
-    """The offset of the record at ``position``: the bad record, or the first of the unterminated batch."""
-    dictionary: DictionaryUnusable | None = None
-    """Set when the record is whole but the stream dictionary it needs is missing or damaged."""
-
-
-class SegmentScan:
-    """Verifying walk over one segment from ``position``, yielding complete batches.
-
-    After the walk: ``valid_end`` is the byte position after the last complete batch,
-    ``next_offset`` / ``prev_hash`` continue the chain from there, and ``problem`` says why the
-    walk stopped early (None when every byte up to the end of the file was a complete batch).
-    """
-
-    def __init__(
-        self,
-        data_dir: Path,
-        stream_id: StreamId,
-        segment_no: int,
-        *,
-        position: int,
-        next_offset: int,
-        prev_hash: ChainHash,
-        dictionaries: DictionarySource | None = None,
-    ) -> None:
-        self.path = segment_path(data_dir, stream_id, segment_no)
-        self.dictionaries = dictionaries or DictionaryCache(data_dir)
-        self.stream_id = stream_id
-        self.segment_no = segment_no
-        self.valid_end = position
-        self.next_offset = next_offset
-        self.prev_hash = prev_hash
-        self.problem: ScanProblem | None = None
-        self.pending: list[ScannedRecord] = []
-        """At a bad record: the verified records of its batch before it (not handed out as a batch)."""
-
-    def batches(self) -> Iterator[list[ScannedRecord]]:
-        pending: list[ScannedRecord] = []
-        offset, prev = self.next_offset, self.prev_hash
-        with SegmentReader(self.path, self.valid_end) as reader:
-            # Fast over everything that verifies; exact frame-by-frame from where it stops.
-            fast = FastWalk(
-                reader, self.stream_id, offset, prev, self.path.stat().st_size, dictionaries=self.dictionaries
-            )
-            for record, position, size, batch_end in fast.frames():
-                entry = IndexEntry(record.offset, self.segment_no, position, size, record.kind, record.timestamp_ns)
-                pending.append(_scanned(entry, record))
-                if batch_end:
-                    yield pending
-                    self.valid_end = position + size
-                    self.next_offset, self.prev_hash = record.offset + 1, record.hash
-                    pending = []
-            offset = fast.expected
-            prev = ChainHash(fast.prev) if fast.prev is not None else prev
-            reader.seek(fast.position)
-            while True:
-                try:
-                    frame = reader.read_frame()
-                except FrameError as e:  # IncompleteFrame too: the reader stays at the bad frame
-                    self.problem = ScanProblem(reader.position, e.reason, unterminated=False, offset=offset)
-                    self.pending = pending
-                    return
-                if frame is None:
-                    break
-                try:
-                    record = open_record(
-                        frame,
-                        stream_id=self.stream_id,
-                        expected_offset=offset,
-                        prev_hash=prev,
-                        segment=self.path,
-                        dictionaries=self.dictionaries,
-                    )
-                except IntegrityError as e:
-                    # The frame was read whole, so the reader is already past it: name the frame's start.
-                    self.problem = ScanProblem(frame.position, e.reason, unterminated=False, offset=offset)
-                    if isinstance(e, DictionaryUnusable):
-                        self.problem.dictionary = e
-                    self.pending = pending
-                    return
-                entry = IndexEntry(
-                    record.offset,
-                    self.segment_no,
-                    frame.position,
-                    frame.header.frame_size,
-                    record.kind,
-                    record.timestamp_ns,
-                )
-                pending.append(_scanned(entry, record))
-                offset, prev = record.offset + 1, record.hash  # a cut marker jumps (markers.py)
-                if frame.header.batch_end:
-                    yield pending
-                    self.valid_end = reader.position
-                    self.next_offset, self.prev_hash = offset, prev
-                    pending = []
-        if pending:
-            self.problem = ScanProblem(
-                pending[0].entry.position,
-                "last batch has no end marker",
-                unterminated=True,
-                offset=pending[0].entry.offset,
-            )
-            self.pending = pending
-
-
-@dataclass(slots=True)
-class Adoption:
-    """Catalog rows for batches found in a segment, ready to be committed in one transaction."""
-
-    entries: list[IndexEntry] = field(default_factory=list)
-    checkpoints: list[CheckpointRow] = field(default_factory=list)
-    events: int = 0
-    payload_bytes: int = 0
-    stored_bytes: int = 0
-    first_timestamp_ns: int | None = None
-    last_timestamp_ns: int | None = None
-
-    def add(self, stream_id: StreamId, batch: list[ScannedRecord]) -> None:
-        for rec in batch:
-            self.entries.append(rec.entry)
-            self.stored_bytes += rec.entry.length
-            if rec.entry.kind == RecordKind.CHECKPOINT:
-                self.checkpoints.append(CheckpointRow(stream_id, rec.entry.offset, rec.hash, rec.entry.timestamp_ns))
-            else:
-                self.events += 1
-                self.payload_bytes += rec.payload_len
-            if self.first_timestamp_ns is None:
-                self.first_timestamp_ns = rec.entry.timestamp_ns
-            self.last_timestamp_ns = rec.entry.timestamp_ns
-
-
-def is_torn_tail(path: Path, problem: ScanProblem) -> bool:
-    """Whether a scan problem looks like an interrupted write rather than damage.
-
-    True when every frame to the end of the file was whole but the last batch has no end marker,
-    or when no valid record frame starts anywhere after the problem (a frame cut short, zeros or
-    garbage to the end). A valid frame after it means bytes in the middle were damaged (a flipped
-    length field can make a good record look cut short), and cutting there would throw away good
-    records. A whole record whose stream dictionary is missing or damaged is never a torn write.
-    """
-    if problem.dictionary is not None:
-        return False
-    if problem.unterminated:
-        return True
-    with path.open("rb") as f:
-        f.seek(problem.position)
-        data = f.read()
-    start = 1
-    while (found := data.find(MAGIC, start)) != -1:
-        with SegmentReader(path, problem.position + found) as reader:
-            try:
-                if reader.read_frame() is not None:
-                    return False
-            except FrameError:
-                pass
-        start = found + 1
-    return True
+from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
+from hybridlog.walk import ScannedRecord, ScanProblem, SegmentScan
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,3 +282,99 @@ def _self_verifying(
         return None
     own = record_hash(stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload)
     return header if own == header.hash else None
+
+
+def is_torn_tail(path: Path, problem: ScanProblem) -> bool:
+    """Whether a scan problem looks like an interrupted write rather than damage.
+
+    True when every frame to the end of the file was whole but the last batch has no end marker,
+    or when no valid record frame starts anywhere after the problem (a frame cut short, zeros or
+    garbage to the end). A valid frame after it means bytes in the middle were damaged (a flipped
+    length field can make a good record look cut short), and cutting there would throw away good
+    records. A whole record whose stream dictionary is missing or damaged is never a torn write.
+    """
+    if problem.dictionary is not None:
+        return False
+    if problem.unterminated:
+        return True
+    with path.open("rb") as f:
+        f.seek(problem.position)
+        data = f.read()
+    start = 1
+    while (found := data.find(MAGIC, start)) != -1:
+        with SegmentReader(path, problem.position + found) as reader:
+            try:
+                if reader.read_frame() is not None:
+                    return False
+            except FrameError:
+                pass
+        start = found + 1
+    return True
+
+
+NEW_STREAM_GRACE_NS = 5_000_000_000
+"""How long a stream's newest segment file may have been written before the catalog must list it.
+
+A writer creates a new stream's first segment file and writes its first batch there before it
+commits the catalog rows that name the stream; a reader that looks in between sees records on
+disk that the catalog does not list yet. Within this time of the file's last write the reader
+waits for that commit; after it, the catalog has lost the stream.
+"""
+
+
+def unlisted_stream_problem(data_dir: Path, stream_id: StreamId, listed: Callable[[], bool]) -> CatalogMismatch | None:
+    """Why a stream the catalog did not list is not simply empty: its directory holds records.
+
+    ``listed`` asks the catalog again (True: it lists the stream now). Returns None when the
+    stream has no segment file with bytes in it, or once ``listed`` says the commit has landed;
+    else, once the newest such file is older than ``NEW_STREAM_GRACE_NS``, the CatalogMismatch
+    to raise.
+    """
+    directory = stream_path(data_dir, stream_id)
+    while True:
+        written: list[os.stat_result] = []
+        numbers, _ = segment_numbers_on_disk(directory)
+        for no in numbers:
+            try:
+                info = segment_path(data_dir, stream_id, no).stat()
+            except FileNotFoundError:
+                continue  # a failed first batch removes its new file again
+            if info.st_size > 0:
+                written.append(info)
+        if not written or listed():
+            return None
+        if time.time_ns() - max(info.st_mtime_ns for info in written) >= NEW_STREAM_GRACE_NS:
+            return CatalogMismatch(
+                f"the catalog has no row for this stream, yet its directory {directory} holds"
+                f" {len(written)} segment file(s) with {sum(info.st_size for info in written)} bytes",
+                stream_id=stream_id,
+                hint=f"see it with `hybridlog check {data_dir}`, rebuild the stream's rows with"
+                f" `hybridlog repair {data_dir}`",
+            )
+        time.sleep(0.01)
+
+
+@dataclass(slots=True)
+class Adoption:
+    """Catalog rows for batches found in a segment, ready to be committed in one transaction."""
+
+    entries: list[IndexEntry] = field(default_factory=list)
+    checkpoints: list[CheckpointRow] = field(default_factory=list)
+    events: int = 0
+    payload_bytes: int = 0
+    stored_bytes: int = 0
+    first_timestamp_ns: int | None = None
+    last_timestamp_ns: int | None = None
+
+    def add(self, stream_id: StreamId, batch: list[ScannedRecord]) -> None:
+        for rec in batch:
+            self.entries.append(rec.entry)
+            self.stored_bytes += rec.entry.length
+            if rec.entry.kind == RecordKind.CHECKPOINT:
+                self.checkpoints.append(CheckpointRow(stream_id, rec.entry.offset, rec.hash, rec.entry.timestamp_ns))
+            else:
+                self.events += 1
+                self.payload_bytes += rec.payload_len
+            if self.first_timestamp_ns is None:
+                self.first_timestamp_ns = rec.entry.timestamp_ns
+            self.last_timestamp_ns = rec.entry.timestamp_ns

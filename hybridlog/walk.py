@@ -1,0 +1,547 @@
+"""The verifying walk: the one home of reading segment frames back as verified records.
+
+``open_record`` turns one frame into a verified ``Record`` (identity, hash, chain link).
+``SegmentWalk`` walks a segment from a byte position: fast, in large reads, over everything it can
+vouch for, then frame by frame from where that stops (the one hand-off), to say precisely what is
+wrong. Two walks use it: ``verified_frames`` (a verified read of a catalog snapshot from its start
+entry, a trusted checkpoint or offset 0, up to the sizes the snapshot committed, checked against the
+chain head) and ``SegmentScan`` (recovery, rebuild and repair: a segment to its end in complete
+batches, with a ``ScanProblem`` where it stops early, judged by ``diagnose.py``).
+``reverify_frame`` re-proves a frame a walk verified before from its hash alone (verified runs).
+The frame-header rules themselves are ``record.header_problem``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import zstandard
+
+from hybridlog.catalog import IndexEntry
+from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable
+from hybridlog.errors import (
+    CatalogMismatch,
+    ChainBroken,
+    ChecksumMismatch,
+    DamagedDictionary,
+    DictionaryUnusable,
+    HashMismatch,
+    IntegrityError,
+    MissingDictionary,
+    RecordIsolated,
+    RecordsCut,
+    RecordsUnavailable,
+    StorageIOError,
+    TruncatedRecord,
+    Where,
+    os_error_detail,
+)
+from hybridlog.markers import CUT, ISOLATED, RepairMarker, decode_marker, is_cut_jump
+from hybridlog.record import (
+    CHECKSUM,
+    FLAG_BATCH_END,
+    FLAG_COMPRESSED,
+    FRAME_OVERHEAD,
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    DictionarySource,
+    FrameError,
+    decode_payload,
+    decode_stored,
+    dictionary_no_of,
+    frame_checksum,
+    header_problem,
+    parse_header,
+    record_hash,
+)
+from hybridlog.segment import Frame, IncompleteFrame, SegmentReader, dictionary_name, segment_path
+from hybridlog.types import GENESIS_HASH, ChainHash, Offset, Record, RecordKind, StreamId
+
+if TYPE_CHECKING:
+    from hybridlog.catalog import GapRow, StreamSnapshot
+
+
+def open_record(
+    frame: Frame,
+    *,
+    stream_id: StreamId,
+    expected_offset: int,
+    prev_hash: bytes | None,
+    segment: Path,
+    dictionaries: DictionarySource | None = None,
+) -> Record:
+    """Verify ``frame`` as the record at ``expected_offset`` of ``stream_id`` and return it.
+
+    The one record that may carry a later offset is a cut marker naming exactly the offsets it
+    steps over (``markers.py``): callers continue from ``record.offset + 1``.
+
+    Checks that the frame belongs to this stream and offset, that its hash is the hash of its
+    contents, and (unless ``prev_hash`` is None, for a trusted anchor) that it links to the record
+    before it. Raises an IntegrityError subclass naming the place. ``dictionaries``: where a
+    payload compressed with a stream dictionary finds it (``dictionary.DictionaryCache``).
+    """
+    header = frame.header
+    where: Where = {"stream_id": stream_id, "offset": expected_offset, "segment": segment, "position": frame.position}
+    misplaced = f"record belongs to stream {header.stream_id} offset {header.offset}, not here"
+    if header.stream_id != stream_id or (header.offset != expected_offset and header.kind != RecordKind.REPAIR):
+        raise IntegrityError(misplaced, **where)
+    try:
+        payload = decode_payload(header, frame.stored, dictionaries)
+    except DictionaryUnavailable as e:
+        raise dictionary_unusable(e, where) from e
+    except FrameError as e:
+        raise ChecksumMismatch(f"payload cannot be decoded ({e.reason})", **where) from e
+    if header.offset != expected_offset and not is_cut_jump(header.kind, payload, expected_offset, header.offset):
+        raise IntegrityError(misplaced, **where)
+    own = record_hash(stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload)
+    if own != header.hash:
+        used = f" (decompressed with dictionary {_dictionary_file(frame, segment)})" if header.uses_dictionary else ""
+        raise HashMismatch(f"record hash does not match its contents{used}", **where)
+    if prev_hash is not None and header.prev_hash != prev_hash:
+        raise ChainBroken("record does not link to the record before it", **where)
+    return Record(
+        stream_id=stream_id,
+        offset=Offset(header.offset),
+        kind=RecordKind(header.kind),
+        timestamp_ns=header.timestamp_ns,
+        prev_hash=ChainHash(header.prev_hash),
+        hash=ChainHash(own),
+        payload=payload,
+    )
+
+
+def dictionary_unusable(problem: DictionaryUnavailable, where: Where) -> DictionaryUnusable:
+    """The IntegrityError for a record whose dictionary file is missing or damaged, with what to do."""
+    kind = MissingDictionary if problem.missing else DamagedDictionary
+    hint = (
+        f"restore {problem.path} from a backup: the records that need it are intact; without it"
+        f" `hybridlog repair` can only cut the stream before offset {where['offset']}"
+    )
+    return kind(problem.reason, dictionary=problem.path, hint=hint, **where)
+
+
+def _dictionary_file(frame: Frame, segment: Path) -> Path | str:
+    """The dictionary file a dictionary-compressed frame names (for messages)."""
+    try:
+        number = dictionary_no_of(zstandard.get_frame_parameters(frame.stored).dict_id)
+    except zstandard.ZstdError:
+        number = None
+    return segment.parent / dictionary_name(number) if number is not None else "(no valid dictionary id)"
+
+
+def reverify_frame(
+    frame: bytes, *, stream_id: StreamId, offset: int, verified_hash: bytes, dictionaries: DictionarySource
+) -> tuple[int, bytes] | None:
+    """(kind, payload) of the record at ``offset`` if ``frame`` is exactly the record whose hash
+    was verified before.
+
+    The hash is recomputed from the frame's contents; equal to ``verified_hash`` it proves the
+    frame holds that record. None for anything else (the caller falls back to a verified walk,
+    which says precisely what is wrong).
+    """
+    if len(frame) < FRAME_OVERHEAD:
+        return None
+    magic, _, kind, flags, _, sid, off, ts, stored_len, _, prev, own = HEADER.unpack_from(frame)
+    if (
+        own != verified_hash
+        or sid != stream_id
+        or off != offset
+        or magic != MAGIC
+        or len(frame) != FRAME_OVERHEAD + stored_len
+    ):
+        return None
+    stored = memoryview(frame)[HEADER_SIZE : HEADER_SIZE + stored_len]
+    try:
+        payload = (
+            bytes(stored) if not flags & ~FLAG_BATCH_END else decode_payload(parse_header(frame), stored, dictionaries)
+        )
+    except FrameError:
+        return None
+    if record_hash(stream_id, offset, kind, ts, prev, payload) != verified_hash:
+        return None
+    return kind, payload
+
+
+_CHUNK = 1 << 20
+_KINDS = (RecordKind.EVENT, RecordKind.CHECKPOINT, RecordKind.REPAIR)
+
+WalkedFrame = tuple[Record, int, int, bool]
+"""A verified record and its frame: record, byte position, frame size, batch end."""
+
+
+class SegmentWalk:
+    """THE verifying walk over one segment, from a reader's position: fast first, then exact.
+
+    The fast part verifies frames up to ``end`` in large reads, without per-frame objects, checking
+    what ``SegmentReader.read_frame`` and ``open_record`` check (header rules, identity, checksum,
+    bounded decompression, hash, link) plus, when given, the trusted ``anchor`` hash (the first
+    record's, when ``prev`` is None) and the catalog's ``head`` (offset, hash). At the first frame
+    it cannot vouch for, the exact part takes over there, frame by frame, to say precisely what is
+    wrong: it raises FrameError (IncompleteFrame when the file ends inside a frame), the
+    IntegrityError of ``open_record``, or CatalogMismatch for a record that is not the anchor or the
+    head. The exact part reads on to the end of the file, or until ``stop(expected)`` says to
+    stop before the next frame.
+
+    ``frames`` yields every verified record (``WalkedFrame``). ``position``, ``expected`` and
+    ``prev`` say where the walk is: the next frame (or the bad one, after an error), the offset it
+    must hold and the hash it must link to.
+    """
+
+    def __init__(
+        self,
+        reader: SegmentReader,
+        stream_id: StreamId,
+        expected: int,
+        prev: bytes | None,
+        end: int,
+        *,
+        anchor: bytes | None = None,
+        head: tuple[int, bytes | None] | None = None,
+        dictionaries: DictionarySource | None = None,
+        stop: Callable[[int], bool] | None = None,
+    ) -> None:
+        self.reader = reader
+        self.file = reader.raw_file()
+        self.dictionaries = dictionaries
+        self.stream_id = stream_id
+        self.position = reader.position
+        self.expected = expected
+        self.prev = prev
+        self.end = end
+        self.anchor = anchor
+        self.head_offset, self.head = head if head is not None else (-1, None)
+        self.stop = stop
+
+    def frames(self) -> Iterator[WalkedFrame]:
+        yield from self._fast()
+        # The one hand-off: the exact walk starts at the first frame the fast one did not vouch for.
+        self.reader.seek(self.position)
+        yield from self._exact()
+
+    def _fast(self) -> Iterator[WalkedFrame]:
+        sid, end = self.stream_id, self.end
+        buf, base = b"", self.position  # buf holds the file's bytes from ``base`` on
+        unpack_header, unpack_checksum = HEADER.unpack_from, CHECKSUM.unpack_from
+        while self.position < end:
+            at = self.position - base
+            if len(buf) - at < HEADER_SIZE:
+                buf, base, at = self._refill(buf, base, at, HEADER_SIZE)
+                if len(buf) - at < HEADER_SIZE:
+                    return
+            magic, version, kind, flags, reserved, rsid, offset, ts, stored_len, raw_len, prev, own = unpack_header(
+                buf, at
+            )
+            if (
+                header_problem(magic, version, kind, flags, reserved, stored_len, raw_len) is not None
+                or rsid != sid
+                or offset != self.expected
+            ):
+                return
+            size = FRAME_OVERHEAD + stored_len
+            if self.position + size > end:
+                return
+            if len(buf) - at < size:
+                buf, base, at = self._refill(buf, base, at, size)
+                if len(buf) - at < size:
+                    return
+            body_end = at + HEADER_SIZE + stored_len
+            view = memoryview(buf)
+            if (
+                frame_checksum(view[at : at + HEADER_SIZE], view[at + HEADER_SIZE : body_end])
+                != unpack_checksum(buf, body_end)[0]
+            ):
+                return
+            stored = buf[at + HEADER_SIZE : body_end]
+            if flags & FLAG_COMPRESSED:
+                try:
+                    payload = decode_stored(stored, flags, raw_len, sid, self.dictionaries)
+                except FrameError:
+                    return
+            else:
+                payload = stored
+            if record_hash(sid, offset, kind, ts, prev, payload) != own:
+                return
+            if self.prev is None:
+                if own != self.anchor:
+                    return
+            elif prev != self.prev:
+                return
+            if offset == self.head_offset and own != self.head:
+                return
+            record = Record(sid, Offset(offset), _KINDS[kind], ts, ChainHash(prev), ChainHash(own), payload)
+            position = self.position
+            self.position += size
+            self.expected, self.prev = offset + 1, own
+            yield record, position, size, bool(flags & FLAG_BATCH_END)
+
+    def _refill(self, buf: bytes, base: int, at: int, need: int) -> tuple[bytes, int, int]:
+        """Keep ``buf[at:]`` and read on, to hold at least ``need`` bytes from ``at`` (if the file has them)."""
+        rest = buf[at:]
+        want = min(max(_CHUNK, need - len(rest)), self.end - (base + len(buf)))
+        self.file.seek(base + len(buf))
+        more = self.file.read(want) if want > 0 else b""
+        return rest + more, base + at, 0
+
+    def _exact(self) -> Iterator[WalkedFrame]:
+        reader, path = self.reader, self.reader.path
+        while self.stop is None or not self.stop(self.expected):
+            frame = reader.read_frame()  # on a FrameError the reader stays at the bad frame
+            if frame is None:
+                return
+            record = open_record(
+                frame,
+                stream_id=self.stream_id,
+                expected_offset=self.expected,
+                prev_hash=self.prev,
+                segment=path,
+                dictionaries=self.dictionaries,
+            )
+            mismatch = None
+            if self.prev is None and self.anchor is not None and record.hash != self.anchor:
+                mismatch = "checkpoint record does not match the catalog's anchor"
+            elif record.offset == self.head_offset and record.hash != self.head:
+                mismatch = "last record does not match the catalog's chain head"
+            if mismatch is not None:
+                raise CatalogMismatch(
+                    mismatch, stream_id=self.stream_id, offset=self.expected, segment=path, position=frame.position
+                )
+            self.position = reader.position
+            self.expected, self.prev = record.offset + 1, record.hash  # a cut marker jumps (markers.py)
+            yield record, frame.position, frame.header.frame_size, frame.header.batch_end
+
+
+VerifiedFrame = tuple[int, int, int, Record]
+"""A verified record and where its frame is: segment_no, byte position, frame size, record."""
+
+
+def verified_records(
+    data_dir: Path, snap: StreamSnapshot, from_offset: int, dictionaries: DictionarySource | None = None
+) -> Iterator[Record]:
+    """Walk a snapshot's segments from its start entry, verifying every record (see iter_records).
+
+    ``dictionaries``: the store's cache of stream dictionaries (default: one for this walk).
+    """
+    for _, _, _, record in verified_frames(data_dir, snap, from_offset, dictionaries):
+        yield record
+
+
+def verified_frames(
+    data_dir: Path, snap: StreamSnapshot, from_offset: int, dictionaries: DictionarySource | None = None
+) -> Iterator[VerifiedFrame]:
+    """``verified_records``, with each record's place in its segment."""
+    dictionaries = dictionaries or DictionaryCache(data_dir)
+    stream = snap.stream
+    sid = stream.stream_id
+    for gap in snap.gaps:
+        if gap.holds(from_offset):
+            raise unavailable(data_dir, gap, from_offset)
+    if snap.start is None:
+        raise CatalogMismatch(
+            "the offset index has no entry to start reading from",
+            stream_id=sid,
+            offset=snap.anchor.offset if snap.anchor else 0,
+        )
+    expected: int = snap.start.offset
+    prev: bytes | None = None if snap.anchor else GENESIS_HASH
+    if snap.resume is not None:
+        prev = snap.resume.link_hash  # the stored link of the first record after an isolated gap
+    # The walk must not go into the next isolated gap: its bytes do not verify, and a read that
+    # reaches it says so (cut gaps need nothing: the cut marker links past them).
+    ahead = next((g for g in snap.gaps if g.action == ISOLATED and g.first_offset >= expected), None)
+    for seg in snap.segments:
+        if seg.segment_no < snap.start.segment_no:
+            continue
+        if ahead is not None and expected == ahead.first_offset:
+            raise unavailable(data_dir, ahead, expected)
+        path = segment_path(data_dir, sid, seg.segment_no)
+        position = snap.start.position if seg.segment_no == snap.start.segment_no else 0
+        if (
+            position == 0
+            and expected != seg.first_offset
+            and not _starts_with_cut_marker(snap, seg.first_offset, expected)
+        ):
+            raise CatalogMismatch(
+                f"segment starts at offset {seg.first_offset}", stream_id=sid, offset=expected, segment=path
+            )
+        try:
+            reader = SegmentReader(path, position)
+        except FileNotFoundError as e:
+            raise CatalogMismatch("segment file is missing", stream_id=sid, offset=expected, segment=path) from e
+        except OSError as e:  # permission denied, not a file...: the segment may be fine, so no IntegrityError
+            raise StorageIOError(f"stream {sid}: cannot read segment {path}: {os_error_detail(e)}", path=path) from e
+        with reader:
+            walk = SegmentWalk(
+                reader,
+                sid,
+                expected,
+                prev,
+                ahead.start_byte if ahead is not None and ahead.segment_no == seg.segment_no else seg.size_bytes,
+                anchor=snap.anchor.hash if snap.anchor else None,
+                head=(stream.next_offset - 1, stream.chain_head),
+                dictionaries=dictionaries,
+                stop=_committed_end(seg.next_offset, ahead),
+            )
+            try:
+                for record, at, size, _batch_end in walk.frames():
+                    if record.offset >= from_offset:
+                        yield seg.segment_no, at, size, record
+            except FrameError as e:
+                where: Where = {"stream_id": sid, "offset": walk.expected, "segment": path, "position": walk.position}
+                if isinstance(e, IncompleteFrame):
+                    raise TruncatedRecord(f"segment is cut short ({e.reason})", **where) from e
+                raise ChecksumMismatch(f"record is damaged ({e.reason})", **where) from e
+            expected, prev = walk.expected, walk.prev
+            if expected < seg.next_offset:  # the walk stopped before the segment's committed end
+                if ahead is not None and expected == ahead.first_offset:
+                    raise unavailable(data_dir, ahead, expected)
+                raise TruncatedRecord(
+                    "segment ends before the catalog says it does",
+                    stream_id=sid,
+                    offset=expected,
+                    segment=path,
+                    position=walk.position,
+                )
+        if expected >= stream.next_offset:
+            return
+    if ahead is not None and expected == ahead.first_offset:
+        raise unavailable(data_dir, ahead, expected)
+    if expected < stream.next_offset:
+        raise CatalogMismatch(
+            f"segments end at offset {expected}; the catalog says {stream.next_offset}", stream_id=sid, offset=expected
+        )
+
+
+def _committed_end(next_offset: int, ahead: GapRow | None) -> Callable[[int], bool]:
+    """Where a read's exact walk stops in a segment: at its last committed record, or at the next
+    isolated gap (the read then raises ``unavailable``)."""
+    return lambda expected: expected >= next_offset or (ahead is not None and expected == ahead.first_offset)
+
+
+def _starts_with_cut_marker(snap: StreamSnapshot, first_offset: int, expected: int) -> bool:
+    """A segment whose first record is a cut marker starts, for the catalog, at the first offset cut
+    (the walk's offset there); a read that starts at the marker expects the marker's own offset."""
+    return any(g.action == CUT and g.first_offset == first_offset and g.next_offset == expected for g in snap.gaps)
+
+
+def unavailable(data_dir: Path, gap: GapRow, offset: int) -> RecordsUnavailable:
+    """The error for a read that reaches ``offset`` inside a gap repair made."""
+    sid = gap.stream_id
+    where = f"offsets {gap.first_offset}..{gap.next_offset - 1}"
+    more = f"the stream reads on from offset {gap.next_offset}"
+    if gap.action == ISOLATED:
+        return RecordIsolated(
+            f"damaged record isolated by repair ({where}; {more})",
+            first_offset=gap.first_offset,
+            next_offset=gap.next_offset,
+            stream_id=sid,
+            offset=offset,
+            segment=segment_path(data_dir, sid, gap.segment_no),
+            position=gap.start_byte,
+            hint="its bytes are kept in place; read from the offset after the gap",
+        )
+    return RecordsCut(
+        f"record cut from the stream by repair ({where}; {more})",
+        first_offset=gap.first_offset,
+        next_offset=gap.next_offset,
+        stream_id=sid,
+        offset=offset,
+        hint="the cut bytes are in the stream's *.quarantine files; see `hybridlog recovery-log`",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedRecord:
+    entry: IndexEntry
+    hash: ChainHash
+    payload_len: int
+    marker: RepairMarker | None = None
+    """The repair marker a kind-2 record holds (``markers.py``)."""
+
+
+def _scanned(entry: IndexEntry, record: Record) -> ScannedRecord:
+    marker = decode_marker(record.payload) if record.kind is RecordKind.REPAIR else None
+    return ScannedRecord(entry, record.hash, len(record.payload), marker)
+
+
+@dataclass(slots=True)
+class ScanProblem:
+    """Why a scan stopped before the end of a file: where, why, and whether the file just ends."""
+
+    position: int
+    reason: str
+    unterminated: bool
+    """True when every frame read fine but the last batch had no end marker: a write cut short."""
+    offset: int
+    """The offset of the record at ``position``: the bad record, or the first of the unterminated batch."""
+    dictionary: DictionaryUnusable | None = None
+    """Set when the record is whole but the stream dictionary it needs is missing or damaged."""
+
+
+class SegmentScan:
+    """Verifying walk over one segment from ``position`` to its end, yielding complete batches.
+
+    After the walk: ``valid_end`` is the byte position after the last complete batch,
+    ``next_offset`` / ``prev_hash`` continue the chain from there, and ``problem`` says why the
+    walk stopped early (None when every byte up to the end of the file was a complete batch).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        stream_id: StreamId,
+        segment_no: int,
+        *,
+        position: int,
+        next_offset: int,
+        prev_hash: ChainHash,
+        dictionaries: DictionarySource | None = None,
+    ) -> None:
+        self.path = segment_path(data_dir, stream_id, segment_no)
+        self.dictionaries = dictionaries or DictionaryCache(data_dir)
+        self.stream_id = stream_id
+        self.segment_no = segment_no
+        self.valid_end = position
+        self.next_offset = next_offset
+        self.prev_hash = prev_hash
+        self.problem: ScanProblem | None = None
+        self.pending: list[ScannedRecord] = []
+        """At a bad record: the verified records of its batch before it (not handed out as a batch)."""
+
+    def batches(self) -> Iterator[list[ScannedRecord]]:
+        pending: list[ScannedRecord] = []
+        with SegmentReader(self.path, self.valid_end) as reader:
+            walk = SegmentWalk(
+                reader,
+                self.stream_id,
+                self.next_offset,
+                self.prev_hash,
+                self.path.stat().st_size,
+                dictionaries=self.dictionaries,
+            )
+            try:
+                for record, position, size, batch_end in walk.frames():
+                    entry = IndexEntry(record.offset, self.segment_no, position, size, record.kind, record.timestamp_ns)
+                    pending.append(_scanned(entry, record))
+                    if batch_end:
+                        yield pending
+                        self.valid_end = position + size
+                        self.next_offset, self.prev_hash = record.offset + 1, record.hash
+                        pending = []
+            except (FrameError, IntegrityError) as e:  # IncompleteFrame too
+                self.problem = ScanProblem(walk.position, e.reason, unterminated=False, offset=walk.expected)
+                if isinstance(e, DictionaryUnusable):
+                    self.problem.dictionary = e
+                self.pending = pending
+                return
+        if pending:
+            self.problem = ScanProblem(
+                pending[0].entry.position,
+                "last batch has no end marker",
+                unterminated=True,
+                offset=pending[0].entry.offset,
+            )
+            self.pending = pending

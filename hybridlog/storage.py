@@ -1,37 +1,17 @@
 """``Storage``: append-only, hash-chained event streams in segment files, indexed by a catalog.
 
-Write path, in this order (``commit.py`` explains how concurrent appends form a group):
-
-1. frame every record of a batch (hash, compress, checksum) into one buffer, checkpoint records
-   included, in the caller's thread (``commit.frame_batch``); with zstd, a stream's records are
-   compressed with its trained dictionary once it has one (``training.py``);
-2. lay the group's batches out in segments (``_layout``): a batch that would push the active
-   segment past ``max_segment_size`` goes to a new segment file (the directory is fsynced so the
-   new name is durable); a batch never spans two segments;
-3. write each segment's bytes at its committed end (``_write_group``);
-4. fsync the segments when any batch of the group asked (and always the ones being sealed, whose
-   digests are then computed): this is the durability point;
-5. commit one catalog transaction: index rows, segment stats and seals, checkpoints, chain heads,
-   and the global-position mark (each batch's records get the next positions, in group order).
-
-If anything in 3-5 fails, every segment is cut back to where the group began (new segment files
-are removed; the cut is fsynced) and every caller in the group gets the error ("batch not
-stored"), so no partial batch stays. Where that cut fails, or the catalog COMMIT itself fails (it
-may have happened), the batch may be stored: its callers get ``AppendOutcomeUnknown``, nothing is
-cut, and the stream refuses appends until the store is reopened and recovery settles it. A crash
-between 4 and 5 leaves complete batches the catalog does not know; recovery
-(``recovery.recover_store``, run when a writer opens the store) adopts them.
+The one home of opening and closing a store (the writer lock, the catalog opened or rebuilt,
+recovery on open) and of its public API. Appends go to ``writer.py`` (the write path, in the order
+``docs/format.md`` gives); reads to the verifying walk; checks and repairs to ``repair.py``.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -40,18 +20,15 @@ from types import TracebackType
 from typing import TypeVar
 
 import apsw
-import blake3
 
 from hybridlog.batch import (
     BytesLike,
-    PlannedRecord,
     check_clock_reading,
     check_events,
     check_non_negative,
     check_offset,
     check_position,
     check_prev_hash,
-    plan_batch,
     read_page,
     read_window,
     records_between,
@@ -71,22 +48,16 @@ from hybridlog.catalog import (
     damaged_hint,
 )
 from hybridlog.chain import reverify_frame
-from hybridlog.commit import AppendRequest, FramedBatch, GroupCommitQueue, HeadView, SegmentWrite, frame_batch
 from hybridlog.consumers import CONSUMERS_FILE, ConsumerState, ConsumerStore, check_consumer_name
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
-    AppendOutcomeUnknown,
     CatalogError,
-    CatalogMismatch,
     CatalogUnusable,
-    ChainMismatch,
     DictionaryUnusable,
     IntegrityError,
     InvalidArgument,
     InvalidConfiguration,
-    OffsetMismatch,
     ReadOnlyStore,
-    RecordCountMismatch,
     RecordIsolated,
     RecordsUnavailable,
     StorageError,
@@ -98,7 +69,6 @@ from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.reader import unavailable, unlisted_stream_problem, verified_frames, verified_records
-from hybridlog.record import PayloadCompressor, checkpoint_payload
 from hybridlog.recovery import (
     ReconcileResult,
     rebuild_catalog,
@@ -118,17 +88,13 @@ from hybridlog.repair import (
     check_store,
 )
 from hybridlog.segment import (
-    SegmentWriter,
-    file_digest,
     fsync_dir,
     make_dirs_durably,
     segment_path,
-    stream_path,
 )
 from hybridlog.sql import QueryResult, QueryRows, SqlValue, check_limits, check_query, query_rows
 from hybridlog.stream_repair import repair_stream
 from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for
-from hybridlog.training import DictionaryTrainer
 from hybridlog.types import (
     DEFAULT_MAX_READ_BYTES,
     DEFAULT_MAX_SEGMENT_SIZE,
@@ -146,6 +112,7 @@ from hybridlog.types import (
 )
 from hybridlog.verified_cache import DEFAULT_MAX_RECORDS as DEFAULT_VERIFIED_CACHE_RECORDS
 from hybridlog.verified_cache import MAX_RUN, VerifiedRun, VerifiedRunCache
+from hybridlog.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -166,19 +133,6 @@ class SegmentInfo:
     size_bytes: int
     sealed: bool
     digest: bytes | None
-
-
-@dataclass(slots=True)
-class _StreamHead:
-    """The writer's view of one stream: where the next batch goes and what it links to."""
-
-    stream_id: StreamId
-    view: HeadView  # replaced whole after each commit, so stage 1 can read it without the lock
-    segment_no: int
-    segment_first_offset: int
-    segment_size: int
-    writer: SegmentWriter | None
-    damage: StorageError | None = None
 
 
 def wall_clock() -> int:
@@ -236,19 +190,26 @@ class Storage:
         self._catalog_identity: tuple[int, int] | None = None
         self._catalog_generation = 0  # how many times this store moved to a new catalog file
         self._store_lock: StoreLock | None = None
-        self._heads: dict[StreamId, _StreamHead] = {}
         self._damage: dict[StreamId, IntegrityError] = {}
         self._recovery: list[ReconcileResult] = []
-        self._pipeline = AppendPipeline()  # the group-commit leader's, for batches it must frame again
-        self._pipelines = threading.local()  # each appending thread's own (stage 1 runs in the caller)
-        self._commits = GroupCommitQueue()
-        self._dictionaries = DictionaryCache(self._data_dir)  # stream dictionaries, for reading
-        self._trainer = DictionaryTrainer(self._data_dir, self._dictionaries)  # and for compressing
-        self._syncers: ThreadPoolExecutor | None = None  # started by the first group that touches several files
+        self._dictionaries = DictionaryCache(self._data_dir)  # stream dictionaries, for reading and compressing
         # Point reads remember verified runs (see verified_cache.py); 0 turns that off.
         self._verified = VerifiedRunCache(verified_cache_records, lambda sid, no: segment_path(self._data_dir, sid, no))
         # Wakes subscriptions in this process after each commit (one per store directory).
         self._commit_signal = commit_signal_for(self._data_dir)
+        self._writer = Writer(
+            self._data_dir,
+            policy=policy,
+            max_segment_size=max_segment_size,
+            compression=compression,
+            dictionaries=self._dictionaries,
+            lock=self._lock,
+            catalog=self._writable_catalog,
+            now=self._now,
+            closed=lambda: self._closed,
+            damage=self._damage.get,
+            committed=self._commit_signal.notify,
+        )
         self._consumers: ConsumerStore | None = None  # consumers.db, opened when first needed
         self._consumers_lock = threading.Lock()
         self._closed = False
@@ -347,13 +308,7 @@ class Storage:
     def _release(self) -> None:
         """Close every file and the catalog, and drop the writer lock."""
         self._verified.clear()
-        if self._syncers is not None:
-            self._syncers.shutdown()
-            self._syncers = None
-        for head in self._heads.values():
-            if head.writer is not None:
-                head.writer.close()
-        self._heads.clear()
+        self._writer.close()
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
@@ -401,7 +356,7 @@ class Storage:
         self._verified.clear()  # records may have moved or gone
         for result in results:
             self._recovery.append(result)
-            self._forget_head(result.stream_id)
+            self._writer.forget(result.stream_id)
             if result.damage is not None:
                 self._damage[result.stream_id] = result.damage
             else:
@@ -475,12 +430,10 @@ class Storage:
                 due = []
                 lock_held = self._store_lock is not None and self._store_lock.is_held()
                 if not self._read_only and self._policy.on_close and self._catalog is not None and lock_held:
-                    due = [
-                        h.stream_id for h in self._heads.values() if h.damage is None and h.view.events_since_checkpoint
-                    ]
+                    due = self._writer.due_checkpoints()
             # Not under the lock: a group-commit leader in another thread needs it to finish.
             for sid in due:
-                self._submit(sid, None, expected_offset=None, prev_hash=None, check_prev=False, fsync=True)
+                self._writer.submit(sid, None, expected_offset=None, prev_hash=None, check_prev=False, fsync=True)
         finally:
             with self._lock:
                 self._closed = True
@@ -498,53 +451,6 @@ class Storage:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-    # --- stream heads ----------------------------------------------------------------------------
-
-    def _head(self, stream_id: StreamId) -> _StreamHead:
-        """The writer's state for a stream, loaded from the catalog on first use."""
-        head = self._heads.get(stream_id)
-        if head is None:
-            head = self._load_head(self._writable_catalog(), stream_id)
-            self._heads[stream_id] = head
-        return head
-
-    def _load_head(self, catalog: Catalog, stream_id: StreamId) -> _StreamHead:
-        row = catalog.stream(stream_id)
-        segments = catalog.segments(stream_id)
-        last_checkpoint = catalog.checkpoint_at_or_before(stream_id, (row.next_offset if row else 0))
-        damage = self._damage.get(stream_id)
-        if damage is None and segments and (row is None or row.next_offset != segments[-1].next_offset):
-            # appending on top of a head the catalog lost would write offsets that are taken
-            damage = CatalogMismatch(
-                f"the catalog's streams row ({'missing' if row is None else f'next offset {row.next_offset}'})"
-                f" disagrees with its segments row (next offset {segments[-1].next_offset})",
-                stream_id=stream_id,
-                hint=damaged_hint(self._data_dir),
-            )
-        head = _StreamHead(
-            stream_id=stream_id,
-            view=HeadView(
-                next_offset=row.next_offset if row else 0,
-                head=row.chain_head if row else None,
-                events_since_checkpoint=catalog.events_after(
-                    stream_id, last_checkpoint.offset if last_checkpoint else -1
-                ),
-                last_timestamp_ns=(row.last_timestamp_ns or 0) if row else 0,
-            ),
-            segment_no=segments[-1].segment_no if segments else -1,
-            segment_first_offset=segments[-1].first_offset if segments else 0,
-            segment_size=segments[-1].size_bytes if segments else 0,
-            writer=None,
-            damage=damage,
-        )
-        if segments and damage is None:
-            path = segment_path(self._data_dir, stream_id, head.segment_no)
-            try:
-                head.writer = SegmentWriter(path, create=False)
-            except OSError as e:
-                raise StorageIOError(f"stream {stream_id}: cannot open {path}: {e}", path=path) from e
-        return head
 
     # --- appending -------------------------------------------------------------------------------
 
@@ -564,8 +470,12 @@ class Storage:
         returned head may be a checkpoint's. Threads appending at the same time share one write,
         fsync and catalog commit (group commit); each returns when its own batch is committed.
         """
-        return self.append_batch_pipelined(
-            stream_id, events, expected_offset, prev_hash, fsync, self._thread_pipeline()
+        sid = check_stream_id(stream_id)
+        payloads = check_events(events)
+        offset = check_offset("expected_offset", expected_offset)
+        given_hash = check_prev_hash(prev_hash)
+        return self._writer.submit(
+            sid, payloads, expected_offset=offset, prev_hash=given_hash, check_prev=True, fsync=fsync
         )
 
     def append_batch_pipelined(
@@ -588,7 +498,7 @@ class Storage:
         given_hash = check_prev_hash(prev_hash)
         if not isinstance(pipeline, AppendPipeline):
             raise InvalidArgument(f"pipeline must be an AppendPipeline, not {type(pipeline).__name__}")
-        return self._submit(
+        return self._writer.submit(
             sid, payloads, expected_offset=offset, prev_hash=given_hash, check_prev=True, fsync=fsync, pipeline=pipeline
         )
 
@@ -599,7 +509,7 @@ class Storage:
         sid = check_stream_id(stream_id)
         payloads = check_events(events)
         offset = None if expected_offset is None else check_offset("expected_offset", expected_offset)
-        return self._submit(sid, payloads, expected_offset=offset, prev_hash=None, check_prev=False, fsync=fsync)
+        return self._writer.submit(sid, payloads, expected_offset=offset, prev_hash=None, check_prev=False, fsync=fsync)
 
     def create_checkpoint(
         self, stream_id: int, current_offset: int, prev_hash: bytes | None, record_count: int, fsync: bool = True
@@ -613,326 +523,9 @@ class Storage:
         offset = check_offset("current_offset", current_offset)
         given_hash = check_prev_hash(prev_hash)
         count = check_offset("record_count", record_count)
-        return self._submit(
+        return self._writer.submit(
             sid, None, expected_offset=offset, prev_hash=given_hash, check_prev=True, fsync=fsync, record_count=count
         )
-
-    def _thread_pipeline(self) -> AppendPipeline:
-        pipeline: AppendPipeline | None = getattr(self._pipelines, "pipeline", None)
-        if pipeline is None:
-            pipeline = self._pipelines.pipeline = AppendPipeline()
-        return pipeline
-
-    def _submit(
-        self,
-        sid: StreamId,
-        payloads: list[BytesLike] | None,
-        *,
-        expected_offset: int | None,
-        prev_hash: bytes | None,
-        check_prev: bool,
-        fsync: bool,
-        record_count: int | None = None,
-        pipeline: AppendPipeline | None = None,
-    ) -> tuple[Offset, ChainHash]:
-        """Stage 1 here (frame against the head as it looks now), stage 2 through the group commit."""
-        head = self._heads.get(sid)
-        if head is None or self._closed:
-            with self._lock:
-                head = self._head(sid)  # raises StoreClosed / ReadOnlyStore as needed
-        request = AppendRequest(sid, payloads, expected_offset, prev_hash, check_prev, fsync, record_count)
-        view = head.view
-        if self._conflict(request, view) is None:
-            pipeline = pipeline or self._thread_pipeline()
-            compressor = self._compressor(sid, pipeline)
-            request.framed = frame_batch(sid, self._plan(request, view), view, self._now(), pipeline.buffer, compressor)
-        self._commits.submit(request, self._commit_group)
-        if request.error is not None:
-            raise request.error
-        assert request.result is not None
-        if payloads and self._compression is CompressionKind.ZSTD:
-            self._trainer.observe(sid, payloads, request.result[0])  # after the commit: never fails a batch
-        return request.result
-
-    def _compressor(self, sid: StreamId, pipeline: AppendPipeline) -> PayloadCompressor | None:
-        """How the stream's new records are compressed: not, plain zstd, or with its dictionary."""
-        if self._compression is not CompressionKind.ZSTD:
-            return None
-        return pipeline.compressor_for(self._trainer.dictionary(sid))
-
-    def _plan(self, request: AppendRequest, view: HeadView) -> list[PlannedRecord]:
-        if request.payloads is None:
-            return [(RecordKind.CHECKPOINT, checkpoint_payload(view.next_offset))]
-        return plan_batch(request.payloads, self._policy, view.events_since_checkpoint, view.next_offset)
-
-    @staticmethod
-    def _conflict(request: AppendRequest, view: HeadView) -> StorageError | None:
-        """Why ``request`` cannot go on top of ``view`` (None: it can)."""
-        sid = request.stream_id
-        if request.expected_offset is not None and request.expected_offset != view.next_offset:
-            return OffsetMismatch(stream_id=sid, expected=request.expected_offset, actual=view.next_offset)
-        if request.check_prev and request.prev_hash != view.head:
-            return ChainMismatch(stream_id=sid, given=request.prev_hash, head=view.head)
-        if request.record_count is not None and request.record_count != view.next_offset:
-            return RecordCountMismatch(stream_id=sid, given=request.record_count, actual=view.next_offset)
-        return None
-
-    def _commit_group(self, group: list[AppendRequest]) -> None:
-        """Stage 2 for every request in ``group`` (the leader runs this; see commit.py)."""
-        with self._lock:
-            tentative: dict[StreamId, HeadView] = {}
-            batches: dict[StreamId, list[FramedBatch]] = {}
-            accepted: list[AppendRequest] = []
-            for request in group:
-                try:
-                    head = self._head(request.stream_id)
-                    if head.damage is not None:
-                        raise head.damage
-                    view = tentative.get(request.stream_id, head.view)
-                    conflict = self._conflict(request, view)
-                    if conflict is not None:
-                        raise conflict
-                    framed = request.framed
-                    if framed is None or framed.on != view:
-                        # framed on a head that moved since (another batch in this group or before it)
-                        compressor = self._compressor(request.stream_id, self._pipeline)
-                        framed = frame_batch(
-                            request.stream_id,
-                            self._plan(request, view),
-                            view,
-                            self._now(),
-                            self._pipeline.buffer,
-                            compressor,
-                        )
-                        request.framed = framed
-                except StorageError as e:
-                    request.error, request.done = e, True
-                    continue
-                tentative[request.stream_id] = framed.after
-                batches.setdefault(request.stream_id, []).append(framed)
-                accepted.append(request)
-            if not accepted:
-                return
-            try:
-                self._write_group(
-                    batches, [r.framed for r in accepted if r.framed], fsync=any(r.fsync for r in accepted)
-                )
-            except _GroupFailed as failure:
-                for i, request in enumerate(accepted):
-                    if request.stream_id in failure.unsure:
-                        request.error = _outcome_unknown(request, failure)
-                    else:
-                        request.error = failure.error if i == 0 else _copy_error(failure.error)
-                    request.done = True
-                return
-            except StorageError as e:
-                for i, request in enumerate(accepted):
-                    request.error, request.done = (e if i == 0 else _copy_error(e)), True
-                return
-            for request in accepted:
-                assert request.framed is not None
-                after = request.framed.after
-                assert after.head is not None
-                request.result, request.done = (Offset(after.next_offset), after.head), True
-
-    def _write_group(
-        self, batches: dict[StreamId, list[FramedBatch]], in_order: list[FramedBatch], *, fsync: bool
-    ) -> None:
-        """Write, fsync and commit framed batches (see the module docstring for the order).
-
-        ``in_order``: the same batches in the order the group accepted them, which is the order
-        of their global positions: each batch gets the next contiguous range after the mark.
-        """
-        catalog = self._writable_catalog()
-        try:
-            last_position = catalog.last_global_position()
-        except apsw.Error as e:
-            raise CatalogError(f"cannot read the catalog, batch not stored: {e}") from e
-        first_positions: dict[tuple[StreamId, int], int] = {}
-        new_last: int = last_position
-        for batch in in_order:
-            first_positions[batch.stream_id, batch.on.next_offset] = new_last + 1
-            new_last += len(batch.records)
-        writes, seals = self._layout(batches, first_positions)
-        now = max(b.timestamp_ns for bs in batches.values() for b in bs)
-        committing = False
-        try:
-            # 2. Rotation: create the new segment files (full ones are sealed in step 5).
-            new_dirs: set[Path] = set()
-            for w in writes:
-                if w.new_file:
-                    directory = stream_path(self._data_dir, w.stream_id)
-                    make_dirs_durably(directory)
-                    w.writer = SegmentWriter(segment_path(self._data_dir, w.stream_id, w.segment_no), create=True)
-                    new_dirs.add(directory)
-                else:
-                    w.writer = self._heads[w.stream_id].writer
-            for directory in new_dirs:
-                fsync_dir(directory)  # new names are durable before the catalog points at them
-            # 3. Write each segment's batches with one write at its committed end.
-            for w in writes:
-                assert w.writer is not None
-                w.writer.write_at(w.base, w.data)
-            # 4. The durability point (segments sealed in this group are synced either way, so
-            #    their digests describe durable bytes).
-            sealed = {(sid, no) for sid, no, _ in seals}
-            self._sync_all([w.writer for w in writes if w.writer and (fsync or (w.stream_id, w.segment_no) in sealed)])
-            digests: list[tuple[StreamId, int, bytes]] = []
-            for sid, segment_no, in_group in seals:
-                if in_group is not None and in_group.new_file:
-                    digests.append((sid, segment_no, blake3.blake3(in_group.data).digest()))
-                    continue
-                writer = self._heads[sid].writer if in_group is None else in_group.writer
-                assert writer is not None
-                if in_group is None:
-                    writer.sync()
-                digests.append((sid, segment_no, file_digest(writer.path)))
-            # 5. One catalog transaction for the whole group.
-            with catalog.transaction():
-                for w in writes:
-                    catalog.upsert_segment(
-                        w.stream_id,
-                        w.segment_no,
-                        first_offset=w.first_offset,
-                        next_offset=w.next_offset,
-                        size_bytes=w.end,
-                        now_ns=now,
-                    )
-                    catalog.insert_index_rows(w.rows)
-                    catalog.insert_checkpoints(w.checkpoints)
-                for sid, segment_no, digest in digests:  # after the upserts: a segment may be new
-                    catalog.seal_segment(sid, segment_no, digest=digest, now_ns=now)
-                for sid, framed in batches.items():
-                    catalog.upsert_stream(
-                        sid,
-                        next_offset=framed[-1].after.next_offset,
-                        chain_head=framed[-1].after.head,
-                        add_events=sum(b.events for b in framed),
-                        add_checkpoints=sum(len(b.records) - b.events for b in framed),
-                        add_stored_bytes=sum(len(b.data) for b in framed),
-                        add_payload_bytes=sum(b.payload_bytes for b in framed),
-                        first_timestamp_ns=framed[0].timestamp_ns,
-                        last_timestamp_ns=framed[-1].timestamp_ns,
-                        now_ns=now,
-                    )
-                catalog.advance_global_position(last_position, new_last)
-                committing = True  # what fails from here on is the COMMIT itself: it may have happened
-        except BaseException as e:
-            if committing:
-                # The catalog may hold the group or not; cutting the segments could leave it
-                # pointing at bytes that are gone. Keep them, and fence the streams until a reopen
-                # lets recovery settle it (the batches are then wholly there, or wholly absent).
-                unsure = set(batches)
-                reason = f"the catalog commit failed and may have happened: {e}"
-            else:
-                unsure = self._undo_writes(writes)
-                reason = f"the write failed ({e}) and could not be cut back"
-            for sid in unsure:
-                self._fence(sid, reason)
-            if isinstance(e, OSError):
-                error: StorageError = StorageIOError(
-                    f"write failed, batch not stored: {e}", path=getattr(e, "filename", None)
-                )
-            elif isinstance(e, apsw.Error):
-                error = CatalogError(f"catalog commit failed, batch not stored: {e}")
-            elif isinstance(e, Exception) and unsure:
-                error = StorageIOError(f"append failed: {e!r}")
-            else:
-                raise
-            if unsure:
-                raise _GroupFailed(error, unsure, reason) from e
-            raise error from e
-        self._advance_heads(batches, writes)
-        self._commit_signal.notify()
-
-    def _sync_all(self, writers: list[SegmentWriter]) -> None:
-        """fsync every file, in parallel when there are several: the file system can then merge
-        them into fewer journal commits, and fsync releases the GIL."""
-        if len(writers) <= 1:
-            for writer in writers:
-                writer.sync()
-            return
-        if self._syncers is None:
-            self._syncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hybridlog-fsync")
-        futures = [self._syncers.submit(writer.sync) for writer in writers]
-        wait(futures)  # all of them finish before any failure is raised (and the group undone)
-        for future in futures:
-            future.result()
-
-    def _layout(
-        self, batches: dict[StreamId, list[FramedBatch]], first_positions: dict[tuple[StreamId, int], int]
-    ) -> tuple[list[SegmentWrite], list[tuple[StreamId, int, SegmentWrite | None]]]:
-        """Which segment each batch goes to: a batch never spans two, and a full segment is sealed.
-
-        Returns the writes and the seals; a seal's SegmentWrite is the in-group write of a segment
-        created and filled in this same group (None: the stream's active segment on disk).
-        ``first_positions``: each batch's first global position, by (stream, first offset).
-        """
-        writes: list[SegmentWrite] = []
-        seals: list[tuple[StreamId, int, SegmentWrite | None]] = []
-        for sid, framed in batches.items():
-            head = self._heads[sid]
-            segment_no, size, current = head.segment_no, head.segment_size, None
-            has_segment = head.writer is not None
-            for batch in framed:
-                if not has_segment or (size > 0 and size + len(batch.data) > self._max_segment_size):
-                    if has_segment:
-                        seals.append((sid, segment_no, current))
-                    segment_no, size, has_segment = segment_no + 1, 0, True
-                    current = SegmentWrite(sid, segment_no, 0, batch.on.next_offset, new_file=True)
-                    writes.append(current)
-                elif current is None:
-                    current = SegmentWrite(sid, segment_no, size, head.segment_first_offset, new_file=False)
-                    writes.append(current)
-                current.add(batch, first_positions[sid, batch.on.next_offset])
-                size += len(batch.data)
-        return writes, seals
-
-    def _undo_writes(self, writes: list[SegmentWrite]) -> set[StreamId]:
-        """Cut every segment back to where this group began, durably; returns the streams where
-        that failed (their batches' bytes may still be there, whole, for recovery to adopt)."""
-        failed: set[StreamId] = set()
-        for w in reversed(writes):
-            if w.writer is None:
-                continue
-            try:
-                w.writer.truncate(w.base)
-                if w.new_file:
-                    w.writer.close()
-                    w.writer.path.unlink()
-                    fsync_dir(w.writer.path.parent)
-                else:
-                    w.writer.sync()  # the cut is durable: a power loss cannot bring the batch back
-            except OSError as e:
-                failed.add(w.stream_id)
-                log.error("stream %d: could not cut a failed batch from %s: %s", w.stream_id, w.writer.path, e)
-        return failed
-
-    def _fence(self, sid: StreamId, reason: str) -> None:
-        """Refuse appends to a stream until the store is reopened (recovery then settles its files)."""
-        head = self._heads[sid]
-        head.damage = StorageIOError(
-            f"stream {sid} refuses appends until the store is reopened: {reason}",
-            path=segment_path(self._data_dir, sid, head.segment_no) if head.segment_no >= 0 else None,
-        )
-        log.error("%s", head.damage)
-
-    def _advance_heads(self, batches: dict[StreamId, list[FramedBatch]], writes: list[SegmentWrite]) -> None:
-        for sid, framed in batches.items():
-            head = self._heads[sid]
-            mine = [w for w in writes if w.stream_id == sid]
-            last = mine[-1]
-            for w in mine[:-1]:
-                if w.new_file and w.writer is not None:
-                    w.writer.close()  # created and sealed within this group
-            if last.new_file:
-                if head.writer is not None:
-                    head.writer.close()
-                head.writer = last.writer
-                head.segment_no = last.segment_no
-                head.segment_first_offset = last.first_offset
-            head.segment_size = last.end
-            head.view = framed[-1].after
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -1450,9 +1043,7 @@ class Storage:
             if self._read_only or self._catalog is None:
                 return
             catalog = self._writable_catalog()
-            for head in self._heads.values():
-                if head.writer is not None:
-                    head.writer.sync()
+            self._writer.sync_active()
             catalog.checkpoint_wal()
 
     def ensure_created(self) -> None:
@@ -1546,8 +1137,8 @@ class Storage:
             return self._rebuild_catalog(found="rebuild_catalog requested")
 
     def _rebuild_catalog(self, *, found: str) -> list[ReconcileResult]:
-        for sid in list(self._heads):
-            self._forget_head(sid)
+        for sid in list(self._writer.heads):
+            self._writer.forget(sid)
         # Readers keep reading the old catalog until the new one is renamed into place.
         retiring, self._catalog = self._catalog, None
         self._damage.clear()
@@ -1579,7 +1170,7 @@ class Storage:
         """Rebuild one stream's catalog rows from its segments (a torn tail is quarantined; offsets
         the catalog knew that the segments lost are marked cut, never given out again)."""
         catalog = self._writable_catalog()
-        self._forget_head(sid)
+        self._writer.forget(sid)
         try:
             result = repair_stream(catalog, self._data_dir, sid, self._now, reindex_only=True, found=found)
         except OSError as e:
@@ -1590,7 +1181,7 @@ class Storage:
     def _repair_stream(self, sid: StreamId, repair: str, *, found: str) -> ReconcileResult:
         """Isolate a stream's damage, cut it there (``truncate``) or only re-index it (``reindex``)."""
         catalog = self._writable_catalog()
-        self._forget_head(sid)
+        self._writer.forget(sid)
         try:
             result = repair_stream(
                 catalog,
@@ -1620,47 +1211,15 @@ class Storage:
         sid = check_stream_id(stream_id)
         with self._lock:
             catalog = self._writable_catalog()
-            self._head(sid)
+            self._writer.head(sid)
             try:
                 return rebuild_checkpoints(catalog, self._data_dir, sid)
             except OSError as e:
                 raise StorageIOError(f"stream {sid}: cannot rebuild checkpoints: {e}") from e
 
-    def _forget_head(self, stream_id: StreamId) -> None:
-        head = self._heads.pop(stream_id, None)
-        if head is not None and head.writer is not None:
-            head.writer.close()
-
     def _now(self) -> int:
         """The clock's reading, checked: record headers hold it as a u64, the catalog as a signed 64-bit integer."""
         return check_clock_reading(self._clock())
-
-
-class _GroupFailed(Exception):
-    """A failed group in which the batches of ``unsure`` streams may be stored (the others are not)."""
-
-    def __init__(self, error: StorageError, unsure: set[StreamId], reason: str) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.unsure = unsure
-        self.reason = reason
-
-
-def _outcome_unknown(request: AppendRequest, failure: _GroupFailed) -> AppendOutcomeUnknown:
-    """The error for a caller whose batch may or may not be stored."""
-    assert request.framed is not None
-    first, nxt = request.framed.on.next_offset, request.framed.after.next_offset
-    sid = request.stream_id
-    error = AppendOutcomeUnknown(
-        f"stream {sid}: the batch for offsets {first}..{nxt - 1} may or may not be stored ({failure.reason});"
-        " the stream refuses appends until the store is reopened",
-        stream_id=sid,
-        first_offset=first,
-        next_offset=nxt,
-        path=failure.error.path if isinstance(failure.error, StorageIOError) else None,
-    )
-    error.__cause__ = failure.__cause__
-    return error
 
 
 def _checked_plan(plan: object) -> list[RepairStep]:
@@ -1687,11 +1246,3 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _copy_error(error: StorageError) -> StorageError:
-    """A copy of ``error`` for another waiting thread (one exception object per raise)."""
-    try:
-        return copy.copy(error)
-    except Exception:  # an error type that cannot be copied: share the original
-        return error

@@ -12,14 +12,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
-
-import apsw
 
 from hybridlog.batch import (
     BytesLike,
@@ -31,36 +27,23 @@ from hybridlog.batch import (
     check_prev_hash,
     read_page,
     read_window,
-    records_between,
-    take_page,
-    take_payloads,
-    take_within,
 )
 from hybridlog.catalog import (
     CATALOG_FILE,
     DEFAULT_BUSY_TIMEOUT_MS,
     Catalog,
-    GlobalRow,
     RecoveryEntry,
     SegmentRow,
-    StreamSnapshot,
     StreamStats,
-    damaged_hint,
 )
-from hybridlog.chain import reverify_frame
 from hybridlog.consumers import CONSUMERS_FILE, ConsumerState, ConsumerStore, check_consumer_name
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
-    CatalogError,
     CatalogUnusable,
-    DictionaryUnusable,
     IntegrityError,
     InvalidArgument,
     InvalidConfiguration,
     ReadOnlyStore,
-    RecordIsolated,
-    RecordsUnavailable,
-    StorageError,
     StorageIOError,
     StoreClosed,
     os_error_detail,
@@ -68,7 +51,7 @@ from hybridlog.errors import (
 from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
-from hybridlog.reader import unavailable, unlisted_stream_problem, verified_frames, verified_records
+from hybridlog.reads import Reads
 from hybridlog.recovery import (
     ReconcileResult,
     rebuild_catalog,
@@ -106,12 +89,11 @@ from hybridlog.types import (
     GlobalRecord,
     Offset,
     Record,
-    RecordKind,
     StreamId,
     check_stream_id,
 )
 from hybridlog.verified_cache import DEFAULT_MAX_RECORDS as DEFAULT_VERIFIED_CACHE_RECORDS
-from hybridlog.verified_cache import MAX_RUN, VerifiedRun, VerifiedRunCache
+from hybridlog.verified_cache import VerifiedRunCache
 from hybridlog.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -197,6 +179,17 @@ class Storage:
         self._verified = VerifiedRunCache(verified_cache_records, lambda sid, no: segment_path(self._data_dir, sid, no))
         # Wakes subscriptions in this process after each commit (one per store directory).
         self._commit_signal = commit_signal_for(self._data_dir)
+        self._reads = Reads(
+            self._data_dir,
+            lock=self._lock,
+            read_only=read_only,
+            dictionaries=self._dictionaries,
+            verified=self._verified,
+            readable=self._readable_catalog,
+            follow=self._follow_catalog,
+            current=lambda: self._catalog,
+            closed=lambda: self._closed,
+        )
         self._writer = Writer(
             self._data_dir,
             policy=policy,
@@ -527,52 +520,7 @@ class Storage:
             sid, None, expected_offset=offset, prev_hash=given_hash, check_prev=True, fsync=fsync, record_count=count
         )
 
-    # --- reading ---------------------------------------------------------------------------------
-
-    def _query(self, ask: Callable[[Catalog], T], empty: T) -> T:
-        """``ask(catalog)`` under the lock, SQLite errors translated; ``empty`` before any catalog exists."""
-        with self._lock:
-            catalog = self._readable_catalog()
-            if catalog is None:
-                return empty
-            with self._catalog_errors():
-                return ask(catalog)
-
-    @contextmanager
-    def _catalog_errors(self) -> Iterator[None]:
-        """Catalog reads in this block raise CatalogError, never a driver or a bare Python error."""
-        try:
-            yield
-        except apsw.Error as e:
-            raise CatalogError(f"cannot read the catalog: {e}", hint=damaged_hint(self._data_dir)) from e
-        except StorageError:
-            raise
-        except (TypeError, ValueError, KeyError, OverflowError) as e:
-            # The catalog's rows are checked where catalog.py reads them; this is the net
-            # under those checks, so that a damaged page never surfaces as a bare traceback.
-            raise CatalogError(
-                f"the catalog holds a value its schema does not allow ({type(e).__name__}: {e})",
-                hint=damaged_hint(self._data_dir),
-            ) from e
-
-    def _snapshot(self, stream_id: StreamId, from_offset: int, *, anchored: bool) -> StreamSnapshot | None:
-        """What a read of the stream needs (None: no such stream, in the catalog or on disk).
-
-        A stream the catalog does not list but whose directory holds records is lost from the
-        catalog, not empty: that raises CatalogMismatch (after giving a new stream's first commit
-        the time to land, see ``unlisted_stream_problem``).
-        """
-
-        def ask(catalog: Catalog) -> StreamSnapshot | None:
-            return catalog.snapshot(stream_id, from_offset, anchored=anchored)
-
-        snap = self._query(ask, None)
-        if snap is None:
-            problem = unlisted_stream_problem(self._data_dir, stream_id, lambda: self._query(ask, None) is not None)
-            if problem is not None:
-                raise problem
-            snap = self._query(ask, None)
-        return snap
+    # --- reading (reads.py) ----------------------------------------------------------------------
 
     def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
         """Verified records from ``from_offset`` to the head, streamed in bounded memory.
@@ -582,22 +530,7 @@ class Storage:
         """
         sid = check_stream_id(stream_id)
         check_position("from_offset", from_offset)
-        snap = self._snapshot(sid, from_offset, anchored=anchored)
-        if snap is None or from_offset >= snap.stream.next_offset:
-            return
-        try:
-            yield from verified_records(self._data_dir, snap, from_offset, self._dictionaries)
-        except IntegrityError as e:
-            self._add_repair_hint(e)
-            raise
-
-    def _add_repair_hint(self, error: IntegrityError) -> None:
-        """Point a read's integrity error at ``check`` and ``repair`` (a missing or damaged
-        dictionary keeps its own hint: restore the file first)."""
-        if not isinstance(error, DictionaryUnusable | RecordsUnavailable):
-            error.hint = (
-                f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
-            )
+        yield from self._reads.iter_records(sid, from_offset, anchored=anchored)
 
     def read_from(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
         """Event payloads from ``from_offset``, verified from the nearest checkpoint.
@@ -610,118 +543,9 @@ class Storage:
         only the records it returns against the hashes verified then (see verified_cache.py).
         """
         limit = check_non_negative("max_bytes", max_bytes)
-        if not self._verified.enabled:
-            return [r.payload for r in read_page(self, stream_id, from_offset, limit, anchored=True, events_only=True)]
         sid = check_stream_id(stream_id)
         check_position("from_offset", from_offset)
-        remembered = self._read_remembered(sid, from_offset, limit)
-        if remembered is not None:
-            return remembered
-        return self._read_remembering(sid, from_offset, limit)
-
-    def _read_remembered(self, sid: StreamId, from_offset: int, limit: int) -> list[bytes] | None:
-        """``read_from`` out of a verified run, or None when the run cannot answer it all."""
-        if self._closed:
-            return None
-        if self._read_only and not self._runs_still_hold():
-            return None
-        run = self._verified.find(sid, from_offset)
-        if run is None:
-            return None
-        # take_payloads' rule, inline: this loop is the whole cost of a warm point read (a
-        # generator feeding take_within measured ~10% slower).
-        out: list[bytes] = []
-        total = 0
-        for offset in range(from_offset, run.end):
-            stored = self._verified.read(run, offset)
-            found = stored and reverify_frame(
-                stored[0], stream_id=sid, offset=offset, verified_hash=stored[1], dictionaries=self._dictionaries
-            )
-            if found is None:
-                self._verified.drop(run)  # the walk will say what changed
-                return None
-            kind, payload = found
-            if kind != RecordKind.EVENT:
-                continue
-            if out and total + len(payload) > limit:
-                return out
-            out.append(payload)
-            total += len(payload)
-            if total > limit:
-                return out  # not even an empty event fits any more
-        return None  # the answer goes past the run
-
-    def _runs_still_hold(self) -> bool:
-        """A reader's runs hold until recovery or repair (in any process) logs an action.
-
-        Appends leave every remembered record where it was, so a commit alone (a new
-        ``data_version``) only makes us look at the recovery log's last entry.
-        """
-        with self._lock, self._catalog_errors():
-            # No stat while nothing was committed: a run's records are re-verified from their bytes,
-            # and a read past the runs goes through ``_readable_catalog``, which follows a rebuild.
-            catalog = self._readable_catalog(follow=False)
-            version = catalog.data_version() if catalog is not None else None
-            if version is not None and version == self._verified.data_version:
-                return True
-            if self._follow_catalog() or catalog is None:
-                catalog = self._catalog
-                if catalog is None:
-                    self._verified.clear()
-                    return False
-                version = catalog.data_version()
-            generation = catalog.recovery_generation()
-        held = generation == self._verified.generation
-        if not held:
-            self._verified.clear()
-            self._verified.generation = generation
-        self._verified.data_version = version
-        return held
-
-    def _read_remembering(self, sid: StreamId, from_offset: int, limit: int) -> list[bytes]:
-        """``read_from`` by a verified walk from the anchor that goes on to the end of its
-        checkpoint interval (the next checkpoint, the head, or ``MAX_RUN`` records) and remembers
-        what it verified there as a run. Payloads are kept only up to ``limit``."""
-        if self._read_only:
-            self._runs_still_hold()
-        generation = self._verified.generation
-        snap = self._snapshot(sid, from_offset, anchored=True)
-        if snap is None or from_offset >= snap.stream.next_offset:
-            return []
-        for gap in snap.gaps:
-            if gap.holds(from_offset):
-                raise unavailable(self._data_dir, gap, from_offset)
-        start = snap.start.offset if snap.start else 0
-        run = VerifiedRun(sid, start)
-        wanted: list[Record] = []
-        wanted_bytes = 0
-        at_gap = False
-        try:
-            for segment_no, position, size, record in verified_frames(self._data_dir, snap, start, self._dictionaries):
-                if (
-                    (record.kind is RecordKind.CHECKPOINT and record.offset > start)
-                    or len(run) >= MAX_RUN
-                    or record.offset != start + len(run)  # a cut marker's jump: runs hold consecutive offsets
-                ):
-                    break
-                run.add(segment_no, position, size, record.hash)
-                if record.offset >= from_offset and wanted_bytes <= limit:
-                    wanted.append(record)
-                    wanted_bytes += len(record.payload) if record.kind is RecordKind.EVENT else 0
-        except RecordIsolated:
-            if not any(r.kind is RecordKind.EVENT for r in wanted):
-                raise
-            at_gap = True  # the answer ends before the isolated range (take_page's rule)
-        except IntegrityError as e:
-            self._add_repair_hint(e)
-            raise
-        if not self._read_only or self._verified.generation == generation:
-            self._verified.add(run)
-        if at_gap or wanted_bytes > limit or run.end >= snap.stream.next_offset:
-            return take_payloads(wanted, limit)
-        # The answer goes past the interval: the next one starts at its checkpoint.
-        rest = chain(wanted, self.iter_records(sid, max(run.end, from_offset)))
-        return [r.payload for r in take_page(rest, limit, events_only=True)]
+        return self._reads.read_from(sid, from_offset, limit)
 
     def read_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
         """A page of event payloads from ``from_offset``, verified from offset 0 (genesis) even when
@@ -755,7 +579,7 @@ class Storage:
         """
         sid = check_stream_id(stream_id)
         ts = check_offset("timestamp_ns", timestamp_ns)
-        return self._query(lambda catalog: catalog.first_offset_at_or_after(sid, ts), Offset(0))
+        return self._reads.query(lambda catalog: catalog.first_offset_at_or_after(sid, ts), Offset(0))
 
     def read_between(
         self,
@@ -774,7 +598,7 @@ class Storage:
 
     def last_global_position(self) -> GlobalPosition:
         """The global position of the last record committed (0: none yet); the next gets one more."""
-        return self._query(lambda catalog: catalog.last_global_position(), GlobalPosition(0))
+        return self._reads.query(lambda catalog: catalog.last_global_position(), GlobalPosition(0))
 
     def read_global(
         self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES, *, stream_id: int | None = None
@@ -791,37 +615,18 @@ class Storage:
         start = check_position("from_position", from_position)
         limit = check_non_negative("max_bytes", max_bytes)
         only = None if stream_id is None else check_stream_id(stream_id)
-        rows: list[GlobalRow] = self._query(lambda catalog: catalog.global_rows(start, limit, only), [])
-        # Within a stream, positions increase with offsets: each stream's share of the rows is one
-        # offset range, read with one verified walk.
-        ranges: dict[StreamId, tuple[int, int]] = {}
-        for row in rows:
-            low, _high = ranges.get(row.stream_id, (row.offset, row.offset))
-            ranges[row.stream_id] = (min(low, row.offset), row.offset)
-        found: dict[tuple[StreamId, int], Record] = {}
-        for sid, (low, high) in ranges.items():
-            for record in records_between(self, sid, low, high):  # isolated records have no position
-                found[sid, record.offset] = record
-
-        def in_order() -> Iterator[GlobalRecord]:
-            for row in rows:
-                record = found.get((row.stream_id, row.offset))
-                if record is None:
-                    return  # cut off by a repair after the rows were read: the read ends before it
-                yield GlobalRecord(row.global_position, record)
-
-        return take_within(in_order(), lambda g: len(g.record.payload), limit)
+        return self._reads.read_global(start, limit, only)
 
     def global_position_of(self, stream_id: int, offset: int) -> GlobalPosition | None:
         """The global position of the stream's record at ``offset`` (None: no such record yet)."""
         sid = check_stream_id(stream_id)
         at = check_position("offset", offset)
-        return self._query(lambda catalog: catalog.global_position_of(sid, at), None)
+        return self._reads.query(lambda catalog: catalog.global_position_of(sid, at), None)
 
     def record_at_position(self, position: int) -> tuple[StreamId, Offset] | None:
         """(stream, offset) of the record at a global position (None: none has it, or not yet)."""
         at = check_position("position", position)
-        return self._query(lambda catalog: catalog.record_at_position(at), None)
+        return self._reads.query(lambda catalog: catalog.record_at_position(at), None)
 
     # --- subscriptions and consumers (subscription.py, consumers.py) -----------------------------
 
@@ -928,13 +733,13 @@ class Storage:
     def latest_chain_hash(self, stream_id: int) -> ChainHash | None:
         """The hash of the stream's last record (None for an empty or unknown stream)."""
         sid = check_stream_id(stream_id)
-        row = self._query(lambda catalog: catalog.stream(sid), None)
+        row = self._reads.query(lambda catalog: catalog.stream(sid), None)
         return row.chain_head if row else None
 
     def next_offset(self, stream_id: int) -> Offset:
         """The offset the stream's next record will get (its record count)."""
         sid = check_stream_id(stream_id)
-        row = self._query(lambda catalog: catalog.stream(sid), None)
+        row = self._reads.query(lambda catalog: catalog.stream(sid), None)
         return row.next_offset if row else Offset(0)
 
     # --- SQL ------------------------------------------------------------------------------------
@@ -981,25 +786,25 @@ class Storage:
     def global_ranges(self, low: int, high: int, stream_id: int | None) -> list[tuple[StreamId, int, int]]:
         """(stream, first offset, last offset) holding the records with global positions ``low`` to ``high``."""
         only = None if stream_id is None else StreamId(stream_id)
-        return self._query(lambda catalog: catalog.global_ranges(low, high, only), [])
+        return self._reads.query(lambda catalog: catalog.global_ranges(low, high, only), [])
 
     def global_positions(self, stream_id: int, first: int, last: int) -> dict[Offset, GlobalPosition]:
         """The global positions of a stream's records from offset ``first`` to ``last``."""
         sid = check_stream_id(stream_id)
-        return self._query(lambda catalog: catalog.global_positions(sid, first, last), {})
+        return self._reads.query(lambda catalog: catalog.global_positions(sid, first, last), {})
 
     def stream_ids(self) -> list[StreamId]:
-        return self._query(lambda catalog: catalog.stream_ids(), [])
+        return self._reads.query(lambda catalog: catalog.stream_ids(), [])
 
     def last_checkpoint(self, stream_id: int) -> tuple[Offset, ChainHash] | None:
         """(offset, hash) of the stream's latest checkpoint record, or None."""
         sid = check_stream_id(stream_id)
-        row = self._query(lambda catalog: catalog.checkpoint_at_or_before(sid, 2**63 - 1), None)
+        row = self._reads.query(lambda catalog: catalog.checkpoint_at_or_before(sid, 2**63 - 1), None)
         return (row.offset, row.hash) if row else None
 
     def checkpoint_index(self, stream_id: int) -> CheckpointIndex:
         sid = check_stream_id(stream_id)
-        return CheckpointIndex(sid, self._query(lambda catalog: catalog.checkpoints(sid), []))
+        return CheckpointIndex(sid, self._reads.query(lambda catalog: catalog.checkpoints(sid), []))
 
     def offset_index(self, stream_id: int) -> OffsetIndex:
         sid = check_stream_id(stream_id)
@@ -1007,15 +812,15 @@ class Storage:
 
     def stats(self) -> list[StreamStats]:
         """Per-stream counts and sizes from the catalog (records, segments, bytes, compression)."""
-        return self._query(lambda catalog: catalog.stream_stats(), [])
+        return self._reads.query(lambda catalog: catalog.stream_stats(), [])
 
     def schema_version(self) -> int:
         """The catalog's schema version (``PRAGMA user_version``); 0 before the store exists."""
-        return self._query(lambda catalog: catalog.schema_version(), 0)
+        return self._reads.query(lambda catalog: catalog.schema_version(), 0)
 
     def segments(self, stream_id: int) -> list[SegmentInfo]:
         sid = check_stream_id(stream_id)
-        rows: list[SegmentRow] = self._query(lambda catalog: catalog.segments(sid), [])
+        rows: list[SegmentRow] = self._reads.query(lambda catalog: catalog.segments(sid), [])
         return [
             SegmentInfo(
                 sid,
@@ -1074,7 +879,7 @@ class Storage:
     def recovery_log(self, stream_id: int | None = None) -> list[RecoveryEntry]:
         """The ``recovery_log`` table: every recovery and repair action ever taken on this store."""
         sid = None if stream_id is None else check_stream_id(stream_id)
-        return self._query(lambda catalog: catalog.recovery_log(sid), [])
+        return self._reads.query(lambda catalog: catalog.recovery_log(sid), [])
 
     def damaged_streams(self) -> dict[StreamId, IntegrityError]:
         """Streams that recovery found damaged (appends refused until ``repair``), with where."""

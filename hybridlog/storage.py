@@ -10,23 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
+from hybridlog.backend import BackendBase
 from hybridlog.batch import (
     BytesLike,
-    check_clock_reading,
-    check_events,
     check_non_negative,
-    check_offset,
     check_position,
-    check_prev_hash,
-    read_page,
-    read_window,
 )
 from hybridlog.catalog import (
     CATALOG_FILE,
@@ -79,7 +72,6 @@ from hybridlog.sql import QueryResult, QueryRows, SqlValue, check_limits, check_
 from hybridlog.stream_repair import repair_stream
 from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for
 from hybridlog.types import (
-    DEFAULT_MAX_READ_BYTES,
     DEFAULT_MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
     ChainHash,
@@ -117,11 +109,7 @@ class SegmentInfo:
     digest: bytes | None
 
 
-def wall_clock() -> int:
-    return time.time_ns()
-
-
-class Storage:
+class Storage(BackendBase):
     """A store of append-only, hash-chained event streams in one directory.
 
     One process may hold a store for writing (others get ``StorageLocked``); any number may open
@@ -147,25 +135,17 @@ class Storage:
             raise InvalidConfiguration(f"max_segment_size must be an int, not {type(max_segment_size).__name__}")
         if max_segment_size < MIN_SEGMENT_SIZE:
             raise InvalidConfiguration(f"max_segment_size must be at least {MIN_SEGMENT_SIZE} bytes")
-        if not isinstance(compression, CompressionKind):
-            raise InvalidConfiguration(f"compression must be a CompressionKind, not {compression!r}")
+        super().__init__(checkpoint_policy=checkpoint_policy, compression=compression, clock=clock)
         if isinstance(verified_cache_records, bool) or not isinstance(verified_cache_records, int):
             raise InvalidConfiguration("verified_cache_records must be an int")
         if verified_cache_records < 0:
             raise InvalidConfiguration("verified_cache_records must be 0 (off) or more")
         if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float) or not 0 <= busy_timeout <= 3600:
             raise InvalidConfiguration(f"busy_timeout must be 0 to 3600 seconds, not {busy_timeout!r}")
-        policy = CheckpointPolicy() if checkpoint_policy is None else checkpoint_policy
-        if not isinstance(policy, CheckpointPolicy):
-            raise InvalidConfiguration(f"checkpoint_policy must be a CheckpointPolicy, not {policy!r}")
         self._data_dir = Path(data_dir)
-        self._policy = policy
         self._max_segment_size = max_segment_size
-        self._compression = compression
         self._read_only = read_only
         self._busy_timeout_ms = round(busy_timeout * 1000)  # how long opening waits for a locked catalog
-        self._clock = clock or wall_clock
-        self._lock = threading.RLock()
         self._catalog: Catalog | None = None
         # A reader's catalog file, as (st_dev, st_ino) when opened: a rebuild renames a new one over it.
         self._catalog_file = str(self._data_dir / CATALOG_FILE)
@@ -192,7 +172,7 @@ class Storage:
         )
         self._writer = Writer(
             self._data_dir,
-            policy=policy,
+            policy=self._policy,
             max_segment_size=max_segment_size,
             compression=compression,
             dictionaries=self._dictionaries,
@@ -205,7 +185,6 @@ class Storage:
         )
         self._consumers: ConsumerStore | None = None  # consumers.db, opened when first needed
         self._consumers_lock = threading.Lock()
-        self._closed = False
         if self._data_dir.exists() and not self._data_dir.is_dir():
             raise StorageIOError(f"store path {self._data_dir} is not a directory", path=self._data_dir)
         if self._data_dir.exists():
@@ -247,12 +226,6 @@ class Storage:
     @property
     def read_only(self) -> bool:
         return self._read_only
-
-    def default_compression(self) -> CompressionKind:
-        return self._compression
-
-    def checkpoint_policy(self) -> CheckpointPolicy:
-        return self._policy
 
     def max_segment_size(self) -> int:
         return self._max_segment_size
@@ -414,62 +387,20 @@ class Storage:
         noticed. Global positions may have been renumbered by it (subscriptions check)."""
         return self._catalog_generation
 
-    def close(self) -> None:
-        """Write on-close checkpoints (if the policy says so), close files, release the lock."""
-        try:
-            with self._lock:
-                if self._closed:
-                    return
-                due = []
-                lock_held = self._store_lock is not None and self._store_lock.is_held()
-                if not self._read_only and self._policy.on_close and self._catalog is not None and lock_held:
-                    due = self._writer.due_checkpoints()
-            # Not under the lock: a group-commit leader in another thread needs it to finish.
-            for sid in due:
-                self._writer.submit(sid, None, expected_offset=None, prev_hash=None, check_prev=False, fsync=True)
-        finally:
-            with self._lock:
-                self._closed = True
-                self._release()
-            with self._consumers_lock:
-                if self._consumers is not None:
-                    self._consumers.close()
-                    self._consumers = None
-            self._commit_signal.notify()  # waiting subscriptions wake, and their next read raises StoreClosed
+    def _due_checkpoints(self) -> list[StreamId]:
+        lock_held = self._store_lock is not None and self._store_lock.is_held()
+        if self._read_only or self._catalog is None or not lock_held:
+            return []
+        return self._writer.due_checkpoints()
 
-    def __enter__(self) -> Storage:
-        return self
+    def _after_close(self) -> None:
+        with self._consumers_lock:
+            if self._consumers is not None:
+                self._consumers.close()
+                self._consumers = None
+        self._commit_signal.notify()  # waiting subscriptions wake, and their next read raises StoreClosed
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    # --- appending -------------------------------------------------------------------------------
-
-    def append_batch(
-        self,
-        stream_id: int,
-        events: Sequence[BytesLike],
-        expected_offset: int,
-        prev_hash: bytes | None,
-        fsync: bool = True,
-    ) -> tuple[Offset, ChainHash]:
-        """Append ``events`` as one atomic batch; returns the new (next offset, chain head).
-
-        ``expected_offset`` must be the stream's next offset and ``prev_hash`` its chain head
-        (None for an empty stream), or OffsetMismatch / ChainMismatch is raised and nothing is
-        written. Checkpoint records the policy calls for are written inside the batch, so the
-        returned head may be a checkpoint's. Threads appending at the same time share one write,
-        fsync and catalog commit (group commit); each returns when its own batch is committed.
-        """
-        sid = check_stream_id(stream_id)
-        payloads = check_events(events)
-        offset = check_offset("expected_offset", expected_offset)
-        given_hash = check_prev_hash(prev_hash)
-        return self._writer.submit(
-            sid, payloads, expected_offset=offset, prev_hash=given_hash, check_prev=True, fsync=fsync
-        )
+    # --- appending (writer.py) --------------------------------------------------------------------
 
     def append_batch_pipelined(
         self,
@@ -485,136 +416,53 @@ class Storage:
         Framing (stage 1) runs in the calling thread, outside the store's lock, so it overlaps the
         write and fsync (stage 2) of batches other threads are committing.
         """
-        sid = check_stream_id(stream_id)
-        payloads = check_events(events)
-        offset = check_offset("expected_offset", expected_offset)
-        given_hash = check_prev_hash(prev_hash)
+        sid, payloads, offset, given_hash = self._checked_batch(stream_id, events, expected_offset, prev_hash)
         if not isinstance(pipeline, AppendPipeline):
             raise InvalidArgument(f"pipeline must be an AppendPipeline, not {type(pipeline).__name__}")
         return self._writer.submit(
             sid, payloads, expected_offset=offset, prev_hash=given_hash, check_prev=True, fsync=fsync, pipeline=pipeline
         )
 
-    def append(
-        self, stream_id: int, events: Sequence[BytesLike], *, expected_offset: int | None = None, fsync: bool = True
+    def _append(
+        self,
+        sid: StreamId,
+        payloads: list[BytesLike] | None,
+        *,
+        expected_offset: int | None,
+        prev_hash: bytes | None,
+        check_prev: bool,
+        fsync: bool,
+        record_count: int | None = None,
     ) -> tuple[Offset, ChainHash]:
-        """Append at the stream's current head, whatever it is (checked against ``expected_offset`` if given)."""
-        sid = check_stream_id(stream_id)
-        payloads = check_events(events)
-        offset = None if expected_offset is None else check_offset("expected_offset", expected_offset)
-        return self._writer.submit(sid, payloads, expected_offset=offset, prev_hash=None, check_prev=False, fsync=fsync)
-
-    def create_checkpoint(
-        self, stream_id: int, current_offset: int, prev_hash: bytes | None, record_count: int, fsync: bool = True
-    ) -> tuple[Offset, ChainHash]:
-        """Write a checkpoint record at the head; returns (next offset, checkpoint hash).
-
-        ``current_offset`` and ``prev_hash`` are checked like an append; ``record_count`` must be
-        the number of records before the checkpoint (its offset).
-        """
-        sid = check_stream_id(stream_id)
-        offset = check_offset("current_offset", current_offset)
-        given_hash = check_prev_hash(prev_hash)
-        count = check_offset("record_count", record_count)
         return self._writer.submit(
-            sid, None, expected_offset=offset, prev_hash=given_hash, check_prev=True, fsync=fsync, record_count=count
+            sid,
+            payloads,
+            expected_offset=expected_offset,
+            prev_hash=prev_hash,
+            check_prev=check_prev,
+            fsync=fsync,
+            record_count=record_count,
         )
 
     # --- reading (reads.py) ----------------------------------------------------------------------
 
-    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
-        """Verified records from ``from_offset`` to the head, streamed in bounded memory.
+    def _iter_records(self, sid: StreamId, from_offset: int, *, anchored: bool) -> Iterator[Record]:
+        return self._reads.iter_records(sid, from_offset, anchored=anchored)
 
-        ``anchored``: verify from the nearest checkpoint at or before ``from_offset`` (trusting
-        it); otherwise from offset 0. The head record is checked against the catalog's chain head.
-        """
-        sid = check_stream_id(stream_id)
-        check_position("from_offset", from_offset)
-        yield from self._reads.iter_records(sid, from_offset, anchored=anchored)
-
-    def read_from(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
-        """Event payloads from ``from_offset``, verified from the nearest checkpoint.
-
-        Returns at least one event when there is one, then stops before the payloads would exceed
-        ``max_bytes``. Checkpoint records are skipped. An unknown stream gives ``[]``. Like the page
-        reads, it ends before a range a repair isolated (see ``take_page``).
-
-        A point read remembers the checkpoint interval it verified, so the next read in it checks
-        only the records it returns against the hashes verified then (see verified_cache.py).
-        """
-        limit = check_non_negative("max_bytes", max_bytes)
-        sid = check_stream_id(stream_id)
-        check_position("from_offset", from_offset)
+    def _read_from(self, sid: StreamId, from_offset: int, limit: int) -> list[bytes]:
+        """A point read remembers the checkpoint interval it verified, so the next read in it checks
+        only the records it returns against the hashes verified then (see verified_cache.py)."""
         return self._reads.read_from(sid, from_offset, limit)
 
-    def read_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
-        """A page of event payloads from ``from_offset``, verified from offset 0 (genesis) even when
-        the page starts later: at least one event when there is one, then stops before the payloads
-        would exceed ``max_bytes``. Checkpoint records are skipped. An unknown stream gives ``[]``.
-
-        A page ends before a range a repair isolated; a page that starts in one raises
-        ``RecordIsolated``. To walk a whole stream in bounded memory, use
-        ``iter_records(stream_id, 0, anchored=False)``.
-        """
-        page = read_page(self, stream_id, from_offset, max_bytes, anchored=False, events_only=True)
-        return [r.payload for r in page]
-
-    def read_records_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]:
-        """``read_from_genesis`` as Records, checkpoints included; the next page starts at
-        ``page[-1].offset + 1``."""
-        return read_page(self, stream_id, from_offset, max_bytes, anchored=False, events_only=False)
-
-    def read_records_verified(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]:
-        """``read_records_from_genesis``, verified from the nearest checkpoint at or before
-        ``from_offset`` instead of from genesis."""
-        return read_page(self, stream_id, from_offset, max_bytes, anchored=True, events_only=False)
-
-    # --- time and global order ------------------------------------------------------------------
-
-    def offset_at(self, stream_id: int, timestamp_ns: int) -> Offset:
-        """The first offset whose record was appended at or after ``timestamp_ns`` (nanoseconds
-        since the epoch); the stream's next offset if there is none (0 for an unknown stream).
-
-        Timestamps never decrease within a stream, so this is a binary search over its offset index.
-        """
-        sid = check_stream_id(stream_id)
-        ts = check_offset("timestamp_ns", timestamp_ns)
-        return self._reads.query(lambda catalog: catalog.first_offset_at_or_after(sid, ts), Offset(0))
-
-    def read_between(
-        self,
-        stream_id: int,
-        since_ns: int | None,
-        until_ns: int | None,
-        max_bytes: int = DEFAULT_MAX_READ_BYTES,
-    ) -> list[Record]:
-        """Verified records appended at or after ``since_ns`` and before ``until_ns`` (None: no bound).
-
-        Checkpoint records in the window are included (``kind`` tells them apart). Returns at least
-        one record when there is one, then stops before the payloads would exceed ``max_bytes``;
-        the rest of the window runs from the last one's offset + 1 to ``offset_at(until_ns)``.
-        """
-        return read_window(self, check_stream_id(stream_id), since_ns, until_ns, max_bytes)
+    def _offset_at(self, sid: StreamId, timestamp_ns: int) -> Offset:
+        return self._reads.query(lambda catalog: catalog.first_offset_at_or_after(sid, timestamp_ns), Offset(0))
 
     def last_global_position(self) -> GlobalPosition:
         """The global position of the last record committed (0: none yet); the next gets one more."""
         return self._reads.query(lambda catalog: catalog.last_global_position(), GlobalPosition(0))
 
-    def read_global(
-        self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES, *, stream_id: int | None = None
-    ) -> list[GlobalRecord]:
-        """Records of every stream in global (commit) order, from the first position >= ``from_position``.
-
-        Checkpoint records are included, so a store never repaired shows consecutive positions.
-        Returns at least one record when there is one, then stops before the payloads would exceed
-        ``max_bytes``; continue from the last one's ``global_position + 1``. Every record is verified
-        by its stream's checkpoint-anchored read: a damaged one raises IntegrityError.
-        ``stream_id``: only that stream's records (found through its offset index, not by reading
-        past the others').
-        """
-        start = check_position("from_position", from_position)
-        limit = check_non_negative("max_bytes", max_bytes)
-        only = None if stream_id is None else check_stream_id(stream_id)
+    def _read_global(self, start: int, limit: int, only: StreamId | None) -> list[GlobalRecord]:
+        """Each stream's records are found through its offset index, not by reading past the others'."""
         return self._reads.read_global(start, limit, only)
 
     def global_position_of(self, stream_id: int, offset: int) -> GlobalPosition | None:
@@ -730,17 +578,9 @@ class Storage:
 
     # --- heads, checkpoints, segments ------------------------------------------------------------
 
-    def latest_chain_hash(self, stream_id: int) -> ChainHash | None:
-        """The hash of the stream's last record (None for an empty or unknown stream)."""
-        sid = check_stream_id(stream_id)
+    def _stream_head(self, sid: StreamId) -> tuple[Offset, ChainHash | None]:
         row = self._reads.query(lambda catalog: catalog.stream(sid), None)
-        return row.chain_head if row else None
-
-    def next_offset(self, stream_id: int) -> Offset:
-        """The offset the stream's next record will get (its record count)."""
-        sid = check_stream_id(stream_id)
-        row = self._reads.query(lambda catalog: catalog.stream(sid), None)
-        return row.next_offset if row else Offset(0)
+        return (row.next_offset, row.chain_head) if row else (Offset(0), None)
 
     # --- SQL ------------------------------------------------------------------------------------
 
@@ -796,9 +636,7 @@ class Storage:
     def stream_ids(self) -> list[StreamId]:
         return self._reads.query(lambda catalog: catalog.stream_ids(), [])
 
-    def last_checkpoint(self, stream_id: int) -> tuple[Offset, ChainHash] | None:
-        """(offset, hash) of the stream's latest checkpoint record, or None."""
-        sid = check_stream_id(stream_id)
+    def _last_checkpoint(self, sid: StreamId) -> tuple[Offset, ChainHash] | None:
         row = self._reads.query(lambda catalog: catalog.checkpoint_at_or_before(sid, 2**63 - 1), None)
         return (row.offset, row.hash) if row else None
 
@@ -1021,10 +859,6 @@ class Storage:
                 return rebuild_checkpoints(catalog, self._data_dir, sid)
             except OSError as e:
                 raise StorageIOError(f"stream {sid}: cannot rebuild checkpoints: {e}") from e
-
-    def _now(self) -> int:
-        """The clock's reading, checked: record headers hold it as a u64, the catalog as a signed 64-bit integer."""
-        return check_clock_reading(self._clock())
 
 
 def _checked_plan(plan: object) -> list[RepairStep]:

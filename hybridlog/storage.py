@@ -1,8 +1,10 @@
 """``Storage``: append-only, hash-chained event streams in segment files, indexed by a catalog.
 
 The one home of opening and closing a store (the writer lock, the catalog opened or rebuilt,
-recovery on open) and of its public API. Appends go to ``writer.py`` (the write path, in the order
-``docs/format.md`` gives); reads to the verifying walk; checks and repairs to ``repair.py``.
+recovery on open) and of its public API, as short delegations: argument checks and the derived
+methods of the contract are ``backend.BackendBase``'s, appends go to ``writer.py`` (the write path,
+in the order ``docs/format.md`` gives), verified reads to ``reads.py``, checks and repairs to
+``repair.py`` and ``stream_repair.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from hybridlog.backend import BackendBase
 from hybridlog.batch import (
@@ -90,7 +91,6 @@ from hybridlog.writer import Writer
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 Clock = Callable[[], int]
 

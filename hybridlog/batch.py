@@ -7,13 +7,17 @@ from typing import Protocol, TypeVar, cast
 
 from hybridlog.errors import (
     CatalogMismatch,
+    ChainMismatch,
     EmptyBatch,
     EventTooLarge,
     IntegrityError,
     InvalidArgument,
     InvalidConfiguration,
     InvalidEvent,
+    OffsetMismatch,
+    RecordCountMismatch,
     RecordIsolated,
+    StorageError,
 )
 from hybridlog.record import checkpoint_payload
 from hybridlog.types import (
@@ -24,6 +28,7 @@ from hybridlog.types import (
     CheckpointPolicy,
     Record,
     RecordKind,
+    StreamId,
 )
 
 BytesLike = bytes | bytearray | memoryview
@@ -80,6 +85,30 @@ def check_prev_hash(prev_hash: object) -> bytes | None:
     if not isinstance(prev_hash, (bytes, bytearray, memoryview)) or len(prev_hash) != HASH_SIZE:
         raise InvalidArgument(f"prev_hash must be None or {HASH_SIZE} bytes")
     return bytes(prev_hash)
+
+
+def append_conflict(
+    stream_id: StreamId,
+    next_offset: int,
+    head: bytes | None,
+    *,
+    expected_offset: int | None,
+    prev_hash: bytes | None,
+    check_prev: bool,
+    record_count: int | None = None,
+) -> StorageError | None:
+    """Why an append cannot go on top of a stream whose head is (``next_offset``, ``head``); None: it can.
+
+    ``expected_offset`` None: no offset check; ``check_prev`` False: no chain-head check;
+    ``record_count``: a checkpoint's count of the records before it.
+    """
+    if expected_offset is not None and expected_offset != next_offset:
+        return OffsetMismatch(stream_id=stream_id, expected=expected_offset, actual=next_offset)
+    if check_prev and prev_hash != head:
+        return ChainMismatch(stream_id=stream_id, given=prev_hash, head=head)
+    if record_count is not None and record_count != next_offset:
+        return RecordCountMismatch(stream_id=stream_id, given=record_count, actual=next_offset)
+    return None
 
 
 def plan_batch(

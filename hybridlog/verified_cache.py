@@ -82,7 +82,7 @@ class VerifiedRunCache:
         self._records = 0
         self._files: dict[tuple[StreamId, int], int] = {}
         # A read-only store's view of the catalog: the data_version last seen, and the recovery
-        # log's last entry the runs were built under (see Storage._runs_still_hold).
+        # log's last entry the runs were built under (see reads.Reads._runs_still_hold).
         self.data_version: int | None = None
         self.generation: int | None = None
 

@@ -170,7 +170,7 @@ def test_a_new_streams_first_batch_in_flight_is_waited_for_not_an_error(
     writer.append(1, [b"first stream"])
     reader = Storage(data_dir, read_only=True)
     written, release, reader_waits = threading.Event(), threading.Event(), threading.Event()
-    real_sync_all = writer._sync_all
+    real_sync_all = writer._writer._sync_all
     real_sleep = time.sleep
 
     def pause_before_commit(writers: Any) -> None:  # step 4 of the write path: after the write
@@ -182,7 +182,7 @@ def test_a_new_streams_first_batch_in_flight_is_waited_for_not_an_error(
         reader_waits.set()
         real_sleep(seconds)
 
-    writer._sync_all = pause_before_commit  # type: ignore[method-assign]
+    writer._writer._sync_all = pause_before_commit  # type: ignore[method-assign]
     appending = threading.Thread(target=writer.append, args=(9, [b"new-0", b"new-1"]))
     appending.start()
     assert written.wait(30)

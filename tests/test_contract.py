@@ -42,6 +42,7 @@ from hybridlog import (
     Storage,
     StorageBackend,
     StorageError,
+    StoreClosed,
     StreamId,
 )
 from hybridlog.record import HEADER_SIZE, checkpoint_payload, record_hash
@@ -996,6 +997,39 @@ def test_a_clock_reading_a_record_cannot_hold_is_invalid_configuration(harness: 
     clock.now = START_NS + 1
     fill(backend, 1, [[b"b"]])
     assert genesis_events(backend, 1) == [b"a", b"b"]
+
+
+def test_a_clock_reading_gone_bad_at_close_closes_the_backend_and_writes_nothing(harness: Harness) -> None:
+    """Closing writes on-close checkpoints with the clock's reading: a reading a record cannot hold
+    raises InvalidConfiguration from ``close``, no checkpoint is written, and the backend is closed
+    anyway (a second ``close`` does nothing, reads raise StoreClosed), in both backends."""
+    clock = ManualClock(START_NS)
+    backend = harness.make(clock=clock, policy=CheckpointPolicy.every(100, on_close=True))
+    fill(backend, 1, [[b"a"]])
+    fill(backend, 2, [[b"b"]])
+    clock.now = 1.5  # type: ignore[assignment]
+    with pytest.raises(InvalidConfiguration):
+        backend.close()
+    clock.now = START_NS + 1
+    backend.close()
+    with pytest.raises(StoreClosed):
+        backend.next_offset(1)
+    for sid, payload in ((1, b"a"), (2, b"b")):
+        assert [(r.kind, r.payload) for r in harness.records_after_close(backend, sid)] == [(RecordKind.EVENT, payload)]
+
+
+@pytest.mark.parametrize(
+    "settings_",
+    [{"clock": 5}, {"clock": "now"}, {"policy": 3}, {"policy": "every 10"}, {"compression": "zstd"}],
+    ids=repr,
+)
+def test_a_bad_clock_policy_or_compression_is_invalid_configuration_at_once(
+    harness: Harness, settings_: dict[str, object]
+) -> None:
+    """A clock that is not a function, a checkpoint policy that is not a CheckpointPolicy and a
+    compression that is not a CompressionKind are refused when the backend is made, in both."""
+    with pytest.raises(InvalidConfiguration):
+        harness.make(**settings_)  # type: ignore[arg-type]
 
 
 def test_the_largest_clock_reading_is_stored(harness: Harness) -> None:

@@ -69,6 +69,7 @@ from hybridlog.recovery import ADOPTED, QUARANTINED, REINDEXED, REMOVED_EMPTY, T
 from hybridlog.repair import CATALOG_AHEAD, REINDEX, TORN_TAIL
 from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, SegmentWriter, segment_path
 from hybridlog.stream_repair import MARKED_CUT
+from hybridlog.writer import Writer
 
 THIS_FILE = Path(__file__).resolve()
 SEGMENT_SIZE = 4096
@@ -897,7 +898,7 @@ def commit_as_one_group(store: Storage, store_dir: Path, snapshot: Path) -> int:
     the group's own first write is held until the store directory has been copied to ``snapshot``.
     Returns how many batches the group wrote.
     """
-    real_write_at, real_write_group = SegmentWriter.write_at, Storage._write_group
+    real_write_at, real_write_group = SegmentWriter.write_at, Writer.write_group
     writes = itertools.count(1)
     leader_writing, leader_go = threading.Event(), threading.Event()
     group_writing, group_go = threading.Event(), threading.Event()
@@ -913,7 +914,7 @@ def commit_as_one_group(store: Storage, store_dir: Path, snapshot: Path) -> int:
             assert group_go.wait(CHILD_TIMEOUT)
         real_write_at(self, position, data)
 
-    def write_group(self: Storage, batches: dict[int, list[object]], *args: object, **kwargs: object) -> None:
+    def write_group(self: Writer, batches: dict[int, list[object]], *args: object, **kwargs: object) -> None:
         group_sizes.append(sum(len(b) for b in batches.values()))
         real_write_group(self, batches, *args, **kwargs)  # type: ignore[arg-type]
 
@@ -932,13 +933,13 @@ def commit_as_one_group(store: Storage, store_dir: Path, snapshot: Path) -> int:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SegmentWriter, "write_at", write_at)
-        patch.setattr(Storage, "_write_group", write_group)
+        patch.setattr(Writer, "write_group", write_group)
         threads = [append(OTHER_STREAM, [b"the leader's own batch"])]
         assert leader_writing.wait(CHILD_TIMEOUT)
         for events in (GROUP_FIRST, GROUP_SECOND):  # queued in this order: A, then B on top of it
-            queued = len(store._commits._queue)
+            queued = len(store._writer.commits._queue)
             threads.append(append(LAST_STREAM, events))
-            while len(store._commits._queue) == queued:
+            while len(store._writer.commits._queue) == queued:
                 time.sleep(0.001)
         leader_go.set()
         assert group_writing.wait(CHILD_TIMEOUT)

@@ -236,7 +236,7 @@ def test_a_commit_group_numbers_its_batches_in_the_order_it_took_them(
         appenders.append(threading.Thread(target=store.append, args=(sid, [payload])))
         appenders[-1].start()
         deadline = time.monotonic() + 60
-        while len(store._commits._queue) < i + 1:  # queued behind the leader, in this order
+        while len(store._writer.commits._queue) < i + 1:  # queued behind the leader, in this order
             assert time.monotonic() < deadline
             time.sleep(0.001)
     gate.set()

@@ -24,6 +24,7 @@ from hybridlog import (
     StorageIOError,
 )
 from hybridlog.segment import SegmentWriter
+from hybridlog.writer import Writer
 
 THREADS = 8
 APPENDS_PER_THREAD = 25
@@ -48,13 +49,13 @@ def slow_fsync(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def group_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the groups committed (each is one catalog transaction)."""
     calls = [0]
-    real_write_group = Storage._write_group
+    real_write_group = Writer.write_group
 
-    def write_group(self: Storage, *args: Any, **kwargs: Any) -> None:
+    def write_group(self: Writer, *args: Any, **kwargs: Any) -> None:
         calls[0] += 1
         real_write_group(self, *args, **kwargs)
 
-    monkeypatch.setattr(Storage, "_write_group", write_group)
+    monkeypatch.setattr(Writer, "write_group", write_group)
     return calls
 
 

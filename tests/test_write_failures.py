@@ -328,7 +328,7 @@ def test_in_a_group_only_the_streams_whose_cut_failed_are_unknown(
         threads = [append(3, [b"leader"])]
         assert leader_writing.wait(30)
         threads += [append(sid, batches[sid]) for sid in (1, 2)]
-        while len(store._commits._queue) < 2:  # both wait behind the leader: they form the next group
+        while len(store._writer.commits._queue) < 2:  # both wait behind the leader: they form the next group
             threading.Event().wait(0.001)
         release.set()
         for thread in threads:

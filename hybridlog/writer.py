@@ -1,0 +1,548 @@
+"""The append path, the one home of everything between an append call and its committed records.
+
+In this order (``docs/format.md`` section 8; ``groupcommit.py`` explains how concurrent appends
+form a group):
+
+1. frame every record of a batch (hash, compress, checksum) into one buffer, checkpoint records
+   included, in the caller's thread (``framing.frame_batch``); with zstd, a stream's records are
+   compressed with its trained dictionary once it has one (``training.py``);
+2. lay the group's batches out in segments (``_layout``): a batch that would push the active
+   segment past ``max_segment_size`` goes to a new segment file (the directory is fsynced so the
+   new name is durable); a batch never spans two segments;
+3. write each segment's bytes at its committed end (``write_group``);
+4. fsync the segments when any batch of the group asked (and always the ones being sealed, whose
+   digests are then computed): this is the durability point;
+5. commit one catalog transaction: index rows, segment stats and seals, checkpoints, chain heads,
+   and the global-position mark (each batch's records get the next positions, in group order);
+6. advance the writer's stream heads to the committed ones.
+
+If anything in 3-5 fails, every segment is cut back to where the group began (new segment files
+are removed; the cut is fsynced) and every caller in the group gets the error ("batch not
+stored"), so no partial batch stays. Where that cut fails, or the catalog COMMIT itself fails (it
+may have happened), the batch may be stored: its callers get ``AppendOutcomeUnknown``, nothing is
+cut, and the stream refuses appends until the store is reopened and recovery settles it. A crash
+between 4 and 5 leaves complete batches the catalog does not know; recovery
+(``recovery.recover_store``, run when a writer opens the store) adopts them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import apsw
+import blake3
+
+from hybridlog.batch import BytesLike, PlannedRecord, append_conflict, plan_batch
+from hybridlog.catalog import Catalog, CheckpointRow, IndexRow
+from hybridlog.dictionary import DictionaryCache
+from hybridlog.errors import (
+    AppendOutcomeUnknown,
+    CatalogError,
+    StorageError,
+    StorageIOError,
+)
+from hybridlog.framing import FramedBatch, HeadView, StreamHead, frame_batch, load_head
+from hybridlog.groupcommit import GroupCommitQueue
+from hybridlog.pipeline import AppendPipeline
+from hybridlog.record import PayloadCompressor, checkpoint_payload
+from hybridlog.segment import SegmentWriter, file_digest, fsync_dir, make_dirs_durably, segment_path, stream_path
+from hybridlog.training import DictionaryTrainer
+from hybridlog.types import ChainHash, CheckpointPolicy, CompressionKind, Offset, RecordKind, StreamId
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class AppendRequest:
+    """One caller's batch waiting for stage 2, and, once done, its outcome.
+
+    ``payloads`` None means a checkpoint record. ``expected_offset`` None means no offset check
+    (``Storage.append``); ``check_prev`` False means no chain-head check.
+    """
+
+    stream_id: StreamId
+    payloads: list[BytesLike] | None
+    expected_offset: int | None
+    prev_hash: bytes | None
+    check_prev: bool
+    fsync: bool
+    record_count: int | None = None  # create_checkpoint's check
+    framed: FramedBatch | None = None
+    result: tuple[Offset, ChainHash] | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class Writer:
+    """A store's append path: stream heads, the group-commit queue and the write of each group.
+
+    ``catalog`` returns the writable catalog (raising StoreClosed, ReadOnlyStore or LockLost);
+    ``damage`` what recovery found in a stream (it then refuses appends); ``committed`` is called
+    after each commit. Stage 2 runs under ``lock``, the store's lock.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        policy: CheckpointPolicy,
+        max_segment_size: int,
+        compression: CompressionKind,
+        dictionaries: DictionaryCache,
+        lock: threading.RLock,
+        catalog: Callable[[], Catalog],
+        now: Callable[[], int],
+        closed: Callable[[], bool],
+        damage: Callable[[StreamId], StorageError | None],
+        committed: Callable[[], None],
+    ) -> None:
+        self._data_dir = data_dir
+        self._policy = policy
+        self._max_segment_size = max_segment_size
+        self._compression = compression
+        self._lock = lock
+        self._catalog = catalog
+        self._now = now
+        self._closed = closed
+        self._damage = damage
+        self._committed = committed
+        self.heads: dict[StreamId, StreamHead] = {}
+        self._pipeline = AppendPipeline()  # the group-commit leader's, for batches it must frame again
+        self._pipelines = threading.local()  # each appending thread's own (stage 1 runs in the caller)
+        self.commits: GroupCommitQueue[AppendRequest] = GroupCommitQueue()
+        self._trainer = DictionaryTrainer(data_dir, dictionaries)  # stream dictionaries, for compressing
+        self._syncers: ThreadPoolExecutor | None = None  # started by the first group that touches several files
+
+    def submit(
+        self,
+        sid: StreamId,
+        payloads: list[BytesLike] | None,
+        *,
+        expected_offset: int | None,
+        prev_hash: bytes | None,
+        check_prev: bool,
+        fsync: bool,
+        record_count: int | None = None,
+        pipeline: AppendPipeline | None = None,
+    ) -> tuple[Offset, ChainHash]:
+        """Stage 1 here (frame against the head as it looks now), stage 2 through the group commit."""
+        head = self.heads.get(sid)
+        if head is None or self._closed():
+            with self._lock:
+                head = self.head(sid)  # raises StoreClosed / ReadOnlyStore as needed
+        request = AppendRequest(sid, payloads, expected_offset, prev_hash, check_prev, fsync, record_count)
+        view = head.view
+        if _conflict(request, view) is None:
+            pipeline = pipeline or self._thread_pipeline()
+            compressor = self._compressor(sid, pipeline)
+            request.framed = frame_batch(sid, self._plan(request, view), view, self._now(), pipeline.buffer, compressor)
+        self.commits.submit(request, self._commit_group)
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        if payloads and self._compression is CompressionKind.ZSTD:
+            self._trainer.observe(sid, payloads, request.result[0])  # after the commit: never fails a batch
+        return request.result
+
+    def _thread_pipeline(self) -> AppendPipeline:
+        pipeline: AppendPipeline | None = getattr(self._pipelines, "pipeline", None)
+        if pipeline is None:
+            pipeline = self._pipelines.pipeline = AppendPipeline()
+        return pipeline
+
+    def _compressor(self, sid: StreamId, pipeline: AppendPipeline) -> PayloadCompressor | None:
+        """How the stream's new records are compressed: not, plain zstd, or with its dictionary."""
+        if self._compression is not CompressionKind.ZSTD:
+            return None
+        return pipeline.compressor_for(self._trainer.dictionary(sid))
+
+    def _plan(self, request: AppendRequest, view: HeadView) -> list[PlannedRecord]:
+        if request.payloads is None:
+            return [(RecordKind.CHECKPOINT, checkpoint_payload(view.next_offset))]
+        return plan_batch(request.payloads, self._policy, view.events_since_checkpoint, view.next_offset)
+
+    # --- 2-6. a group: lay out, write, fsync, commit, advance -------------------------------------
+
+    def _commit_group(self, group: list[AppendRequest]) -> None:
+        """Stage 2 for every request in ``group`` (the leader runs this; see groupcommit.py)."""
+        with self._lock:
+            tentative: dict[StreamId, HeadView] = {}
+            batches: dict[StreamId, list[FramedBatch]] = {}
+            accepted: list[AppendRequest] = []
+            for request in group:
+                try:
+                    head = self.head(request.stream_id)
+                    if head.damage is not None:
+                        raise head.damage
+                    view = tentative.get(request.stream_id, head.view)
+                    conflict = _conflict(request, view)
+                    if conflict is not None:
+                        raise conflict
+                    framed = request.framed
+                    if framed is None or framed.on != view:
+                        # framed on a head that moved since (another batch in this group or before it)
+                        compressor = self._compressor(request.stream_id, self._pipeline)
+                        framed = frame_batch(
+                            request.stream_id,
+                            self._plan(request, view),
+                            view,
+                            self._now(),
+                            self._pipeline.buffer,
+                            compressor,
+                        )
+                        request.framed = framed
+                except StorageError as e:
+                    request.error, request.done = e, True
+                    continue
+                tentative[request.stream_id] = framed.after
+                batches.setdefault(request.stream_id, []).append(framed)
+                accepted.append(request)
+            if not accepted:
+                return
+            try:
+                self.write_group(
+                    batches, [r.framed for r in accepted if r.framed], fsync=any(r.fsync for r in accepted)
+                )
+            except _GroupFailed as failure:
+                for i, request in enumerate(accepted):
+                    if request.stream_id in failure.unsure:
+                        request.error = _outcome_unknown(request, failure)
+                    else:
+                        request.error = failure.error if i == 0 else _copy_error(failure.error)
+                    request.done = True
+                return
+            except StorageError as e:
+                for i, request in enumerate(accepted):
+                    request.error, request.done = (e if i == 0 else _copy_error(e)), True
+                return
+            for request in accepted:
+                assert request.framed is not None
+                after = request.framed.after
+                assert after.head is not None
+                request.result, request.done = (Offset(after.next_offset), after.head), True
+
+    def write_group(
+        self, batches: dict[StreamId, list[FramedBatch]], in_order: list[FramedBatch], *, fsync: bool
+    ) -> None:
+        """Write, fsync and commit framed batches (see the module docstring for the order).
+
+        ``in_order``: the same batches in the order the group accepted them, which is the order
+        of their global positions: each batch gets the next contiguous range after the mark.
+        """
+        catalog = self._catalog()
+        try:
+            last_position = catalog.last_global_position()
+        except apsw.Error as e:
+            raise CatalogError(f"cannot read the catalog, batch not stored: {e}") from e
+        first_positions: dict[tuple[StreamId, int], int] = {}
+        new_last: int = last_position
+        for batch in in_order:
+            first_positions[batch.stream_id, batch.on.next_offset] = new_last + 1
+            new_last += len(batch.records)
+        writes, seals = self._layout(batches, first_positions)
+        now = max(b.timestamp_ns for bs in batches.values() for b in bs)
+        committing = False
+        try:
+            # 2. Rotation: create the new segment files (full ones are sealed in step 5).
+            new_dirs: set[Path] = set()
+            for w in writes:
+                if w.new_file:
+                    directory = stream_path(self._data_dir, w.stream_id)
+                    make_dirs_durably(directory)
+                    w.writer = SegmentWriter(segment_path(self._data_dir, w.stream_id, w.segment_no), create=True)
+                    new_dirs.add(directory)
+                else:
+                    w.writer = self.heads[w.stream_id].writer
+            for directory in new_dirs:
+                fsync_dir(directory)  # new names are durable before the catalog points at them
+            # 3. Write each segment's batches with one write at its committed end.
+            for w in writes:
+                assert w.writer is not None
+                w.writer.write_at(w.base, w.data)
+            # 4. The durability point (segments sealed in this group are synced either way, so
+            #    their digests describe durable bytes).
+            sealed = {(sid, no) for sid, no, _ in seals}
+            self._sync_all([w.writer for w in writes if w.writer and (fsync or (w.stream_id, w.segment_no) in sealed)])
+            digests: list[tuple[StreamId, int, bytes]] = []
+            for sid, segment_no, in_group in seals:
+                if in_group is not None and in_group.new_file:
+                    digests.append((sid, segment_no, blake3.blake3(in_group.data).digest()))
+                    continue
+                writer = self.heads[sid].writer if in_group is None else in_group.writer
+                assert writer is not None
+                if in_group is None:
+                    writer.sync()
+                digests.append((sid, segment_no, file_digest(writer.path)))
+            # 5. One catalog transaction for the whole group.
+            with catalog.transaction():
+                for w in writes:
+                    catalog.upsert_segment(
+                        w.stream_id,
+                        w.segment_no,
+                        first_offset=w.first_offset,
+                        next_offset=w.next_offset,
+                        size_bytes=w.end,
+                        now_ns=now,
+                    )
+                    catalog.insert_index_rows(w.rows)
+                    catalog.insert_checkpoints(w.checkpoints)
+                for sid, segment_no, digest in digests:  # after the upserts: a segment may be new
+                    catalog.seal_segment(sid, segment_no, digest=digest, now_ns=now)
+                for sid, framed in batches.items():
+                    catalog.upsert_stream(
+                        sid,
+                        next_offset=framed[-1].after.next_offset,
+                        chain_head=framed[-1].after.head,
+                        add_events=sum(b.events for b in framed),
+                        add_checkpoints=sum(len(b.records) - b.events for b in framed),
+                        add_stored_bytes=sum(len(b.data) for b in framed),
+                        add_payload_bytes=sum(b.payload_bytes for b in framed),
+                        first_timestamp_ns=framed[0].timestamp_ns,
+                        last_timestamp_ns=framed[-1].timestamp_ns,
+                        now_ns=now,
+                    )
+                catalog.advance_global_position(last_position, new_last)
+                committing = True  # what fails from here on is the COMMIT itself: it may have happened
+        except BaseException as e:
+            if committing:
+                # The catalog may hold the group or not; cutting the segments could leave it
+                # pointing at bytes that are gone. Keep them, and fence the streams until a reopen
+                # lets recovery settle it (the batches are then wholly there, or wholly absent).
+                unsure = set(batches)
+                reason = f"the catalog commit failed and may have happened: {e}"
+            else:
+                unsure = self._undo_writes(writes)
+                reason = f"the write failed ({e}) and could not be cut back"
+            for sid in unsure:
+                self._fence(sid, reason)
+            if isinstance(e, OSError):
+                error: StorageError = StorageIOError(
+                    f"write failed, batch not stored: {e}", path=getattr(e, "filename", None)
+                )
+            elif isinstance(e, apsw.Error):
+                error = CatalogError(f"catalog commit failed, batch not stored: {e}")
+            elif isinstance(e, Exception) and unsure:
+                error = StorageIOError(f"append failed: {e!r}")
+            else:
+                raise
+            if unsure:
+                raise _GroupFailed(error, unsure, reason) from e
+            raise error from e
+        self._advance_heads(batches, writes)
+        self._committed()
+
+    def _layout(
+        self, batches: dict[StreamId, list[FramedBatch]], first_positions: dict[tuple[StreamId, int], int]
+    ) -> tuple[list[SegmentWrite], list[tuple[StreamId, int, SegmentWrite | None]]]:
+        """Which segment each batch goes to: a batch never spans two, and a full segment is sealed.
+
+        Returns the writes and the seals; a seal's SegmentWrite is the in-group write of a segment
+        created and filled in this same group (None: the stream's active segment on disk).
+        ``first_positions``: each batch's first global position, by (stream, first offset).
+        """
+        writes: list[SegmentWrite] = []
+        seals: list[tuple[StreamId, int, SegmentWrite | None]] = []
+        for sid, framed in batches.items():
+            head = self.heads[sid]
+            segment_no, size, current = head.segment_no, head.segment_size, None
+            has_segment = head.writer is not None
+            for batch in framed:
+                if not has_segment or (size > 0 and size + len(batch.data) > self._max_segment_size):
+                    if has_segment:
+                        seals.append((sid, segment_no, current))
+                    segment_no, size, has_segment = segment_no + 1, 0, True
+                    current = SegmentWrite(sid, segment_no, 0, batch.on.next_offset, new_file=True)
+                    writes.append(current)
+                elif current is None:
+                    current = SegmentWrite(sid, segment_no, size, head.segment_first_offset, new_file=False)
+                    writes.append(current)
+                current.add(batch, first_positions[sid, batch.on.next_offset])
+                size += len(batch.data)
+        return writes, seals
+
+    def _sync_all(self, writers: list[SegmentWriter]) -> None:
+        """fsync every file, in parallel when there are several: the file system can then merge
+        them into fewer journal commits, and fsync releases the GIL."""
+        if len(writers) <= 1:
+            for writer in writers:
+                writer.sync()
+            return
+        if self._syncers is None:
+            self._syncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hybridlog-fsync")
+        futures = [self._syncers.submit(writer.sync) for writer in writers]
+        wait(futures)  # all of them finish before any failure is raised (and the group undone)
+        for future in futures:
+            future.result()
+
+    def _undo_writes(self, writes: list[SegmentWrite]) -> set[StreamId]:
+        """Cut every segment back to where this group began, durably; returns the streams where
+        that failed (their batches' bytes may still be there, whole, for recovery to adopt)."""
+        failed: set[StreamId] = set()
+        for w in reversed(writes):
+            if w.writer is None:
+                continue
+            try:
+                w.writer.truncate(w.base)
+                if w.new_file:
+                    w.writer.close()
+                    w.writer.path.unlink()
+                    fsync_dir(w.writer.path.parent)
+                else:
+                    w.writer.sync()  # the cut is durable: a power loss cannot bring the batch back
+            except OSError as e:
+                failed.add(w.stream_id)
+                log.error("stream %d: could not cut a failed batch from %s: %s", w.stream_id, w.writer.path, e)
+        return failed
+
+    def _fence(self, sid: StreamId, reason: str) -> None:
+        """Refuse appends to a stream until the store is reopened (recovery then settles its files)."""
+        head = self.heads[sid]
+        head.damage = StorageIOError(
+            f"stream {sid} refuses appends until the store is reopened: {reason}",
+            path=segment_path(self._data_dir, sid, head.segment_no) if head.segment_no >= 0 else None,
+        )
+        log.error("%s", head.damage)
+
+    def _advance_heads(self, batches: dict[StreamId, list[FramedBatch]], writes: list[SegmentWrite]) -> None:
+        for sid, framed in batches.items():
+            head = self.heads[sid]
+            mine = [w for w in writes if w.stream_id == sid]
+            last = mine[-1]
+            for w in mine[:-1]:
+                if w.new_file and w.writer is not None:
+                    w.writer.close()  # created and sealed within this group
+            if last.new_file:
+                if head.writer is not None:
+                    head.writer.close()
+                head.writer = last.writer
+                head.segment_no = last.segment_no
+                head.segment_first_offset = last.first_offset
+            head.segment_size = last.end
+            head.view = framed[-1].after
+
+    # --- stream heads ----------------------------------------------------------------------------
+
+    def head(self, stream_id: StreamId) -> StreamHead:
+        """The writer's state for a stream, loaded from the catalog on first use."""
+        head = self.heads.get(stream_id)
+        if head is None:
+            head = load_head(self._catalog(), self._data_dir, stream_id, self._damage(stream_id))
+            self.heads[stream_id] = head
+        return head
+
+    def due_checkpoints(self) -> list[StreamId]:
+        """Streams with events since their last checkpoint (and no damage): an on-close checkpoint's."""
+        return [h.stream_id for h in self.heads.values() if h.damage is None and h.view.events_since_checkpoint]
+
+    def sync_active(self) -> None:
+        """fsync every stream's active segment."""
+        for head in self.heads.values():
+            if head.writer is not None:
+                head.writer.sync()
+
+    def forget(self, stream_id: StreamId) -> None:
+        """Drop a stream's head (reloaded from the catalog on next use), closing its segment."""
+        head = self.heads.pop(stream_id, None)
+        if head is not None and head.writer is not None:
+            head.writer.close()
+
+    def close(self) -> None:
+        """Close every segment file and stop the fsync threads."""
+        if self._syncers is not None:
+            self._syncers.shutdown()
+            self._syncers = None
+        for head in self.heads.values():
+            if head.writer is not None:
+                head.writer.close()
+        self.heads.clear()
+
+
+@dataclass(slots=True)
+class SegmentWrite:
+    """Bytes for one segment file in one group: where they go and the catalog rows they need."""
+
+    stream_id: StreamId
+    segment_no: int
+    base: int  # byte position of the first batch in the file
+    first_offset: int  # the segment's first offset
+    new_file: bool
+    data: bytearray = field(default_factory=bytearray)
+    writer: SegmentWriter | None = None
+    rows: list[IndexRow] = field(default_factory=list)
+    checkpoints: list[CheckpointRow] = field(default_factory=list)
+    next_offset: int = 0
+
+    def add(self, batch: FramedBatch, first_global_position: int) -> None:
+        """Lay ``batch`` after what this write holds; its records get consecutive global positions."""
+        position = self.base + len(self.data)
+        self.data += batch.data
+        sid, no, ts = self.stream_id, self.segment_no, batch.timestamp_ns
+        self.rows.extend(
+            (first_global_position + i, sid, offset, no, position + start, length, kind, ts)
+            for i, (offset, start, length, kind, _) in enumerate(batch.records)
+        )
+        for offset, _, _, kind, digest in batch.records:
+            if kind == RecordKind.CHECKPOINT:
+                self.checkpoints.append(CheckpointRow(sid, Offset(offset), digest, ts))
+        self.next_offset = batch.after.next_offset
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.data)
+
+
+# --- failures ------------------------------------------------------------------------------------
+
+
+def _conflict(request: AppendRequest, view: HeadView) -> StorageError | None:
+    """Why ``request`` cannot go on top of ``view`` (None: it can)."""
+    return append_conflict(
+        request.stream_id,
+        view.next_offset,
+        view.head,
+        expected_offset=request.expected_offset,
+        prev_hash=request.prev_hash,
+        check_prev=request.check_prev,
+        record_count=request.record_count,
+    )
+
+
+class _GroupFailed(Exception):
+    """A failed group in which the batches of ``unsure`` streams may be stored (the others are not)."""
+
+    def __init__(self, error: StorageError, unsure: set[StreamId], reason: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.unsure = unsure
+        self.reason = reason
+
+
+def _outcome_unknown(request: AppendRequest, failure: _GroupFailed) -> AppendOutcomeUnknown:
+    """The error for a caller whose batch may or may not be stored."""
+    assert request.framed is not None
+    first, nxt = request.framed.on.next_offset, request.framed.after.next_offset
+    sid = request.stream_id
+    error = AppendOutcomeUnknown(
+        f"stream {sid}: the batch for offsets {first}..{nxt - 1} may or may not be stored ({failure.reason});"
+        " the stream refuses appends until the store is reopened",
+        stream_id=sid,
+        first_offset=first,
+        next_offset=nxt,
+        path=failure.error.path if isinstance(failure.error, StorageIOError) else None,
+    )
+    error.__cause__ = failure.__cause__
+    return error
+
+
+def _copy_error(error: StorageError) -> StorageError:
+    """A copy of ``error`` for another waiting thread (one exception object per raise)."""
+    try:
+        return copy.copy(error)
+    except Exception:  # an error type that cannot be copied: share the original
+        return error

@@ -18,6 +18,7 @@ from hybridlog.errors import (
     MissingDictionary,
     Where,
 )
+from hybridlog.layout import dictionary_name
 from hybridlog.markers import is_cut_jump
 from hybridlog.record import (
     CHECKSUM,
@@ -40,7 +41,7 @@ from hybridlog.record import (
     parse_header,
     record_hash,
 )
-from hybridlog.segment import Frame, SegmentReader, dictionary_name
+from hybridlog.segment import Frame, SegmentReader
 from hybridlog.types import MAX_EVENT_SIZE, ChainHash, Offset, Record, RecordKind, StreamId
 
 

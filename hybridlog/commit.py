@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hybridlog.batch import BytesLike, PlannedRecord
-from hybridlog.catalog import CheckpointRow, IndexRow
+from hybridlog.catalog_rows import CheckpointRow, IndexRow
 from hybridlog.record import FrameSpan, PayloadCompressor, append_frames
 from hybridlog.segment import SegmentWriter
 from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId

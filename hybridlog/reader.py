@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hybridlog.catalog import GapRow, StreamSnapshot
+from hybridlog.catalog_rows import GapRow, StreamSnapshot
 from hybridlog.chain import FastWalk, open_record
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
@@ -28,9 +28,10 @@ from hybridlog.errors import (
     Where,
     os_error_detail,
 )
+from hybridlog.layout import segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.markers import CUT, ISOLATED
 from hybridlog.record import DictionarySource, FrameError
-from hybridlog.segment import IncompleteFrame, SegmentReader, segment_numbers_on_disk, segment_path, stream_path
+from hybridlog.segment import IncompleteFrame, SegmentReader
 from hybridlog.types import GENESIS_HASH, Record, StreamId
 
 VerifiedFrame = tuple[int, int, int, Record]

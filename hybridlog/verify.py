@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import apsw
 
-from hybridlog.catalog import CATALOG_FILE, Catalog, StreamSnapshot, damaged_hint
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rows import StreamSnapshot, damaged_hint
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     CatalogError,
@@ -39,9 +40,9 @@ from hybridlog.errors import (
     RecordIsolated,
     StorageError,
 )
+from hybridlog.layout import CATALOG_FILE, stream_ids_on_disk
 from hybridlog.markers import ISOLATED
 from hybridlog.reader import unlisted_stream_problem, verified_frames
-from hybridlog.recovery import stream_ids_on_disk
 from hybridlog.storage import Storage
 from hybridlog.types import ChainHash, Record, RecordKind, StreamId
 

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from hybridlog import ChainHash, CheckpointPolicy, ChecksumMismatch, CompressionKind, RecordKind, Storage, StreamId
 from hybridlog.chain import open_record
 from hybridlog.dictionary import DictionaryUnavailable, StreamDictionary, parse_dictionary_file
+from hybridlog.layout import segment_path
 from hybridlog.record import (
     CHECKPOINT_MAGIC,
     FLAG_BATCH_END,
@@ -56,7 +57,7 @@ from hybridlog.record import (
     record_hash,
 )
 from hybridlog.scan import SegmentScan
-from hybridlog.segment import SegmentReader, segment_path
+from hybridlog.segment import SegmentReader
 from hybridlog.types import GENESIS_HASH, MAX_EVENT_SIZE
 
 FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"

@@ -1,7 +1,7 @@
 """hybridlog: tamper-evident, append-only event streams in segment files with an SQLite catalog."""
 
 from hybridlog.backend import StorageBackend
-from hybridlog.catalog import CheckpointRow, IndexEntry
+from hybridlog.catalog_rows import CheckpointRow, IndexEntry
 from hybridlog.consumers import ConsumerState
 from hybridlog.errors import (
     AppendOutcomeUnknown,

@@ -33,12 +33,11 @@ from typing import Any
 import click
 
 from hybridlog.batch import window_records
-from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION
+from hybridlog.catalog_rows import SCHEMA_VERSION
 from hybridlog.errors import IntegrityError, StorageError, StorageLocked
-from hybridlog.lock import LOCK_FILE
+from hybridlog.layout import CATALOG_FILE, LOCK_FILE, STREAMS_DIR
 from hybridlog.output import json_value, text_value
 from hybridlog.repair import CheckReport, RepairStep
-from hybridlog.segment import STREAMS_DIR
 from hybridlog.sql import QueryResult, SqlValue, query_catalog
 from hybridlog.storage import Storage
 from hybridlog.types import (

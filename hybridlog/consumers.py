@@ -11,7 +11,7 @@ moves aside and builds afresh from the segments, while consumer positions exist 
 So ``consumers.db`` is written by whichever process acknowledges (SQLite serialises them, each
 write one short ``BEGIN IMMEDIATE`` transaction), commits with ``synchronous = FULL`` (an ack
 survives a power loss), and is never moved by recovery or repair. Its schema is the SQL in
-``migrations/consumers/`` on its own ``user_version`` ladder; ``docs/schema.md`` documents it.
+``migrations/consumers/``, on the ``user_version`` ladder of ``db.py``; ``docs/schema.md`` documents it.
 
 Each ack also stores which record was at that position (``acked_stream_id``, ``acked_offset``), so
 a later subscription can tell that positions were renumbered since (a full catalog rebuild) and
@@ -21,28 +21,19 @@ refuse to guess instead of skipping or repeating records (``ConsumerPositionLost
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
 
-from hybridlog.catalog import load_migrations, migrations_dir
+from hybridlog.db import connect, consumer_migrations, migrate, sqlite_errors, write_transaction
 from hybridlog.errors import ConsumerError, ConsumerMismatch, InvalidArgument, UnknownConsumer
+from hybridlog.layout import consumers_path
 from hybridlog.types import GlobalPosition, Offset, StreamId
 
-CONSUMERS_FILE = "consumers.db"
 MAX_CONSUMER_NAME = 200
 BUSY_TIMEOUT_MS = 5000
-
-
-def consumer_migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of ``consumers.db``'s schema, in order."""
-    return load_migrations(migrations_dir() / "consumers")
-
-
-CONSUMERS_SCHEMA_VERSION = len(consumer_migrations())
+"""Other processes acknowledge too: wait for their short transactions rather than fail."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,89 +84,61 @@ class ConsumerStore:
     """One apsw connection to ``consumers.db``; safe to share between threads (calls are serialised)."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / CONSUMERS_FILE
+        self.path = consumers_path(data_dir)
         self._lock = threading.Lock()
-        try:
-            self.conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
-            # Other processes acknowledge too: wait for their short transactions rather than fail.
-            self.conn.set_busy_timeout(BUSY_TIMEOUT_MS)
-            # Readers of positions never wait for a process that is acknowledging.
-            self.conn.pragma("journal_mode", "wal")
-            # Positions exist nowhere else (unlike the catalog): every ack is durable when it returns.
-            self.conn.pragma("synchronous", "full")
-            self._migrate()
-        except BaseException as e:
-            if hasattr(self, "conn"):
-                self.conn.close()
-            if isinstance(e, apsw.Error):
-                raise ConsumerError(f"cannot open {self.path}: {e}") from e
-            raise
+        self.conn = connect(
+            self.path,
+            read_only=False,
+            busy_timeout_ms=BUSY_TIMEOUT_MS,
+            durable_commits=True,  # positions exist nowhere else (unlike the catalog)
+            what="consumers",
+            prepare=self._migrate,
+            error=lambda e, _conn: ConsumerError(f"cannot open {self.path}: {e}"),
+        )
 
     def close(self) -> None:
         with self._lock:
             self.conn.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[None]:
-        """One write transaction that holds SQLite's write lock from its start, so what it reads
-        cannot change before it writes (two processes acknowledging one consumer take turns)."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
-
-    def _migrate(self) -> None:
-        for version, _name, sql in consumer_migrations():
-            with self._write():  # the version is read under the write lock: one process applies each step
-                found = int(self.conn.pragma("user_version"))
-                if found > CONSUMERS_SCHEMA_VERSION:
-                    raise ConsumerError(
-                        f"{self.path} has schema version {found}; this hybridlog knows up to "
-                        f"{CONSUMERS_SCHEMA_VERSION}",
-                        hint="upgrade hybridlog",
-                    )
-                if found < version:
-                    self.conn.execute(sql)
-                    self.conn.pragma("user_version", version)
+    def _migrate(self, conn: apsw.Connection) -> None:
+        migrate(
+            conn,
+            consumer_migrations(),
+            lambda found: ConsumerError(
+                f"{self.path} has schema version {found}; this hybridlog knows up to {len(consumer_migrations())}",
+                hint="upgrade hybridlog",
+            ),
+        )
 
     def _get(self, name: str) -> ConsumerState | None:
         row = self.conn.execute(f"SELECT {_COLUMNS} FROM consumers WHERE name = ?", (name,)).fetchone()  # noqa: S608
         return None if row is None else _state(row)
 
     def get(self, name: str) -> ConsumerState | None:
-        with self._lock:
-            try:
-                return self._get(name)
-            except apsw.Error as e:
-                raise ConsumerError(f"cannot read {self.path}: {e}") from e
+        with self._lock, sqlite_errors(f"cannot read {self.path}", error=ConsumerError):
+            return self._get(name)
 
     def all(self) -> list[ConsumerState]:
-        with self._lock:
-            try:
-                rows = self.conn.execute(f"SELECT {_COLUMNS} FROM consumers ORDER BY name")  # noqa: S608
-                return [_state(row) for row in rows]
-            except apsw.Error as e:
-                raise ConsumerError(f"cannot read {self.path}: {e}") from e
+        with self._lock, sqlite_errors(f"cannot read {self.path}", error=ConsumerError):
+            rows = self.conn.execute(f"SELECT {_COLUMNS} FROM consumers ORDER BY name")  # noqa: S608
+            return [_state(row) for row in rows]
 
     def register(self, name: str, stream_id: StreamId | None, now_ns: int) -> ConsumerState:
         """The consumer, created at position 0 if it is new; ConsumerMismatch if it follows other streams."""
-        with self._lock:
-            try:
-                with self._write():
-                    self.conn.execute(
-                        "INSERT INTO consumers (name, stream_id, position, created_at_ns, updated_at_ns)"
-                        " VALUES (?1, ?2, 0, ?3, ?3) ON CONFLICT (name) DO NOTHING",
-                        (name, stream_id, now_ns),
-                    )
-                    state = self._get(name)
-                    assert state is not None
-                    if state.stream_id != stream_id:
-                        raise ConsumerMismatch(name, state.stream_id, stream_id)  # rolls the insert back
-            except apsw.Error as e:
-                raise ConsumerError(f"cannot register consumer {name!r} in {self.path}: {e}") from e
+        with (
+            self._lock,
+            sqlite_errors(f"cannot register consumer {name!r} in {self.path}", error=ConsumerError),
+            write_transaction(self.conn),
+        ):
+            self.conn.execute(
+                "INSERT INTO consumers (name, stream_id, position, created_at_ns, updated_at_ns)"
+                " VALUES (?1, ?2, 0, ?3, ?3) ON CONFLICT (name) DO NOTHING",
+                (name, stream_id, now_ns),
+            )
+            state = self._get(name)
+            assert state is not None
+            if state.stream_id != stream_id:
+                raise ConsumerMismatch(name, state.stream_id, stream_id)  # rolls the insert back
         return state
 
     def ack(
@@ -192,31 +155,31 @@ class ConsumerStore:
         A position behind the stored one is refused (InvalidArgument) unless ``force``: moving a
         consumer back makes it receive records again, which only its owner may decide.
         """
-        with self._lock:
-            try:
-                with self._write():
-                    state = self._get(name)
-                    if state is None:
-                        raise UnknownConsumer(name)
-                    if position < state.position and not force:
-                        raise InvalidArgument(
-                            f"consumer {name!r} has acknowledged up to position {state.position};"
-                            f" {position} would move it back",
-                            hint="pass force=True to move a consumer back on purpose",
-                        )
-                    self.conn.execute(
-                        "UPDATE consumers SET position = ?, acked_stream_id = ?, acked_offset = ?, updated_at_ns = ?"
-                        " WHERE name = ?",
-                        (
-                            position,
-                            None if acked is None else acked[0],
-                            None if acked is None else acked[1],
-                            now_ns,
-                            name,
-                        ),
-                    )
-                    state = self._get(name)
-                    assert state is not None
-            except apsw.Error as e:
-                raise ConsumerError(f"cannot acknowledge for consumer {name!r} in {self.path}: {e}") from e
+        with (
+            self._lock,
+            sqlite_errors(f"cannot acknowledge for consumer {name!r} in {self.path}", error=ConsumerError),
+            write_transaction(self.conn),
+        ):
+            state = self._get(name)
+            if state is None:
+                raise UnknownConsumer(name)
+            if position < state.position and not force:
+                raise InvalidArgument(
+                    f"consumer {name!r} has acknowledged up to position {state.position};"
+                    f" {position} would move it back",
+                    hint="pass force=True to move a consumer back on purpose",
+                )
+            self.conn.execute(
+                "UPDATE consumers SET position = ?, acked_stream_id = ?, acked_offset = ?, updated_at_ns = ?"
+                " WHERE name = ?",
+                (
+                    position,
+                    None if acked is None else acked[0],
+                    None if acked is None else acked[1],
+                    now_ns,
+                    name,
+                ),
+            )
+            state = self._get(name)
+            assert state is not None
         return state

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridlog.catalog import CheckpointRow, IndexEntry
+from hybridlog.catalog_rows import CheckpointRow, IndexEntry
 from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable
 from hybridlog.errors import CatalogMismatch
+from hybridlog.layout import segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.markers import ISOLATED, RepairMarker
 from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload, record_hash
-from hybridlog.segment import SegmentReader, segment_numbers_on_disk, segment_path, stream_path
+from hybridlog.segment import SegmentReader
 from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
 from hybridlog.walk import ScannedRecord, ScanProblem, SegmentScan
 

@@ -35,8 +35,8 @@ from pathlib import Path
 import blake3
 import zstandard
 
+from hybridlog.layout import dictionary_path
 from hybridlog.record import FrameError, dictionary_id
-from hybridlog.segment import dictionary_path
 
 DICTIONARY_MAGIC = b"HLZD"
 DICTIONARY_VERSION = 1

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybridlog.batch import PlannedRecord
-from hybridlog.catalog import Catalog, damaged_hint
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rows import damaged_hint
 from hybridlog.errors import CatalogMismatch, StorageError, StorageIOError
+from hybridlog.layout import segment_path
 from hybridlog.record import FrameSpan, PayloadCompressor, append_frames
-from hybridlog.segment import SegmentWriter, segment_path
+from hybridlog.segment import SegmentWriter
 from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
 
 

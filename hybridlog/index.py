@@ -6,10 +6,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-import apsw
-
-from hybridlog.catalog import Catalog, CheckpointRow, IndexEntry, damaged_hint
-from hybridlog.errors import CatalogError
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rows import CheckpointRow, IndexEntry, damaged_hint
+from hybridlog.db import sqlite_errors
 from hybridlog.types import Offset, StreamId
 
 T = TypeVar("T")
@@ -37,10 +36,8 @@ class OffsetIndex:
             catalog = self._catalog()
             if catalog is None:
                 return empty
-            try:
+            with sqlite_errors("cannot read the offset index", hint=damaged_hint(catalog.path.parent)):
                 return ask(catalog)
-            except apsw.Error as e:
-                raise CatalogError(f"cannot read the offset index: {e}", hint=damaged_hint(catalog.path.parent)) from e
 
 
 class CheckpointIndex:

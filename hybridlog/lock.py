@@ -29,8 +29,7 @@ import os
 from pathlib import Path
 
 from hybridlog.errors import LockLost, StorageIOError, StorageLocked, os_error_detail
-
-LOCK_FILE = "LOCK"
+from hybridlog.layout import LOCK_FILE
 
 
 class StoreLock:

@@ -21,7 +21,8 @@ from typing import TypeVar
 import apsw
 
 from hybridlog.batch import records_between, take_page, take_payloads, take_within
-from hybridlog.catalog import Catalog, GlobalRow, StreamSnapshot, damaged_hint
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rows import GlobalRow, StreamSnapshot, damaged_hint
 from hybridlog.diagnose import unlisted_stream_problem
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (

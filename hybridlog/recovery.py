@@ -1,4 +1,4 @@
-"""Reconciling the catalog with the segments, and rebuilding it from them.
+"""Reconciling the catalog with the segments when a writer opens a store.
 
 The segments are the truth for data; the catalog is an index of them, trusted only as far as it
 agrees with them. Everything here walks segments with ``walk.SegmentScan``.
@@ -11,14 +11,10 @@ agrees with them. Everything here walks segments with ``walk.SegmentScan``.
   file (after a rotating group commit, also the segment files that follow it:
   ``_cut_unacknowledged``). Anything else (a file shorter than the catalog says, a missing
   segment, a bad record that is not a torn tail) it reports as ``damage`` without touching anything.
-* ``index_stream`` replaces a stream's catalog rows with what a verifying scan of its segments
-  finds, up to the first damage; ``rebuild_catalog`` does that for every stream into a fresh
-  catalog, keeping the old file aside.
 
-Global positions live only in the catalog. Adopted records get the next positions after the
-high-water mark; a re-indexed stream keeps the positions its records had; only
-``rebuild_catalog``, which has no old catalog to trust, numbers every record afresh, in
-(timestamp_ns, stream_id, offset) order.
+Rebuilding catalog rows from the segments (one stream's, or the whole catalog) is
+``catalog_rebuild.py``, which uses the steps here. Global positions live only in the catalog:
+adopted records get the next positions after the high-water mark.
 
 Every action is written to the ``recovery_log`` table and to the log; cut bytes are kept in
 ``*.quarantine`` files beside the segment, never thrown away.
@@ -28,32 +24,26 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import apsw
-
-from hybridlog.catalog import CATALOG_FILE, Catalog, CheckpointRow, GapRow, IndexEntry, RecoveryEntry, SegmentRow
-from hybridlog.diagnose import Adoption, FoundGap, StreamScan, is_torn_tail, walk_stream
-from hybridlog.errors import CatalogError, CatalogMismatch, IntegrityError
-from hybridlog.markers import CUT, ISOLATED
-from hybridlog.record import FrameError
-from hybridlog.segment import (
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rows import IndexEntry, RecoveryEntry, SegmentRow
+from hybridlog.diagnose import Adoption, is_torn_tail
+from hybridlog.errors import CatalogMismatch, IntegrityError
+from hybridlog.layout import (
     STREAMS_DIR,
-    SegmentReader,
-    file_digest,
-    fsync_dir,
     parse_stream_dir_name,
     quarantine_path,
     segment_numbers_on_disk,
     segment_path,
     stream_path,
-    write_file_durably,
 )
-from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, RecordKind, StreamId
-from hybridlog.walk import ScannedRecord, SegmentScan
+from hybridlog.record import FrameError
+from hybridlog.segment import SegmentReader, file_digest, fsync_dir, write_file_durably
+from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, StreamId
+from hybridlog.walk import SegmentScan
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +76,7 @@ class ReconcileResult:
         return [e.kept_as for e in self.entries if e.kept_as is not None]
 
 
-def _relative(data_dir: Path, path: Path) -> str:
+def relative_name(data_dir: Path, path: Path) -> str:
     return str(path.relative_to(data_dir))
 
 
@@ -117,7 +107,7 @@ def quarantine_tail(data_dir: Path, stream_id: StreamId, segment_no: int, positi
         segment_no=segment_no,
         start_byte=position,
         end_byte=position + len(tail),
-        kept_as=_relative(data_dir, kept),
+        kept_as=relative_name(data_dir, kept),
     )
 
 
@@ -150,11 +140,11 @@ def quarantine_segment(data_dir: Path, stream_id: StreamId, segment_no: int, fou
         segment_no=segment_no,
         start_byte=0,
         end_byte=size,
-        kept_as=_relative(data_dir, kept),
+        kept_as=relative_name(data_dir, kept),
     )
 
 
-def _commit(catalog: Catalog, entries: list[RecoveryEntry], now_ns: int) -> None:
+def commit_entries(catalog: Catalog, entries: list[RecoveryEntry], now_ns: int) -> None:
     for entry in entries:
         catalog.log_recovery(replace(entry, at_ns=now_ns))
 
@@ -193,7 +183,7 @@ def _global_positions(
     return positions
 
 
-def _store_adoption(
+def store_adoption(
     catalog: Catalog,
     data_dir: Path,
     stream_id: StreamId,
@@ -353,8 +343,8 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
         t = now()
         with catalog.transaction():
             if adoption.entries:
-                _store_adoption(catalog, data_dir, stream_id, adoption, segment_rows, (next_offset, prev), t)
-            _commit(catalog, result.entries, t)
+                store_adoption(catalog, data_dir, stream_id, adoption, segment_rows, (next_offset, prev), t)
+            commit_entries(catalog, result.entries, t)
         if adoption.entries:
             log.warning("stream %d: adopted %d records the catalog had missed", stream_id, result.adopted_records)
     return result
@@ -420,271 +410,3 @@ def streams_to_reconcile(catalog: Catalog, data_dir: Path) -> list[StreamId]:
 def recover_store(catalog: Catalog, data_dir: Path, now: Clock) -> list[ReconcileResult]:
     """Reconcile every stream whose files disagree with the catalog; returns what each found."""
     return [reconcile_stream(catalog, data_dir, sid, now) for sid in streams_to_reconcile(catalog, data_dir)]
-
-
-def _damage_of(data_dir: Path, scan: StreamScan) -> IntegrityError | None:
-    """The IntegrityError describing where a stream walk met damage (None: clean or a torn tail)."""
-    hint = f"run `hybridlog repair {data_dir} --stream {scan.stream_id}`"
-    if scan.missing_segment is not None:
-        return CatalogMismatch(
-            f"segment {scan.missing_segment} is missing",
-            stream_id=scan.stream_id,
-            offset=scan.next_offset,
-            segment=segment_path(data_dir, scan.stream_id, scan.missing_segment),
-            hint=hint,
-        )
-    if scan.problem is not None and scan.problem.dictionary is not None:
-        return scan.problem.dictionary
-    if scan.problem is not None and not scan.torn:
-        assert scan.problem_segment is not None
-        return IntegrityError(
-            f"bad record ({scan.problem.reason})",
-            stream_id=scan.stream_id,
-            offset=scan.problem.offset,
-            segment=segment_path(data_dir, scan.stream_id, scan.problem_segment),
-            position=scan.problem.position,
-            hint=hint,
-        )
-    return None
-
-
-def index_stream(
-    catalog: Catalog,
-    data_dir: Path,
-    stream_id: StreamId,
-    now: Clock,
-    *,
-    found: str,
-    prior: list[RecoveryEntry] | None = None,
-) -> ReconcileResult:
-    """Replace a stream's catalog rows with a verifying scan of its segment files.
-
-    Indexes every valid record up to the first damage that no repair marker accounts for: damage
-    that a repair isolated (an ``isolated`` marker later in the stream names its offsets) is
-    stepped over and recorded as a gap, as are the offsets a ``cut`` marker jumps over
-    (``markers.py``). A torn tail of the last segment is quarantined. Other damage (a bad record
-    that is not a torn tail, a missing segment) is left where it is and returned as ``damage``:
-    the catalog then ends before it, so reads stop before it. ``prior``: entries for what the
-    caller already did to the files (``stream_repair.repair_stream``), logged first and in the same transaction.
-    """
-    result = ReconcileResult(stream_id, entries=list(prior or []))
-    numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
-    if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
-        result.entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1]))
-    scanned: list[ScannedRecord] = []
-    scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True)
-    result.foreign_files = scan.foreign_files
-    unexplained = next(iter(scan.unexplained_gaps), None)
-    if unexplained is None:
-        result.damage = _damage_of(data_dir, scan)
-        if scan.torn and scan.problem_segment is not None:
-            result.entries.append(
-                quarantine_tail(data_dir, stream_id, scan.problem_segment, scan.valid_ends[scan.problem_segment])
-            )
-        kept, gaps = scanned, scan.gaps
-    else:
-        result.damage = IntegrityError(
-            f"bad record ({unexplained.reason}); {unexplained.records} records up to offset"
-            f" {unexplained.next_offset - 1} do not verify, the records after them do",
-            stream_id=stream_id,
-            offset=unexplained.first_offset,
-            segment=segment_path(data_dir, stream_id, unexplained.segment_no),
-            position=unexplained.start_byte,
-            hint=f"run `hybridlog repair {data_dir} --stream {stream_id}` to isolate it",
-        )
-        kept = [r for r in scanned if r.entry.offset < unexplained.first_offset]
-        gaps = [g for g in scan.gaps if g.first_offset < unexplained.first_offset]
-    adoption = Adoption()
-    if kept:
-        adoption.add(stream_id, kept)
-    next_offset, head = (kept[-1].entry.offset + 1, kept[-1].hash) if kept else (0, GENESIS_HASH)
-    result.entries.append(
-        RecoveryEntry(stream_id, found=found, action=REINDEXED, first_offset=0, next_offset=next_offset)
-    )
-    t = now()
-    with catalog.transaction():
-        kept_positions = catalog.global_positions(stream_id)
-        catalog.forget_stream(stream_id)
-        rows = _segment_rows(data_dir, stream_id, scan, kept)
-        _store_adoption(catalog, data_dir, stream_id, adoption, rows, (next_offset, head), t, kept_positions)
-        catalog.insert_gaps(_gap_rows(stream_id, gaps, kept))
-        _commit(catalog, result.entries, t)
-    log.info("stream %d: catalog rows rebuilt from segments: %d records", stream_id, next_offset)
-    if result.damage is not None:
-        log.error("%s", result.damage)
-    return result
-
-
-def _segment_rows(
-    data_dir: Path, stream_id: StreamId, scan: StreamScan, kept: list[ScannedRecord]
-) -> list[tuple[int, int, int, int]]:
-    """(segment_no, first_offset, next_offset, size) for every segment up to the last one holding a
-    kept record: that one ends after its last kept record; the ones before it keep their whole
-    file (damage an isolated gap steps over stays in place)."""
-    if not kept:
-        return []
-    last_no = kept[-1].entry.segment_no
-    ends: dict[int, int] = {}
-    for record in kept:
-        ends[record.entry.segment_no] = record.entry.offset + 1
-    rows = []
-    for no in scan.segments:
-        if no > last_no:
-            break
-        if no == last_no:
-            size = kept[-1].entry.position + kept[-1].entry.length
-        else:
-            size = segment_path(data_dir, stream_id, no).stat().st_size
-        first = scan.first_offsets[no]
-        rows.append((no, first, ends.get(no, first), size))
-    return rows
-
-
-def _gap_rows(stream_id: StreamId, gaps: list[FoundGap], kept: list[ScannedRecord]) -> list[GapRow]:
-    """Catalog rows for the isolated gaps a walk stepped over and the ranges cut markers jump over."""
-    rows = [
-        GapRow(
-            stream_id,
-            Offset(g.first_offset),
-            Offset(g.next_offset),
-            ISOLATED,
-            g.segment_no,
-            g.start_byte,
-            g.resume_segment_no,
-            g.resume_byte,
-            g.link_hash,
-        )
-        for g in gaps
-    ]
-    for record in kept:
-        marker = record.marker
-        if marker is not None and marker.action == CUT and record.entry.offset == marker.next_offset:
-            rows.append(
-                GapRow(
-                    stream_id,
-                    Offset(marker.first_offset),
-                    Offset(marker.next_offset),
-                    CUT,
-                    marker.segment_no,
-                    marker.start_byte,
-                )
-            )
-    return sorted(rows, key=lambda g: g.first_offset)
-
-
-def stream_ids_on_disk(data_dir: Path) -> list[StreamId]:
-    root = data_dir / STREAMS_DIR
-    if not root.is_dir():
-        return []
-    found = (parse_stream_dir_name(name) for name in os.listdir(root))
-    return sorted(StreamId(sid) for sid in found if sid is not None)
-
-
-def rebuild_catalog(
-    data_dir: Path, now: Clock, *, found: str, retiring: Catalog | None = None
-) -> tuple[Catalog, list[ReconcileResult]]:
-    """Build a fresh catalog from every stream's segments and put it in place of the old one (kept aside).
-
-    The new catalog is built as ``catalog.db.new`` and renamed over ``catalog.db`` only when it is
-    complete, so a reader that opens the store meanwhile sees the old catalog whole, never a
-    catalog half-way through the rebuild. ``retiring``: the old catalog's open connection (a
-    writer's), closed just before the swap; None when the old one is missing or unusable.
-    """
-    t = now()
-    path = data_dir / CATALOG_FILE
-    building = path.with_name(path.name + ".new")
-    for suffix in ("", "-wal", "-shm"):  # remains of a rebuild or creation a crash interrupted
-        building.with_name(building.name + suffix).unlink(missing_ok=True)
-    kept = data_dir / f"{CATALOG_FILE}.{t}.aside" if path.exists() else None
-    catalog = Catalog(building, read_only=False)
-    try:
-        with catalog.transaction():
-            catalog.log_recovery(
-                RecoveryEntry(
-                    None,
-                    found=found,
-                    action=REBUILT_CATALOG,
-                    kept_as=_relative(data_dir, kept) if kept else None,
-                    at_ns=t,
-                )
-            )
-        results = [index_stream(catalog, data_dir, sid, now, found=found) for sid in stream_ids_on_disk(data_dir)]
-        with catalog.transaction():
-            catalog.renumber_global_positions()  # deterministic: the same segments give the same positions
-    finally:
-        catalog.close()  # the only connection: its close folds the WAL into the file
-    _install_catalog(data_dir, building, kept, retiring, found=found, now_ns=t)
-    log.info("catalog rebuilt from the segments of %d streams (%s); old file kept as %s", len(results), found, kept)
-    return Catalog(path, read_only=False), results
-
-
-def _install_catalog(
-    data_dir: Path, building: Path, kept: Path | None, retiring: Catalog | None, *, found: str, now_ns: int
-) -> None:
-    """Rename the complete catalog ``building`` over ``catalog.db``, keeping the old file as ``kept``.
-
-    Until the last step ``catalog.db`` is the old catalog, whole: its WAL is folded into it
-    first, because the old -wal / -shm files must leave before the new file arrives (SQLite
-    would read them as the new file's). The old file stays reachable under ``catalog.db`` until
-    the rename replaces it (a hard link keeps it aside), so there is no moment without a catalog.
-    Readers with the old file open keep reading it; ``Storage`` notices the swap and reopens
-    (the last entry logged in the old catalog moves its ``data_version``, so readers look at once).
-    """
-    path = data_dir / CATALOG_FILE
-    # 1. The new file's bytes are durable before its name is.
-    with building.open("rb") as f:
-        os.fsync(f.fileno())
-    # 2. Every commit of the old catalog is in its main file (readers that open it now need no WAL).
-    if retiring is not None:
-        try:
-            with retiring.transaction():
-                retiring.log_recovery(
-                    RecoveryEntry(
-                        None,
-                        found=found,
-                        action=REBUILT_CATALOG,
-                        kept_as=_relative(data_dir, kept) if kept else None,
-                        detail=f"this catalog was replaced by one rebuilt from the segments as {CATALOG_FILE}",
-                        at_ns=now_ns,
-                    )
-                )
-            retiring.fold_wal()
-        except apsw.Error as e:
-            raise CatalogError(f"cannot retire the old catalog {retiring.path}: {e}") from e
-        finally:
-            retiring.close()
-    # 3. Keep the old file aside under a second name, and move its WAL and shared memory with it.
-    if kept is not None:
-        try:
-            os.link(path, kept)
-        except FileExistsError:
-            pass  # a retry after a crash between this step and the rename
-        except OSError:  # a file system without hard links: a copy keeps it just as well
-            shutil.copyfile(path, kept)
-        for suffix in ("-wal", "-shm"):
-            source = path.with_name(path.name + suffix)
-            if source.exists():
-                os.replace(source, kept.with_name(kept.name + suffix))
-    # 4. The swap: one rename, then the directory fsync that makes it durable.
-    os.replace(building, path)
-    fsync_dir(data_dir)
-
-
-def rebuild_checkpoints(catalog: Catalog, data_dir: Path, stream_id: StreamId) -> int:
-    """Re-derive a stream's checkpoint rows from its checkpoint records; returns how many."""
-    rows: list[CheckpointRow] = []
-
-    def collect(batch: list[ScannedRecord]) -> None:
-        rows.extend(
-            CheckpointRow(stream_id, r.entry.offset, r.hash, r.entry.timestamp_ns)
-            for r in batch
-            if r.entry.kind == RecordKind.CHECKPOINT
-        )
-
-    damage = _damage_of(data_dir, walk_stream(data_dir, stream_id, collect))
-    if damage is not None:
-        raise damage
-    with catalog.transaction():
-        catalog.forget_checkpoints(stream_id)
-        catalog.insert_checkpoints(rows)
-    return len(rows)

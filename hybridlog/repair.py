@@ -35,12 +35,20 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hybridlog.catalog import CATALOG_FILE, Catalog, RecoveryEntry
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rows import RecoveryEntry
 from hybridlog.diagnose import FoundGap, StreamScan, walk_stream
 from hybridlog.errors import CatalogTooNew, CatalogUnusable, MissingDictionary
+from hybridlog.layout import (
+    ASIDE_SUFFIX,
+    CATALOG_FILE,
+    STREAMS_DIR,
+    foreign_stream_entries,
+    segment_path,
+    stream_ids_on_disk,
+)
 from hybridlog.lock import writer_holds_lock
-from hybridlog.recovery import stream_ids_on_disk
-from hybridlog.segment import STREAMS_DIR, file_digest, foreign_stream_entries, segment_path
+from hybridlog.segment import file_digest
 from hybridlog.stream_repair import StreamRepairPlan, plan_stream_repair
 from hybridlog.types import RecordKind, StreamId
 from hybridlog.walk import ScannedRecord, ScanProblem
@@ -146,7 +154,7 @@ class CheckReport:
             if repair == REBUILD_CATALOG:
                 effect = (
                     f"builds a new catalog from the segments of {self.streams_checked} streams; the old"
-                    " catalog.db, if there is one, is kept aside as catalog.db.<time>.aside"
+                    f" {CATALOG_FILE}, if there is one, is kept aside as {CATALOG_FILE}.<time>{ASIDE_SUFFIX}"
                 )
                 steps[repair, f.stream_id] = RepairStep(repair, f.stream_id, f.message, effect)
             elif plans is not None:

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import apsw
 
-from hybridlog.catalog import CATALOG_FILE, Catalog
-from hybridlog.consumers import CONSUMERS_FILE, consumer_migrations
+from hybridlog.catalog import Catalog
+from hybridlog.db import consumer_migrations, sqlite_errors
 from hybridlog.errors import CatalogError, InvalidArgument, MultipleStatements, QueryRowLimit, QueryTimeout
 from hybridlog.events_table import EventSource
 from hybridlog.events_table import register as register_events_table
+from hybridlog.layout import CATALOG_FILE, consumers_path
 
 SqlValue = int | float | str | bytes | None
 
@@ -92,8 +93,8 @@ def attach_consumers(conn: apsw.Connection, data_dir: Path) -> None:
     is not written yet), it is an empty table of the same columns, held in memory; nothing is
     created on disk by a query.
     """
-    path = data_dir / CONSUMERS_FILE
-    try:
+    path = consumers_path(data_dir)
+    with sqlite_errors(f"cannot read {path}"):
         attached = False
         if path.exists():
             # Attached databases share the connection's SQLITE_OPEN_READONLY: this one is read-only too.
@@ -109,8 +110,6 @@ def attach_consumers(conn: apsw.Connection, data_dir: Path) -> None:
             conn.execute("ATTACH DATABASE ':memory:' AS consumer_state")
             conn.deserialize("consumer_state", _empty_consumers_db())
         conn.execute("CREATE TEMP VIEW consumers AS SELECT * FROM consumer_state.consumers")
-    except apsw.Error as e:
-        raise CatalogError(f"cannot read {path}: {e}") from e
 
 
 def check_query(sql: object, params: object) -> tuple[SqlValue, ...]:

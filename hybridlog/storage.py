@@ -22,15 +22,11 @@ from hybridlog.batch import (
     check_non_negative,
     check_position,
 )
-from hybridlog.catalog import (
-    CATALOG_FILE,
-    DEFAULT_BUSY_TIMEOUT_MS,
-    Catalog,
-    RecoveryEntry,
-    SegmentRow,
-    StreamStats,
-)
-from hybridlog.consumers import CONSUMERS_FILE, ConsumerState, ConsumerStore, check_consumer_name
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rebuild import rebuild_catalog, rebuild_checkpoints
+from hybridlog.catalog_rows import RecoveryEntry, SegmentRow, StreamStats
+from hybridlog.consumers import ConsumerState, ConsumerStore, check_consumer_name
+from hybridlog.db import DEFAULT_BUSY_TIMEOUT_MS
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     CatalogUnusable,
@@ -43,17 +39,11 @@ from hybridlog.errors import (
     os_error_detail,
 )
 from hybridlog.index import CheckpointIndex, OffsetIndex
+from hybridlog.layout import CATALOG_FILE, CONSUMERS_FILE, segment_path, stream_ids_on_disk
 from hybridlog.lock import StoreLock
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.reads import Reads
-from hybridlog.recovery import (
-    ReconcileResult,
-    rebuild_catalog,
-    rebuild_checkpoints,
-    recover_store,
-    stream_ids_on_disk,
-    streams_to_reconcile,
-)
+from hybridlog.recovery import ReconcileResult, recover_store, streams_to_reconcile
 from hybridlog.repair import (
     ISOLATE,
     REBUILD_CATALOG,
@@ -64,11 +54,7 @@ from hybridlog.repair import (
     RepairStep,
     check_store,
 )
-from hybridlog.segment import (
-    fsync_dir,
-    make_dirs_durably,
-    segment_path,
-)
+from hybridlog.segment import fsync_dir, make_dirs_durably
 from hybridlog.sql import QueryResult, QueryRows, SqlValue, check_limits, check_query, query_rows
 from hybridlog.stream_repair import repair_stream
 from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for

@@ -30,10 +30,23 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hybridlog.catalog import Catalog, RecoveryEntry
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rebuild import index_stream
+from hybridlog.catalog_rows import RecoveryEntry
 from hybridlog.diagnose import FoundGap, StreamScan, walk_stream
 from hybridlog.dictionary import DictionaryCache, StreamDictionary, salvage_dictionary
 from hybridlog.errors import DamagedDictionary, DictionaryUnusable
+from hybridlog.layout import (
+    QUARANTINE_SUFFIX,
+    dictionary_name,
+    dictionary_path,
+    kept_copy_path,
+    parse_dictionary_name,
+    quarantine_path,
+    segment_numbers_on_disk,
+    segment_path,
+    stream_path,
+)
 from hybridlog.markers import CUT, ISOLATED, RepairMarker
 from hybridlog.record import append_frames
 from hybridlog.recovery import (
@@ -41,25 +54,11 @@ from hybridlog.recovery import (
     TRUNCATED,
     Clock,
     ReconcileResult,
-    index_stream,
     quarantine_segment,
     quarantine_tail,
     remove_empty_segment,
 )
-from hybridlog.segment import (
-    QUARANTINE_SUFFIX,
-    SegmentWriter,
-    dictionary_name,
-    dictionary_path,
-    fsync_dir,
-    make_dirs_durably,
-    parse_dictionary_name,
-    quarantine_path,
-    segment_numbers_on_disk,
-    segment_path,
-    stream_path,
-    write_file_durably,
-)
+from hybridlog.segment import SegmentWriter, fsync_dir, make_dirs_durably, write_file_durably
 from hybridlog.types import ChainHash, RecordKind, StreamId
 
 # recovery_log.action values (besides recovery.py's)
@@ -383,11 +382,7 @@ def _write_resealed(data_dir: Path, stream_id: StreamId, dictionary: StreamDicti
     """Replace a damaged dictionary file with the same dictionary, correctly sealed; the damaged file
     stays as ``<name>.quarantine`` (a hard link made before the new file is renamed over it)."""
     path = dictionary_path(data_dir, stream_id, dictionary.number)
-    kept = path.with_name(path.name + QUARANTINE_SUFFIX)
-    n = 0
-    while kept.exists():
-        n += 1
-        kept = path.with_name(f"{path.name}.{n}{QUARANTINE_SUFFIX}")
+    kept = kept_copy_path(path)
     os.link(path, kept)
     write_file_durably(path, dictionary.file_bytes())
     return RecoveryEntry(

@@ -44,6 +44,7 @@ from pathlib import Path
 import zstandard
 
 from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable, StreamDictionary, load_dictionary
+from hybridlog.layout import dictionary_numbers_on_disk, dictionary_path, stream_path
 from hybridlog.record import (
     COMPRESSION_LEVEL,
     MAX_DICTIONARY_NO,
@@ -52,7 +53,7 @@ from hybridlog.record import (
     dictionary_id,
     new_compressor,
 )
-from hybridlog.segment import dictionary_numbers_on_disk, dictionary_path, stream_path, write_file_durably
+from hybridlog.segment import write_file_durably
 
 log = logging.getLogger(__name__)
 

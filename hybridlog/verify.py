@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import apsw
 
-from hybridlog.catalog import CATALOG_FILE, Catalog, StreamSnapshot, damaged_hint
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rows import StreamSnapshot, damaged_hint
 from hybridlog.diagnose import unlisted_stream_problem
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
@@ -40,8 +41,8 @@ from hybridlog.errors import (
     RecordIsolated,
     StorageError,
 )
+from hybridlog.layout import CATALOG_FILE, stream_ids_on_disk
 from hybridlog.markers import ISOLATED
-from hybridlog.recovery import stream_ids_on_disk
 from hybridlog.storage import Storage
 from hybridlog.types import ChainHash, Record, RecordKind, StreamId
 from hybridlog.walk import verified_frames

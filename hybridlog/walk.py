@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import zstandard
 
-from hybridlog.catalog import IndexEntry
+from hybridlog.catalog_rows import IndexEntry
 from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable
 from hybridlog.errors import (
     CatalogMismatch,
@@ -39,6 +39,7 @@ from hybridlog.errors import (
     Where,
     os_error_detail,
 )
+from hybridlog.layout import dictionary_name, segment_path
 from hybridlog.markers import CUT, ISOLATED, RepairMarker, decode_marker, is_cut_jump
 from hybridlog.record import (
     CHECKSUM,
@@ -58,11 +59,11 @@ from hybridlog.record import (
     parse_header,
     record_hash,
 )
-from hybridlog.segment import Frame, IncompleteFrame, SegmentReader, dictionary_name, segment_path
+from hybridlog.segment import Frame, IncompleteFrame, SegmentReader
 from hybridlog.types import GENESIS_HASH, ChainHash, Offset, Record, RecordKind, StreamId
 
 if TYPE_CHECKING:
-    from hybridlog.catalog import GapRow, StreamSnapshot
+    from hybridlog.catalog_rows import GapRow, StreamSnapshot
 
 
 def open_record(

@@ -39,7 +39,8 @@ import apsw
 import blake3
 
 from hybridlog.batch import BytesLike, PlannedRecord, append_conflict, plan_batch
-from hybridlog.catalog import Catalog, CheckpointRow, IndexRow
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rows import CheckpointRow, IndexRow
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     AppendOutcomeUnknown,
@@ -49,9 +50,10 @@ from hybridlog.errors import (
 )
 from hybridlog.framing import FramedBatch, HeadView, StreamHead, frame_batch, load_head
 from hybridlog.groupcommit import GroupCommitQueue
+from hybridlog.layout import segment_path, stream_path
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.record import PayloadCompressor, checkpoint_payload
-from hybridlog.segment import SegmentWriter, file_digest, fsync_dir, make_dirs_durably, segment_path, stream_path
+from hybridlog.segment import SegmentWriter, file_digest, fsync_dir, make_dirs_durably
 from hybridlog.training import DictionaryTrainer
 from hybridlog.types import ChainHash, CheckpointPolicy, CompressionKind, Offset, RecordKind, StreamId
 

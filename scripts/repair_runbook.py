@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hybridlog import CheckpointPolicy, IntegrityError, Storage, StorageError
-from hybridlog.catalog import RecoveryEntry
+from hybridlog.catalog_rows import RecoveryEntry
 from hybridlog.repair import CheckReport, Finding, RepairReport, RepairStep
 from hybridlog.verify import VerifyReport, verify_store
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import apsw
 
 from hybridlog import ChainHash, CompressionKind, Offset, Record, RecordKind, StorageBackend, StreamId
-from hybridlog.catalog import CATALOG_FILE
+from hybridlog.layout import CATALOG_FILE, QUARANTINE_SUFFIX, SEGMENT_SUFFIX, segment_path, stream_path
 from hybridlog.record import (
     CHECKSUM,
     CHECKSUM_SIZE,
@@ -32,7 +32,6 @@ from hybridlog.record import (
     parse_header,
     record_hash,
 )
-from hybridlog.segment import QUARANTINE_SUFFIX, SEGMENT_SUFFIX, segment_path, stream_path
 
 CATALOG_SIDE_FILES = ("-wal", "-shm")
 

@@ -18,7 +18,7 @@ from damage_tools import genesis_events
 import hybridlog.cli as cli_module
 from hybridlog import Storage
 from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, cli
-from hybridlog.segment import segment_path
+from hybridlog.layout import segment_path
 from hybridlog.types import MAX_EVENT_SIZE
 
 

@@ -39,11 +39,11 @@ from conftest import make_clock
 from damage_tools import genesis_events
 
 from hybridlog import CheckpointPolicy, CompressionKind, Storage
-from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION
+from hybridlog.catalog_rows import SCHEMA_VERSION
 from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_USAGE, cli
 from hybridlog.errors import RecordIsolated
+from hybridlog.layout import CATALOG_FILE, QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.record import HEADER_SIZE
-from hybridlog.segment import QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.sql import query_catalog
 from hybridlog.types import RecordKind
 

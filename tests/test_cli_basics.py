@@ -31,10 +31,8 @@ import pytest
 from test_cli_admin import DAMAGED, damage_payload, one_error_line, run, store_bytes, writer
 
 from hybridlog import Storage
-from hybridlog.catalog import CATALOG_FILE
 from hybridlog.cli import EXIT_BROKEN_PIPE, EXIT_DAMAGE, EXIT_ERROR, EXIT_INTERRUPTED, is_store
-from hybridlog.lock import LOCK_FILE
-from hybridlog.segment import STREAMS_DIR
+from hybridlog.layout import CATALOG_FILE, LOCK_FILE, STREAMS_DIR
 
 GUARD = 60  # seconds a child may take to end after it was told to; only a hang reaches it
 

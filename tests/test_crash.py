@@ -62,12 +62,13 @@ from hybridlog import (
     RecordKind,
     Storage,
 )
-from hybridlog.catalog import RecoveryEntry
+from hybridlog.catalog_rows import RecoveryEntry
+from hybridlog.layout import QUARANTINE_SUFFIX, segment_path
 from hybridlog.markers import CUT, decode_marker
 from hybridlog.record import HEADER_SIZE, MAGIC
 from hybridlog.recovery import ADOPTED, QUARANTINED, REINDEXED, REMOVED_EMPTY, TRUNCATED
 from hybridlog.repair import CATALOG_AHEAD, REINDEX, TORN_TAIL
-from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, SegmentWriter, segment_path
+from hybridlog.segment import SegmentReader, SegmentWriter
 from hybridlog.stream_repair import MARKED_CUT
 from hybridlog.writer import Writer
 

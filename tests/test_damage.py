@@ -56,7 +56,8 @@ from hybridlog import (
     StreamId,
     TruncatedRecord,
 )
-from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, segment_path, stream_path
+from hybridlog.layout import QUARANTINE_SUFFIX, segment_path, stream_path
+from hybridlog.segment import SegmentReader
 from hybridlog.types import ChainHash, Offset
 
 SEGMENT_SIZE = 4096

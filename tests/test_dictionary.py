@@ -66,9 +66,10 @@ from hybridlog import (
     StreamId,
 )
 from hybridlog.dictionary import DICTIONARY_HEADER
+from hybridlog.layout import DICTIONARY_SUFFIX, dictionary_path, segment_path, stream_path
 from hybridlog.record import FLAG_COMPRESSED, FLAG_DICTIONARY, dictionary_no_of
 from hybridlog.repair import DAMAGED_DICTIONARY, ISOLATE, MISSING_DICTIONARY
-from hybridlog.segment import DICTIONARY_SUFFIX, SegmentReader, dictionary_path, segment_path, stream_path
+from hybridlog.segment import SegmentReader
 from hybridlog.stream_repair import RESEALED_DICTIONARY
 from hybridlog.training import TRAIN_AFTER_SAMPLES, DictionaryTrainer, train_dictionary
 from hybridlog.verify import verify_store

@@ -23,9 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hybridlog import CheckpointPolicy, GlobalRecord, IntegrityError, RecordKind, Storage
-from hybridlog.catalog import CATALOG_FILE, Catalog
+from hybridlog.catalog import Catalog
 from hybridlog.cli import cli
 from hybridlog.events_table import register
+from hybridlog.layout import CATALOG_FILE
 from hybridlog.record import HEADER_SIZE, record_hash
 from hybridlog.sql import SqlRefused, attach_consumers
 

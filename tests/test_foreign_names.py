@@ -22,9 +22,7 @@ from damage_tools import genesis_events
 
 from hybridlog import Storage
 from hybridlog.cli import cli
-from hybridlog.record import MAX_DICTIONARY_NO
-from hybridlog.repair import FOREIGN_FILE
-from hybridlog.segment import (
+from hybridlog.layout import (
     MAX_SEGMENT_NO,
     STREAMS_DIR,
     parse_dictionary_name,
@@ -32,6 +30,8 @@ from hybridlog.segment import (
     parse_stream_dir_name,
     stream_path,
 )
+from hybridlog.record import MAX_DICTIONARY_NO
+from hybridlog.repair import FOREIGN_FILE
 from hybridlog.types import MAX_STREAM_ID
 
 TOO_BIG = "99999999999999999999"  # 20 digits, above 2**64 too

@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 from hybridlog import ChainHash, CheckpointPolicy, ChecksumMismatch, CompressionKind, RecordKind, Storage, StreamId
 from hybridlog.dictionary import DictionaryUnavailable, StreamDictionary, parse_dictionary_file
+from hybridlog.layout import segment_path
 from hybridlog.record import (
     CHECKPOINT_MAGIC,
     FLAG_BATCH_END,
@@ -54,7 +55,7 @@ from hybridlog.record import (
     parse_header,
     record_hash,
 )
-from hybridlog.segment import SegmentReader, segment_path
+from hybridlog.segment import SegmentReader
 from hybridlog.types import GENESIS_HASH, MAX_EVENT_SIZE
 from hybridlog.walk import SegmentScan, open_record
 

@@ -34,8 +34,9 @@ from hybridlog import (
     RecordKind,
     Storage,
 )
-from hybridlog.catalog import CATALOG_FILE, GLOBAL_ORDER_VERSION, SCHEMA_VERSION
-from hybridlog.segment import SegmentWriter, segment_path
+from hybridlog.catalog_rows import GLOBAL_ORDER_VERSION, SCHEMA_VERSION
+from hybridlog.layout import CATALOG_FILE, segment_path
+from hybridlog.segment import SegmentWriter
 from hybridlog.sql import query_catalog
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "schema2_store"

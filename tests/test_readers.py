@@ -272,10 +272,10 @@ def run_paused_rebuild_index(store_dir: Path, step: str, args: list[str]) -> Non
     """``hybridlog rebuild-index STORE [args]``, paused at ``step`` until a line comes on stdin."""
     from click.testing import CliRunner
 
-    from hybridlog import catalog, recovery
+    from hybridlog import catalog, catalog_rebuild
     from hybridlog.cli import cli
 
-    owner = catalog.Catalog if step == "insert_records" else recovery
+    owner = catalog.Catalog if step == "insert_records" else catalog_rebuild
     original = getattr(owner, step)
     calls = [0]
     to_parent, from_parent = sys.stdout, sys.stdin  # CliRunner swaps sys.stdout and sys.stdin

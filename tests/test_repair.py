@@ -74,8 +74,9 @@ from hybridlog import (
     StreamId,
     TruncatedRecord,
 )
-from hybridlog.catalog import RecoveryEntry, StreamStats
+from hybridlog.catalog_rows import RecoveryEntry, StreamStats
 from hybridlog.errors import CatalogUnusable, RecordIsolated, RecordsCut
+from hybridlog.layout import QUARANTINE_SUFFIX, segment_name, segment_path, stream_path
 from hybridlog.markers import CUT, ISOLATED, decode_marker
 from hybridlog.record import HEADER_SIZE
 from hybridlog.recovery import ADOPTED, QUARANTINED, REBUILT_CATALOG, REINDEXED, TRUNCATED
@@ -94,7 +95,7 @@ from hybridlog.repair import (
     TRUNCATE,
     CheckReport,
 )
-from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, segment_name, segment_path, stream_path
+from hybridlog.segment import SegmentReader
 from hybridlog.stream_repair import ISOLATE_ACTION, MARKED_CUT
 
 STREAM = 0  # the stream that gets damaged

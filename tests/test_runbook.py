@@ -24,8 +24,8 @@ from conftest import make_clock
 from damage_tools import genesis_events
 
 from hybridlog import CheckpointPolicy, Storage
+from hybridlog.layout import QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.record import HEADER_SIZE
-from hybridlog.segment import QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.sql import query_catalog
 from hybridlog.types import RecordKind
 

@@ -24,7 +24,7 @@ from test_sql_limits import snapshot
 
 from hybridlog import InvalidArgument, MultipleStatements, Storage
 from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_USAGE, cli
-from hybridlog.consumers import CONSUMERS_FILE
+from hybridlog.layout import CONSUMERS_FILE
 from hybridlog.output import BASE64_KEY, json_value, text_value
 from hybridlog.record import HEADER_SIZE
 from hybridlog.sql import SqlRefused

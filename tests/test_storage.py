@@ -37,9 +37,11 @@ from hybridlog import (
     StoreClosed,
     StreamId,
 )
-from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION, Catalog
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rows import SCHEMA_VERSION
+from hybridlog.layout import CATALOG_FILE, segment_path
 from hybridlog.repair import REBUILD_CATALOG, RepairStep
-from hybridlog.segment import SegmentWriter, segment_path
+from hybridlog.segment import SegmentWriter
 
 REPO = Path(__file__).resolve().parent.parent
 

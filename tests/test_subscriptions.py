@@ -59,8 +59,7 @@ from hybridlog import (
     StoreClosed,
     UnknownConsumer,
 )
-from hybridlog.consumers import CONSUMERS_FILE
-from hybridlog.segment import segment_path
+from hybridlog.layout import CONSUMERS_FILE, segment_path
 from hybridlog.types import RecordKind
 
 THIS_FILE = Path(__file__).resolve()

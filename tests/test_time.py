@@ -14,7 +14,7 @@ import pytest
 from damage_tools import flip_byte, genesis_records
 
 from hybridlog import CheckpointPolicy, IntegrityError, Storage
-from hybridlog.segment import segment_path
+from hybridlog.layout import segment_path
 
 T0 = 1_700_000_000_000_000_000
 

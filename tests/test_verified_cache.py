@@ -27,8 +27,8 @@ from hybridlog import (
     StreamId,
 )
 from hybridlog.errors import RecordsCut
+from hybridlog.layout import segment_path
 from hybridlog.record import FRAME_OVERHEAD, HEADER_SIZE, record_hash
-from hybridlog.segment import segment_path
 from hybridlog.verified_cache import VerifiedRun, VerifiedRunCache
 
 STREAM = 3

@@ -35,7 +35,8 @@ import apsw
 import blake3
 
 from hybridlog import CompressionKind, RecordKind, Storage
-from hybridlog.segment import DICTIONARY_SUFFIX, SEGMENT_SUFFIX, SegmentReader, stream_path
+from hybridlog.layout import DICTIONARY_SUFFIX, SEGMENT_SUFFIX, stream_path
+from hybridlog.segment import SegmentReader
 
 try:
     from eventsourcing.persistence import StoredEvent  # type: ignore[import-not-found,unused-ignore]

@@ -1,0 +1,314 @@
+"""Reads in the store-wide order (global positions), each checked against what a damaged catalog
+could get wrong before a read relies on it: the one home of global-position queries.
+
+``GlobalOrderReads`` is a part of ``Catalog`` (``catalog.py``), which supplies the connection and
+the per-stream reads it uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import apsw
+
+from hybridlog.catalog_rows import (
+    GLOBAL_ORDER_VERSION,
+    GapRow,
+    GlobalRow,
+    StreamRow,
+    damaged_hint,
+    require_ints,
+)
+from hybridlog.errors import CatalogError, CatalogMismatch
+from hybridlog.record import FRAME_OVERHEAD
+from hybridlog.types import GlobalPosition, Offset, StreamId
+
+
+def _next_offset(gaps: list[GapRow], offset: int) -> int:
+    """The offset of the record after ``offset``, stepping over the gaps a repair left."""
+    following = offset + 1
+    while (gap := next((g for g in gaps if g.holds(following)), None)) is not None:
+        following = gap.next_offset
+    return following
+
+
+def _previous_offset(gaps: list[GapRow], offset: int) -> int:
+    """The offset of the record before ``offset`` (-1: none), stepping over the gaps a repair left."""
+    preceding = offset - 1
+    while (gap := next((g for g in gaps if g.holds(preceding)), None)) is not None:
+        preceding = gap.first_offset - 1
+    return preceding
+
+
+class GlobalOrderReads:
+    """The global-order queries of ``Catalog``."""
+
+    conn: apsw.Connection
+    path: Path
+    read_only: bool
+
+    if TYPE_CHECKING:
+
+        def stream(self, stream_id: StreamId) -> StreamRow | None: ...
+
+        def gaps(self, stream_id: StreamId) -> list[GapRow]: ...
+
+        def schema_version(self) -> int: ...
+
+    def global_positions(
+        self, stream_id: StreamId, first: int = 0, last: int = 2**63 - 1
+    ) -> dict[Offset, GlobalPosition]:
+        """The global positions of one stream's records from offset ``first`` to ``last``, by offset."""
+        rows = self.conn.execute(
+            "SELECT offset, global_position FROM records WHERE stream_id = ? AND offset BETWEEN ? AND ?",
+            (stream_id, first, last),
+        )
+        return {Offset(offset): GlobalPosition(position) for offset, position in rows}
+
+    def global_ranges(self, low: int, high: int, stream_id: StreamId | None) -> list[tuple[StreamId, int, int]]:
+        """(stream, first offset, last offset) of the records with global positions ``low`` to
+        ``high``, by stream (within a stream, positions grow with offsets: one range each)."""
+        rows = self.conn.execute(
+            "SELECT stream_id, min(offset), max(offset) FROM records WHERE global_position BETWEEN ?1 AND ?2"
+            " AND (?3 IS NULL OR stream_id = ?3) GROUP BY stream_id ORDER BY stream_id",
+            (low, high, stream_id),
+        )
+        found = []
+        for row in rows:
+            require_ints(row, "offset index row", self.path, None)
+            sid, first, last = row
+            found.append((StreamId(sid), first, last))
+        return found
+
+    def _require_global_order(self) -> None:
+        """A reader may meet a catalog no writer has upgraded yet: say so, rather than fail on SQL.
+
+        (A writer's catalog is always migrated when it opens, so only readers ask.)
+        """
+        if not self.read_only:
+            return
+        found = self.schema_version()
+        if found < GLOBAL_ORDER_VERSION:
+            raise CatalogError(
+                f"catalog {self.path} has schema version {found}, from before global positions",
+                hint=f"upgrade it: run `hybridlog migrate {self.path.parent}` (or open the store for writing)",
+            )
+
+    def last_global_position(self) -> GlobalPosition:
+        """The high-water mark: the last global position ever given out (0: none yet)."""
+        self._require_global_order()
+        row = self.conn.execute("SELECT last_position FROM global_order WHERE singleton = 1").fetchone()
+        if row is None:
+            raise CatalogMismatch("the catalog has no global-position mark", hint=damaged_hint(self.path.parent))
+        require_ints(row, "global-position mark", self.path, None)
+        return GlobalPosition(row[0])
+
+    def global_position_of(self, stream_id: StreamId, offset: int) -> GlobalPosition | None:
+        """The global position of one record (None: the stream has no record at that offset)."""
+        self._require_global_order()
+        row = self.conn.execute(
+            "SELECT global_position FROM records WHERE stream_id = ? AND offset = ?", (stream_id, offset)
+        ).fetchone()
+        if row is None:
+            return None
+        require_ints(row, "global position", self.path, stream_id, offset)
+        if row[0] < 1:
+            raise self._position_mismatch(stream_id, offset, f"global position {row[0]} is below 1")
+        return GlobalPosition(row[0])
+
+    def record_at_position(self, position: int) -> tuple[StreamId, Offset] | None:
+        """(stream, offset) of the record at a global position (None: no record has it)."""
+        self._require_global_order()
+        row = self.conn.execute(
+            "SELECT stream_id, offset FROM records WHERE global_position = ?", (position,)
+        ).fetchone()
+        if row is None:
+            return None
+        require_ints(row, f"offset index row at global position {position}", self.path, None)
+        return StreamId(row[0]), Offset(row[1])
+
+    def global_rows(
+        self, from_position: int, max_payload_bytes: int, stream_id: StreamId | None = None
+    ) -> list[GlobalRow]:
+        """Records from ``from_position`` on, in global order: the first, then every one whose
+        payload could still fit in ``max_payload_bytes`` after those before it.
+
+        A payload is never smaller than its stored part (frame length less ``FRAME_OVERHEAD``;
+        compression is kept only when it makes a payload smaller), so once those parts add up to
+        more than ``max_payload_bytes`` that record and every later one cannot fit: the rows stop
+        before it. The caller cuts the rest by the real payload sizes.
+
+        ``stream_id``: that stream's records only. Its positions increase with its offsets, so they
+        are read by offset, from the first offset whose position is ``from_position`` or more.
+        """
+        self._require_global_order()
+        with self.conn:  # one read: the rows and what they are checked against agree
+            if stream_id is not None:
+                rows = self._stream_global_rows(stream_id, from_position, max_payload_bytes)
+            else:
+                cursor = self.conn.execute(
+                    "SELECT global_position, stream_id, offset, length FROM records"
+                    " WHERE global_position >= ? ORDER BY global_position",
+                    (from_position,),
+                )
+                rows, cut = self._rows_within(cursor, max_payload_bytes)
+                self._check_positions_used(rows, from_position, cut)
+            self._check_global_rows(rows, from_position)
+        return rows
+
+    def _check_positions_used(self, rows: list[GlobalRow], from_position: int, cut: bool) -> None:
+        """Rows of every stream must use each position from ``from_position`` to the last row's (to
+        the mark, if the size did not ``cut`` them), unless a repair may have left positions unused:
+        a position missing in between is a row a damaged page hides from this scan."""
+        mark = self.last_global_position()
+        expected = max(from_position, 1)
+        for row in rows:
+            if row.global_position != expected:
+                break
+            expected += 1
+        else:
+            if cut or expected > mark:
+                return
+        if not self.positions_may_be_unused():
+            raise self._position_mismatch(
+                rows[0].stream_id if rows else StreamId(0),
+                rows[0].offset if rows else 0,
+                f"no record has global position {expected}, and no repair can have dropped one"
+                f" (read from {from_position}, high-water mark {mark})",
+            )
+
+    def _check_global_rows(self, rows: list[GlobalRow], from_position: int) -> None:
+        """Refuse rows a damaged catalog got wrong, rather than let a read skip or misplace records.
+
+        Within a stream, global positions increase with offsets, so the rows of one stream in a
+        range of positions are consecutive offsets, and the record before the first of them has a
+        position before ``from_position`` (else it belongs in the range), and the record after the
+        last of them a later position than it. Every row is the record of a stream the catalog
+        lists, below its next offset, at a position no later than the high-water mark. Costs a
+        streams row and two point lookups per stream in the rows.
+        """
+        mark = self.last_global_position()
+        previous: int | None = None
+        runs: dict[StreamId, tuple[GlobalRow, GlobalRow]] = {}
+        gaps = {sid: self.gaps(sid) for sid in {row.stream_id for row in rows}}
+        for row in rows:
+            problem = None
+            run = runs.get(row.stream_id)
+            if row.global_position < from_position or (previous is not None and row.global_position <= previous):
+                problem = (
+                    f"global position {row.global_position} is out of order"
+                    f" (read from {from_position}, after {previous})"
+                )
+            elif row.global_position > mark:
+                problem = f"global position {row.global_position} is past the high-water mark {mark}"
+            elif run is not None and (
+                row.offset != _next_offset(gaps[row.stream_id], run[1].offset)
+                or row.global_position <= run[1].global_position
+            ):
+                problem = (
+                    f"offset {row.offset} at global position {row.global_position} follows offset"
+                    f" {run[1].offset} at global position {run[1].global_position}"
+                )
+            if problem is not None:
+                raise self._position_mismatch(row.stream_id, row.offset, problem)
+            previous = row.global_position
+            runs[row.stream_id] = (run[0] if run else row, row)
+        for sid, (first, last) in runs.items():
+            stream = self.stream(sid)
+            if stream is None or last.offset >= stream.next_offset:
+                listed = "no row" if stream is None else f"next offset {stream.next_offset}"
+                raise self._position_mismatch(sid, last.offset, f"the streams table has {listed}")
+            # The records next to the run (offsets a repair took out have none: step over them).
+            one_back = _previous_offset(gaps[sid], first.offset)
+            two_back = _previous_offset(gaps[sid], one_back)
+            one_on = _next_offset(gaps[sid], last.offset)
+            before = self.global_position_of(sid, one_back) if one_back >= 0 else None
+            if one_back >= 0 and (before is None or before >= from_position):
+                raise self._position_mismatch(sid, one_back, f"global position {before} is not before {from_position}")
+            # and the one before that, so that one damaged position cannot pose as the boundary
+            earlier = self.global_position_of(sid, two_back) if two_back >= 0 else None
+            if two_back >= 0 and (earlier is None or before is None or earlier >= before):
+                raise self._position_mismatch(sid, two_back, f"global position {earlier} is not before {before}")
+            after = self.global_position_of(sid, one_on) if one_on < stream.next_offset else None
+            if one_on < stream.next_offset and (after is None or after <= last.global_position):
+                raise self._position_mismatch(
+                    sid, one_on, f"global position {after} is not after {last.global_position}"
+                )
+
+    def _position_mismatch(self, stream_id: StreamId, offset: int, problem: str) -> CatalogMismatch:
+        return CatalogMismatch(
+            f"the catalog's global positions are inconsistent: {problem}",
+            stream_id=stream_id,
+            offset=offset,
+            hint=damaged_hint(self.path.parent),
+        )
+
+    def _stream_global_rows(self, stream_id: StreamId, from_position: int, max_payload_bytes: int) -> list[GlobalRow]:
+        """``global_rows`` of one stream: a binary search for the first offset, then an index range."""
+        stream = self.stream(stream_id)
+        gaps = self.gaps(stream_id)
+        low, high = 0, stream.next_offset if stream else 0
+        while low < high:
+            middle = (low + high) // 2
+            if any(g.holds(middle) for g in gaps):  # no record there: ask the one after the gap
+                after = _next_offset(gaps, middle - 1)
+                if after >= high:
+                    high = middle
+                    continue
+                middle = after
+            position = self.global_position_of(stream_id, middle)
+            if position is None:
+                raise CatalogMismatch(
+                    "the offset index has no row for this offset",
+                    stream_id=stream_id,
+                    offset=middle,
+                    hint=damaged_hint(self.path.parent),
+                )
+            if position < from_position:
+                low = middle + 1
+            else:
+                high = middle
+        cursor = self.conn.execute(
+            "SELECT global_position, stream_id, offset, length FROM records"
+            " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+            (stream_id, low),
+        )
+        rows, cut = self._rows_within(cursor, max_payload_bytes)
+        if not cut and rows and _next_offset(gaps, rows[-1].offset) < (stream.next_offset if stream else 0):
+            raise self._position_mismatch(
+                stream_id, rows[-1].offset + 1, "the offset index scan ends before the stream's next offset"
+            )
+        return rows
+
+    def _rows_within(self, cursor: apsw.Cursor, max_payload_bytes: int) -> tuple[list[GlobalRow], bool]:
+        """The rows that may fit, and whether the size cut them short (False: the cursor ran out)."""
+        rows: list[GlobalRow] = []
+        at_least = 0
+        cut = False
+        try:
+            for row in cursor:
+                require_ints(row, "offset index row", self.path, None)
+                position, sid, offset, length = row
+                at_least += length - FRAME_OVERHEAD
+                if rows and at_least > max_payload_bytes:
+                    cut = True
+                    break  # this one cannot fit after those before it
+                rows.append(GlobalRow(GlobalPosition(position), StreamId(sid), Offset(offset), length))
+        finally:
+            cursor.close()  # ends the read the unfinished statement would otherwise hold open
+        return rows, cut
+
+    def positions_may_be_unused(self) -> bool:
+        """Whether the recovery log records an action that can leave global positions unused.
+
+        Positions are given out in the transaction that commits their records, so on a store no
+        repair has touched they are 1, 2, 3, ... without a gap. Adopting records numbers them
+        after the mark, and what recovery quarantines was never committed; any other action (a
+        re-index, a truncation, a rebuild, or one this code does not know) may have dropped
+        records that had positions.
+        """
+        row = self.conn.execute(
+            "SELECT 1 FROM recovery_log WHERE action NOT IN ('adopted', 'quarantined', 'removed_empty') LIMIT 1"
+        ).fetchone()
+        return row is not None

@@ -1,0 +1,208 @@
+"""What the catalog's rows hold: its schema versions, the row types its queries return, and the
+checks every row read passes before its values reach arithmetic.
+
+A damaged page can hand back text, a blob or NULL where an integer was stored (STRICT tables check
+types when a row is written, not when it is read); ``require_*`` turn that into CatalogMismatch
+with the place and the command that fixes it (``damaged_hint``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hybridlog.db import catalog_migrations
+from hybridlog.errors import CatalogMismatch
+from hybridlog.record import CHECKPOINT_PAYLOAD, FRAME_OVERHEAD
+from hybridlog.types import ChainHash, GlobalPosition, Offset, RecordKind, StreamId
+
+SCHEMA_VERSION = len(catalog_migrations())
+GLOBAL_ORDER_VERSION = 3
+"""The schema version that added global positions (``migrations/0003_global_order.sql``)."""
+GAPS_VERSION = 4
+"""The schema version that added repair gaps (``migrations/0004_gaps.sql``)."""
+APPLICATION_ID_VERSION = 5
+"""The schema version that sets the file's ``application_id`` (``migrations/0005_application_id.sql``)."""
+APPLICATION_ID = 0x484C4F47
+"""SQLite's ``application_id`` of a hybridlog catalog: "HLOG"."""
+
+
+def damaged_hint(data_dir: Path) -> str:
+    """What to run when the catalog holds something its segments contradict (or its schema forbids)."""
+    return f"see it with `hybridlog check {data_dir}`, fix it with `hybridlog repair {data_dir}`"
+
+
+def require_ints(
+    values: tuple[object, ...], what: str, path: Path, stream_id: int | None, offset: int | None = None
+) -> None:
+    """Refuse a row whose integer columns hold something else.
+
+    STRICT tables check types when a row is written, not when it is read: a damaged page can hand
+    back text, a blob or NULL where an integer was stored, which must not reach arithmetic.
+    """
+    for value in values:
+        if type(value) is not int:
+            raise CatalogMismatch(
+                f"the catalog's {what} holds {value!r} where an integer belongs",
+                stream_id=stream_id,
+                offset=offset,
+                hint=damaged_hint(path.parent),
+            )
+
+
+def require_hash(value: object, what: str, path: Path, stream_id: int, offset: int | None = None) -> ChainHash:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise CatalogMismatch(
+            f"the catalog's {what} holds {value!r} where a 32-byte hash belongs",
+            stream_id=stream_id,
+            offset=offset,
+            hint=damaged_hint(path.parent),
+        )
+    return ChainHash(value)
+
+
+def require_kind(value: int, path: Path, stream_id: int, offset: int) -> RecordKind:
+    try:
+        return RecordKind(value)
+    except ValueError:
+        raise CatalogMismatch(
+            f"the catalog's offset index holds record kind {value!r}, which is no kind",
+            stream_id=stream_id,
+            offset=offset,
+            hint=damaged_hint(path.parent),
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRow:
+    stream_id: StreamId
+    next_offset: Offset
+    chain_head: ChainHash | None
+    event_count: int
+    last_timestamp_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    stream_id: StreamId
+    segment_no: int
+    first_offset: Offset
+    next_offset: Offset
+    size_bytes: int
+    sealed: bool
+    digest: bytes | None
+
+
+IndexRow = tuple[int, int, int, int, int, int, int, int]
+"""A ``records`` row: global_position, stream_id, offset, segment_no, position, length, kind, timestamp_ns."""
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalRow:
+    """Where one record is in the store-wide order: its position, stream, offset and frame length."""
+
+    global_position: GlobalPosition
+    stream_id: StreamId
+    offset: Offset
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """Where one record is: its segment, byte position and frame length."""
+
+    offset: Offset
+    segment_no: int
+    position: int
+    length: int
+    kind: RecordKind
+    timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    stream_id: StreamId
+    offset: Offset
+    hash: ChainHash
+    timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryEntry:
+    """One row of ``recovery_log``: something recovery or repair found and what it did about it."""
+
+    stream_id: StreamId | None
+    found: str
+    action: str
+    segment_no: int | None = None
+    start_byte: int | None = None
+    end_byte: int | None = None
+    first_offset: int | None = None
+    next_offset: int | None = None
+    kept_as: str | None = None
+    detail: str | None = None
+    at_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """One stream's size and shape, as ``hybridlog stats`` shows it."""
+
+    stream_id: StreamId
+    records: int
+    events: int
+    checkpoints: int
+    segments: int
+    sealed_segments: int
+    stored_bytes: int
+    payload_bytes: int
+    first_timestamp_ns: int | None
+    last_timestamp_ns: int | None
+
+    @property
+    def stored_payload_bytes(self) -> int:
+        """Bytes the event payloads take on disk: frames less their headers and checkpoint bodies."""
+        return self.stored_bytes - self.records * FRAME_OVERHEAD - self.checkpoints * CHECKPOINT_PAYLOAD.size
+
+    @property
+    def compression_ratio(self) -> float | None:
+        """Payload bytes before compression over payload bytes stored (1.0: uncompressed)."""
+        stored = self.stored_payload_bytes
+        return self.payload_bytes / stored if stored > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class GapRow:
+    """A ``gaps`` row: offsets ``first_offset .. next_offset - 1`` of a stream that repair isolated
+    (damaged, left in place; reading resumes at ``resume_segment_no``/``resume_byte`` with the
+    stored link ``link_hash``) or cut (moved to quarantine; the stream's cut marker links past them)."""
+
+    stream_id: StreamId
+    first_offset: Offset
+    next_offset: Offset
+    action: str
+    segment_no: int
+    start_byte: int
+    resume_segment_no: int | None = None
+    resume_byte: int | None = None
+    link_hash: ChainHash | None = None
+
+    def holds(self, offset: int) -> bool:
+        return self.first_offset <= offset < self.next_offset
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSnapshot:
+    """What a reader needs, read in one transaction so the parts agree with each other.
+
+    ``resume``: set when the read starts after an isolated gap later than the checkpoint anchor:
+    the walk then starts at the record after the gap and trusts its stored link to it, as it
+    would trust a checkpoint's hash. ``gaps``: the stream's gaps, by offset.
+    """
+
+    stream: StreamRow
+    segments: list[SegmentRow]
+    anchor: CheckpointRow | None
+    start: IndexEntry | None
+    gaps: list[GapRow] = field(default_factory=list)
+    resume: GapRow | None = None

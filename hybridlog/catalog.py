@@ -27,8 +27,9 @@ from hybridlog.errors import (
     CatalogPermissionDenied,
     CatalogTooNew,
     CatalogUnusable,
+    RecordFormatTooNew,
 )
-from hybridlog.record import CHECKPOINT_PAYLOAD, FRAME_OVERHEAD
+from hybridlog.record import CHECKPOINT_PAYLOAD, FORMAT_VERSION, FRAME_OVERHEAD
 from hybridlog.types import ChainHash, GlobalPosition, Offset, RecordKind, StreamId
 
 CATALOG_FILE = "catalog.db"
@@ -405,6 +406,19 @@ class Catalog:
             raise CatalogUnusable(
                 f"{self.path} is not a hybridlog catalog (its application_id is {owner:#010x},"
                 f" a hybridlog catalog's is {APPLICATION_ID:#010x})",
+                hint=f"a writer rebuilds it from the segments: run `hybridlog repair {self.path.parent}`",
+            )
+        if found >= 1:  # migration 0001 wrote the record format; a newer one is refused like a newer schema
+            self._check_record_format()
+
+    def _check_record_format(self) -> None:
+        row = self.conn.execute("SELECT value FROM store_info WHERE key = 'record_format_version'").fetchone()
+        value = None if row is None else row[0]
+        if isinstance(value, str) and value.isdecimal() and int(value) > FORMAT_VERSION:
+            raise RecordFormatTooNew(self.path, int(value), FORMAT_VERSION)
+        if value != str(FORMAT_VERSION):
+            raise CatalogUnusable(
+                f"{self.path} names no record format hybridlog knows (store_info.record_format_version is {value!r})",
                 hint=f"a writer rebuilds it from the segments: run `hybridlog repair {self.path.parent}`",
             )
 

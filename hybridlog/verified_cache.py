@@ -8,7 +8,7 @@ head, or ``MAX_RUN`` records) and remembers, for each record, where its frame is
 walk verified: a *verified run*.
 
 A later point read inside a run reads that one frame and recomputes the record's hash from the
-bytes on disk (``chain.reopen_record``). Equal to the remembered hash, it proves the bytes are the
+bytes on disk (``chain.reverify_frame``). Equal to the remembered hash, it proves the bytes are the
 record the walk verified (BLAKE3 is collision resistant), so the read proves exactly what the
 walk proved. A short read or any mismatch drops the run and the read falls back to the walk,
 which reports damage precisely. Runs are dropped whenever this process changes the store other

@@ -60,9 +60,9 @@ from hybridlog import (
     IntegrityError,
     Record,
     RecordKind,
+    RecoveryEntry,
     Storage,
 )
-from hybridlog.catalog import RecoveryEntry
 from hybridlog.markers import CUT, decode_marker
 from hybridlog.record import HEADER_SIZE, MAGIC
 from hybridlog.recovery import ADOPTED, QUARANTINED, REINDEXED, REMOVED_EMPTY, TRUNCATED

@@ -60,22 +60,26 @@ from damage_tools import (
 from hybridlog import (
     CatalogError,
     CatalogMismatch,
+    CatalogUnusable,
     ChainBroken,
     ChainHash,
     CheckpointPolicy,
     CheckpointRow,
+    CheckReport,
     ChecksumMismatch,
     HashMismatch,
     IndexEntry,
     IntegrityError,
     Record,
+    RecordIsolated,
     RecordKind,
+    RecordsCut,
+    RecoveryEntry,
     Storage,
     StreamId,
+    StreamStats,
     TruncatedRecord,
 )
-from hybridlog.catalog import RecoveryEntry, StreamStats
-from hybridlog.errors import CatalogUnusable, RecordIsolated, RecordsCut
 from hybridlog.markers import CUT, ISOLATED, decode_marker
 from hybridlog.record import HEADER_SIZE
 from hybridlog.recovery import ADOPTED, QUARANTINED, REBUILT_CATALOG, REINDEXED, TRUNCATED
@@ -92,7 +96,6 @@ from hybridlog.repair import (
     REINDEX,
     TORN_TAIL,
     TRUNCATE,
-    CheckReport,
 )
 from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, segment_name, segment_path, stream_path
 from hybridlog.stream_repair import ISOLATE_ACTION, MARKED_CUT

@@ -1,7 +1,9 @@
 """hybridlog: tamper-evident, append-only event streams in segment files with an SQLite catalog."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from hybridlog.backend import StorageBackend
-from hybridlog.catalog_rows import CheckpointRow, IndexEntry
+from hybridlog.catalog_rows import CheckpointRow, IndexEntry, RecoveryEntry, StreamStats
 from hybridlog.consumers import ConsumerState
 from hybridlog.errors import (
     AppendOutcomeUnknown,
@@ -11,6 +13,7 @@ from hybridlog.errors import (
     CatalogMismatch,
     CatalogPermissionDenied,
     CatalogTooNew,
+    CatalogUnusable,
     ChainBroken,
     ChainMismatch,
     ChecksumMismatch,
@@ -37,6 +40,10 @@ from hybridlog.errors import (
     QueryTimeout,
     ReadOnlyStore,
     RecordCountMismatch,
+    RecordFormatTooNew,
+    RecordIsolated,
+    RecordsCut,
+    RecordsUnavailable,
     StorageError,
     StorageIOError,
     StorageLocked,
@@ -47,6 +54,9 @@ from hybridlog.errors import (
 from hybridlog.index import CheckpointIndex, OffsetIndex
 from hybridlog.memory import MemoryStorage
 from hybridlog.pipeline import AppendPipeline
+from hybridlog.recovery import ReconcileResult
+from hybridlog.repair import CheckReport, Finding, RepairReport, RepairStep
+from hybridlog.sql import QueryResult, QueryRows
 from hybridlog.storage import SegmentInfo, Storage
 from hybridlog.subscription import Subscription
 from hybridlog.types import (
@@ -62,6 +72,13 @@ from hybridlog.types import (
     RecordKind,
     StreamId,
 )
+from hybridlog.verify import Disagreement, Disagreements, StreamVerdict, VerifyReport, verify_store
+
+try:
+    # The one source of the version is pyproject.toml, read back from the installed metadata.
+    __version__ = version("hybridlog")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AppendOutcomeUnknown",
@@ -74,12 +91,14 @@ __all__ = [
     "CatalogMismatch",
     "CatalogPermissionDenied",
     "CatalogTooNew",
+    "CatalogUnusable",
     "ChainBroken",
     "ChainHash",
     "ChainMismatch",
     "CheckpointIndex",
     "CheckpointPolicy",
     "CheckpointRow",
+    "CheckReport",
     "ChecksumMismatch",
     "CompressionKind",
     "ConflictError",
@@ -89,8 +108,11 @@ __all__ = [
     "ConsumerState",
     "DamagedDictionary",
     "DictionaryUnusable",
+    "Disagreement",
+    "Disagreements",
     "EmptyBatch",
     "EventTooLarge",
+    "Finding",
     "GlobalPosition",
     "GlobalRecord",
     "HashMismatch",
@@ -108,12 +130,22 @@ __all__ = [
     "OffsetIndex",
     "OffsetMismatch",
     "QueryLimitExceeded",
+    "QueryResult",
     "QueryRowLimit",
+    "QueryRows",
     "QueryTimeout",
     "ReadOnlyStore",
+    "ReconcileResult",
     "Record",
     "RecordCountMismatch",
+    "RecordFormatTooNew",
+    "RecordIsolated",
     "RecordKind",
+    "RecordsCut",
+    "RecordsUnavailable",
+    "RecoveryEntry",
+    "RepairReport",
+    "RepairStep",
     "SegmentInfo",
     "Storage",
     "StorageBackend",
@@ -122,7 +154,11 @@ __all__ = [
     "StorageLocked",
     "StoreClosed",
     "StreamId",
+    "StreamStats",
+    "StreamVerdict",
     "Subscription",
     "TruncatedRecord",
     "UnknownConsumer",
+    "VerifyReport",
+    "verify_store",
 ]

@@ -48,8 +48,9 @@ from hybridlog.db import (
     migrate,
     sqlite_errors,
 )
-from hybridlog.errors import CatalogError, CatalogMismatch, CatalogTooNew, CatalogUnusable
+from hybridlog.errors import CatalogError, CatalogMismatch, CatalogTooNew, CatalogUnusable, RecordFormatTooNew
 from hybridlog.layout import building_path, sqlite_companions
+from hybridlog.record import FORMAT_VERSION
 from hybridlog.types import ChainHash, Offset, RecordKind, StreamId
 
 
@@ -123,6 +124,19 @@ class Catalog(GlobalOrderReads, CatalogChecks):
             raise CatalogUnusable(
                 f"{self.path} is not a hybridlog catalog (its application_id is {owner:#010x},"
                 f" a hybridlog catalog's is {APPLICATION_ID:#010x})",
+                hint=f"a writer rebuilds it from the segments: run `hybridlog repair {self.path.parent}`",
+            )
+        if found >= 1:  # migration 0001 wrote the record format; a newer one is refused like a newer schema
+            self._check_record_format(conn)
+
+    def _check_record_format(self, conn: apsw.Connection) -> None:
+        row = conn.execute("SELECT value FROM store_info WHERE key = 'record_format_version'").fetchone()
+        value = None if row is None else row[0]
+        if isinstance(value, str) and value.isdecimal() and int(value) > FORMAT_VERSION:
+            raise RecordFormatTooNew(self.path, int(value), FORMAT_VERSION)
+        if value != str(FORMAT_VERSION):
+            raise CatalogUnusable(
+                f"{self.path} names no record format hybridlog knows (store_info.record_format_version is {value!r})",
                 hint=f"a writer rebuilds it from the segments: run `hybridlog repair {self.path.parent}`",
             )
 

@@ -250,6 +250,17 @@ class CatalogTooNew(CatalogError):
         self.known = known
 
 
+class RecordFormatTooNew(CatalogTooNew):
+    """Raised when the catalog says the store's records are in a newer format than this code reads
+    (``store_info.record_format_version``): a newer hybridlog wrote the store. Nothing was read or
+    changed, and the catalog is not rebuilt. ``found`` and ``known`` are record format versions."""
+
+    def __init__(self, path: Path, found: int, known: int) -> None:
+        super().__init__(path, found, known)
+        self.message = f"catalog {path} says its records are in format {found}; this hybridlog reads format {known}"
+        self.args = (self.message,)
+
+
 # --- consumers -----------------------------------------------------------------------------------
 
 

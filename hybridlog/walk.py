@@ -450,7 +450,7 @@ def unavailable(data_dir: Path, gap: GapRow, offset: int) -> RecordsUnavailable:
         next_offset=gap.next_offset,
         stream_id=sid,
         offset=offset,
-        hint="the cut bytes are in the stream's *.quarantine files; see `hybridlog recovery-log`",
+        hint="the cut bytes are in the stream's *.quarantine files; the catalog's recovery_log table names each one",
     )
 
 

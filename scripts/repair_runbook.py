@@ -28,10 +28,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hybridlog import CheckpointPolicy, IntegrityError, Storage, StorageError
-from hybridlog.catalog_rows import RecoveryEntry
-from hybridlog.repair import CheckReport, Finding, RepairReport, RepairStep
-from hybridlog.verify import VerifyReport, verify_store
+from hybridlog import (
+    CheckpointPolicy,
+    CheckReport,
+    Finding,
+    IntegrityError,
+    RecoveryEntry,
+    RepairReport,
+    RepairStep,
+    Storage,
+    StorageError,
+    VerifyReport,
+    verify_store,
+)
 
 EXIT_CLEAN = 0
 EXIT_ERROR = 1

@@ -30,11 +30,10 @@ from click.testing import CliRunner
 from conftest import make_clock
 from damage_tools import age_segments, catalog_path, edit_catalog, genesis_events, genesis_records
 
-from hybridlog import CheckpointPolicy, GlobalRecord, Record, Storage, StorageError
+from hybridlog import CheckpointPolicy, GlobalRecord, Record, Storage, StorageError, verify_store
 from hybridlog.cli import EXIT_DAMAGE, cli
 from hybridlog.errors import CatalogMismatch
 from hybridlog.layout import CATALOG_FILE
-from hybridlog.verify import verify_store
 
 T0 = 1_700_000_000_000_000_000
 STREAMS = (1, 2, 7)

@@ -38,10 +38,9 @@ from click.testing import CliRunner
 from conftest import make_clock
 from damage_tools import genesis_events
 
-from hybridlog import CheckpointPolicy, CompressionKind, Storage
+from hybridlog import CheckpointPolicy, CompressionKind, RecordIsolated, Storage
 from hybridlog.catalog_rows import SCHEMA_VERSION
 from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_USAGE, cli
-from hybridlog.errors import RecordIsolated
 from hybridlog.layout import CATALOG_FILE, QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.record import HEADER_SIZE
 from hybridlog.sql import query_catalog

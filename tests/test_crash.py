@@ -60,9 +60,9 @@ from hybridlog import (
     IntegrityError,
     Record,
     RecordKind,
+    RecoveryEntry,
     Storage,
 )
-from hybridlog.catalog_rows import RecoveryEntry
 from hybridlog.layout import QUARANTINE_SUFFIX, segment_path
 from hybridlog.markers import CUT, decode_marker
 from hybridlog.record import HEADER_SIZE, MAGIC

@@ -64,6 +64,7 @@ from hybridlog import (
     Storage,
     StorageError,
     StreamId,
+    verify_store,
 )
 from hybridlog.dictionary import DICTIONARY_HEADER
 from hybridlog.layout import DICTIONARY_SUFFIX, dictionary_path, segment_path, stream_path
@@ -72,7 +73,6 @@ from hybridlog.repair import DAMAGED_DICTIONARY, ISOLATE, MISSING_DICTIONARY
 from hybridlog.segment import SegmentReader
 from hybridlog.stream_repair import RESEALED_DICTIONARY
 from hybridlog.training import TRAIN_AFTER_SAMPLES, DictionaryTrainer, train_dictionary
-from hybridlog.verify import verify_store
 
 THIS_FILE = Path(__file__).resolve()
 SID = 7
@@ -600,15 +600,16 @@ def run_killed_child(data_dir: Path, workdir: Path, round_no: int, kill_after: i
             stdout=stdout,
             stderr=subprocess.PIPE,
         )
-    try:
-        deadline = time.monotonic() + CHILD_TIMEOUT
-        while not out.read_text().startswith("ready\n") or out.read_text().count("\n") <= kill_after:
-            assert child.poll() is None, "the child ended before it acknowledged enough batches"
-            assert time.monotonic() < deadline, "the child did not acknowledge enough batches in time"
-            time.sleep(0.002)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(CHILD_TIMEOUT)
+    with child:  # closes the stderr pipe once the child is gone
+        try:
+            deadline = time.monotonic() + CHILD_TIMEOUT
+            while not out.read_text().startswith("ready\n") or out.read_text().count("\n") <= kill_after:
+                assert child.poll() is None, "the child ended before it acknowledged enough batches"
+                assert time.monotonic() < deadline, "the child did not acknowledge enough batches in time"
+                time.sleep(0.002)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(CHILD_TIMEOUT)
     lines = out.read_text().split("\n")[1:-1]  # only whole lines are acknowledgements
     return [(int(a), bytes.fromhex(b)) for a, b in (line.split(" ") for line in lines)]
 

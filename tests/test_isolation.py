@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from damage_tools import flip_byte, quarantine_files, segment_files
 
-from hybridlog import CheckpointPolicy, Storage
-from hybridlog.errors import RecordIsolated, RecordsCut
+from hybridlog import CheckpointPolicy, RecordIsolated, RecordsCut, Storage
 from hybridlog.layout import segment_path
 from hybridlog.markers import CUT, ISOLATED, decode_marker
 from hybridlog.record import HEADER_SIZE
@@ -373,3 +372,17 @@ def test_global_reads_subscriptions_and_sql_step_over_isolated_records(tmp_path:
         assert [tuple(r) for r in rows] == [*((o, "event") for o in range(10) if o != 4), (10, "repair")]
         gaps = reader.sql("SELECT first_offset, next_offset, action FROM gaps WHERE stream_id = 1").rows
         assert [tuple(r) for r in gaps] == [(4, 5, "isolated")]
+
+
+def test_recovery_log_detail_says_where_reads_resume_after_an_isolation(store_dir: Path) -> None:
+    """``recovery_log.detail`` (docs/schema.md) is written where the action has more to say: an
+    isolation names the segment and byte where reads resume after the damaged record."""
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        victim = all_records(store)[5][0]
+        segment_no, position, length = record_at(store, victim)
+    flip_byte(segment_path(store_dir, STREAM, segment_no), position + HEADER_SIZE + 2)
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.repair()
+        sql = "SELECT first_offset, next_offset, detail FROM recovery_log WHERE stream_id = ? AND action = 'isolated'"
+        rows = store.sql(sql, [STREAM]).rows
+    assert rows == [(victim, victim + 1, f"reads resume at segment {segment_no} byte {position + length}")]

@@ -60,22 +60,26 @@ from damage_tools import (
 from hybridlog import (
     CatalogError,
     CatalogMismatch,
+    CatalogUnusable,
     ChainBroken,
     ChainHash,
     CheckpointPolicy,
     CheckpointRow,
+    CheckReport,
     ChecksumMismatch,
     HashMismatch,
     IndexEntry,
     IntegrityError,
     Record,
+    RecordIsolated,
     RecordKind,
+    RecordsCut,
+    RecoveryEntry,
     Storage,
     StreamId,
+    StreamStats,
     TruncatedRecord,
 )
-from hybridlog.catalog_rows import RecoveryEntry, StreamStats
-from hybridlog.errors import CatalogUnusable, RecordIsolated, RecordsCut
 from hybridlog.layout import QUARANTINE_SUFFIX, segment_name, segment_path, stream_path
 from hybridlog.markers import CUT, ISOLATED, decode_marker
 from hybridlog.record import HEADER_SIZE
@@ -93,7 +97,6 @@ from hybridlog.repair import (
     REINDEX,
     TORN_TAIL,
     TRUNCATE,
-    CheckReport,
 )
 from hybridlog.segment import SegmentReader
 from hybridlog.stream_repair import ISOLATE_ACTION, MARKED_CUT

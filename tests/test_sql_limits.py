@@ -194,8 +194,10 @@ class Lines:
         self._lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:
-            for line in iter(pipe.readline, ""):
-                self._lines.put(line.rstrip("\n"))
+            # The test may close the pipe (its cleanup) while this thread still reads: that ends it too.
+            with contextlib.suppress(ValueError, OSError):
+                for line in iter(pipe.readline, ""):
+                    self._lines.put(line.rstrip("\n"))
             self._lines.put(None)  # end of file
 
         threading.Thread(target=pump, daemon=True).start()

@@ -6,11 +6,13 @@ threads, and the wheel carrying the migrations.
 
 from __future__ import annotations
 
+import importlib.metadata
 import itertools
 import os
 import subprocess
 import sys
 import threading
+import tomllib
 import tracemalloc
 import zipfile
 from collections.abc import Callable
@@ -21,17 +23,21 @@ import blake3
 import pytest
 from damage_tools import active_segment, frame_batch, genesis_events, genesis_records
 
+import hybridlog
 from hybridlog import (
     MAX_EVENT_SIZE,
     CatalogError,
     CatalogTooNew,
+    CatalogUnusable,
     CheckpointPolicy,
     CompressionKind,
     EventTooLarge,
     InvalidArgument,
     InvalidConfiguration,
     ReadOnlyStore,
+    RecordFormatTooNew,
     RecordKind,
+    RepairStep,
     Storage,
     StorageIOError,
     StoreClosed,
@@ -40,7 +46,8 @@ from hybridlog import (
 from hybridlog.catalog import Catalog
 from hybridlog.catalog_rows import SCHEMA_VERSION
 from hybridlog.layout import CATALOG_FILE, segment_path
-from hybridlog.repair import REBUILD_CATALOG, RepairStep
+from hybridlog.record import FORMAT_VERSION
+from hybridlog.repair import REBUILD_CATALOG
 from hybridlog.segment import SegmentWriter
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,6 +202,54 @@ def test_catalog_newer_than_the_code_is_refused(store_dir: Path) -> None:
     conn.close()
     with Storage(store_dir) as s:
         assert genesis_events(s, 1) == [b"x"]
+
+
+def _set_record_format(store_dir: Path, value: str | None) -> None:
+    conn = apsw.Connection(str(store_dir / CATALOG_FILE))
+    with conn:
+        if value is None:
+            conn.execute("DELETE FROM store_info WHERE key = 'record_format_version'")
+        else:
+            conn.execute("UPDATE store_info SET value = ? WHERE key = 'record_format_version'", (value,))
+    conn.close()
+
+
+def test_record_format_newer_than_the_code_is_refused(store_dir: Path) -> None:
+    """``store_info.record_format_version`` is read on open: a newer record format is refused by
+    writers and readers alike, the catalog is not rebuilt, and nothing is changed."""
+    with Storage(store_dir) as s:
+        s.append(1, [b"x"])
+    _set_record_format(store_dir, str(FORMAT_VERSION + 1))
+    catalog_before = (store_dir / CATALOG_FILE).read_bytes()
+    with pytest.raises(RecordFormatTooNew, match="upgrade hybridlog") as refused:
+        Storage(store_dir)
+    assert (refused.value.found, refused.value.known) == (FORMAT_VERSION + 1, FORMAT_VERSION)
+    with pytest.raises(CatalogTooNew):  # a store this code is too old for, like a newer schema
+        Storage(store_dir, read_only=True)
+    assert (store_dir / CATALOG_FILE).read_bytes() == catalog_before
+    assert not list(store_dir.glob("*.aside"))
+    # the refused writer released its lock
+    _set_record_format(store_dir, str(FORMAT_VERSION))
+    with Storage(store_dir) as s:
+        assert genesis_events(s, 1) == [b"x"]
+
+
+@pytest.mark.parametrize("value", [None, "0", "one"])
+def test_catalog_without_a_known_record_format_is_unusable(store_dir: Path, value: str | None) -> None:
+    """No record format, or one that never existed, is not a hybridlog catalog: a reader refuses it,
+    a writer rebuilds it from the segments (which hold format 1 records)."""
+    with Storage(store_dir) as s:
+        s.append(1, [b"x"])
+    _set_record_format(store_dir, value)
+    with Storage(store_dir, read_only=True) as reader, pytest.raises(CatalogUnusable, match="record_format_version"):
+        reader.stream_ids()
+    with Storage(store_dir) as s:
+        assert genesis_events(s, 1) == [b"x"]
+    assert len(list(store_dir.glob("*.aside"))) == 1
+    with Storage(store_dir, read_only=True) as reader:
+        assert reader.sql("SELECT value FROM store_info WHERE key = 'record_format_version'").rows == [
+            (str(FORMAT_VERSION),)
+        ]
 
 
 def test_migrations_apply_in_order_and_set_user_version(store_dir: Path) -> None:
@@ -353,6 +408,31 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     source = REPO / "migrations"  # the catalog's, and consumers.db's in migrations/consumers/
     assert shipped == sorted(f"hybridlog/migrations/{p.relative_to(source).as_posix()}" for p in source.rglob("*.sql"))
     assert "hybridlog/migrations/consumers/0001_consumers.sql" in shipped
+
+
+def test_wheel_ships_py_typed_the_license_and_its_metadata(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"},
+    )
+    (wheel,) = tmp_path.glob("hybridlog-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))
+        fields = archive.read(metadata).decode().split("\n\n")[0].splitlines()
+    assert "hybridlog/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "License-Expression: MIT" in fields
+    assert "Classifier: Typing :: Typed" in fields
+    assert f"Version: {hybridlog.__version__}" in fields
+
+
+def test_version_comes_from_the_package_metadata() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert hybridlog.__version__ == importlib.metadata.version("hybridlog") == pyproject["project"]["version"]
 
 
 def test_reading_a_stream_streams_in_bounded_memory(store_dir: Path) -> None:

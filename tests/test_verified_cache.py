@@ -23,10 +23,10 @@ from hybridlog import (
     IntegrityError,
     InvalidConfiguration,
     RecordKind,
+    RecordsCut,
     Storage,
     StreamId,
 )
-from hybridlog.errors import RecordsCut
 from hybridlog.layout import segment_path
 from hybridlog.record import FRAME_OVERHEAD, HEADER_SIZE, record_hash
 from hybridlog.verified_cache import VerifiedRun, VerifiedRunCache

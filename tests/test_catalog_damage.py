@@ -27,13 +27,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_clock
-from damage_tools import age_segments, catalog_path, edit_catalog, genesis_events, genesis_records
 
 from hybridlog import CheckpointPolicy, GlobalRecord, Record, Storage, StorageError
 from hybridlog.catalog import CATALOG_FILE
 from hybridlog.cli import EXIT_DAMAGE, cli
 from hybridlog.errors import CatalogMismatch
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import age_segments, catalog_path, edit_catalog, genesis_events, genesis_records
 from hybridlog.verify import verify_store
 
 T0 = 1_700_000_000_000_000_000

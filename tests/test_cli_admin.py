@@ -35,8 +35,6 @@ from pathlib import Path
 import apsw
 import pytest
 from click.testing import CliRunner
-from conftest import make_clock
-from damage_tools import genesis_events
 
 from hybridlog import CheckpointPolicy, CompressionKind, Storage
 from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION
@@ -45,6 +43,8 @@ from hybridlog.errors import RecordIsolated
 from hybridlog.record import HEADER_SIZE
 from hybridlog.segment import QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.sql import query_catalog
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import genesis_events
 from hybridlog.types import RecordKind
 
 DAMAGED = 1

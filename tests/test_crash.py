@@ -49,8 +49,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
-from conftest import make_clock
-from damage_tools import genesis_records
 
 from hybridlog import (
     CatalogMismatch,
@@ -69,6 +67,8 @@ from hybridlog.recovery import ADOPTED, QUARANTINED, REINDEXED, REMOVED_EMPTY, T
 from hybridlog.repair import CATALOG_AHEAD, REINDEX, TORN_TAIL
 from hybridlog.segment import QUARANTINE_SUFFIX, SegmentReader, SegmentWriter, segment_path
 from hybridlog.stream_repair import MARKED_CUT
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import genesis_records
 from hybridlog.testing.harness import ACK, CHILD_TIMEOUT, KillPlan, acknowledge, arm_from_environment, run_until_killed
 
 THIS_FILE = Path(__file__).resolve()

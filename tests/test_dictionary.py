@@ -39,16 +39,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import make_clock
-from damage_tools import (
-    delete_catalog,
-    flip_byte,
-    genesis_events,
-    genesis_records,
-    quarantine_files,
-    rollback_catalog,
-    save_catalog,
-)
 
 from hybridlog import (
     CheckpointPolicy,
@@ -69,6 +59,16 @@ from hybridlog.record import FLAG_COMPRESSED, FLAG_DICTIONARY, dictionary_no_of
 from hybridlog.repair import DAMAGED_DICTIONARY, ISOLATE, MISSING_DICTIONARY
 from hybridlog.segment import DICTIONARY_SUFFIX, SegmentReader, dictionary_path, segment_path, stream_path
 from hybridlog.stream_repair import RESEALED_DICTIONARY
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import (
+    delete_catalog,
+    flip_byte,
+    genesis_events,
+    genesis_records,
+    quarantine_files,
+    rollback_catalog,
+    save_catalog,
+)
 from hybridlog.testing.harness import CHILD_TIMEOUT, KillPlan, acknowledge, arm_from_environment, run_until_killed
 from hybridlog.training import TRAIN_AFTER_SAMPLES, DictionaryTrainer, train_dictionary
 from hybridlog.verify import verify_store

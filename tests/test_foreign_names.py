@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
-from damage_tools import genesis_events
 
 from hybridlog import Storage
 from hybridlog.cli import cli
@@ -32,6 +31,7 @@ from hybridlog.segment import (
     parse_stream_dir_name,
     stream_path,
 )
+from hybridlog.testing.damage import genesis_events
 from hybridlog.types import MAX_STREAM_ID
 
 TOO_BIG = "99999999999999999999"  # 20 digits, above 2**64 too

@@ -30,7 +30,6 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-from damage_tools import genesis_records
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -57,6 +56,7 @@ from hybridlog.record import (
 )
 from hybridlog.scan import SegmentScan
 from hybridlog.segment import SegmentReader, segment_path
+from hybridlog.testing.damage import genesis_records
 from hybridlog.types import GENESIS_HASH, MAX_EVENT_SIZE
 
 FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"

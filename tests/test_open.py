@@ -36,7 +36,6 @@ from pathlib import Path
 import apsw
 import pytest
 from click.testing import CliRunner
-from damage_tools import genesis_events
 
 from hybridlog import Storage, StorageError, StorageLocked
 from hybridlog.cli import cli
@@ -48,6 +47,7 @@ from hybridlog.errors import (
     StorageIOError,
 )
 from hybridlog.testing import harness
+from hybridlog.testing.damage import genesis_events
 from hybridlog.testing.harness import CHILD_TIMEOUT, read_line
 
 THIS_FILE = Path(__file__).resolve()

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from damage_tools import genesis_records
 
 from hybridlog import CheckpointPolicy, CompressionKind, Record, RecordKind, Storage, StorageLocked
 from hybridlog.testing import harness
+from hybridlog.testing.damage import genesis_records
 from hybridlog.testing.harness import (
     CHILD_TIMEOUT,
     KillPlan,

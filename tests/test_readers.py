@@ -24,10 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from damage_tools import genesis_events, genesis_records
 
 from hybridlog import CheckpointPolicy, ConsumerPositionLost, GlobalRecord, Record, Storage
 from hybridlog.testing import harness
+from hybridlog.testing.damage import genesis_events, genesis_records
 from hybridlog.testing.harness import CHILD_TIMEOUT, read_line
 
 THIS_FILE = Path(__file__).resolve()

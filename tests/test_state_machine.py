@@ -40,7 +40,6 @@ from pathlib import Path
 
 import blake3
 import pytest
-from damage_tools import genesis_events, genesis_records
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
@@ -61,6 +60,8 @@ from hybridlog import (
 )
 from hybridlog.failpoints import STEPS
 from hybridlog.record import record_hash
+from hybridlog.testing.clocks import ManualClock
+from hybridlog.testing.damage import genesis_events, genesis_records
 from hybridlog.testing.harness import ACK, KillPlan, acknowledge, arm_from_environment, run_until_killed
 
 MAX_SEGMENT_SIZE = 4096
@@ -76,16 +77,6 @@ MACHINE_SETTINGS = settings(stateful_step_count=100) if HEAVY else settings(max_
 # A crash is a child process (a few tenths of a second): the crashing machine runs fewer, shorter runs.
 CRASH_SETTINGS = settings(stateful_step_count=40) if HEAVY else settings(max_examples=12, stateful_step_count=20)
 THIS_FILE = Path(__file__).resolve()
-
-
-class ManualClock:
-    """A clock the machine moves by hand; every call returns ``now`` until it is moved."""
-
-    def __init__(self) -> None:
-        self.now = START_NS
-
-    def __call__(self) -> int:
-        return self.now
 
 
 # --- the model -----------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from pathlib import Path
 import apsw
 import blake3
 import pytest
-from damage_tools import active_segment, frame_batch, genesis_events, genesis_records
 
 from hybridlog import (
     MAX_EVENT_SIZE,
@@ -40,6 +39,7 @@ from hybridlog import (
 from hybridlog.catalog import CATALOG_FILE, SCHEMA_VERSION, Catalog
 from hybridlog.repair import REBUILD_CATALOG, RepairStep
 from hybridlog.segment import SegmentWriter, segment_path
+from hybridlog.testing.damage import active_segment, frame_batch, genesis_events, genesis_records
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -43,7 +43,6 @@ from pathlib import Path
 
 import apsw
 import pytest
-from damage_tools import flip_byte
 
 from hybridlog import (
     CheckpointPolicy,
@@ -60,6 +59,7 @@ from hybridlog import (
 from hybridlog.consumers import CONSUMERS_FILE
 from hybridlog.segment import segment_path
 from hybridlog.testing import harness
+from hybridlog.testing.damage import flip_byte
 from hybridlog.testing.harness import (
     CHILD_TIMEOUT,
     KillPlan,

@@ -29,10 +29,7 @@ Contracts tested here:
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -69,7 +66,7 @@ from hybridlog.testing.damage import (
     rollback_catalog,
     save_catalog,
 )
-from hybridlog.testing.harness import CHILD_TIMEOUT, KillPlan, acknowledge, arm_from_environment, run_until_killed
+from hybridlog.testing.harness import KillPlan, acknowledge, arm_from_environment, kill_self, run_until_killed
 from hybridlog.training import TRAIN_AFTER_SAMPLES, DictionaryTrainer, train_dictionary
 from hybridlog.verify import verify_store
 
@@ -523,17 +520,8 @@ def test_a_writer_killed_after_writing_a_dictionary_before_using_it_loses_nothin
     """SIGKILL right after the dictionary file is durable: every acknowledged batch is there, and the
     next writer compresses with that dictionary."""
     data_dir = tmp_path / "store"
-    out = tmp_path / "child.out"
-    with out.open("w") as stdout:
-        child = subprocess.run(
-            [sys.executable, str(THIS_FILE), "die-after-dictionary", str(data_dir)],
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            timeout=CHILD_TIMEOUT,
-            check=False,
-        )
-    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
-    acks = [(int(a), bytes.fromhex(b)) for a, b in (line.split(" ") for line in out.read_text().split("\n")[:-1])]
+    lines = run_until_killed(THIS_FILE, "die-after-dictionary", str(data_dir), plan=None)
+    acks = [(int(a), bytes.fromhex(b)) for a, b in (line.split(" ") for line in lines)]
     assert acks, "the child acknowledged nothing"
     (dictionary,) = dictionary_files(data_dir)
     events = child_events()
@@ -567,7 +555,7 @@ def child_die_after_dictionary(data_dir: Path) -> None:
 
     def write_then_die(path: Path, data: bytes) -> None:
         write(path, data)
-        os.kill(os.getpid(), signal.SIGKILL)
+        kill_self()
 
     setattr(training, "write_file_durably", write_then_die)  # noqa: B010 (not an exported name)
     store = open_writer(data_dir, clock=None)

@@ -117,15 +117,15 @@ def drain_killed(child: subprocess.Popen[str]) -> list[str]:
     return rest.split("\n")[:-1]
 
 
-def run_until_killed(script: Path, *args: str, plan: KillPlan, stdin: str | None = None) -> list[str]:
+def run_until_killed(script: Path, *args: str, plan: KillPlan | None, stdin: str | None = None) -> list[str]:
     """Run ``script`` with ``args`` (and ``stdin`` as its input) until it kills itself as ``plan``
-    says; the whole lines it printed."""
+    says (None: where the child itself arranged it); the whole lines it printed."""
     child = subprocess.run(
         [sys.executable, str(script), *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=plan.environment(),
+        env=None if plan is None else plan.environment(),
         timeout=CHILD_TIMEOUT,
         check=False,
     )

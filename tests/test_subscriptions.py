@@ -64,9 +64,10 @@ from hybridlog.testing.harness import (
     CHILD_TIMEOUT,
     KillPlan,
     acknowledge,
-    arm_from_environment,
+    arm_when_told,
     drain_killed,
     read_line,
+    send_plan,
 )
 from hybridlog.types import RecordKind
 
@@ -515,8 +516,8 @@ def test_a_damaged_record_raises_out_of_the_iterator(store_dir: Path) -> None:
 # --- other processes -------------------------------------------------------------------------------------
 
 
-def spawn(*args: str, plan: KillPlan | None = None) -> subprocess.Popen[str]:
-    return harness.spawn(THIS_FILE, *args, plan=plan)
+def spawn(*args: str, stdin: bool = False) -> subprocess.Popen[str]:
+    return harness.spawn(THIS_FILE, *args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
 
 
 def test_a_reader_process_follows_a_writer_process(store_dir: Path) -> None:
@@ -600,9 +601,8 @@ def run_killed_writers_and_a_consumer(store_dir: Path, rounds: int, consumer_kil
 
     acknowledged_batches: list[str] = []
     for r in range(rounds):
-        plan = KillPlan.choose(rng, 2, 12)
-        writer = spawn("write", str(store_dir), f"r{r}", "1000000", str(rng.randrange(1 << 30)), "0", plan=plan)
-        acknowledged_batches.append(read_line(writer))  # the writer runs
+        writer = spawn("write", str(store_dir), f"r{r}", "1000000", str(rng.randrange(1 << 30)), "0", stdin=True)
+        acknowledged_batches += [read_line(writer) for _ in range(rng.randint(2, 12))]
         if r in consumer_kills:
             for _ in range(rng.randint(1, 5)):
                 receive(read_line(consumer))
@@ -615,7 +615,8 @@ def run_killed_writers_and_a_consumer(store_dir: Path, rounds: int, consumer_kil
             assert len([p for p in printed if p > acked]) <= 1, "it prints, then acknowledges, one at a time"
             received = [d for d in received if d.position <= acked]
             consumer = spawn("consume", str(store_dir), "issue")
-        acknowledged_batches += drain_killed(writer)  # it kills itself where ``plan`` says
+        send_plan(writer, KillPlan.choose(rng, 1, 3))  # it kills itself there, from now on
+        acknowledged_batches += drain_killed(writer)
     # a last writer (recovery runs) ends the run with a marker, and no checkpoint after it
     with open_writer(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
         store.append(0, [b'{"end": true}'])
@@ -659,8 +660,8 @@ def test_a_second_writer_still_refused_while_consumers_ack(store_dir: Path) -> N
 
 def child_write(store_dir: Path, run: str, batches: int, seed: int, pause: float) -> None:
     """Append batches of 1-3 events to random streams, printing "ack BATCH" after each returns (and
-    dying where the parent's kill plan says, if it gave one)."""
-    arm_from_environment()
+    dying where the kill plan the parent sends on stdin says, if it sends one)."""
+    arm_when_told()
     rng = random.Random(seed)
     with open_writer(store_dir) as store:
         for b in range(batches):

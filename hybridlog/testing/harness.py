@@ -8,9 +8,13 @@ printed its Nth acknowledgement. The child kills itself there, so the same plan 
 crash on an idle machine and on a loaded one; a seeded ``random.Random`` choosing plans
 (``KillPlan.choose``) keeps the variety without timing.
 
+A plan can also be sent to a child that is already running (``send_plan`` on its stdin; the child
+called ``arm_when_told``): it then counts from when it gets the plan, so the child runs, appending,
+for as long as the parent needs (say, while it kills another process), then dies at a named step.
+
 Parent side: ``spawn`` / ``read_line`` / ``drain_killed`` for a child answering line by line,
 ``run_until_killed`` for a child run to its planned death. Child side: ``arm_from_environment``
-once at start, then ``acknowledge(line)`` after each append that returned.
+once at start (or ``arm_when_told``), then ``acknowledge(line)`` after each append that returned.
 
 Needs pytest (install the ``testing`` extra: ``pip install hybridlog[testing]``).
 """
@@ -22,6 +26,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,9 +71,18 @@ class KillPlan:
         SIGKILL keeps what the kernel has, fsynced or not), so the catalog has it or recovery adopts it."""
         return self.step in ("segment-written", "segment-synced", "catalog-committed")
 
+    def __str__(self) -> str:
+        return f"{self.step}@{self.nth}"
+
+    @classmethod
+    def parse(cls, text: str) -> KillPlan:
+        """The plan ``str(plan)`` gave."""
+        step, nth = text.strip().rsplit("@", 1)
+        return cls(step, int(nth))
+
     def environment(self) -> dict[str, str]:
         """This process's environment plus the plan, for the child."""
-        return {**os.environ, KILL_AT_ENV: f"{self.step}@{self.nth}"}
+        return {**os.environ, KILL_AT_ENV: str(self)}
 
 
 # --- parent side -----------------------------------------------------------------------------------
@@ -117,6 +131,14 @@ def drain_killed(child: subprocess.Popen[str]) -> list[str]:
     return rest.split("\n")[:-1]
 
 
+def send_plan(child: subprocess.Popen[str], plan: KillPlan) -> None:
+    """Arm ``plan`` in a running child that called ``arm_when_told``: it dies at the plan's step in
+    its Nth write group from now, or after its Nth acknowledgement from now."""
+    assert child.stdin is not None
+    child.stdin.write(f"{plan}\n")
+    child.stdin.flush()
+
+
 def run_until_killed(script: Path, *args: str, plan: KillPlan | None, stdin: str | None = None) -> list[str]:
     """Run ``script`` with ``args`` (and ``stdin`` as its input) until it kills itself as ``plan``
     says (None: where the child itself arranged it); the whole lines it printed."""
@@ -135,8 +157,8 @@ def run_until_killed(script: Path, *args: str, plan: KillPlan | None, stdin: str
 
 # --- child side ------------------------------------------------------------------------------------
 
-_ack_plan: KillPlan | None = None
 _acks = 0
+_acks_until_kill: int | None = None  # the acknowledgement count at which this process dies
 
 
 def kill_self() -> None:
@@ -145,10 +167,10 @@ def kill_self() -> None:
 
 
 def arm(plan: KillPlan) -> None:
-    """Make this process die where ``plan`` says (call once, before the first append)."""
-    global _ack_plan
+    """Make this process die where ``plan`` says, counting write groups and acks from now."""
+    global _acks_until_kill
     if plan.step == ACK:
-        _ack_plan = plan
+        _acks_until_kill = _acks + plan.nth
         return
     hits = 0
 
@@ -166,10 +188,21 @@ def arm_from_environment() -> KillPlan | None:
     text = os.environ.get(KILL_AT_ENV)
     if not text:
         return None
-    step, nth = text.rsplit("@", 1)
-    plan = KillPlan(step, int(nth))
+    plan = KillPlan.parse(text)
     arm(plan)
     return plan
+
+
+def arm_when_told() -> None:
+    """Arm the plan the parent sends on stdin (``send_plan``), whenever it comes, while this
+    process goes on appending in its main thread."""
+
+    def wait_for_plan() -> None:
+        line = sys.stdin.readline()
+        if line:
+            arm(KillPlan.parse(line))
+
+    threading.Thread(target=wait_for_plan, name="kill-plan", daemon=True).start()
 
 
 def acknowledge(line: str) -> None:
@@ -177,5 +210,5 @@ def acknowledge(line: str) -> None:
     global _acks
     print(line, flush=True)
     _acks += 1
-    if _ack_plan is not None and _acks == _ack_plan.nth:
+    if _acks == _acks_until_kill:
         kill_self()

@@ -48,6 +48,7 @@ from hybridlog.errors import (
     StorageError,
     StorageIOError,
 )
+from hybridlog.failpoints import failpoint
 from hybridlog.framing import FramedBatch, HeadView, StreamHead, frame_batch, load_head
 from hybridlog.groupcommit import GroupCommitQueue
 from hybridlog.layout import segment_path, stream_path
@@ -251,6 +252,7 @@ class Writer:
         now = max(b.timestamp_ns for bs in batches.values() for b in bs)
         committing = False
         try:
+            failpoint("batch-framed")
             # 2. Rotation: create the new segment files (full ones are sealed in step 5).
             new_dirs: set[Path] = set()
             for w in writes:
@@ -263,10 +265,12 @@ class Writer:
                     w.writer = self.heads[w.stream_id].writer
             for directory in new_dirs:
                 fsync_dir(directory)  # new names are durable before the catalog points at them
+            failpoint("segment-created")
             # 3. Write each segment's batches with one write at its committed end.
             for w in writes:
                 assert w.writer is not None
                 w.writer.write_at(w.base, w.data)
+            failpoint("segment-written")
             # 4. The durability point (segments sealed in this group are synced either way, so
             #    their digests describe durable bytes).
             sealed = {(sid, no) for sid, no, _ in seals}
@@ -281,6 +285,7 @@ class Writer:
                 if in_group is None:
                     writer.sync()
                 digests.append((sid, segment_no, file_digest(writer.path)))
+            failpoint("segment-synced")
             # 5. One catalog transaction for the whole group.
             with catalog.transaction():
                 for w in writes:
@@ -311,6 +316,7 @@ class Writer:
                     )
                 catalog.advance_global_position(last_position, new_last)
                 committing = True  # what fails from here on is the COMMIT itself: it may have happened
+            failpoint("catalog-committed")
         except BaseException as e:
             if committing:
                 # The catalog may hold the group or not; cutting the segments could leave it

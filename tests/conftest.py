@@ -7,7 +7,6 @@ and ``heavy`` (many more examples). Pick one with ``HYPOTHESIS_PROFILE=heavy``. 
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,17 +14,22 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from hybridlog.testing.clocks import make_clock
+
+# The contract tests (hybridlog.testing.contract) take the function-scoped ``harness`` fixture (each
+# example makes its own backends), and run once per backend subclass (differing executors).
+SUPPRESSED = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.differing_executors]
 settings.register_profile(
     "ci",
     max_examples=60,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    suppress_health_check=SUPPRESSED,
 )
 settings.register_profile(
     "heavy",
     max_examples=1000,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    suppress_health_check=SUPPRESSED,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
@@ -41,12 +45,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
-
-
-def make_clock(start: int = 1_700_000_000_000_000_000, step: int = 1_000) -> Callable[[], int]:
-    """A deterministic clock: nanoseconds that advance by ``step`` on every call."""
-    counter = itertools.count(start, step)
-    return lambda: next(counter)
 
 
 @pytest.fixture

@@ -27,13 +27,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_clock
-from damage_tools import age_segments, catalog_path, edit_catalog, genesis_events, genesis_records
 
 from hybridlog import CheckpointPolicy, GlobalRecord, Record, Storage, StorageError, verify_store
 from hybridlog.cli import EXIT_DAMAGE, cli
 from hybridlog.errors import CatalogMismatch
 from hybridlog.layout import CATALOG_FILE
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import age_segments, catalog_path, edit_catalog, genesis_events, genesis_records
 
 T0 = 1_700_000_000_000_000_000
 STREAMS = (1, 2, 7)

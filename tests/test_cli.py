@@ -13,12 +13,12 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from damage_tools import genesis_events
 
 import hybridlog.cli as cli_module
 from hybridlog import Storage
 from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, cli
 from hybridlog.layout import segment_path
+from hybridlog.testing.damage import genesis_events
 from hybridlog.types import MAX_EVENT_SIZE
 
 

@@ -35,8 +35,6 @@ from pathlib import Path
 import apsw
 import pytest
 from click.testing import CliRunner
-from conftest import make_clock
-from damage_tools import genesis_events
 
 from hybridlog import CheckpointPolicy, CompressionKind, RecordIsolated, Storage
 from hybridlog.catalog_rows import SCHEMA_VERSION
@@ -44,6 +42,8 @@ from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_USAGE, cli
 from hybridlog.layout import CATALOG_FILE, QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.record import HEADER_SIZE
 from hybridlog.sql import query_catalog
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import genesis_events
 from hybridlog.types import RecordKind
 
 DAMAGED = 1

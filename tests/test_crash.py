@@ -4,8 +4,9 @@ Contracts tested here:
 
 * **Killed writers.** A child process appends batches (1-20 events of up to ~1.5 KB, ``fsync=True``)
   to three streams of one store with 4 KiB segments, frequent checkpoints and compression
-  alternating per round, and is killed with SIGKILL at a random moment, round after round on the
-  same store. After every kill a reopened writer finds: every batch whose append returned, exactly,
+  alternating per round, and is killed with SIGKILL at a seeded step (a failpoint of the write path
+  in its Nth append, or right after its Nth acknowledgement), round after round on the same store.
+  After every kill a reopened writer finds: every batch whose append returned, exactly,
   verified from genesis, with the head the child was told; no partial batch (each stream is exactly
   the acknowledged batches plus, possibly, the one batch in flight, whole); a catalog that agrees
   with the segments (``check()`` finds nothing); recovery-log entries that describe what recovery
@@ -39,8 +40,6 @@ from __future__ import annotations
 import itertools
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -50,8 +49,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
-from conftest import make_clock
-from damage_tools import genesis_records
 
 from hybridlog import (
     CatalogMismatch,
@@ -63,6 +60,7 @@ from hybridlog import (
     RecoveryEntry,
     Storage,
 )
+from hybridlog.failpoints import STEPS
 from hybridlog.layout import QUARANTINE_SUFFIX, segment_path
 from hybridlog.markers import CUT, decode_marker
 from hybridlog.record import HEADER_SIZE, MAGIC
@@ -70,11 +68,13 @@ from hybridlog.recovery import ADOPTED, QUARANTINED, REINDEXED, REMOVED_EMPTY, T
 from hybridlog.repair import CATALOG_AHEAD, REINDEX, TORN_TAIL
 from hybridlog.segment import SegmentReader, SegmentWriter
 from hybridlog.stream_repair import MARKED_CUT
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import genesis_records
+from hybridlog.testing.harness import ACK, CHILD_TIMEOUT, KillPlan, acknowledge, arm_from_environment, run_until_killed
 from hybridlog.writer import Writer
 
 THIS_FILE = Path(__file__).resolve()
 SEGMENT_SIZE = 4096
-CHILD_TIMEOUT = 60.0  # seconds; only a guard against a hung child, never an assertion
 
 
 def quarantine_files(data_dir: Path) -> list[Path]:
@@ -215,6 +215,7 @@ class KilledRun:
     acked_events: list[list[bytes]]  # the events of each acknowledged batch, in ``acks`` order
     in_flight_stream: int
     in_flight: list[bytes]
+    plan: KillPlan
 
 
 @dataclass
@@ -227,33 +228,12 @@ class Model:
     positions: dict[tuple[int, int], int] = field(default_factory=dict)  # global positions seen so far
 
 
-def run_and_kill_writer(store_dir: Path, workdir: Path, seed: int, round_no: int, delay: float) -> KilledRun:
-    """Start an appending child, let it run ``delay`` seconds after it opened the store, SIGKILL it.
-
-    The child's stdout goes to a file so that it never blocks on a full pipe: its timing is its own.
-    """
+def run_and_kill_writer(store_dir: Path, seed: int, round_no: int, plan: KillPlan) -> KilledRun:
+    """Start an appending child that kills itself where ``plan`` says (a failpoint in its Nth append,
+    or right after its Nth acknowledgement); returns what it acknowledged."""
     compression = CompressionKind.ZSTD if round_no % 2 else CompressionKind.NONE
-    out_path, err_path = workdir / f"child-{round_no}.out", workdir / f"child-{round_no}.err"
-    with out_path.open("w") as out, err_path.open("w") as err:
-        child = subprocess.Popen(
-            [sys.executable, str(THIS_FILE), "write", str(store_dir), str(seed), str(round_no), compression.value],
-            stdout=out,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + CHILD_TIMEOUT
-        while not out_path.read_text().startswith("ready\n"):
-            if child.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"child did not get ready (exit {child.returncode}):\n{err_path.read_text()}")
-            time.sleep(0.002)
-        time.sleep(delay)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(CHILD_TIMEOUT)
-    assert child.returncode == -signal.SIGKILL, f"child ended on its own:\n{err_path.read_text()}"
-
     # Only whole lines count: a line cut off by the kill was not an acknowledgement.
-    lines = out_path.read_text().split("\n")[:-1]
+    lines = run_until_killed(THIS_FILE, "write", str(store_dir), str(seed), str(round_no), compression.value, plan=plan)
     assert lines[0] == "ready"
     acks, acked_events = [], []
     for batch_no, line in enumerate(lines[1:]):
@@ -263,8 +243,9 @@ def run_and_kill_writer(store_dir: Path, workdir: Path, seed: int, round_no: int
         assert int(stream_id) == planned_stream
         acks.append(Ack(planned_stream, f"r{round_no}.b{batch_no}", int(next_offset), bytes.fromhex(head)))
         acked_events.append(events)
+    assert len(acks) == plan.acknowledged, f"{plan}: {len(acks)} acknowledgements"
     in_flight_stream, in_flight = planned_batch(seed, round_no, len(acks))
-    return KilledRun(acks, acked_events, in_flight_stream, in_flight)
+    return KilledRun(acks, acked_events, in_flight_stream, in_flight, plan)
 
 
 def first_difference(a: list[bytes], b: list[bytes]) -> int:
@@ -292,6 +273,7 @@ def check_after_kill(store: Storage, store_dir: Path, model: Model, run: KilledR
             f"stream {sid}: {len(got)} events, expected the {len(known)} acknowledged (or those plus the"
             f" {len(run.in_flight)} in flight); they differ from event {first_difference(got, known)}"
         )
+    assert (landed_at is not None) == run.plan.in_flight_lands, f"killed at {run.plan}, landed at {landed_at}"
 
     # Every acknowledged head is where the writer was told it is.
     for ack in model.acks:
@@ -379,22 +361,25 @@ def check_recovery_log(
     assert all(e.action in (ADOPTED, QUARANTINED, REMOVED_EMPTY) for e in log)
 
 
-def crash_rounds(store_dir: Path, workdir: Path, rounds: int, seed: int, max_delay: float) -> None:
-    """Kill a writer ``rounds`` times on one store; after each kill, reopen, check everything, append.
+def seeded_plans(rounds: int, seed: int, max_batches: int) -> list[KillPlan]:
+    """A seeded choice of failpoint in the child's Nth append, or right after its Nth acknowledgement,
+    N up to ``max_batches`` (which also bounds how much the store grows per round)."""
+    rng = random.Random(f"plans/{seed}")
+    return [KillPlan.choose(rng, 1, max_batches) for _ in range(rounds)]
 
-    The kill comes up to ``max_delay`` seconds after the child opened the store (a batch takes a few
-    ms with fsync), which also bounds how much the store grows per round.
-    """
+
+def crash_rounds(store_dir: Path, seed: int, plans: list[KillPlan]) -> None:
+    """Kill a writer once per plan on one store; after each kill, reopen, check everything, append."""
     rng = random.Random(seed)
     model = Model()
-    for round_no in range(rounds):
-        run = run_and_kill_writer(store_dir, workdir, seed, round_no, rng.uniform(0, max_delay))
+    for round_no, plan in enumerate(plans):
+        run = run_and_kill_writer(store_dir, seed, round_no, plan)
         for ack, events in zip(run.acks, run.acked_events, strict=True):
             model.events[ack.stream_id].extend(events)
         model.acks.extend(run.acks)
         compression = CompressionKind.ZSTD if rng.random() < 0.5 else CompressionKind.NONE
         with open_crash_writer(store_dir, compression) as store:
-            with case(f"round {round_no}"):
+            with case(f"round {round_no}, killed at {plan}"):
                 records = check_after_kill(store, store_dir, model, run)
                 sid = rng.choice(CRASH_STREAMS)
                 payload = f"parent after round {round_no}".encode()
@@ -411,15 +396,20 @@ def crash_rounds(store_dir: Path, workdir: Path, rounds: int, seed: int, max_del
         assert final[ack.stream_id][ack.next_offset - 1].hash == ack.head
 
 
-def test_writers_killed_at_random_moments_lose_nothing_acknowledged(tmp_path: Path) -> None:
-    """25 SIGKILLs at random moments on one store; after each, every contract in the module docstring holds."""
-    crash_rounds(tmp_path / "store", tmp_path, rounds=25, seed=25, max_delay=0.25)
+def test_writers_killed_at_seeded_steps_lose_nothing_acknowledged(tmp_path: Path) -> None:
+    """25 SIGKILLs at seeded steps on one store; after each, every contract in the module docstring holds."""
+    crash_rounds(tmp_path / "store", seed=25, plans=seeded_plans(25, seed=25, max_batches=40))
+
+
+def test_a_writer_killed_at_each_failpoint_and_after_an_acknowledgement(tmp_path: Path) -> None:
+    """One kill at each failpoint and one after an acknowledgement, in turn, on one store."""
+    crash_rounds(tmp_path / "store", seed=6, plans=[KillPlan(step, 3) for step in (*STEPS, ACK)])
 
 
 @pytest.mark.slow
-def test_two_hundred_writers_killed_at_random_moments(tmp_path: Path) -> None:
+def test_two_hundred_writers_killed_at_seeded_steps(tmp_path: Path) -> None:
     """The same, 200 times over on one store (damage, if any, would accumulate); shorter runs per round."""
-    crash_rounds(tmp_path / "store", tmp_path, rounds=200, seed=200, max_delay=0.04)
+    crash_rounds(tmp_path / "store", seed=200, plans=seeded_plans(200, seed=200, max_batches=8))
 
 
 def test_the_child_plan_is_deterministic() -> None:
@@ -1112,13 +1102,14 @@ def test_rotating_group_both_segments_cut(rotating_group: RotatingGroup, tmp_pat
 
 
 def child_write(store_dir: Path, seed: int, round_no: int, compression: CompressionKind) -> None:
-    """Append the planned batches with fsync until killed, printing one line per append that returned."""
+    """Append the planned batches with fsync until killed as planned, printing one line per append that returned."""
+    arm_from_environment()
     store = open_crash_writer(store_dir, compression)
     print("ready", flush=True)
     for batch_no in range(1_000_000):
         stream_id, events = planned_batch(seed, round_no, batch_no)
         next_offset, head = store.append(stream_id, events, fsync=True)
-        print(f"ack {stream_id} {batch_no} {next_offset} {head.hex()}", flush=True)
+        acknowledge(f"ack {stream_id} {batch_no} {next_offset} {head.hex()}")
     store.close()
 
 

@@ -16,7 +16,7 @@ Contracts tested here:
 * an empty segment file left by a crash during rotation does not block later appends.
 
 The damage is real: bytes are flipped and files cut or removed with the helpers ``flip_byte``,
-``tear_tail`` and ``drop_segment`` from ``damage_tools``.
+``tear_tail`` and ``drop_segment`` from ``hybridlog.testing.damage``.
 """
 
 from __future__ import annotations
@@ -31,16 +31,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from damage_tools import (
-    active_segment,
-    drop_segment,
-    flip_byte,
-    frame_batch,
-    genesis_events,
-    genesis_records,
-    quarantine_files,
-    tear_tail,
-)
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.vendor.pretty import RepresentationPrinter
@@ -58,6 +48,16 @@ from hybridlog import (
 )
 from hybridlog.layout import QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.segment import SegmentReader
+from hybridlog.testing.damage import (
+    active_segment,
+    drop_segment,
+    flip_byte,
+    frame_batch,
+    genesis_events,
+    genesis_records,
+    quarantine_files,
+    tear_tail,
+)
 from hybridlog.types import ChainHash, Offset
 
 SEGMENT_SIZE = 4096

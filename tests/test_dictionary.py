@@ -18,7 +18,7 @@ Contracts tested here:
   ``missing_dictionary``); restoring the file makes everything readable again without reopening.
   A forged dictionary that passes the file checks is still caught by the record hash. A writer never
   reuses a dictionary number, even after a file went missing.
-* **Crashes.** Writers killed (SIGKILL) at random moments before, during and after training lose
+* **Crashes.** Writers killed (SIGKILL) at seeded steps before, during and after training lose
   nothing acknowledged and leave a store ``check`` finds clean. A writer killed right after writing
   a dictionary file, before any record used it, loses nothing acknowledged, and the next writer
   uses that dictionary. Records past the
@@ -29,27 +29,13 @@ Contracts tested here:
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import make_clock
-from damage_tools import (
-    delete_catalog,
-    flip_byte,
-    genesis_events,
-    genesis_records,
-    quarantine_files,
-    rollback_catalog,
-    save_catalog,
-)
 
 from hybridlog import (
     CheckpointPolicy,
@@ -72,12 +58,23 @@ from hybridlog.record import FLAG_COMPRESSED, FLAG_DICTIONARY, dictionary_no_of
 from hybridlog.repair import DAMAGED_DICTIONARY, ISOLATE, MISSING_DICTIONARY
 from hybridlog.segment import SegmentReader
 from hybridlog.stream_repair import RESEALED_DICTIONARY
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import (
+    delete_catalog,
+    flip_byte,
+    genesis_events,
+    genesis_records,
+    quarantine_files,
+    rollback_catalog,
+    save_catalog,
+)
+from hybridlog.testing.harness import KillPlan, acknowledge, arm_from_environment, kill_self, run_until_killed
 from hybridlog.training import TRAIN_AFTER_SAMPLES, DictionaryTrainer, train_dictionary
 
 THIS_FILE = Path(__file__).resolve()
 SID = 7
 SEGMENT_SIZE = 64 * 1024
-CHILD_TIMEOUT = 60.0  # seconds; only a guard against a hung child, never an assertion
+
 _TYPES = ("payment.authorized", "payment.captured", "order.created", "order.shipped", "user.login")
 _WORDS = [
     "account",
@@ -524,17 +521,8 @@ def test_a_writer_killed_after_writing_a_dictionary_before_using_it_loses_nothin
     """SIGKILL right after the dictionary file is durable: every acknowledged batch is there, and the
     next writer compresses with that dictionary."""
     data_dir = tmp_path / "store"
-    out = tmp_path / "child.out"
-    with out.open("w") as stdout:
-        child = subprocess.run(
-            [sys.executable, str(THIS_FILE), "die-after-dictionary", str(data_dir)],
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            timeout=CHILD_TIMEOUT,
-            check=False,
-        )
-    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
-    acks = [(int(a), bytes.fromhex(b)) for a, b in (line.split(" ") for line in out.read_text().split("\n")[:-1])]
+    lines = run_until_killed(THIS_FILE, "die-after-dictionary", str(data_dir), plan=None)
+    acks = [(int(a), bytes.fromhex(b)) for a, b in (line.split(" ") for line in lines)]
     assert acks, "the child acknowledged nothing"
     (dictionary,) = dictionary_files(data_dir)
     events = child_events()
@@ -568,7 +556,7 @@ def child_die_after_dictionary(data_dir: Path) -> None:
 
     def write_then_die(path: Path, data: bytes) -> None:
         write(path, data)
-        os.kill(os.getpid(), signal.SIGKILL)
+        kill_self()
 
     setattr(training, "write_file_durably", write_then_die)  # noqa: B010 (not an exported name)
     store = open_writer(data_dir, clock=None)
@@ -586,32 +574,17 @@ def killed_stream(round_no: int) -> int:
     return round_no % KILLED_STREAMS
 
 
-def run_killed_child(data_dir: Path, workdir: Path, round_no: int, kill_after: int) -> list[tuple[int, bytes]]:
-    """Start a child appending batches of 50 with fsync to ``killed_stream(round_no)``, and SIGKILL it
-    once it has acknowledged ``kill_after`` batches (it may have gone on a little by then: the kill
-    lands wherever the child is, which is the point).
+def run_killed_child(data_dir: Path, round_no: int, plan: KillPlan) -> list[tuple[int, bytes]]:
+    """Run a child appending batches of 50 with fsync to ``killed_stream(round_no)`` until it kills
+    itself where ``plan`` says (a failpoint in its Nth append, or right after its Nth acknowledgement).
 
     Returns its acknowledgements: (next offset, head) per batch, as printed after ``append`` returned.
     """
-    out = workdir / f"child-{round_no}.out"
-    with out.open("w") as stdout:
-        child = subprocess.Popen(
-            [sys.executable, str(THIS_FILE), "append", str(data_dir), str(round_no)],
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-        )
-    with child:  # closes the stderr pipe once the child is gone
-        try:
-            deadline = time.monotonic() + CHILD_TIMEOUT
-            while not out.read_text().startswith("ready\n") or out.read_text().count("\n") <= kill_after:
-                assert child.poll() is None, "the child ended before it acknowledged enough batches"
-                assert time.monotonic() < deadline, "the child did not acknowledge enough batches in time"
-                time.sleep(0.002)
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait(CHILD_TIMEOUT)
-    lines = out.read_text().split("\n")[1:-1]  # only whole lines are acknowledgements
-    return [(int(a), bytes.fromhex(b)) for a, b in (line.split(" ") for line in lines)]
+    lines = run_until_killed(THIS_FILE, "append", str(data_dir), str(round_no), plan=plan)
+    assert lines[0] == "ready"
+    acks = [(int(a), bytes.fromhex(b)) for a, b in (line.split(" ") for line in lines[1:])]
+    assert len(acks) == plan.acknowledged, f"{plan}: {len(acks)} acknowledgements"
+    return acks
 
 
 def child_batch(round_no: int, batch_no: int) -> list[bytes]:
@@ -620,19 +593,21 @@ def child_batch(round_no: int, batch_no: int) -> list[bytes]:
 
 
 def child_append(data_dir: Path, round_no: int) -> None:
-    """Append batches of 50 events with fsync until killed (far longer than the parent waits)."""
+    """Append batches of 50 events with fsync until killed as planned."""
+    arm_from_environment()
     store = open_writer(data_dir, clock=None, checkpoint_policy=CheckpointPolicy.every(500, on_close=False))
     print("ready", flush=True)
     for batch_no in range(100_000):
         next_offset, head = store.append(killed_stream(round_no), child_batch(round_no, batch_no), fsync=True)
-        print(next_offset, head.hex(), flush=True)
+        acknowledge(f"{next_offset} {head.hex()}")
     store.close()
 
 
 def test_writers_killed_around_dictionary_training_lose_nothing_acknowledged(tmp_path: Path) -> None:
-    """Writers SIGKILLed after a seeded number of acknowledged batches, before and after training a
-    dictionary, round after round on one store (three streams, one per round in turn): every
-    acknowledged batch reads back, check() finds nothing, and appends continue. (A kill inside
+    """Writers SIGKILLed at a seeded failpoint in their Nth append or after their Nth acknowledgement
+    (N seeded), before and after training a dictionary, round after round on one store (three
+    streams, one per round in turn): every acknowledged batch reads back (the batch in flight
+    exactly when its bytes were written), check() finds nothing, and appends continue. (A kill inside
     training, at a named step, is the test above.)"""
     data_dir = tmp_path / "store"
     rng = random.Random(21)
@@ -641,14 +616,15 @@ def test_writers_killed_around_dictionary_training_lose_nothing_acknowledged(tmp
     policy = CheckpointPolicy.every(500, on_close=False)
     for round_no in range(9):
         sid = killed_stream(round_no)
-        acks = run_killed_child(data_dir, tmp_path, round_no, rng.randrange(4, 30))
+        plan = KillPlan.choose(rng, 4, 29)
+        acks = run_killed_child(data_dir, round_no, plan)
         events = [e for batch_no in range(len(acks) + 1) for e in child_batch(round_no, batch_no)]
         with open_writer(data_dir, checkpoint_policy=policy) as store:
             assert store.damaged_streams() == {}
             records = genesis_records(store, sid)
             got = events_of(records)
             acked, in_flight = events[: 50 * len(acks)], events[: 50 * (len(acks) + 1)]
-            assert got in (known[sid] + acked, known[sid] + in_flight), f"round {round_no}"
+            assert got == known[sid] + (in_flight if plan.in_flight_lands else acked), f"round {round_no}, {plan}"
             heads[sid].extend(acks)
             for next_offset, head in heads[sid]:
                 assert records[next_offset - 1].hash == head

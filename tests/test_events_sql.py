@@ -18,7 +18,6 @@ from typing import Any
 import apsw
 import pytest
 from click.testing import CliRunner
-from damage_tools import flip_byte, genesis_records, segment_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +28,7 @@ from hybridlog.events_table import register
 from hybridlog.layout import CATALOG_FILE
 from hybridlog.record import HEADER_SIZE, record_hash
 from hybridlog.sql import SqlRefused, attach_consumers
+from hybridlog.testing.damage import flip_byte, genesis_records, segment_files
 
 REPO = Path(__file__).resolve().parent.parent
 Row = tuple[int, int, int, str, int, bytes | None]

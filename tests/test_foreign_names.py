@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
-from damage_tools import genesis_events
 
 from hybridlog import Storage
 from hybridlog.cli import cli
@@ -32,6 +31,7 @@ from hybridlog.layout import (
 )
 from hybridlog.record import MAX_DICTIONARY_NO
 from hybridlog.repair import FOREIGN_FILE
+from hybridlog.testing.damage import genesis_events
 from hybridlog.types import MAX_STREAM_ID
 
 TOO_BIG = "99999999999999999999"  # 20 digits, above 2**64 too

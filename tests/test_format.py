@@ -30,7 +30,6 @@ from pathlib import Path
 import blake3
 import pytest
 import zstandard
-from damage_tools import genesis_records
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -56,6 +55,7 @@ from hybridlog.record import (
     record_hash,
 )
 from hybridlog.segment import SegmentReader
+from hybridlog.testing.damage import genesis_records
 from hybridlog.types import GENESIS_HASH, MAX_EVENT_SIZE
 from hybridlog.walk import SegmentScan, open_record
 

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import apsw
 import pytest
-from conftest import make_clock
-from damage_tools import flip_byte, genesis_events, genesis_records, rollback_catalog, save_catalog
 
 from hybridlog import (
     CatalogError,
@@ -38,6 +36,8 @@ from hybridlog.catalog_rows import GLOBAL_ORDER_VERSION, SCHEMA_VERSION
 from hybridlog.layout import CATALOG_FILE, segment_path
 from hybridlog.segment import SegmentWriter
 from hybridlog.sql import query_catalog
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import flip_byte, genesis_events, genesis_records, rollback_catalog, save_catalog
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "schema2_store"
 T0 = 1_700_000_000_000_000_000

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from damage_tools import genesis_events, genesis_records
 
 from hybridlog import (
     CheckpointPolicy,
@@ -24,6 +23,7 @@ from hybridlog import (
     StorageIOError,
 )
 from hybridlog.segment import SegmentWriter
+from hybridlog.testing.damage import genesis_events, genesis_records
 from hybridlog.writer import Writer
 
 THREADS = 8

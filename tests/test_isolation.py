@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from damage_tools import flip_byte, quarantine_files, segment_files
 
 from hybridlog import CheckpointPolicy, RecordIsolated, RecordsCut, Storage
 from hybridlog.layout import segment_path
 from hybridlog.markers import CUT, ISOLATED, decode_marker
 from hybridlog.record import HEADER_SIZE
 from hybridlog.repair import ISOLATE, ISOLATED_RECORDS, TRUNCATE
+from hybridlog.testing.damage import flip_byte, quarantine_files, segment_files
 from hybridlog.types import RecordKind
 from hybridlog.verified_cache import DEFAULT_MAX_RECORDS
 

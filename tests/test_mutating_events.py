@@ -18,11 +18,11 @@ from types import SimpleNamespace
 
 import blake3
 import pytest
-from damage_tools import genesis_events
 
 import hybridlog.record
 from hybridlog import CheckpointPolicy, CompressionKind, MemoryStorage, Storage
 from hybridlog.batch import check_events
+from hybridlog.testing.damage import genesis_events
 
 
 class MutatingHasher:

@@ -34,11 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
-import child_process
 import pytest
-from child_process import CHILD_TIMEOUT, read_line
 from click.testing import CliRunner
-from damage_tools import genesis_events
 
 from hybridlog import Storage, StorageError, StorageLocked
 from hybridlog.cli import cli
@@ -49,6 +46,9 @@ from hybridlog.errors import (
     LockLost,
     StorageIOError,
 )
+from hybridlog.testing import harness
+from hybridlog.testing.damage import genesis_events
+from hybridlog.testing.harness import CHILD_TIMEOUT, read_line
 
 THIS_FILE = Path(__file__).resolve()
 FIXTURE = Path(__file__).parent / "fixtures" / "schema2_store"
@@ -144,7 +144,7 @@ def fill_to_the_brim(directory: Path) -> Path:
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:
-    return child_process.spawn(THIS_FILE, *args, stdin=subprocess.PIPE)
+    return harness.spawn(THIS_FILE, *args, stdin=subprocess.PIPE)
 
 
 def run_child(*args: str) -> dict[str, object]:
@@ -262,7 +262,7 @@ def test_a_deleted_lock_file_lets_no_second_writer_in(store_dir: Path, damage: s
     """A writer process runs; LOCK is deleted (or replaced by a new file). A second writer still gets
     StorageLocked; the first one's next appends raise LockLost and write nothing; it closes cleanly."""
     writer = spawn("writer", str(store_dir))
-    assert child_process.read_line(writer) == f"ready {writer.pid}"
+    assert harness.read_line(writer) == f"ready {writer.pid}"
     lock = store_dir / "LOCK"
     lock.unlink()
     if damage == "replaced":

@@ -27,12 +27,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import child_process
 import pytest
-from child_process import CHILD_TIMEOUT, drain_killed, read_line
-from damage_tools import genesis_records
 
 from hybridlog import CheckpointPolicy, CompressionKind, Record, RecordKind, Storage, StorageLocked
+from hybridlog.testing import harness
+from hybridlog.testing.damage import genesis_records
+from hybridlog.testing.harness import (
+    CHILD_TIMEOUT,
+    KillPlan,
+    acknowledge,
+    arm_from_environment,
+    drain_killed,
+    read_line,
+)
 
 THIS_FILE = Path(__file__).resolve()
 STREAM = 0
@@ -80,8 +87,8 @@ def whole_batches(records: list[Record]) -> list[str]:
 # --- running children --------------------------------------------------------------------------------
 
 
-def spawn(*args: str) -> subprocess.Popen[str]:
-    return child_process.spawn(THIS_FILE, *args, stdin=subprocess.PIPE)
+def spawn(*args: str, plan: KillPlan | None = None) -> subprocess.Popen[str]:
+    return harness.spawn(THIS_FILE, *args, stdin=subprocess.PIPE, plan=plan)
 
 
 @contextmanager
@@ -209,13 +216,12 @@ def parse_ack(line: str) -> Ack:
     return Ack(batch_id, int(next_offset), bytes.fromhex(head))
 
 
-def kill_mid_append(store_dir: Path, run: str, compression: CompressionKind, acks_before_kill: int) -> list[Ack]:
-    """Run an appending child, SIGKILL it after some acknowledgements; returns every ack it printed."""
-    child = spawn("append", str(store_dir), run, "1000000", "4", compression.value)
-    acks = [parse_ack(read_line(child)) for _ in range(acks_before_kill)]
-    child.send_signal(signal.SIGKILL)
-    # Lines printed in full before the kill were acknowledged too; a cut-off last line was not.
-    acks += [parse_ack(line) for line in drain_killed(child)]
+def kill_mid_append(store_dir: Path, run: str, compression: CompressionKind, plan: KillPlan) -> list[Ack]:
+    """Run an appending child that SIGKILLs itself where ``plan`` says; returns every ack it printed."""
+    child = spawn("append", str(store_dir), run, "1000000", "4", compression.value, plan=plan)
+    # Lines printed in full before the kill were acknowledged; a cut-off last line was not.
+    acks = [parse_ack(line) for line in drain_killed(child)]
+    assert len(acks) == plan.acknowledged, f"{plan}: {len(acks)} acknowledgements"
     return acks
 
 
@@ -228,12 +234,13 @@ def check_acknowledged(records: list[Record], acks: list[Ack]) -> None:
 
 
 def crash_rounds(store_dir: Path, rounds: int, seed: int) -> None:
-    """Kill a writer ``rounds`` times at varying points; after each, reopen, check and extend the chain."""
+    """Kill a writer ``rounds`` times at seeded points (a failpoint in its Nth append, or after its Nth
+    acknowledgement); after each, reopen, check and extend the chain."""
     rng = random.Random(seed)
     acks: list[Ack] = []
     for r in range(rounds):
         compression = CompressionKind.ZSTD if r % 2 else CompressionKind.NONE
-        acks += kill_mid_append(store_dir, f"r{r}", compression, acks_before_kill=rng.randint(1, 12))
+        acks += kill_mid_append(store_dir, f"r{r}", compression, KillPlan.choose(rng, 1, 12))
         with open_writer(store_dir, compression) as store:
             records = genesis_records(store, STREAM)
             check_acknowledged(records, acks)
@@ -285,12 +292,14 @@ def child_try_open(store_dir: Path) -> None:
 
 
 def child_append(store_dir: Path, run: str, batches: int, k: int, compression: str) -> None:
-    """Append ``batches`` batches of ``k`` events, printing an ack line after each append returns."""
+    """Append ``batches`` batches of ``k`` events, printing an ack line after each append returns
+    (and dying where the parent's kill plan says, if it gave one)."""
+    arm_from_environment()
     with open_writer(store_dir, CompressionKind(compression)) as store:
         for b in range(batches):
             batch_id = f"{run}-{b}"
             next_offset, head = store.append(STREAM, batch_events(batch_id, k))
-            print(f"ack {batch_id} {next_offset} {head.hex()}", flush=True)
+            acknowledge(f"ack {batch_id} {next_offset} {head.hex()}")
 
 
 def child_main(argv: list[str]) -> int:

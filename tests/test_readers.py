@@ -23,12 +23,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import child_process
 import pytest
-from child_process import CHILD_TIMEOUT, read_line
-from damage_tools import genesis_events, genesis_records
 
 from hybridlog import CheckpointPolicy, ConsumerPositionLost, GlobalRecord, Record, Storage
+from hybridlog.testing import harness
+from hybridlog.testing.damage import genesis_events, genesis_records
+from hybridlog.testing.harness import CHILD_TIMEOUT, read_line
 
 THIS_FILE = Path(__file__).resolve()
 SECOND = 1_000_000_000
@@ -45,7 +45,7 @@ def open_writer(path: Path, clock: Callable[[], int] | None = None) -> Storage:
 
 @contextmanager
 def writer_child(*args: str) -> Iterator[subprocess.Popen[str]]:
-    child = child_process.spawn(THIS_FILE, *args, stdin=subprocess.PIPE)
+    child = harness.spawn(THIS_FILE, *args, stdin=subprocess.PIPE)
     try:
         assert read_line(child) == "ready"
         yield child
@@ -205,7 +205,7 @@ def test_check_beside_a_writer_appending_finds_nothing_false_and_real_damage_sti
     store_dir = tmp_path / "s"
     with open_writer(store_dir) as store:
         store.append(7, [b"old record %d" % i * 10 for i in range(60)])  # sealed segments the writer leaves alone
-    child = child_process.spawn(THIS_FILE, "stream-writer", str(store_dir))
+    child = harness.spawn(THIS_FILE, "stream-writer", str(store_dir))
     try:
         acks = 0
         for target in (3, 10, 25, 40, 60, 90, 130, 180):

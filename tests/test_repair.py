@@ -3,7 +3,7 @@
 Every case starts from a copy of one deterministic store (a fixed clock, fixed payloads, 4 KiB
 segments, a checkpoint every 4 events, two streams) and tells the same story:
 
-1. **damage**: real bytes flipped, files cut, deleted or added with the ``damage_tools`` helpers;
+1. **damage**: real bytes flipped, files cut, deleted or added with the ``hybridlog.testing.damage`` helpers;
 2. **the exact error**: what a reader and a reopened writer raise (the exact ``IntegrityError``
    subclass, the stream, offset, segment file and byte position it names, a hint naming
    ``hybridlog repair``), or what opening a writer did on its own, as ``recovery_log`` records it;
@@ -32,30 +32,6 @@ from pathlib import Path
 
 import apsw
 import pytest
-from conftest import make_clock
-from damage_tools import (
-    HASH_FIELD,
-    OFFSET_FIELD,
-    PREV_HASH_FIELD,
-    STORED_LEN_FIELD,
-    add_extra_segment,
-    assert_no_bytes_lost,
-    catalog_path,
-    corrupt_catalog,
-    delete_catalog,
-    drop_segment,
-    flip_byte,
-    genesis_records,
-    rehash_frame,
-    replace_catalog,
-    reseal_frame,
-    rollback_catalog,
-    save_catalog,
-    segment_files,
-    stream_bytes,
-    tear_tail,
-    truncate_catalog,
-)
 
 from hybridlog import (
     CatalogError,
@@ -100,6 +76,30 @@ from hybridlog.repair import (
 )
 from hybridlog.segment import SegmentReader
 from hybridlog.stream_repair import ISOLATE_ACTION, MARKED_CUT
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import (
+    HASH_FIELD,
+    OFFSET_FIELD,
+    PREV_HASH_FIELD,
+    STORED_LEN_FIELD,
+    add_extra_segment,
+    assert_no_bytes_lost,
+    catalog_path,
+    corrupt_catalog,
+    delete_catalog,
+    drop_segment,
+    flip_byte,
+    genesis_records,
+    rehash_frame,
+    replace_catalog,
+    reseal_frame,
+    rollback_catalog,
+    save_catalog,
+    segment_files,
+    stream_bytes,
+    tear_tail,
+    truncate_catalog,
+)
 
 STREAM = 0  # the stream that gets damaged
 OTHER = 7  # a stream that must never notice

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from damage_tools import flip_byte, segment_files
 from hypothesis import given
 from hypothesis import strategies as st
 from test_sql_limits import snapshot
@@ -28,6 +27,7 @@ from hybridlog.layout import CONSUMERS_FILE
 from hybridlog.output import BASE64_KEY, json_value, text_value
 from hybridlog.record import HEADER_SIZE
 from hybridlog.sql import SqlRefused
+from hybridlog.testing.damage import flip_byte, segment_files
 
 REPO = Path(__file__).resolve().parent.parent
 CONSUMER_COLUMNS = [

@@ -8,8 +8,12 @@ segment layout can be checked. ``MemoryStorage`` plays no part.
 Rules: appends (1..N events, empty and multi-KB payloads, compressible or not, several streams),
 rejected appends (wrong offset, wrong prev_hash, empty batch: a typed error, the model unchanged
 and no segment file grows), reads from any offset with any ``max_bytes``, verified record reads,
-explicit and rejected checkpoints, the clock stepping forwards and back, and reopening the store
-(closing may write on-close checkpoints, which the model writes too). The store rotates at 4096
+explicit and rejected checkpoints, the clock stepping forwards and back, reopening the store
+(closing may write on-close checkpoints, which the model writes too), and a crash: the store is
+handed to a child process that appends a few batches and is SIGKILLed at a named failpoint of its
+last one (or right after acknowledging it); reopened, the store holds every acknowledged batch with
+the head the child was told, and the batch in flight wholly (exactly when its bytes were written)
+or not at all (``CrashingStorageMachine``, run with fewer examples: each crash is a process). The store rotates at 4096
 bytes; compression is on or off per run; the policy checkpoints every few events.
 
 Invariants after every step: the head and next offset of every stream agree with the model, and
@@ -23,10 +27,12 @@ model's record count, and every read also pages ``read_global`` against it.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 import shutil
 import struct
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +40,6 @@ from pathlib import Path
 
 import blake3
 import pytest
-from damage_tools import genesis_events, genesis_records
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
@@ -53,7 +58,11 @@ from hybridlog import (
     Storage,
     StreamId,
 )
+from hybridlog.failpoints import STEPS
 from hybridlog.record import record_hash
+from hybridlog.testing.clocks import ManualClock
+from hybridlog.testing.damage import genesis_events, genesis_records
+from hybridlog.testing.harness import ACK, KillPlan, acknowledge, arm_from_environment, run_until_killed
 
 MAX_SEGMENT_SIZE = 4096
 STREAMS = [0, 1, 2**63 - 1]
@@ -65,16 +74,9 @@ HEAVY = os.environ.get("HYPOTHESIS_PROFILE") == "heavy"
 # runs are many because a machine is cheap and some bugs need a particular policy plus a reopen.
 # The heavy profile brings its own (larger) max_examples, and the runs get longer.
 MACHINE_SETTINGS = settings(stateful_step_count=100) if HEAVY else settings(max_examples=200, stateful_step_count=50)
-
-
-class ManualClock:
-    """A clock the machine moves by hand; every call returns ``now`` until it is moved."""
-
-    def __init__(self) -> None:
-        self.now = START_NS
-
-    def __call__(self) -> int:
-        return self.now
+# A crash is a child process (a few tenths of a second): the crashing machine runs fewer, shorter runs.
+CRASH_SETTINGS = settings(stateful_step_count=40) if HEAVY else settings(max_examples=12, stateful_step_count=20)
+THIS_FILE = Path(__file__).resolve()
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -190,6 +192,10 @@ class StorageMachine(RuleBasedStateMachine):
         self.model = {sid: ModelStream(sid) for sid in STREAMS}
         self.global_order: list[tuple[int, int]] = []  # (stream, offset) of position i + 1
         self.store: Storage | None = None
+        # Streams the open writer has written to (or tried): close checkpoints only these, since a
+        # writer loads a stream's head on its first write (events a killed writer left unchecked
+        # in a stream nobody writes to after the reopen get no on-close checkpoint).
+        self.written: set[int] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -202,6 +208,7 @@ class StorageMachine(RuleBasedStateMachine):
         self.store = self.open()
 
     def open(self) -> Storage:
+        self.written = set()
         return Storage(
             self.path,
             checkpoint_policy=self.policy,
@@ -223,17 +230,28 @@ class StorageMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         """Close (writing on-close checkpoints if the policy says so) and open the directory again."""
+        closing = self.close()
+        self.store = self.open()
+        self.check_reopened(closing, [])
+
+    def close(self) -> list[tuple[int, int]]:
+        """Close the store; the model writes the on-close checkpoints too. Returns their places."""
         self.s.close()
         closing: list[tuple[int, int]] = []
         if self.policy.on_close:
             for stream in self.model.values():
-                if stream.events_since_checkpoint > 0:
+                if stream.events_since_checkpoint > 0 and stream.stream_id in self.written:
                     closing.append((stream.stream_id, stream.next_offset))
                     stream.checkpoint(self.clock.now)
-        self.store = self.open()
+        return closing
+
+    def check_reopened(self, closing: list[tuple[int, int]], then: list[tuple[int, int]]) -> None:
+        """Since the last known record the store holds exactly the on-close checkpoints (in any
+        order), then the records ``then`` in that order."""
         written = self.s.read_global(len(self.global_order) + 1, 1 << 30)
         order = [(g.record.stream_id, g.record.offset) for g in written]
-        assert sorted(order) == sorted(closing)  # exactly the on-close checkpoints, after everything before
+        assert sorted(order[: len(closing)]) == sorted(closing)  # after everything before
+        assert order[len(closing) :] == then
         self.global_order += order
 
     @rule(delta=st.integers(min_value=-3_000_000_000, max_value=3_000_000_000))
@@ -248,6 +266,7 @@ class StorageMachine(RuleBasedStateMachine):
         """append_batch with the model's head, or append() finding the head itself."""
         stream = self.model[sid]
         start = stream.next_offset
+        self.written.add(sid)
         if at_head:
             result = self.s.append(sid, events, fsync=fsync)
         else:
@@ -257,6 +276,7 @@ class StorageMachine(RuleBasedStateMachine):
 
     @rule(sid=streams)
     def checkpoint(self, sid: int) -> None:
+        self.written.add(sid)
         stream = self.model[sid]
         offset = stream.next_offset
         result = self.s.create_checkpoint(sid, offset, stream.head, offset, fsync=False)
@@ -288,6 +308,8 @@ class StorageMachine(RuleBasedStateMachine):
             "record_count": (lambda: self.s.create_checkpoint(sid, offset, head, wrong_offset), RecordCountMismatch),
         }
         call, expected = calls[mistake]
+        if mistake != "empty":  # refused by the head, which the writer loads for it
+            self.written.add(sid)
         before = self.disk_state()
         with pytest.raises(expected) as info:
             call()
@@ -385,8 +407,63 @@ class StorageMachine(RuleBasedStateMachine):
             assert self.store.completed_segments(sid) == segments[:-1]
 
 
-def run_machine(root: Path, compression: CompressionKind, machine_settings: settings) -> None:
-    class Machine(StorageMachine):
+class CrashingStorageMachine(StorageMachine):
+    """The machine with a crash rule: a child process appends and is killed at a failpoint."""
+
+    @rule(
+        plan=st.builds(KillPlan, st.sampled_from([*STEPS, ACK]), st.integers(min_value=1, max_value=3)),
+        appends=st.lists(st.tuples(streams, batches), min_size=3, max_size=3),
+    )
+    def crash(self, plan: KillPlan, appends: list[tuple[int, list[bytes]]]) -> None:
+        """Hand the store to a child that appends ``appends`` and dies as ``plan`` says; reopen and
+        check: acknowledged batches are there with the heads the child was told, the one in flight
+        wholly when its bytes were written and not at all otherwise."""
+        closing = self.close()
+        self.store = None
+        child_input = json.dumps([[sid, [e.hex() for e in events]] for sid, events in appends])
+        every, on_close = self.policy.every_records, self.policy.on_close
+        args = [str(self.path), self.compression.value, str(every or 0), str(int(on_close)), str(self.clock.now)]
+        lines = run_until_killed(THIS_FILE, "append", *args, plan=plan, stdin=child_input)
+        assert len(lines) == plan.acknowledged
+        landed = plan.acknowledged + (1 if plan.in_flight_lands else 0)
+        then: list[tuple[int, int]] = []
+        for n, (sid, events) in enumerate(appends[:landed]):
+            stream = self.model[sid]
+            start = stream.next_offset
+            result = stream.append(events, every, self.clock.now)
+            if n < len(lines):  # acknowledged: with the head the child was told
+                next_offset, head = lines[n].split(" ")
+                assert result == (int(next_offset), bytes.fromhex(head))
+            then += [(sid, offset) for offset in range(start, stream.next_offset)]
+        self.store = self.open()
+        assert self.s.damaged_streams() == {}
+        for sid in {sid for sid, _ in appends}:
+            assert genesis_records(self.s, sid) == self.model[sid].records
+        self.check_reopened(closing, then)
+
+
+def child_append(argv: list[str]) -> None:
+    """Open the store as the machine does, append the batches given on stdin, acknowledge each."""
+    path, compression, every, on_close, now = argv
+    arm_from_environment()
+    policy = CheckpointPolicy(every_records=int(every) or None, on_close=bool(int(on_close)))
+    store = Storage(
+        Path(path),
+        checkpoint_policy=policy,
+        max_segment_size=MAX_SEGMENT_SIZE,
+        compression=CompressionKind(compression),
+        clock=lambda: int(now),
+    )
+    for sid, events in json.loads(sys.stdin.read()):
+        next_offset, head = store.append(sid, [bytes.fromhex(e) for e in events])
+        acknowledge(f"{next_offset} {head.hex()}")
+    raise SystemExit("the child was not killed")
+
+
+def run_machine(
+    root: Path, compression: CompressionKind, machine_settings: settings, machine: type[StorageMachine] = StorageMachine
+) -> None:
+    class Machine(machine):  # type: ignore[valid-type,misc]
         def __init__(self) -> None:
             super().__init__(root, compression)
 
@@ -404,3 +481,18 @@ def test_storage_matches_the_model(tmp_path: Path, compression: CompressionKind)
 def test_storage_matches_the_model_long_runs(tmp_path: Path, compression: CompressionKind) -> None:
     """The same machine with many more and longer runs."""
     run_machine(tmp_path, compression, settings(MACHINE_SETTINGS, max_examples=500, stateful_step_count=100))
+
+
+@pytest.mark.parametrize("compression", list(CompressionKind), ids=lambda c: c.value)
+def test_storage_matches_the_model_across_writers_killed_at_failpoints(
+    tmp_path: Path, compression: CompressionKind
+) -> None:
+    """The machine with the crash rule (each crash runs a child process, so fewer, shorter runs)."""
+    run_machine(tmp_path, compression, CRASH_SETTINGS, CrashingStorageMachine)
+
+
+if __name__ == "__main__":
+    command, *rest = sys.argv[1:]
+    if command != "append":
+        raise SystemExit(f"unknown command {command}")
+    child_append(rest)

@@ -21,7 +21,6 @@ from pathlib import Path
 import apsw
 import blake3
 import pytest
-from damage_tools import active_segment, frame_batch, genesis_events, genesis_records
 
 import hybridlog
 from hybridlog import (
@@ -49,6 +48,7 @@ from hybridlog.layout import CATALOG_FILE, segment_path
 from hybridlog.record import FORMAT_VERSION
 from hybridlog.repair import REBUILD_CATALOG
 from hybridlog.segment import SegmentWriter
+from hybridlog.testing.damage import active_segment, frame_batch, genesis_events, genesis_records
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -42,10 +42,7 @@ from itertools import islice
 from pathlib import Path
 
 import apsw
-import child_process
 import pytest
-from child_process import CHILD_TIMEOUT, drain_killed, read_line
-from damage_tools import flip_byte
 
 from hybridlog import (
     CheckpointPolicy,
@@ -60,6 +57,17 @@ from hybridlog import (
     UnknownConsumer,
 )
 from hybridlog.layout import CONSUMERS_FILE, segment_path
+from hybridlog.testing import harness
+from hybridlog.testing.damage import flip_byte
+from hybridlog.testing.harness import (
+    CHILD_TIMEOUT,
+    KillPlan,
+    acknowledge,
+    arm_when_told,
+    drain_killed,
+    read_line,
+    send_plan,
+)
 from hybridlog.types import RecordKind
 
 THIS_FILE = Path(__file__).resolve()
@@ -507,8 +515,8 @@ def test_a_damaged_record_raises_out_of_the_iterator(store_dir: Path) -> None:
 # --- other processes -------------------------------------------------------------------------------------
 
 
-def spawn(*args: str) -> subprocess.Popen[str]:
-    return child_process.spawn(THIS_FILE, *args)
+def spawn(*args: str, stdin: bool = False) -> subprocess.Popen[str]:
+    return harness.spawn(THIS_FILE, *args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
 
 
 def test_a_reader_process_follows_a_writer_process(store_dir: Path) -> None:
@@ -592,7 +600,7 @@ def run_killed_writers_and_a_consumer(store_dir: Path, rounds: int, consumer_kil
 
     acknowledged_batches: list[str] = []
     for r in range(rounds):
-        writer = spawn("write", str(store_dir), f"r{r}", "1000000", str(rng.randrange(1 << 30)), "0")
+        writer = spawn("write", str(store_dir), f"r{r}", "1000000", str(rng.randrange(1 << 30)), "0", stdin=True)
         acknowledged_batches += [read_line(writer) for _ in range(rng.randint(2, 12))]
         if r in consumer_kills:
             for _ in range(rng.randint(1, 5)):
@@ -606,7 +614,7 @@ def run_killed_writers_and_a_consumer(store_dir: Path, rounds: int, consumer_kil
             assert len([p for p in printed if p > acked]) <= 1, "it prints, then acknowledges, one at a time"
             received = [d for d in received if d.position <= acked]
             consumer = spawn("consume", str(store_dir), "issue")
-        writer.send_signal(signal.SIGKILL)
+        send_plan(writer, KillPlan.choose(rng, 1, 3))  # it kills itself there, from now on
         acknowledged_batches += drain_killed(writer)
     # a last writer (recovery runs) ends the run with a marker, and no checkpoint after it
     with open_writer(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
@@ -650,14 +658,16 @@ def test_a_second_writer_still_refused_while_consumers_ack(store_dir: Path) -> N
 
 
 def child_write(store_dir: Path, run: str, batches: int, seed: int, pause: float) -> None:
-    """Append batches of 1-3 events to random streams, printing "ack BATCH" after each returns."""
+    """Append batches of 1-3 events to random streams, printing "ack BATCH" after each returns (and
+    dying where the kill plan the parent sends on stdin says, if it sends one)."""
+    arm_when_told()
     rng = random.Random(seed)
     with open_writer(store_dir) as store:
         for b in range(batches):
             batch_id = f"{run}-{b}"
             events = [json.dumps({"batch": batch_id, "i": i}).encode() for i in range(rng.randint(1, 3))]
             store.append(rng.choice(STREAMS), events)
-            print(f"ack {batch_id}", flush=True)
+            acknowledge(f"ack {batch_id}")
             time.sleep(pause)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from damage_tools import flip_byte, genesis_records
 
 from hybridlog import CheckpointPolicy, IntegrityError, Storage
 from hybridlog.layout import segment_path
+from hybridlog.testing.damage import flip_byte, genesis_records
 
 T0 = 1_700_000_000_000_000_000
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from damage_tools import flip_byte, genesis_records, segment_files
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +28,7 @@ from hybridlog import (
 )
 from hybridlog.layout import segment_path
 from hybridlog.record import FRAME_OVERHEAD, HEADER_SIZE, record_hash
+from hybridlog.testing.damage import flip_byte, genesis_records, segment_files
 from hybridlog.verified_cache import VerifiedRun, VerifiedRunCache
 
 STREAM = 3

@@ -25,8 +25,6 @@ from pathlib import Path
 
 import apsw
 import pytest
-from conftest import make_clock
-from damage_tools import genesis_events
 
 from hybridlog import (
     AppendOutcomeUnknown,
@@ -38,6 +36,8 @@ from hybridlog import (
 )
 from hybridlog.catalog import Catalog
 from hybridlog.segment import SegmentWriter
+from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.damage import genesis_events
 
 SEGMENT_SIZE = 4096
 EIO = OSError(errno.EIO, "Input/output error")

@@ -1,9 +1,9 @@
-"""Helpers that damage a store on purpose, build its bytes by hand, and check that nothing was lost.
+"""Damage helpers: the one home of damaging a store on purpose, building its bytes by hand, and
+checking that nothing was lost.
 
-Shared by the damage tests (``test_damage.py``, ``test_repair.py``), and by every test that reads a
-whole stream back (``genesis_records``, ``genesis_events``). pytest puts ``tests/`` on
-``sys.path`` (the default ``prepend`` import mode, no ``__init__.py``), so test modules import this
-as ``from damage_tools import ...``.
+Used by the damage tests (``test_damage.py``, ``test_repair.py``), by every test that reads a
+whole stream back (``genesis_records``, ``genesis_events``), and by anyone testing a wrapper of a
+store against damage.
 
 Every helper does real damage to real files: it flips bytes, cuts files, deletes them, or puts
 other bytes in their place. Catalog helpers expect the store to be closed (no ``-wal`` file holding

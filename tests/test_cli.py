@@ -14,7 +14,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import hybridlog.cli as cli_module
+import hybridlog.cli.admin as cli_module
 from hybridlog import Storage
 from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, cli
 from hybridlog.layout import segment_path

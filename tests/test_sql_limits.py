@@ -31,7 +31,8 @@ import pytest
 from click.testing import CliRunner
 
 from hybridlog import InvalidArgument, QueryLimitExceeded, QueryRowLimit, QueryTimeout, Storage, StorageError
-from hybridlog.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, TABLE_WIDTH_ROWS, cli
+from hybridlog.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, cli
+from hybridlog.cli.render import TABLE_WIDTH_ROWS
 from hybridlog.segment import SegmentReader
 from hybridlog.sql import QueryGuard, query_catalog
 

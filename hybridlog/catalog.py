@@ -51,7 +51,7 @@ from hybridlog.db import (
 from hybridlog.errors import CatalogError, CatalogMismatch, CatalogTooNew, CatalogUnusable, RecordFormatTooNew
 from hybridlog.layout import building_path, sqlite_companions
 from hybridlog.record import FORMAT_VERSION
-from hybridlog.types import ChainHash, Offset, RecordKind, StreamId
+from hybridlog.types import ChainHash, MarkerAction, Offset, RecordKind, RecoveryAction, StreamId, known
 
 
 class Catalog(GlobalOrderReads, CatalogChecks):
@@ -298,12 +298,12 @@ class Catalog(GlobalOrderReads, CatalogChecks):
             if stream is not None:
                 anchor = self.checkpoint_at_or_before(stream_id, from_offset) if anchored else None
                 gaps = self.gaps(stream_id)
-                passed = [g for g in gaps if g.action == "isolated" and g.next_offset <= from_offset]
+                passed = [g for g in gaps if g.action == MarkerAction.ISOLATED and g.next_offset <= from_offset]
                 resume = passed[-1] if passed and (anchor is None or passed[-1].next_offset > anchor.offset) else None
                 if resume is not None:
                     anchor = None
                 start_offset = resume.next_offset if resume else anchor.offset if anchor else 0
-                if start_offset == 0 and gaps and gaps[0].first_offset == 0 and gaps[0].action == "cut":
+                if start_offset == 0 and gaps and gaps[0].first_offset == 0 and gaps[0].action == MarkerAction.CUT:
                     start_offset = gaps[0].next_offset  # the stream starts with a cut marker
                 start = self.index_entry(stream_id, start_offset)
                 snapshot = StreamSnapshot(stream, self.segments(stream_id), anchor, start, gaps, resume)
@@ -323,7 +323,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
                 stream_id,
                 Offset(first),
                 Offset(nxt),
-                action,
+                known(MarkerAction, action),
                 no,
                 start,
                 rno,
@@ -381,7 +381,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
             " kept_as, detail, at_ns FROM recovery_log WHERE ?1 IS NULL OR stream_id = ?1 ORDER BY entry_id",
             (stream_id,),
         )
-        return [RecoveryEntry(*row) for row in rows]
+        return [RecoveryEntry(sid, found, known(RecoveryAction, action), *rest) for sid, found, action, *rest in rows]
 
     # --- writes ----------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from hybridlog.catalog_rows import (
 )
 from hybridlog.errors import CatalogError, CatalogMismatch
 from hybridlog.record import FRAME_OVERHEAD
-from hybridlog.types import GlobalPosition, Offset, StreamId
+from hybridlog.types import GlobalPosition, Offset, RecoveryAction, StreamId
 
 
 def _next_offset(gaps: list[GapRow], offset: int) -> int:
@@ -309,6 +309,7 @@ class GlobalOrderReads:
         records that had positions.
         """
         row = self.conn.execute(
-            "SELECT 1 FROM recovery_log WHERE action NOT IN ('adopted', 'quarantined', 'removed_empty') LIMIT 1"
+            "SELECT 1 FROM recovery_log WHERE action NOT IN (?, ?, ?) LIMIT 1",
+            (RecoveryAction.ADOPTED, RecoveryAction.QUARANTINED, RecoveryAction.REMOVED_EMPTY),
         ).fetchone()
         return row is not None

@@ -14,7 +14,7 @@ from pathlib import Path
 from hybridlog.db import catalog_migrations
 from hybridlog.errors import CatalogMismatch
 from hybridlog.record import CHECKPOINT_PAYLOAD, FRAME_OVERHEAD
-from hybridlog.types import ChainHash, GlobalPosition, Offset, RecordKind, StreamId
+from hybridlog.types import ChainHash, GlobalPosition, MarkerAction, Offset, RecordKind, RecoveryAction, StreamId
 
 SCHEMA_VERSION = len(catalog_migrations())
 GLOBAL_ORDER_VERSION = 3
@@ -133,7 +133,8 @@ class RecoveryEntry:
 
     stream_id: StreamId | None
     found: str
-    action: str
+    action: RecoveryAction | str
+    """A RecoveryAction; a plain str when this code does not know the value (another version's)."""
     segment_no: int | None = None
     start_byte: int | None = None
     end_byte: int | None = None
@@ -180,7 +181,8 @@ class GapRow:
     stream_id: StreamId
     first_offset: Offset
     next_offset: Offset
-    action: str
+    action: MarkerAction | str
+    """A MarkerAction; a plain str only if the row holds a value this code does not know."""
     segment_no: int
     start_byte: int
     resume_segment_no: int | None = None

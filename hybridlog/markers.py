@@ -32,12 +32,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from hybridlog.types import RecordKind
+from hybridlog.types import MarkerAction, RecordKind
 
 MARKER_MAGIC = b"HLREPAIR"
 MARKER_PAYLOAD = struct.Struct("<8sB7sQQQQQ")
-ISOLATED = "isolated"
-CUT = "cut"
+ISOLATED = MarkerAction.ISOLATED  # aliases of MarkerAction's members, until their users name it
+CUT = MarkerAction.CUT
 _ACTION_CODES = {ISOLATED: 1, CUT: 2}
 _ACTIONS = {code: name for name, code in _ACTION_CODES.items()}
 
@@ -48,7 +48,7 @@ assert MARKER_PAYLOAD.size == 56
 class RepairMarker:
     """What one repair did to a range of a stream's offsets (see the module docstring)."""
 
-    action: str
+    action: MarkerAction
     first_offset: int
     next_offset: int
     segment_no: int

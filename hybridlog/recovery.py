@@ -42,20 +42,20 @@ from hybridlog.layout import (
 )
 from hybridlog.record import FrameError
 from hybridlog.segment import SegmentReader, file_digest, fsync_dir, write_file_durably
-from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, StreamId
+from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, RecoveryAction, StreamId
 from hybridlog.walk import SegmentScan
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 
-# recovery_log.action values
-ADOPTED = "adopted"
-QUARANTINED = "quarantined"
-REINDEXED = "reindexed"
-REBUILT_CATALOG = "rebuilt_catalog"
-TRUNCATED = "truncated"
-REMOVED_EMPTY = "removed_empty"
+# recovery_log.action values: aliases of RecoveryAction's members, until their users name it
+ADOPTED = RecoveryAction.ADOPTED
+QUARANTINED = RecoveryAction.QUARANTINED
+REINDEXED = RecoveryAction.REINDEXED
+REBUILT_CATALOG = RecoveryAction.REBUILT_CATALOG
+TRUNCATED = RecoveryAction.TRUNCATED
+REMOVED_EMPTY = RecoveryAction.REMOVED_EMPTY
 
 
 @dataclass(slots=True)

@@ -50,29 +50,29 @@ from hybridlog.layout import (
 from hybridlog.lock import writer_holds_lock
 from hybridlog.segment import file_digest
 from hybridlog.stream_repair import StreamRepairPlan, plan_stream_repair
-from hybridlog.types import RecordKind, StreamId
+from hybridlog.types import FindingKind, RecordKind, RepairKind, StreamId
 from hybridlog.walk import ScannedRecord, ScanProblem
 
-# Finding.problem values
-CATALOG_MISSING = "catalog_missing"
-CATALOG_UNUSABLE = "catalog_unusable"
-CATALOG_BEHIND = "catalog_behind"
-CATALOG_AHEAD = "catalog_ahead"
-CATALOG_MISMATCH = "catalog_mismatch"
-TORN_TAIL = "torn_tail"
-MISSING_SEGMENT = "missing_segment"
-DAMAGED_RECORD = "damaged_record"
-MISSING_DICTIONARY = "missing_dictionary"
-DAMAGED_DICTIONARY = "damaged_dictionary"
-FOREIGN_FILE = "foreign_file"
+# Finding.problem values: aliases of FindingKind's members, until their users name it
+CATALOG_MISSING = FindingKind.CATALOG_MISSING
+CATALOG_UNUSABLE = FindingKind.CATALOG_UNUSABLE
+CATALOG_BEHIND = FindingKind.CATALOG_BEHIND
+CATALOG_AHEAD = FindingKind.CATALOG_AHEAD
+CATALOG_MISMATCH = FindingKind.CATALOG_MISMATCH
+TORN_TAIL = FindingKind.TORN_TAIL
+MISSING_SEGMENT = FindingKind.MISSING_SEGMENT
+DAMAGED_RECORD = FindingKind.DAMAGED_RECORD
+MISSING_DICTIONARY = FindingKind.MISSING_DICTIONARY
+DAMAGED_DICTIONARY = FindingKind.DAMAGED_DICTIONARY
+FOREIGN_FILE = FindingKind.FOREIGN_FILE
 
-ISOLATED_RECORDS = "isolated_records"
+ISOLATED_RECORDS = FindingKind.ISOLATED_RECORDS
 
-# repair names, in the order a plan applies them
-REBUILD_CATALOG = "rebuild_catalog"
-ISOLATE = "isolate"
-TRUNCATE = "truncate"
-REINDEX = "reindex"
+# repair names, in the order a plan applies them: aliases of RepairKind's members, until their users name it
+REBUILD_CATALOG = RepairKind.REBUILD_CATALOG
+ISOLATE = RepairKind.ISOLATE
+TRUNCATE = RepairKind.TRUNCATE
+REINDEX = RepairKind.REINDEX
 _REPAIR_ORDER = {REBUILD_CATALOG: 0, ISOLATE: 1, TRUNCATE: 1, REINDEX: 2}
 STREAM_REPAIRS = (ISOLATE, TRUNCATE)
 
@@ -82,9 +82,9 @@ class Finding:
     """One thing ``check`` found: what, where, and which repair fixes it (None: nothing to do)."""
 
     stream_id: StreamId | None
-    problem: str
+    problem: FindingKind
     message: str
-    repair: str | None
+    repair: RepairKind | None
     offset: int | None = None
     segment: Path | None = None
     position: int | None = None
@@ -107,7 +107,7 @@ class RepairStep:
     ``reindex`` a stream. ``reason`` says what was found; ``effect`` what the step will do, in
     records, offsets and bytes (``effects`` the same numbers for ``--json``)."""
 
-    repair: str
+    repair: RepairKind
     stream_id: StreamId | None
     reason: str
     effect: str = ""

@@ -59,12 +59,12 @@ from hybridlog.recovery import (
     remove_empty_segment,
 )
 from hybridlog.segment import SegmentWriter, fsync_dir, make_dirs_durably, write_file_durably
-from hybridlog.types import ChainHash, RecordKind, StreamId
+from hybridlog.types import ChainHash, RecordKind, RecoveryAction, StreamId
 
-# recovery_log.action values (besides recovery.py's)
-ISOLATE_ACTION = "isolated"
-MARKED_CUT = "marked_cut"
-RESEALED_DICTIONARY = "resealed_dictionary"
+# recovery_log.action values (besides recovery.py's): aliases of RecoveryAction's members, until their users name it
+ISOLATE_ACTION = RecoveryAction.ISOLATED
+MARKED_CUT = RecoveryAction.MARKED_CUT
+RESEALED_DICTIONARY = RecoveryAction.RESEALED_DICTIONARY
 
 
 @dataclass(frozen=True, slots=True)

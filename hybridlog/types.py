@@ -1,10 +1,11 @@
-"""Value types shared by every module: ids, offsets, hashes, record kinds and policies."""
+"""Value types shared by every module: ids, offsets, hashes, record kinds, policies, and the
+vocabularies that cross modules (recovery actions, repair marker actions, finding and repair kinds)."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NewType
+from typing import NewType, TypeVar
 
 from hybridlog.errors import InvalidStreamId
 
@@ -50,6 +51,92 @@ class CompressionKind(enum.Enum):
 
     NONE = "none"
     ZSTD = "zstd"
+
+
+class Vocabulary(enum.StrEnum):
+    """A set of names stored in the catalog and printed as they are (text and ``--json``).
+
+    A member is its string: it compares, hashes, formats, binds to SQL and encodes to JSON as its
+    value, and its repr is the value's too, so messages and reprs read exactly as the plain strings
+    did. The values are stored: never change one (``tests/test_vocabulary.py`` holds them).
+    """
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class RecoveryAction(Vocabulary):
+    """What recovery or repair did, as ``recovery_log.action`` stores it (``docs/schema.md``)."""
+
+    ADOPTED = "adopted"
+    """Complete, chain-valid records the catalog missed, added to it (recovery on open)."""
+    QUARANTINED = "quarantined"
+    """Bytes never acknowledged (an incomplete batch, a segment past it) moved to a quarantine file."""
+    REMOVED_EMPTY = "removed_empty"
+    """An empty segment file the catalog does not know, removed."""
+    REINDEXED = "reindexed"
+    """A stream's catalog rows replaced with what its segments hold."""
+    TRUNCATED = "truncated"
+    """Committed records cut from a stream by repair, their bytes kept in quarantine files."""
+    ISOLATED = "isolated"
+    """Damaged records left in place and stepped over by reads (a repair marker says so)."""
+    MARKED_CUT = "marked_cut"
+    """Offsets a stream's cut marker now stands for."""
+    RESEALED_DICTIONARY = "resealed_dictionary"
+    """A dictionary file damaged outside its zstd dictionary, rewritten whole (the old one kept)."""
+    REBUILT_CATALOG = "rebuilt_catalog"
+    """The whole catalog built afresh from the segments (the old file kept aside)."""
+
+
+class MarkerAction(Vocabulary):
+    """What a repair did to a range of a stream's offsets: a repair marker's action
+    (``markers.py``) and a ``gaps`` row's (``migrations/0004_gaps.sql``)."""
+
+    ISOLATED = "isolated"
+    """Damaged records left in place; reads resume after them."""
+    CUT = "cut"
+    """Records moved to quarantine; the stream's cut marker links past them."""
+
+
+class FindingKind(Vocabulary):
+    """What ``check`` found (``Finding.problem``)."""
+
+    CATALOG_MISSING = "catalog_missing"
+    CATALOG_UNUSABLE = "catalog_unusable"
+    CATALOG_BEHIND = "catalog_behind"
+    CATALOG_AHEAD = "catalog_ahead"
+    CATALOG_MISMATCH = "catalog_mismatch"
+    TORN_TAIL = "torn_tail"
+    MISSING_SEGMENT = "missing_segment"
+    DAMAGED_RECORD = "damaged_record"
+    MISSING_DICTIONARY = "missing_dictionary"
+    DAMAGED_DICTIONARY = "damaged_dictionary"
+    FOREIGN_FILE = "foreign_file"
+    """A file or directory under the store that is none of its own; reported, left alone."""
+    ISOLATED_RECORDS = "isolated_records"
+    """Records an earlier repair isolated; reported, nothing to do."""
+
+
+class RepairKind(Vocabulary):
+    """A repair ``check`` proposes and ``Storage.repair`` applies (``Finding.repair``, ``RepairStep.repair``)."""
+
+    REBUILD_CATALOG = "rebuild_catalog"
+    ISOLATE = "isolate"
+    TRUNCATE = "truncate"
+    REINDEX = "reindex"
+
+
+_V = TypeVar("_V", bound=Vocabulary)
+
+
+def known(vocabulary: type[_V], value: str) -> _V | str:
+    """``value`` (as read back from the catalog) as a member of ``vocabulary``, or unchanged when it
+    is none: an older or newer store may hold a value this code does not know, which must not fail
+    the read."""
+    try:
+        return vocabulary(value)
+    except ValueError:
+        return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,9 +42,8 @@ from hybridlog.errors import (
     StorageError,
 )
 from hybridlog.layout import CATALOG_FILE, stream_ids_on_disk
-from hybridlog.markers import ISOLATED
 from hybridlog.storage import Storage
-from hybridlog.types import ChainHash, Record, RecordKind, StreamId
+from hybridlog.types import ChainHash, MarkerAction, Record, RecordKind, StreamId
 from hybridlog.walk import verified_frames
 
 MAX_LISTED = 20
@@ -375,7 +374,7 @@ class _StreamComparison:
         touched = {
             no
             for g in snap.gaps
-            if g.action == ISOLATED and g.resume_segment_no is not None
+            if g.action == MarkerAction.ISOLATED and g.resume_segment_no is not None
             for no in range(g.segment_no, g.resume_segment_no + 1)
         }
         for seg in snap.segments:

@@ -40,7 +40,7 @@ from hybridlog.errors import (
     os_error_detail,
 )
 from hybridlog.layout import dictionary_name, segment_path
-from hybridlog.markers import CUT, ISOLATED, RepairMarker, decode_marker, is_cut_jump
+from hybridlog.markers import RepairMarker, decode_marker, is_cut_jump
 from hybridlog.record import (
     CHECKSUM,
     FLAG_BATCH_END,
@@ -60,7 +60,7 @@ from hybridlog.record import (
     record_hash,
 )
 from hybridlog.segment import Frame, IncompleteFrame, SegmentReader
-from hybridlog.types import GENESIS_HASH, ChainHash, Offset, Record, RecordKind, StreamId
+from hybridlog.types import GENESIS_HASH, ChainHash, MarkerAction, Offset, Record, RecordKind, StreamId
 
 if TYPE_CHECKING:
     from hybridlog.catalog_rows import GapRow, StreamSnapshot
@@ -352,7 +352,7 @@ def verified_frames(
         prev = snap.resume.link_hash  # the stored link of the first record after an isolated gap
     # The walk must not go into the next isolated gap: its bytes do not verify, and a read that
     # reaches it says so (cut gaps need nothing: the cut marker links past them).
-    ahead = next((g for g in snap.gaps if g.action == ISOLATED and g.first_offset >= expected), None)
+    ahead = next((g for g in snap.gaps if g.action == MarkerAction.ISOLATED and g.first_offset >= expected), None)
     for seg in snap.segments:
         if seg.segment_no < snap.start.segment_no:
             continue
@@ -425,7 +425,9 @@ def _committed_end(next_offset: int, ahead: GapRow | None) -> Callable[[int], bo
 def _starts_with_cut_marker(snap: StreamSnapshot, first_offset: int, expected: int) -> bool:
     """A segment whose first record is a cut marker starts, for the catalog, at the first offset cut
     (the walk's offset there); a read that starts at the marker expects the marker's own offset."""
-    return any(g.action == CUT and g.first_offset == first_offset and g.next_offset == expected for g in snap.gaps)
+    return any(
+        g.action == MarkerAction.CUT and g.first_offset == first_offset and g.next_offset == expected for g in snap.gaps
+    )
 
 
 def unavailable(data_dir: Path, gap: GapRow, offset: int) -> RecordsUnavailable:
@@ -433,7 +435,7 @@ def unavailable(data_dir: Path, gap: GapRow, offset: int) -> RecordsUnavailable:
     sid = gap.stream_id
     where = f"offsets {gap.first_offset}..{gap.next_offset - 1}"
     more = f"the stream reads on from offset {gap.next_offset}"
-    if gap.action == ISOLATED:
+    if gap.action == MarkerAction.ISOLATED:
         return RecordIsolated(
             f"damaged record isolated by repair ({where}; {more})",
             first_offset=gap.first_offset,

@@ -317,9 +317,9 @@ def test_clock_that_returns_garbage_is_refused(store_dir: Path) -> None:
         [None],
         [{"repair": REBUILD_CATALOG, "stream_id": None, "reason": "a dict"}],
         [RepairStep(REBUILD_CATALOG, None, "fine"), "junk"],  # the good first step is not applied either
-        [RepairStep("burn", StreamId(1), "unknown repair")],
-        [RepairStep("reindex", None, "no stream")],
-        [RepairStep("truncate", StreamId(2**63), "stream id out of range")],
+        [RepairStep("burn", StreamId(1), "unknown repair")],  # type: ignore[arg-type]
+        [RepairStep("reindex", None, "no stream")],  # type: ignore[arg-type]
+        [RepairStep("truncate", StreamId(2**63), "stream id out of range")],  # type: ignore[arg-type]
         [RepairStep("reindex", True, "a bool")],  # type: ignore[arg-type]
     ],
     ids=repr,

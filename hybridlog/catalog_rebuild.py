@@ -13,37 +13,36 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from hybridlog.catalog import Catalog
 from hybridlog.catalog_rows import CheckpointRow, GapRow, RecoveryEntry
 from hybridlog.db import sqlite_errors
-from hybridlog.diagnose import Adoption, FoundGap, StreamScan, walk_stream
-from hybridlog.errors import CatalogMismatch, IntegrityError
+from hybridlog.diagnose import FoundGap, StreamScan, stream_damage, walk_stream
+from hybridlog.errors import IntegrityError
 from hybridlog.layout import (
     CATALOG_FILE,
     catalog_aside_path,
     catalog_path,
     segment_numbers_on_disk,
     segment_path,
-    sqlite_companions,
     stream_ids_on_disk,
     stream_path,
 )
 from hybridlog.markers import CUT, ISOLATED
+from hybridlog.quarantine import cut_tail, keep_catalog_aside, put_catalog_in_place, relative_name, remove_empty_segment
 from hybridlog.recovery import (
+    QUARANTINED,
     REBUILT_CATALOG,
     REINDEXED,
+    REMOVED_EMPTY,
+    TORN_TAIL_FOUND,
+    Adoption,
     Clock,
     ReconcileResult,
     commit_entries,
-    quarantine_tail,
-    relative_name,
-    remove_empty_segment,
     store_adoption,
 )
-from hybridlog.segment import fsync_dir
 from hybridlog.types import GENESIS_HASH, Offset, RecordKind, StreamId
 from hybridlog.walk import ScannedRecord
 
@@ -72,7 +71,7 @@ def index_stream(
     result = ReconcileResult(stream_id, entries=list(prior or []))
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
-        result.entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1]))
+        result.entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1], action=REMOVED_EMPTY))
     scanned: list[ScannedRecord] = []
     scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True)
     result.foreign_files = scan.foreign_files
@@ -80,9 +79,9 @@ def index_stream(
     if unexplained is None:
         result.damage = _damage_of(data_dir, scan)
         if scan.torn and scan.problem_segment is not None:
-            result.entries.append(
-                quarantine_tail(data_dir, stream_id, scan.problem_segment, scan.valid_ends[scan.problem_segment])
-            )
+            at = scan.valid_ends[scan.problem_segment]
+            entry = cut_tail(data_dir, stream_id, scan.problem_segment, at, found=TORN_TAIL_FOUND, action=QUARANTINED)
+            result.entries.append(entry)
         kept, gaps = scanned, scan.gaps
     else:
         result.damage = IntegrityError(
@@ -119,28 +118,8 @@ def index_stream(
 
 def _damage_of(data_dir: Path, scan: StreamScan) -> IntegrityError | None:
     """The IntegrityError describing where a stream walk met damage (None: clean or a torn tail)."""
-    hint = f"run `hybridlog repair {data_dir} --stream {scan.stream_id}`"
-    if scan.missing_segment is not None:
-        return CatalogMismatch(
-            f"segment {scan.missing_segment} is missing",
-            stream_id=scan.stream_id,
-            offset=scan.next_offset,
-            segment=segment_path(data_dir, scan.stream_id, scan.missing_segment),
-            hint=hint,
-        )
-    if scan.problem is not None and scan.problem.dictionary is not None:
-        return scan.problem.dictionary
-    if scan.problem is not None and not scan.torn:
-        assert scan.problem_segment is not None
-        return IntegrityError(
-            f"bad record ({scan.problem.reason})",
-            stream_id=scan.stream_id,
-            offset=scan.problem.offset,
-            segment=segment_path(data_dir, scan.stream_id, scan.problem_segment),
-            position=scan.problem.position,
-            hint=hint,
-        )
-    return None
+    damage = stream_damage(data_dir, scan)
+    return None if damage is None else damage.error(f"run `hybridlog repair {data_dir} --stream {scan.stream_id}`")
 
 
 def _segment_rows(
@@ -271,18 +250,9 @@ def _install_catalog(
             retiring.close()
     # 3. Keep the old file aside under a second name, and move its WAL and shared memory with it.
     if kept is not None:
-        try:
-            os.link(path, kept)
-        except FileExistsError:
-            pass  # a retry after a crash between this step and the rename
-        except OSError:  # a file system without hard links: a copy keeps it just as well
-            shutil.copyfile(path, kept)
-        for source, target in zip(sqlite_companions(path), sqlite_companions(kept), strict=True):
-            if source.exists():
-                os.replace(source, target)
+        keep_catalog_aside(path, kept)
     # 4. The swap: one rename, then the directory fsync that makes it durable.
-    os.replace(building, path)
-    fsync_dir(data_dir)
+    put_catalog_in_place(building, path)
 
 
 def rebuild_checkpoints(catalog: Catalog, data_dir: Path, stream_id: StreamId) -> int:

@@ -1,13 +1,23 @@
 """The one classifier of damage: what a verifying walk's stop means, stream by stream.
 
 ``walk_stream`` walks all of a stream's segment files from genesis (``walk.SegmentScan`` per
-segment) and turns where the walk stopped into a judgement (``StreamScan``): a torn tail
-(``is_torn_tail``: an interrupted write, safe to cut), a missing segment, or damage in durable data;
-with ``resync`` it steps over damage that has verifying records after it (``find_resume``) and
-lists it as gaps, each isolated by repair or not yet decided. ``unlisted_stream_problem`` says when a
-catalog has lost a stream whose files hold records. ``Adoption`` gathers the catalog rows of the
-complete batches a walk found past the catalog's end. Open-time recovery, ``check``/``repair`` and
-reads use these verdicts; nothing here changes a file.
+segment) and turns where the walk stopped into a judgement (``StreamScan``); with ``resync`` it
+steps over damage that has verifying records after it (``find_resume``) and lists it as gaps, each
+isolated by repair or not yet decided (``as_stopped``: the walk as if it had stopped at the first
+undecided one).
+
+What a problem is, decided once for everyone (open-time recovery, ``check``, re-indexing, reads):
+
+* ``classify_problem``: where a segment scan stopped -> a ``DamageKind``: a torn tail
+  (``is_torn_tail``: an interrupted write, safe to cut), a missing or damaged dictionary file, or
+  a damaged record in durable data;
+* ``stream_damage``: a stream walk -> the one ``Damage`` it stopped at (kind and place), which
+  ``check`` turns into a finding and recovery and re-indexing into the error they report;
+* ``segment_row_problems`` / ``catalog_ahead_damage``: catalog segment rows against the files
+  (missing, sizes, digests of sealed segments);
+* ``unlisted_stream_problem``: a catalog that has lost a stream whose files hold records.
+
+Nothing here changes a file (``quarantine.py`` does).
 """
 
 from __future__ import annotations
@@ -15,17 +25,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 
-from hybridlog.catalog_rows import CheckpointRow, IndexEntry
+from hybridlog.catalog import Catalog
+from hybridlog.catalog_rows import SegmentRow
 from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable
-from hybridlog.errors import CatalogMismatch
+from hybridlog.errors import CatalogMismatch, DictionaryUnusable, IntegrityError, MissingDictionary
 from hybridlog.layout import segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.markers import ISOLATED, RepairMarker
 from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload, record_hash
-from hybridlog.segment import SegmentReader
-from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
+from hybridlog.segment import SegmentReader, file_digest
+from hybridlog.types import GENESIS_HASH, ChainHash, StreamId
 from hybridlog.walk import ScannedRecord, ScanProblem, SegmentScan
 
 
@@ -224,7 +236,8 @@ def walk_stream(
             result.next_offset = scan.next_offset  # damage at the tail: as without resync
         if problem is not None:
             result.problem, result.problem_segment, result.pending = problem, segment_no, scan.pending
-            result.torn = segment_no == numbers[-1] and is_torn_tail(scan.path, problem)
+            at_end = segment_no == numbers[-1]
+            result.torn = classify_problem(scan.path, problem, at_end=at_end) is DamageKind.TORN_TAIL
             break
         i, position = i + 1, 0
     return result
@@ -313,6 +326,183 @@ def is_torn_tail(path: Path, problem: ScanProblem) -> bool:
     return True
 
 
+class DamageKind(StrEnum):
+    """What a stream walk stopped at (the same words as ``check``'s finding kinds)."""
+
+    TORN_TAIL = "torn_tail"
+    """An interrupted write at the very end of the stream: never acknowledged, safe to cut."""
+    MISSING_SEGMENT = "missing_segment"
+    DAMAGED_RECORD = "damaged_record"
+    """Damage in durable data: repair decides."""
+    MISSING_DICTIONARY = "missing_dictionary"
+    DAMAGED_DICTIONARY = "damaged_dictionary"
+    """Intact records whose dictionary file is missing or damaged: never cut."""
+
+
+def classify_problem(
+    path: Path, problem: ScanProblem, *, at_end: bool, group_expected: tuple[StreamId, int] | None = None
+) -> DamageKind:
+    """What a segment scan's ``problem`` in the file ``path`` is.
+
+    ``at_end``: nothing the stream holds follows this file, so the problem may be a torn tail
+    (``is_torn_tail``); else it is damage. ``group_expected``: (stream, next offset) when the
+    problem is at the very start of a file after the first one scanned: a file that starts with a
+    whole frame of the stream past that offset (``starts_past``) holds the rest of a group whose
+    earlier batches never became durable, so it is torn too.
+    """
+    if problem.dictionary is not None:
+        if isinstance(problem.dictionary, MissingDictionary):
+            return DamageKind.MISSING_DICTIONARY
+        return DamageKind.DAMAGED_DICTIONARY
+    if group_expected is not None and starts_past(path, *group_expected):
+        return DamageKind.TORN_TAIL
+    if at_end and is_torn_tail(path, problem):
+        return DamageKind.TORN_TAIL
+    return DamageKind.DAMAGED_RECORD
+
+
+def starts_past(path: Path, stream_id: StreamId, next_offset: int) -> bool:
+    """Whether a segment file starts with a whole, valid frame of this stream at an offset past
+    ``next_offset``: the batches before it in the same group never became durable."""
+    try:
+        with SegmentReader(path) as reader:
+            frame = reader.read_frame()
+    except FrameError:
+        return False
+    return frame is not None and frame.header.stream_id == stream_id and frame.header.offset > next_offset
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """Where a stream walk stopped, and why: the record at ``offset`` (the first one it affects), in
+    segment ``segment_no`` (file ``segment``) from byte ``position`` (None: the file is missing)."""
+
+    kind: DamageKind
+    stream_id: StreamId
+    segment_no: int
+    segment: Path
+    offset: int
+    position: int | None
+    reason: str
+    dictionary: DictionaryUnusable | None = None
+    """For the dictionary kinds: the error naming the file and how to restore it."""
+
+    def error(self, hint: str, *, what: str = "bad record") -> IntegrityError | None:
+        """The error that reports this damage (None for a torn tail, which is cut, not reported);
+        ``what`` names a damaged record in its message."""
+        if self.kind is DamageKind.TORN_TAIL:
+            return None
+        if self.dictionary is not None:
+            return self.dictionary
+        if self.kind is DamageKind.MISSING_SEGMENT:
+            return CatalogMismatch(
+                self.reason, stream_id=self.stream_id, offset=self.offset, segment=self.segment, hint=hint
+            )
+        return IntegrityError(
+            f"{what} ({self.reason})",
+            stream_id=self.stream_id,
+            offset=self.offset,
+            segment=self.segment,
+            position=self.position,
+            hint=hint,
+        )
+
+
+def stream_damage(data_dir: Path, scan: StreamScan) -> Damage | None:
+    """What a stream walk stopped at (None: it did not stop). A resyncing walk: see ``as_stopped``.
+
+    A torn tail starts at the end of the valid prefix (``next_offset``, the valid end of its file);
+    damage at the record it is found in; a missing segment at the first offset it would hold.
+    """
+    sid = scan.stream_id
+    if scan.missing_segment is not None:
+        gone = scan.missing_segment
+        path = segment_path(data_dir, sid, gone)
+        return Damage(DamageKind.MISSING_SEGMENT, sid, gone, path, scan.next_offset, None, f"segment {gone} is missing")
+    problem, no = scan.problem, scan.problem_segment
+    if problem is None:
+        return None
+    assert no is not None
+    path = segment_path(data_dir, sid, no)
+    if scan.torn:
+        return Damage(DamageKind.TORN_TAIL, sid, no, path, scan.next_offset, scan.valid_ends[no], problem.reason)
+    kind = classify_problem(path, problem, at_end=False)
+    return Damage(kind, sid, no, path, problem.offset, problem.position, problem.reason, problem.dictionary)
+
+
+def as_stopped(walked: StreamScan) -> StreamScan:
+    """A resyncing walk as a walk without resync would have ended: at the first damage no repair
+    marker accounts for (so it is reported there, and the catalog compared with what comes before)."""
+    gap = next(iter(walked.unexplained_gaps), None)
+    if gap is None:
+        return walked
+    view = replace(walked, next_offset=gap.first_offset, head=gap.head_before)
+    if gap.missing:
+        view.missing_segment = gap.segment_no
+    else:
+        view.problem = ScanProblem(gap.start_byte, gap.reason, unterminated=False, offset=gap.first_offset)
+        view.problem_segment = gap.segment_no
+        view.torn = False
+    return view
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRowProblem:
+    """A catalog segment row the file does not match: its ``size`` (None: missing), or its digest."""
+
+    row: SegmentRow
+    path: Path
+    size: int | None
+    digest_differs: bool = False
+
+    @property
+    def lost_bytes(self) -> bool:
+        """The catalog records bytes the file does not hold (missing, shorter, a sealed file changed)."""
+        size, row = self.size, self.row
+        return size is None or size < row.size_bytes or (row.sealed and size != row.size_bytes)
+
+
+def segment_row_problems(
+    data_dir: Path, stream_id: StreamId, rows: list[SegmentRow], *, digests: bool, last_may_grow: bool = False
+) -> list[SegmentRowProblem]:
+    """Catalog segment rows against the files: sizes, and (``digests``) digests of sealed segments.
+
+    ``last_may_grow``: the last segment, if not sealed, may be longer than the catalog says (a
+    writer is appending to it).
+    """
+    found = []
+    for seg in rows:
+        path = segment_path(data_dir, stream_id, seg.segment_no)
+        size = path.stat().st_size if path.exists() else None
+        growing = last_may_grow and seg is rows[-1] and not seg.sealed
+        if size != seg.size_bytes and not (growing and size is not None and size > seg.size_bytes):
+            found.append(SegmentRowProblem(seg, path, size))
+        elif digests and seg.sealed and seg.digest != file_digest(path):
+            found.append(SegmentRowProblem(seg, path, size, digest_differs=True))
+    return found
+
+
+def catalog_ahead_damage(catalog: Catalog, data_dir: Path, stream_id: StreamId) -> CatalogMismatch | None:
+    """The first segment the catalog knows that is missing, shorter than recorded, or changed after
+    sealing: records the catalog committed that the files no longer hold (open refuses to guess)."""
+    problems = segment_row_problems(data_dir, stream_id, catalog.segments(stream_id), digests=False)
+    lost = next((p for p in problems if p.lost_bytes), None)
+    if lost is None:
+        return None
+    seg, size = lost.row, lost.size
+    found = "missing" if size is None else f"{size} bytes"
+    cut = min(size or 0, seg.size_bytes)
+    hurt = catalog.first_entry_ending_after(stream_id, seg.segment_no, cut)
+    return CatalogMismatch(
+        f"segment is {found} but the catalog records {seg.size_bytes} bytes",
+        stream_id=stream_id,
+        offset=hurt.offset if hurt else seg.next_offset,
+        segment=lost.path,
+        position=hurt.position if hurt else cut,
+        hint=f"run `hybridlog repair {data_dir} --stream {stream_id}`",
+    )
+
+
 NEW_STREAM_GRACE_NS = 5_000_000_000
 """How long a stream's newest segment file may have been written before the catalog must list it.
 
@@ -353,29 +543,3 @@ def unlisted_stream_problem(data_dir: Path, stream_id: StreamId, listed: Callabl
                 f" `hybridlog repair {data_dir}`",
             )
         time.sleep(0.01)
-
-
-@dataclass(slots=True)
-class Adoption:
-    """Catalog rows for batches found in a segment, ready to be committed in one transaction."""
-
-    entries: list[IndexEntry] = field(default_factory=list)
-    checkpoints: list[CheckpointRow] = field(default_factory=list)
-    events: int = 0
-    payload_bytes: int = 0
-    stored_bytes: int = 0
-    first_timestamp_ns: int | None = None
-    last_timestamp_ns: int | None = None
-
-    def add(self, stream_id: StreamId, batch: list[ScannedRecord]) -> None:
-        for rec in batch:
-            self.entries.append(rec.entry)
-            self.stored_bytes += rec.entry.length
-            if rec.entry.kind == RecordKind.CHECKPOINT:
-                self.checkpoints.append(CheckpointRow(stream_id, rec.entry.offset, rec.hash, rec.entry.timestamp_ns))
-            else:
-                self.events += 1
-                self.payload_bytes += rec.payload_len
-            if self.first_timestamp_ns is None:
-                self.first_timestamp_ns = rec.entry.timestamp_ns
-            self.last_timestamp_ns = rec.entry.timestamp_ns

@@ -16,8 +16,10 @@ Rebuilding catalog rows from the segments (one stream's, or the whole catalog) i
 ``catalog_rebuild.py``, which uses the steps here. Global positions live only in the catalog:
 adopted records get the next positions after the high-water mark.
 
-Every action is written to the ``recovery_log`` table and to the log; cut bytes are kept in
-``*.quarantine`` files beside the segment, never thrown away.
+What a problem is (a torn tail, damage, a catalog ahead of its files) is decided by
+``diagnose.py``; the cutting and moving aside is done by ``quarantine.py``. Every action is written
+to the ``recovery_log`` table and to the log; cut bytes are kept in ``*.quarantine`` files beside
+the segment, never thrown away.
 """
 
 from __future__ import annotations
@@ -29,21 +31,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hybridlog.catalog import Catalog
-from hybridlog.catalog_rows import IndexEntry, RecoveryEntry, SegmentRow
-from hybridlog.diagnose import Adoption, is_torn_tail
+from hybridlog.catalog_rows import CheckpointRow, IndexEntry, RecoveryEntry, SegmentRow
+from hybridlog.diagnose import DamageKind, catalog_ahead_damage, classify_problem
 from hybridlog.errors import CatalogMismatch, IntegrityError
 from hybridlog.layout import (
     STREAMS_DIR,
     parse_stream_dir_name,
-    quarantine_path,
     segment_numbers_on_disk,
     segment_path,
     stream_path,
 )
-from hybridlog.record import FrameError
-from hybridlog.segment import SegmentReader, file_digest, fsync_dir, write_file_durably
-from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, RecoveryAction, StreamId
-from hybridlog.walk import SegmentScan
+from hybridlog.quarantine import cut_tail, move_segment_aside, remove_empty_segment
+from hybridlog.segment import file_digest
+from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, RecordKind, RecoveryAction, StreamId
+from hybridlog.walk import ScannedRecord, SegmentScan
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ REINDEXED = RecoveryAction.REINDEXED
 REBUILT_CATALOG = RecoveryAction.REBUILT_CATALOG
 TRUNCATED = RecoveryAction.TRUNCATED
 REMOVED_EMPTY = RecoveryAction.REMOVED_EMPTY
+
+TORN_TAIL_FOUND = "incomplete batch at the end of the segment"
+"""``recovery_log.found`` for a torn tail cut on open or by a re-index."""
 
 
 @dataclass(slots=True)
@@ -74,74 +78,6 @@ class ReconcileResult:
     @property
     def quarantined(self) -> list[str]:
         return [e.kept_as for e in self.entries if e.kept_as is not None]
-
-
-def relative_name(data_dir: Path, path: Path) -> str:
-    return str(path.relative_to(data_dir))
-
-
-def quarantine_tail(data_dir: Path, stream_id: StreamId, segment_no: int, position: int) -> RecoveryEntry:
-    """Save a segment's bytes from ``position`` to its end aside, then cut the segment there.
-
-    The saved copy is durable before the cut, so a crash in between loses nothing. A segment cut
-    to nothing is removed.
-    """
-    path = segment_path(data_dir, stream_id, segment_no)
-    with path.open("rb") as f:
-        f.seek(position)
-        tail = f.read()
-    kept = quarantine_path(data_dir, stream_id, segment_no, position)
-    write_file_durably(kept, tail)
-    if position == 0:
-        path.unlink()
-        fsync_dir(path.parent)
-    else:
-        with path.open("r+b") as f:
-            f.truncate(position)
-            os.fsync(f.fileno())
-    log.warning("stream %d: cut %d bytes from %s at byte %d, kept in %s", stream_id, len(tail), path, position, kept)
-    return RecoveryEntry(
-        stream_id,
-        found="incomplete batch at the end of the segment",
-        action=QUARANTINED,
-        segment_no=segment_no,
-        start_byte=position,
-        end_byte=position + len(tail),
-        kept_as=relative_name(data_dir, kept),
-    )
-
-
-def remove_empty_segment(data_dir: Path, stream_id: StreamId, segment_no: int) -> RecoveryEntry:
-    """Remove an empty segment file: a rotation created it and stopped before writing to it.
-
-    It holds no bytes, and the next rotation must be able to create it again.
-    """
-    path = segment_path(data_dir, stream_id, segment_no)
-    path.unlink()
-    fsync_dir(path.parent)
-    log.warning("stream %d: removed empty segment file %s left by an interrupted rotation", stream_id, path)
-    return RecoveryEntry(
-        stream_id, found="empty segment file the catalog does not know", action=REMOVED_EMPTY, segment_no=segment_no
-    )
-
-
-def quarantine_segment(data_dir: Path, stream_id: StreamId, segment_no: int, found: str) -> RecoveryEntry:
-    """Move a whole segment file aside (renamed, not copied) so the stream no longer includes it."""
-    path = segment_path(data_dir, stream_id, segment_no)
-    size = path.stat().st_size
-    kept = quarantine_path(data_dir, stream_id, segment_no, 0)
-    os.replace(path, kept)
-    fsync_dir(path.parent)
-    log.warning("stream %d: moved segment %s aside to %s", stream_id, path, kept)
-    return RecoveryEntry(
-        stream_id,
-        found=found,
-        action=QUARANTINED,
-        segment_no=segment_no,
-        start_byte=0,
-        end_byte=size,
-        kept_as=relative_name(data_dir, kept),
-    )
 
 
 def commit_entries(catalog: Catalog, entries: list[RecoveryEntry], now_ns: int) -> None:
@@ -181,6 +117,32 @@ def _global_positions(
     if new_last > mark:
         catalog.advance_global_position(mark, new_last)
     return positions
+
+
+@dataclass(slots=True)
+class Adoption:
+    """Catalog rows for batches found in a segment, ready to be committed in one transaction."""
+
+    entries: list[IndexEntry] = field(default_factory=list)
+    checkpoints: list[CheckpointRow] = field(default_factory=list)
+    events: int = 0
+    payload_bytes: int = 0
+    stored_bytes: int = 0
+    first_timestamp_ns: int | None = None
+    last_timestamp_ns: int | None = None
+
+    def add(self, stream_id: StreamId, batch: list[ScannedRecord]) -> None:
+        for rec in batch:
+            self.entries.append(rec.entry)
+            self.stored_bytes += rec.entry.length
+            if rec.entry.kind == RecordKind.CHECKPOINT:
+                self.checkpoints.append(CheckpointRow(stream_id, rec.entry.offset, rec.hash, rec.entry.timestamp_ns))
+            else:
+                self.events += 1
+                self.payload_bytes += rec.payload_len
+            if self.first_timestamp_ns is None:
+                self.first_timestamp_ns = rec.entry.timestamp_ns
+            self.last_timestamp_ns = rec.entry.timestamp_ns
 
 
 def store_adoption(
@@ -227,33 +189,13 @@ def store_adoption(
     _seal_all_but_last(catalog, data_dir, stream_id, now_ns)
 
 
-def _catalog_damage(catalog: Catalog, data_dir: Path, stream_id: StreamId) -> IntegrityError | None:
-    """Segments the catalog knows that are missing, shorter than recorded, or changed after sealing."""
-    for seg in catalog.segments(stream_id):
-        path = segment_path(data_dir, stream_id, seg.segment_no)
-        size = path.stat().st_size if path.exists() else None
-        if size is None or size < seg.size_bytes or (seg.sealed and size != seg.size_bytes):
-            found = "missing" if size is None else f"{size} bytes"
-            cut = min(size or 0, seg.size_bytes)
-            hurt = catalog.first_entry_ending_after(stream_id, seg.segment_no, cut)
-            return CatalogMismatch(
-                f"segment is {found} but the catalog records {seg.size_bytes} bytes",
-                stream_id=stream_id,
-                offset=hurt.offset if hurt else seg.next_offset,
-                segment=path,
-                position=hurt.position if hurt else cut,
-                hint=f"run `hybridlog repair {data_dir} --stream {stream_id}`",
-            )
-    return None
-
-
 def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clock) -> ReconcileResult:
     """Bring one stream's catalog rows in step with its segment files (see the module docstring)."""
     result = ReconcileResult(stream_id)
     on_disk, result.foreign_files = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     for name in result.foreign_files:
         log.warning("stream %d: unexpected file %s in its directory", stream_id, name)
-    result.damage = _catalog_damage(catalog, data_dir, stream_id)
+    result.damage = catalog_ahead_damage(catalog, data_dir, stream_id)
     if result.damage is not None:
         log.error("%s", result.damage)
         return result
@@ -290,7 +232,7 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
         if size == 0 and position == 0:
             # A rotation created this file and stopped before its bytes were durable.
             result.entries += _cut_unacknowledged(data_dir, stream_id, later)
-            result.entries.append(remove_empty_segment(data_dir, stream_id, segment_no))
+            result.entries.append(remove_empty_segment(data_dir, stream_id, segment_no, action=REMOVED_EMPTY))
             break
         if size == position:
             continue
@@ -311,13 +253,15 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
                 )
             )
         if scan.problem is not None:
+            # A problem at the start of a later file may be the rest of a group that never became durable.
+            group = (stream_id, next_offset) if position == 0 and i > 0 and scan.valid_end == 0 else None
+            kind = classify_problem(path, scan.problem, at_end=True, group_expected=group)
             if scan.problem.dictionary is not None:  # an intact record whose dictionary file is not usable
                 result.damage = scan.problem.dictionary
                 log.error("%s", result.damage)
                 result.entries = []  # nothing was changed
                 return result
-            gap = position == 0 and i > 0 and scan.valid_end == 0 and _starts_past(path, stream_id, next_offset)
-            if not gap and not is_torn_tail(path, scan.problem):
+            if kind is DamageKind.DAMAGED_RECORD:
                 result.damage = IntegrityError(
                     f"bad record past the catalog's end, not a torn write ({scan.problem.reason})",
                     stream_id=stream_id,
@@ -331,7 +275,9 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
                 return result
             # An interrupted write (or group): what follows it was never acknowledged.
             result.entries += _cut_unacknowledged(data_dir, stream_id, later)
-            result.entries.append(quarantine_tail(data_dir, stream_id, segment_no, scan.valid_end))
+            result.entries.append(
+                cut_tail(data_dir, stream_id, segment_no, scan.valid_end, found=TORN_TAIL_FOUND, action=QUARANTINED)
+            )
         if scan.valid_end > 0:
             first = next_offset if position == 0 else (last.first_offset if last else 0)
             segment_rows.append((segment_no, first, scan.next_offset, scan.valid_end))
@@ -350,17 +296,6 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
     return result
 
 
-def _starts_past(path: Path, stream_id: StreamId, next_offset: int) -> bool:
-    """Whether a segment file starts with a whole, valid frame of this stream at an offset past
-    ``next_offset``: the batches before it in the same group never became durable."""
-    try:
-        with SegmentReader(path) as reader:
-            frame = reader.read_frame()
-    except FrameError:
-        return False
-    return frame is not None and frame.header.stream_id == stream_id and frame.header.offset > next_offset
-
-
 def _cut_unacknowledged(data_dir: Path, stream_id: StreamId, segment_nos: list[int]) -> list[RecoveryEntry]:
     """Move aside whole segment files (empty ones are removed) that follow an interrupted write.
 
@@ -372,11 +307,10 @@ def _cut_unacknowledged(data_dir: Path, stream_id: StreamId, segment_nos: list[i
     entries = []
     for no in sorted(segment_nos, reverse=True):
         if segment_path(data_dir, stream_id, no).stat().st_size == 0:
-            entries.append(remove_empty_segment(data_dir, stream_id, no))
+            entries.append(remove_empty_segment(data_dir, stream_id, no, action=REMOVED_EMPTY))
         else:
-            entries.append(
-                quarantine_segment(data_dir, stream_id, no, "segment written by a group commit that was interrupted")
-            )
+            found = "segment written by a group commit that was interrupted"
+            entries.append(move_segment_aside(data_dir, stream_id, no, found=found, action=QUARANTINED))
     return entries
 
 

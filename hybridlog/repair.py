@@ -32,13 +32,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridlog.catalog import Catalog
 from hybridlog.catalog_rows import RecoveryEntry
-from hybridlog.diagnose import FoundGap, StreamScan, walk_stream
-from hybridlog.errors import CatalogTooNew, CatalogUnusable, MissingDictionary
+from hybridlog.diagnose import Damage, DamageKind, as_stopped, segment_row_problems, stream_damage, walk_stream
+from hybridlog.errors import CatalogTooNew, CatalogUnusable
 from hybridlog.layout import (
     ASIDE_SUFFIX,
     CATALOG_FILE,
@@ -48,10 +48,9 @@ from hybridlog.layout import (
     stream_ids_on_disk,
 )
 from hybridlog.lock import writer_holds_lock
-from hybridlog.segment import file_digest
 from hybridlog.stream_repair import StreamRepairPlan, plan_stream_repair
 from hybridlog.types import FindingKind, RecordKind, RepairKind, StreamId
-from hybridlog.walk import ScannedRecord, ScanProblem
+from hybridlog.walk import ScannedRecord
 
 # Finding.problem values: aliases of FindingKind's members, until their users name it
 CATALOG_MISSING = FindingKind.CATALOG_MISSING
@@ -319,59 +318,10 @@ def _check_stream(
     )
     if any(p.changes_anything for p in plans):
         report.stream_plans[sid] = plans
-    unexplained = next(iter(walked.unexplained_gaps), None)
-    scan = walked if unexplained is None else _stopped_at(walked, unexplained)
-    if scan.missing_segment is not None:
-        found.append(
-            Finding(
-                sid,
-                MISSING_SEGMENT,
-                f"segment {scan.missing_segment} is missing; records from offset {scan.next_offset} on are cut off",
-                ISOLATE,
-                offset=scan.next_offset,
-                segment=segment_path(data_dir, sid, scan.missing_segment),
-            )
-        )
-    elif scan.problem is not None:
-        assert scan.problem_segment is not None
-        path = segment_path(data_dir, sid, scan.problem_segment)
-        unusable = scan.problem.dictionary
-        if unusable is not None:
-            found.append(
-                Finding(
-                    sid,
-                    MISSING_DICTIONARY if isinstance(unusable, MissingDictionary) else DAMAGED_DICTIONARY,
-                    f"{unusable.reason}; {unusable.hint}",
-                    ISOLATE,
-                    offset=scan.problem.offset,
-                    segment=path,
-                    position=scan.problem.position,
-                )
-            )
-        elif scan.torn:
-            found.append(
-                Finding(
-                    sid,
-                    TORN_TAIL,
-                    f"incomplete last batch ({scan.problem.reason})",
-                    REINDEX,
-                    offset=scan.next_offset,
-                    segment=path,
-                    position=scan.valid_ends[scan.problem_segment],
-                )
-            )
-        else:
-            found.append(
-                Finding(
-                    sid,
-                    DAMAGED_RECORD,
-                    f"damaged record ({scan.problem.reason})",
-                    ISOLATE,
-                    offset=scan.problem.offset,
-                    segment=path,
-                    position=scan.problem.position,
-                )
-            )
+    scan = as_stopped(walked)
+    damage = stream_damage(data_dir, scan)
+    if damage is not None:
+        found.append(_damage_finding(damage))
     if catalog is None:
         return found, found
 
@@ -406,6 +356,24 @@ def _check_stream(
         found.extend(_check_segment_rows(data_dir, catalog, sid))
         found.extend(index.findings())
     return to_the_end, committed_only
+
+
+def _damage_finding(damage: Damage) -> Finding:
+    """The finding for where a stream's walk stopped, and the repair that fixes it."""
+    sid, kind = damage.stream_id, damage.kind
+    if kind is DamageKind.MISSING_SEGMENT:
+        message = f"{damage.reason}; records from offset {damage.offset} on are cut off"
+        return Finding(sid, MISSING_SEGMENT, message, ISOLATE, offset=damage.offset, segment=damage.segment)
+    if damage.dictionary is not None:
+        problem = MISSING_DICTIONARY if kind is DamageKind.MISSING_DICTIONARY else DAMAGED_DICTIONARY
+        message, repair = f"{damage.dictionary.reason}; {damage.dictionary.hint}", ISOLATE
+    elif kind is DamageKind.TORN_TAIL:
+        problem, message, repair = TORN_TAIL, f"incomplete last batch ({damage.reason})", REINDEX
+    else:
+        problem, message, repair = DAMAGED_RECORD, f"damaged record ({damage.reason})", ISOLATE
+    return Finding(
+        sid, problem, message, repair, offset=damage.offset, segment=damage.segment, position=damage.position
+    )
 
 
 class _IndexComparison:
@@ -490,19 +458,6 @@ class _IndexComparison:
         return found
 
 
-def _stopped_at(walked: StreamScan, gap: FoundGap) -> StreamScan:
-    """The walk as a walk without resync would have ended: at damage no repair marker accounts
-    for (so ``check`` reports it there, and compares the catalog with what comes before it)."""
-    view = replace(walked, next_offset=gap.first_offset, head=gap.head_before)
-    if gap.missing:
-        view.missing_segment = gap.segment_no
-    else:
-        view.problem = ScanProblem(gap.start_byte, gap.reason, unterminated=False, offset=gap.first_offset)
-        view.problem_segment = gap.segment_no
-        view.torn = False
-    return view
-
-
 def _check_segment_rows(
     data_dir: Path, catalog: Catalog, sid: StreamId, *, last_may_grow: bool = False
 ) -> list[Finding]:
@@ -511,15 +466,16 @@ def _check_segment_rows(
     ``last_may_grow``: the last segment, if not sealed, may be longer than the catalog says (a
     writer is appending to it).
     """
-    found = []
-    rows = catalog.segments(sid)
-    for seg in rows:
-        path = segment_path(data_dir, sid, seg.segment_no)
-        size = path.stat().st_size if path.exists() else None
-        growing = last_may_grow and seg is rows[-1] and not seg.sealed
-        if size != seg.size_bytes and not (growing and size is not None and size > seg.size_bytes):
-            message = f"segment is {size} bytes; the catalog records {seg.size_bytes}"
-            found.append(Finding(sid, CATALOG_MISMATCH, message, REINDEX, segment=path))
-        elif seg.sealed and seg.digest != file_digest(path):
-            found.append(Finding(sid, CATALOG_MISMATCH, "sealed segment's digest differs", REINDEX, segment=path))
-    return found
+    problems = segment_row_problems(data_dir, sid, catalog.segments(sid), digests=True, last_may_grow=last_may_grow)
+    return [
+        Finding(
+            sid,
+            CATALOG_MISMATCH,
+            "sealed segment's digest differs"
+            if p.digest_differs
+            else f"segment is {p.size} bytes; the catalog records {p.row.size_bytes}",
+            REINDEX,
+            segment=p.path,
+        )
+        for p in problems
+    ]

@@ -17,7 +17,7 @@ offset it ever committed (the catalog's next offset, or the last offset seen in 
 a ``cut`` marker takes that offset and links to the last record kept, so the stream continues
 after it.
 
-Order of the steps, each durable before the next: cut bytes to quarantine (``recovery.py``) and
+Order of the steps, each durable before the next: cut bytes to quarantine (``quarantine.py``) and
 log where they went, then write the markers as one batch at the end of the stream and fsync them,
 then re-index the stream from its segments, which finds the markers and records the gaps. A crash
 in between leaves a stream that a second ``repair`` finishes the same way (the markers are the
@@ -39,8 +39,6 @@ from hybridlog.errors import DamagedDictionary, DictionaryUnusable
 from hybridlog.layout import (
     QUARANTINE_SUFFIX,
     dictionary_name,
-    dictionary_path,
-    kept_copy_path,
     parse_dictionary_name,
     quarantine_path,
     segment_numbers_on_disk,
@@ -48,17 +46,16 @@ from hybridlog.layout import (
     stream_path,
 )
 from hybridlog.markers import CUT, ISOLATED, RepairMarker
+from hybridlog.quarantine import cut_tail, move_segment_aside, remove_empty_segment, reseal_dictionary
 from hybridlog.record import append_frames
 from hybridlog.recovery import (
     QUARANTINED,
+    REMOVED_EMPTY,
     TRUNCATED,
     Clock,
     ReconcileResult,
-    quarantine_segment,
-    quarantine_tail,
-    remove_empty_segment,
 )
-from hybridlog.segment import SegmentWriter, fsync_dir, make_dirs_durably, write_file_durably
+from hybridlog.segment import SegmentWriter, fsync_dir, make_dirs_durably
 from hybridlog.types import ChainHash, RecordKind, RecoveryAction, StreamId
 
 # recovery_log.action values (besides recovery.py's): aliases of RecoveryAction's members, until their users name it
@@ -284,7 +281,7 @@ def repair_stream(
     last_timestamp = scan.last_timestamp_ns
     next_offset = scan.next_offset
     if plan.reseal is not None:
-        entries.append(_write_resealed(data_dir, stream_id, plan.reseal))
+        entries.append(reseal_dictionary(data_dir, stream_id, plan.reseal, action=RESEALED_DICTIONARY))
     markers: list[RepairMarker] = []
     cut = plan.cut
     if cut is not None:
@@ -318,7 +315,8 @@ def repair_stream(
     if markers:
         numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
         if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
-            entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1]))  # markers follow records
+            # markers follow records
+            entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1], action=REMOVED_EMPTY))
         _write_markers(data_dir, stream_id, markers, next_offset, head, max(now(), last_timestamp))
     found = found or ("truncate requested" if truncate else "repair keeping what verifies")
     result = index_stream(catalog, data_dir, stream_id, now, found=found, prior=entries)
@@ -338,12 +336,11 @@ def _cut(data_dir: Path, stream_id: StreamId, plan: StreamRepairPlan, cut: Cut) 
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     for no in numbers:
         if no == cut.segment_no and segment_path(data_dir, stream_id, no).stat().st_size > cut.byte:
-            entry = replace(quarantine_tail(data_dir, stream_id, no, cut.byte), first_offset=cut.offset)
+            entries.append(
+                cut_tail(data_dir, stream_id, no, cut.byte, found=found, action=action, first_offset=cut.offset)
+            )
         elif no > cut.segment_no:
-            entry = quarantine_segment(data_dir, stream_id, no, found)
-        else:
-            continue
-        entries.append(replace(entry, found=found, action=action))
+            entries.append(move_segment_aside(data_dir, stream_id, no, found=found, action=action))
     if plan.needs_cut_marker:
         gone = "" if plan.cut_bytes else ": their bytes are gone from the segments"
         entries.append(
@@ -376,21 +373,6 @@ def _reseal(
     if scan.problem is not None or scan.unexplained_gaps:
         return None
     return salvaged, scan
-
-
-def _write_resealed(data_dir: Path, stream_id: StreamId, dictionary: StreamDictionary) -> RecoveryEntry:
-    """Replace a damaged dictionary file with the same dictionary, correctly sealed; the damaged file
-    stays as ``<name>.quarantine`` (a hard link made before the new file is renamed over it)."""
-    path = dictionary_path(data_dir, stream_id, dictionary.number)
-    kept = kept_copy_path(path)
-    os.link(path, kept)
-    write_file_durably(path, dictionary.file_bytes())
-    return RecoveryEntry(
-        stream_id,
-        found=f"dictionary file {path.name} damaged; the records that need it verify with its content",
-        action=RESEALED_DICTIONARY,
-        kept_as=str(kept.relative_to(data_dir)),
-    )
 
 
 def _write_markers(

@@ -73,6 +73,7 @@ def _checked_event(i: int, event: object) -> bytes:
 
 
 def check_offset(name: str, value: object) -> int:
+    """``value`` as an offset if it is an int (not a bool); InvalidArgument naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{name} must be an int, not {type(value).__name__}")
     return value
@@ -133,6 +134,7 @@ def plan_batch(
 
 
 def check_non_negative(name: str, value: object) -> int:
+    """``value`` if it is an int of 0 or more (not a bool); InvalidArgument naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidArgument(f"{name} must be a non-negative int, not {value!r}")
     return value
@@ -235,7 +237,10 @@ def records_before(records: Iterable[Record], stop_offset: int | None) -> Iterat
 
 
 class RecordSource(Protocol):
-    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]: ...
+    """A backend's part that ``records_between`` needs."""
+
+    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
+        """The stream's records from ``from_offset`` on, each verified before it is yielded."""
 
 
 def records_between(source: RecordSource, stream_id: int, first: int, last: int) -> Iterator[Record]:
@@ -254,8 +259,11 @@ def records_between(source: RecordSource, stream_id: int, first: int, last: int)
 class TimeIndexed(Protocol):
     """A backend's part that ``read_window`` needs."""
 
-    def offset_at(self, stream_id: int, timestamp_ns: int) -> int: ...
-    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]: ...
+    def offset_at(self, stream_id: int, timestamp_ns: int) -> int:
+        """The first offset appended at or after ``timestamp_ns`` (the next offset if none)."""
+
+    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
+        """The stream's records from ``from_offset`` on, each verified before it is yielded."""
 
 
 def read_window(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import astuple
 from pathlib import Path
 
 import apsw
@@ -98,6 +99,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         return cls(building, read_only=False)
 
     def close(self) -> None:
+        """Close the connection (the last one to close folds the WAL into the file)."""
         self.conn.close()
 
     # --- schema ----------------------------------------------------------------------------------
@@ -113,6 +115,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         return self._count("SELECT coalesce(max(entry_id), 0) FROM recovery_log", ())
 
     def schema_version(self) -> int:
+        """The migration the catalog is at (SQLite's ``user_version``)."""
         return int(self.conn.pragma("user_version"))
 
     def _check_version(self, conn: apsw.Connection) -> None:
@@ -147,9 +150,11 @@ class Catalog(GlobalOrderReads, CatalogChecks):
     # --- reads -----------------------------------------------------------------------------------
 
     def stream_ids(self) -> list[StreamId]:
+        """Every stream the catalog has a row for, ascending."""
         return [StreamId(r[0]) for r in self.conn.execute("SELECT stream_id FROM streams ORDER BY stream_id")]
 
     def stream(self, stream_id: StreamId) -> StreamRow | None:
+        """A stream's ``streams`` row, its values checked (CatalogMismatch if damaged); None if unknown."""
         row = self.conn.execute(
             "SELECT next_offset, chain_head, event_count, last_timestamp_ns FROM streams WHERE stream_id = ?",
             (stream_id,),
@@ -170,6 +175,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         return StreamRow(stream_id, Offset(next_offset), chain_head, events, last_ts)
 
     def segments(self, stream_id: StreamId) -> list[SegmentRow]:
+        """A stream's ``segments`` rows by segment number: offsets, committed size, seal and digest."""
         rows = self.conn.execute(
             "SELECT segment_no, first_offset, next_offset, size_bytes, sealed, digest"
             " FROM segments WHERE stream_id = ? ORDER BY segment_no",
@@ -182,6 +188,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         return found
 
     def index_entry(self, stream_id: StreamId, offset: int) -> IndexEntry | None:
+        """Where the record at ``offset`` is (segment, byte, length, kind, time); None if not indexed."""
         row = self.conn.execute(
             "SELECT segment_no, position, length, kind, timestamp_ns FROM records WHERE stream_id = ? AND offset = ?",
             (stream_id, offset),
@@ -208,6 +215,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         )
 
     def index_entries(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[IndexEntry]:
+        """A stream's offset-index rows from ``from_offset`` on, in offset order, each checked as read."""
         rows = self.conn.execute(
             "SELECT offset, segment_no, position, length, kind, timestamp_ns FROM records"
             " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
@@ -219,9 +227,11 @@ class Catalog(GlobalOrderReads, CatalogChecks):
             yield IndexEntry(Offset(offset), no, position, length, require_kind(kind, self.path, stream_id, offset), ts)
 
     def index_size(self, stream_id: StreamId) -> int:
+        """How many records (checkpoints and markers included) the offset index holds for a stream."""
         return self._count("SELECT count(*) FROM records WHERE stream_id = ?", (stream_id,))
 
     def checkpoint_at_or_before(self, stream_id: StreamId, offset: int) -> CheckpointRow | None:
+        """The stream's last checkpoint at or before ``offset``, where a read of it is anchored."""
         row = self.conn.execute(
             "SELECT offset, hash, timestamp_ns FROM checkpoints WHERE stream_id = ? AND offset <= ?"
             " ORDER BY offset DESC LIMIT 1",
@@ -239,6 +249,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         )
 
     def checkpoints(self, stream_id: StreamId) -> list[CheckpointRow]:
+        """A stream's checkpoints, by offset."""
         rows = self.conn.execute(
             "SELECT offset, hash, timestamp_ns FROM checkpoints WHERE stream_id = ? ORDER BY offset", (stream_id,)
         )
@@ -334,23 +345,11 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         ]
 
     def insert_gaps(self, rows: Iterable[GapRow]) -> None:
+        """Add ``gaps`` rows for ranges a repair isolated or cut (in the repair's transaction)."""
         self.conn.executemany(
             "INSERT INTO gaps (stream_id, first_offset, next_offset, action, segment_no, start_byte,"
             " resume_segment_no, resume_byte, link_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    g.stream_id,
-                    g.first_offset,
-                    g.next_offset,
-                    g.action,
-                    g.segment_no,
-                    g.start_byte,
-                    g.resume_segment_no,
-                    g.resume_byte,
-                    g.link_hash,
-                )
-                for g in rows
-            ),
+            (astuple(g) for g in rows),  # a GapRow's fields are the table's columns, in this order
         )
 
     def segment_sizes(self) -> dict[StreamId, dict[int, int]]:
@@ -361,6 +360,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         return sizes
 
     def stream_stats(self) -> list[StreamStats]:
+        """Every stream's counts, sizes and time span (what ``hybridlog stats`` shows), by stream id."""
         rows = self.conn.execute(
             "SELECT s.stream_id, s.record_count, s.event_count, s.checkpoint_count,"
             " (SELECT count(*) FROM segments g WHERE g.stream_id = s.stream_id),"
@@ -376,6 +376,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         return stats
 
     def recovery_log(self, stream_id: StreamId | None = None) -> list[RecoveryEntry]:
+        """The recovery log's entries in the order they were written: all, or one stream's."""
         rows = self.conn.execute(
             "SELECT stream_id, found, action, segment_no, start_byte, end_byte, first_offset, next_offset,"
             " kept_as, detail, at_ns FROM recovery_log WHERE ?1 IS NULL OR stream_id = ?1 ORDER BY entry_id",
@@ -412,6 +413,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         last_timestamp_ns: int | None,
         now_ns: int,
     ) -> None:
+        """Create a stream's row or move it past a batch: new head and next offset, counts added to."""
         self.conn.execute(
             "INSERT INTO streams (stream_id, next_offset, chain_head, event_count, checkpoint_count,"
             " stored_bytes, payload_bytes, first_timestamp_ns, last_timestamp_ns, created_at_ns, updated_at_ns)"
@@ -437,6 +439,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
     def upsert_segment(
         self, stream_id: StreamId, segment_no: int, *, first_offset: int, next_offset: int, size_bytes: int, now_ns: int
     ) -> None:
+        """Create a segment's row or move its committed end (next offset and size) after a batch."""
         self.conn.execute(
             "INSERT INTO segments (stream_id, segment_no, first_offset, next_offset, size_bytes, created_at_ns)"
             " VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
@@ -445,6 +448,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         )
 
     def seal_segment(self, stream_id: StreamId, segment_no: int, *, digest: bytes, now_ns: int) -> None:
+        """Mark a segment sealed (no more appends go to it), with the digest of its whole file."""
         self.conn.execute(
             "UPDATE segments SET sealed = 1, digest = ?, sealed_at_ns = ? WHERE stream_id = ? AND segment_no = ?",
             (digest, now_ns, stream_id, segment_no),
@@ -501,6 +505,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         return count
 
     def insert_checkpoints(self, rows: Iterable[CheckpointRow]) -> None:
+        """Add ``checkpoints`` rows: the offset, hash and time of each checkpoint record."""
         self.conn.executemany(
             "INSERT INTO checkpoints (stream_id, offset, hash, timestamp_ns) VALUES (?, ?, ?, ?)",
             ((r.stream_id, r.offset, r.hash, r.timestamp_ns) for r in rows),
@@ -512,9 +517,11 @@ class Catalog(GlobalOrderReads, CatalogChecks):
             self.conn.execute(f"DELETE FROM {table} WHERE stream_id = ?", (stream_id,))  # noqa: S608
 
     def forget_checkpoints(self, stream_id: StreamId) -> None:
+        """Delete a stream's checkpoint rows, for a re-index to write them again from the segments."""
         self.conn.execute("DELETE FROM checkpoints WHERE stream_id = ?", (stream_id,))
 
     def log_recovery(self, entry: RecoveryEntry) -> None:
+        """Append an entry to ``recovery_log``, in the transaction of the action it records."""
         self.conn.execute(
             "INSERT INTO recovery_log (at_ns, stream_id, found, action, segment_no, start_byte, end_byte,"
             " first_offset, next_offset, kept_as, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

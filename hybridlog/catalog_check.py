@@ -32,7 +32,8 @@ class CatalogChecks:
 
     if TYPE_CHECKING:
 
-        def schema_version(self) -> int: ...
+        def schema_version(self) -> int:
+            """``Catalog.schema_version``: the migration the catalog is at."""
 
     def health_problem(self) -> str | None:
         """None if SQLite's ``quick_check`` passes, else what it reports (the first few lines).

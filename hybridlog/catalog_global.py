@@ -50,11 +50,14 @@ class GlobalOrderReads:
 
     if TYPE_CHECKING:
 
-        def stream(self, stream_id: StreamId) -> StreamRow | None: ...
+        def stream(self, stream_id: StreamId) -> StreamRow | None:
+            """``Catalog.stream``: a stream's row, None for an unknown stream."""
 
-        def gaps(self, stream_id: StreamId) -> list[GapRow]: ...
+        def gaps(self, stream_id: StreamId) -> list[GapRow]:
+            """``Catalog.gaps``: the stream's isolated and cut offset ranges."""
 
-        def schema_version(self) -> int: ...
+        def schema_version(self) -> int:
+            """``Catalog.schema_version``: the migration the catalog is at."""
 
     def global_positions(
         self, stream_id: StreamId, first: int = 0, last: int = 2**63 - 1

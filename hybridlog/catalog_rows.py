@@ -51,6 +51,7 @@ def require_ints(
 
 
 def require_hash(value: object, what: str, path: Path, stream_id: int, offset: int | None = None) -> ChainHash:
+    """``value`` as a chain hash if it is 32 bytes; CatalogMismatch naming ``what`` otherwise."""
     if not isinstance(value, bytes) or len(value) != 32:
         raise CatalogMismatch(
             f"the catalog's {what} holds {value!r} where a 32-byte hash belongs",
@@ -62,6 +63,7 @@ def require_hash(value: object, what: str, path: Path, stream_id: int, offset: i
 
 
 def require_kind(value: int, path: Path, stream_id: int, offset: int) -> RecordKind:
+    """``value`` as a RecordKind; CatalogMismatch if the offset index holds a number that is no kind."""
     try:
         return RecordKind(value)
     except ValueError:
@@ -75,6 +77,8 @@ def require_kind(value: int, path: Path, stream_id: int, offset: int) -> RecordK
 
 @dataclass(frozen=True, slots=True)
 class StreamRow:
+    """A ``streams`` row: where a stream's chain ends (next offset, head hash) and what it holds."""
+
     stream_id: StreamId
     next_offset: Offset
     chain_head: ChainHash | None
@@ -84,6 +88,8 @@ class StreamRow:
 
 @dataclass(frozen=True, slots=True)
 class SegmentRow:
+    """A ``segments`` row: a segment's offset range and committed size; ``digest`` once it is sealed."""
+
     stream_id: StreamId
     segment_no: int
     first_offset: Offset
@@ -121,6 +127,8 @@ class IndexEntry:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointRow:
+    """A ``checkpoints`` row: the hash a verified read can start from at ``offset``."""
+
     stream_id: StreamId
     offset: Offset
     hash: ChainHash
@@ -190,6 +198,7 @@ class GapRow:
     link_hash: ChainHash | None = None
 
     def holds(self, offset: int) -> bool:
+        """Whether ``offset`` is one of the gap's offsets."""
         return self.first_offset <= offset < self.next_offset
 
 

@@ -64,6 +64,7 @@ class FoundGap:
 
     @property
     def records(self) -> int:
+        """How many offsets the gap spans."""
         return self.next_offset - self.first_offset
 
 
@@ -105,6 +106,7 @@ class StreamScan:
 
     @property
     def clean(self) -> bool:
+        """True when the walk found no bad record, no missing segment and no gap."""
         return self.problem is None and self.missing_segment is None and not self.gaps
 
     def is_isolated(self, gap: FoundGap) -> bool:

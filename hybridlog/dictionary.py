@@ -157,6 +157,7 @@ class DictionaryCache:
         self._per_thread = threading.local()  # each thread's last decompressor: records come in runs
 
     def get(self, stream_id: int, number: int) -> StreamDictionary:
+        """A stream's dictionary ``number``, remembered or loaded (DictionaryUnavailable if it cannot be)."""
         key = (stream_id, number)
         with self._lock:
             found = self._loaded.get(key)
@@ -176,6 +177,7 @@ class DictionaryCache:
                 self._loaded.popitem(last=False)
 
     def decompressor(self, stream_id: int, dictionary_no: int) -> zstandard.ZstdDecompressor:
+        """A decompressor with a stream's dictionary; a thread reuses its last one, as records come in runs."""
         last: tuple[int, int, zstandard.ZstdDecompressor] | None = getattr(self._per_thread, "last", None)
         if last is not None and last[0] == stream_id and last[1] == dictionary_no:
             return last[2]

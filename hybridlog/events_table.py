@@ -57,14 +57,23 @@ _POSITION_CHUNK = 4096  # global positions fetched per catalog query while readi
 class EventSource(Protocol):
     """What the table reads through (``Storage`` provides it)."""
 
-    def stream_ids(self) -> list[StreamId]: ...
-    def next_offset(self, stream_id: int) -> int: ...
-    def offset_at(self, stream_id: int, timestamp_ns: int) -> int: ...
-    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]: ...
-    def global_ranges(
-        self, low: int, high: int, stream_id: int | None
-    ) -> list[tuple[StreamId, int, int]]: ...  # (stream, first offset, last offset) with positions in [low, high]
-    def global_positions(self, stream_id: int, first: int, last: int) -> dict[Offset, GlobalPosition]: ...
+    def stream_ids(self) -> list[StreamId]:
+        """Every stream in the store, ascending."""
+
+    def next_offset(self, stream_id: int) -> int:
+        """The offset the stream's next record gets (0 for an unknown stream)."""
+
+    def offset_at(self, stream_id: int, timestamp_ns: int) -> int:
+        """The first offset appended at or after ``timestamp_ns`` (the next offset if none)."""
+
+    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
+        """The stream's records from ``from_offset`` on, each verified before it is yielded."""
+
+    def global_ranges(self, low: int, high: int, stream_id: int | None) -> list[tuple[StreamId, int, int]]:
+        """(stream, first offset, last offset) of the records whose global positions are in [low, high]."""
+
+    def global_positions(self, stream_id: int, first: int, last: int) -> dict[Offset, GlobalPosition]:
+        """The global positions of a stream's records from offset ``first`` to ``last``, by offset."""
 
 
 @dataclass
@@ -76,6 +85,7 @@ class Bounds:
     empty: bool = False
 
     def narrow(self, op: int, value: object) -> None:
+        """Tighten the bounds by ``column <op> value``; NULL leaves no row, text or blob nothing to push."""
         if value is None:
             self.empty = True  # nothing compares true with NULL
             return
@@ -92,6 +102,7 @@ class Bounds:
 
     @property
     def bounded(self) -> bool:
+        """Whether any constraint narrowed the bounds (else the column does not limit the read)."""
         return self.low > _INT64_MIN or self.high < _INT64_MAX
 
 
@@ -119,6 +130,7 @@ class Plan:
 
     @classmethod
     def from_constraints(cls, pushed: Sequence[tuple[int, int]], values: Sequence[object]) -> Plan:
+        """The plan for the pushed-down (column, op) pairs and the values SQLite gives them in Filter."""
         plan = cls()
         for (column, op), value in zip(pushed, values, strict=True):
             if column == _STREAM:
@@ -188,12 +200,15 @@ class EventsModule:
         tablename: str,
         *args: tuple[apsw.SQLiteValue, ...],
     ) -> tuple[str, apsw.VTTable]:
+        """The table's schema and a table object for this connection (``Create`` is the same)."""
         return SCHEMA, cast("apsw.VTTable", EventsTable(self))  # apsw's stub protocol lists optional methods too
 
     Create = Connect
 
 
 class EventsTable:
+    """The ``events`` table of one connection: plans each query and opens its cursors."""
+
     def __init__(self, module: EventsModule) -> None:
         self.module = module
 
@@ -217,9 +232,11 @@ class EventsTable:
         return True
 
     def Open(self) -> EventsCursor:
+        """A new cursor over the table, positioned nowhere until SQLite calls its ``Filter``."""
         return EventsCursor(self.module)
 
     def Disconnect(self) -> None:
+        """Nothing to release: the table holds no resources of its own (``Destroy`` is the same)."""
         pass
 
     Destroy = Disconnect
@@ -230,6 +247,8 @@ _NOT_AT_END = False.__bool__
 
 
 class EventsCursor:
+    """One scan of the table: the verified rows of a plan, read one at a time."""
+
     def __init__(self, module: EventsModule) -> None:
         self.module = module
         self.rows: Iterator[tuple[object, ...]] = iter(())
@@ -241,6 +260,7 @@ class EventsCursor:
         self.Eof: Callable[[], bool] = _AT_END
 
     def Filter(self, indexnum: int, indexname: str, constraintargs: tuple[Any, ...] | None) -> None:
+        """Start a scan of the ranges the pushed-down constraints allow, closing the previous one."""
         self.Close()
         self.rows = self._read(Plan.from_constraints(_decode(indexname), constraintargs or ()))
         self.rowid = 0
@@ -269,18 +289,22 @@ class EventsCursor:
                 )
 
     def Next(self) -> None:
+        """Move to the next row (reading and verifying it) and set ``Eof`` accordingly."""
         self.row = next(self.rows, None)
         self.rowid += 1
         self.Eof = _AT_END if self.row is None else _NOT_AT_END
 
     def Rowid(self) -> int:
+        """The current row's number within this scan (1 for the first row)."""
         return self.rowid
 
     def Column(self, number: int) -> object:
+        """The current row's value of column ``number`` (-1: the rowid)."""
         assert self.row is not None
         return self.rowid if number == -1 else self.row[number]
 
     def Close(self) -> None:
+        """End the scan: an unfinished read closes the segment file it has open."""
         close = getattr(self.rows, "close", None)
         if close is not None:
             close()  # closes the segment file of an unfinished read

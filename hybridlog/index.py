@@ -23,12 +23,14 @@ class OffsetIndex:
         self._lock = lock
 
     def lookup(self, offset: int) -> IndexEntry | None:
+        """Where the record at ``offset`` is; None if the index has no row for it or no catalog is open."""
         return self._ask(lambda catalog: catalog.index_entry(self.stream_id, offset), None)
 
     def __len__(self) -> int:
         return self._ask(lambda catalog: catalog.index_size(self.stream_id), 0)
 
     def entries(self, from_offset: int = 0) -> list[IndexEntry]:
+        """The index rows from ``from_offset`` on, in offset order ([] if no catalog is open)."""
         return self._ask(lambda catalog: list(catalog.index_entries(self.stream_id, from_offset)), [])
 
     def _ask(self, ask: Callable[[Catalog], T], empty: T) -> T:
@@ -54,6 +56,7 @@ class CheckpointIndex:
         return iter(self._rows)
 
     def last(self) -> CheckpointRow | None:
+        """The newest checkpoint, None if the stream has none."""
         return self._rows[-1] if self._rows else None
 
     def nearest_at_or_before(self, offset: int) -> CheckpointRow | None:
@@ -66,4 +69,5 @@ class CheckpointIndex:
         return best
 
     def offsets(self) -> list[Offset]:
+        """The offsets of the checkpoint records, oldest first."""
         return [r.offset for r in self._rows]

@@ -21,7 +21,6 @@ of range included), so callers report it as foreign rather than ignore it silent
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -41,14 +40,17 @@ ASIDE_SUFFIX = ".aside"
 
 
 def catalog_path(data_dir: Path) -> Path:
+    """The store's SQLite catalog, ``<store>/catalog.db``: the index rebuilt from the segments."""
     return data_dir / CATALOG_FILE
 
 
 def consumers_path(data_dir: Path) -> Path:
+    """The store's consumer-position database, ``<store>/consumers.db`` (not rebuilt from the segments)."""
     return data_dir / CONSUMERS_FILE
 
 
 def lock_path(data_dir: Path) -> Path:
+    """The file the writer holds its exclusive lock on, ``<store>/LOCK``."""
     return data_dir / LOCK_FILE
 
 
@@ -79,6 +81,7 @@ _STREAM_NAME = re.compile(r"^\d{20}$")
 
 
 def stream_dir_name(stream_id: int) -> str:
+    """A stream's directory name: its id as 20 zero-padded digits, so lexical order is id order."""
     return f"{stream_id:0{_NAME_DIGITS}d}"
 
 
@@ -92,14 +95,16 @@ def parse_stream_dir_name(name: str) -> int | None:
 
 
 def stream_path(data_dir: Path, stream_id: int) -> Path:
+    """The directory holding a stream's segments and dictionaries: ``<store>/streams/<stream id>``."""
     return data_dir / STREAMS_DIR / stream_dir_name(stream_id)
 
 
 def stream_ids_on_disk(data_dir: Path) -> list[StreamId]:
+    """The ids of the stream directories under ``<store>/streams``, sorted; foreign names are skipped."""
     root = data_dir / STREAMS_DIR
     if not root.is_dir():
         return []
-    found = (parse_stream_dir_name(name) for name in os.listdir(root))
+    found = (parse_stream_dir_name(entry.name) for entry in root.iterdir())
     return sorted(StreamId(sid) for sid in found if sid is not None)
 
 
@@ -108,7 +113,7 @@ def foreign_stream_entries(data_dir: Path) -> list[str]:
     root = data_dir / STREAMS_DIR
     if not root.is_dir():
         return []
-    return sorted(name for name in os.listdir(root) if parse_stream_dir_name(name) is None)
+    return sorted(entry.name for entry in root.iterdir() if parse_stream_dir_name(entry.name) is None)
 
 
 # --- files in a stream directory -----------------------------------------------------------------
@@ -123,6 +128,7 @@ MAX_SEGMENT_NO = 2**63 - 1
 
 
 def segment_name(segment_no: int) -> str:
+    """A segment's file name: its number as 20 zero-padded digits and ``.seg``, so lexical order is sequence order."""
     return f"{segment_no:0{_NAME_DIGITS}d}{SEGMENT_SUFFIX}"
 
 
@@ -137,6 +143,7 @@ def parse_segment_name(name: str) -> int | None:
 
 
 def dictionary_name(dictionary_no: int) -> str:
+    """A dictionary's file name: its number as 20 zero-padded digits and ``.zdict``."""
     return f"{dictionary_no:0{_NAME_DIGITS}d}{DICTIONARY_SUFFIX}"
 
 
@@ -151,10 +158,12 @@ def parse_dictionary_name(name: str) -> int | None:
 
 
 def segment_path(data_dir: Path, stream_id: int, segment_no: int) -> Path:
+    """Where segment ``segment_no`` of a stream lives, in the stream's directory."""
     return stream_path(data_dir, stream_id) / segment_name(segment_no)
 
 
 def dictionary_path(data_dir: Path, stream_id: int, dictionary_no: int) -> Path:
+    """Where dictionary ``dictionary_no`` of a stream lives, in the stream's directory."""
     return stream_path(data_dir, stream_id) / dictionary_name(dictionary_no)
 
 
@@ -183,12 +192,12 @@ def segment_numbers_on_disk(stream_dir: Path) -> tuple[list[int], list[str]]:
     numbers, foreign = [], []
     if not stream_dir.is_dir():
         return [], []
-    for entry in os.listdir(stream_dir):
-        number = parse_segment_name(entry)
+    for name in (entry.name for entry in stream_dir.iterdir()):
+        number = parse_segment_name(name)
         if number is not None:
             numbers.append(number)
-        elif not entry.endswith(QUARANTINE_SUFFIX) and parse_dictionary_name(entry) is None:
-            foreign.append(entry)
+        elif not name.endswith(QUARANTINE_SUFFIX) and parse_dictionary_name(name) is None:
+            foreign.append(name)
     return sorted(numbers), sorted(foreign)
 
 
@@ -196,4 +205,5 @@ def dictionary_numbers_on_disk(stream_dir: Path) -> list[int]:
     """The numbers of the dictionary files in a stream directory, sorted."""
     if not stream_dir.is_dir():
         return []
-    return sorted(n for n in map(parse_dictionary_name, os.listdir(stream_dir)) if n is not None)
+    numbers = (parse_dictionary_name(entry.name) for entry in stream_dir.iterdir())
+    return sorted(n for n in numbers if n is not None)

@@ -62,7 +62,7 @@ class StoreLock:
         """Raise ``LockLost`` if ``LOCK`` is no longer the file this lock holds (then and ever after)."""
         if self._lost is None:
             try:
-                stat = os.stat(self.path, follow_symlinks=False)
+                stat = self.path.lstat()
             except FileNotFoundError:
                 self._lost = "was deleted"
             except OSError as e:
@@ -82,6 +82,7 @@ class StoreLock:
         return True
 
     def release(self) -> None:
+        """Let go of the lock (idempotent): empty ``LOCK`` if it is still ours, then close its descriptors."""
         if self._fd is None or self._dir_fd is None:
             return
         fd, self._fd = self._fd, None
@@ -134,12 +135,12 @@ def writer_holds_lock(data_dir: Path) -> bool:
     """
     path = data_dir / LOCK_FILE
     try:
-        st = os.stat(path)
+        st = path.stat()
     except FileNotFoundError:
         return False
     key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
-        with open("/proc/locks", encoding="ascii") as f:
+        with Path("/proc/locks").open(encoding="ascii") as f:
             return any(line.split()[1:2] == ["FLOCK"] and key in line.split() for line in f)
     except OSError:
         pass

@@ -57,9 +57,11 @@ class RepairMarker:
 
     @property
     def records(self) -> int:
+        """How many offsets the marker covers."""
         return self.next_offset - self.first_offset
 
     def encode(self) -> bytes:
+        """The marker as a repair record's 56-byte payload (the layout in the module docstring)."""
         return MARKER_PAYLOAD.pack(
             MARKER_MAGIC,
             _ACTION_CODES[self.action],

@@ -113,7 +113,7 @@ def move_segment_aside(
     path = segment_path(data_dir, stream_id, segment_no)
     size = path.stat().st_size
     kept = quarantine_path(data_dir, stream_id, segment_no, 0)
-    os.replace(path, kept)
+    path.replace(kept)
     fsync_dir(path.parent)
     log.warning("stream %d: moved segment %s aside to %s", stream_id, path, kept)
     return RecoveryEntry(
@@ -176,11 +176,11 @@ def keep_catalog_aside(path: Path, kept: Path) -> None:
         shutil.copyfile(path, kept)
     for source, target in zip(sqlite_companions(path), sqlite_companions(kept), strict=True):
         if source.exists():
-            os.replace(source, target)
+            source.replace(target)
 
 
 def put_catalog_in_place(building: Path, path: Path) -> None:
     """The swap: one rename of the complete catalog ``building`` over ``path``, then the directory
     fsync that makes it durable (rule 3). The caller has fsynced ``building``'s bytes."""
-    os.replace(building, path)
+    building.replace(path)
     fsync_dir(path.parent)

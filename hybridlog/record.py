@@ -115,18 +115,22 @@ class FrameHeader:
 
     @property
     def frame_size(self) -> int:
+        """Bytes the whole frame takes in its segment: header, stored payload and checksum."""
         return FRAME_OVERHEAD + self.stored_len
 
     @property
     def compressed(self) -> bool:
+        """Whether the stored payload is zstd-compressed."""
         return bool(self.flags & FLAG_COMPRESSED)
 
     @property
     def batch_end(self) -> bool:
+        """Whether this record is the last of its batch (a batch without one was never completed)."""
         return bool(self.flags & FLAG_BATCH_END)
 
     @property
     def uses_dictionary(self) -> bool:
+        """Whether the payload was compressed with one of the stream's dictionaries."""
         return bool(self.flags & FLAG_DICTIONARY)
 
 

@@ -25,7 +25,6 @@ the segment, never thrown away.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -73,14 +72,17 @@ class ReconcileResult:
 
     @property
     def adopted_records(self) -> int:
+        """How many records were adopted: complete, chain-valid records the catalog had missed."""
         return sum((e.next_offset or 0) - (e.first_offset or 0) for e in self.entries if e.action == ADOPTED)
 
     @property
     def quarantined(self) -> list[str]:
+        """The names of the files cut bytes were kept in, relative to the store."""
         return [e.kept_as for e in self.entries if e.kept_as is not None]
 
 
 def commit_entries(catalog: Catalog, entries: list[RecoveryEntry], now_ns: int) -> None:
+    """Write the entries to ``recovery_log``, stamped ``now_ns`` (in the caller's transaction)."""
     for entry in entries:
         catalog.log_recovery(replace(entry, at_ns=now_ns))
 
@@ -132,6 +134,7 @@ class Adoption:
     last_timestamp_ns: int | None = None
 
     def add(self, stream_id: StreamId, batch: list[ScannedRecord]) -> None:
+        """Take in one scanned batch: its index rows, checkpoints, counts and time span."""
         for rec in batch:
             self.entries.append(rec.entry)
             self.stored_bytes += rec.entry.length
@@ -325,12 +328,12 @@ def streams_to_reconcile(catalog: Catalog, data_dir: Path) -> list[StreamId]:
     on_disk: dict[StreamId, list[int]] = {}
     streams_root = data_dir / STREAMS_DIR
     if streams_root.is_dir():
-        for name in os.listdir(streams_root):
-            sid = parse_stream_dir_name(name)
+        for entry in streams_root.iterdir():
+            sid = parse_stream_dir_name(entry.name)
             if sid is None:
-                log.warning("unexpected entry %s in %s", name, streams_root)
+                log.warning("unexpected entry %s in %s", entry.name, streams_root)
                 continue
-            on_disk[StreamId(sid)] = segment_numbers_on_disk(streams_root / name)[0]
+            on_disk[StreamId(sid)] = segment_numbers_on_disk(entry)[0]
     needing = []
     for sid in sorted(set(expected) | set(on_disk)):
         sizes = expected.get(sid, {})

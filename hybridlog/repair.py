@@ -89,6 +89,7 @@ class Finding:
     position: int | None = None
 
     def as_dict(self) -> dict[str, object]:
+        """The finding for ``--json``: plain values, the segment as a path string."""
         return {
             "stream_id": self.stream_id,
             "problem": self.problem,
@@ -113,6 +114,7 @@ class RepairStep:
     effects: dict[str, object] | None = None
 
     def as_dict(self) -> dict[str, object]:
+        """The step for ``--json``."""
         return {
             "repair": self.repair,
             "stream_id": self.stream_id,
@@ -124,6 +126,8 @@ class RepairStep:
 
 @dataclass(slots=True)
 class CheckReport:
+    """What ``check`` found (``findings``), how much it read, and what each repair would do."""
+
     findings: list[Finding] = field(default_factory=list)
     streams_checked: int = 0
     records_verified: int = 0
@@ -171,6 +175,7 @@ class CheckReport:
         return sorted(kept, key=lambda s: (_REPAIR_ORDER[s.repair], -1 if s.stream_id is None else s.stream_id))
 
     def as_dict(self) -> dict[str, object]:
+        """The report for ``--json``: findings and the plan, in the order a repair applies it."""
         return {
             "ok": self.ok,
             "streams_checked": self.streams_checked,
@@ -189,6 +194,7 @@ class RepairReport:
     after: CheckReport | None = None
 
     def as_dict(self) -> dict[str, object]:
+        """The report for ``--json``: the steps applied, the recovery-log entries and the check after."""
         return {
             "applied": [s.as_dict() for s in self.applied],
             "actions": [
@@ -299,19 +305,19 @@ def _check_stream(
         Finding(sid, FOREIGN_FILE, f"file {name} is not a segment, dictionary or quarantine file", None)
         for name in walked.foreign_files
     ]
-    for gap in walked.gaps:
-        if walked.is_isolated(gap):
-            found.append(
-                Finding(
-                    sid,
-                    ISOLATED_RECORDS,
-                    f"offsets {gap.first_offset}..{gap.next_offset - 1} were isolated by a repair ({gap.reason})",
-                    None,
-                    offset=gap.first_offset,
-                    segment=segment_path(data_dir, sid, gap.segment_no),
-                    position=gap.start_byte,
-                )
-            )
+    found.extend(
+        Finding(
+            sid,
+            ISOLATED_RECORDS,
+            f"offsets {gap.first_offset}..{gap.next_offset - 1} were isolated by a repair ({gap.reason})",
+            None,
+            offset=gap.first_offset,
+            segment=segment_path(data_dir, sid, gap.segment_no),
+            position=gap.start_byte,
+        )
+        for gap in walked.gaps
+        if walked.is_isolated(gap)
+    )
     plans = tuple(
         plan_stream_repair(catalog, data_dir, sid, truncate=t, reindex_only=r, scan=walked)[0]
         for t, r in ((False, False), (True, False), (False, True))

@@ -57,7 +57,7 @@ def write_file_durably(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(temp, path)
+    temp.replace(path)
     fsync_dir(path.parent)
 
 
@@ -79,9 +79,11 @@ class SegmentWriter:
         self.fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
 
     def size(self) -> int:
+        """The file's size now, committed or not."""
         return os.fstat(self.fd).st_size
 
     def write_at(self, position: int, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data`` at byte ``position`` (retrying short writes); no fsync."""
         view = memoryview(data)
         while view:
             written = os.pwrite(self.fd, view, position)
@@ -89,12 +91,15 @@ class SegmentWriter:
             view = view[written:]
 
     def sync(self) -> None:
+        """fdatasync the file: its bytes (and size) are durable, metadata such as times need not be."""
         os.fdatasync(self.fd)
 
     def truncate(self, size: int) -> None:
+        """Cut the file to ``size`` bytes (the append path's undo of a failed group)."""
         os.ftruncate(self.fd, size)
 
     def close(self) -> None:
+        """Close the file descriptor (without syncing)."""
         os.close(self.fd)
 
 
@@ -127,6 +132,7 @@ class SegmentReader:
         self.close()
 
     def close(self) -> None:
+        """Close the file."""
         self._file.close()
 
     def raw_file(self) -> BinaryIO:
@@ -134,6 +140,7 @@ class SegmentReader:
         return self._file
 
     def seek(self, position: int) -> None:
+        """Move to byte ``position``, where the next ``read_frame`` starts."""
         self._file.seek(position)
         self.position = position
 

@@ -193,6 +193,7 @@ class QueryGuard:
         self.interrupted = False
 
     def __call__(self) -> bool:
+        """SQLite's progress callback: True stops the statement (after Ctrl-C, or once past ``timeout``)."""
         if self.interrupted:
             return True  # SQLite stops the statement with SQLITE_INTERRUPT
         if self.timeout is None or self.started is None:

@@ -103,14 +103,17 @@ class StreamRepairPlan:
 
     @property
     def needs_cut_marker(self) -> bool:
+        """Whether committed offsets are cut, so a cut marker must link over them."""
         return self.cut is not None and self.committed_next > self.cut.offset
 
     @property
     def cut_records(self) -> int:
+        """How many committed records the cut takes out of the stream."""
         return self.committed_next - self.cut.offset if self.cut is not None else 0
 
     @property
     def changes_anything(self) -> bool:
+        """Whether the plan would isolate, cut or reseal anything (or stops at a dictionary)."""
         return bool(self.isolate) or self.cut is not None or self.dictionary is not None or self.reseal is not None
 
     def statement(self) -> str:
@@ -122,12 +125,12 @@ class StreamRepairPlan:
                 f"rewrites the damaged dictionary file {name} with a correct digest: every record that needs it"
                 f" decodes with its content and verifies (the damaged file is kept as {name}{QUARANTINE_SUFFIX})"
             )
-        for gap in self.isolate:
-            parts.append(
-                f"isolates offsets {_span(gap.first_offset, gap.next_offset)} ({gap.records} damaged"
-                f" record{'s' if gap.records != 1 else ''}, bytes kept in place in segment {gap.segment_no}"
-                f" from byte {gap.start_byte})"
-            )
+        parts.extend(
+            f"isolates offsets {_span(gap.first_offset, gap.next_offset)} ({gap.records} damaged"
+            f" record{'s' if gap.records != 1 else ''}, bytes kept in place in segment {gap.segment_no}"
+            f" from byte {gap.start_byte})"
+            for gap in self.isolate
+        )
         if self.isolate:
             parts.append(f"keeps the {self.kept_after:,} verifying records after the damage readable")
         if self.cut is not None:
@@ -151,6 +154,7 @@ class StreamRepairPlan:
         return "; ".join(parts) if parts else "nothing to change"
 
     def as_dict(self) -> dict[str, object]:
+        """The plan for ``--json``: the same numbers as ``statement``."""
         return {
             "stream_id": self.stream_id,
             "truncate": self.truncate,

@@ -88,6 +88,7 @@ class VerifiedRunCache:
 
     @property
     def enabled(self) -> bool:
+        """Whether runs are remembered at all (``max_records`` 0 turns the cache off)."""
         return self.max_records > 0
 
     def find(self, stream_id: StreamId, offset: int) -> VerifiedRun | None:
@@ -127,6 +128,7 @@ class VerifiedRunCache:
                 self._forget(next(iter(self._runs)))
 
     def drop(self, run: VerifiedRun) -> None:
+        """Forget ``run`` if it is still the run remembered at its start (rereading it did not verify)."""
         with self._lock:
             if self._runs.get((run.stream_id, run.first_offset)) is run:
                 self._forget((run.stream_id, run.first_offset))

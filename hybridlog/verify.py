@@ -68,6 +68,7 @@ class Disagreement:
         return f"{told}; the segments have {self.segments}" if self.segments else told
 
     def as_dict(self) -> dict[str, object]:
+        """The disagreement for ``--json``."""
         return {
             "stream_id": self.stream_id,
             "offset": self.offset,
@@ -85,6 +86,7 @@ class Disagreements:
     count: int = 0
 
     def add(self, found: Disagreement) -> None:
+        """Count a disagreement, and keep it if fewer than ``MAX_LISTED`` are listed."""
         self.count += 1
         if len(self.listed) < MAX_LISTED:
             self.listed.append(found)
@@ -92,6 +94,8 @@ class Disagreements:
 
 @dataclass(slots=True)
 class StreamVerdict:
+    """What verifying one stream found: how far its chain verified, and where the catalog disagrees."""
+
     stream_id: StreamId
     records: int
     head: ChainHash | None
@@ -102,9 +106,11 @@ class StreamVerdict:
 
     @property
     def ok(self) -> bool:
+        """True when every record verified and the catalog agrees with them."""
         return self.error is None and self.catalog.count == 0
 
     def as_dict(self) -> dict[str, object]:
+        """The verdict for ``--json``: the error's type and place, the disagreements listed."""
         err = self.error
         return {
             "stream_id": self.stream_id,
@@ -129,6 +135,8 @@ class StreamVerdict:
 
 @dataclass(slots=True)
 class VerifyReport:
+    """What ``verify`` found, stream by stream and store-wide."""
+
     streams: list[StreamVerdict] = field(default_factory=list)
     catalog: Disagreements = field(default_factory=Disagreements)
     """Store-wide disagreements (global positions, rows of streams nobody has)."""
@@ -137,13 +145,16 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """True when the catalog was read, agrees with the records, and every stream verified."""
         return self.error is None and self.catalog.count == 0 and all(s.ok for s in self.streams)
 
     @property
     def records(self) -> int:
+        """How many records were verified, over all streams."""
         return sum(s.records for s in self.streams)
 
     def as_dict(self) -> dict[str, object]:
+        """The report for ``--json``."""
         return {
             "ok": self.ok,
             "records_verified": self.records,

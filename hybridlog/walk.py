@@ -218,6 +218,7 @@ class SegmentWalk:
         self.stop = stop
 
     def frames(self) -> Iterator[WalkedFrame]:
+        """Every verified frame from the reader's position: the fast walk's, then the exact one's after it."""
         yield from self._fast()
         # The one hand-off: the exact walk starts at the first frame the fast one did not vouch for.
         self.reader.seek(self.position)
@@ -458,6 +459,8 @@ def unavailable(data_dir: Path, gap: GapRow, offset: int) -> RecordsUnavailable:
 
 @dataclass(frozen=True, slots=True)
 class ScannedRecord:
+    """One verified record as a scan hands it out: its index row, hash, payload size and any repair marker."""
+
     entry: IndexEntry
     hash: ChainHash
     payload_len: int
@@ -515,6 +518,7 @@ class SegmentScan:
         """At a bad record: the verified records of its batch before it (not handed out as a batch)."""
 
     def batches(self) -> Iterator[list[ScannedRecord]]:
+        """The segment's complete, verified batches, in order; where the scan stops early, ``problem`` says why."""
         pending: list[ScannedRecord] = []
         with SegmentReader(self.path, self.valid_end) as reader:
             walk = SegmentWalk(

@@ -332,9 +332,7 @@ def read_until_error(store: Storage) -> tuple[list[bytes], IntegrityError]:
     """The events a verified read from genesis yields before it raises, and the error."""
     got: list[bytes] = []
     try:
-        for record in store.iter_records(SID, 0, anchored=False):
-            if record.kind is RecordKind.EVENT:
-                got.append(record.payload)
+        got.extend(r.payload for r in store.iter_records(SID, 0, anchored=False) if r.kind is RecordKind.EVENT)
     except IntegrityError as e:
         return got, e
     pytest.fail("the read did not fail")

@@ -83,9 +83,9 @@ def catalog_state(store: Path) -> CatalogState:
     """What must not change: the catalog file itself, and no ``catalog.db.*`` file moved aside."""
     catalog = store / "catalog.db"
     return CatalogState(
-        os.stat(catalog).st_ino,
+        catalog.stat().st_ino,
         catalog.read_bytes(),
-        sorted(n for n in os.listdir(store) if n.startswith("catalog.db.")),
+        sorted(p.name for p in store.iterdir() if p.name.startswith("catalog.db.")),
     )
 
 
@@ -171,7 +171,7 @@ def catalog_holder(store: Path, how: str) -> Iterator[subprocess.Popen[str]]:
 def give_to_nobody(store: Path) -> None:
     for root, dirs, files in os.walk(store):
         for name in [*dirs, *files]:
-            os.chown(os.path.join(root, name), NOBODY, NOBODY)
+            os.chown(Path(root) / name, NOBODY, NOBODY)
     os.chown(store, NOBODY, NOBODY)
 
 
@@ -240,7 +240,7 @@ def test_a_catalog_this_user_may_not_use_is_refused_not_rebuilt(shared_dir: Path
     before_positions = positions(store)
     give_to_nobody(store)
     os.chown(store / "catalog.db", 0, 0)
-    os.chmod(store / "catalog.db", mode)
+    (store / "catalog.db").chmod(mode)
     before = catalog_state(store)
     answer = run_child("as-nobody-open", str(store))
     assert answer["writer"] == ["CatalogPermissionDenied", "CatalogIOError", "StorageIOError"], answer
@@ -376,7 +376,7 @@ def test_a_segment_the_writer_may_not_read_gives_typed_errors(shared_dir: Path) 
     give_to_nobody(store)
     first = sorted((store / "streams" / f"{0:020d}").glob("*.seg"))[0]
     os.chown(first, 0, 0)
-    os.chmod(first, 0o600)
+    first.chmod(0o600)
     before = first.read_bytes()
     answer = run_child("as-nobody-read", str(store))
     for call in ("read_from_genesis", "read_from", "read_global"):

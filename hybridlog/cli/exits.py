@@ -52,6 +52,7 @@ class HybridlogGroup(click.Group):
     """Maps the library's error tree to exit codes, in one place: one line on stderr, no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, turning each library error into its exit code and one line on stderr."""
         try:
             return super().invoke(ctx)
         except IntegrityError as e:

@@ -26,6 +26,7 @@ def is_store(path: Path) -> bool:
 
 
 def has_files(path: Path) -> bool:
+    """Whether ``path`` is a directory with something in it."""
     return path.is_dir() and any(path.iterdir())
 
 

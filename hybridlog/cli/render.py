@@ -54,6 +54,7 @@ TABLE_WIDTH_ROWS = 1000  # a table's column widths come from its first rows; lat
 
 
 def render_rows(result: QueryResult, output: str) -> None:
+    """Write a query result's rows to stdout in ``output`` format (table, csv, json or nl)."""
     write_rows(result.columns, result.rows, output)
 
 

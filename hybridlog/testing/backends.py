@@ -67,6 +67,7 @@ class Harness(ABC):
         return backend
 
     def close_all(self) -> None:
+        """Close every backend this harness made."""
         for backend in self.opened:
             backend.close()
 
@@ -78,13 +79,16 @@ class StorageHarness(Harness):
     root: Path
 
     def new_backend(self, *, policy: CheckpointPolicy, clock: Clock, compression: CompressionKind) -> StorageBackend:
+        """A ``Storage`` in a new directory ``store<n>`` under ``root``."""
         path = self.root / f"store{len(self.opened)}"
         return Storage(path, checkpoint_policy=policy, clock=clock, compression=compression)
 
     def records_after_close(self, backend: StorageBackend, stream_id: int) -> list[Record]:
+        """The stream's records as a fresh read-only ``Storage`` over the directory reads them."""
         return closed_records(backend, stream_id)
 
     def assert_untouched(self, backend: StorageBackend) -> None:
+        """The store's directory was never created and the backend has no streams."""
         assert isinstance(backend, Storage)
         assert not backend.data_dir.exists()
         assert backend.stream_ids() == []
@@ -95,12 +99,15 @@ class MemoryHarness(Harness):
     """``MemoryStorage`` backends."""
 
     def new_backend(self, *, policy: CheckpointPolicy, clock: Clock, compression: CompressionKind) -> StorageBackend:
+        """A new ``MemoryStorage``."""
         return MemoryStorage(checkpoint_policy=policy, clock=clock, compression=compression)
 
     def records_after_close(self, backend: StorageBackend, stream_id: int) -> list[Record]:
+        """The stream's records from the closed backend's lists."""
         return closed_records(backend, stream_id)
 
     def assert_untouched(self, backend: StorageBackend) -> None:
+        """The backend has no streams."""
         assert backend.stream_ids() == []
 
 
@@ -125,6 +132,7 @@ class StreamState:
 
 
 def observe(backend: StorageBackend, stream_id: int) -> StreamState:
+    """Everything the contract compares about one stream: next offset, head, records, last checkpoint."""
     return StreamState(
         next_offset=backend.next_offset(stream_id),
         head=backend.latest_chain_hash(stream_id),

@@ -39,4 +39,5 @@ class BackendContract(WriteContract, ReadContract, SettingsContract):
 
     @pytest.fixture
     def harness(self) -> Iterator[Harness]:
+        """The harness making the backends under test; a subclass must override it."""
         raise NotImplementedError("subclass BackendContract and override its harness fixture")

@@ -178,6 +178,7 @@ class ReadContract:
         assert page_of(backend, read, 2, 0, 0) == ([] if read == "read_from_genesis" else [checkpoint_payload(0)])
 
     def test_page_reads_of_records_include_checkpoints_and_payload_pages_skip_them(self, harness: Harness) -> None:
+        """From a checkpoint's offset, the record pages start with it and the payload page with the next event."""
         backend = harness.make(policy=CheckpointPolicy.every(2, on_close=False))
         fill(backend, 1, [[b"a", b"b", b"c", b"d", b"e"]])  # a b C c d C e
         records = genesis_records(backend, 1)
@@ -260,6 +261,7 @@ class ReadContract:
         assert [r.timestamp_ns for r in genesis_records(backend, 1)] == [START_NS, START_NS, START_NS + 1_000]
 
     def test_offset_at_finds_the_first_record_at_or_after_a_time(self, harness: Harness) -> None:
+        """offset_at gives the first offset stored at or after a time, the next offset after the last one."""
         backend = timed_stream(harness)
         at = {t: backend.offset_at(1, START_NS + t) for t in (-(10**9), 0, 99, 100, 101, 150, 199, 200, 201, 300, 301)}
         assert at == {-(10**9): 0, 0: 0, 99: 0, 100: 0, 101: 3, 150: 3, 199: 3, 200: 3, 201: 5, 300: 5, 301: 6}
@@ -268,6 +270,7 @@ class ReadContract:
         assert backend.offset_at(9, START_NS) == 0  # an unknown stream
 
     def test_read_between_since_inclusive_until_exclusive(self, harness: Harness) -> None:
+        """read_between takes the records stored at or after ``since`` and before ``until``, paged by ``max_bytes``."""
         backend = timed_stream(harness)
 
         def payloads(since: int | None, until: int | None, max_bytes: int = 1 << 20) -> list[bytes]:
@@ -292,6 +295,7 @@ class ReadContract:
         assert records == backend.read_records_verified(1, 3, 1 << 20)  # whole, verified Records
 
     def test_read_between_includes_checkpoints_in_the_window(self, harness: Harness) -> None:
+        """Checkpoints stored inside the window are among the records read_between returns."""
         backend = timed_stream(harness, policy=CheckpointPolicy.every(2, on_close=False))
         # a b C c d C e f C: the checkpoints share their batch's timestamp
         kinds = [(r.kind, r.payload) for r in backend.read_between(1, START_NS + 200, START_NS + 300)]
@@ -305,11 +309,13 @@ class ReadContract:
     def test_read_between_refuses_bad_arguments(
         self, harness: Harness, since: object, until: object, max_bytes: object
     ) -> None:
+        """``since`` after ``until``, a time that is not an int, or a bad ``max_bytes`` is InvalidArgument."""
         backend = timed_stream(harness)
         with pytest.raises(InvalidArgument):
             backend.read_between(1, since, until, max_bytes)  # type: ignore[arg-type]
 
     def test_offset_at_refuses_a_time_that_is_not_an_int(self, harness: Harness) -> None:
+        """offset_at refuses a time that is not an int (InvalidArgument) and a negative stream id (InvalidStreamId)."""
         backend = timed_stream(harness)
         for bad in (1.5, "now", None, True):
             with pytest.raises(InvalidArgument):
@@ -340,6 +346,7 @@ class ReadContract:
         assert backend.last_global_position() == 2
 
     def test_reads_at_the_largest_offset_and_position_find_nothing(self, harness: Harness) -> None:
+        """Every read from offset or position 2**63-1 is valid and finds nothing."""
         backend = harness.make()
         fill(backend, 1, [[b"a", b"b"]])
         top = 2**63 - 1
@@ -394,6 +401,7 @@ class ReadContract:
         assert genesis_events(backend, 1) == [b"a", b"b"]
 
     def test_the_largest_clock_reading_is_stored(self, harness: Harness) -> None:
+        """A clock reading of 2**63-1 nanoseconds is stored as it is and found by offset_at."""
         backend = harness.make(clock=ManualClock(2**63 - 1))
         fill(backend, 1, [[b"a"], [b"b"]])
         assert [r.timestamp_ns for r in genesis_records(backend, 1)] == [2**63 - 1, 2**63 - 1]
@@ -431,6 +439,7 @@ class ReadContract:
     # --- global order ---------------------------------------------------------------------------------
 
     def test_global_positions_follow_append_order_across_streams(self, harness: Harness) -> None:
+        """Global positions number every record from 1 in append order, across streams, checkpoints included."""
         backend = harness.make(policy=CheckpointPolicy.every(2, on_close=False))
         assert backend.last_global_position() == 0
         assert backend.read_global() == []
@@ -448,6 +457,7 @@ class ReadContract:
         assert backend.read_global(7) == []
 
     def test_read_global_max_bytes(self, harness: Harness) -> None:
+        """read_global gives at least one record, then stops before the payloads would exceed ``max_bytes``."""
         backend = harness.make()
         backend.append(1, [b"a" * 5])
         backend.append(2, [b"b" * 5, b"c" * 20])
@@ -481,6 +491,7 @@ class ReadContract:
     def test_paging_through_read_global_gives_every_record_once_in_order(
         self, harness: Harness, appends: list[tuple[int, list[int]]], max_bytes: int
     ) -> None:
+        """Paging on from the last position read sees every record once, in order, store-wide and per stream."""
         backend = harness.make(policy=CheckpointPolicy.every(3, on_close=False))
         expected: list[tuple[int, int]] = []  # (stream, offset) in append order
         for n, (sid, sizes) in enumerate(appends):

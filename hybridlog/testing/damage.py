@@ -120,10 +120,12 @@ def active_segment(data_dir: Path, stream_id: int) -> Path:
 
 
 def segment_files(data_dir: Path, stream_id: int) -> list[Path]:
+    """A stream's segment files, in sequence order."""
     return sorted(stream_path(data_dir, stream_id).glob(f"*{SEGMENT_SUFFIX}"))
 
 
 def quarantine_files(data_dir: Path, stream_id: int) -> list[Path]:
+    """The files holding bytes cut from a stream (``*.quarantine``), sorted."""
     return sorted(stream_path(data_dir, stream_id).glob(f"*{QUARANTINE_SUFFIX}"))
 
 
@@ -131,6 +133,7 @@ def quarantine_files(data_dir: Path, stream_id: int) -> list[Path]:
 
 
 def catalog_path(data_dir: Path) -> Path:
+    """The store's ``catalog.db``."""
     return data_dir / CATALOG_FILE
 
 

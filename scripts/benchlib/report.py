@@ -140,7 +140,7 @@ class Target:
         return PASS if passed[self.op] else FAIL
 
     def as_json(self) -> dict[str, JSONValue]:
-        data: dict[str, JSONValue] = {key: value for key, value in asdict(self).items()}
+        data: dict[str, JSONValue] = asdict(self)
         data["status"] = self.status
         return data
 

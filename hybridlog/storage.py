@@ -1,10 +1,11 @@
 """``Storage``: append-only, hash-chained event streams in segment files, indexed by a catalog.
 
-The one home of opening and closing a store (the writer lock, the catalog opened or rebuilt,
-recovery on open) and of its public API, as short delegations: argument checks and the derived
-methods of the contract are ``backend.BackendBase``'s, appends go to ``writer.py`` (the write path,
-in the order ``docs/format.md`` gives), verified reads to ``reads.py``, checks and repairs to
-``repair.py`` and ``stream_repair.py``.
+The one home of opening and closing a store (the writer lock, the catalog file ``opening.py``
+chooses, recovery on open, a reader following a rebuilt catalog) and of its public API, as short
+delegations: argument checks and the derived methods of the contract are ``backend.BackendBase``'s,
+appends go to ``writer.py`` (the write path, in the order ``docs/format.md`` gives), verified reads
+to ``reads.py``, checks, repairs and rebuilds to ``maintenance.py``, subscriptions and consumers to
+``subscription.py`` and ``consumers.py``.
 """
 
 from __future__ import annotations
@@ -12,17 +13,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from hybridlog.backend import BackendBase
-from hybridlog.batch import (
-    BytesLike,
-    check_position,
-)
+from hybridlog.batch import BytesLike, check_position
 from hybridlog.catalog import Catalog
-from hybridlog.catalog_rebuild import rebuild_catalog
-from hybridlog.catalog_rows import RecoveryEntry, SegmentRow, StreamStats
+from hybridlog.catalog_rows import RecoveryEntry, StreamStats
 from hybridlog.consumers import Consumers, ConsumerState
 from hybridlog.db import DEFAULT_BUSY_TIMEOUT_MS
 from hybridlog.dictionary import DictionaryCache
@@ -36,15 +32,16 @@ from hybridlog.errors import (
     StoreClosed,
     os_error_detail,
 )
-from hybridlog.index import CheckpointIndex, OffsetIndex
+from hybridlog.index import CheckpointIndex, OffsetIndex, SegmentInfo, segment_infos
 from hybridlog.layout import CATALOG_FILE, segment_path, stream_ids_on_disk
 from hybridlog.lock import StoreLock
 from hybridlog.maintenance import Maintenance
+from hybridlog.opening import file_identity, open_or_rebuild_catalog, open_reader_catalog, replace_catalog
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.reads import Reads
 from hybridlog.recovery import ReconcileResult, recover_store
 from hybridlog.repair import CheckReport, RepairReport, RepairStep
-from hybridlog.segment import fsync_dir, make_dirs_durably
+from hybridlog.segment import make_dirs_durably
 from hybridlog.sql import QueryResult, QueryRows, SqlValue, check_limits, check_query, query_rows
 from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for
 from hybridlog.types import (
@@ -68,20 +65,6 @@ log = logging.getLogger(__name__)
 
 
 Clock = Callable[[], int]
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentInfo:
-    """One segment file of a stream, as the catalog records it."""
-
-    stream_id: StreamId
-    segment_no: int
-    path: Path
-    first_offset: Offset
-    next_offset: Offset
-    size_bytes: int
-    sealed: bool
-    digest: bytes | None
 
 
 class Storage(BackendBase):
@@ -123,7 +106,6 @@ class Storage(BackendBase):
         self._busy_timeout_ms = round(busy_timeout * 1000)  # how long opening waits for a locked catalog
         self._catalog: Catalog | None = None
         # A reader's catalog file, as (st_dev, st_ino) when opened: a rebuild renames a new one over it.
-        self._catalog_file = str(self._data_dir / CATALOG_FILE)
         self._catalog_identity: tuple[int, int] | None = None
         self._catalog_generation = 0  # how many times this store moved to a new catalog file
         self._store_lock: StoreLock | None = None
@@ -230,21 +212,10 @@ class Storage(BackendBase):
 
     def _open(self) -> None:
         """Readers open the catalog; a writer takes the lock, opens (or rebuilds) it, and recovers."""
-        catalog_path = self._data_dir / CATALOG_FILE
         if self._read_only:
-            for _attempt in range(3):
-                identity = _file_identity(self._catalog_file)
-                if identity is None:
-                    return
-                catalog = Catalog(catalog_path, read_only=True, busy_timeout_ms=self._busy_timeout_ms)
-                if _file_identity(self._catalog_file) != identity:
-                    catalog.close()  # replaced while we opened it: open the new one
-                elif catalog.schema_version() == 0:
-                    catalog.close()  # a writer is creating it right now: not a catalog yet, look again later
-                    return
-                else:
-                    self._catalog, self._catalog_identity = catalog, identity
-                    return
+            opened = open_reader_catalog(self._data_dir, self._busy_timeout_ms)
+            if opened is not None:
+                self._catalog, self._catalog_identity = opened
             return
         try:
             make_dirs_durably(self._data_dir)
@@ -252,7 +223,8 @@ class Storage(BackendBase):
             raise StorageIOError(f"cannot create store directory {self._data_dir}: {e}", path=self._data_dir) from e
         self._store_lock = StoreLock(self._data_dir)
         try:
-            self._catalog = self._open_or_rebuild_catalog()
+            self._catalog, rebuilt = open_or_rebuild_catalog(self._data_dir, self._now, self._busy_timeout_ms)
+            self._maintenance.note(rebuilt)
             self._maintenance.note(recover_store(self._catalog, self._data_dir, self._now))
         except OSError as e:
             self._release()
@@ -273,41 +245,6 @@ class Storage(BackendBase):
             self._store_lock.release()
             self._store_lock = None
 
-    def _open_or_rebuild_catalog(self) -> Catalog:
-        """The catalog, migrated; rebuilt from the segments if it is missing or unusable.
-
-        Unusable means proven so (not a database, failing ``quick_check``): a catalog that is
-        busy (CatalogBusy, after ``busy_timeout``), unreadable (CatalogPermissionDenied) or on a
-        failing disk (CatalogIOError) raises, and is left exactly as it is.
-        """
-        path = self._data_dir / CATALOG_FILE
-        problem: str | None = None
-        if not path.exists():
-            if not stream_ids_on_disk(self._data_dir):
-                catalog = Catalog.create(path)  # a new store
-                fsync_dir(self._data_dir)
-                return catalog
-            problem = "catalog file missing"
-        else:
-            try:
-                catalog = Catalog(path, read_only=False, busy_timeout_ms=self._busy_timeout_ms)
-            except CatalogUnusable as e:
-                problem = f"catalog unusable: {e.message}"
-            else:
-                try:
-                    health = catalog.health_problem()
-                except BaseException:
-                    catalog.close()
-                    raise
-                if health is None:
-                    return catalog
-                catalog.close()
-                problem = f"catalog failed quick_check: {health}"
-        log.warning("store %s: %s; rebuilding the catalog from the segments", self._data_dir, problem)
-        catalog, results = rebuild_catalog(self._data_dir, self._now, found=problem)
-        self._maintenance.note(results)
-        return catalog
-
     def _writable_catalog(self) -> Catalog:
         if self._closed:
             raise StoreClosed(f"store {self._data_dir} is closed")
@@ -321,12 +258,8 @@ class Storage(BackendBase):
         return self._catalog
 
     def _readable_catalog(self, *, follow: bool = True) -> Catalog | None:
-        """The catalog to read (None before the store has one).
-
-        A reader checks first (``follow``) that its catalog file is still the one at the path: a
-        rebuild in another process renames a new catalog over it, and the old file, still open
-        here, would never see another commit. One ``stat``; see ``_follow_catalog``.
-        """
+        """The catalog to read (None before the store has one); a reader first checks (``follow``, one
+        ``stat``) that no rebuild renamed a new catalog over its file (``_follow_catalog``)."""
         if self._closed:
             raise StoreClosed(f"store {self._data_dir} is closed")
         if follow and self._read_only and self._catalog is not None:
@@ -342,12 +275,11 @@ class Storage(BackendBase):
         return self._catalog
 
     def _follow_catalog(self) -> bool:
-        """Reopen a reader's catalog if the file at the path is no longer the one open (True if so).
-
+        """Reopen a reader's catalog if the file at the path is no longer the one open (True if so): a
+        rebuild renamed a new one over it, and the old file would never see another commit.
         Everything derived from the old file goes with it: verified runs (records may have moved)
-        and the data_version / recovery-log marks they were checked against.
-        """
-        if _file_identity(self._catalog_file) == self._catalog_identity:
+        and the data_version / recovery-log marks they were checked against."""
+        if file_identity(self._data_dir / CATALOG_FILE) == self._catalog_identity:
             return False
         log.info("store %s: the catalog file was replaced (a rebuild); reopening it", self._data_dir)
         self._verified.clear()
@@ -386,11 +318,8 @@ class Storage(BackendBase):
         fsync: bool,
         pipeline: AppendPipeline,
     ) -> tuple[Offset, ChainHash]:
-        """``append_batch`` framing into ``pipeline``'s reusable buffer (same contract).
-
-        Framing (stage 1) runs in the calling thread, outside the store's lock, so it overlaps the
-        write and fsync (stage 2) of batches other threads are committing.
-        """
+        """``append_batch`` framing into ``pipeline``'s reusable buffer, in the calling thread and outside
+        the store's lock (stage 1 overlaps other threads' write and fsync: ``writer.py``)."""
         sid, payloads, offset, given_hash = self._checked_batch(stream_id, events, expected_offset, prev_hash)
         if not isinstance(pipeline, AppendPipeline):
             raise InvalidArgument(f"pipeline must be an AppendPipeline, not {type(pipeline).__name__}")
@@ -425,8 +354,6 @@ class Storage(BackendBase):
         return self._reads.iter_records(sid, from_offset, anchored=anchored)
 
     def _read_from(self, sid: StreamId, from_offset: int, limit: int) -> list[bytes]:
-        """A point read remembers the checkpoint interval it verified, so the next read in it checks
-        only the records it returns against the hashes verified then (see verified_cache.py)."""
         return self._reads.read_from(sid, from_offset, limit)
 
     def _offset_at(self, sid: StreamId, timestamp_ns: int) -> Offset:
@@ -437,7 +364,6 @@ class Storage(BackendBase):
         return self._reads.query(lambda catalog: catalog.last_global_position(), GlobalPosition(0))
 
     def _read_global(self, start: int, limit: int, only: StreamId | None) -> list[GlobalRecord]:
-        """Each stream's records are found through its offset index, not by reading past the others'."""
         return self._reads.read_global(start, limit, only)
 
     def global_position_of(self, stream_id: int, offset: int) -> GlobalPosition | None:
@@ -465,8 +391,7 @@ class Storage(BackendBase):
         should_stop: Callable[[], bool] | None = None,
         stop_when_caught_up: bool = False,
     ) -> Subscription:
-        """Every committed record (checkpoints included) in global order, waiting for new ones
-        (``Subscription`` says where it starts, how it waits and when it ends)."""
+        """Every committed record in global order, waiting for new ones (see ``Subscription``)."""
         return Subscription(
             self,
             self._commit_signal,
@@ -508,15 +433,7 @@ class Storage(BackendBase):
         timeout: float | None = None,
         max_rows: int | None = None,
     ) -> QueryResult:
-        """Run one read-only SQL statement over the catalog and the ``events`` table (docs/sql.md),
-        to its end: every row is collected (``iter_sql`` streams them instead).
-
-        Rows of ``events`` are verified records: a damaged one raises its IntegrityError.
-        ``timeout``: seconds the query may run (None: no limit), else QueryTimeout. ``max_rows``:
-        rows it may return (None: no limit), else QueryRowLimit. Both are QueryLimitExceeded. A
-        query that is not a str (or holds a NUL or a lone surrogate), params that are not a
-        sequence of None, int (64-bit), float, str or bytes, and bad limits raise InvalidArgument.
-        """
+        """One read-only SQL statement over the catalog and ``events`` (docs/sql.md), every row collected."""
         with self.iter_sql(query, params, timeout=timeout, max_rows=max_rows) as rows:
             return QueryResult(rows.columns, list(rows))
 
@@ -528,11 +445,7 @@ class Storage(BackendBase):
         timeout: float | None = None,
         max_rows: int | None = None,
     ) -> QueryRows:
-        """Start one read-only SQL statement, like ``sql``; returns ``columns`` and the rows one at
-        a time as they are produced, in bounded memory. Use it in a ``with`` block (or close it)
-        when stopping early: it holds a catalog connection until its rows run out.
-        ``timeout`` counts only the time spent producing rows, not the caller's time between them.
-        """
+        """``sql``, its rows produced one at a time in bounded memory (see ``sql.query_rows``)."""
         check_query(query, params)  # bad arguments first, whatever state the store is in
         check_limits(timeout, max_rows)
         with self._lock:
@@ -573,21 +486,9 @@ class Storage(BackendBase):
         return self._reads.query(lambda catalog: catalog.schema_version(), 0)
 
     def segments(self, stream_id: int) -> list[SegmentInfo]:
+        """The stream's segment files, oldest first, as the catalog records them."""
         sid = check_stream_id(stream_id)
-        rows: list[SegmentRow] = self._reads.query(lambda catalog: catalog.segments(sid), [])
-        return [
-            SegmentInfo(
-                sid,
-                r.segment_no,
-                segment_path(self._data_dir, sid, r.segment_no),
-                r.first_offset,
-                r.next_offset,
-                r.size_bytes,
-                r.sealed,
-                r.digest,
-            )
-            for r in rows
-        ]
+        return segment_infos(self._data_dir, sid, self._reads.query(lambda catalog: catalog.segments(sid), []))
 
     def segment_count(self, stream_id: int) -> int:
         return len(self.segments(stream_id))
@@ -636,15 +537,13 @@ class Storage(BackendBase):
     def check(
         self, stream_ids: list[int] | None = None, *, progress: Callable[[int], None] | None = None
     ) -> CheckReport:
-        """Every disagreement between catalog and segments, and all damage, found by a full walk;
-        changes nothing (see ``Maintenance.check``)."""
+        """All damage and catalog/segments disagreement, by a full walk; changes nothing (``Maintenance.check``)."""
         return self._maintenance.check(stream_ids, progress=progress)
 
     def repair(
         self, plan: list[RepairStep] | None = None, *, stream_ids: list[int] | None = None, truncate: bool = False
     ) -> RepairReport:
-        """Apply ``plan`` (default: the plan of a fresh ``check``); returns what was done (see
-        ``Maintenance.repair``: what verifies is kept, ``truncate=True`` cuts at the first damage)."""
+        """Apply ``plan`` (default: a fresh ``check``'s); returns what was done (see ``Maintenance.repair``)."""
         return self._maintenance.repair(plan, stream_ids=stream_ids, truncate=truncate)
 
     def rebuild_catalog(self) -> list[ReconcileResult]:
@@ -653,21 +552,13 @@ class Storage(BackendBase):
 
     def _rebuild_catalog(self, found: str) -> list[ReconcileResult]:
         """Swap in a catalog built from the segments (``Maintenance`` forgets heads and damage first)."""
-        # Readers keep reading the old catalog until the new one is renamed into place.
         retiring, self._catalog = self._catalog, None
-        try:
-            self._catalog, results = rebuild_catalog(self._data_dir, self._now, found=found, retiring=retiring)
-        except OSError as e:
-            raise StorageIOError(f"cannot rebuild the catalog of {self._data_dir}: {e}") from e
-        finally:
-            if self._catalog is None and retiring is not None:
-                retiring.close()
+        self._catalog, results = replace_catalog(self._data_dir, self._now, found=found, retiring=retiring)
         self._catalog_generation += 1
         return results
 
     def rebuild_index(self, stream_id: int) -> OffsetIndex:
-        """Replace the stream's catalog rows with a verifying scan of its segments (damage found is
-        raised after the records before it are indexed; see ``Maintenance.rebuild_index``)."""
+        """Replace the stream's catalog rows with a scan of its segments (``Maintenance.rebuild_index``)."""
         sid = check_stream_id(stream_id)
         self._maintenance.rebuild_index(sid)
         return self.offset_index(sid)
@@ -681,12 +572,3 @@ class Storage(BackendBase):
     def rebuild_checkpoint_index(self, stream_id: int) -> int:
         """Re-derive the stream's checkpoint rows from its checkpoint records; returns how many."""
         return self._maintenance.rebuild_checkpoint_index(check_stream_id(stream_id))
-
-
-def _file_identity(path: str) -> tuple[int, int] | None:
-    """(st_dev, st_ino) of the file at ``path``; None if there is none."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino

@@ -57,7 +57,8 @@ class CheckpointPolicy:
     """When the store writes checkpoint records on its own.
 
     ``every_records``: after this many event records since the last checkpoint (None: never).
-    ``on_close``: when the store is closed, for every stream with records after its last checkpoint.
+    ``on_close``: when the store is closed, for every stream with records after its last checkpoint
+    (those a killed writer left too), once the closing session has appended anything.
     ``create_checkpoint`` works under every policy.
     """
 

@@ -57,8 +57,7 @@ class CheckpointPolicy:
     """When the store writes checkpoint records on its own.
 
     ``every_records``: after this many event records since the last checkpoint (None: never).
-    ``on_close``: when the store is closed, for every stream with records after its last checkpoint
-    (those a killed writer left too), once the closing session has appended anything.
+    ``on_close``: when the store is closed, for every stream with records after its last checkpoint.
     ``create_checkpoint`` works under every policy.
     """
 

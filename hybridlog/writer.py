@@ -418,12 +418,8 @@ class Writer:
     def due_checkpoints(self) -> list[StreamId]:
         """Streams with events since their last checkpoint (and no damage): an on-close checkpoint's.
 
-        Once this session has appended (or tried to: a head is loaded), every such stream in the
-        catalog, not only those written to: a stream a killed writer left with events after its
-        last checkpoint gets one at the next close. A session that never appended writes nothing
-        (opening a store to read, check or migrate it does not change it)."""
-        if not self.heads:
-            return []
+        Every such stream in the catalog, not only those written in this session: a stream that a
+        killed writer left with events after its last checkpoint gets one at the next close."""
         with sqlite_errors("cannot read the catalog for on-close checkpoints"):
             unanchored = [sid for sid in self._catalog().streams_ending_in_an_event() if sid not in self.heads]
         for sid in unanchored:

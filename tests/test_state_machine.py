@@ -192,8 +192,9 @@ class StorageMachine(RuleBasedStateMachine):
         self.model = {sid: ModelStream(sid) for sid in STREAMS}
         self.global_order: list[tuple[int, int]] = []  # (stream, offset) of position i + 1
         self.store: Storage | None = None
-        # Streams the open writer has written to (or tried): once there is one, close checkpoints
-        # every stream with events since its last checkpoint (a killed writer's too); with none, none.
+        # Streams the open writer has written to (or tried): close checkpoints only these, since a
+        # writer loads a stream's head on its first write (events a killed writer left unchecked
+        # in a stream nobody writes to after the reopen get no on-close checkpoint).
         self.written: set[int] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ class StorageMachine(RuleBasedStateMachine):
         closing: list[tuple[int, int]] = []
         if self.policy.on_close:
             for stream in self.model.values():
-                if stream.events_since_checkpoint > 0 and self.written:
+                if stream.events_since_checkpoint > 0 and stream.stream_id in self.written:
                     closing.append((stream.stream_id, stream.next_offset))
                     stream.checkpoint(self.clock.now)
         return closing

@@ -281,15 +281,6 @@ class Catalog(GlobalOrderReads, CatalogChecks):
             (stream_id, offset, int(RecordKind.EVENT)),
         )
 
-    def streams_ending_in_an_event(self) -> list[StreamId]:
-        """Streams whose last record is an event (events after their last checkpoint): one seek each."""
-        rows = self.conn.execute(
-            "SELECT stream_id FROM streams AS s WHERE (SELECT kind FROM records AS r WHERE r.stream_id = s.stream_id"
-            " ORDER BY offset DESC LIMIT 1) = ? ORDER BY stream_id",
-            (int(RecordKind.EVENT),),
-        )
-        return [StreamId(r[0]) for r in rows]
-
     def _count(self, sql: str, bindings: tuple[int, ...]) -> int:
         row = self.conn.execute(sql, bindings).fetchone()
         assert row is not None  # count(*) always gives a row

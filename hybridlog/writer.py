@@ -40,7 +40,6 @@ import blake3
 
 from hybridlog.batch import BytesLike, PlannedRecord, append_conflict, plan_batch
 from hybridlog.catalog import Catalog
-from hybridlog.db import sqlite_errors
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     AppendOutcomeUnknown,
@@ -416,17 +415,7 @@ class Writer:
         return head
 
     def due_checkpoints(self) -> list[StreamId]:
-        """Streams with events since their last checkpoint (and no damage): an on-close checkpoint's.
-
-        Every such stream in the catalog, not only those written in this session: a stream that a
-        killed writer left with events after its last checkpoint gets one at the next close."""
-        with sqlite_errors("cannot read the catalog for on-close checkpoints"):
-            unanchored = [sid for sid in self._catalog().streams_ending_in_an_event() if sid not in self.heads]
-        for sid in unanchored:
-            try:
-                self.head(sid)
-            except StorageError as e:  # a stream nobody wrote to does not fail the close
-                log.warning("stream %d: no on-close checkpoint: %s", sid, e)
+        """Streams with events since their last checkpoint (and no damage): an on-close checkpoint's."""
         return [h.stream_id for h in self.heads.values() if h.damage is None and h.view.events_since_checkpoint]
 
     def sync_active(self) -> None:

@@ -412,25 +412,6 @@ def test_two_hundred_writers_killed_at_seeded_steps(tmp_path: Path) -> None:
     crash_rounds(tmp_path / "store", seed=200, plans=seeded_plans(200, seed=200, max_batches=8))
 
 
-def test_the_next_writers_close_checkpoints_every_stream_a_killed_writer_left_unanchored(tmp_path: Path) -> None:
-    """A killed writer writes no on-close checkpoints: its streams keep events after their last
-    checkpoint. The next writer's on-close checkpoint covers every such stream, not only the one
-    it wrote to (it reads them from the catalog at close)."""
-    store_dir = tmp_path / "store"
-    run_and_kill_writer(store_dir, seed=4, round_no=0, plan=KillPlan(ACK, 12))
-
-    def unanchored() -> list[int]:
-        with Storage(store_dir, read_only=True) as reader:
-            ends = {sid: list(reader.iter_records(sid, 0, anchored=False))[-1].kind for sid in reader.stream_ids()}
-        return [sid for sid, kind in ends.items() if kind is RecordKind.EVENT]
-
-    left = unanchored()
-    assert len(left) >= 2, f"the seed should leave several streams unanchored: {left}"
-    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.close_only()) as store:
-        store.append(left[0], [b"one more"])
-    assert unanchored() == []
-
-
 def test_the_child_plan_is_deterministic() -> None:
     """The parent regenerates the child's batches: same (seed, round, batch) gives the same stream and events."""
     assert planned_batch(1, 2, 3) == planned_batch(1, 2, 3)

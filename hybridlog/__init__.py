@@ -51,13 +51,13 @@ from hybridlog.errors import (
     TruncatedRecord,
     UnknownConsumer,
 )
-from hybridlog.index import CheckpointIndex, OffsetIndex
+from hybridlog.index import CheckpointIndex, OffsetIndex, SegmentInfo
 from hybridlog.memory import MemoryStorage
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.recovery import ReconcileResult
 from hybridlog.repair import CheckReport, Finding, RepairReport, RepairStep
 from hybridlog.sql import QueryResult, QueryRows
-from hybridlog.storage import SegmentInfo, Storage
+from hybridlog.storage import Storage
 from hybridlog.subscription import Subscription
 from hybridlog.types import (
     GENESIS_HASH,

@@ -21,15 +21,17 @@ refuse to guess instead of skipping or repeating records (``ConsumerPositionLost
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
 
+from hybridlog.batch import check_non_negative
 from hybridlog.db import connect, consumer_migrations, migrate, sqlite_errors, write_transaction
-from hybridlog.errors import ConsumerError, ConsumerMismatch, InvalidArgument, UnknownConsumer
+from hybridlog.errors import ConsumerError, ConsumerMismatch, InvalidArgument, StoreClosed, UnknownConsumer
 from hybridlog.layout import consumers_path
-from hybridlog.types import GlobalPosition, Offset, StreamId
+from hybridlog.types import GlobalPosition, Offset, StreamId, check_stream_id
 
 MAX_CONSUMER_NAME = 200
 BUSY_TIMEOUT_MS = 5000
@@ -183,3 +185,87 @@ class ConsumerStore:
             state = self._get(name)
             assert state is not None
         return state
+
+
+class Consumers:
+    """A store's named consumers, for ``Storage.register_consumer``, ``ack`` and ``consumers``:
+    their arguments checked, and ``consumers.db`` opened when first needed.
+
+    ``created`` makes sure the store exists (a writer creates its store on first use);
+    ``last_position`` and ``record_at`` read the catalog's global order (``Storage``'s).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        closed: Callable[[], bool],
+        created: Callable[[], None],
+        now: Callable[[], int],
+        last_position: Callable[[], GlobalPosition],
+        record_at: Callable[[int], tuple[StreamId, Offset] | None],
+    ) -> None:
+        self._data_dir = data_dir
+        self._closed = closed
+        self._created = created
+        self._now = now
+        self._last_position = last_position
+        self._record_at = record_at
+        self._store: ConsumerStore | None = None
+        self._lock = threading.Lock()
+
+    def register(self, name: str, stream_id: int | None) -> ConsumerState:
+        """The named consumer, registered at position 0 for ``stream_id`` (None: every stream) if new.
+
+        ConsumerMismatch if it exists for other streams. Works on read-only stores too: consumer
+        positions live in ``consumers.db``, which any process may write (see the module docstring).
+        """
+        checked = check_consumer_name(name)
+        sid = None if stream_id is None else check_stream_id(stream_id)
+        store = self._open(create=True)
+        assert store is not None
+        return store.register(checked, sid, self._now())
+
+    def ack(self, consumer: str, position: int, *, force: bool) -> ConsumerState:
+        """Record that ``consumer`` is done with every record it follows up to global ``position``.
+
+        One transaction: the position is checked and stored together. InvalidArgument if it is
+        past the last committed position, or behind the consumer's position (unless ``force``,
+        which moves it back, or to 0 to start over); UnknownConsumer if it was never registered.
+        Works on read-only stores too (see ``register``). Returns the consumer's new state.
+        """
+        name = check_consumer_name(consumer)
+        at = GlobalPosition(check_non_negative("position", position))
+        last = self._last_position()
+        if at > last:
+            raise InvalidArgument(f"cannot acknowledge position {at}: the last committed position is {last}")
+        acked = self._record_at(at) if at else None
+        store = self._open(create=True)
+        assert store is not None
+        return store.ack(name, at, acked, force=bool(force), now_ns=self._now())
+
+    def all(self) -> list[ConsumerState]:
+        """Every registered consumer, by name (none before ``consumers.db`` exists)."""
+        store = self._open(create=False)
+        return store.all() if store is not None else []
+
+    def _open(self, *, create: bool) -> ConsumerStore | None:
+        """``consumers.db``, opened on first use (created only when ``create``; None if it does not exist)."""
+        if create:
+            self._created()
+        with self._lock:
+            if self._closed():
+                raise StoreClosed(f"store {self._data_dir} is closed")
+            if self._store is None and (create or consumers_path(self._data_dir).exists()):
+                if not self._data_dir.is_dir():
+                    raise InvalidArgument(
+                        f"no store at {self._data_dir}", hint="a writer creates it: open it without read_only"
+                    )
+                self._store = ConsumerStore(self._data_dir)
+            return self._store
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None

@@ -1,25 +1,28 @@
-"""Stage 1 of an append: the one home of stream heads and of framing a batch on one.
+"""Stage 1 of an append: the one home of stream heads, of framing a batch on one, and of laying
+framed batches out in segment files.
 
 A batch is framed (hashed, compressed, checksummed: ``frame_batch``) against a ``HeadView``, the
 stream's head as the caller last saw it, in the caller's thread and without the store's lock.
 ``writer.py`` then commits it only if the head is still that view (otherwise the group-commit
 leader frames it again). ``StreamHead`` is the writer's state of a stream (its view, and where its
 next batch goes), loaded from the catalog by ``load_head`` and advanced after each commit.
+``lay_out`` plans where a group's framed batches go (``SegmentWrite``s, and the segments they
+fill up and seal), before ``writer.py`` creates, writes, syncs and commits them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hybridlog.batch import PlannedRecord
 from hybridlog.catalog import Catalog
-from hybridlog.catalog_rows import damaged_hint
+from hybridlog.catalog_rows import CheckpointRow, IndexRow, damaged_hint
 from hybridlog.errors import CatalogMismatch, StorageError, StorageIOError
 from hybridlog.layout import segment_path
 from hybridlog.record import FrameSpan, PayloadCompressor, append_frames
 from hybridlog.segment import SegmentWriter
-from hybridlog.types import GENESIS_HASH, ChainHash, RecordKind, StreamId
+from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +133,70 @@ def load_head(catalog: Catalog, data_dir: Path, stream_id: StreamId, damage: Sto
         except OSError as e:
             raise StorageIOError(f"stream {stream_id}: cannot open {path}: {e}", path=path) from e
     return head
+
+
+def lay_out(
+    heads: dict[StreamId, StreamHead],
+    batches: dict[StreamId, list[FramedBatch]],
+    first_positions: dict[tuple[StreamId, int], int],
+    max_segment_size: int,
+) -> tuple[list[SegmentWrite], list[tuple[StreamId, int, SegmentWrite | None]]]:
+    """Which segment each batch goes to: a batch never spans two, and a full segment is sealed.
+
+    Returns the writes and the seals; a seal's SegmentWrite is the in-group write of a segment
+    created and filled in this same group (None: the stream's active segment on disk).
+    ``first_positions``: each batch's first global position, by (stream, first offset).
+    """
+    writes: list[SegmentWrite] = []
+    seals: list[tuple[StreamId, int, SegmentWrite | None]] = []
+    for sid, framed in batches.items():
+        head = heads[sid]
+        segment_no, size, current = head.segment_no, head.segment_size, None
+        has_segment = head.writer is not None
+        for batch in framed:
+            if not has_segment or (size > 0 and size + len(batch.data) > max_segment_size):
+                if has_segment:
+                    seals.append((sid, segment_no, current))
+                segment_no, size, has_segment = segment_no + 1, 0, True
+                current = SegmentWrite(sid, segment_no, 0, batch.on.next_offset, new_file=True)
+                writes.append(current)
+            elif current is None:
+                current = SegmentWrite(sid, segment_no, size, head.segment_first_offset, new_file=False)
+                writes.append(current)
+            current.add(batch, first_positions[sid, batch.on.next_offset])
+            size += len(batch.data)
+    return writes, seals
+
+
+@dataclass(slots=True)
+class SegmentWrite:
+    """Bytes for one segment file in one group: where they go and the catalog rows they need."""
+
+    stream_id: StreamId
+    segment_no: int
+    base: int  # byte position of the first batch in the file
+    first_offset: int  # the segment's first offset
+    new_file: bool
+    data: bytearray = field(default_factory=bytearray)
+    writer: SegmentWriter | None = None
+    rows: list[IndexRow] = field(default_factory=list)
+    checkpoints: list[CheckpointRow] = field(default_factory=list)
+    next_offset: int = 0
+
+    def add(self, batch: FramedBatch, first_global_position: int) -> None:
+        """Lay ``batch`` after what this write holds; its records get consecutive global positions."""
+        position = self.base + len(self.data)
+        self.data += batch.data
+        sid, no, ts = self.stream_id, self.segment_no, batch.timestamp_ns
+        self.rows.extend(
+            (first_global_position + i, sid, offset, no, position + start, length, kind, ts)
+            for i, (offset, start, length, kind, _) in enumerate(batch.records)
+        )
+        for offset, _, _, kind, digest in batch.records:
+            if kind == RecordKind.CHECKPOINT:
+                self.checkpoints.append(CheckpointRow(sid, Offset(offset), digest, ts))
+        self.next_offset = batch.after.next_offset
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.data)

@@ -1,14 +1,18 @@
-"""Read-only views of a stream's offset index and checkpoint index (both live in the catalog)."""
+"""Read-only views of what the catalog records of a stream: its offset index, its checkpoint index
+and its segment files (``SegmentInfo``)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from hybridlog.catalog import Catalog
-from hybridlog.catalog_rows import CheckpointRow, IndexEntry, damaged_hint
+from hybridlog.catalog_rows import CheckpointRow, IndexEntry, SegmentRow, damaged_hint
 from hybridlog.db import sqlite_errors
+from hybridlog.layout import segment_path
 from hybridlog.types import Offset, StreamId
 
 T = TypeVar("T")
@@ -71,3 +75,34 @@ class CheckpointIndex:
     def offsets(self) -> list[Offset]:
         """The offsets of the checkpoint records, oldest first."""
         return [r.offset for r in self._rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """One segment file of a stream, as the catalog records it."""
+
+    stream_id: StreamId
+    segment_no: int
+    path: Path
+    first_offset: Offset
+    next_offset: Offset
+    size_bytes: int
+    sealed: bool
+    digest: bytes | None
+
+
+def segment_infos(data_dir: Path, stream_id: StreamId, rows: list[SegmentRow]) -> list[SegmentInfo]:
+    """The catalog's segments rows of a stream, with their files' paths."""
+    return [
+        SegmentInfo(
+            stream_id,
+            r.segment_no,
+            segment_path(data_dir, stream_id, r.segment_no),
+            r.first_offset,
+            r.next_offset,
+            r.size_bytes,
+            r.sealed,
+            r.digest,
+        )
+        for r in rows
+    ]

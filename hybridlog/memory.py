@@ -136,7 +136,10 @@ class MemoryStorage(BackendBase):
         return None
 
     def stream_ids(self) -> list[StreamId]:
-        return sorted(self._streams)
+        with self._lock:
+            if self._closed:
+                raise StoreClosed("memory store is closed")
+            return sorted(self._streams)
 
     # --- closing ---------------------------------------------------------------------------------
 

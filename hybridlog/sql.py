@@ -358,9 +358,17 @@ def query_rows(
     max_rows: int | None = None,
 ) -> QueryRows:
     """Start one read-only statement against the catalog (and ``events``, when given a source);
-    returns its column names and its rows as they come (``QueryRows``). Bad arguments raise
-    InvalidArgument before anything is opened. An integrity error met while reading events is
-    raised as itself."""
+    returns its column names and its rows as they come (``QueryRows``), in bounded memory. Use it
+    in a ``with`` block (or close it) when stopping early: it holds a catalog connection until its
+    rows run out (``Storage.sql`` collects them all).
+
+    Rows of ``events`` are verified records: a damaged one raises its IntegrityError.
+    ``timeout``: seconds the query may run producing rows (None: no limit; the caller's time
+    between rows does not count), else QueryTimeout. ``max_rows``: rows it may return (None: no
+    limit), else QueryRowLimit. Both are QueryLimitExceeded. Bad arguments raise InvalidArgument
+    before anything is opened: a query that is not a str (or holds a NUL or a lone surrogate),
+    params that are not a sequence of None, int (64-bit), float, str or bytes, and bad limits.
+    """
     bindings = check_query(sql, params)
     limit_seconds, limit_rows = check_limits(timeout, max_rows)
     path = data_dir / CATALOG_FILE

@@ -1,31 +1,25 @@
 """``Storage``: append-only, hash-chained event streams in segment files, indexed by a catalog.
 
-The one home of opening and closing a store (the writer lock, the catalog opened or rebuilt,
-recovery on open) and of its public API, as short delegations: argument checks and the derived
-methods of the contract are ``backend.BackendBase``'s, appends go to ``writer.py`` (the write path,
-in the order ``docs/format.md`` gives), verified reads to ``reads.py``, checks and repairs to
-``repair.py`` and ``stream_repair.py``.
+The one home of opening and closing a store (the writer lock, the catalog file ``opening.py``
+chooses, recovery on open, a reader following a rebuilt catalog) and of its public API, as short
+delegations: argument checks and the derived methods of the contract are ``backend.BackendBase``'s,
+appends go to ``writer.py`` (the write path, in the order ``docs/format.md`` gives), verified reads
+to ``reads.py``, checks, repairs and rebuilds to ``maintenance.py``, subscriptions and consumers to
+``subscription.py`` and ``consumers.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from hybridlog.backend import BackendBase
-from hybridlog.batch import (
-    BytesLike,
-    check_non_negative,
-    check_position,
-)
+from hybridlog.batch import BytesLike, check_position
 from hybridlog.catalog import Catalog
-from hybridlog.catalog_rebuild import rebuild_catalog, rebuild_checkpoints
-from hybridlog.catalog_rows import RecoveryEntry, SegmentRow, StreamStats
-from hybridlog.consumers import ConsumerState, ConsumerStore, check_consumer_name
+from hybridlog.catalog_rows import RecoveryEntry, StreamStats
+from hybridlog.consumers import Consumers, ConsumerState
 from hybridlog.db import DEFAULT_BUSY_TIMEOUT_MS
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
@@ -38,25 +32,17 @@ from hybridlog.errors import (
     StoreClosed,
     os_error_detail,
 )
-from hybridlog.index import CheckpointIndex, OffsetIndex
-from hybridlog.layout import CATALOG_FILE, CONSUMERS_FILE, segment_path, stream_ids_on_disk
+from hybridlog.index import CheckpointIndex, OffsetIndex, SegmentInfo, segment_infos
+from hybridlog.layout import CATALOG_FILE, segment_path, stream_ids_on_disk
 from hybridlog.lock import StoreLock
+from hybridlog.maintenance import Maintenance
+from hybridlog.opening import file_identity, open_or_rebuild_catalog, open_reader_catalog, replace_catalog
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.reads import Reads
-from hybridlog.recovery import ReconcileResult, recover_store, streams_to_reconcile
-from hybridlog.repair import (
-    ISOLATE,
-    REBUILD_CATALOG,
-    REINDEX,
-    TRUNCATE,
-    CheckReport,
-    RepairReport,
-    RepairStep,
-    check_store,
-)
-from hybridlog.segment import fsync_dir, make_dirs_durably
+from hybridlog.recovery import ReconcileResult, recover_store
+from hybridlog.repair import CheckReport, RepairReport, RepairStep
+from hybridlog.segment import make_dirs_durably
 from hybridlog.sql import QueryResult, QueryRows, SqlValue, check_limits, check_query, query_rows
-from hybridlog.stream_repair import repair_stream
 from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for
 from hybridlog.types import (
     DEFAULT_MAX_SEGMENT_SIZE,
@@ -79,20 +65,6 @@ log = logging.getLogger(__name__)
 
 
 Clock = Callable[[], int]
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentInfo:
-    """One segment file of a stream, as the catalog records it."""
-
-    stream_id: StreamId
-    segment_no: int
-    path: Path
-    first_offset: Offset
-    next_offset: Offset
-    size_bytes: int
-    sealed: bool
-    digest: bytes | None
 
 
 class Storage(BackendBase):
@@ -134,12 +106,9 @@ class Storage(BackendBase):
         self._busy_timeout_ms = round(busy_timeout * 1000)  # how long opening waits for a locked catalog
         self._catalog: Catalog | None = None
         # A reader's catalog file, as (st_dev, st_ino) when opened: a rebuild renames a new one over it.
-        self._catalog_file = str(self._data_dir / CATALOG_FILE)
         self._catalog_identity: tuple[int, int] | None = None
         self._catalog_generation = 0  # how many times this store moved to a new catalog file
         self._store_lock: StoreLock | None = None
-        self._damage: dict[StreamId, IntegrityError] = {}
-        self._recovery: list[ReconcileResult] = []
         self._dictionaries = DictionaryCache(self._data_dir)  # stream dictionaries, for reading and compressing
         # Point reads remember verified runs (see verified_cache.py); 0 turns that off.
         self._verified = VerifiedRunCache(verified_cache_records, lambda sid, no: segment_path(self._data_dir, sid, no))
@@ -166,11 +135,29 @@ class Storage(BackendBase):
             catalog=self._writable_catalog,
             now=self._now,
             closed=lambda: self._closed,
-            damage=self._damage.get,
+            damage=lambda sid: self._maintenance.damage.get(sid),
             committed=self._commit_signal.notify,
         )
-        self._consumers: ConsumerStore | None = None  # consumers.db, opened when first needed
-        self._consumers_lock = threading.Lock()
+        self._maintenance = Maintenance(
+            self._data_dir,
+            lock=self._lock,
+            catalog=self._writable_catalog,
+            writer=self._writer,
+            now=self._now,
+            closed=lambda: self._closed,
+            writer_paused=lambda: self._store_lock is not None,
+            rebuild_catalog=self._rebuild_catalog,
+            forget_verified=self._verified.clear,
+            committed=self._commit_signal.notify,
+        )
+        self._consumers = Consumers(
+            self._data_dir,
+            closed=lambda: self._closed,
+            created=lambda: None if read_only else self.ensure_created(),
+            now=self._now,
+            last_position=self.last_global_position,
+            record_at=self.record_at_position,
+        )
         if self._data_dir.exists() and not self._data_dir.is_dir():
             raise StorageIOError(f"store path {self._data_dir} is not a directory", path=self._data_dir)
         if self._data_dir.exists():
@@ -225,21 +212,10 @@ class Storage(BackendBase):
 
     def _open(self) -> None:
         """Readers open the catalog; a writer takes the lock, opens (or rebuilds) it, and recovers."""
-        catalog_path = self._data_dir / CATALOG_FILE
         if self._read_only:
-            for _attempt in range(3):
-                identity = _file_identity(self._catalog_file)
-                if identity is None:
-                    return
-                catalog = Catalog(catalog_path, read_only=True, busy_timeout_ms=self._busy_timeout_ms)
-                if _file_identity(self._catalog_file) != identity:
-                    catalog.close()  # replaced while we opened it: open the new one
-                elif catalog.schema_version() == 0:
-                    catalog.close()  # a writer is creating it right now: not a catalog yet, look again later
-                    return
-                else:
-                    self._catalog, self._catalog_identity = catalog, identity
-                    return
+            opened = open_reader_catalog(self._data_dir, self._busy_timeout_ms)
+            if opened is not None:
+                self._catalog, self._catalog_identity = opened
             return
         try:
             make_dirs_durably(self._data_dir)
@@ -247,8 +223,9 @@ class Storage(BackendBase):
             raise StorageIOError(f"cannot create store directory {self._data_dir}: {e}", path=self._data_dir) from e
         self._store_lock = StoreLock(self._data_dir)
         try:
-            self._catalog = self._open_or_rebuild_catalog()
-            self._note_recovery(recover_store(self._catalog, self._data_dir, self._now))
+            self._catalog, rebuilt = open_or_rebuild_catalog(self._data_dir, self._now, self._busy_timeout_ms)
+            self._maintenance.note(rebuilt)
+            self._maintenance.note(recover_store(self._catalog, self._data_dir, self._now))
         except OSError as e:
             self._release()
             detail = os_error_detail(e)
@@ -268,54 +245,6 @@ class Storage(BackendBase):
             self._store_lock.release()
             self._store_lock = None
 
-    def _open_or_rebuild_catalog(self) -> Catalog:
-        """The catalog, migrated; rebuilt from the segments if it is missing or unusable.
-
-        Unusable means proven so (not a database, failing ``quick_check``): a catalog that is
-        busy (CatalogBusy, after ``busy_timeout``), unreadable (CatalogPermissionDenied) or on a
-        failing disk (CatalogIOError) raises, and is left exactly as it is.
-        """
-        path = self._data_dir / CATALOG_FILE
-        problem: str | None = None
-        if not path.exists():
-            if not stream_ids_on_disk(self._data_dir):
-                catalog = Catalog.create(path)  # a new store
-                fsync_dir(self._data_dir)
-                return catalog
-            problem = "catalog file missing"
-        else:
-            try:
-                catalog = Catalog(path, read_only=False, busy_timeout_ms=self._busy_timeout_ms)
-            except CatalogUnusable as e:
-                problem = f"catalog unusable: {e.message}"
-            else:
-                try:
-                    health = catalog.health_problem()
-                except BaseException:
-                    catalog.close()
-                    raise
-                if health is None:
-                    return catalog
-                catalog.close()
-                problem = f"catalog failed quick_check: {health}"
-        log.warning("store %s: %s; rebuilding the catalog from the segments", self._data_dir, problem)
-        catalog, results = rebuild_catalog(self._data_dir, self._now, found=problem)
-        self._note_recovery(results)
-        return catalog
-
-    def _note_recovery(self, results: list[ReconcileResult]) -> None:
-        """Remember what recovery did, and which streams it found damaged (they refuse appends)."""
-        self._verified.clear()  # records may have moved or gone
-        for result in results:
-            self._recovery.append(result)
-            self._writer.forget(result.stream_id)
-            if result.damage is not None:
-                self._damage[result.stream_id] = result.damage
-            else:
-                self._damage.pop(result.stream_id, None)
-        if results:
-            self._commit_signal.notify()  # adopted records are committed now
-
     def _writable_catalog(self) -> Catalog:
         if self._closed:
             raise StoreClosed(f"store {self._data_dir} is closed")
@@ -329,12 +258,8 @@ class Storage(BackendBase):
         return self._catalog
 
     def _readable_catalog(self, *, follow: bool = True) -> Catalog | None:
-        """The catalog to read (None before the store has one).
-
-        A reader checks first (``follow``) that its catalog file is still the one at the path: a
-        rebuild in another process renames a new catalog over it, and the old file, still open
-        here, would never see another commit. One ``stat``; see ``_follow_catalog``.
-        """
+        """The catalog to read (None before the store has one); a reader first checks (``follow``, one
+        ``stat``) that no rebuild renamed a new catalog over its file (``_follow_catalog``)."""
         if self._closed:
             raise StoreClosed(f"store {self._data_dir} is closed")
         if follow and self._read_only and self._catalog is not None:
@@ -350,12 +275,11 @@ class Storage(BackendBase):
         return self._catalog
 
     def _follow_catalog(self) -> bool:
-        """Reopen a reader's catalog if the file at the path is no longer the one open (True if so).
-
+        """Reopen a reader's catalog if the file at the path is no longer the one open (True if so): a
+        rebuild renamed a new one over it, and the old file would never see another commit.
         Everything derived from the old file goes with it: verified runs (records may have moved)
-        and the data_version / recovery-log marks they were checked against.
-        """
-        if _file_identity(self._catalog_file) == self._catalog_identity:
+        and the data_version / recovery-log marks they were checked against."""
+        if file_identity(self._data_dir / CATALOG_FILE) == self._catalog_identity:
             return False
         log.info("store %s: the catalog file was replaced (a rebuild); reopening it", self._data_dir)
         self._verified.clear()
@@ -380,10 +304,7 @@ class Storage(BackendBase):
         return self._writer.due_checkpoints()
 
     def _after_close(self) -> None:
-        with self._consumers_lock:
-            if self._consumers is not None:
-                self._consumers.close()
-                self._consumers = None
+        self._consumers.close()
         self._commit_signal.notify()  # waiting subscriptions wake, and their next read raises StoreClosed
 
     # --- appending (writer.py) --------------------------------------------------------------------
@@ -397,11 +318,8 @@ class Storage(BackendBase):
         fsync: bool,
         pipeline: AppendPipeline,
     ) -> tuple[Offset, ChainHash]:
-        """``append_batch`` framing into ``pipeline``'s reusable buffer (same contract).
-
-        Framing (stage 1) runs in the calling thread, outside the store's lock, so it overlaps the
-        write and fsync (stage 2) of batches other threads are committing.
-        """
+        """``append_batch`` framing into ``pipeline``'s reusable buffer, in the calling thread and outside
+        the store's lock (stage 1 overlaps other threads' write and fsync: ``writer.py``)."""
         sid, payloads, offset, given_hash = self._checked_batch(stream_id, events, expected_offset, prev_hash)
         if not isinstance(pipeline, AppendPipeline):
             raise InvalidArgument(f"pipeline must be an AppendPipeline, not {type(pipeline).__name__}")
@@ -436,8 +354,6 @@ class Storage(BackendBase):
         return self._reads.iter_records(sid, from_offset, anchored=anchored)
 
     def _read_from(self, sid: StreamId, from_offset: int, limit: int) -> list[bytes]:
-        """A point read remembers the checkpoint interval it verified, so the next read in it checks
-        only the records it returns against the hashes verified then (see verified_cache.py)."""
         return self._reads.read_from(sid, from_offset, limit)
 
     def _offset_at(self, sid: StreamId, timestamp_ns: int) -> Offset:
@@ -448,7 +364,6 @@ class Storage(BackendBase):
         return self._reads.query(lambda catalog: catalog.last_global_position(), GlobalPosition(0))
 
     def _read_global(self, start: int, limit: int, only: StreamId | None) -> list[GlobalRecord]:
-        """Each stream's records are found through its offset index, not by reading past the others'."""
         return self._reads.read_global(start, limit, only)
 
     def global_position_of(self, stream_id: int, offset: int) -> GlobalPosition | None:
@@ -476,28 +391,7 @@ class Storage(BackendBase):
         should_stop: Callable[[], bool] | None = None,
         stop_when_caught_up: bool = False,
     ) -> Subscription:
-        """Every committed record (checkpoints included) in global order, waiting for new ones.
-
-        ``stream_id``: one stream's records only (None: every stream). The start is the first
-        record at or after ``from_position``; or the stream's record at ``from_offset`` (needs
-        ``stream_id``; an offset not written yet starts with that record when it comes); or, for a
-        ``consumer``, the first after its acknowledged position; else position 1. Giving both
-        ``from_offset`` and ``from_position`` is InvalidArgument.
-
-        ``consumer`` names a consumer whose position is kept in ``consumers.db``: it is registered
-        (for ``stream_id``) if new, and a new one starts at the beginning; acknowledge progress
-        with ``ack``. A consumer follows the streams it was registered for: another ``stream_id``
-        raises ConsumerMismatch. If its position no longer names the record it acknowledged
-        (positions renumbered by a full catalog rebuild), ConsumerPositionLost is raised.
-
-        The iterator never ends by itself: it waits for new records (woken by this process's
-        commits, or polling the catalog every ``poll_interval`` seconds, doubling up to
-        ``max_interval``) until ``close()`` is called on it or ``should_stop()`` returns True.
-        With ``stop_when_caught_up`` it ends instead the first time it finds nothing more committed
-        (``hybridlog tail --exit-when-caught-up``, as kcat's ``-e``).
-        Records are verified as they are read; a damaged one raises IntegrityError. Closing the
-        store wakes it, and its next read raises StoreClosed.
-        """
+        """Every committed record in global order, waiting for new ones (see ``Subscription``)."""
         return Subscription(
             self,
             self._commit_signal,
@@ -511,56 +405,17 @@ class Storage(BackendBase):
             stop_when_caught_up=stop_when_caught_up,
         )
 
-    def _consumer_store(self, *, create: bool) -> ConsumerStore | None:
-        """``consumers.db``, opened on first use (created only when ``create``; None if it does not exist)."""
-        if create and not self._read_only:
-            with self._lock:
-                self._writable_catalog()  # a writer creates its store on first use
-        with self._consumers_lock:
-            if self._closed:
-                raise StoreClosed(f"store {self._data_dir} is closed")
-            if self._consumers is None and (create or (self._data_dir / CONSUMERS_FILE).exists()):
-                if not self._data_dir.is_dir():
-                    raise InvalidArgument(
-                        f"no store at {self._data_dir}", hint="a writer creates it: open it without read_only"
-                    )
-                self._consumers = ConsumerStore(self._data_dir)
-            return self._consumers
-
     def register_consumer(self, name: str, stream_id: int | None = None) -> ConsumerState:
-        """The named consumer, registered at position 0 for ``stream_id`` (None: every stream) if new.
-
-        ConsumerMismatch if it exists for other streams. Works on read-only stores too: consumer
-        positions live in ``consumers.db``, which any process may write (see consumers.py).
-        """
-        checked = check_consumer_name(name)
-        sid = None if stream_id is None else check_stream_id(stream_id)
-        store = self._consumer_store(create=True)
-        assert store is not None
-        return store.register(checked, sid, self._now())
+        """The named consumer, registered for ``stream_id`` (None: every stream) if new (``Consumers.register``)."""
+        return self._consumers.register(name, stream_id)
 
     def ack(self, consumer: str, position: int, *, force: bool = False) -> ConsumerState:
-        """Record that ``consumer`` is done with every record it follows up to global ``position``.
-
-        One transaction: the position is checked and stored together. InvalidArgument if it is
-        past the last committed position, or behind the consumer's position (unless ``force``,
-        which moves it back, or to 0 to start over); UnknownConsumer if it was never registered.
-        Works on read-only stores too (see ``register_consumer``). Returns the consumer's new state.
-        """
-        name = check_consumer_name(consumer)
-        at = GlobalPosition(check_non_negative("position", position))
-        last = self.last_global_position()
-        if at > last:
-            raise InvalidArgument(f"cannot acknowledge position {at}: the last committed position is {last}")
-        acked = self.record_at_position(at) if at else None
-        store = self._consumer_store(create=True)
-        assert store is not None
-        return store.ack(name, at, acked, force=bool(force), now_ns=self._now())
+        """Record that ``consumer`` is done with every record it follows up to ``position`` (``Consumers.ack``)."""
+        return self._consumers.ack(consumer, position, force=force)
 
     def consumers(self) -> list[ConsumerState]:
         """Every registered consumer, by name."""
-        store = self._consumer_store(create=False)
-        return store.all() if store is not None else []
+        return self._consumers.all()
 
     # --- heads, checkpoints, segments ------------------------------------------------------------
 
@@ -578,15 +433,7 @@ class Storage(BackendBase):
         timeout: float | None = None,
         max_rows: int | None = None,
     ) -> QueryResult:
-        """Run one read-only SQL statement over the catalog and the ``events`` table (docs/sql.md),
-        to its end: every row is collected (``iter_sql`` streams them instead).
-
-        Rows of ``events`` are verified records: a damaged one raises its IntegrityError.
-        ``timeout``: seconds the query may run (None: no limit), else QueryTimeout. ``max_rows``:
-        rows it may return (None: no limit), else QueryRowLimit. Both are QueryLimitExceeded. A
-        query that is not a str (or holds a NUL or a lone surrogate), params that are not a
-        sequence of None, int (64-bit), float, str or bytes, and bad limits raise InvalidArgument.
-        """
+        """One read-only SQL statement over the catalog and ``events`` (docs/sql.md), every row collected."""
         with self.iter_sql(query, params, timeout=timeout, max_rows=max_rows) as rows:
             return QueryResult(rows.columns, list(rows))
 
@@ -598,11 +445,7 @@ class Storage(BackendBase):
         timeout: float | None = None,
         max_rows: int | None = None,
     ) -> QueryRows:
-        """Start one read-only SQL statement, like ``sql``; returns ``columns`` and the rows one at
-        a time as they are produced, in bounded memory. Use it in a ``with`` block (or close it)
-        when stopping early: it holds a catalog connection until its rows run out.
-        ``timeout`` counts only the time spent producing rows, not the caller's time between them.
-        """
+        """``sql``, its rows produced one at a time in bounded memory (see ``sql.query_rows``)."""
         check_query(query, params)  # bad arguments first, whatever state the store is in
         check_limits(timeout, max_rows)
         with self._lock:
@@ -643,21 +486,9 @@ class Storage(BackendBase):
         return self._reads.query(lambda catalog: catalog.schema_version(), 0)
 
     def segments(self, stream_id: int) -> list[SegmentInfo]:
+        """The stream's segment files, oldest first, as the catalog records them."""
         sid = check_stream_id(stream_id)
-        rows: list[SegmentRow] = self._reads.query(lambda catalog: catalog.segments(sid), [])
-        return [
-            SegmentInfo(
-                sid,
-                r.segment_no,
-                segment_path(self._data_dir, sid, r.segment_no),
-                r.first_offset,
-                r.next_offset,
-                r.size_bytes,
-                r.sealed,
-                r.digest,
-            )
-            for r in rows
-        ]
+        return segment_infos(self._data_dir, sid, self._reads.query(lambda catalog: catalog.segments(sid), []))
 
     def segment_count(self, stream_id: int) -> int:
         return len(self.segments(stream_id))
@@ -682,23 +513,16 @@ class Storage(BackendBase):
         with self._lock:
             self._writable_catalog()
 
-    # --- rebuilding ------------------------------------------------------------------------------
+    # --- checks, repairs, rebuilds (maintenance.py) ------------------------------------------------
 
     def recover(self) -> list[ReconcileResult]:
         """Run open-time recovery again: reconcile every stream whose files disagree with the catalog."""
-        with self._lock:
-            catalog = self._writable_catalog()
-            try:
-                results = recover_store(catalog, self._data_dir, self._now)
-            except OSError as e:
-                raise StorageIOError(f"recovery of {self._data_dir} failed: {e}") from e
-            self._note_recovery(results)
-            return results
+        return self._maintenance.recover()
 
     def recovery_results(self) -> list[ReconcileResult]:
         """What recovery found and did since this store was opened (streams that needed it only)."""
         with self._lock:
-            return list(self._recovery)
+            return list(self._maintenance.results)
 
     def recovery_log(self, stream_id: int | None = None) -> list[RecoveryEntry]:
         """The ``recovery_log`` table: every recovery and repair action ever taken on this store."""
@@ -708,166 +532,43 @@ class Storage(BackendBase):
     def damaged_streams(self) -> dict[StreamId, IntegrityError]:
         """Streams that recovery found damaged (appends refused until ``repair``), with where."""
         with self._lock:
-            return dict(self._damage)
+            return dict(self._maintenance.damage)
 
     def check(
         self, stream_ids: list[int] | None = None, *, progress: Callable[[int], None] | None = None
     ) -> CheckReport:
-        """Every disagreement between catalog and segments, and all damage, found by a full walk.
-
-        Changes nothing. In a writer, appends wait while it runs (so the batch being written is
-        not mistaken for a torn one); a reader judges what a writer in another process may be
-        writing past the catalog only once no writer holds the lock (see repair.py);
-        ``progress`` is called with each count of records verified.
-        """
-        sids: list[int] | None = None if stream_ids is None else [check_stream_id(s) for s in stream_ids]
-        with self._lock:
-            if self._closed:
-                raise StoreClosed(f"store {self._data_dir} is closed")
-            try:
-                return check_store(self._data_dir, sids, progress=progress, writer_paused=self._store_lock is not None)
-            except OSError as e:
-                raise StorageIOError(f"cannot check {self._data_dir}: {e}") from e
+        """All damage and catalog/segments disagreement, by a full walk; changes nothing (``Maintenance.check``)."""
+        return self._maintenance.check(stream_ids, progress=progress)
 
     def repair(
         self, plan: list[RepairStep] | None = None, *, stream_ids: list[int] | None = None, truncate: bool = False
     ) -> RepairReport:
-        """Apply ``plan`` (default: the plan of a fresh ``check``); returns what was done.
-
-        The default plan keeps every record that still verifies (``stream_repair.py``): damage is
-        isolated in place and marked in the stream, and only records that no longer verify at
-        the end of a stream are cut. ``truncate=True`` cuts each damaged stream at its first
-        damaged record instead. Either way a stream continues after the highest offset it ever
-        committed, cut bytes go to quarantine files, and each action to ``recovery_log``.
-        """
-        sids: list[int] | None = None if stream_ids is None else [check_stream_id(s) for s in stream_ids]
-        plan = None if plan is None else _checked_plan(plan)
-        report = RepairReport()
-        with self._lock:
-            self._writable_catalog()
-            for step in self.check(sids).plan(sids, truncate=bool(truncate)) if plan is None else plan:
-                if step.repair == REBUILD_CATALOG:
-                    results = self._rebuild_catalog(found=step.reason)
-                elif step.stream_id is None:
-                    raise InvalidArgument(f"repair {step.repair!r} needs a stream id")
-                elif step.repair in (ISOLATE, TRUNCATE, REINDEX):
-                    results = [self._repair_stream(step.stream_id, step.repair, found=step.reason)]
-                else:
-                    raise InvalidArgument(f"unknown repair {step.repair!r}")
-                report.applied.append(step)
-                report.entries.extend(e for r in results for e in r.entries)
-            report.after = self.check(sids)
-        return report
+        """Apply ``plan`` (default: a fresh ``check``'s); returns what was done (see ``Maintenance.repair``)."""
+        return self._maintenance.repair(plan, stream_ids=stream_ids, truncate=truncate)
 
     def rebuild_catalog(self) -> list[ReconcileResult]:
         """Move the catalog aside and build a new one from every stream's segments."""
-        with self._lock:
-            self._writable_catalog()
-            return self._rebuild_catalog(found="rebuild_catalog requested")
+        return self._maintenance.rebuild_catalog(found="rebuild_catalog requested")
 
-    def _rebuild_catalog(self, *, found: str) -> list[ReconcileResult]:
-        for sid in list(self._writer.heads):
-            self._writer.forget(sid)
-        # Readers keep reading the old catalog until the new one is renamed into place.
+    def _rebuild_catalog(self, found: str) -> list[ReconcileResult]:
+        """Swap in a catalog built from the segments (``Maintenance`` forgets heads and damage first)."""
         retiring, self._catalog = self._catalog, None
-        self._damage.clear()
-        try:
-            self._catalog, results = rebuild_catalog(self._data_dir, self._now, found=found, retiring=retiring)
-        except OSError as e:
-            raise StorageIOError(f"cannot rebuild the catalog of {self._data_dir}: {e}") from e
-        finally:
-            if self._catalog is None and retiring is not None:
-                retiring.close()
+        self._catalog, results = replace_catalog(self._data_dir, self._now, found=found, retiring=retiring)
         self._catalog_generation += 1
-        self._note_recovery(results)
         return results
 
     def rebuild_index(self, stream_id: int) -> OffsetIndex:
-        """Replace the stream's catalog rows with a verifying scan of its segments.
-
-        A torn tail is quarantined. If the scan meets damage, the records before it are indexed,
-        the stream refuses appends, and the IntegrityError naming the damage is raised.
-        """
+        """Replace the stream's catalog rows with a scan of its segments (``Maintenance.rebuild_index``)."""
         sid = check_stream_id(stream_id)
-        with self._lock:
-            result = self._reindex(sid, found="rebuild_index requested")
-            if result.damage is not None:
-                raise result.damage
+        self._maintenance.rebuild_index(sid)
         return self.offset_index(sid)
-
-    def _reindex(self, sid: StreamId, *, found: str) -> ReconcileResult:
-        """Rebuild one stream's catalog rows from its segments (a torn tail is quarantined; offsets
-        the catalog knew that the segments lost are marked cut, never given out again)."""
-        catalog = self._writable_catalog()
-        self._writer.forget(sid)
-        try:
-            result = repair_stream(catalog, self._data_dir, sid, self._now, reindex_only=True, found=found)
-        except OSError as e:
-            raise StorageIOError(f"stream {sid}: cannot rebuild its index: {e}") from e
-        self._note_recovery([result])
-        return result
-
-    def _repair_stream(self, sid: StreamId, repair: str, *, found: str) -> ReconcileResult:
-        """Isolate a stream's damage, cut it there (``truncate``) or only re-index it (``reindex``)."""
-        catalog = self._writable_catalog()
-        self._writer.forget(sid)
-        try:
-            result = repair_stream(
-                catalog,
-                self._data_dir,
-                sid,
-                self._now,
-                truncate=repair == TRUNCATE,
-                reindex_only=repair == REINDEX,
-                found=found,
-            )
-        except OSError as e:
-            raise StorageIOError(f"stream {sid}: cannot repair it: {e}") from e
-        self._note_recovery([result])
-        return result
 
     def load_or_rebuild_index(self, stream_id: int) -> OffsetIndex:
         """The stream's offset index; rebuilt from the segments if it does not agree with them."""
         sid = check_stream_id(stream_id)
-        with self._lock:
-            catalog = self._writable_catalog()
-            if sid in streams_to_reconcile(catalog, self._data_dir) or sid in self._damage:
-                return self.rebuild_index(sid)
+        self._maintenance.rebuild_index_if_needed(sid)
         return self.offset_index(sid)
 
     def rebuild_checkpoint_index(self, stream_id: int) -> int:
         """Re-derive the stream's checkpoint rows from its checkpoint records; returns how many."""
-        sid = check_stream_id(stream_id)
-        with self._lock:
-            catalog = self._writable_catalog()
-            self._writer.head(sid)
-            try:
-                return rebuild_checkpoints(catalog, self._data_dir, sid)
-            except OSError as e:
-                raise StorageIOError(f"stream {sid}: cannot rebuild checkpoints: {e}") from e
-
-
-def _checked_plan(plan: object) -> list[RepairStep]:
-    """``repair``'s plan as a list of RepairSteps it can apply, or InvalidArgument before any is applied."""
-    if isinstance(plan, (str, bytes, bytearray, memoryview)) or not isinstance(plan, Iterable):
-        raise InvalidArgument(f"plan must be a list of RepairStep, not {type(plan).__name__}")
-    steps: list[object] = list(plan)
-    for i, step in enumerate(steps):
-        if not isinstance(step, RepairStep):
-            raise InvalidArgument(f"plan step {i} is {type(step).__name__} {step!r}, not a RepairStep")
-        if step.repair not in (REBUILD_CATALOG, ISOLATE, TRUNCATE, REINDEX):
-            raise InvalidArgument(f"plan step {i}: unknown repair {step.repair!r}")
-        if step.stream_id is not None:
-            check_stream_id(step.stream_id)
-        elif step.repair != REBUILD_CATALOG:
-            raise InvalidArgument(f"plan step {i}: repair {step.repair!r} needs a stream id")
-    return [step for step in steps if isinstance(step, RepairStep)]
-
-
-def _file_identity(path: str) -> tuple[int, int] | None:
-    """(st_dev, st_ino) of the file at ``path``; None if there is none."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
+        return self._maintenance.rebuild_checkpoint_index(check_stream_id(stream_id))

@@ -101,7 +101,27 @@ def check_interval(name: str, value: object) -> float:
 
 class Subscription(Iterator[GlobalRecord]):
     """An endless iterator over committed records in global order (or one that ends once it has
-    caught up, with ``stop_when_caught_up``); see ``Storage.subscribe``.
+    caught up, with ``stop_when_caught_up``), as ``Storage.subscribe`` returns it.
+
+    ``stream_id``: one stream's records only (None: every stream). The start is the first
+    record at or after ``from_position``; or the stream's record at ``from_offset`` (needs
+    ``stream_id``; an offset not written yet starts with that record when it comes); or, for a
+    ``consumer``, the first after its acknowledged position; else position 1. Giving both
+    ``from_offset`` and ``from_position`` is InvalidArgument.
+
+    ``consumer`` names a consumer whose position is kept in ``consumers.db``: it is registered
+    (for ``stream_id``) if new, and a new one starts at the beginning; acknowledge progress
+    with ``Storage.ack``. A consumer follows the streams it was registered for: another
+    ``stream_id`` raises ConsumerMismatch. If its position no longer names the record it
+    acknowledged (positions renumbered by a full catalog rebuild), ConsumerPositionLost is raised.
+
+    The iterator never ends by itself: it waits for new records (woken by this process's
+    commits, or polling the catalog every ``poll_interval`` seconds, doubling up to
+    ``max_interval``) until ``close()`` is called on it or ``should_stop()`` returns True.
+    With ``stop_when_caught_up`` it ends instead the first time it finds nothing more committed
+    (``hybridlog tail --exit-when-caught-up``, as kcat's ``-e``).
+    Records are verified as they are read; a damaged one raises IntegrityError. Closing the
+    store wakes it, and its next read raises StoreClosed.
 
     ``position`` is how far it has gone: the last position delivered, or passed over (gaps, other
     streams' records). ``close()`` ends it from any thread, waking it if it waits.

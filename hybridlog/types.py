@@ -144,7 +144,10 @@ class CheckpointPolicy:
     """When the store writes checkpoint records on its own.
 
     ``every_records``: after this many event records since the last checkpoint (None: never).
-    ``on_close``: when the store is closed, for every stream with records after its last checkpoint.
+    ``on_close``: when the store is closed, for every stream with records after its last checkpoint
+    that this session appended to (or tried to). A stream a killed writer left with events after
+    its last checkpoint gets one only from a later session that writes to it: a session that
+    writes nothing (opened to read, check or migrate) leaves the store as it found it.
     ``create_checkpoint`` works under every policy.
     """
 

@@ -6,7 +6,7 @@ form a group):
 1. frame every record of a batch (hash, compress, checksum) into one buffer, checkpoint records
    included, in the caller's thread (``framing.frame_batch``); with zstd, a stream's records are
    compressed with its trained dictionary once it has one (``training.py``);
-2. lay the group's batches out in segments (``_layout``): a batch that would push the active
+2. lay the group's batches out in segments (``framing.lay_out``): a batch that would push the active
    segment past ``max_segment_size`` goes to a new segment file (the directory is fsynced so the
    new name is durable); a batch never spans two segments;
 3. write each segment's bytes at its committed end (``write_group``);
@@ -32,7 +32,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
@@ -40,7 +40,6 @@ import blake3
 
 from hybridlog.batch import BytesLike, PlannedRecord, append_conflict, plan_batch
 from hybridlog.catalog import Catalog
-from hybridlog.catalog_rows import CheckpointRow, IndexRow
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     AppendOutcomeUnknown,
@@ -49,7 +48,7 @@ from hybridlog.errors import (
     StorageIOError,
 )
 from hybridlog.failpoints import failpoint
-from hybridlog.framing import FramedBatch, HeadView, StreamHead, frame_batch, load_head
+from hybridlog.framing import FramedBatch, HeadView, SegmentWrite, StreamHead, frame_batch, lay_out, load_head
 from hybridlog.groupcommit import GroupCommitQueue
 from hybridlog.layout import segment_path, stream_path
 from hybridlog.pipeline import AppendPipeline
@@ -248,7 +247,7 @@ class Writer:
         for batch in in_order:
             first_positions[batch.stream_id, batch.on.next_offset] = new_last + 1
             new_last += len(batch.records)
-        writes, seals = self._layout(batches, first_positions)
+        writes, seals = lay_out(self.heads, batches, first_positions, self._max_segment_size)
         now = max(b.timestamp_ns for bs in batches.values() for b in bs)
         committing = False
         try:
@@ -345,35 +344,6 @@ class Writer:
         self._advance_heads(batches, writes)
         self._committed()
 
-    def _layout(
-        self, batches: dict[StreamId, list[FramedBatch]], first_positions: dict[tuple[StreamId, int], int]
-    ) -> tuple[list[SegmentWrite], list[tuple[StreamId, int, SegmentWrite | None]]]:
-        """Which segment each batch goes to: a batch never spans two, and a full segment is sealed.
-
-        Returns the writes and the seals; a seal's SegmentWrite is the in-group write of a segment
-        created and filled in this same group (None: the stream's active segment on disk).
-        ``first_positions``: each batch's first global position, by (stream, first offset).
-        """
-        writes: list[SegmentWrite] = []
-        seals: list[tuple[StreamId, int, SegmentWrite | None]] = []
-        for sid, framed in batches.items():
-            head = self.heads[sid]
-            segment_no, size, current = head.segment_no, head.segment_size, None
-            has_segment = head.writer is not None
-            for batch in framed:
-                if not has_segment or (size > 0 and size + len(batch.data) > self._max_segment_size):
-                    if has_segment:
-                        seals.append((sid, segment_no, current))
-                    segment_no, size, has_segment = segment_no + 1, 0, True
-                    current = SegmentWrite(sid, segment_no, 0, batch.on.next_offset, new_file=True)
-                    writes.append(current)
-                elif current is None:
-                    current = SegmentWrite(sid, segment_no, size, head.segment_first_offset, new_file=False)
-                    writes.append(current)
-                current.add(batch, first_positions[sid, batch.on.next_offset])
-                size += len(batch.data)
-        return writes, seals
-
     def _sync_all(self, writers: list[SegmentWriter]) -> None:
         """fsync every file, in parallel when there are several: the file system can then merge
         them into fewer journal commits, and fsync releases the GIL."""
@@ -469,40 +439,6 @@ class Writer:
             if head.writer is not None:
                 head.writer.close()
         self.heads.clear()
-
-
-@dataclass(slots=True)
-class SegmentWrite:
-    """Bytes for one segment file in one group: where they go and the catalog rows they need."""
-
-    stream_id: StreamId
-    segment_no: int
-    base: int  # byte position of the first batch in the file
-    first_offset: int  # the segment's first offset
-    new_file: bool
-    data: bytearray = field(default_factory=bytearray)
-    writer: SegmentWriter | None = None
-    rows: list[IndexRow] = field(default_factory=list)
-    checkpoints: list[CheckpointRow] = field(default_factory=list)
-    next_offset: int = 0
-
-    def add(self, batch: FramedBatch, first_global_position: int) -> None:
-        """Lay ``batch`` after what this write holds; its records get consecutive global positions."""
-        position = self.base + len(self.data)
-        self.data += batch.data
-        sid, no, ts = self.stream_id, self.segment_no, batch.timestamp_ns
-        self.rows.extend(
-            (first_global_position + i, sid, offset, no, position + start, length, kind, ts)
-            for i, (offset, start, length, kind, _) in enumerate(batch.records)
-        )
-        for offset, _, _, kind, digest in batch.records:
-            if kind == RecordKind.CHECKPOINT:
-                self.checkpoints.append(CheckpointRow(sid, Offset(offset), digest, ts))
-        self.next_offset = batch.after.next_offset
-
-    @property
-    def end(self) -> int:
-        return self.base + len(self.data)
 
 
 # --- failures ------------------------------------------------------------------------------------

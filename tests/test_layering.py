@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"walk", "db", "training", "catalog_rows"},
     {"catalog_check", "catalog_global", "catalog", "consumers", "index", "events_table"},
     {"framing", "writer", "reads", "diagnose", "quarantine", "sql", "backend", "memory", "subscription"},
-    {"recovery", "catalog_rebuild", "stream_repair", "repair"},
+    {"recovery", "catalog_rebuild", "stream_repair", "repair", "maintenance", "opening"},
     {"storage", "verify"},
     {"cli", "__init__", "__main__"},
 ]

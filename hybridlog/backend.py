@@ -41,9 +41,11 @@ from hybridlog.types import (
 class StorageBackend(Protocol):
     """Append-only, hash-chained streams: what every hybridlog backend offers."""
 
-    def default_compression(self) -> CompressionKind: ...
+    def default_compression(self) -> CompressionKind:
+        """The compression new records get unless an append says otherwise."""
 
-    def checkpoint_policy(self) -> CheckpointPolicy: ...
+    def checkpoint_policy(self) -> CheckpointPolicy:
+        """When checkpoint records are written (every N events, on close)."""
 
     def append_batch(
         self,
@@ -52,27 +54,39 @@ class StorageBackend(Protocol):
         expected_offset: int,
         prev_hash: bytes | None,
         fsync: bool = True,
-    ) -> tuple[Offset, ChainHash]: ...
+    ) -> tuple[Offset, ChainHash]:
+        """Append ``events`` at ``expected_offset`` on top of ``prev_hash`` (the seed's call); returns the next
+        offset and the new chain head."""
 
     def append(
         self, stream_id: int, events: Sequence[BytesLike], *, expected_offset: int | None = None, fsync: bool = True
-    ) -> tuple[Offset, ChainHash]: ...
+    ) -> tuple[Offset, ChainHash]:
+        """Append ``events`` at the stream's head (at ``expected_offset`` if given); returns the next offset and the
+        new chain head."""
 
     def create_checkpoint(
         self, stream_id: int, current_offset: int, prev_hash: bytes | None, record_count: int, fsync: bool = True
-    ) -> tuple[Offset, ChainHash]: ...
+    ) -> tuple[Offset, ChainHash]:
+        """Write a checkpoint record at the head, which must be ``current_offset`` on top of ``prev_hash``."""
 
-    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]: ...
+    def iter_records(self, stream_id: int, from_offset: int = 0, *, anchored: bool = True) -> Iterator[Record]:
+        """Every verified record from ``from_offset`` to the head, from the nearest checkpoint (``anchored``) or
+        from genesis."""
 
-    def read_from(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]: ...
+    def read_from(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
+        """One page of event payloads from ``from_offset``, verified from the nearest checkpoint."""
 
-    def read_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]: ...
+    def read_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[bytes]:
+        """One page of event payloads from ``from_offset``, with the chain verified from genesis."""
 
-    def read_records_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]: ...
+    def read_records_from_genesis(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]:
+        """One page of records from ``from_offset``, with the chain verified from genesis."""
 
-    def read_records_verified(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]: ...
+    def read_records_verified(self, stream_id: int, from_offset: int, max_bytes: int) -> list[Record]:
+        """One page of records from ``from_offset``, verified from the nearest checkpoint."""
 
-    def offset_at(self, stream_id: int, timestamp_ns: int) -> Offset: ...
+    def offset_at(self, stream_id: int, timestamp_ns: int) -> Offset:
+        """The offset of the stream's first record stored at or after ``timestamp_ns`` (the next offset if none)."""
 
     def read_between(
         self,
@@ -80,23 +94,31 @@ class StorageBackend(Protocol):
         since_ns: int | None,
         until_ns: int | None,
         max_bytes: int = DEFAULT_MAX_READ_BYTES,
-    ) -> list[Record]: ...
+    ) -> list[Record]:
+        """One page of the stream's records stored in ``[since_ns, until_ns)``."""
 
-    def last_global_position(self) -> GlobalPosition: ...
+    def last_global_position(self) -> GlobalPosition:
+        """The highest global position given out so far (0 before the first record)."""
 
     def read_global(
         self, from_position: int = 1, max_bytes: int = DEFAULT_MAX_READ_BYTES, *, stream_id: int | None = None
-    ) -> list[GlobalRecord]: ...
+    ) -> list[GlobalRecord]:
+        """One page of records in store-wide order from ``from_position`` (one stream's only, with ``stream_id``)."""
 
-    def latest_chain_hash(self, stream_id: int) -> ChainHash | None: ...
+    def latest_chain_hash(self, stream_id: int) -> ChainHash | None:
+        """The stream's chain head (None for a stream with no records)."""
 
-    def next_offset(self, stream_id: int) -> Offset: ...
+    def next_offset(self, stream_id: int) -> Offset:
+        """The offset the stream's next record gets (0 for a new stream)."""
 
-    def last_checkpoint(self, stream_id: int) -> tuple[Offset, ChainHash] | None: ...
+    def last_checkpoint(self, stream_id: int) -> tuple[Offset, ChainHash] | None:
+        """The offset and hash of the stream's last checkpoint record (None if it has none)."""
 
-    def stream_ids(self) -> list[StreamId]: ...
+    def stream_ids(self) -> list[StreamId]:
+        """The ids of every stream with records, ascending."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Write the on-close checkpoints the policy asks for and release the backend (again: nothing)."""
 
 
 class BackendBase(ABC):
@@ -129,9 +151,11 @@ class BackendBase(ABC):
         self._closed = False
 
     def default_compression(self) -> CompressionKind:
+        """The compression new records get unless an append says otherwise."""
         return self._compression
 
     def checkpoint_policy(self) -> CheckpointPolicy:
+        """When checkpoint records are written (every N events, on close)."""
         return self._policy
 
     def _now(self) -> int:
@@ -338,7 +362,8 @@ class BackendBase(ABC):
     def _last_checkpoint(self, sid: StreamId) -> tuple[Offset, ChainHash] | None: ...
 
     @abstractmethod
-    def stream_ids(self) -> list[StreamId]: ...
+    def stream_ids(self) -> list[StreamId]:
+        """The ids of every stream with records, ascending (StoreClosed once closed)."""
 
     # --- closing ---------------------------------------------------------------------------------
 

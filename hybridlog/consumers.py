@@ -99,6 +99,7 @@ class ConsumerStore:
         )
 
     def close(self) -> None:
+        """Close the connection to ``consumers.db`` (again: nothing)."""
         with self._lock:
             self.conn.close()
 
@@ -117,10 +118,12 @@ class ConsumerStore:
         return None if row is None else _state(row)
 
     def get(self, name: str) -> ConsumerState | None:
+        """The consumer called ``name`` (None if there is none)."""
         with self._lock, sqlite_errors(f"cannot read {self.path}", error=ConsumerError):
             return self._get(name)
 
     def all(self) -> list[ConsumerState]:
+        """Every consumer, by name."""
         with self._lock, sqlite_errors(f"cannot read {self.path}", error=ConsumerError):
             rows = self.conn.execute(f"SELECT {_COLUMNS} FROM consumers ORDER BY name")  # noqa: S608
             return [_state(row) for row in rows]
@@ -265,6 +268,7 @@ class Consumers:
             return self._store
 
     def close(self) -> None:
+        """Close ``consumers.db`` if it was opened (again: nothing)."""
         with self._lock:
             if self._store is not None:
                 self._store.close()

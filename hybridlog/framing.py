@@ -199,4 +199,5 @@ class SegmentWrite:
 
     @property
     def end(self) -> int:
+        """The byte position in the segment just after this write."""
         return self.base + len(self.data)

@@ -110,6 +110,7 @@ class MemoryStorage(BackendBase):
             return Offset(bisect.bisect_left(self._records(sid), timestamp_ns, key=lambda r: r.timestamp_ns))
 
     def last_global_position(self) -> GlobalPosition:
+        """The highest global position given out so far (0 before the first record)."""
         with self._lock:
             if self._closed:
                 raise StoreClosed("memory store is closed")
@@ -136,6 +137,7 @@ class MemoryStorage(BackendBase):
         return None
 
     def stream_ids(self) -> list[StreamId]:
+        """The ids of every stream with records, ascending (StoreClosed once closed)."""
         with self._lock:
             if self._closed:
                 raise StoreClosed("memory store is closed")

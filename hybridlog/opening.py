@@ -11,7 +11,6 @@ catalog aside for the new one.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 def file_identity(path: Path) -> tuple[int, int] | None:
     """(st_dev, st_ino) of the file at ``path``; None if there is none."""
     try:
-        st = os.stat(path)
+        st = path.stat()
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino

@@ -172,35 +172,42 @@ class Storage(BackendBase):
 
     @classmethod
     def new(cls, data_dir: str | os.PathLike[str]) -> Storage:
+        """The seed's constructor: a store at ``data_dir`` with the default settings."""
         return cls(data_dir)
 
     @classmethod
     def with_checkpoint_policy(cls, data_dir: str | os.PathLike[str], policy: CheckpointPolicy) -> Storage:
+        """The seed's constructor: a store at ``data_dir`` with a checkpoint policy."""
         return cls(data_dir, checkpoint_policy=policy)
 
     @classmethod
     def with_max_segment_size(
         cls, data_dir: str | os.PathLike[str], policy: CheckpointPolicy, max_segment_size: int
     ) -> Storage:
+        """The seed's constructor: a checkpoint policy and a segment size limit."""
         return cls(data_dir, checkpoint_policy=policy, max_segment_size=max_segment_size)
 
     @classmethod
     def with_compression(
         cls, data_dir: str | os.PathLike[str], policy: CheckpointPolicy, compression: CompressionKind
     ) -> Storage:
+        """The seed's constructor: a checkpoint policy, a segment size limit and a compression."""
         return cls(data_dir, checkpoint_policy=policy, compression=compression)
 
     # --- settings --------------------------------------------------------------------------------
 
     @property
     def data_dir(self) -> Path:
+        """The store's directory."""
         return self._data_dir
 
     @property
     def read_only(self) -> bool:
+        """Whether this store was opened for reading only (no lock, no writes)."""
         return self._read_only
 
     def max_segment_size(self) -> int:
+        """The size in bytes past which a stream's next batch starts a new segment."""
         return self._max_segment_size
 
     def index_path(self, stream_id: int) -> Path:
@@ -463,6 +470,7 @@ class Storage(BackendBase):
         return self._reads.query(lambda catalog: catalog.global_positions(sid, first, last), {})
 
     def stream_ids(self) -> list[StreamId]:
+        """The ids of every stream with records, ascending."""
         return self._reads.query(lambda catalog: catalog.stream_ids(), [])
 
     def _last_checkpoint(self, sid: StreamId) -> tuple[Offset, ChainHash] | None:
@@ -470,10 +478,12 @@ class Storage(BackendBase):
         return (row.offset, row.hash) if row else None
 
     def checkpoint_index(self, stream_id: int) -> CheckpointIndex:
+        """A read-only view of the stream's checkpoints (from the catalog)."""
         sid = check_stream_id(stream_id)
         return CheckpointIndex(sid, self._reads.query(lambda catalog: catalog.checkpoints(sid), []))
 
     def offset_index(self, stream_id: int) -> OffsetIndex:
+        """A read-only view of the stream's offset index (from the catalog)."""
         sid = check_stream_id(stream_id)
         return OffsetIndex(sid, self._readable_catalog, self._lock)
 
@@ -491,6 +501,7 @@ class Storage(BackendBase):
         return segment_infos(self._data_dir, sid, self._reads.query(lambda catalog: catalog.segments(sid), []))
 
     def segment_count(self, stream_id: int) -> int:
+        """How many segment files the stream has."""
         return len(self.segments(stream_id))
 
     def completed_segments(self, stream_id: int) -> list[SegmentInfo]:

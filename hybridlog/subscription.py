@@ -69,6 +69,7 @@ class CommitSignal:
             return self._commits
 
     def notify(self) -> None:
+        """Count a commit and wake every waiting subscription."""
         with self._changed:
             self._commits += 1
             self._changed.notify_all()
@@ -94,6 +95,7 @@ def commit_signal_for(data_dir: Path) -> CommitSignal:
 
 
 def check_interval(name: str, value: object) -> float:
+    """``value`` as seconds if it is a positive finite number; InvalidArgument naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise InvalidArgument(f"{name} must be a positive number of seconds, not {value!r}")
     return float(value)

@@ -29,21 +29,9 @@ from hybridlog.layout import (
     stream_ids_on_disk,
     stream_path,
 )
-from hybridlog.markers import CUT, ISOLATED
 from hybridlog.quarantine import cut_tail, keep_catalog_aside, put_catalog_in_place, relative_name, remove_empty_segment
-from hybridlog.recovery import (
-    QUARANTINED,
-    REBUILT_CATALOG,
-    REINDEXED,
-    REMOVED_EMPTY,
-    TORN_TAIL_FOUND,
-    Adoption,
-    Clock,
-    ReconcileResult,
-    commit_entries,
-    store_adoption,
-)
-from hybridlog.types import GENESIS_HASH, Offset, RecordKind, StreamId
+from hybridlog.recovery import TORN_TAIL_FOUND, Adoption, Clock, ReconcileResult, commit_entries, store_adoption
+from hybridlog.types import GENESIS_HASH, MarkerAction, Offset, RecordKind, RecoveryAction, StreamId
 from hybridlog.walk import ScannedRecord
 
 log = logging.getLogger(__name__)
@@ -71,7 +59,9 @@ def index_stream(
     result = ReconcileResult(stream_id, entries=list(prior or []))
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
-        result.entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1], action=REMOVED_EMPTY))
+        result.entries.append(
+            remove_empty_segment(data_dir, stream_id, numbers[-1], action=RecoveryAction.REMOVED_EMPTY)
+        )
     scanned: list[ScannedRecord] = []
     scan = walk_stream(data_dir, stream_id, scanned.extend, resync=True)
     result.foreign_files = scan.foreign_files
@@ -80,7 +70,9 @@ def index_stream(
         result.damage = _damage_of(data_dir, scan)
         if scan.torn and scan.problem_segment is not None:
             at = scan.valid_ends[scan.problem_segment]
-            entry = cut_tail(data_dir, stream_id, scan.problem_segment, at, found=TORN_TAIL_FOUND, action=QUARANTINED)
+            entry = cut_tail(
+                data_dir, stream_id, scan.problem_segment, at, found=TORN_TAIL_FOUND, action=RecoveryAction.QUARANTINED
+            )
             result.entries.append(entry)
         kept, gaps = scanned, scan.gaps
     else:
@@ -100,7 +92,7 @@ def index_stream(
         adoption.add(stream_id, kept)
     next_offset, head = (kept[-1].entry.offset + 1, kept[-1].hash) if kept else (0, GENESIS_HASH)
     result.entries.append(
-        RecoveryEntry(stream_id, found=found, action=REINDEXED, first_offset=0, next_offset=next_offset)
+        RecoveryEntry(stream_id, found=found, action=RecoveryAction.REINDEXED, first_offset=0, next_offset=next_offset)
     )
     t = now()
     with catalog.transaction():
@@ -154,7 +146,7 @@ def _gap_rows(stream_id: StreamId, gaps: list[FoundGap], kept: list[ScannedRecor
             stream_id,
             Offset(g.first_offset),
             Offset(g.next_offset),
-            ISOLATED,
+            MarkerAction.ISOLATED,
             g.segment_no,
             g.start_byte,
             g.resume_segment_no,
@@ -165,13 +157,13 @@ def _gap_rows(stream_id: StreamId, gaps: list[FoundGap], kept: list[ScannedRecor
     ]
     for record in kept:
         marker = record.marker
-        if marker is not None and marker.action == CUT and record.entry.offset == marker.next_offset:
+        if marker is not None and marker.action == MarkerAction.CUT and record.entry.offset == marker.next_offset:
             rows.append(
                 GapRow(
                     stream_id,
                     Offset(marker.first_offset),
                     Offset(marker.next_offset),
-                    CUT,
+                    MarkerAction.CUT,
                     marker.segment_no,
                     marker.start_byte,
                 )
@@ -200,7 +192,7 @@ def rebuild_catalog(
                 RecoveryEntry(
                     None,
                     found=found,
-                    action=REBUILT_CATALOG,
+                    action=RecoveryAction.REBUILT_CATALOG,
                     kept_as=relative_name(data_dir, kept) if kept else None,
                     at_ns=t,
                 )
@@ -239,7 +231,7 @@ def _install_catalog(
                     RecoveryEntry(
                         None,
                         found=found,
-                        action=REBUILT_CATALOG,
+                        action=RecoveryAction.REBUILT_CATALOG,
                         kept_as=relative_name(data_dir, kept) if kept else None,
                         detail=f"this catalog was replaced by one rebuilt from the segments as {CATALOG_FILE}",
                         at_ns=now_ns,

@@ -34,10 +34,10 @@ from hybridlog.catalog_rows import SegmentRow
 from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable
 from hybridlog.errors import CatalogMismatch, DictionaryUnusable, IntegrityError, MissingDictionary
 from hybridlog.layout import segment_numbers_on_disk, segment_path, stream_path
-from hybridlog.markers import ISOLATED, RepairMarker
+from hybridlog.markers import RepairMarker
 from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload, record_hash
 from hybridlog.segment import SegmentReader, file_digest
-from hybridlog.types import GENESIS_HASH, ChainHash, StreamId
+from hybridlog.types import GENESIS_HASH, ChainHash, MarkerAction, StreamId
 from hybridlog.walk import ScannedRecord, ScanProblem, SegmentScan
 
 
@@ -112,7 +112,7 @@ class StreamScan:
     def is_isolated(self, gap: FoundGap) -> bool:
         """Whether an ``isolated`` repair marker of the stream names exactly this gap's offsets."""
         return any(
-            m.action == ISOLATED and (m.first_offset, m.next_offset) == (gap.first_offset, gap.next_offset)
+            m.action == MarkerAction.ISOLATED and (m.first_offset, m.next_offset) == (gap.first_offset, gap.next_offset)
             for m in self.markers
         )
 

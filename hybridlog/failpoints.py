@@ -1,6 +1,6 @@
 """Failpoints: the one home of the named steps of the write path a test can stop a writer at.
 
-The group commit writes in five steps (``docs/format.md`` and ``Storage._write_group`` give the
+The group commit writes in five steps (``docs/format.md`` and ``Writer.write_group`` give the
 order); each ends at a failpoint named for what has just become true:
 
 1. ``batch-framed``: every batch of the group is framed; nothing of it is on disk;

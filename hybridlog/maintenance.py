@@ -19,18 +19,9 @@ from hybridlog.catalog import Catalog
 from hybridlog.catalog_rebuild import rebuild_checkpoints
 from hybridlog.errors import IntegrityError, InvalidArgument, StorageIOError, StoreClosed
 from hybridlog.recovery import ReconcileResult, recover_store, streams_to_reconcile
-from hybridlog.repair import (
-    ISOLATE,
-    REBUILD_CATALOG,
-    REINDEX,
-    TRUNCATE,
-    CheckReport,
-    RepairReport,
-    RepairStep,
-    check_store,
-)
+from hybridlog.repair import CheckReport, RepairReport, RepairStep, check_store
 from hybridlog.stream_repair import repair_stream
-from hybridlog.types import StreamId, check_stream_id
+from hybridlog.types import RepairKind, StreamId, check_stream_id
 from hybridlog.writer import Writer
 
 
@@ -133,11 +124,11 @@ class Maintenance:
             self._catalog()
             steps = self.check(sids, progress=None).plan(sids, truncate=bool(truncate)) if plan is None else plan
             for step in steps:
-                if step.repair == REBUILD_CATALOG:
+                if step.repair == RepairKind.REBUILD_CATALOG:
                     results = self._rebuild(step.reason)
                 elif step.stream_id is None:
                     raise InvalidArgument(f"repair {step.repair!r} needs a stream id")
-                elif step.repair in (ISOLATE, TRUNCATE, REINDEX):
+                elif step.repair in (RepairKind.ISOLATE, RepairKind.TRUNCATE, RepairKind.REINDEX):
                     results = [self._repair_stream(step.stream_id, step.repair, found=step.reason)]
                 else:
                     raise InvalidArgument(f"unknown repair {step.repair!r}")
@@ -167,7 +158,9 @@ class Maintenance:
         the stream refuses appends, and the IntegrityError naming the damage is raised.
         """
         with self._lock:
-            result = self._repair_stream(sid, REINDEX, found="rebuild_index requested", doing="rebuild its index")
+            result = self._repair_stream(
+                sid, RepairKind.REINDEX, found="rebuild_index requested", doing="rebuild its index"
+            )
             if result.damage is not None:
                 raise result.damage
 
@@ -200,8 +193,8 @@ class Maintenance:
                 self._data_dir,
                 sid,
                 self._now,
-                truncate=repair == TRUNCATE,
-                reindex_only=repair == REINDEX,
+                truncate=repair == RepairKind.TRUNCATE,
+                reindex_only=repair == RepairKind.REINDEX,
                 found=found,
             )
         except OSError as e:
@@ -218,10 +211,10 @@ def _checked_plan(plan: object) -> list[RepairStep]:
     for i, step in enumerate(steps):
         if not isinstance(step, RepairStep):
             raise InvalidArgument(f"plan step {i} is {type(step).__name__} {step!r}, not a RepairStep")
-        if step.repair not in (REBUILD_CATALOG, ISOLATE, TRUNCATE, REINDEX):
+        if step.repair not in (RepairKind.REBUILD_CATALOG, RepairKind.ISOLATE, RepairKind.TRUNCATE, RepairKind.REINDEX):
             raise InvalidArgument(f"plan step {i}: unknown repair {step.repair!r}")
         if step.stream_id is not None:
             check_stream_id(step.stream_id)
-        elif step.repair != REBUILD_CATALOG:
+        elif step.repair != RepairKind.REBUILD_CATALOG:
             raise InvalidArgument(f"plan step {i}: repair {step.repair!r} needs a stream id")
     return [step for step in steps if isinstance(step, RepairStep)]

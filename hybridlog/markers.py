@@ -36,9 +36,7 @@ from hybridlog.types import MarkerAction, RecordKind
 
 MARKER_MAGIC = b"HLREPAIR"
 MARKER_PAYLOAD = struct.Struct("<8sB7sQQQQQ")
-ISOLATED = MarkerAction.ISOLATED  # aliases of MarkerAction's members, until their users name it
-CUT = MarkerAction.CUT
-_ACTION_CODES = {ISOLATED: 1, CUT: 2}
+_ACTION_CODES = {MarkerAction.ISOLATED: 1, MarkerAction.CUT: 2}
 _ACTIONS = {code: name for name, code in _ACTION_CODES.items()}
 
 assert MARKER_PAYLOAD.size == 56
@@ -92,7 +90,7 @@ def is_cut_jump(kind: int, payload: bytes, expected_offset: int, offset: int) ->
     marker = decode_marker(payload)
     return (
         marker is not None
-        and marker.action == CUT
+        and marker.action == MarkerAction.CUT
         and marker.first_offset == expected_offset
         and marker.next_offset == offset
     )

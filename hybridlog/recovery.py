@@ -49,13 +49,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 
-# recovery_log.action values: aliases of RecoveryAction's members, until their users name it
-ADOPTED = RecoveryAction.ADOPTED
-QUARANTINED = RecoveryAction.QUARANTINED
-REINDEXED = RecoveryAction.REINDEXED
-REBUILT_CATALOG = RecoveryAction.REBUILT_CATALOG
-TRUNCATED = RecoveryAction.TRUNCATED
-REMOVED_EMPTY = RecoveryAction.REMOVED_EMPTY
 
 TORN_TAIL_FOUND = "incomplete batch at the end of the segment"
 """``recovery_log.found`` for a torn tail cut on open or by a re-index."""
@@ -73,7 +66,9 @@ class ReconcileResult:
     @property
     def adopted_records(self) -> int:
         """How many records were adopted: complete, chain-valid records the catalog had missed."""
-        return sum((e.next_offset or 0) - (e.first_offset or 0) for e in self.entries if e.action == ADOPTED)
+        return sum(
+            (e.next_offset or 0) - (e.first_offset or 0) for e in self.entries if e.action == RecoveryAction.ADOPTED
+        )
 
     @property
     def quarantined(self) -> list[str]:
@@ -235,7 +230,9 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
         if size == 0 and position == 0:
             # A rotation created this file and stopped before its bytes were durable.
             result.entries += _cut_unacknowledged(data_dir, stream_id, later)
-            result.entries.append(remove_empty_segment(data_dir, stream_id, segment_no, action=REMOVED_EMPTY))
+            result.entries.append(
+                remove_empty_segment(data_dir, stream_id, segment_no, action=RecoveryAction.REMOVED_EMPTY)
+            )
             break
         if size == position:
             continue
@@ -247,7 +244,7 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
                 RecoveryEntry(
                     stream_id,
                     found="complete batches past the catalog's end",
-                    action=ADOPTED,
+                    action=RecoveryAction.ADOPTED,
                     segment_no=segment_no,
                     start_byte=position,
                     end_byte=scan.valid_end,
@@ -279,7 +276,14 @@ def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now:
             # An interrupted write (or group): what follows it was never acknowledged.
             result.entries += _cut_unacknowledged(data_dir, stream_id, later)
             result.entries.append(
-                cut_tail(data_dir, stream_id, segment_no, scan.valid_end, found=TORN_TAIL_FOUND, action=QUARANTINED)
+                cut_tail(
+                    data_dir,
+                    stream_id,
+                    segment_no,
+                    scan.valid_end,
+                    found=TORN_TAIL_FOUND,
+                    action=RecoveryAction.QUARANTINED,
+                )
             )
         if scan.valid_end > 0:
             first = next_offset if position == 0 else (last.first_offset if last else 0)
@@ -310,10 +314,10 @@ def _cut_unacknowledged(data_dir: Path, stream_id: StreamId, segment_nos: list[i
     entries = []
     for no in sorted(segment_nos, reverse=True):
         if segment_path(data_dir, stream_id, no).stat().st_size == 0:
-            entries.append(remove_empty_segment(data_dir, stream_id, no, action=REMOVED_EMPTY))
+            entries.append(remove_empty_segment(data_dir, stream_id, no, action=RecoveryAction.REMOVED_EMPTY))
         else:
             found = "segment written by a group commit that was interrupted"
-            entries.append(move_segment_aside(data_dir, stream_id, no, found=found, action=QUARANTINED))
+            entries.append(move_segment_aside(data_dir, stream_id, no, found=found, action=RecoveryAction.QUARANTINED))
     return entries
 
 

@@ -52,28 +52,8 @@ from hybridlog.stream_repair import StreamRepairPlan, plan_stream_repair
 from hybridlog.types import FindingKind, RecordKind, RepairKind, StreamId
 from hybridlog.walk import ScannedRecord
 
-# Finding.problem values: aliases of FindingKind's members, until their users name it
-CATALOG_MISSING = FindingKind.CATALOG_MISSING
-CATALOG_UNUSABLE = FindingKind.CATALOG_UNUSABLE
-CATALOG_BEHIND = FindingKind.CATALOG_BEHIND
-CATALOG_AHEAD = FindingKind.CATALOG_AHEAD
-CATALOG_MISMATCH = FindingKind.CATALOG_MISMATCH
-TORN_TAIL = FindingKind.TORN_TAIL
-MISSING_SEGMENT = FindingKind.MISSING_SEGMENT
-DAMAGED_RECORD = FindingKind.DAMAGED_RECORD
-MISSING_DICTIONARY = FindingKind.MISSING_DICTIONARY
-DAMAGED_DICTIONARY = FindingKind.DAMAGED_DICTIONARY
-FOREIGN_FILE = FindingKind.FOREIGN_FILE
-
-ISOLATED_RECORDS = FindingKind.ISOLATED_RECORDS
-
-# repair names, in the order a plan applies them: aliases of RepairKind's members, until their users name it
-REBUILD_CATALOG = RepairKind.REBUILD_CATALOG
-ISOLATE = RepairKind.ISOLATE
-TRUNCATE = RepairKind.TRUNCATE
-REINDEX = RepairKind.REINDEX
-_REPAIR_ORDER = {REBUILD_CATALOG: 0, ISOLATE: 1, TRUNCATE: 1, REINDEX: 2}
-STREAM_REPAIRS = (ISOLATE, TRUNCATE)
+_REPAIR_ORDER = {RepairKind.REBUILD_CATALOG: 0, RepairKind.ISOLATE: 1, RepairKind.TRUNCATE: 1, RepairKind.REINDEX: 2}
+STREAM_REPAIRS = (RepairKind.ISOLATE, RepairKind.TRUNCATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,20 +130,20 @@ class CheckReport:
         for f in self.findings:
             if f.repair is None or (stream_ids is not None and f.stream_id not in stream_ids):
                 continue
-            repair = TRUNCATE if truncate and f.repair == ISOLATE else f.repair
+            repair = RepairKind.TRUNCATE if truncate and f.repair == RepairKind.ISOLATE else f.repair
             if (repair, f.stream_id) in steps:
                 continue
             plans = self.stream_plans.get(f.stream_id) if f.stream_id is not None else None
-            if repair == REBUILD_CATALOG:
+            if repair == RepairKind.REBUILD_CATALOG:
                 effect = (
                     f"builds a new catalog from the segments of {self.streams_checked} streams; the old"
                     f" {CATALOG_FILE}, if there is one, is kept aside as {CATALOG_FILE}.<time>{ASIDE_SUFFIX}"
                 )
                 steps[repair, f.stream_id] = RepairStep(repair, f.stream_id, f.message, effect)
             elif plans is not None:
-                chosen = plans[{ISOLATE: 0, TRUNCATE: 1, REINDEX: 2}[repair]]
+                chosen = plans[{RepairKind.ISOLATE: 0, RepairKind.TRUNCATE: 1, RepairKind.REINDEX: 2}[repair]]
                 statement = chosen.statement()
-                if repair == REINDEX:
+                if repair == RepairKind.REINDEX:
                     statement = f"re-indexes the stream from its segments; {statement}"
                 steps[repair, f.stream_id] = RepairStep(repair, f.stream_id, f.message, statement, chosen.as_dict())
             else:
@@ -171,7 +151,7 @@ class CheckReport:
                 steps[repair, f.stream_id] = RepairStep(repair, f.stream_id, f.message, effect)
         # isolating or truncating a stream re-indexes it, so a separate reindex of it is redundant
         rebuilt = {s.stream_id for s in steps.values() if s.repair in STREAM_REPAIRS}
-        kept = [s for s in steps.values() if not (s.repair == REINDEX and s.stream_id in rebuilt)]
+        kept = [s for s in steps.values() if not (s.repair == RepairKind.REINDEX and s.stream_id in rebuilt)]
         return sorted(kept, key=lambda s: (_REPAIR_ORDER[s.repair], -1 if s.stream_id is None else s.stream_id))
 
     def as_dict(self) -> dict[str, object]:
@@ -220,7 +200,12 @@ def _open_catalog_for_check(data_dir: Path, report: CheckReport) -> Catalog | No
     if not path.exists():
         if stream_ids_on_disk(data_dir):
             report.findings.append(
-                Finding(None, CATALOG_MISSING, f"{path} is missing; the segments are there", REBUILD_CATALOG)
+                Finding(
+                    None,
+                    FindingKind.CATALOG_MISSING,
+                    f"{path} is missing; the segments are there",
+                    RepairKind.REBUILD_CATALOG,
+                )
             )
         return None
     try:
@@ -228,12 +213,14 @@ def _open_catalog_for_check(data_dir: Path, report: CheckReport) -> Catalog | No
     except CatalogTooNew:
         raise
     except CatalogUnusable as e:
-        report.findings.append(Finding(None, CATALOG_UNUSABLE, e.message, REBUILD_CATALOG))
+        report.findings.append(Finding(None, FindingKind.CATALOG_UNUSABLE, e.message, RepairKind.REBUILD_CATALOG))
         return None
     problem = catalog.health_problem()
     if problem is not None:
         catalog.close()
-        report.findings.append(Finding(None, CATALOG_UNUSABLE, f"quick_check: {problem}", REBUILD_CATALOG))
+        report.findings.append(
+            Finding(None, FindingKind.CATALOG_UNUSABLE, f"quick_check: {problem}", RepairKind.REBUILD_CATALOG)
+        )
         return None
     return catalog
 
@@ -264,7 +251,12 @@ def check_store(
                 streams = [s for s in streams if s in stream_ids]
             else:
                 report.findings.extend(
-                    Finding(None, FOREIGN_FILE, f"{STREAMS_DIR}/{name} is not a stream directory; left alone", None)
+                    Finding(
+                        None,
+                        FindingKind.FOREIGN_FILE,
+                        f"{STREAMS_DIR}/{name} is not a stream directory; left alone",
+                        None,
+                    )
                     for name in foreign_stream_entries(data_dir)
                 )
             for sid in streams:
@@ -302,13 +294,13 @@ def _check_stream(
 
     walked = walk_stream(data_dir, sid, count, resync=True)
     found: list[Finding] = [
-        Finding(sid, FOREIGN_FILE, f"file {name} is not a segment, dictionary or quarantine file", None)
+        Finding(sid, FindingKind.FOREIGN_FILE, f"file {name} is not a segment, dictionary or quarantine file", None)
         for name in walked.foreign_files
     ]
     found.extend(
         Finding(
             sid,
-            ISOLATED_RECORDS,
+            FindingKind.ISOLATED_RECORDS,
             f"offsets {gap.first_offset}..{gap.next_offset - 1} were isolated by a repair ({gap.reason})",
             None,
             offset=gap.first_offset,
@@ -331,7 +323,7 @@ def _check_stream(
     if catalog is None:
         return found, found
 
-    foreign = [f for f in found if f.problem == FOREIGN_FILE]
+    foreign = [f for f in found if f.problem == FindingKind.FOREIGN_FILE]
     to_the_end, committed_only = found, found
     if scan.next_offset >= catalog_next:  # every committed record verified: what follows may be in flight
         committed_only = foreign + index.committed_findings(row.chain_head if row else None)
@@ -340,9 +332,9 @@ def _check_stream(
         found.append(
             Finding(
                 sid,
-                CATALOG_AHEAD,
+                FindingKind.CATALOG_AHEAD,
                 f"the catalog claims {catalog_next} records; the segments hold {scan.next_offset} valid ones",
-                REINDEX,
+                RepairKind.REINDEX,
                 offset=scan.next_offset,
             )
         )
@@ -350,14 +342,21 @@ def _check_stream(
         found.append(
             Finding(
                 sid,
-                CATALOG_BEHIND,
+                FindingKind.CATALOG_BEHIND,
                 f"the segments hold {scan.next_offset} records; the catalog knows {catalog_next}",
-                REINDEX,
+                RepairKind.REINDEX,
                 offset=catalog_next,
             )
         )
     elif row is not None and row.chain_head != (scan.head if scan.next_offset else None):
-        found.append(Finding(sid, CATALOG_MISMATCH, "the catalog's chain head is not the last record's hash", REINDEX))
+        found.append(
+            Finding(
+                sid,
+                FindingKind.CATALOG_MISMATCH,
+                "the catalog's chain head is not the last record's hash",
+                RepairKind.REINDEX,
+            )
+        )
     else:
         found.extend(_check_segment_rows(data_dir, catalog, sid))
         found.extend(index.findings())
@@ -369,14 +368,18 @@ def _damage_finding(damage: Damage) -> Finding:
     sid, kind = damage.stream_id, damage.kind
     if kind is DamageKind.MISSING_SEGMENT:
         message = f"{damage.reason}; records from offset {damage.offset} on are cut off"
-        return Finding(sid, MISSING_SEGMENT, message, ISOLATE, offset=damage.offset, segment=damage.segment)
+        return Finding(
+            sid, FindingKind.MISSING_SEGMENT, message, RepairKind.ISOLATE, offset=damage.offset, segment=damage.segment
+        )
     if damage.dictionary is not None:
-        problem = MISSING_DICTIONARY if kind is DamageKind.MISSING_DICTIONARY else DAMAGED_DICTIONARY
-        message, repair = f"{damage.dictionary.reason}; {damage.dictionary.hint}", ISOLATE
+        problem = (
+            FindingKind.MISSING_DICTIONARY if kind is DamageKind.MISSING_DICTIONARY else FindingKind.DAMAGED_DICTIONARY
+        )
+        message, repair = f"{damage.dictionary.reason}; {damage.dictionary.hint}", RepairKind.ISOLATE
     elif kind is DamageKind.TORN_TAIL:
-        problem, message, repair = TORN_TAIL, f"incomplete last batch ({damage.reason})", REINDEX
+        problem, message, repair = FindingKind.TORN_TAIL, f"incomplete last batch ({damage.reason})", RepairKind.REINDEX
     else:
-        problem, message, repair = DAMAGED_RECORD, f"damaged record ({damage.reason})", ISOLATE
+        problem, message, repair = FindingKind.DAMAGED_RECORD, f"damaged record ({damage.reason})", RepairKind.ISOLATE
     return Finding(
         sid, problem, message, repair, offset=damage.offset, segment=damage.segment, position=damage.position
     )
@@ -421,7 +424,12 @@ class _IndexComparison:
         """Disagreements about the committed records only (call before ``findings``)."""
         if chain_head != self.committed_head:
             return [
-                Finding(self.sid, CATALOG_MISMATCH, "the catalog's chain head is not the last record's hash", REINDEX)
+                Finding(
+                    self.sid,
+                    FindingKind.CATALOG_MISMATCH,
+                    "the catalog's chain head is not the last record's hash",
+                    RepairKind.REINDEX,
+                )
             ]
         found = []
         assert self.catalog is not None
@@ -431,15 +439,22 @@ class _IndexComparison:
             found.append(
                 Finding(
                     self.sid,
-                    CATALOG_MISMATCH,
+                    FindingKind.CATALOG_MISMATCH,
                     f"the offset index disagrees with the segments {where}",
-                    REINDEX,
+                    RepairKind.REINDEX,
                     offset=wrong,
                 )
             )
         rows = [(c.offset, c.hash) for c in self.catalog.checkpoints(self.sid)]
         if rows != [c for c in self.checkpoints if c[0] < self.committed]:
-            found.append(Finding(self.sid, CATALOG_MISMATCH, "the checkpoint rows disagree with the segments", REINDEX))
+            found.append(
+                Finding(
+                    self.sid,
+                    FindingKind.CATALOG_MISMATCH,
+                    "the checkpoint rows disagree with the segments",
+                    RepairKind.REINDEX,
+                )
+            )
         return found
 
     def findings(self) -> list[Finding]:
@@ -449,9 +464,9 @@ class _IndexComparison:
             found.append(
                 Finding(
                     self.sid,
-                    CATALOG_MISMATCH,
+                    FindingKind.CATALOG_MISMATCH,
                     f"the offset index disagrees with the segments {where}",
-                    REINDEX,
+                    RepairKind.REINDEX,
                     offset=self.first_wrong,
                 )
             )
@@ -459,7 +474,12 @@ class _IndexComparison:
             rows = [(c.offset, c.hash) for c in self.catalog.checkpoints(self.sid)]
             if rows != self.checkpoints:
                 found.append(
-                    Finding(self.sid, CATALOG_MISMATCH, "the checkpoint rows disagree with the segments", REINDEX)
+                    Finding(
+                        self.sid,
+                        FindingKind.CATALOG_MISMATCH,
+                        "the checkpoint rows disagree with the segments",
+                        RepairKind.REINDEX,
+                    )
                 )
         return found
 
@@ -476,11 +496,11 @@ def _check_segment_rows(
     return [
         Finding(
             sid,
-            CATALOG_MISMATCH,
+            FindingKind.CATALOG_MISMATCH,
             "sealed segment's digest differs"
             if p.digest_differs
             else f"segment is {p.size} bytes; the catalog records {p.row.size_bytes}",
-            REINDEX,
+            RepairKind.REINDEX,
             segment=p.path,
         )
         for p in problems

@@ -26,7 +26,6 @@ from hybridlog.errors import (
     CatalogUnusable,
     IntegrityError,
     InvalidArgument,
-    InvalidConfiguration,
     ReadOnlyStore,
     StorageIOError,
     StoreClosed,
@@ -46,7 +45,6 @@ from hybridlog.sql import QueryResult, QueryRows, SqlValue, check_limits, check_
 from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for
 from hybridlog.types import (
     DEFAULT_MAX_SEGMENT_SIZE,
-    MIN_SEGMENT_SIZE,
     ChainHash,
     CheckpointPolicy,
     CompressionKind,
@@ -55,6 +53,7 @@ from hybridlog.types import (
     Offset,
     Record,
     StreamId,
+    check_storage_settings,
     check_stream_id,
 )
 from hybridlog.verified_cache import DEFAULT_MAX_RECORDS as DEFAULT_VERIFIED_CACHE_RECORDS
@@ -89,17 +88,8 @@ class Storage(BackendBase):
         verified_cache_records: int = DEFAULT_VERIFIED_CACHE_RECORDS,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT_MS / 1000,
     ) -> None:
-        if isinstance(max_segment_size, bool) or not isinstance(max_segment_size, int):
-            raise InvalidConfiguration(f"max_segment_size must be an int, not {type(max_segment_size).__name__}")
-        if max_segment_size < MIN_SEGMENT_SIZE:
-            raise InvalidConfiguration(f"max_segment_size must be at least {MIN_SEGMENT_SIZE} bytes")
+        check_storage_settings(max_segment_size, verified_cache_records, busy_timeout)
         super().__init__(checkpoint_policy=checkpoint_policy, compression=compression, clock=clock)
-        if isinstance(verified_cache_records, bool) or not isinstance(verified_cache_records, int):
-            raise InvalidConfiguration("verified_cache_records must be an int")
-        if verified_cache_records < 0:
-            raise InvalidConfiguration("verified_cache_records must be 0 (off) or more")
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float) or not 0 <= busy_timeout <= 3600:
-            raise InvalidConfiguration(f"busy_timeout must be 0 to 3600 seconds, not {busy_timeout!r}")
         self._data_dir = Path(data_dir)
         self._max_segment_size = max_segment_size
         self._read_only = read_only
@@ -191,7 +181,7 @@ class Storage(BackendBase):
     def with_compression(
         cls, data_dir: str | os.PathLike[str], policy: CheckpointPolicy, compression: CompressionKind
     ) -> Storage:
-        """The seed's constructor: a checkpoint policy, a segment size limit and a compression."""
+        """The seed's constructor: a checkpoint policy and a compression."""
         return cls(data_dir, checkpoint_policy=policy, compression=compression)
 
     # --- settings --------------------------------------------------------------------------------

@@ -45,23 +45,12 @@ from hybridlog.layout import (
     segment_path,
     stream_path,
 )
-from hybridlog.markers import CUT, ISOLATED, RepairMarker
+from hybridlog.markers import RepairMarker
 from hybridlog.quarantine import cut_tail, move_segment_aside, remove_empty_segment, reseal_dictionary
 from hybridlog.record import append_frames
-from hybridlog.recovery import (
-    QUARANTINED,
-    REMOVED_EMPTY,
-    TRUNCATED,
-    Clock,
-    ReconcileResult,
-)
+from hybridlog.recovery import Clock, ReconcileResult
 from hybridlog.segment import SegmentWriter, fsync_dir, make_dirs_durably
-from hybridlog.types import ChainHash, RecordKind, RecoveryAction, StreamId
-
-# recovery_log.action values (besides recovery.py's): aliases of RecoveryAction's members, until their users name it
-ISOLATE_ACTION = RecoveryAction.ISOLATED
-MARKED_CUT = RecoveryAction.MARKED_CUT
-RESEALED_DICTIONARY = RecoveryAction.RESEALED_DICTIONARY
+from hybridlog.types import ChainHash, MarkerAction, RecordKind, RecoveryAction, StreamId
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +274,7 @@ def repair_stream(
     last_timestamp = scan.last_timestamp_ns
     next_offset = scan.next_offset
     if plan.reseal is not None:
-        entries.append(reseal_dictionary(data_dir, stream_id, plan.reseal, action=RESEALED_DICTIONARY))
+        entries.append(reseal_dictionary(data_dir, stream_id, plan.reseal, action=RecoveryAction.RESEALED_DICTIONARY))
     markers: list[RepairMarker] = []
     cut = plan.cut
     if cut is not None:
@@ -297,17 +286,26 @@ def repair_stream(
         head, last_timestamp, next_offset = cut.head, cut.timestamp_ns, cut.offset
         if plan.needs_cut_marker:
             end = cut.byte + plan.cut_bytes
-            markers.append(RepairMarker(CUT, cut.offset, plan.committed_next, cut.segment_no, cut.byte, end))
+            markers.append(
+                RepairMarker(MarkerAction.CUT, cut.offset, plan.committed_next, cut.segment_no, cut.byte, end)
+            )
             next_offset = plan.committed_next
     for gap in plan.isolate:
         markers.append(
-            RepairMarker(ISOLATED, gap.first_offset, gap.next_offset, gap.segment_no, gap.start_byte, gap.resume_byte)
+            RepairMarker(
+                MarkerAction.ISOLATED,
+                gap.first_offset,
+                gap.next_offset,
+                gap.segment_no,
+                gap.start_byte,
+                gap.resume_byte,
+            )
         )
         entries.append(
             RecoveryEntry(
                 stream_id,
                 found=f"damage: {gap.reason}",
-                action=ISOLATE_ACTION,
+                action=RecoveryAction.ISOLATED,
                 segment_no=gap.segment_no,
                 start_byte=gap.start_byte,
                 end_byte=gap.resume_byte if gap.resume_segment_no == gap.segment_no else None,
@@ -320,7 +318,7 @@ def repair_stream(
         numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
         if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
             # markers follow records
-            entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1], action=REMOVED_EMPTY))
+            entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1], action=RecoveryAction.REMOVED_EMPTY))
         _write_markers(data_dir, stream_id, markers, next_offset, head, max(now(), last_timestamp))
     found = found or ("truncate requested" if truncate else "repair keeping what verifies")
     result = index_stream(catalog, data_dir, stream_id, now, found=found, prior=entries)
@@ -331,11 +329,14 @@ def repair_stream(
 def _cut(data_dir: Path, stream_id: StreamId, plan: StreamRepairPlan, cut: Cut) -> list[RecoveryEntry]:
     """Move everything from the cut on into quarantine files (one entry per file cut or moved)."""
     if plan.truncate:
-        found, action = "truncate requested", TRUNCATED
+        found, action = "truncate requested", RecoveryAction.TRUNCATED
     elif plan.cut_records:
-        found, action = f"{plan.cut_records} committed records from offset {cut.offset} do not verify", TRUNCATED
+        found, action = (
+            f"{plan.cut_records} committed records from offset {cut.offset} do not verify",
+            RecoveryAction.TRUNCATED,
+        )
     else:
-        found, action = "incomplete batch at the end of the stream, never acknowledged", QUARANTINED
+        found, action = "incomplete batch at the end of the stream, never acknowledged", RecoveryAction.QUARANTINED
     entries = []
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     for no in numbers:
@@ -351,7 +352,7 @@ def _cut(data_dir: Path, stream_id: StreamId, plan: StreamRepairPlan, cut: Cut) 
             RecoveryEntry(
                 stream_id,
                 found=f"{plan.cut_records} committed records are lost{gone}",
-                action=MARKED_CUT,
+                action=RecoveryAction.MARKED_CUT,
                 first_offset=cut.offset,
                 next_offset=plan.committed_next,
                 detail=f"a cut marker at offset {plan.committed_next} keeps these offsets from being used again",

@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 from typing import NewType, TypeVar
 
-from hybridlog.errors import InvalidStreamId
+from hybridlog.errors import InvalidConfiguration, InvalidStreamId
 
 StreamId = NewType("StreamId", int)
 """A stream's id: a non-negative integer below 2**63."""
@@ -213,3 +213,19 @@ def check_stream_id(stream_id: object) -> StreamId:
     if not 0 <= stream_id <= MAX_STREAM_ID:
         raise InvalidStreamId(f"stream id must be in 0..2**63-1, not {stream_id}")
     return StreamId(int(stream_id))
+
+
+def check_storage_settings(max_segment_size: object, verified_cache_records: object, busy_timeout: object) -> None:
+    """InvalidConfiguration unless ``Storage``'s own settings are usable: a segment size limit of at
+    least ``MIN_SEGMENT_SIZE`` bytes, a verified-run cache of 0 (off) or more records, and a busy
+    timeout of 0 to 3600 seconds."""
+    if isinstance(max_segment_size, bool) or not isinstance(max_segment_size, int):
+        raise InvalidConfiguration(f"max_segment_size must be an int, not {type(max_segment_size).__name__}")
+    if max_segment_size < MIN_SEGMENT_SIZE:
+        raise InvalidConfiguration(f"max_segment_size must be at least {MIN_SEGMENT_SIZE} bytes")
+    if isinstance(verified_cache_records, bool) or not isinstance(verified_cache_records, int):
+        raise InvalidConfiguration("verified_cache_records must be an int")
+    if verified_cache_records < 0:
+        raise InvalidConfiguration("verified_cache_records must be 0 (off) or more")
+    if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, int | float) or not 0 <= busy_timeout <= 3600:
+        raise InvalidConfiguration(f"busy_timeout must be 0 to 3600 seconds, not {busy_timeout!r}")

@@ -62,15 +62,13 @@ from hybridlog import (
 )
 from hybridlog.failpoints import STEPS
 from hybridlog.layout import QUARANTINE_SUFFIX, segment_path
-from hybridlog.markers import CUT, decode_marker
+from hybridlog.markers import decode_marker
 from hybridlog.record import HEADER_SIZE, MAGIC
-from hybridlog.recovery import ADOPTED, QUARANTINED, REINDEXED, REMOVED_EMPTY, TRUNCATED
-from hybridlog.repair import CATALOG_AHEAD, REINDEX, TORN_TAIL
 from hybridlog.segment import SegmentReader, SegmentWriter
-from hybridlog.stream_repair import MARKED_CUT
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.damage import genesis_records
 from hybridlog.testing.harness import ACK, CHILD_TIMEOUT, KillPlan, acknowledge, arm_from_environment, run_until_killed
+from hybridlog.types import FindingKind, MarkerAction, RecoveryAction, RepairKind
 from hybridlog.writer import Writer
 
 THIS_FILE = Path(__file__).resolve()
@@ -329,7 +327,7 @@ def check_recovery_log(
     in_flight_records = records[run.in_flight_stream]
     for entry in new:
         assert entry.stream_id == run.in_flight_stream, "recovery touched a stream nothing was in flight on"
-        if entry.action == ADOPTED:
+        if entry.action == RecoveryAction.ADOPTED:
             # An adoption covers exactly the in-flight batch (checkpoints the policy put in it included).
             assert landed_at is not None
             assert (entry.first_offset, entry.next_offset) == (landed_at, len(in_flight_records))
@@ -337,7 +335,7 @@ def check_recovery_log(
             assert entry.start_byte is not None
             assert entry.end_byte is not None
             assert entry.start_byte < entry.end_byte
-        elif entry.action == QUARANTINED:
+        elif entry.action == RecoveryAction.QUARANTINED:
             # A torn in-flight batch: cut at the end of what is kept, saved whole beside the segment.
             assert landed_at is None
             assert entry.segment_no is not None
@@ -351,14 +349,16 @@ def check_recovery_log(
             assert MAGIC.startswith(kept[:4]), "the cut bytes do not start at a record"
         else:
             # A rotation that stopped after creating its file, before writing to it.
-            assert entry.action == REMOVED_EMPTY, f"unexpected recovery action {entry.action}"
+            assert entry.action == RecoveryAction.REMOVED_EMPTY, f"unexpected recovery action {entry.action}"
             assert landed_at is None
             assert entry.segment_no is not None
             assert not segment_path(store_dir, entry.stream_id, entry.segment_no).exists()
     # Quarantine files exist only for torn tails that recovery logged.
-    kept_as = sorted(e.kept_as for e in log if e.action == QUARANTINED and e.kept_as is not None)
+    kept_as = sorted(e.kept_as for e in log if e.action == RecoveryAction.QUARANTINED and e.kept_as is not None)
     assert [str(p.relative_to(store_dir)) for p in quarantine_files(store_dir)] == kept_as
-    assert all(e.action in (ADOPTED, QUARANTINED, REMOVED_EMPTY) for e in log)
+    assert all(
+        e.action in (RecoveryAction.ADOPTED, RecoveryAction.QUARANTINED, RecoveryAction.REMOVED_EMPTY) for e in log
+    )
 
 
 def seeded_plans(rounds: int, seed: int, max_batches: int) -> list[KillPlan]:
@@ -603,12 +603,14 @@ def recover_before_commit(tpl: LastBatch, workdir: Path, written: bytes) -> None
             rows: list[tuple[object, ...]] = []
             if whole:
                 first, nxt = len(tpl.records_before[LAST_STREAM]), len(tpl.records_after)
-                rows.append((LAST_STREAM, ADOPTED, tpl.segment_no, tpl.base, tpl.base + size, first, nxt, None))
+                rows.append(
+                    (LAST_STREAM, RecoveryAction.ADOPTED, tpl.segment_no, tpl.base, tpl.base + size, first, nxt, None)
+                )
             if leftover:
                 end = cut_at + len(leftover)
-                rows.append((LAST_STREAM, QUARANTINED, tpl.segment_no, cut_at, end, None, None, kept_as))
+                rows.append((LAST_STREAM, RecoveryAction.QUARANTINED, tpl.segment_no, cut_at, end, None, None, kept_as))
             elif tpl.rotated and not written:
-                rows.append((LAST_STREAM, REMOVED_EMPTY, tpl.segment_no, None, None, None, None, None))
+                rows.append((LAST_STREAM, RecoveryAction.REMOVED_EMPTY, tpl.segment_no, None, None, None, None, None))
             assert [log_row(e) for e in store.recovery_log()] == rows
 
             report = store.check()
@@ -738,16 +740,18 @@ def catalog_ahead(tpl: LastBatch, workdir: Path, keep: int | None) -> None:
 
             # check() reports it, with the repair that fixes it, and changes nothing either.
             report = store.check()
-            expected_problems = {(LAST_STREAM, CATALOG_AHEAD)} | ({(LAST_STREAM, TORN_TAIL)} if keep else set())
+            expected_problems = {(LAST_STREAM, FindingKind.CATALOG_AHEAD)} | (
+                {(LAST_STREAM, FindingKind.TORN_TAIL)} if keep else set()
+            )
             assert {(f.stream_id, f.problem) for f in report.findings} == expected_problems
-            assert [(s.repair, s.stream_id) for s in report.plan()] == [(REINDEX, LAST_STREAM)]
+            assert [(s.repair, s.stream_id) for s in report.plan()] == [(RepairKind.REINDEX, LAST_STREAM)]
             assert (segment.read_bytes() if segment.exists() else None) == on_disk
             assert quarantine_files(store_dir) == []
 
             # repair() keeps every whole record of the committed batch, keeps the torn bytes aside,
             # and marks the offsets whose bytes are gone as cut: they are never given out again.
             repaired = store.repair()
-            assert [(s.repair, s.stream_id) for s in repaired.applied] == [(REINDEX, LAST_STREAM)]
+            assert [(s.repair, s.stream_id) for s in repaired.applied] == [(RepairKind.REINDEX, LAST_STREAM)]
             assert repaired.after is not None
             assert repaired.after.findings == []
             assert store.damaged_streams() == {}
@@ -758,7 +762,7 @@ def catalog_ahead(tpl: LastBatch, workdir: Path, keep: int | None) -> None:
             assert marker is not None
             assert (records[-1].offset, marker.action, marker.first_offset, marker.next_offset) == (
                 committed,
-                CUT,
+                MarkerAction.CUT,
                 hurt_offset,
                 committed,
             )
@@ -769,13 +773,15 @@ def catalog_ahead(tpl: LastBatch, workdir: Path, keep: int | None) -> None:
                 assert [p.name for p in kept] == [f"{segment.name}.{hurt_at:020d}{QUARANTINE_SUFFIX}"]
                 assert kept[0].read_bytes() == tpl.batch[hurt_at - tpl.base : keep]
                 kept_as = str(kept[0].relative_to(store_dir))
-                rows.append((LAST_STREAM, TRUNCATED, tpl.segment_no, hurt_at, cut_at, hurt_offset, None, kept_as))
+                rows.append(
+                    (LAST_STREAM, RecoveryAction.TRUNCATED, tpl.segment_no, hurt_at, cut_at, hurt_offset, None, kept_as)
+                )
             else:
                 assert kept == []
-            rows.append((LAST_STREAM, MARKED_CUT, None, None, None, hurt_offset, committed, None))
+            rows.append((LAST_STREAM, RecoveryAction.MARKED_CUT, None, None, None, hurt_offset, committed, None))
             if keep == 0 and tpl.rotated:  # the marker goes after the last record, not into an empty file
-                rows.append((LAST_STREAM, REMOVED_EMPTY, tpl.segment_no, None, None, None, None, None))
-            rows.append((LAST_STREAM, REINDEXED, None, None, None, 0, committed + 1, None))
+                rows.append((LAST_STREAM, RecoveryAction.REMOVED_EMPTY, tpl.segment_no, None, None, None, None, None))
+            rows.append((LAST_STREAM, RecoveryAction.REINDEXED, None, None, None, 0, committed + 1, None))
             assert [log_row(e) for e in store.recovery_log()] == rows
             assert [log_row(e) for e in repaired.entries] == rows
             marker_frame = store.offset_index(LAST_STREAM).lookup(committed)
@@ -1027,7 +1033,7 @@ def recover_rotating_group(
             if extra:
                 cut.append(extra)
             assert sorted(p.read_bytes() for p in quarantine_files(store_dir)) == sorted(cut)
-            adopted = [e for e in store.recovery_log() if e.action == ADOPTED]
+            adopted = [e for e in store.recovery_log() if e.action == RecoveryAction.ADOPTED]
             assert sum((e.next_offset or 0) - (e.first_offset or 0) for e in adopted) == len(expected) - len(
                 tpl.records_before
             )

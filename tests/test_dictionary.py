@@ -55,9 +55,7 @@ from hybridlog import (
 from hybridlog.dictionary import DICTIONARY_HEADER
 from hybridlog.layout import DICTIONARY_SUFFIX, dictionary_path, segment_path, stream_path
 from hybridlog.record import FLAG_COMPRESSED, FLAG_DICTIONARY, dictionary_no_of
-from hybridlog.repair import DAMAGED_DICTIONARY, ISOLATE, MISSING_DICTIONARY
 from hybridlog.segment import SegmentReader
-from hybridlog.stream_repair import RESEALED_DICTIONARY
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.damage import (
     delete_catalog,
@@ -70,6 +68,7 @@ from hybridlog.testing.damage import (
 )
 from hybridlog.testing.harness import KillPlan, acknowledge, arm_from_environment, kill_self, run_until_killed
 from hybridlog.training import TRAIN_AFTER_SAMPLES, DictionaryTrainer, train_dictionary
+from hybridlog.types import FindingKind, RecoveryAction, RepairKind
 
 THIS_FILE = Path(__file__).resolve()
 SID = 7
@@ -377,9 +376,9 @@ def test_an_unusable_dictionary_fails_the_read_by_name_and_check_reports_it(
         assert isinstance(verdict.error, expected)
 
         report = store.check()
-        problem = MISSING_DICTIONARY if damage == "deleted" else DAMAGED_DICTIONARY
+        problem = FindingKind.MISSING_DICTIONARY if damage == "deleted" else FindingKind.DAMAGED_DICTIONARY
         (finding,) = [f for f in report.findings if f.problem == problem]
-        assert (finding.stream_id, finding.offset, finding.repair) == (SID, first, ISOLATE)
+        assert (finding.stream_id, finding.offset, finding.repair) == (SID, first, RepairKind.ISOLATE)
         assert str(path) in finding.message
         assert "restore" in finding.message
         # The records are intact: the default repair cuts none of them. A file whose zstd dictionary
@@ -411,13 +410,15 @@ def test_a_dictionary_damaged_outside_its_content_is_resealed_and_no_record_is_c
         with pytest.raises(DamagedDictionary):
             genesis_events(store, SID)
         (step,) = store.check().plan()
-        assert step.repair == ISOLATE
+        assert step.repair == RepairKind.ISOLATE
         assert step.effect.startswith(f"rewrites the damaged dictionary file {path.name} with a correct digest")
         assert "cuts" not in step.effect
         report = store.repair()
         assert report.after is not None
         assert report.after.ok
-        assert [e.action for e in report.entries if e.action == RESEALED_DICTIONARY] == [RESEALED_DICTIONARY]
+        assert [e.action for e in report.entries if e.action == RecoveryAction.RESEALED_DICTIONARY] == [
+            RecoveryAction.RESEALED_DICTIONARY
+        ]
         assert genesis_events(store, SID) == events  # every record, none cut
         assert store.next_offset(SID) == len(stored_records(data_dir))
     kept = path.with_name(path.name + ".quarantine")
@@ -472,7 +473,7 @@ def test_the_cli_check_names_a_missing_dictionary(trained: tuple[Path, list[byte
     path.unlink()
     result = CliRunner().invoke(cli, ["check", str(data_dir)])
     assert result.exit_code == 3
-    line = next(line for line in result.stdout.splitlines() if MISSING_DICTIONARY in line)
+    line = next(line for line in result.stdout.splitlines() if FindingKind.MISSING_DICTIONARY in line)
     assert str(path) in line
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -683,7 +684,7 @@ def test_records_past_the_catalog_needing_a_missing_dictionary_are_damage_not_a_
         with pytest.raises(StorageError):
             store.append(SID, [b"refused until repaired"])
         report = store.check()
-        assert MISSING_DICTIONARY in {f.problem for f in report.findings}
+        assert FindingKind.MISSING_DICTIONARY in {f.problem for f in report.findings}
     assert segment.read_bytes() == before  # nothing was cut
     assert quarantine_files(data_dir, SID) == []
 

@@ -30,9 +30,8 @@ from hybridlog.layout import (
     stream_path,
 )
 from hybridlog.record import MAX_DICTIONARY_NO
-from hybridlog.repair import FOREIGN_FILE
 from hybridlog.testing.damage import genesis_events
-from hybridlog.types import MAX_STREAM_ID
+from hybridlog.types import MAX_STREAM_ID, FindingKind
 
 TOO_BIG = "99999999999999999999"  # 20 digits, above 2**64 too
 
@@ -77,7 +76,7 @@ def test_a_stream_directory_above_the_largest_stream_id_is_reported_and_left_alo
         assert genesis_events(store, 1) == events
         assert store.damaged_streams() == {}
         report = store.check()
-        assert [(f.stream_id, f.problem, f.repair) for f in report.findings] == [(None, FOREIGN_FILE, None)]
+        assert [(f.stream_id, f.problem, f.repair) for f in report.findings] == [(None, FindingKind.FOREIGN_FILE, None)]
         assert TOO_BIG in report.findings[0].message
         assert report.ok
         store.append(1, [b"after"])
@@ -112,7 +111,7 @@ def test_segment_and_dictionary_names_out_of_range_are_foreign_files(tmp_path: P
         store.append(1, [b"after"])
         report = store.check()
         assert report.ok
-        assert sorted(f.message for f in report.findings if f.problem == FOREIGN_FILE) == sorted(
+        assert sorted(f.message for f in report.findings if f.problem == FindingKind.FOREIGN_FILE) == sorted(
             f"file {name} is not a segment, dictionary or quarantine file" for name in names
         )
     for command in (["check"], ["repair", "--yes"], ["rebuild-index"], ["verify"]):

@@ -17,11 +17,10 @@ import pytest
 
 from hybridlog import CheckpointPolicy, RecordIsolated, RecordsCut, Storage
 from hybridlog.layout import segment_path
-from hybridlog.markers import CUT, ISOLATED, decode_marker
+from hybridlog.markers import decode_marker
 from hybridlog.record import HEADER_SIZE
-from hybridlog.repair import ISOLATE, ISOLATED_RECORDS, TRUNCATE
 from hybridlog.testing.damage import flip_byte, quarantine_files, segment_files
-from hybridlog.types import RecordKind
+from hybridlog.types import FindingKind, MarkerAction, RecordKind, RepairKind
 from hybridlog.verified_cache import DEFAULT_MAX_RECORDS
 
 STREAM = 3
@@ -75,7 +74,7 @@ def test_isolate_keeps_every_record_after_a_damaged_one(store_dir: Path) -> None
 
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
         plan = store.check().plan()
-        assert [(s.repair, s.stream_id) for s in plan] == [(ISOLATE, STREAM)]
+        assert [(s.repair, s.stream_id) for s in plan] == [(RepairKind.ISOLATE, STREAM)]
         assert f"isolates offsets {victim} (1 damaged record" in plan[0].effect
         after_victim = sum(1 for r in original if r[0] > victim)
         assert f"keeps the {after_victim:,} verifying records" in plan[0].effect
@@ -85,7 +84,7 @@ def test_isolate_keeps_every_record_after_a_damaged_one(store_dir: Path) -> None
         report = store.repair(plan)
         assert report.after is not None
         assert report.after.ok
-        assert [f.problem for f in report.after.findings] == [ISOLATED_RECORDS]
+        assert [f.problem for f in report.after.findings] == [FindingKind.ISOLATED_RECORDS]
 
         # Every record but the damaged one still reads, verified; the damaged one raises.
         with pytest.raises(RecordIsolated) as raised:
@@ -103,7 +102,11 @@ def test_isolate_keeps_every_record_after_a_damaged_one(store_dir: Path) -> None
         assert (marker[0], marker[1]) == (committed, RecordKind.REPAIR)
         decoded = decode_marker(marker[2])
         assert decoded is not None
-        assert (decoded.action, decoded.first_offset, decoded.next_offset) == (ISOLATED, victim, victim + 1)
+        assert (decoded.action, decoded.first_offset, decoded.next_offset) == (
+            MarkerAction.ISOLATED,
+            victim,
+            victim + 1,
+        )
         assert store.append(STREAM, [b"after repair"])[0] == committed + 2
 
     # Nothing was cut or moved: every byte of every segment is still there.
@@ -199,7 +202,7 @@ def test_truncate_would_cut_what_isolate_keeps(store_dir: Path, tmp_path: Path) 
     for path, isolate in ((store_dir, True), (copy, False)):
         with Storage(path, checkpoint_policy=CheckpointPolicy.explicit()) as store:
             [step] = store.check().plan(truncate=not isolate)
-            assert step.repair == (ISOLATE if isolate else TRUNCATE)
+            assert step.repair == (RepairKind.ISOLATE if isolate else RepairKind.TRUNCATE)
             store.repair([step])
             readable = 0
             offset = 0
@@ -238,7 +241,7 @@ def test_damaged_tail_is_cut_and_its_offsets_are_never_reused(store_dir: Path) -
         assert records[-1][0] == committed  # the cut marker
         marker = decode_marker(records[-1][2])
         assert marker is not None
-        assert (marker.action, marker.first_offset, marker.next_offset) == (CUT, last, committed)
+        assert (marker.action, marker.first_offset, marker.next_offset) == (MarkerAction.CUT, last, committed)
         assert store.append(STREAM, [b"next"])[0] == committed + 2
     assert len(quarantine_files(store_dir, STREAM)) == 1
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:

@@ -1,5 +1,5 @@
-"""The package's shape (docs/architecture.md): every module sits in one layer, imports at run time
-only from its own layer or below, and no runtime import cycle exists.
+"""The package's shape (docs/architecture.md): every module is under 500 non-blank lines and sits in
+one layer, imports at run time only from its own layer or below, and no runtime import cycle exists.
 
 Imports under ``if TYPE_CHECKING:`` are not runtime imports and are not counted. A new module must
 be given a layer here: the test fails for a module it does not know.
@@ -102,3 +102,15 @@ def test_there_is_no_runtime_import_cycle() -> None:
 
     cycles = [c for m in sorted(graph) if (c := cycle_from(m, []))]
     assert cycles == []
+
+
+MAX_MODULE_LINES = 500
+"""Non-blank lines a module may have: each is read in one sitting (issue 11)."""
+
+
+def test_every_module_is_readable_in_one_sitting() -> None:
+    sizes = {
+        str(path.relative_to(PACKAGE)): sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+        for path in PACKAGE.rglob("*.py")
+    }
+    assert {name: size for name, size in sizes.items() if size >= MAX_MODULE_LINES} == {}

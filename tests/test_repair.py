@@ -57,25 +57,9 @@ from hybridlog import (
     TruncatedRecord,
 )
 from hybridlog.layout import QUARANTINE_SUFFIX, segment_name, segment_path, stream_path
-from hybridlog.markers import CUT, ISOLATED, decode_marker
+from hybridlog.markers import decode_marker
 from hybridlog.record import HEADER_SIZE
-from hybridlog.recovery import ADOPTED, QUARANTINED, REBUILT_CATALOG, REINDEXED, TRUNCATED
-from hybridlog.repair import (
-    CATALOG_AHEAD,
-    CATALOG_BEHIND,
-    CATALOG_MISMATCH,
-    CATALOG_MISSING,
-    CATALOG_UNUSABLE,
-    DAMAGED_RECORD,
-    ISOLATE,
-    MISSING_SEGMENT,
-    REBUILD_CATALOG,
-    REINDEX,
-    TORN_TAIL,
-    TRUNCATE,
-)
 from hybridlog.segment import SegmentReader
-from hybridlog.stream_repair import ISOLATE_ACTION, MARKED_CUT
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.damage import (
     HASH_FIELD,
@@ -100,6 +84,7 @@ from hybridlog.testing.damage import (
     tear_tail,
     truncate_catalog,
 )
+from hybridlog.types import FindingKind, MarkerAction, RecoveryAction, RepairKind
 
 STREAM = 0  # the stream that gets damaged
 OTHER = 7  # a stream that must never notice
@@ -388,7 +373,7 @@ def assert_isolated(store: Storage, history: History, first: int, nxt: int, comm
     assert (marker.offset, marker.kind) == (committed, RecordKind.REPAIR)
     decoded = decode_marker(marker.payload)
     assert decoded is not None
-    assert (decoded.action, decoded.first_offset, decoded.next_offset) == (ISOLATED, first, nxt)
+    assert (decoded.action, decoded.first_offset, decoded.next_offset) == (MarkerAction.ISOLATED, first, nxt)
     assert genesis_records(store, OTHER) == history.records[OTHER]
     assert catalog_view(store, OTHER) == history.views[OTHER]
     assert store.damaged_streams() == {}
@@ -411,7 +396,7 @@ def assert_cut(store: Storage, history: History, cut: int, committed: int, strea
     assert (marker.offset, marker.kind, marker.prev_hash) == (committed, RecordKind.REPAIR, original[cut - 1].hash)
     decoded = decode_marker(marker.payload)
     assert decoded is not None
-    assert (decoded.action, decoded.first_offset, decoded.next_offset) == (CUT, cut, committed)
+    assert (decoded.action, decoded.first_offset, decoded.next_offset) == (MarkerAction.CUT, cut, committed)
     for offset in (cut, committed - 1):
         with pytest.raises(RecordsCut):
             store.read_from(stream_id, offset, 100)
@@ -469,15 +454,15 @@ def expected_truncation(
     else:
         data = before[segment_rel(cut_segment)]
         kept = quarantine_name(cut_segment, position)
-        log[(TRUNCATED, cut_segment, position, len(data), cut, None, str(kept))] += 1
+        log[(RecoveryAction.TRUNCATED, cut_segment, position, len(data), cut, None, str(kept))] += 1
         quarantine[kept] = data[position:]
         moved = [n for n in numbers if n > cut_segment]
     for n in moved:
         data = before[segment_rel(n)]
         kept = quarantine_name(n, 0)
-        log[(TRUNCATED, n, 0, len(data), None, None, str(kept))] += 1
+        log[(RecoveryAction.TRUNCATED, n, 0, len(data), None, None, str(kept))] += 1
         quarantine[kept] = data
-    log[(REINDEXED, None, None, None, 0, cut, None)] += 1
+    log[(RecoveryAction.REINDEXED, None, None, None, 0, cut, None)] += 1
     return Truncation(log, quarantine)
 
 
@@ -488,9 +473,9 @@ def expected_cut(
     files as ``expected_truncation`` says, then a cut marker at ``committed`` (logged as
     ``marked_cut``), and the stream re-indexed up to and including it."""
     moved = expected_truncation(before, cut=cut, cut_segment=cut_segment, position=position)
-    log = Counter(row for row in moved.log.elements() if row[0] != REINDEXED)
-    log[(MARKED_CUT, None, None, None, cut, committed, None)] += 1
-    log[(REINDEXED, None, None, None, 0, committed + 1, None)] += 1
+    log = Counter(row for row in moved.log.elements() if row[0] != RecoveryAction.REINDEXED)
+    log[(RecoveryAction.MARKED_CUT, None, None, None, cut, committed, None)] += 1
+    log[(RecoveryAction.REINDEXED, None, None, None, 0, committed + 1, None)] += 1
     return Truncation(log, moved.quarantine)
 
 
@@ -598,24 +583,24 @@ def test_damaged_middle_record(history: History, store_copy: Path, case: RecordC
 
         report = store.check()
         assert [(f.stream_id, f.problem, f.repair, f.segment) for f in report.findings] == [
-            (STREAM, DAMAGED_RECORD, ISOLATE, segment),
-            (STREAM, CATALOG_AHEAD, REINDEX, None),
+            (STREAM, FindingKind.DAMAGED_RECORD, RepairKind.ISOLATE, segment),
+            (STREAM, FindingKind.CATALOG_AHEAD, RepairKind.REINDEX, None),
         ]
         [step] = report.plan()
-        assert (step.repair, step.stream_id) == (ISOLATE, STREAM)
+        assert (step.repair, step.stream_id) == (RepairKind.ISOLATE, STREAM)
         assert step.effect.startswith(f"isolates offsets {frame.offset} (1 damaged record,")
         assert f"keeps the {committed - frame.offset - 1:,} verifying records after the damage" in step.effect
         assert "cuts" not in step.effect
 
         repaired = store.repair()
-        assert [(s.repair, s.stream_id) for s in repaired.applied] == [(ISOLATE, STREAM)]
+        assert [(s.repair, s.stream_id) for s in repaired.applied] == [(RepairKind.ISOLATE, STREAM)]
         assert repaired.after is not None
         assert repaired.after.ok
         end = frame.position + frame.size
         expected = Counter(
             [
-                (ISOLATE_ACTION, frame.segment_no, frame.position, end, frame.offset, frame.offset + 1, None),
-                (REINDEXED, None, None, None, 0, committed + 1, None),
+                (RecoveryAction.ISOLATED, frame.segment_no, frame.position, end, frame.offset, frame.offset + 1, None),
+                (RecoveryAction.REINDEXED, None, None, None, 0, committed + 1, None),
             ]
         )
         assert log_rows(store.recovery_log()) == expected
@@ -637,7 +622,7 @@ def test_truncate_cuts_from_the_damaged_record_and_never_reuses_its_offsets(
     before = stream_bytes(store_copy)
     with open_store(store_copy) as store:
         [step] = store.check().plan(truncate=True)
-        assert (step.repair, step.stream_id) == (TRUNCATE, STREAM)
+        assert (step.repair, step.stream_id) == (RepairKind.TRUNCATE, STREAM)
         lost = committed - frame.offset
         assert step.effect.startswith(
             f"cuts offsets {frame.offset}..{committed - 1}: {lost:,} committed records, {lost - 1:,} of them still"
@@ -645,7 +630,7 @@ def test_truncate_cuts_from_the_damaged_record_and_never_reuses_its_offsets(
         )
         assert f"a cut marker takes offset {committed}" in step.effect
         repaired = store.repair(truncate=True)
-        assert [(s.repair, s.stream_id) for s in repaired.applied] == [(TRUNCATE, STREAM)]
+        assert [(s.repair, s.stream_id) for s in repaired.applied] == [(RepairKind.TRUNCATE, STREAM)]
         expected = expected_cut(
             before, cut=frame.offset, committed=committed, cut_segment=frame.segment_no, position=frame.position
         )
@@ -662,7 +647,7 @@ def test_check_names_the_damaged_record_where_a_read_does(history: History, stor
     case.damage(segment_path(store_copy, STREAM, frame.segment_no), frame)
     with open_store(store_copy, read_only=True) as reader:
         _, error = read_until_damage(reader, STREAM)
-        [finding] = [f for f in reader.check().findings if f.problem == DAMAGED_RECORD]
+        [finding] = [f for f in reader.check().findings if f.problem == FindingKind.DAMAGED_RECORD]
     assert (finding.stream_id, finding.offset, finding.segment, finding.position) == (
         error.stream_id,
         error.offset,
@@ -679,7 +664,10 @@ def test_repair_logs_the_cut_before_the_reindex(history: History, store_copy: Pa
         store.repair(truncate=True)
         actions = [e.action for e in store.recovery_log(STREAM)]
         stamps = [e.at_ns for e in store.recovery_log(STREAM)]
-    assert actions == [TRUNCATED] * (actions.count(TRUNCATED)) + [MARKED_CUT, REINDEXED]
+    assert actions == [RecoveryAction.TRUNCATED] * (actions.count(RecoveryAction.TRUNCATED)) + [
+        RecoveryAction.MARKED_CUT,
+        RecoveryAction.REINDEXED,
+    ]
     assert stamps == sorted(stamps)
 
 
@@ -734,18 +722,18 @@ def test_deleted_middle_segment(history: History, store_copy: Path) -> None:
 
         report = store.check()
         assert findings_of(report) == [
-            (STREAM, MISSING_SEGMENT, ISOLATE, cut, missing, None),
-            (STREAM, CATALOG_AHEAD, REINDEX, cut, None, None),
+            (STREAM, FindingKind.MISSING_SEGMENT, RepairKind.ISOLATE, cut, missing, None),
+            (STREAM, FindingKind.CATALOG_AHEAD, RepairKind.REINDEX, cut, None, None),
         ]
-        assert plan_of(report) == [(ISOLATE, STREAM)]
+        assert plan_of(report) == [(RepairKind.ISOLATE, STREAM)]
 
         repaired = store.repair()
         resume = history.segment_first_offset(3)
         committed = len(history.records[STREAM])
         assert log_rows(store.recovery_log()) == Counter(
             [
-                (ISOLATE_ACTION, 2, 0, None, cut, resume, None),
-                (REINDEXED, None, None, None, 0, committed + 1, None),
+                (RecoveryAction.ISOLATED, 2, 0, None, cut, resume, None),
+                (RecoveryAction.REINDEXED, None, None, None, 0, committed + 1, None),
             ]
         )
         assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == {}
@@ -793,18 +781,18 @@ def test_truncated_sealed_segment(history: History, store_copy: Path) -> None:
 
         report = store.check()
         assert findings_of(report) == [
-            (STREAM, DAMAGED_RECORD, ISOLATE, cut, segment, first.position),
-            (STREAM, CATALOG_AHEAD, REINDEX, cut, None, None),
+            (STREAM, FindingKind.DAMAGED_RECORD, RepairKind.ISOLATE, cut, segment, first.position),
+            (STREAM, FindingKind.CATALOG_AHEAD, RepairKind.REINDEX, cut, None, None),
         ]
-        assert plan_of(report) == [(ISOLATE, STREAM)]
+        assert plan_of(report) == [(RepairKind.ISOLATE, STREAM)]
 
         store.repair()
         resume = history.segment_first_offset(3)
         committed = len(history.records[STREAM])
         assert log_rows(store.recovery_log()) == Counter(
             [
-                (ISOLATE_ACTION, 2, first.position, None, cut, resume, None),
-                (REINDEXED, None, None, None, 0, committed + 1, None),
+                (RecoveryAction.ISOLATED, 2, first.position, None, cut, resume, None),
+                (RecoveryAction.REINDEXED, None, None, None, 0, committed + 1, None),
             ]
         )
         assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == {}
@@ -837,16 +825,18 @@ def test_extra_foreign_segment_after_the_last(history: History, store_copy: Path
 
         report = store.check()
         # (its byte position: test_foreign_segment_is_reported_at_its_first_byte)
-        assert [f[:5] for f in findings_of(report)] == [(STREAM, DAMAGED_RECORD, ISOLATE, full, extra)]
-        assert plan_of(report) == [(ISOLATE, STREAM)]
+        assert [f[:5] for f in findings_of(report)] == [
+            (STREAM, FindingKind.DAMAGED_RECORD, RepairKind.ISOLATE, full, extra)
+        ]
+        assert plan_of(report) == [(RepairKind.ISOLATE, STREAM)]
         assert report.plan()[0].effect.startswith(f"cuts an unacknowledged tail from offset {full},")
 
         store.repair()
         kept = quarantine_name(extra_no, 0)
         assert log_rows(store.recovery_log()) == Counter(
             [
-                (QUARANTINED, extra_no, 0, len(before[segment_rel(extra_no)]), full, None, str(kept)),
-                (REINDEXED, None, None, None, 0, full, None),
+                (RecoveryAction.QUARANTINED, extra_no, 0, len(before[segment_rel(extra_no)]), full, None, str(kept)),
+                (RecoveryAction.REINDEXED, None, None, None, 0, full, None),
             ]
         )
         assert assert_no_bytes_lost(before, store_copy) == {kept: foreign_segment(history)}
@@ -881,15 +871,23 @@ def test_extra_segment_after_a_gap(history: History, store_copy: Path) -> None:
 
         report = store.check()
         missing = segment_path(store_copy, STREAM, gap_no)
-        assert findings_of(report) == [(STREAM, MISSING_SEGMENT, ISOLATE, full, missing, None)]
-        assert plan_of(report) == [(ISOLATE, STREAM)]
+        assert findings_of(report) == [(STREAM, FindingKind.MISSING_SEGMENT, RepairKind.ISOLATE, full, missing, None)]
+        assert plan_of(report) == [(RepairKind.ISOLATE, STREAM)]
 
         store.repair()
         kept = quarantine_name(gap_no + 1, 0)
         assert log_rows(store.recovery_log()) == Counter(
             [
-                (QUARANTINED, gap_no + 1, 0, len(before[segment_rel(gap_no + 1)]), None, None, str(kept)),
-                (REINDEXED, None, None, None, 0, full, None),
+                (
+                    RecoveryAction.QUARANTINED,
+                    gap_no + 1,
+                    0,
+                    len(before[segment_rel(gap_no + 1)]),
+                    None,
+                    None,
+                    str(kept),
+                ),
+                (RecoveryAction.REINDEXED, None, None, None, 0, full, None),
             ]
         )
         assert assert_no_bytes_lost(before, store_copy) == {kept: foreign_segment(history)}
@@ -908,14 +906,14 @@ def test_extra_garbage_segment_is_quarantined_on_open(history: History, store_co
     with open_store(store_copy, read_only=True) as reader:
         report = reader.check()
         assert findings_of(report) == [
-            (STREAM, TORN_TAIL, REINDEX, full, segment_path(store_copy, STREAM, extra_no), 0)
+            (STREAM, FindingKind.TORN_TAIL, RepairKind.REINDEX, full, segment_path(store_copy, STREAM, extra_no), 0)
         ]
 
     before = stream_bytes(store_copy)
     with open_store(store_copy) as store:
         kept = quarantine_name(extra_no, 0)
         assert log_rows(store.recovery_log()) == Counter(
-            [(QUARANTINED, extra_no, 0, len(garbage), None, None, str(kept))]
+            [(RecoveryAction.QUARANTINED, extra_no, 0, len(garbage), None, None, str(kept))]
         )
         assert assert_no_bytes_lost(before, store_copy) == {kept: garbage}
         assert store.repair().applied == []
@@ -947,12 +945,12 @@ def damage_catalog(path: Path, how: str) -> bytes | None:
 
 BAD_CATALOGS = {
     # how: (finding, what the writer's rebuild log entry says, what a reader's first use raises)
-    "deleted": (CATALOG_MISSING, "catalog file missing", None),
-    "truncated": (CATALOG_UNUSABLE, "malformed", CatalogUnusable),
-    "corrupt": (CATALOG_UNUSABLE, "quick_check", CatalogError),
-    "garbage": (CATALOG_UNUSABLE, "not a database", CatalogUnusable),
-    "another application's": (CATALOG_UNUSABLE, "not a hybridlog catalog", CatalogUnusable),
-    "application id lost": (CATALOG_UNUSABLE, "not a hybridlog catalog", CatalogUnusable),
+    "deleted": (FindingKind.CATALOG_MISSING, "catalog file missing", None),
+    "truncated": (FindingKind.CATALOG_UNUSABLE, "malformed", CatalogUnusable),
+    "corrupt": (FindingKind.CATALOG_UNUSABLE, "quick_check", CatalogError),
+    "garbage": (FindingKind.CATALOG_UNUSABLE, "not a database", CatalogUnusable),
+    "another application's": (FindingKind.CATALOG_UNUSABLE, "not a hybridlog catalog", CatalogUnusable),
+    "application id lost": (FindingKind.CATALOG_UNUSABLE, "not a hybridlog catalog", CatalogUnusable),
 }
 
 
@@ -964,9 +962,9 @@ def test_dry_run_check_reports_a_bad_catalog(store_copy: Path, how: str) -> None
     with open_store(store_copy, read_only=True) as reader:
         report = reader.check()
     assert [(f.stream_id, f.problem, f.repair) for f in report.findings] == [
-        (None, BAD_CATALOGS[how][0], REBUILD_CATALOG)
+        (None, BAD_CATALOGS[how][0], RepairKind.REBUILD_CATALOG)
     ]
-    assert plan_of(report) == [(REBUILD_CATALOG, None)]
+    assert plan_of(report) == [(RepairKind.REBUILD_CATALOG, None)]
     assert stream_bytes(store_copy) == before
     if damaged is not None:
         assert catalog_path(store_copy).read_bytes() == damaged
@@ -989,7 +987,7 @@ def test_bad_catalog_is_rebuilt_when_a_writer_opens(history: History, store_copy
     before = stream_bytes(store_copy)
     with open_store(store_copy) as store:
         rebuilt, *reindexed = store.recovery_log()
-        assert (rebuilt.stream_id, rebuilt.action) == (None, REBUILT_CATALOG)
+        assert (rebuilt.stream_id, rebuilt.action) == (None, RecoveryAction.REBUILT_CATALOG)
         assert BAD_CATALOGS[how][1] in rebuilt.found
         if damaged is None:
             assert rebuilt.kept_as is None
@@ -999,7 +997,7 @@ def test_bad_catalog_is_rebuilt_when_a_writer_opens(history: History, store_copy
             assert re.fullmatch(r"catalog\.db\.\d+\.aside", rebuilt.kept_as)
             assert (store_copy / rebuilt.kept_as).read_bytes() == damaged
         assert [(e.stream_id, e.action, e.first_offset, e.next_offset) for e in reindexed] == [
-            (sid, REINDEXED, 0, len(history.records[sid])) for sid in STREAMS
+            (sid, RecoveryAction.REINDEXED, 0, len(history.records[sid])) for sid in STREAMS
         ]
         assert assert_no_bytes_lost(before, store_copy) == {}
         assert store.repair().applied == []
@@ -1018,8 +1016,10 @@ def test_stale_catalog_is_caught_up_on_open(history: History, store_copy: Path) 
         for sid in STREAMS:
             assert genesis_records(reader, sid) == history.records[sid][: stale[sid]]
         report = reader.check()
-        assert findings_of(report) == [(sid, CATALOG_BEHIND, REINDEX, stale[sid], None, None) for sid in STREAMS]
-        assert plan_of(report) == [(REINDEX, sid) for sid in STREAMS]
+        assert findings_of(report) == [
+            (sid, FindingKind.CATALOG_BEHIND, RepairKind.REINDEX, stale[sid], None, None) for sid in STREAMS
+        ]
+        assert plan_of(report) == [(RepairKind.REINDEX, sid) for sid in STREAMS]
 
     before = stream_bytes(store_copy)
     with open_store(store_copy) as store:
@@ -1029,7 +1029,7 @@ def test_stale_catalog_is_caught_up_on_open(history: History, store_copy: Path) 
             for no, first, nxt, size, _, _ in history.views[sid].segments:
                 start = known.get(no, 0)
                 if start < size:
-                    expected[(ADOPTED, no, start, size, max(first, stale[sid]), nxt, None)] += 1
+                    expected[(RecoveryAction.ADOPTED, no, start, size, max(first, stale[sid]), nxt, None)] += 1
         assert log_rows(store.recovery_log()) == expected
         assert assert_no_bytes_lost(before, store_copy) == {}
         assert store.repair().applied == []
@@ -1080,8 +1080,8 @@ def test_catalog_ahead_of_the_segments(history: History, store_copy: Path, how: 
         assert genesis_records(store, OTHER) == history.records[OTHER]
 
         report = store.check()
-        assert findings_of(report) == [(STREAM, CATALOG_AHEAD, REINDEX, cut, None, None)]
-        assert plan_of(report) == [(REINDEX, STREAM)]
+        assert findings_of(report) == [(STREAM, FindingKind.CATALOG_AHEAD, RepairKind.REINDEX, cut, None, None)]
+        assert plan_of(report) == [(RepairKind.REINDEX, STREAM)]
         full = len(history.records[STREAM])
         lost = full - cut
         assert report.plan()[0].effect == (
@@ -1091,7 +1091,10 @@ def test_catalog_ahead_of_the_segments(history: History, store_copy: Path, how: 
 
         store.repair()
         assert log_rows(store.recovery_log()) == Counter(
-            [(MARKED_CUT, None, None, None, cut, full, None), (REINDEXED, None, None, None, 0, full + 1, None)]
+            [
+                (RecoveryAction.MARKED_CUT, None, None, None, cut, full, None),
+                (RecoveryAction.REINDEXED, None, None, None, 0, full + 1, None),
+            ]
         )
         assert assert_no_bytes_lost(before, store_copy, repair_marker_bytes(store)) == {}
         assert genesis_records(store, OTHER) == history.records[OTHER]
@@ -1130,9 +1133,10 @@ def test_catalog_from_another_longer_history(history: History, store_copy: Path)
 
         report = store.check()
         assert findings_of(report) == [
-            (sid, CATALOG_AHEAD, REINDEX, len(history.records[sid]), None, None) for sid in STREAMS
+            (sid, FindingKind.CATALOG_AHEAD, RepairKind.REINDEX, len(history.records[sid]), None, None)
+            for sid in STREAMS
         ]
-        assert plan_of(report) == [(REINDEX, sid) for sid in STREAMS]
+        assert plan_of(report) == [(RepairKind.REINDEX, sid) for sid in STREAMS]
 
         # The catalog claimed more records than the segments hold: whatever its history was, the
         # offsets it gave out are never given out again.
@@ -1143,8 +1147,8 @@ def test_catalog_from_another_longer_history(history: History, store_copy: Path)
             row
             for stream in STREAMS
             for row in (
-                (MARKED_CUT, None, None, None, held[stream], claimed_next[stream], None),
-                (REINDEXED, None, None, None, 0, claimed_next[stream] + 1, None),
+                (RecoveryAction.MARKED_CUT, None, None, None, held[stream], claimed_next[stream], None),
+                (RecoveryAction.REINDEXED, None, None, None, 0, claimed_next[stream] + 1, None),
             )
         )
         marked = {**repair_marker_bytes(store, STREAM), **repair_marker_bytes(store, OTHER)}
@@ -1194,8 +1198,8 @@ def test_check_compares_index_and_checkpoint_rows_with_the_segments(
     conn.close()
     with open_store(store_copy, read_only=True) as reader:
         report = reader.check()
-    assert [(f.stream_id, f.problem) for f in report.findings] == [(STREAM, CATALOG_MISMATCH)]
-    assert plan_of(report) == [(REINDEX, STREAM)]
+    assert [(f.stream_id, f.problem) for f in report.findings] == [(STREAM, FindingKind.CATALOG_MISMATCH)]
+    assert plan_of(report) == [(RepairKind.REINDEX, STREAM)]
     with open_store(store_copy) as store:
         store.repair()
         assert store.check().ok

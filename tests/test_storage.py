@@ -46,9 +46,9 @@ from hybridlog.catalog import Catalog
 from hybridlog.catalog_rows import SCHEMA_VERSION
 from hybridlog.layout import CATALOG_FILE, segment_path
 from hybridlog.record import FORMAT_VERSION
-from hybridlog.repair import REBUILD_CATALOG
 from hybridlog.segment import SegmentWriter
 from hybridlog.testing.damage import active_segment, frame_batch, genesis_events, genesis_records
+from hybridlog.types import RepairKind
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -315,8 +315,8 @@ def test_clock_that_returns_garbage_is_refused(store_dir: Path) -> None:
         b"junk",
         5,
         [None],
-        [{"repair": REBUILD_CATALOG, "stream_id": None, "reason": "a dict"}],
-        [RepairStep(REBUILD_CATALOG, None, "fine"), "junk"],  # the good first step is not applied either
+        [{"repair": RepairKind.REBUILD_CATALOG, "stream_id": None, "reason": "a dict"}],
+        [RepairStep(RepairKind.REBUILD_CATALOG, None, "fine"), "junk"],  # the good first step is not applied either
         [RepairStep("burn", StreamId(1), "unknown repair")],  # type: ignore[arg-type]
         [RepairStep("reindex", None, "no stream")],  # type: ignore[arg-type]
         [RepairStep("truncate", StreamId(2**63), "stream id out of range")],  # type: ignore[arg-type]
@@ -539,6 +539,6 @@ def test_repair_reports_each_result_once(store_dir: Path) -> None:
         assert report.after is not None
         assert report.after.ok
         store.append(2, [b"b"])
-        store.repair([RepairStep(REBUILD_CATALOG, None, "asked for by the test")])
+        store.repair([RepairStep(RepairKind.REBUILD_CATALOG, None, "asked for by the test")])
         assert [r.stream_id for r in store.recovery_results()] == [1, 1, 2]
         assert genesis_events(store, 1) == [b"a"]

@@ -108,6 +108,25 @@ def stream_ids_on_disk(data_dir: Path) -> list[StreamId]:
     return sorted(StreamId(sid) for sid in found if sid is not None)
 
 
+_STORE_ROOT_NAME = re.compile(
+    rf"^(?:{re.escape(CATALOG_FILE)}(?:{re.escape(BUILDING_SUFFIX)}|\.\d+{re.escape(ASIDE_SUFFIX)})?"
+    rf"|{re.escape(CONSUMERS_FILE)})(?:-wal|-shm)?$"
+)
+
+
+def foreign_store_entries(data_dir: Path) -> list[str]:
+    """The names at the top of a store that no part of it makes, sorted: anything but the catalog
+    (with its SQLite companions, a ``.new`` one being built and ``.<time>.aside`` ones kept by a
+    rebuild), ``consumers.db`` (and companions), ``LOCK`` and ``streams/``."""
+    if not data_dir.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in data_dir.iterdir()
+        if entry.name not in (LOCK_FILE, STREAMS_DIR) and not _STORE_ROOT_NAME.match(entry.name)
+    )
+
+
 def foreign_stream_entries(data_dir: Path) -> list[str]:
     """The names in ``<store>/streams`` that are not stream directories (out-of-range numbers included), sorted."""
     root = data_dir / STREAMS_DIR

@@ -43,6 +43,7 @@ from hybridlog.layout import (
     ASIDE_SUFFIX,
     CATALOG_FILE,
     STREAMS_DIR,
+    foreign_store_entries,
     foreign_stream_entries,
     segment_path,
     stream_ids_on_disk,
@@ -258,6 +259,10 @@ def check_store(
                         None,
                     )
                     for name in foreign_stream_entries(data_dir)
+                )
+                report.findings.extend(
+                    Finding(None, FindingKind.FOREIGN_FILE, f"{name} is not part of a store; left alone", None)
+                    for name in foreign_store_entries(data_dir)
                 )
             for sid in streams:
                 judged.append(_check_stream(data_dir, catalog, sid, report, progress))

@@ -9,7 +9,9 @@ Contracts tested here:
 * a file in a stream directory named like a segment or a dictionary, but with a number out of range
   (a segment number above 2**63-1, a dictionary number above ``record.MAX_DICTIONARY_NO``), is a
   foreign file of that stream: reported by ``check``, never read, never moved, and the stream
-  keeps working (appends, reads, verify).
+  keeps working (appends, reads, verify);
+* a name at the top of a store that no part of hybridlog makes is a foreign file of the store:
+  reported by ``check`` (layout.foreign_store_entries), needs no repair, left alone.
 """
 
 from __future__ import annotations
@@ -121,3 +123,36 @@ def test_segment_and_dictionary_names_out_of_range_are_foreign_files(tmp_path: P
         assert genesis_events(reader, 1) == [*events, b"after"]
     after = snapshot(directory)
     assert {name: after[name] for name in names} == {name: before[name] for name in names}
+
+
+def test_names_at_the_top_of_a_store_that_no_part_of_it_makes_are_reported_and_left_alone(tmp_path: Path) -> None:
+    """A file or directory beside ``catalog.db`` that hybridlog did not make (a note, a backup) is
+    a foreign file: ``check`` names it, needs no repair, and nothing touches it. What hybridlog
+    makes there (the catalog and its companions, a catalog a rebuild kept aside, ``consumers.db``,
+    ``LOCK``, ``streams/``) is never reported."""
+    store_dir = tmp_path / "store"
+    events = make_store(store_dir)
+    with Storage(store_dir) as store:
+        store.register_consumer("reader", None)  # makes consumers.db
+        store.rebuild_catalog()  # keeps the old catalog aside as catalog.db.<time>.aside
+        assert store.check().findings == []
+    (store_dir / "notes.txt").write_text("backup taken on Monday\n")
+    (store_dir / "catalog.db.bak").write_bytes(b"not ours")
+    (store_dir / "old").mkdir()
+    before = snapshot(store_dir)
+
+    with Storage(store_dir, read_only=True) as reader:
+        report = reader.check()
+    assert [(f.stream_id, f.problem, f.repair) for f in report.findings] == [(None, FindingKind.FOREIGN_FILE, None)] * 3
+    assert [f.message.split(" ")[0] for f in report.findings] == ["catalog.db.bak", "notes.txt", "old"]
+    assert report.ok
+    code, out, _ = run("check", str(store_dir))
+    assert code == 0
+    assert "notes.txt is not part of a store" in out
+    assert run("repair", str(store_dir), "--yes")[0] == 0
+    with Storage(store_dir) as store:
+        assert genesis_events(store, 1) == events
+    after = snapshot(store_dir)
+    assert {k: v for k, v in after.items() if k in ("notes.txt", "catalog.db.bak", "old")} == {
+        k: v for k, v in before.items() if k in ("notes.txt", "catalog.db.bak", "old")
+    }

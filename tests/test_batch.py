@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hybridlog import MAX_EVENT_SIZE, CheckpointPolicy, EmptyBatch, EventTooLarge, InvalidEvent, RecordKind
 from hybridlog.batch import PlannedRecord, check_events, plan_batch
-from hybridlog.errors import EmptyBatch, EventTooLarge, InvalidEvent
 from hybridlog.record import checkpoint_payload
-from hybridlog.types import MAX_EVENT_SIZE, CheckpointPolicy, RecordKind
 
 
 def reference_plan(payloads: list[bytes], every: int | None, since: int, first_offset: int) -> list[PlannedRecord]:

@@ -28,9 +28,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from hybridlog import CheckpointPolicy, GlobalRecord, Record, Storage, StorageError, verify_store
+from hybridlog import CatalogMismatch, CheckpointPolicy, GlobalRecord, Record, Storage, StorageError, verify_store
 from hybridlog.cli import EXIT_DAMAGE, cli
-from hybridlog.errors import CatalogMismatch
 from hybridlog.layout import CATALOG_FILE
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.damage import age_segments, catalog_path, edit_catalog, genesis_events, genesis_records

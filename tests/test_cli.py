@@ -15,11 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 import hybridlog.cli.admin as cli_module
-from hybridlog import Storage
+from hybridlog import MAX_EVENT_SIZE, Storage
 from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, cli
 from hybridlog.layout import segment_path
 from hybridlog.testing.damage import genesis_events
-from hybridlog.types import MAX_EVENT_SIZE
 
 
 def run(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:

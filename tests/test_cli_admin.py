@@ -36,7 +36,7 @@ import apsw
 import pytest
 from click.testing import CliRunner
 
-from hybridlog import CheckpointPolicy, CompressionKind, RecordIsolated, Storage
+from hybridlog import CheckpointPolicy, CompressionKind, RecordIsolated, RecordKind, Storage
 from hybridlog.catalog_rows import SCHEMA_VERSION
 from hybridlog.cli import EXIT_DAMAGE, EXIT_ERROR, EXIT_USAGE, cli
 from hybridlog.layout import CATALOG_FILE, QUARANTINE_SUFFIX, segment_path, stream_path
@@ -44,7 +44,6 @@ from hybridlog.record import HEADER_SIZE
 from hybridlog.sql import query_catalog
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.damage import genesis_events
-from hybridlog.types import RecordKind
 
 DAMAGED = 1
 HEALTHY = 2

@@ -54,10 +54,14 @@ from hybridlog import (
     CatalogMismatch,
     CheckpointPolicy,
     CompressionKind,
+    FindingKind,
     IntegrityError,
+    MarkerAction,
     Record,
     RecordKind,
+    RecoveryAction,
     RecoveryEntry,
+    RepairKind,
     Storage,
 )
 from hybridlog.failpoints import STEPS
@@ -68,7 +72,6 @@ from hybridlog.segment import SegmentReader, SegmentWriter
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.damage import genesis_records
 from hybridlog.testing.harness import ACK, CHILD_TIMEOUT, KillPlan, acknowledge, arm_from_environment, run_until_killed
-from hybridlog.types import FindingKind, MarkerAction, RecoveryAction, RepairKind
 from hybridlog.writer import Writer
 
 THIS_FILE = Path(__file__).resolve()

@@ -37,9 +37,11 @@ from hypothesis.vendor.pretty import RepresentationPrinter
 
 from hybridlog import (
     CatalogMismatch,
+    ChainHash,
     CheckpointPolicy,
     CompressionKind,
     IntegrityError,
+    Offset,
     Record,
     RecordKind,
     Storage,
@@ -58,7 +60,6 @@ from hybridlog.testing.damage import (
     quarantine_files,
     tear_tail,
 )
-from hybridlog.types import ChainHash, Offset
 
 SEGMENT_SIZE = 4096
 STREAMS = (0, 7)

@@ -42,11 +42,14 @@ from hybridlog import (
     ChecksumMismatch,
     CompressionKind,
     DamagedDictionary,
+    FindingKind,
     HashMismatch,
     IntegrityError,
     MissingDictionary,
     Record,
     RecordKind,
+    RecoveryAction,
+    RepairKind,
     Storage,
     StorageError,
     StreamId,
@@ -68,7 +71,6 @@ from hybridlog.testing.damage import (
 )
 from hybridlog.testing.harness import KillPlan, acknowledge, arm_from_environment, kill_self, run_until_killed
 from hybridlog.training import TRAIN_AFTER_SAMPLES, DictionaryTrainer, train_dictionary
-from hybridlog.types import FindingKind, RecoveryAction, RepairKind
 
 THIS_FILE = Path(__file__).resolve()
 SID = 7

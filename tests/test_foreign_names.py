@@ -21,7 +21,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from hybridlog import Storage
+from hybridlog import FindingKind, Storage
 from hybridlog.cli import cli
 from hybridlog.layout import (
     MAX_SEGMENT_NO,
@@ -33,7 +33,7 @@ from hybridlog.layout import (
 )
 from hybridlog.record import MAX_DICTIONARY_NO
 from hybridlog.testing.damage import genesis_events
-from hybridlog.types import MAX_STREAM_ID, FindingKind
+from hybridlog.types import MAX_STREAM_ID
 
 TOO_BIG = "99999999999999999999"  # 20 digits, above 2**64 too
 

@@ -33,7 +33,17 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hybridlog import ChainHash, CheckpointPolicy, ChecksumMismatch, CompressionKind, RecordKind, Storage, StreamId
+from hybridlog import (
+    GENESIS_HASH,
+    MAX_EVENT_SIZE,
+    ChainHash,
+    CheckpointPolicy,
+    ChecksumMismatch,
+    CompressionKind,
+    RecordKind,
+    Storage,
+    StreamId,
+)
 from hybridlog.dictionary import DictionaryUnavailable, StreamDictionary, parse_dictionary_file
 from hybridlog.layout import segment_path
 from hybridlog.record import (
@@ -56,7 +66,6 @@ from hybridlog.record import (
 )
 from hybridlog.segment import SegmentReader
 from hybridlog.testing.damage import genesis_records
-from hybridlog.types import GENESIS_HASH, MAX_EVENT_SIZE
 from hybridlog.walk import SegmentScan, open_record
 
 FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"

@@ -15,12 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from hybridlog import CheckpointPolicy, RecordIsolated, RecordsCut, Storage
+from hybridlog import (
+    CheckpointPolicy,
+    FindingKind,
+    MarkerAction,
+    RecordIsolated,
+    RecordKind,
+    RecordsCut,
+    RepairKind,
+    Storage,
+)
 from hybridlog.layout import segment_path
 from hybridlog.markers import decode_marker
 from hybridlog.record import HEADER_SIZE
 from hybridlog.testing.damage import flip_byte, quarantine_files, segment_files
-from hybridlog.types import FindingKind, MarkerAction, RecordKind, RepairKind
 from hybridlog.verified_cache import DEFAULT_MAX_RECORDS
 
 STREAM = 3

@@ -37,15 +37,17 @@ import apsw
 import pytest
 from click.testing import CliRunner
 
-from hybridlog import Storage, StorageError, StorageLocked
-from hybridlog.cli import cli
-from hybridlog.errors import (
+from hybridlog import (
     CatalogBusy,
     CatalogIOError,
     InvalidConfiguration,
     LockLost,
+    Storage,
+    StorageError,
     StorageIOError,
+    StorageLocked,
 )
+from hybridlog.cli import cli
 from hybridlog.testing import harness
 from hybridlog.testing.damage import genesis_events
 from hybridlog.testing.harness import CHILD_TIMEOUT, read_line

@@ -43,14 +43,18 @@ from hybridlog import (
     CheckpointRow,
     CheckReport,
     ChecksumMismatch,
+    FindingKind,
     HashMismatch,
     IndexEntry,
     IntegrityError,
+    MarkerAction,
     Record,
     RecordIsolated,
     RecordKind,
     RecordsCut,
+    RecoveryAction,
     RecoveryEntry,
+    RepairKind,
     Storage,
     StreamId,
     StreamStats,
@@ -84,7 +88,6 @@ from hybridlog.testing.damage import (
     tear_tail,
     truncate_catalog,
 )
-from hybridlog.types import FindingKind, MarkerAction, RecoveryAction, RepairKind
 
 STREAM = 0  # the stream that gets damaged
 OTHER = 7  # a stream that must never notice

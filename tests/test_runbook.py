@@ -21,13 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from hybridlog import CheckpointPolicy, Storage
+from hybridlog import CheckpointPolicy, RecordKind, Storage
 from hybridlog.layout import QUARANTINE_SUFFIX, segment_path, stream_path
 from hybridlog.record import HEADER_SIZE
 from hybridlog.sql import query_catalog
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.damage import genesis_events
-from hybridlog.types import RecordKind
 
 RUNBOOK = Path(__file__).resolve().parent.parent / "scripts" / "repair_runbook.py"
 DAMAGED = 1

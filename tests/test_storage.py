@@ -36,6 +36,7 @@ from hybridlog import (
     ReadOnlyStore,
     RecordFormatTooNew,
     RecordKind,
+    RepairKind,
     RepairStep,
     Storage,
     StorageIOError,
@@ -48,7 +49,6 @@ from hybridlog.layout import CATALOG_FILE, segment_path
 from hybridlog.record import FORMAT_VERSION
 from hybridlog.segment import SegmentWriter
 from hybridlog.testing.damage import active_segment, frame_batch, genesis_events, genesis_records
-from hybridlog.types import RepairKind
 
 REPO = Path(__file__).resolve().parent.parent
 

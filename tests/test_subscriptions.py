@@ -51,6 +51,7 @@ from hybridlog import (
     GlobalRecord,
     IntegrityError,
     InvalidArgument,
+    RecordKind,
     Storage,
     StorageLocked,
     StoreClosed,
@@ -68,7 +69,6 @@ from hybridlog.testing.harness import (
     read_line,
     send_plan,
 )
-from hybridlog.types import RecordKind
 
 THIS_FILE = Path(__file__).resolve()
 WAKE_TIMEOUT = 30  # seconds; bounds a broken wake-up (the poll interval is an hour), not a timing assertion

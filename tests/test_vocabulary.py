@@ -16,14 +16,23 @@ import apsw
 import pytest
 from click.testing import CliRunner
 
-from hybridlog import CheckpointPolicy, RepairStep, Storage
+from hybridlog import (
+    CheckpointPolicy,
+    FindingKind,
+    MarkerAction,
+    RecoveryAction,
+    RepairKind,
+    RepairStep,
+    Storage,
+    StreamId,
+)
 from hybridlog.catalog import Catalog
 from hybridlog.cli import cli
 from hybridlog.layout import CATALOG_FILE, segment_path
 from hybridlog.record import HEADER_SIZE
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.damage import edit_catalog, flip_byte
-from hybridlog.types import FindingKind, MarkerAction, RecoveryAction, RepairKind, StreamId, Vocabulary, known
+from hybridlog.types import Vocabulary, known
 
 ROOT = Path(__file__).resolve().parent.parent
 STREAM = 1

@@ -450,16 +450,8 @@ class _IndexComparison:
                     offset=wrong,
                 )
             )
-        rows = [(c.offset, c.hash) for c in self.catalog.checkpoints(self.sid)]
-        if rows != [c for c in self.checkpoints if c[0] < self.committed]:
-            found.append(
-                Finding(
-                    self.sid,
-                    FindingKind.CATALOG_MISMATCH,
-                    "the checkpoint rows disagree with the segments",
-                    RepairKind.REINDEX,
-                )
-            )
+        if self._checkpoint_rows() != [c for c in self.checkpoints if c[0] < self.committed]:
+            found.append(self._checkpoints_disagree())
         return found
 
     def findings(self) -> list[Finding]:
@@ -475,18 +467,17 @@ class _IndexComparison:
                     offset=self.first_wrong,
                 )
             )
-        if self.catalog is not None:
-            rows = [(c.offset, c.hash) for c in self.catalog.checkpoints(self.sid)]
-            if rows != self.checkpoints:
-                found.append(
-                    Finding(
-                        self.sid,
-                        FindingKind.CATALOG_MISMATCH,
-                        "the checkpoint rows disagree with the segments",
-                        RepairKind.REINDEX,
-                    )
-                )
+        if self.catalog is not None and self._checkpoint_rows() != self.checkpoints:
+            found.append(self._checkpoints_disagree())
         return found
+
+    def _checkpoint_rows(self) -> list[tuple[int, bytes]]:
+        assert self.catalog is not None
+        return [(c.offset, c.hash) for c in self.catalog.checkpoints(self.sid)]
+
+    def _checkpoints_disagree(self) -> Finding:
+        message = "the checkpoint rows disagree with the segments"
+        return Finding(self.sid, FindingKind.CATALOG_MISMATCH, message, RepairKind.REINDEX)
 
 
 def _check_segment_rows(

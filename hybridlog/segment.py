@@ -123,7 +123,11 @@ class SegmentReader:
         self.path = path
         self.position = position
         self._file = path.open("rb", buffering=_READ_BUFFER)
-        self._file.seek(position)
+        try:
+            self._file.seek(position)
+        except BaseException:  # a position a damaged catalog gave (negative, too large): no file left open
+            self._file.close()
+            raise
 
     def __enter__(self) -> SegmentReader:
         return self

@@ -16,6 +16,8 @@ hold or raises a StorageError (never a raw exception, never fewer records in sil
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import random
 import shutil
 import threading
@@ -426,3 +428,33 @@ def test_a_writer_refuses_to_append_over_a_head_the_catalog_lost(store: Path, tr
         assert caught.value.stream_id == 1
         writer.append(2, [b"other streams still take appends"])
     assert {p: p.read_bytes() for p in sorted(store.glob("streams/1/*"))} == before
+
+
+def open_segment_files() -> list[str]:
+    """The segment files this process has open (from /proc/self/fd)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            target = str(fd.readlink())
+            if target.endswith(".seg"):
+                found.append(target)
+    return found
+
+
+@pytest.mark.parametrize("position", [-1, -(2**40), 2**62])
+def test_a_record_position_no_file_can_have_is_a_typed_error_and_leaves_no_file_open(
+    tmp_path: Path, position: int
+) -> None:
+    """A catalog byte flip can give a record a byte position no segment has (negative, or past any
+    file): reading it raises a StorageError, and the segment file opened to read it is closed
+    (before, a failed seek left it open until the garbage collector found it)."""
+    store_dir = tmp_path / "store"
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as writer:
+        writer.append(1, [b"a", b"b", b"c"])
+    assert edit_catalog(store_dir, "UPDATE records SET position = ? WHERE stream_id = 1 AND offset = 0", (position,))
+    with Storage(store_dir, read_only=True, verified_cache_records=0) as reader:
+        for _ in range(3):
+            with pytest.raises(StorageError):
+                reader.read_from(1, 0, 100)
+        assert open_segment_files() == []
+    gc.collect()  # an unclosed file would warn here, and warnings are errors

@@ -394,15 +394,22 @@ def test_flush_indexes_makes_the_catalog_self_contained(store_dir: Path) -> None
         assert not wal.exists() or wal.stat().st_size == 0
 
 
-def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel hatchling builds from this checkout, built once for the tests that look inside it."""
+    out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
+        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(out)],
         cwd=REPO,
         check=True,
         capture_output=True,
         env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"},
     )
-    (wheel,) = tmp_path.glob("hybridlog-*.whl")
+    (built,) = out.glob("hybridlog-*.whl")
+    return built
+
+
+def test_wheel_ships_the_migrations(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     shipped = sorted(n for n in names if n.startswith("hybridlog/migrations/"))
     source = REPO / "migrations"  # the catalog's, and consumers.db's in migrations/consumers/
@@ -410,15 +417,7 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     assert "hybridlog/migrations/consumers/0001_consumers.sql" in shipped
 
 
-def test_wheel_ships_py_typed_the_license_and_its_metadata(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"},
-    )
-    (wheel,) = tmp_path.glob("hybridlog-*.whl")
+def test_wheel_ships_py_typed_the_license_and_its_metadata(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         (metadata,) = (n for n in names if n.endswith(".dist-info/METADATA"))

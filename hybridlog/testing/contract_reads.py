@@ -82,6 +82,15 @@ def timed_stream(harness: Harness, policy: CheckpointPolicy | None = None) -> St
 OUT_OF_RANGE = [2**63, 2**64, 2**100, -1, -(2**63) - 1, True, False, 1.5, 2.0**63, "0", None]
 
 
+PAGE_CASES = given(
+    sizes=st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=12),
+    every=st.none() | st.integers(min_value=1, max_value=4),
+    from_offset=st.integers(min_value=0, max_value=20),
+    max_bytes=st.integers(min_value=0, max_value=120),
+)
+"""Streams of events of these sizes under this checkpoint policy, read from this offset with this budget."""
+
+
 class ReadContract:
     """Every read agrees with a reference; times and positions are checked the same way in every backend."""
 
@@ -121,12 +130,7 @@ class ReadContract:
         assert backend.read_from(1, 0, 1 << 20) == [b"a", b"b", b"c", b"d", b"e"]
 
     @settings(max_examples=25)
-    @given(
-        sizes=st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=12),
-        every=st.none() | st.integers(min_value=1, max_value=4),
-        from_offset=st.integers(min_value=0, max_value=20),
-        max_bytes=st.integers(min_value=0, max_value=120),
-    )
+    @PAGE_CASES
     def test_read_from_matches_the_reference(
         self, harness: Harness, sizes: list[int], every: int | None, from_offset: int, max_bytes: int
     ) -> None:
@@ -206,12 +210,7 @@ class ReadContract:
         assert genesis_events(backend, 1) == [b"a", b"b"]
 
     @settings(max_examples=25)
-    @given(
-        sizes=st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=12),
-        every=st.none() | st.integers(min_value=1, max_value=4),
-        from_offset=st.integers(min_value=0, max_value=20),
-        max_bytes=st.integers(min_value=0, max_value=120),
-    )
+    @PAGE_CASES
     def test_page_reads_match_the_reference_and_page_through_the_stream(
         self, harness: Harness, sizes: list[int], every: int | None, from_offset: int, max_bytes: int
     ) -> None:

@@ -25,8 +25,10 @@ from hybridlog.catalog_global import GlobalOrderReads
 from hybridlog.catalog_rows import (
     APPLICATION_ID,
     APPLICATION_ID_VERSION,
+    BATCH_COLUMNS,
     GAPS_VERSION,
     SCHEMA_VERSION,
+    BatchRow,
     CheckpointRow,
     GapRow,
     IndexEntry,
@@ -37,6 +39,9 @@ from hybridlog.catalog_rows import (
     StreamSnapshot,
     StreamStats,
     damaged_hint,
+    expand_batch,
+    pack_frame_ends,
+    pack_kinds,
     require_hash,
     require_ints,
     require_kind,
@@ -51,8 +56,11 @@ from hybridlog.db import (
 )
 from hybridlog.errors import CatalogError, CatalogMismatch, CatalogTooNew, CatalogUnusable, RecordFormatTooNew
 from hybridlog.layout import building_path, sqlite_companions
-from hybridlog.record import FORMAT_VERSION
+from hybridlog.record import FORMAT_VERSION, LEGACY_FORMAT_VERSION
 from hybridlog.types import ChainHash, MarkerAction, Offset, RecordKind, RecoveryAction, StreamId, known
+
+LEGACY_BASE = 2**62
+"""Where a rebuild numbers format-1 records until it knows their order (``number_legacy_records``)."""
 
 
 class Catalog(GlobalOrderReads, CatalogChecks):
@@ -137,7 +145,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         value = None if row is None else row[0]
         if isinstance(value, str) and value.isdecimal() and int(value) > FORMAT_VERSION:
             raise RecordFormatTooNew(self.path, int(value), FORMAT_VERSION)
-        if value != str(FORMAT_VERSION):
+        if value not in (str(FORMAT_VERSION), str(LEGACY_FORMAT_VERSION)):
             raise CatalogUnusable(
                 f"{self.path} names no record format hybridlog knows (store_info.record_format_version is {value!r})",
                 hint=f"a writer rebuilds it from the segments: run `hybridlog repair {self.path.parent}`",
@@ -187,48 +195,75 @@ class Catalog(GlobalOrderReads, CatalogChecks):
             found.append(SegmentRow(stream_id, no, Offset(first), Offset(nxt), size, bool(sealed), digest))
         return found
 
-    def index_entry(self, stream_id: StreamId, offset: int) -> IndexEntry | None:
-        """Where the record at ``offset`` is (segment, byte, length, kind, time); None if not indexed."""
+    def batch_rows(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[IndexRow]:
+        """A stream's records from the batch holding ``from_offset`` on, one ``IndexRow`` each, by
+        offset (records before ``from_offset`` in that first batch included), each batch checked as read."""
+        cursor = self.conn.execute(
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE stream_id = ?1 AND first_offset >= coalesce("  # noqa: S608
+            " (SELECT max(first_offset) FROM batches WHERE stream_id = ?1 AND first_offset <= ?2), 0)"
+            " ORDER BY first_offset",
+            (stream_id, from_offset),
+        )
+        try:
+            for row in cursor:
+                yield from expand_batch(row, self.path, stream_id)
+        finally:
+            cursor.close()  # a caller that stops early ends the read the statement holds open
+
+    def batch_at(self, stream_id: StreamId, offset: int) -> list[IndexRow] | None:
+        """The records of the batch row holding ``offset`` (None: no row holds it)."""
         row = self.conn.execute(
-            "SELECT segment_no, position, length, kind, timestamp_ns FROM records WHERE stream_id = ? AND offset = ?",
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE stream_id = ? AND first_offset <= ?"  # noqa: S608
+            " ORDER BY first_offset DESC LIMIT 1",
             (stream_id, offset),
         ).fetchone()
         if row is None:
             return None
-        no, position, length, kind, ts = row
-        require_ints(row, "offset index row", self.path, stream_id, offset)
+        rows = expand_batch(row, self.path, stream_id)
+        return rows if offset - rows[0][2] < len(rows) else None
+
+    def index_entry(self, stream_id: StreamId, offset: int) -> IndexEntry | None:
+        """Where the record at ``offset`` is (segment, byte, length, kind, time); None if not indexed."""
+        rows = self.batch_at(stream_id, offset)
+        if rows is None:
+            return None
+        _, _, _, no, position, length, kind, ts = rows[offset - rows[0][2]]
         return IndexEntry(Offset(offset), no, position, length, require_kind(kind, self.path, stream_id, offset), ts)
 
     def first_entry_ending_after(self, stream_id: StreamId, segment_no: int, byte: int) -> IndexEntry | None:
         """The first record of a segment whose frame does not end by ``byte`` (the first one a cut there hurts)."""
-        row = self.conn.execute(
-            "SELECT offset, position, length, kind, timestamp_ns FROM records"
-            " WHERE stream_id = ? AND segment_no = ? AND position + length > ? ORDER BY offset LIMIT 1",
-            (stream_id, segment_no, byte),
-        ).fetchone()
-        if row is None:
-            return None
-        offset, position, length, kind, ts = row
-        require_ints(row, "offset index row", self.path, stream_id)
-        return IndexEntry(
-            Offset(offset), segment_no, position, length, require_kind(kind, self.path, stream_id, offset), ts
+        cursor = self.conn.execute(
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE stream_id = ? AND segment_no = ?"  # noqa: S608
+            " ORDER BY first_offset",
+            (stream_id, segment_no),
         )
+        try:
+            for batch in cursor:
+                for _, _, offset, no, position, length, kind, ts in expand_batch(batch, self.path, stream_id):
+                    if position + length > byte:
+                        return IndexEntry(
+                            Offset(offset),
+                            no,
+                            position,
+                            length,
+                            require_kind(kind, self.path, stream_id, offset),
+                            ts,
+                        )
+        finally:
+            cursor.close()
+        return None
 
     def index_entries(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[IndexEntry]:
         """A stream's offset-index rows from ``from_offset`` on, in offset order, each checked as read."""
-        rows = self.conn.execute(
-            "SELECT offset, segment_no, position, length, kind, timestamp_ns FROM records"
-            " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
-            (stream_id, from_offset),
-        )
-        for row in rows:
-            require_ints(row, "offset index row", self.path, stream_id)
-            offset, no, position, length, kind, ts = row
-            yield IndexEntry(Offset(offset), no, position, length, require_kind(kind, self.path, stream_id, offset), ts)
+        for _, _, offset, no, position, length, kind, ts in self.batch_rows(stream_id, from_offset):
+            if offset >= from_offset:
+                yield IndexEntry(
+                    Offset(offset), no, position, length, require_kind(kind, self.path, stream_id, offset), ts
+                )
 
     def index_size(self, stream_id: StreamId) -> int:
         """How many records (checkpoints and markers included) the offset index holds for a stream."""
-        return self._count("SELECT count(*) FROM records WHERE stream_id = ?", (stream_id,))
+        return self._count("SELECT coalesce(sum(record_count), 0) FROM batches WHERE stream_id = ?", (stream_id,))
 
     def checkpoint_at_or_before(self, stream_id: StreamId, offset: int) -> CheckpointRow | None:
         """The stream's last checkpoint at or before ``offset``, where a read of it is anchored."""
@@ -268,28 +303,25 @@ class Catalog(GlobalOrderReads, CatalogChecks):
             low, high = 0, stream.next_offset if stream else 0
             while low < high:
                 middle = (low + high) // 2
-                row = self.conn.execute(
-                    "SELECT timestamp_ns FROM records WHERE stream_id = ? AND offset = ?", (stream_id, middle)
-                ).fetchone()
-                if row is None:
+                rows = self.batch_at(stream_id, middle)
+                if rows is None:
                     raise CatalogMismatch(
                         "the offset index has no row for this offset",
                         stream_id=stream_id,
                         offset=middle,
                         hint=damaged_hint(self.path.parent),
                     )
-                require_ints(row, "offset index timestamp", self.path, stream_id, middle)
-                if row[0] < timestamp_ns:
-                    low = middle + 1
+                # every record of a batch has its timestamp: the search moves a whole batch at a time
+                if rows[0][7] < timestamp_ns:
+                    low = rows[-1][2] + 1
                 else:
-                    high = middle
+                    high = rows[0][2]
         return Offset(low)
 
     def events_after(self, stream_id: StreamId, offset: int) -> int:
         """How many event records come after ``offset`` (-1: all of them)."""
-        return self._count(
-            "SELECT count(*) FROM records WHERE stream_id = ? AND offset > ? AND kind = ?",
-            (stream_id, offset, int(RecordKind.EVENT)),
+        return sum(
+            1 for row in self.batch_rows(stream_id, offset + 1) if row[2] > offset and row[6] == RecordKind.EVENT
         )
 
     def _count(self, sql: str, bindings: tuple[int, ...]) -> int:
@@ -455,54 +487,91 @@ class Catalog(GlobalOrderReads, CatalogChecks):
         )
 
     def insert_records(self, stream_id: StreamId, entries: Iterable[tuple[int, IndexEntry]]) -> None:
-        """Offset-index rows for ``(global_position, entry)`` pairs."""
-        self.insert_index_rows(
-            (position, stream_id, e.offset, e.segment_no, e.position, e.length, int(e.kind), e.timestamp_ns)
-            for position, e in entries
-        )
+        """Index rows for ``(global_position, entry)`` pairs (a stream's records in offset order):
+        one ``batches`` row per run of records that are back to back in one segment, with
+        consecutive offsets and global positions and one timestamp."""
+        rows: list[BatchRow] = []
+        run: list[tuple[int, IndexEntry]] = []
 
-    def insert_index_rows(self, rows: Iterable[IndexRow]) -> None:
-        """Offset-index rows as plain tuples (the append path builds them without objects)."""
+        def close_run() -> None:
+            first_position, first = run[0]
+            ends = [e.position + e.length - first.position for _, e in run]
+            kinds = pack_kinds([int(e.kind) for _, e in run])
+            rows.append(
+                (
+                    first_position,
+                    stream_id,
+                    first.offset,
+                    len(run),
+                    first.segment_no,
+                    first.position,
+                    pack_frame_ends(ends),
+                    kinds,
+                    first.timestamp_ns,
+                )
+            )
+            run.clear()
+
+        for position, entry in entries:
+            if run:
+                last_position, last = run[-1]
+                if (
+                    position != last_position + 1
+                    or entry.offset != last.offset + 1
+                    or entry.segment_no != last.segment_no
+                    or entry.position != last.position + last.length
+                    or entry.timestamp_ns != last.timestamp_ns
+                ):
+                    close_run()
+            run.append((position, entry))
+        if run:
+            close_run()
+        self.insert_batches(rows)
+
+    def insert_batches(self, rows: Iterable[BatchRow]) -> None:
+        """``batches`` rows as plain tuples (the append path builds them without objects)."""
         self.conn.executemany(
-            "INSERT INTO records (global_position, stream_id, offset, segment_no, position, length, kind,"
-            " timestamp_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
             rows,
         )
 
-    def advance_global_position(self, last: int, new_last: int) -> None:
-        """Move the high-water mark from ``last`` to ``new_last`` (inside the transaction that used them).
+    def raise_global_mark(self, position: int) -> None:
+        """Keep ``position`` as given out even when no batch row holds it any more (before a repair or
+        re-index deletes rows): the mark never goes back."""
+        self.conn.execute(
+            "UPDATE global_order SET last_position = max(last_position, ?) WHERE singleton = 1", (position,)
+        )
 
-        Raises CatalogError if the mark is not ``last`` any more: the positions were read from a
-        mark something else has moved since, and committing them could give one out twice.
+    def set_aside_legacy_positions(self) -> None:
+        """Start a rebuild's numbering: format-1 records indexed from now on get positions above
+        ``LEGACY_BASE`` (format-2 records keep the ones their frames carry), for
+        ``number_legacy_records`` to replace."""
+        self.conn.execute("UPDATE global_order SET last_position = ? WHERE singleton = 1", (LEGACY_BASE,))
+
+    def number_legacy_records(self) -> int:
+        """Number the format-1 records a rebuild indexed (frames of format 1 carry no global position)
+        1, 2, ... in (timestamp_ns, stream_id, offset) order, as migration 0003 did; returns how many.
+
+        Every format-1 record was written before any format-2 one, whose position (in its frame) is
+        above every position given out before it, so the two never meet.
         """
-        self.conn.execute(
-            "UPDATE global_order SET last_position = ? WHERE singleton = 1 AND last_position = ?", (new_last, last)
-        )
-        if self.conn.changes() != 1:
-            raise CatalogError(f"the global-position mark moved while positions {last + 1}..{new_last} were assigned")
-
-    def renumber_global_positions(self) -> int:
-        """Number every record 1, 2, ... in (timestamp_ns, stream_id, offset) order; returns how many.
-
-        Only a full rebuild does this (positions live in the catalog alone), inside its transaction.
-        Records of one stream keep their order: its timestamps never decrease.
-        """
-        count = self._count("SELECT count(*) FROM records", ())
-        # Copy the rows out numbered, empty the table, and put them back in position order: one
-        # sorted pass of appends to the table's b-tree instead of moving every row's key twice.
-        self.conn.execute(
-            "CREATE TEMP TABLE renumbered AS SELECT"
-            " row_number() OVER (ORDER BY timestamp_ns, stream_id, offset) AS global_position,"
-            " stream_id, offset, segment_no, position, length, kind, timestamp_ns FROM records"
-        )
-        self.conn.execute("DELETE FROM records")
-        self.conn.execute(
-            "INSERT INTO records (global_position, stream_id, offset, segment_no, position, length, kind,"
-            " timestamp_ns) SELECT * FROM temp.renumbered ORDER BY global_position"
-        )
-        self.conn.execute("DROP TABLE temp.renumbered")
-        self.conn.execute("UPDATE global_order SET last_position = ? WHERE singleton = 1", (count,))
-        return count
+        legacy: list[IndexRow] = []
+        for row in self.conn.execute(
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE global_position > ?",  # noqa: S608
+            (LEGACY_BASE,),
+        ):
+            legacy.extend(expand_batch(row, self.path, None))
+        self.conn.execute("DELETE FROM batches WHERE global_position > ?", (LEGACY_BASE,))
+        legacy.sort(key=lambda r: (r[7], r[1], r[2]))
+        by_stream: dict[StreamId, list[tuple[int, IndexEntry]]] = {}
+        for position, (_, sid, offset, no, byte, length, kind, ts) in enumerate(legacy, start=1):
+            entry = IndexEntry(Offset(offset), no, byte, length, RecordKind(kind), ts)
+            by_stream.setdefault(StreamId(sid), []).append((position, entry))
+        for sid, numbered in by_stream.items():
+            numbered.sort(key=lambda item: item[1].offset)
+            self.insert_records(sid, numbered)
+        self.conn.execute("UPDATE global_order SET last_position = ? WHERE singleton = 1", (len(legacy),))
+        return len(legacy)
 
     def insert_checkpoints(self, rows: Iterable[CheckpointRow]) -> None:
         """Add ``checkpoints`` rows: the offset, hash and time of each checkpoint record."""
@@ -513,7 +582,7 @@ class Catalog(GlobalOrderReads, CatalogChecks):
 
     def forget_stream(self, stream_id: StreamId) -> None:
         """Delete every row about a stream (the start of a rebuild, inside its transaction)."""
-        for table in ("records", "checkpoints", "segments", "streams", "gaps"):
+        for table in ("batches", "checkpoints", "segments", "streams", "gaps"):
             self.conn.execute(f"DELETE FROM {table} WHERE stream_id = ?", (stream_id,))  # noqa: S608
 
     def forget_checkpoints(self, stream_id: StreamId) -> None:

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import apsw
 
+from hybridlog.catalog_rows import BATCH_COLUMNS, expand_batch
 from hybridlog.db import NO_VERDICT, catalog_migrations, catalog_open_error
+from hybridlog.errors import CatalogMismatch
 from hybridlog.types import StreamId
 
 
@@ -51,16 +53,28 @@ class CatalogChecks:
         return None if lines == ["ok"] else "; ".join(lines)
 
     def stream_index_rows(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[tuple[object, ...]]:
-        """The stream's ``records`` rows from ``from_offset`` on, by offset, exactly as stored and
-        unchecked: (offset, segment_no, position, length, kind, timestamp_ns, global_position).
+        """The stream's records from ``from_offset`` on, by offset, as its ``batches`` rows store them,
+        unchecked: (offset, segment_no, position, length, kind, timestamp_ns, global_position); a
+        batch row that cannot be read as one gives its first record with length and kind None.
 
         For ``verify``, which compares every value with the records and reports what differs.
         """
-        yield from self.conn.execute(
-            "SELECT offset, segment_no, position, length, kind, timestamp_ns, global_position FROM records"
-            " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
+        rows = self.conn.execute(
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE stream_id = ?1 AND first_offset >= coalesce("  # noqa: S608
+            " (SELECT max(first_offset) FROM batches WHERE stream_id = ?1 AND first_offset <= ?2), 0)"
+            " ORDER BY first_offset",
             (stream_id, from_offset),
         )
+        for row in rows:
+            try:
+                expanded = expand_batch(row, self.path, stream_id)
+            except CatalogMismatch:  # a damaged batch row: its first record, as stored, for verify to report
+                position, _, first, _, no, byte, _, _, ts = row
+                yield (first, no, byte, None, None, ts, position)
+                continue
+            for position, _, offset, no, byte, length, kind, ts in expanded:
+                if offset >= from_offset:
+                    yield (offset, no, byte, length, kind, ts, position)
 
     def stream_checkpoint_rows(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[tuple[object, ...]]:
         """The stream's ``checkpoints`` rows from ``from_offset`` on, as stored: (offset, hash, timestamp_ns)."""
@@ -99,22 +113,31 @@ class CatalogChecks:
         return problems
 
     def global_order_summary(self) -> tuple[object, object, object]:
-        """(the high-water mark as stored, how many records rows, the largest global position)."""
+        """(the high-water mark, how many records the batch rows hold, the largest global position)."""
         mark = self.conn.execute("SELECT last_position FROM global_order WHERE singleton = 1").fetchone()
-        totals = self.conn.execute("SELECT count(*), max(global_position) FROM records").fetchone()
+        totals = self.conn.execute(
+            "SELECT sum(record_count), max(global_position + record_count - 1) FROM batches"
+        ).fetchone()
         assert totals is not None  # an aggregate always gives a row
         count, largest = totals
-        return (None if mark is None else mark[0]), count, largest
+        if mark is None or type(mark[0]) is not int:
+            return (None if mark is None else mark[0]), count or 0, largest
+        # the mark is the higher of the stored one (positions rows no longer hold) and the last row's
+        return (max(mark[0], largest) if type(largest) is int else mark[0]), count or 0, largest
 
     def all_global_positions(self) -> Iterator[object]:
         """Every record's global position, in order (a b-tree walk: damage can show duplicates)."""
-        for (position,) in self.conn.execute("SELECT global_position FROM records ORDER BY global_position"):
-            yield position
+        rows = self.conn.execute("SELECT global_position, record_count FROM batches ORDER BY global_position")
+        for position, count in rows:
+            if type(position) is not int or type(count) is not int:
+                yield position
+                continue
+            yield from range(position, position + count)
 
     def streams_with_rows(self) -> dict[str, set[object]]:
-        """The stream ids that have rows, by table (``records``, ``checkpoints``, ``segments``, ``streams``)."""
+        """The stream ids that have rows, by table (``batches``, ``checkpoints``, ``segments``, ``streams``)."""
         found: dict[str, set[object]] = {}
-        for table in ("records", "checkpoints", "segments", "streams"):
+        for table in ("batches", "checkpoints", "segments", "streams"):
             rows = self.conn.execute(f"SELECT DISTINCT stream_id FROM {table}")  # noqa: S608 (a constant)
             found[table] = {sid for (sid,) in rows}
         return found

@@ -7,17 +7,21 @@ the per-stream reads it uses.
 
 from __future__ import annotations
 
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import apsw
 
 from hybridlog.catalog_rows import (
+    BATCH_COLUMNS,
     GLOBAL_ORDER_VERSION,
     GapRow,
     GlobalRow,
+    IndexRow,
     StreamRow,
     damaged_hint,
+    expand_batch,
     require_ints,
 )
 from hybridlog.errors import CatalogError, CatalogMismatch
@@ -59,30 +63,51 @@ class GlobalOrderReads:
         def schema_version(self) -> int:
             """``Catalog.schema_version``: the migration the catalog is at."""
 
+    if TYPE_CHECKING:
+
+        def batch_rows(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[IndexRow]:
+            """``Catalog.batch_rows``: a stream's records from the batch holding ``from_offset`` on."""
+
+        def batch_at(self, stream_id: StreamId, offset: int) -> list[IndexRow] | None:
+            """``Catalog.batch_at``: the records of the batch row holding ``offset``."""
+
     def global_positions(
         self, stream_id: StreamId, first: int = 0, last: int = 2**63 - 1
     ) -> dict[Offset, GlobalPosition]:
         """The global positions of one stream's records from offset ``first`` to ``last``, by offset."""
-        rows = self.conn.execute(
-            "SELECT offset, global_position FROM records WHERE stream_id = ? AND offset BETWEEN ? AND ?",
-            (stream_id, first, last),
+        found: dict[Offset, GlobalPosition] = {}
+        for position, _, offset, *_ in self.batch_rows(stream_id, first):
+            if offset > last:
+                break
+            if offset >= first:
+                found[Offset(offset)] = GlobalPosition(position)
+        return found
+
+    def _rows_from_position(self, position: int) -> Iterator[IndexRow]:
+        """Every record from the batch holding global ``position`` (or the first after it) on, in global order."""
+        cursor = self.conn.execute(
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE global_position >= coalesce("  # noqa: S608
+            " (SELECT max(global_position) FROM batches WHERE global_position <= ?1), 0) ORDER BY global_position",
+            (position,),
         )
-        return {Offset(offset): GlobalPosition(position) for offset, position in rows}
+        try:
+            for row in cursor:
+                yield from expand_batch(row, self.path, None)
+        finally:
+            cursor.close()
 
     def global_ranges(self, low: int, high: int, stream_id: StreamId | None) -> list[tuple[StreamId, int, int]]:
         """(stream, first offset, last offset) of the records with global positions ``low`` to
         ``high``, by stream (within a stream, positions grow with offsets: one range each)."""
-        rows = self.conn.execute(
-            "SELECT stream_id, min(offset), max(offset) FROM records WHERE global_position BETWEEN ?1 AND ?2"
-            " AND (?3 IS NULL OR stream_id = ?3) GROUP BY stream_id ORDER BY stream_id",
-            (low, high, stream_id),
-        )
-        found = []
-        for row in rows:
-            require_ints(row, "offset index row", self.path, None)
-            sid, first, last = row
-            found.append((StreamId(sid), first, last))
-        return found
+        ranges: dict[StreamId, tuple[int, int]] = {}
+        for position, sid, offset, *_ in self._rows_from_position(low):
+            if position > high:
+                break
+            if position < low or (stream_id is not None and sid != stream_id):
+                continue
+            first, _ = ranges.get(StreamId(sid), (offset, offset))
+            ranges[StreamId(sid)] = (first, offset)
+        return [(sid, first, last) for sid, (first, last) in sorted(ranges.items())]
 
     def _require_global_order(self) -> None:
         """A reader may meet a catalog no writer has upgraded yet: say so, rather than fail on SQL.
@@ -99,37 +124,43 @@ class GlobalOrderReads:
             )
 
     def last_global_position(self) -> GlobalPosition:
-        """The high-water mark: the last global position ever given out (0: none yet)."""
+        """The high-water mark: the last global position ever given out (0: none yet).
+
+        The last batch row's last position, or the ``global_order`` mark if higher (it keeps the
+        positions of rows a repair deleted).
+        """
         self._require_global_order()
         row = self.conn.execute("SELECT last_position FROM global_order WHERE singleton = 1").fetchone()
         if row is None:
             raise CatalogMismatch("the catalog has no global-position mark", hint=damaged_hint(self.path.parent))
         require_ints(row, "global-position mark", self.path, None)
-        return GlobalPosition(row[0])
+        last = self.conn.execute(
+            "SELECT global_position + record_count - 1 FROM batches ORDER BY global_position DESC LIMIT 1"
+        ).fetchone()
+        if last is not None:
+            require_ints(last, "batches row", self.path, None)
+        return GlobalPosition(max(row[0], last[0] if last else 0))
 
     def global_position_of(self, stream_id: StreamId, offset: int) -> GlobalPosition | None:
         """The global position of one record (None: the stream has no record at that offset)."""
         self._require_global_order()
-        row = self.conn.execute(
-            "SELECT global_position FROM records WHERE stream_id = ? AND offset = ?", (stream_id, offset)
-        ).fetchone()
-        if row is None:
+        rows = self.batch_at(stream_id, offset)
+        if rows is None:
             return None
-        require_ints(row, "global position", self.path, stream_id, offset)
-        if row[0] < 1:
-            raise self._position_mismatch(stream_id, offset, f"global position {row[0]} is below 1")
-        return GlobalPosition(row[0])
+        position = rows[offset - rows[0][2]][0]
+        if position < 1:
+            raise self._position_mismatch(stream_id, offset, f"global position {position} is below 1")
+        return GlobalPosition(position)
 
     def record_at_position(self, position: int) -> tuple[StreamId, Offset] | None:
         """(stream, offset) of the record at a global position (None: no record has it)."""
         self._require_global_order()
-        row = self.conn.execute(
-            "SELECT stream_id, offset FROM records WHERE global_position = ?", (position,)
-        ).fetchone()
-        if row is None:
-            return None
-        require_ints(row, f"offset index row at global position {position}", self.path, None)
-        return StreamId(row[0]), Offset(row[1])
+        for found, sid, offset, *_ in self._rows_from_position(position):
+            if found == position:
+                return StreamId(sid), Offset(offset)
+            if found > position:
+                break
+        return None
 
     def global_rows(
         self, from_position: int, max_payload_bytes: int, stream_id: StreamId | None = None
@@ -150,12 +181,8 @@ class GlobalOrderReads:
             if stream_id is not None:
                 rows = self._stream_global_rows(stream_id, from_position, max_payload_bytes)
             else:
-                cursor = self.conn.execute(
-                    "SELECT global_position, stream_id, offset, length FROM records"
-                    " WHERE global_position >= ? ORDER BY global_position",
-                    (from_position,),
-                )
-                rows, cut = self._rows_within(cursor, max_payload_bytes)
+                found = (row for row in self._rows_from_position(from_position) if row[0] >= from_position)
+                rows, cut = self._rows_within(found, max_payload_bytes)
                 self._check_positions_used(rows, from_position, cut)
             self._check_global_rows(rows, from_position)
         return rows
@@ -272,47 +299,42 @@ class GlobalOrderReads:
                 low = middle + 1
             else:
                 high = middle
-        cursor = self.conn.execute(
-            "SELECT global_position, stream_id, offset, length FROM records"
-            " WHERE stream_id = ? AND offset >= ? ORDER BY offset",
-            (stream_id, low),
-        )
-        rows, cut = self._rows_within(cursor, max_payload_bytes)
+        found = (row for row in self.batch_rows(stream_id, low) if row[2] >= low)
+        rows, cut = self._rows_within(found, max_payload_bytes)
         if not cut and rows and _next_offset(gaps, rows[-1].offset) < (stream.next_offset if stream else 0):
             raise self._position_mismatch(
                 stream_id, rows[-1].offset + 1, "the offset index scan ends before the stream's next offset"
             )
         return rows
 
-    def _rows_within(self, cursor: apsw.Cursor, max_payload_bytes: int) -> tuple[list[GlobalRow], bool]:
-        """The rows that may fit, and whether the size cut them short (False: the cursor ran out)."""
+    def _rows_within(self, found: Iterator[IndexRow], max_payload_bytes: int) -> tuple[list[GlobalRow], bool]:
+        """The rows that may fit, and whether the size cut them short (False: the rows ran out)."""
         rows: list[GlobalRow] = []
         at_least = 0
         cut = False
         try:
-            for row in cursor:
-                require_ints(row, "offset index row", self.path, None)
-                position, sid, offset, length = row
+            for position, sid, offset, _, _, length, _, _ in found:
                 at_least += length - FRAME_OVERHEAD
                 if rows and at_least > max_payload_bytes:
                     cut = True
                     break  # this one cannot fit after those before it
                 rows.append(GlobalRow(GlobalPosition(position), StreamId(sid), Offset(offset), length))
         finally:
-            cursor.close()  # ends the read the unfinished statement would otherwise hold open
+            if isinstance(found, Generator):
+                found.close()  # ends the read an unfinished statement would otherwise hold open
         return rows, cut
 
     def positions_may_be_unused(self) -> bool:
         """Whether the recovery log records an action that can leave global positions unused.
 
-        Positions are given out in the transaction that commits their records, so on a store no
-        repair has touched they are 1, 2, 3, ... without a gap. Adopting records numbers them
-        after the mark, and what recovery quarantines was never committed; any other action (a
-        re-index, a truncation, a rebuild, or one this code does not know) may have dropped
-        records that had positions.
+        Positions are given out in the commits of their records, so on a store no recovery or
+        repair has touched they are 1, 2, 3, ... without a gap. Records recovery adopts keep the
+        positions their frames carry, and a group commit's batches are adopted or cut one by one,
+        so an adoption can leave the positions of a torn batch of the same group unused; so can any
+        other action (a re-index, a truncation, a rebuild, or one this code does not know).
         """
         row = self.conn.execute(
-            "SELECT 1 FROM recovery_log WHERE action NOT IN (?, ?, ?) LIMIT 1",
-            (RecoveryAction.ADOPTED, RecoveryAction.QUARANTINED, RecoveryAction.REMOVED_EMPTY),
+            "SELECT 1 FROM recovery_log WHERE action NOT IN (?, ?) LIMIT 1",
+            (RecoveryAction.QUARANTINED, RecoveryAction.REMOVED_EMPTY),
         ).fetchone()
         return row is not None

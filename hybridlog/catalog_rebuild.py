@@ -97,6 +97,7 @@ def index_stream(
     t = now()
     with catalog.transaction():
         kept_positions = catalog.global_positions(stream_id)
+        catalog.raise_global_mark(catalog.last_global_position())  # positions of rows deleted now stay given out
         catalog.forget_stream(stream_id)
         rows = _segment_rows(data_dir, stream_id, scan, kept)
         store_adoption(catalog, data_dir, stream_id, adoption, rows, (next_offset, head), t, kept_positions)
@@ -188,6 +189,7 @@ def rebuild_catalog(
     building = catalog.path
     try:
         with catalog.transaction():
+            catalog.set_aside_legacy_positions()
             catalog.log_recovery(
                 RecoveryEntry(
                     None,
@@ -199,7 +201,7 @@ def rebuild_catalog(
             )
         results = [index_stream(catalog, data_dir, sid, now, found=found) for sid in stream_ids_on_disk(data_dir)]
         with catalog.transaction():
-            catalog.renumber_global_positions()  # deterministic: the same segments give the same positions
+            catalog.number_legacy_records()  # deterministic: the same segments give the same positions
     finally:
         catalog.close()  # the only connection: its close folds the WAL into the file
     _install_catalog(data_dir, building, kept, retiring, found=found, now_ns=t)

@@ -8,8 +8,11 @@ with the place and the command that fixes it (``damaged_hint``).
 
 from __future__ import annotations
 
+import sys
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from hybridlog.db import catalog_migrations
 from hybridlog.errors import CatalogMismatch
@@ -23,6 +26,9 @@ GAPS_VERSION = 4
 """The schema version that added repair gaps (``migrations/0004_gaps.sql``)."""
 APPLICATION_ID_VERSION = 5
 """The schema version that sets the file's ``application_id`` (``migrations/0005_application_id.sql``)."""
+BATCHES_VERSION = 6
+"""The schema version whose index has one row per batch (``migrations/0006_batches.sql``)."""
+RECORD_KIND_VALUES = frozenset(int(kind) for kind in RecordKind)
 APPLICATION_ID = 0x484C4F47
 """SQLite's ``application_id`` of a hybridlog catalog: "HLOG"."""
 
@@ -99,8 +105,66 @@ class SegmentRow:
     digest: bytes | None
 
 
+BatchRow = tuple[int, int, int, int, int, int, bytes, bytes | None, int]
+"""A ``batches`` row: global_position (of its first record), stream_id, first_offset, record_count,
+segment_no, position (of its first frame), frame_ends, kinds, timestamp_ns."""
+
+BATCH_COLUMNS = (
+    "global_position, stream_id, first_offset, record_count, segment_no, position, frame_ends, kinds, timestamp_ns"
+)
+
+
+def pack_frame_ends(ends: list[int]) -> bytes:
+    """The ``frame_ends`` blob: each record's frame end, relative to the batch's first frame, as u32 LE."""
+    packed = array("I", ends)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_frame_ends(blob: bytes) -> array[int]:
+    """The frame ends a ``frame_ends`` blob holds (ValueError if its length is not a multiple of 4)."""
+    ends = array("I")
+    ends.frombytes(blob)
+    if sys.byteorder == "big":
+        ends.byteswap()
+    return ends
+
+
+def pack_kinds(kinds: list[int]) -> bytes | None:
+    """The ``kinds`` blob: None when every record is an event, else one byte per record."""
+    return bytes(kinds) if any(kinds) else None
+
+
+def expand_batch(row: tuple[object, ...], path: Path, stream_id: int | None) -> list[IndexRow]:
+    """The per-record rows a ``batches`` row stands for, its values checked (CatalogMismatch if damaged)."""
+    require_ints((*row[:6], row[8]), "batches row", path, stream_id)
+    position, sid, first, count, no, byte, ends_blob, kinds_blob, ts = cast(BatchRow, row)
+    try:
+        if not isinstance(ends_blob, bytes) or not (kinds_blob is None or isinstance(kinds_blob, bytes)):
+            raise ValueError("not blobs")
+        ends = unpack_frame_ends(ends_blob)
+        kinds = bytes(count) if kinds_blob is None else kinds_blob
+        if len(ends) != count or len(kinds) != count or count < 1 or any(k not in RECORD_KIND_VALUES for k in kinds):
+            raise ValueError("wrong lengths")
+    except ValueError as e:
+        raise CatalogMismatch(
+            f"the catalog's batches row at global position {position} is damaged ({e})",
+            stream_id=StreamId(sid),
+            offset=first,
+            hint=damaged_hint(path.parent),
+        ) from e
+    rows: list[IndexRow] = []
+    start = 0
+    for i, end in enumerate(ends):
+        rows.append((position + i, sid, first + i, no, byte + start, end - start, kinds[i], ts))
+        start = end
+    return rows
+
+
 IndexRow = tuple[int, int, int, int, int, int, int, int]
-"""A ``records`` row: global_position, stream_id, offset, segment_no, position, length, kind, timestamp_ns."""
+"""One record's place, as ``expand_batch`` gives it: global_position, stream_id, offset, segment_no,
+position, length, kind, timestamp_ns."""
 
 
 @dataclass(frozen=True, slots=True)

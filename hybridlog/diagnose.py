@@ -296,7 +296,9 @@ def _self_verifying(
         payload = decode_payload(header, frame.stored, dictionaries)
     except (FrameError, DictionaryUnavailable):
         return None
-    own = record_hash(stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload)
+    own = record_hash(
+        stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload, header.global_position
+    )
     return header if own == header.hash else None
 
 

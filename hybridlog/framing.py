@@ -2,10 +2,10 @@
 framed batches out in segment files.
 
 A batch is framed (hashed, compressed, checksummed: ``frame_batch``) against a ``HeadView``, the
-stream's head as the caller last saw it, in the caller's thread and without the store's lock.
-``writer.py`` then commits it only if the head is still that view (otherwise the group-commit
-leader frames it again). ``StreamHead`` is the writer's state of a stream (its view, and where its
-next batch goes), loaded from the catalog by ``load_head`` and advanced after each commit.
+stream's head, by the group-commit leader once the batch is accepted into a group: its records'
+global positions are then known, and they are hashed into every record. ``StreamHead`` is the
+writer's state of a stream (its view, and where its next batch goes), loaded from the catalog by
+``load_head`` and advanced after each commit.
 ``lay_out`` plans where a group's framed batches go (``SegmentWrite``s, and the segments they
 fill up and seal), before ``writer.py`` creates, writes, syncs and commits them.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hybridlog.batch import PlannedRecord
 from hybridlog.catalog import Catalog
-from hybridlog.catalog_rows import CheckpointRow, IndexRow, damaged_hint
+from hybridlog.catalog_rows import BatchRow, CheckpointRow, damaged_hint, pack_frame_ends, pack_kinds
 from hybridlog.errors import CatalogMismatch, StorageError, StorageIOError
 from hybridlog.layout import segment_path
 from hybridlog.record import FrameSpan, PayloadCompressor, append_frames
@@ -41,6 +41,7 @@ class FramedBatch:
 
     stream_id: StreamId
     on: HeadView
+    first_global_position: int
     timestamp_ns: int
     data: bytes
     records: list[FrameSpan]
@@ -53,11 +54,13 @@ def frame_batch(
     stream_id: StreamId,
     planned: list[PlannedRecord],
     on: HeadView,
+    first_global_position: int,
     now_ns: int,
     buffer: bytearray,
     compressor: PayloadCompressor | None,
 ) -> FramedBatch:
-    """Frame ``planned`` records as the next batch after ``on`` (stage 1; no I/O)."""
+    """Frame ``planned`` records as the next batch after ``on``, its records at global positions
+    from ``first_global_position`` on (stage 1; no I/O)."""
     timestamp = max(now_ns, on.last_timestamp_ns)  # never backwards within a stream
     buffer.clear()
     records = append_frames(
@@ -65,6 +68,7 @@ def frame_batch(
         planned,
         stream_id=stream_id,
         first_offset=on.next_offset,
+        first_global_position=first_global_position,
         timestamp_ns=timestamp,
         prev_hash=on.head or GENESIS_HASH,
         batch_end=True,
@@ -80,7 +84,9 @@ def frame_batch(
         payload_bytes = sum(len(payload) for _, payload in planned)
         since = on.events_since_checkpoint + events
     after = HeadView(on.next_offset + len(records), records[-1][4], since, timestamp)
-    return FramedBatch(stream_id, on, timestamp, bytes(buffer), records, events, payload_bytes, after)
+    return FramedBatch(
+        stream_id, on, first_global_position, timestamp, bytes(buffer), records, events, payload_bytes, after
+    )
 
 
 @dataclass(slots=True)
@@ -138,14 +144,12 @@ def load_head(catalog: Catalog, data_dir: Path, stream_id: StreamId, damage: Sto
 def lay_out(
     heads: dict[StreamId, StreamHead],
     batches: dict[StreamId, list[FramedBatch]],
-    first_positions: dict[tuple[StreamId, int], int],
     max_segment_size: int,
 ) -> tuple[list[SegmentWrite], list[tuple[StreamId, int, SegmentWrite | None]]]:
     """Which segment each batch goes to: a batch never spans two, and a full segment is sealed.
 
     Returns the writes and the seals; a seal's SegmentWrite is the in-group write of a segment
     created and filled in this same group (None: the stream's active segment on disk).
-    ``first_positions``: each batch's first global position, by (stream, first offset).
     """
     writes: list[SegmentWrite] = []
     seals: list[tuple[StreamId, int, SegmentWrite | None]] = []
@@ -163,7 +167,7 @@ def lay_out(
             elif current is None:
                 current = SegmentWrite(sid, segment_no, size, head.segment_first_offset, new_file=False)
                 writes.append(current)
-            current.add(batch, first_positions[sid, batch.on.next_offset])
+            current.add(batch)
             size += len(batch.data)
     return writes, seals
 
@@ -179,20 +183,30 @@ class SegmentWrite:
     new_file: bool
     data: bytearray = field(default_factory=bytearray)
     writer: SegmentWriter | None = None
-    rows: list[IndexRow] = field(default_factory=list)
+    rows: list[BatchRow] = field(default_factory=list)
     checkpoints: list[CheckpointRow] = field(default_factory=list)
     next_offset: int = 0
 
-    def add(self, batch: FramedBatch, first_global_position: int) -> None:
-        """Lay ``batch`` after what this write holds; its records get consecutive global positions."""
+    def add(self, batch: FramedBatch) -> None:
+        """Lay ``batch`` after what this write holds, with its ``batches`` row and checkpoint rows."""
         position = self.base + len(self.data)
         self.data += batch.data
-        sid, no, ts = self.stream_id, self.segment_no, batch.timestamp_ns
-        self.rows.extend(
-            (first_global_position + i, sid, offset, no, position + start, length, kind, ts)
-            for i, (offset, start, length, kind, _) in enumerate(batch.records)
+        sid, ts = self.stream_id, batch.timestamp_ns
+        spans = batch.records
+        self.rows.append(
+            (
+                batch.first_global_position,
+                sid,
+                batch.on.next_offset,
+                len(spans),
+                self.segment_no,
+                position,
+                pack_frame_ends([start + length for _, start, length, _, _ in spans]),
+                pack_kinds([kind for _, _, _, kind, _ in spans]),
+                ts,
+            )
         )
-        for offset, _, _, kind, digest in batch.records:
+        for offset, _, _, kind, digest in spans:
             if kind == RecordKind.CHECKPOINT:
                 self.checkpoints.append(CheckpointRow(sid, Offset(offset), digest, ts))
         self.next_offset = batch.after.next_offset

@@ -90,8 +90,9 @@ class MemoryStorage(BackendBase):
             offset = len(records)
             body = checkpoint_payload(offset) if kind is RecordKind.CHECKPOINT else bytes(payload)
             since = 0 if kind is RecordKind.CHECKPOINT else since + 1
-            own = record_hash(sid, offset, kind, timestamp, prev, body)
-            record = Record(sid, Offset(offset), kind, timestamp, prev, own, body)
+            position = GlobalPosition(len(self._global_order) + 1)
+            own = record_hash(sid, offset, kind, timestamp, prev, body, position)
+            record = Record(sid, Offset(offset), kind, timestamp, prev, own, body, position)
             records.append(record)
             self._global_order.append(record)
             prev = own

@@ -13,8 +13,8 @@ agrees with them. Everything here walks segments with ``walk.SegmentScan``.
   segment, a bad record that is not a torn tail) it reports as ``damage`` without touching anything.
 
 Rebuilding catalog rows from the segments (one stream's, or the whole catalog) is
-``catalog_rebuild.py``, which uses the steps here. Global positions live only in the catalog:
-adopted records get the next positions after the high-water mark.
+``catalog_rebuild.py``, which uses the steps here. Adopted records keep the global positions
+their frames carry (format-1 records, which carry none, get the next ones after the high-water mark).
 
 What a problem is (a torn tail, damage, a catalog ahead of its files) is decided by
 ``diagnose.py``; the cutting and moving aside is done by ``quarantine.py``. Every action is written
@@ -90,29 +90,24 @@ def _seal_all_but_last(catalog: Catalog, data_dir: Path, stream_id: StreamId, no
             catalog.seal_segment(stream_id, seg.segment_no, digest=digest, now_ns=now_ns)
 
 
-def _global_positions(
-    catalog: Catalog, entries: list[IndexEntry], kept: dict[Offset, GlobalPosition]
-) -> list[GlobalPosition]:
-    """Global positions for records being (re-)indexed, in offset order, and the mark moved past them.
+def _global_positions(catalog: Catalog, adoption: Adoption, kept: dict[Offset, GlobalPosition]) -> list[GlobalPosition]:
+    """Global positions for records being (re-)indexed, in offset order.
 
-    A record the catalog had already numbered keeps its position (``kept``) as long as that keeps
-    the stream's positions increasing; every other record gets the next position after the
-    high-water mark. So recovery never renumbers what readers may have seen, and positions cut
-    away are never given out again.
+    A format-2 record has the position its frame carries. A format-1 record (which has none) keeps
+    the position the catalog had given it (``kept``) as long as that keeps the stream's positions
+    increasing; otherwise it gets the next position after the high-water mark. So recovery never
+    renumbers what readers may have seen, and positions cut away are never given out again.
     """
-    mark = catalog.last_global_position()
-    new_last: int = mark
+    mark: int = catalog.last_global_position()
     positions: list[GlobalPosition] = []
     previous = 0
-    for entry in entries:
-        position = kept.get(entry.offset)
+    for entry, carried in zip(adoption.entries, adoption.positions, strict=True):
+        position = GlobalPosition(carried) if carried is not None else kept.get(entry.offset)
         if position is None or position <= previous:
-            new_last += 1
-            position = GlobalPosition(new_last)
+            mark = max(mark, previous) + 1
+            position = GlobalPosition(mark)
         positions.append(position)
         previous = position
-    if new_last > mark:
-        catalog.advance_global_position(mark, new_last)
     return positions
 
 
@@ -121,6 +116,7 @@ class Adoption:
     """Catalog rows for batches found in a segment, ready to be committed in one transaction."""
 
     entries: list[IndexEntry] = field(default_factory=list)
+    positions: list[int | None] = field(default_factory=list)  # as the frames carry them
     checkpoints: list[CheckpointRow] = field(default_factory=list)
     events: int = 0
     payload_bytes: int = 0
@@ -132,6 +128,7 @@ class Adoption:
         """Take in one scanned batch: its index rows, checkpoints, counts and time span."""
         for rec in batch:
             self.entries.append(rec.entry)
+            self.positions.append(rec.global_position)
             self.stored_bytes += rec.entry.length
             if rec.entry.kind == RecordKind.CHECKPOINT:
                 self.checkpoints.append(CheckpointRow(stream_id, rec.entry.offset, rec.hash, rec.entry.timestamp_ns))
@@ -168,7 +165,7 @@ def store_adoption(
             size_bytes=size,
             now_ns=now_ns,
         )
-    positions = _global_positions(catalog, adoption.entries, kept_positions or {})
+    positions = _global_positions(catalog, adoption, kept_positions or {})
     catalog.insert_records(stream_id, zip(positions, adoption.entries, strict=True))
     catalog.insert_checkpoints(adoption.checkpoints)
     if head[0] > 0:

@@ -18,11 +18,11 @@ import blake3
 from hybridlog.layout import temp_path
 from hybridlog.record import (
     CHECKSUM,
-    CHECKSUM_SIZE,
-    HEADER_SIZE,
+    MIN_HEADER_SIZE,
     FrameError,
     FrameHeader,
     frame_checksum,
+    header_size_of,
     parse_header,
 )
 
@@ -154,19 +154,21 @@ class SegmentReader:
         Raises IncompleteFrame when the file ends inside a frame, FrameError when the bytes are not
         a valid frame. Either way ``self.position`` stays at the start of the bad frame.
         """
-        head = self._file.read(HEADER_SIZE)
+        head = self._file.read(MIN_HEADER_SIZE)
         if not head:
             return None
-        if len(head) < HEADER_SIZE:
+        if len(head) == MIN_HEADER_SIZE and (size := header_size_of(head)) > MIN_HEADER_SIZE:
+            head += self._file.read(size - MIN_HEADER_SIZE)  # the rest of a longer (format-2) header
+        if len(head) < MIN_HEADER_SIZE or len(head) < header_size_of(head):
             raise IncompleteFrame(f"file ends {len(head)} bytes into a record header")
         header = parse_header(head)
-        rest = self._file.read(header.stored_len + CHECKSUM_SIZE)
-        if len(rest) < header.stored_len + CHECKSUM_SIZE:
+        trailer = header.checksum_size
+        rest = self._file.read(header.stored_len + trailer)
+        if len(rest) < header.stored_len + trailer:
             raise IncompleteFrame("file ends inside a record")
         stored = rest[: header.stored_len]
-        (checksum,) = CHECKSUM.unpack(rest[header.stored_len :])
-        if checksum != frame_checksum(head, stored):
-            raise FrameError("checksum mismatch")
+        if trailer and CHECKSUM.unpack(rest[header.stored_len :])[0] != frame_checksum(head, stored):
+            raise FrameError("checksum mismatch")  # format 1; a format-2 frame is checked by its hash
         frame = Frame(self.position, header, stored)
         self.position += header.frame_size
         return frame

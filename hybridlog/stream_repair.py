@@ -319,7 +319,8 @@ def repair_stream(
         if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
             # markers follow records
             entries.append(remove_empty_segment(data_dir, stream_id, numbers[-1], action=RecoveryAction.REMOVED_EMPTY))
-        _write_markers(data_dir, stream_id, markers, next_offset, head, max(now(), last_timestamp))
+        position = catalog.last_global_position() + 1  # after every position given out, the cut ones too
+        _write_markers(data_dir, stream_id, markers, next_offset, position, head, max(now(), last_timestamp))
     found = found or ("truncate requested" if truncate else "repair keeping what verifies")
     result = index_stream(catalog, data_dir, stream_id, now, found=found, prior=entries)
     result.entries[:0] = logged
@@ -385,6 +386,7 @@ def _write_markers(
     stream_id: StreamId,
     markers: list[RepairMarker],
     first_offset: int,
+    first_global_position: int,
     prev_hash: ChainHash,
     timestamp_ns: int,
 ) -> None:
@@ -395,6 +397,7 @@ def _write_markers(
         [(RecordKind.REPAIR, m.encode()) for m in markers],
         stream_id=stream_id,
         first_offset=first_offset,
+        first_global_position=first_global_position,
         timestamp_ns=timestamp_ns,
         prev_hash=prev_hash,
         batch_end=True,

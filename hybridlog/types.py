@@ -187,6 +187,9 @@ class Record:
     prev_hash: ChainHash
     hash: ChainHash
     payload: bytes
+    global_position: GlobalPosition | None = None
+    """The record's place in the store-wide order, as its frame carries it (None: a format-1 record,
+    whose frame has none; its position is in the catalog only)."""
 
     @property
     def timestamp(self) -> int:

@@ -330,6 +330,10 @@ class _StreamComparison:
             if type(row[0]) is int and row[0] == offset:
                 if tuple(row[1:6]) != want:
                     self.disagree(offset, "offset index row", _entry(tuple(row[1:6])), _entry(want))
+                if record.global_position is not None and row[6] != record.global_position:
+                    self.disagree(
+                        offset, "global position", _show(row[6]), f"{record.global_position} (in the record's frame)"
+                    )
                 self._check_position(offset, row[6])
                 self.row = next(self.rows, None)
                 return

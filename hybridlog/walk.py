@@ -43,12 +43,16 @@ from hybridlog.layout import dictionary_name, segment_path
 from hybridlog.markers import RepairMarker, decode_marker, is_cut_jump
 from hybridlog.record import (
     CHECKSUM,
+    CHECKSUM_SIZE,
     FLAG_BATCH_END,
     FLAG_COMPRESSED,
-    FRAME_OVERHEAD,
+    FORMAT_VERSION,
+    FRAME_OVERHEAD_V1,
     HEADER,
     HEADER_SIZE,
-    MAGIC,
+    HEADER_V1,
+    HEADER_V1_SIZE,
+    VERSION_BYTE,
     DictionarySource,
     FrameError,
     decode_payload,
@@ -60,7 +64,7 @@ from hybridlog.record import (
     record_hash,
 )
 from hybridlog.segment import Frame, IncompleteFrame, SegmentReader
-from hybridlog.types import GENESIS_HASH, ChainHash, MarkerAction, Offset, Record, RecordKind, StreamId
+from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, MarkerAction, Offset, Record, RecordKind, StreamId
 
 if TYPE_CHECKING:
     from hybridlog.catalog_rows import GapRow, StreamSnapshot
@@ -98,7 +102,9 @@ def open_record(
         raise ChecksumMismatch(f"payload cannot be decoded ({e.reason})", **where) from e
     if header.offset != expected_offset and not is_cut_jump(header.kind, payload, expected_offset, header.offset):
         raise IntegrityError(misplaced, **where)
-    own = record_hash(stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload)
+    own = record_hash(
+        stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload, header.global_position
+    )
     if own != header.hash:
         used = f" (decompressed with dictionary {_dictionary_file(frame, segment)})" if header.uses_dictionary else ""
         raise HashMismatch(f"record hash does not match its contents{used}", **where)
@@ -112,6 +118,7 @@ def open_record(
         prev_hash=ChainHash(header.prev_hash),
         hash=ChainHash(own),
         payload=payload,
+        global_position=None if header.global_position is None else GlobalPosition(header.global_position),
     )
 
 
@@ -144,27 +151,30 @@ def reverify_frame(
     frame holds that record. None for anything else (the caller falls back to a verified walk,
     which says precisely what is wrong).
     """
-    if len(frame) < FRAME_OVERHEAD:
+    if len(frame) < FRAME_OVERHEAD_V1:
         return None
-    magic, _, kind, flags, _, sid, off, ts, stored_len, _, prev, own = HEADER.unpack_from(frame)
-    if (
-        own != verified_hash
-        or sid != stream_id
-        or off != offset
-        or magic != MAGIC
-        or len(frame) != FRAME_OVERHEAD + stored_len
-    ):
-        return None
-    stored = memoryview(frame)[HEADER_SIZE : HEADER_SIZE + stored_len]
     try:
-        payload = (
-            bytes(stored) if not flags & ~FLAG_BATCH_END else decode_payload(parse_header(frame), stored, dictionaries)
-        )
+        header = parse_header(frame)
     except FrameError:
         return None
-    if record_hash(stream_id, offset, kind, ts, prev, payload) != verified_hash:
+    if (
+        header.hash != verified_hash
+        or header.stream_id != stream_id
+        or header.offset != offset
+        or len(frame) != header.frame_size
+    ):
         return None
-    return kind, payload
+    stored = memoryview(frame)[header.header_size : header.header_size + header.stored_len]
+    try:
+        payload = decode_payload(header, stored, dictionaries)
+    except FrameError:
+        return None
+    own = record_hash(
+        stream_id, offset, header.kind, header.timestamp_ns, header.prev_hash, payload, header.global_position
+    )
+    if own != verified_hash:
+        return None
+    return header.kind, payload
 
 
 _CHUNK = 1 << 20
@@ -204,8 +214,10 @@ class SegmentWalk:
         head: tuple[int, bytes | None] | None = None,
         dictionaries: DictionarySource | None = None,
         stop: Callable[[int], bool] | None = None,
+        last_position: int = 0,
     ) -> None:
         self.reader = reader
+        self.last_position = last_position
         self.file = reader.raw_file()
         self.dictionaries = dictionaries
         self.stream_id = stream_id
@@ -227,37 +239,49 @@ class SegmentWalk:
     def _fast(self) -> Iterator[WalkedFrame]:
         sid, end = self.stream_id, self.end
         buf, base = b"", self.position  # buf holds the file's bytes from ``base`` on
-        unpack_header, unpack_checksum = HEADER.unpack_from, CHECKSUM.unpack_from
+        unpack_v2, unpack_v1, unpack_checksum = HEADER.unpack_from, HEADER_V1.unpack_from, CHECKSUM.unpack_from
+        new_record = Record
         while self.position < end:
             at = self.position - base
             if len(buf) - at < HEADER_SIZE:
                 buf, base, at = self._refill(buf, base, at, HEADER_SIZE)
                 if len(buf) - at < HEADER_SIZE:
                     return
-            magic, version, kind, flags, reserved, rsid, offset, ts, stored_len, raw_len, prev, own = unpack_header(
-                buf, at
-            )
+            gp: int | None
+            if buf[at + VERSION_BYTE] == FORMAT_VERSION:
+                magic, version, kind, flags, reserved, rsid, offset, gp, ts, stored_len, raw_len, prev, own = unpack_v2(
+                    buf, at
+                )
+                header_size, checksum_size = HEADER_SIZE, 0
+                if gp <= self.last_position:
+                    return
+            else:
+                magic, version, kind, flags, reserved, rsid, offset, ts, stored_len, raw_len, prev, own = unpack_v1(
+                    buf, at
+                )
+                header_size, checksum_size, gp = HEADER_V1_SIZE, CHECKSUM_SIZE, None
+                if self.last_position:  # a format-1 record after a format-2 one
+                    return
             if (
                 header_problem(magic, version, kind, flags, reserved, stored_len, raw_len) is not None
                 or rsid != sid
                 or offset != self.expected
             ):
                 return
-            size = FRAME_OVERHEAD + stored_len
+            size = header_size + stored_len + checksum_size
             if self.position + size > end:
                 return
             if len(buf) - at < size:
                 buf, base, at = self._refill(buf, base, at, size)
                 if len(buf) - at < size:
                     return
-            body_end = at + HEADER_SIZE + stored_len
-            view = memoryview(buf)
-            if (
-                frame_checksum(view[at : at + HEADER_SIZE], view[at + HEADER_SIZE : body_end])
-                != unpack_checksum(buf, body_end)[0]
-            ):
-                return
-            stored = buf[at + HEADER_SIZE : body_end]
+            body_start = at + header_size
+            body_end = body_start + stored_len
+            if checksum_size:  # format 1
+                view = memoryview(buf)
+                if frame_checksum(view[at:body_start], view[body_start:body_end]) != unpack_checksum(buf, body_end)[0]:
+                    return
+            stored = buf[body_start:body_end]
             if flags & FLAG_COMPRESSED:
                 try:
                     payload = decode_stored(stored, flags, raw_len, sid, self.dictionaries)
@@ -265,7 +289,7 @@ class SegmentWalk:
                     return
             else:
                 payload = stored
-            if record_hash(sid, offset, kind, ts, prev, payload) != own:
+            if record_hash(sid, offset, kind, ts, prev, payload, gp) != own:
                 return
             if self.prev is None:
                 if own != self.anchor:
@@ -274,10 +298,12 @@ class SegmentWalk:
                 return
             if offset == self.head_offset and own != self.head:
                 return
-            record = Record(sid, Offset(offset), _KINDS[kind], ts, ChainHash(prev), ChainHash(own), payload)
+            record = new_record(sid, offset, _KINDS[kind], ts, prev, own, payload, gp)
             position = self.position
             self.position += size
             self.expected, self.prev = offset + 1, own
+            if gp is not None:
+                self.last_position = gp
             yield record, position, size, bool(flags & FLAG_BATCH_END)
 
     def _refill(self, buf: bytes, base: int, at: int, need: int) -> tuple[bytes, int, int]:
@@ -302,6 +328,15 @@ class SegmentWalk:
                 segment=path,
                 dictionaries=self.dictionaries,
             )
+            gp = record.global_position
+            if (gp is None and self.last_position) or (gp is not None and gp <= self.last_position):
+                raise IntegrityError(
+                    f"record's global position {gp} does not follow {self.last_position}, the stream's one before it",
+                    stream_id=self.stream_id,
+                    offset=self.expected,
+                    segment=path,
+                    position=frame.position,
+                )
             mismatch = None
             if self.prev is None and self.anchor is not None and record.hash != self.anchor:
                 mismatch = "checkpoint record does not match the catalog's anchor"
@@ -313,6 +348,8 @@ class SegmentWalk:
                 )
             self.position = reader.position
             self.expected, self.prev = record.offset + 1, record.hash  # a cut marker jumps (markers.py)
+            if gp is not None:
+                self.last_position = gp
             yield record, frame.position, frame.header.frame_size, frame.header.batch_end
 
 
@@ -466,11 +503,13 @@ class ScannedRecord:
     payload_len: int
     marker: RepairMarker | None = None
     """The repair marker a kind-2 record holds (``markers.py``)."""
+    global_position: int | None = None
+    """The global position the record's frame carries (None: a format-1 record)."""
 
 
 def _scanned(entry: IndexEntry, record: Record) -> ScannedRecord:
     marker = decode_marker(record.payload) if record.kind is RecordKind.REPAIR else None
-    return ScannedRecord(entry, record.hash, len(record.payload), marker)
+    return ScannedRecord(entry, record.hash, len(record.payload), marker, record.global_position)
 
 
 @dataclass(slots=True)

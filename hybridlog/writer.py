@@ -120,6 +120,7 @@ class Writer:
         self.commits: GroupCommitQueue[AppendRequest] = GroupCommitQueue()
         self._trainer = DictionaryTrainer(data_dir, dictionaries)  # stream dictionaries, for compressing
         self._syncers: ThreadPoolExecutor | None = None  # started by the first group that touches several files
+        self._mark: int | None = None  # the last global position given out (None: ask the catalog)
 
     def submit(
         self,
@@ -133,17 +134,13 @@ class Writer:
         record_count: int | None = None,
         pipeline: AppendPipeline | None = None,
     ) -> tuple[Offset, ChainHash]:
-        """Stage 1 here (frame against the head as it looks now), stage 2 through the group commit."""
+        """Both stages through the group commit: the leader of the group frames the batch (its global
+        positions are known only then) and writes it with the others."""
         head = self.heads.get(sid)
         if head is None or self._closed():
             with self._lock:
                 head = self.head(sid)  # raises StoreClosed / ReadOnlyStore as needed
         request = AppendRequest(sid, payloads, expected_offset, prev_hash, check_prev, fsync, record_count)
-        view = head.view
-        if _conflict(request, view) is None:
-            pipeline = pipeline or self._thread_pipeline()
-            compressor = self._compressor(sid, pipeline)
-            request.framed = frame_batch(sid, self._plan(request, view), view, self._now(), pipeline.buffer, compressor)
         self.commits.submit(request, self._commit_group)
         if request.error is not None:
             raise request.error
@@ -177,6 +174,13 @@ class Writer:
             tentative: dict[StreamId, HeadView] = {}
             batches: dict[StreamId, list[FramedBatch]] = {}
             accepted: list[AppendRequest] = []
+            try:
+                mark = self.global_mark()
+            except StorageError as e:
+                for i, request in enumerate(group):
+                    request.error, request.done = (e if i == 0 else _copy_error(e)), True
+                return
+            first_mark = mark
             for request in group:
                 try:
                     head = self.head(request.stream_id)
@@ -186,31 +190,29 @@ class Writer:
                     conflict = _conflict(request, view)
                     if conflict is not None:
                         raise conflict
-                    framed = request.framed
-                    if framed is None or framed.on != view:
-                        # framed on a head that moved since (another batch in this group or before it)
-                        compressor = self._compressor(request.stream_id, self._pipeline)
-                        framed = frame_batch(
-                            request.stream_id,
-                            self._plan(request, view),
-                            view,
-                            self._now(),
-                            self._pipeline.buffer,
-                            compressor,
-                        )
-                        request.framed = framed
+                    compressor = self._compressor(request.stream_id, self._pipeline)
+                    framed = frame_batch(
+                        request.stream_id,
+                        self._plan(request, view),
+                        view,
+                        mark + 1,  # the group's batches get the next positions, in the order accepted
+                        self._now(),
+                        self._pipeline.buffer,
+                        compressor,
+                    )
                 except StorageError as e:
                     request.error, request.done = e, True
                     continue
+                request.framed = framed
+                mark += len(framed.records)
                 tentative[request.stream_id] = framed.after
                 batches.setdefault(request.stream_id, []).append(framed)
                 accepted.append(request)
             if not accepted:
                 return
+            self._mark = mark  # given out: a failure below takes them back only when nothing can be stored
             try:
-                self.write_group(
-                    batches, [r.framed for r in accepted if r.framed], fsync=any(r.fsync for r in accepted)
-                )
+                self.write_group(batches, fsync=any(r.fsync for r in accepted))
             except _GroupFailed as failure:
                 for i, request in enumerate(accepted):
                     if request.stream_id in failure.unsure:
@@ -220,6 +222,7 @@ class Writer:
                     request.done = True
                 return
             except StorageError as e:
+                self._mark = first_mark  # the group was cut back: none of its positions is stored
                 for i, request in enumerate(accepted):
                     request.error, request.done = (e if i == 0 else _copy_error(e)), True
                 return
@@ -229,25 +232,19 @@ class Writer:
                 assert after.head is not None
                 request.result, request.done = (Offset(after.next_offset), after.head), True
 
-    def write_group(
-        self, batches: dict[StreamId, list[FramedBatch]], in_order: list[FramedBatch], *, fsync: bool
-    ) -> None:
-        """Write, fsync and commit framed batches (see the module docstring for the order).
+    def global_mark(self) -> int:
+        """The last global position given out: the catalog's, until this writer gives out more."""
+        if self._mark is None:
+            try:
+                self._mark = self._catalog().last_global_position()
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog, batch not stored: {e}") from e
+        return self._mark
 
-        ``in_order``: the same batches in the order the group accepted them, which is the order
-        of their global positions: each batch gets the next contiguous range after the mark.
-        """
+    def write_group(self, batches: dict[StreamId, list[FramedBatch]], *, fsync: bool) -> None:
+        """Write, fsync and commit framed batches (see the module docstring for the order)."""
         catalog = self._catalog()
-        try:
-            last_position = catalog.last_global_position()
-        except apsw.Error as e:
-            raise CatalogError(f"cannot read the catalog, batch not stored: {e}") from e
-        first_positions: dict[tuple[StreamId, int], int] = {}
-        new_last: int = last_position
-        for batch in in_order:
-            first_positions[batch.stream_id, batch.on.next_offset] = new_last + 1
-            new_last += len(batch.records)
-        writes, seals = lay_out(self.heads, batches, first_positions, self._max_segment_size)
+        writes, seals = lay_out(self.heads, batches, self._max_segment_size)
         now = max(b.timestamp_ns for bs in batches.values() for b in bs)
         committing = False
         try:
@@ -296,7 +293,7 @@ class Writer:
                         size_bytes=w.end,
                         now_ns=now,
                     )
-                    catalog.insert_index_rows(w.rows)
+                    catalog.insert_batches(w.rows)
                     catalog.insert_checkpoints(w.checkpoints)
                 for sid, segment_no, digest in digests:  # after the upserts: a segment may be new
                     catalog.seal_segment(sid, segment_no, digest=digest, now_ns=now)
@@ -313,7 +310,6 @@ class Writer:
                         last_timestamp_ns=framed[-1].timestamp_ns,
                         now_ns=now,
                     )
-                catalog.advance_global_position(last_position, new_last)
                 committing = True  # what fails from here on is the COMMIT itself: it may have happened
             failpoint("catalog-committed")
         except BaseException as e:
@@ -425,7 +421,9 @@ class Writer:
                 head.writer.sync()
 
     def forget(self, stream_id: StreamId) -> None:
-        """Drop a stream's head (reloaded from the catalog on next use), closing its segment."""
+        """Drop a stream's head (reloaded from the catalog on next use), closing its segment, and the
+        global mark (a repair or re-index may have moved it)."""
+        self._mark = None
         head = self.heads.pop(stream_id, None)
         if head is not None and head.writer is not None:
             head.writer.close()
@@ -439,6 +437,7 @@ class Writer:
             if head.writer is not None:
                 head.writer.close()
         self.heads.clear()
+        self._mark = None
 
 
 # --- failures ------------------------------------------------------------------------------------

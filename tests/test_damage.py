@@ -114,6 +114,11 @@ def records_of(path: Path, compression: CompressionKind, stream_id: int) -> list
         return genesis_records(store, stream_id)
 
 
+def global_mark(path: Path, compression: CompressionKind) -> int:
+    with open_store(path, compression, read_only=True) as store:
+        return store.last_global_position()
+
+
 @dataclass(frozen=True, repr=False)
 class Template:
     """A built store, copied for each example, and what it must read back as.
@@ -152,12 +157,14 @@ def build_template(path: Path, compression: CompressionKind) -> Template:
     tail: list[list[Record]] = []
     ends: list[int] = []
     offset, prev = last.offset + 1, last.hash
+    position = global_mark(path, compression) + 1
     for b, size in enumerate((2, 1, 3)):
         payloads = [f"pending batch {b} event {i}".encode() * 3 for i in range(size)]
         batch = frame_batch(
             tail_bytes,
             stream_id=TAIL_STREAM,
             offset=offset,
+            global_position=position + offset - last.offset - 1,
             prev=prev,
             timestamp_ns=last.timestamp_ns + b + 1,
             payloads=payloads,
@@ -351,10 +358,12 @@ def write_pending(store_dir: Path, compression: CompressionKind) -> Pending:
     committed = records_of(store_dir, compression, TAIL_STREAM)
     last = committed[-1]
     complete, torn = bytearray(), bytearray()
+    position = global_mark(store_dir, compression) + 1
     adopted = frame_batch(
         complete,
         stream_id=TAIL_STREAM,
         offset=last.offset + 1,
+        global_position=position,
         prev=last.hash,
         timestamp_ns=last.timestamp_ns + 1,
         payloads=[b"complete batch, event 0", b"complete batch, event 1"],
@@ -364,6 +373,7 @@ def write_pending(store_dir: Path, compression: CompressionKind) -> Pending:
         torn,
         stream_id=TAIL_STREAM,
         offset=last.offset + 3,
+        global_position=position + 2,
         prev=adopted[-1].hash,
         timestamp_ns=last.timestamp_ns + 2,
         payloads=[b"torn batch, event %d " % i * 20 for i in range(3)],

@@ -258,7 +258,7 @@ def test_migrations_apply_in_order_and_set_user_version(store_dir: Path) -> None
     conn = apsw.Connection(str(store_dir / CATALOG_FILE), flags=apsw.SQLITE_OPEN_READONLY)
     assert conn.pragma("user_version") == SCHEMA_VERSION
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert {"streams", "segments", "records", "checkpoints", "record_kinds", "store_info"} <= tables
+    assert {"streams", "segments", "batches", "checkpoints", "record_kinds", "store_info"} <= tables
 
 
 def test_read_only_store_refuses_writes(store_dir: Path) -> None:
@@ -477,6 +477,7 @@ def _write_uncommitted_batch(store_dir: Path, stream_id: int, store: Storage, pa
         out,
         stream_id=stream_id,
         offset=store.next_offset(stream_id),
+        global_position=store.last_global_position() + 1,
         prev=head,
         timestamp_ns=2_000_000_000_000_000_000,
         payloads=payloads,

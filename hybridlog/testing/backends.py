@@ -149,7 +149,13 @@ def assert_valid_chain(records: Sequence[Record], stream_id: int) -> None:
         assert record.offset == i
         assert record.prev_hash == prev
         expected = record_hash(
-            stream_id, record.offset, record.kind, record.timestamp_ns, record.prev_hash, record.payload
+            stream_id,
+            record.offset,
+            record.kind,
+            record.timestamp_ns,
+            record.prev_hash,
+            record.payload,
+            record.global_position,
         )
         assert record.hash == expected
         assert isinstance(record.payload, bytes)

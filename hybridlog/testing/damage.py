@@ -21,7 +21,7 @@ from pathlib import Path
 
 import apsw
 
-from hybridlog import ChainHash, CompressionKind, Offset, Record, RecordKind, StorageBackend, StreamId
+from hybridlog import ChainHash, CompressionKind, GlobalPosition, Offset, Record, RecordKind, StorageBackend, StreamId
 from hybridlog.layout import CATALOG_FILE, QUARANTINE_SUFFIX, SEGMENT_SUFFIX, segment_path, stream_path
 from hybridlog.record import (
     CHECKSUM,
@@ -35,12 +35,14 @@ from hybridlog.record import (
 
 CATALOG_SIDE_FILES = ("-wal", "-shm")
 
-# Byte positions of fields inside a record frame (the table in hybridlog/record.py).
+# Byte positions of fields inside a format-2 record frame (the table in hybridlog/record.py).
 STREAM_ID_FIELD = 8
 OFFSET_FIELD = 16
-STORED_LEN_FIELD = 32
-PREV_HASH_FIELD = 40
-HASH_FIELD = 72
+GLOBAL_POSITION_FIELD = 24
+TIMESTAMP_FIELD = 32
+STORED_LEN_FIELD = 40
+PREV_HASH_FIELD = 48
+HASH_FIELD = 80
 
 # --- segment files -----------------------------------------------------------------------------------
 
@@ -80,7 +82,9 @@ def reseal_frame(path: Path, position: int) -> None:
     """
     data = bytearray(path.read_bytes())
     header = parse_header(bytes(data[position : position + HEADER_SIZE]))
-    end = position + HEADER_SIZE + header.stored_len
+    if not header.checksum_size:
+        return  # a format-2 frame has no checksum: its hash is all there is to recompute
+    end = position + header.header_size + header.stored_len
     data[end : end + CHECKSUM_SIZE] = CHECKSUM.pack(zlib.crc32(data[position:end]))
     path.write_bytes(bytes(data))
 
@@ -95,7 +99,15 @@ def rehash_frame(path: Path, position: int) -> None:
     header = parse_header(bytes(data[position : position + HEADER_SIZE]))
     assert not header.compressed, "rehash_frame handles uncompressed payloads only"
     payload = bytes(data[position + HEADER_SIZE : position + HEADER_SIZE + header.stored_len])
-    own = record_hash(header.stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload)
+    own = record_hash(
+        header.stream_id,
+        header.offset,
+        header.kind,
+        header.timestamp_ns,
+        header.prev_hash,
+        payload,
+        header.global_position,
+    )
     data[position + HASH_FIELD : position + HASH_FIELD + len(own)] = own
     path.write_bytes(bytes(data))
     reseal_frame(path, position)
@@ -256,12 +268,14 @@ def frame_batch(
     *,
     stream_id: int,
     offset: int,
+    global_position: int,
     prev: bytes,
     timestamp_ns: int,
     payloads: list[bytes],
     compression: CompressionKind,
 ) -> FramedBatch:
-    """Frame one batch of events onto ``out`` the way the store would."""
+    """Frame one batch of events onto ``out`` the way the store would, its records at global positions
+    from ``global_position`` on."""
     compressor = new_compressor() if compression is CompressionKind.ZSTD else None
     records, sizes = [], []
     for i, payload in enumerate(payloads):
@@ -270,6 +284,7 @@ def frame_batch(
             out,
             stream_id=stream_id,
             offset=offset + i,
+            global_position=global_position + i,
             kind=RecordKind.EVENT,
             timestamp_ns=timestamp_ns,
             prev_hash=prev,
@@ -278,7 +293,8 @@ def frame_batch(
             compressor=compressor,
         )
         sid, off = StreamId(stream_id), Offset(offset + i)
-        records.append(Record(sid, off, RecordKind.EVENT, timestamp_ns, ChainHash(prev), own, payload))
+        position = GlobalPosition(global_position + i)
+        records.append(Record(sid, off, RecordKind.EVENT, timestamp_ns, ChainHash(prev), own, payload, position))
         sizes.append(len(out) - start)
         prev = own
     return FramedBatch(records, sizes)

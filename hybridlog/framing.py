@@ -20,7 +20,7 @@ from hybridlog.catalog import Catalog
 from hybridlog.catalog_rows import BatchRow, CheckpointRow, damaged_hint, pack_frame_ends, pack_kinds
 from hybridlog.errors import CatalogMismatch, StorageError, StorageIOError
 from hybridlog.layout import segment_path
-from hybridlog.record import FrameSpan, PayloadCompressor, append_frames
+from hybridlog.record import PayloadCompressor, append_frames
 from hybridlog.segment import SegmentWriter
 from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId
 
@@ -44,7 +44,9 @@ class FramedBatch:
     first_global_position: int
     timestamp_ns: int
     data: bytes
-    records: list[FrameSpan]
+    ends: list[int]  # where each record's frame ends in ``data``
+    kinds: list[int]
+    hashes: list[ChainHash]
     events: int
     payload_bytes: int
     after: HeadView  # the head once this batch is committed
@@ -63,7 +65,7 @@ def frame_batch(
     from ``first_global_position`` on (stage 1; no I/O)."""
     timestamp = max(now_ns, on.last_timestamp_ns)  # never backwards within a stream
     buffer.clear()
-    records = append_frames(
+    ends, hashes = append_frames(
         buffer,
         planned,
         stream_id=stream_id,
@@ -83,9 +85,19 @@ def frame_batch(
     else:
         payload_bytes = sum(len(payload) for _, payload in planned)
         since = on.events_since_checkpoint + events
-    after = HeadView(on.next_offset + len(records), records[-1][4], since, timestamp)
+    after = HeadView(on.next_offset + len(ends), hashes[-1], since, timestamp)
     return FramedBatch(
-        stream_id, on, first_global_position, timestamp, bytes(buffer), records, events, payload_bytes, after
+        stream_id,
+        on,
+        first_global_position,
+        timestamp,
+        bytes(buffer),
+        ends,
+        kinds,
+        hashes,
+        events,
+        payload_bytes,
+        after,
     )
 
 
@@ -191,24 +203,25 @@ class SegmentWrite:
         """Lay ``batch`` after what this write holds, with its ``batches`` row and checkpoint rows."""
         position = self.base + len(self.data)
         self.data += batch.data
-        sid, ts = self.stream_id, batch.timestamp_ns
-        spans = batch.records
+        sid, ts, first = self.stream_id, batch.timestamp_ns, batch.on.next_offset
+        kinds = batch.kinds
         self.rows.append(
             (
                 batch.first_global_position,
                 sid,
-                batch.on.next_offset,
-                len(spans),
+                first,
+                len(kinds),
                 self.segment_no,
                 position,
-                pack_frame_ends([start + length for _, start, length, _, _ in spans]),
-                pack_kinds([kind for _, _, _, kind, _ in spans]),
+                pack_frame_ends(batch.ends),
+                pack_kinds(kinds),
                 ts,
             )
         )
-        for offset, _, _, kind, digest in spans:
-            if kind == RecordKind.CHECKPOINT:
-                self.checkpoints.append(CheckpointRow(sid, Offset(offset), digest, ts))
+        if batch.events < len(kinds):
+            for i, kind in enumerate(kinds):
+                if kind == RecordKind.CHECKPOINT:
+                    self.checkpoints.append(CheckpointRow(sid, Offset(first + i), batch.hashes[i], ts))
         self.next_offset = batch.after.next_offset
 
     @property

@@ -31,14 +31,16 @@ rows by ``verify``. So a record is told valid or not on its own by its hash: a t
 garbage fails it without looking at the next record. (Measured: the CRC cost about a third of the
 time of framing and of a verified read of a 256-byte event, and proved nothing the hash does not.)
 
-The record hash is BLAKE3 over::
+The record hash of format 2 is BLAKE3 over the header's first 80 bytes as they are written for
+an uncompressed record that ends no batch (``flags`` 0, ``stored_len`` = ``raw_len``), then the
+uncompressed payload: one hash over header and payload (the magic and version byte open it, so it
+is its own domain tag). Format 1 hashed::
 
-    format 2: b"hybridlog.record\\x00" | version u8 (2) | stream_id u64 | offset u64
-              | global_position u64 | kind u8 | timestamp u64 | prev_hash (32) | raw_len u64 | payload
-    format 1: the same without global_position, version 1
+    b"hybridlog.record\\x00" | version u8 (1) | stream_id u64 | offset u64 | kind u8 | timestamp u64
+    | prev_hash (32) | raw_len u64 | uncompressed payload
 
-over the uncompressed payload, so a record cannot be moved to another stream, offset or place in
-the store-wide order, re-timed, or re-linked without changing its hash, and compression does not
+Either way a record cannot be moved to another stream, offset or (format 2) place in the
+store-wide order, re-timed, or re-linked without changing its hash, and compression does not
 change it. ``docs/format.md`` repeats this with test vectors.
 
 A payload compressed with one of its stream's trained zstd dictionaries (flag bit 2) is a zstd
@@ -94,7 +96,8 @@ FRAME_OVERHEAD_V1 = HEADER_V1_SIZE + CHECKSUM_SIZE
 VERSION_BYTE = 4
 """Where the version byte is in every frame."""
 
-_HASH_PREFIX = struct.Struct(f"<{len(HASH_DOMAIN)}sBQQQBQ32sQ")  # domain, version, ..., gp, ..., prev_hash, raw_len
+HASHED_HEADER = struct.Struct("<4sBBBBQQQQII32s")  # format 2's header up to the hash: what its hash covers
+HASH_FIELD = HASHED_HEADER.size  # 80: where the hash is in a format-2 header
 _HASH_PREFIX_V1 = struct.Struct(f"<{len(HASH_DOMAIN)}sBQQBQ32sQ")
 
 # The stored payload of a compressed record may be larger than its raw payload only if we
@@ -102,6 +105,8 @@ _HASH_PREFIX_V1 = struct.Struct(f"<{len(HASH_DOMAIN)}sBQQBQ32sQ")
 MAX_STORED_LEN = MAX_EVENT_SIZE
 
 assert HEADER_SIZE == 112
+assert HEADER.size == HASHED_HEADER.size + 32  # the hash ends the header
+assert FORMAT_VERSION == 2  # append_frames writes the literal 2
 assert HEADER_V1_SIZE == 104
 
 
@@ -119,17 +124,27 @@ def record_hash(
     ``global_position`` None: a format-1 record (which has none), hashed as format 1 does.
     """
     # Everything before the payload is packed in one go: one struct call, one hasher update.
+    raw_len = len(payload)
     if global_position is None:
         prefix = _HASH_PREFIX_V1.pack(
-            HASH_DOMAIN, LEGACY_FORMAT_VERSION, stream_id, offset, kind, timestamp_ns, prev_hash, len(payload)
+            HASH_DOMAIN, LEGACY_FORMAT_VERSION, stream_id, offset, kind, timestamp_ns, prev_hash, raw_len
         )
     else:
-        prefix = _HASH_PREFIX.pack(
-            HASH_DOMAIN, FORMAT_VERSION, stream_id, offset, global_position, kind, timestamp_ns, prev_hash, len(payload)
+        prefix = HASHED_HEADER.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            kind,
+            0,
+            0,
+            stream_id,
+            offset,
+            global_position,
+            timestamp_ns,
+            raw_len,
+            raw_len,
+            prev_hash,
         )
-    hasher = blake3.blake3(prefix)
-    hasher.update(payload)
-    return ChainHash(hasher.digest())
+    return ChainHash(blake3.blake3(prefix).update(payload).digest())
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,10 +395,6 @@ def choose_stored(
     return payload, 0
 
 
-FrameSpan = tuple[int, int, int, int, ChainHash]
-"""Where ``append_frames`` put one record: offset, start (byte position in ``out``), frame length, kind, hash."""
-
-
 def append_frames(
     out: bytearray,
     records: Sequence[tuple[int, bytes | bytearray | memoryview]],
@@ -395,49 +406,42 @@ def append_frames(
     prev_hash: bytes,
     batch_end: bool,
     compressor: PayloadCompressor | None,
-) -> list[FrameSpan]:
+) -> tuple[list[int], list[ChainHash]]:
     """Frame ``records`` (kind, payload) as consecutive offsets and global positions onto the end of ``out``.
 
     Each record is hashed, linked to the one before and optionally compressed (kept only when
     smaller), in format 2. With ``batch_end`` the last record is flagged as the end of its batch.
-    This is the append hot loop, so it binds everything it calls to locals and makes no per-record
-    objects besides the frame bytes and the returned span.
+    Returns where each frame ends (a byte position in ``out``) and each record's hash.
+
+    This is the append hot loop: it binds what it calls to locals, packs each header once (and
+    again only for a record whose flags are not 0: compressed, or the batch's last), hashes it
+    with the payload in one hasher, and makes no per-record objects besides the frame bytes.
     """
-    new_hasher, pack_prefix, pack_header = blake3.blake3, _HASH_PREFIX.pack, HEADER.pack
-    spans: list[FrameSpan] = []
+    new_hasher, pack_head = blake3.blake3, HASHED_HEADER.pack
+    ends: list[int] = []
+    hashes: list[ChainHash] = []
     offset, position, prev = first_offset, first_global_position, prev_hash
     last = len(records) - 1
     for i, (kind, payload) in enumerate(records):
         raw_len = len(payload)
-        hasher = new_hasher(
-            pack_prefix(HASH_DOMAIN, FORMAT_VERSION, stream_id, offset, position, kind, timestamp_ns, prev, raw_len)
-        )
-        hasher.update(payload)
-        own = hasher.digest()
-        stored, flags = choose_stored(payload, compressor) if compressor is not None else (payload, 0)
-        if batch_end and i == last:
-            flags |= FLAG_BATCH_END
-        header = pack_header(
-            MAGIC,
-            FORMAT_VERSION,
-            kind,
-            flags,
-            0,
-            stream_id,
-            offset,
-            position,
-            timestamp_ns,
-            len(stored),
-            raw_len,
-            prev,
-            own,
-        )
-        start = len(out)
-        out += header
-        out += stored
-        spans.append((offset, start, len(out) - start, kind, own))
+        head = pack_head(MAGIC, 2, kind, 0, 0, stream_id, offset, position, timestamp_ns, raw_len, raw_len, prev)
+        own = new_hasher(head).update(payload).digest()
+        if compressor is not None or (batch_end and i == last):
+            stored, flags = choose_stored(payload, compressor) if compressor is not None else (payload, 0)
+            if batch_end and i == last:
+                flags |= FLAG_BATCH_END
+            if flags:
+                head = pack_head(
+                    MAGIC, 2, kind, flags, 0, stream_id, offset, position, timestamp_ns, len(stored), raw_len, prev
+                )
+            payload = stored
+        out += head
+        out += own
+        out += payload
+        ends.append(len(out))
+        hashes.append(own)
         offset, position, prev = offset + 1, position + 1, own
-    return spans
+    return ends, hashes
 
 
 def append_frame(
@@ -454,7 +458,7 @@ def append_frame(
     compressor: PayloadCompressor | None,
 ) -> ChainHash:
     """Frame one record onto the end of ``out`` and return its hash (``append_frames`` for one)."""
-    ((_, _, _, _, own),) = append_frames(
+    _, (own,) = append_frames(
         out,
         [(kind, payload)],
         stream_id=stream_id,

@@ -34,7 +34,14 @@ from hybridlog import CatalogMismatch, CheckpointPolicy, GlobalRecord, Record, S
 from hybridlog.cli import EXIT_DAMAGE, cli
 from hybridlog.layout import CATALOG_FILE
 from hybridlog.testing.clocks import make_clock
-from hybridlog.testing.damage import age_segments, catalog_path, edit_catalog, genesis_events, genesis_records
+from hybridlog.testing.damage import (
+    age_segments,
+    catalog_path,
+    edit_catalog,
+    genesis_events,
+    genesis_records,
+    split_batches,
+)
 
 T0 = 1_700_000_000_000_000_000
 STREAMS = (1, 2, 7)
@@ -213,8 +220,9 @@ def _outcome(read: Callable[[], object]) -> object:
 
 
 def _move_timestamp(store: Path, sid: int, offset: int, to: int) -> None:
+    split_batches(store)  # one catalog row per record, so one record's time can be moved
     changed = edit_catalog(
-        store, "UPDATE records SET timestamp_ns = ? WHERE stream_id = ? AND offset = ?", (to, sid, offset)
+        store, "UPDATE batches SET timestamp_ns = ? WHERE stream_id = ? AND first_offset = ?", (to, sid, offset)
     )
     assert changed == 1
 
@@ -306,18 +314,21 @@ def _position(truth: Truth, sid: int, offset: int) -> int:
 
 
 def _move_past_the_mark(store: Path, truth: Truth) -> None:
-    edit_catalog(store, "UPDATE records SET global_position = 100000 WHERE stream_id = 1 AND offset = 5")
+    split_batches(store)
+    edit_catalog(store, "UPDATE batches SET global_position = 100000 WHERE stream_id = 1 AND first_offset = 5")
 
 
 def _swap_two(store: Path, truth: Truth) -> None:
     third, eighth = _position(truth, 1, 3), _position(truth, 1, 8)
-    move = "UPDATE records SET global_position = ? WHERE global_position = ?"
+    split_batches(store)
+    move = "UPDATE batches SET global_position = ? WHERE global_position = ?"
     for to, at in ((10**9, third), (third, eighth), (eighth, 10**9)):  # through a free position
         assert edit_catalog(store, move, (to, at)) == 1
 
 
 def _delete_one(store: Path, truth: Truth) -> None:
-    edit_catalog(store, "DELETE FROM records WHERE stream_id = 1 AND offset = 5")
+    split_batches(store)
+    edit_catalog(store, "DELETE FROM batches WHERE stream_id = 1 AND first_offset = 5")
 
 
 @pytest.mark.parametrize(
@@ -419,7 +430,7 @@ def test_many_catalog_byte_flips_give_the_true_records_or_a_typed_error(
 def test_a_writer_refuses_to_append_over_a_head_the_catalog_lost(store: Path, truth: Truth) -> None:
     """Without its streams, records and checkpoints rows, a stream would take offset 0 again, on
     top of the records its segment holds. The segments row still says where the stream ends."""
-    for table in ("streams", "records", "checkpoints"):
+    for table in ("streams", "batches", "checkpoints"):
         assert edit_catalog(store, f"DELETE FROM {table} WHERE stream_id = 1") > 0  # noqa: S608 (a constant)
     before = {p: p.read_bytes() for p in sorted(store.glob("streams/1/*"))}
     with Storage(store, clock=make_clock(T0 + 10**12), checkpoint_policy=CheckpointPolicy.explicit()) as writer:
@@ -451,7 +462,10 @@ def test_a_record_position_no_file_can_have_is_a_typed_error_and_leaves_no_file_
     store_dir = tmp_path / "store"
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as writer:
         writer.append(1, [b"a", b"b", b"c"])
-    assert edit_catalog(store_dir, "UPDATE records SET position = ? WHERE stream_id = 1 AND offset = 0", (position,))
+    split_batches(store_dir)
+    assert edit_catalog(
+        store_dir, "UPDATE batches SET position = ? WHERE stream_id = 1 AND first_offset = 0", (position,)
+    )
     with Storage(store_dir, read_only=True, verified_cache_records=0) as reader:
         for _ in range(3):
             with pytest.raises(StorageError):

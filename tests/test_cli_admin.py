@@ -509,7 +509,7 @@ def test_rebuild_index_of_the_whole_store_keeps_the_old_catalog_aside(store: Pat
 
 def test_rebuild_index_of_one_stream_restores_its_lost_rows(store: Path) -> None:
     conn = apsw.Connection(str(store / CATALOG_FILE))
-    conn.execute("DELETE FROM records WHERE stream_id = ?", (DAMAGED,))  # the offset index is lost
+    conn.execute("DELETE FROM batches WHERE stream_id = ?", (DAMAGED,))  # the offset index is lost
     conn.close()
     assert run("read", str(store), "--stream", str(DAMAGED))[0] != 0
     code, out, err = run("rebuild-index", str(store), "--stream", str(DAMAGED))

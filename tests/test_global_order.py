@@ -26,6 +26,7 @@ import pytest
 from hybridlog import (
     CatalogError,
     CheckpointPolicy,
+    FindingKind,
     GlobalRecord,
     IntegrityError,
     Record,
@@ -37,7 +38,14 @@ from hybridlog.layout import CATALOG_FILE, segment_path
 from hybridlog.segment import SegmentWriter
 from hybridlog.sql import query_catalog
 from hybridlog.testing.clocks import make_clock
-from hybridlog.testing.damage import flip_byte, genesis_events, genesis_records, rollback_catalog, save_catalog
+from hybridlog.testing.damage import (
+    flip_byte,
+    genesis_events,
+    genesis_records,
+    rollback_catalog,
+    save_catalog,
+    split_batches,
+)
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "schema2_store"
 T0 = 1_700_000_000_000_000_000
@@ -341,9 +349,9 @@ def test_rebuild_index_keeps_every_position(store_dir: Path) -> None:
         assert positions(store_dir)[0, store.next_offset(0) - 1] == max(before.values()) + 1
 
 
-def test_full_rebuild_renumbers_in_time_order_deterministically(store_dir: Path) -> None:
-    """Commit order and time order differ when a clock steps back; a full rebuild, having only the
-    segments, numbers by (timestamp_ns, stream_id, offset), the same way every time, and closes gaps."""
+def test_full_rebuild_keeps_every_position_whatever_the_clock_did(store_dir: Path) -> None:
+    """Commit order and time order differ when a clock steps back; the positions are in the frames,
+    so a full rebuild, having only the segments, gives every record the position it had."""
     clock = SetClock(T0 + 10 * SECOND)
     policy = CheckpointPolicy.explicit()
     with Storage(store_dir, checkpoint_policy=policy, clock=clock) as store:
@@ -353,16 +361,17 @@ def test_full_rebuild_renumbers_in_time_order_deterministically(store_dir: Path)
         clock.now = T0 + 5 * SECOND
         store.append(0, [b"early-0"])  # position 4, at 5 s
         store.append(1, [b"later-1"])  # clamped to 10 s: position 5
-    assert in_global_order(store_dir) == [(1, 0), (2, 0), (2, 1), (0, 0), (1, 1)]
+    committed = [(1, 0), (2, 0), (2, 1), (0, 0), (1, 1)]
+    assert in_global_order(store_dir) == committed
+    before = positions(store_dir)
     with Storage(store_dir, checkpoint_policy=policy, clock=clock) as store:
         store.rebuild_catalog()
         assert store.last_global_position() == 5
-    expected = [(0, 0), (2, 0), (2, 1), (1, 0), (1, 1)]
-    assert in_global_order(store_dir) == expected
-    assert sorted(positions(store_dir).values()) == [1, 2, 3, 4, 5]
+    assert in_global_order(store_dir) == committed
+    assert positions(store_dir) == before
+    (store_dir / CATALOG_FILE).unlink()
     with Storage(store_dir, checkpoint_policy=policy, clock=clock) as store:
-        store.rebuild_catalog()
-        assert [(g.record.stream_id, g.record.offset) for g in store.read_global()] == expected
+        assert [(g.record.stream_id, g.record.offset) for g in store.read_global()] == committed
         store.append(2, [b"new"])
         assert store.last_global_position() == 6
     assert mark(store_dir) == 6
@@ -380,22 +389,30 @@ def test_a_missing_catalog_is_rebuilt_with_positions(store_dir: Path) -> None:
     assert in_global_order(store_dir) == before
 
 
-def test_check_does_not_compare_global_positions(store_dir: Path) -> None:
-    """Positions are catalog-only: a catalog whose numbering differs from a rebuild's is not damaged."""
+def test_check_finds_catalog_positions_that_differ_from_the_frames(store_dir: Path) -> None:
+    """Positions are in the frames: a catalog numbering them otherwise is damage, and a repair
+    re-indexes it with the positions the frames carry."""
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
         store.append(1, [b"a"])
         store.append(2, [b"b"])
+    split_batches(store_dir)
     conn = apsw.Connection(str(store_dir / CATALOG_FILE))
-    with conn:  # renumber by hand, as an older rebuild might have: 1 -> 10, 2 -> 20
-        conn.execute("UPDATE records SET global_position = global_position * 10")
+    with conn:  # renumber by hand: 1 -> 10, 2 -> 20
+        conn.execute("UPDATE batches SET global_position = global_position * 10")
         conn.execute("UPDATE global_order SET last_position = 20")
-        # and log it as a rebuild does (positions left unused with nothing in the log are damage)
         conn.execute("INSERT INTO recovery_log (at_ns, found, action) VALUES (1, 'by hand', 'rebuilt_catalog')")
     conn.close()
     with Storage(store_dir, read_only=True) as reader:
         report = reader.check()
-        assert report.ok, report.findings
-        assert [g.global_position for g in reader.read_global()] == [10, 20]
+        assert {(f.stream_id, f.problem) for f in report.findings} == {
+            (1, FindingKind.CATALOG_MISMATCH),
+            (2, FindingKind.CATALOG_MISMATCH),
+        }
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.repair()
+        assert store.check().ok
+        assert [g.global_position for g in store.read_global()] == [1, 2]
+        assert store.last_global_position() == 20  # positions once given out are never given again
 
 
 # --- verification --------------------------------------------------------------------------------

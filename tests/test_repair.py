@@ -84,6 +84,7 @@ from hybridlog.testing.damage import (
     rollback_catalog,
     save_catalog,
     segment_files,
+    split_batches,
     stream_bytes,
     tear_tail,
     truncate_catalog,
@@ -1187,8 +1188,8 @@ def test_the_nothing_lost_oracle_fails_when_a_byte_is_lost(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     "edit",
     [
-        "DELETE FROM records WHERE stream_id = ? AND offset = 10",
-        "UPDATE records SET position = position + 1 WHERE stream_id = ? AND offset = 10",
+        "DELETE FROM batches WHERE stream_id = ? AND first_offset = 10",
+        "UPDATE batches SET position = position + 1 WHERE stream_id = ? AND first_offset = 10",
         "DELETE FROM checkpoints WHERE stream_id = ?",
     ],
 )
@@ -1196,6 +1197,7 @@ def test_check_compares_index_and_checkpoint_rows_with_the_segments(
     history: History, store_copy: Path, edit: str
 ) -> None:
     """A catalog whose offset-index or checkpoint rows were changed by hand is found, then reindexed."""
+    split_batches(store_copy)  # one row per record, so one record's row can be changed
     conn = apsw.Connection(str(store_copy / "catalog.db"))
     conn.execute(edit, (STREAM,))
     conn.close()

@@ -531,7 +531,7 @@ def test_repair_reports_each_result_once(store_dir: Path) -> None:
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
         store.append(1, [b"a"])
         conn = apsw.Connection(str(store_dir / CATALOG_FILE))
-        conn.execute("DELETE FROM records WHERE stream_id = 1")
+        conn.execute("DELETE FROM batches WHERE stream_id = 1")
         conn.close()
         report = store.repair()
         assert [(s.repair, s.stream_id) for s in report.applied] == [("reindex", 1)]

@@ -22,6 +22,7 @@ from pathlib import Path
 import apsw
 
 from hybridlog import ChainHash, CompressionKind, GlobalPosition, Offset, Record, RecordKind, StorageBackend, StreamId
+from hybridlog.catalog_rows import BATCH_COLUMNS, expand_batch, pack_frame_ends, pack_kinds
 from hybridlog.layout import CATALOG_FILE, QUARANTINE_SUFFIX, SEGMENT_SUFFIX, segment_path, stream_path
 from hybridlog.record import (
     CHECKSUM,
@@ -233,6 +234,44 @@ def edit_catalog(data_dir: Path, sql: str, bindings: tuple[object, ...] = ()) ->
         conn.close()
     _assert_no_pending_wal(data_dir)
     return changed
+
+
+def split_batches(data_dir: Path) -> None:
+    """Rewrite a closed store's ``batches`` rows as one row per record (a catalog the store reads as
+    well: what migration 0006 makes of an older one), so a test can edit one record's index entry
+    with ``edit_catalog``: ``UPDATE batches SET ... WHERE stream_id = ? AND first_offset = ?``."""
+    _assert_no_pending_wal(data_dir)
+    conn = apsw.Connection(str(catalog_path(data_dir)))
+    try:
+        with conn:
+            rows = list(conn.execute(f"SELECT {BATCH_COLUMNS} FROM batches"))  # noqa: S608
+            conn.execute("DELETE FROM batches")
+            for row in rows:
+                for position, sid, offset, no, byte, length, kind, ts in expand_batch(row, data_dir / "catalog", None):
+                    conn.execute(
+                        f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?)",  # noqa: S608
+                        (position, sid, offset, no, byte, pack_frame_ends([length]), pack_kinds([kind]), ts),
+                    )
+    finally:
+        conn.close()
+    _assert_no_pending_wal(data_dir)
+
+
+def index_entry(data_dir: Path, stream_id: int, offset: int) -> tuple[int, int, int]:
+    """(segment_no, position, frame length) of a record, as a closed store's catalog has it."""
+    conn = apsw.Connection(str(catalog_path(data_dir)), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        for row in conn.execute(
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE stream_id = ? AND first_offset <= ?"  # noqa: S608
+            " ORDER BY first_offset DESC LIMIT 1",
+            (stream_id, offset),
+        ):
+            for _, _, found, no, position, length, _, _ in expand_batch(row, data_dir / "catalog", stream_id):
+                if found == offset:
+                    return no, position, length
+    finally:
+        conn.close()
+    raise KeyError(f"stream {stream_id} offset {offset} is not in the catalog")
 
 
 def age_segments(data_dir: Path, seconds: int = 3600) -> None:

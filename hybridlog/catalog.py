@@ -26,7 +26,9 @@ from hybridlog.catalog_rows import (
     APPLICATION_ID,
     APPLICATION_ID_VERSION,
     BATCH_COLUMNS,
+    BATCHES_VERSION,
     GAPS_VERSION,
+    GLOBAL_ORDER_VERSION,
     SCHEMA_VERSION,
     BatchRow,
     CheckpointRow,
@@ -58,6 +60,21 @@ from hybridlog.errors import CatalogError, CatalogMismatch, CatalogTooNew, Catal
 from hybridlog.layout import building_path, sqlite_companions
 from hybridlog.record import FORMAT_VERSION, LEGACY_FORMAT_VERSION
 from hybridlog.types import ChainHash, MarkerAction, Offset, RecordKind, RecoveryAction, StreamId, known
+
+
+def _batches_over_records(conn: apsw.Connection, *, with_positions: bool) -> None:
+    """Let a reader read a catalog no writer has upgraded to one row per batch yet (a reader never
+    migrates): a temporary ``batches`` view (in this connection's memory, not the file) that shows
+    each ``records`` row as a batch of one, as migration 0006 would."""
+    position = "global_position" if with_positions else "0"
+    conn.execute(
+        f"CREATE TEMP VIEW IF NOT EXISTS batches AS SELECT {position} AS global_position,"  # noqa: S608
+        " stream_id, offset AS first_offset, 1 AS record_count, segment_no, position,"
+        " unhex(printf('%02X%02X%02X%02X', length & 255, (length >> 8) & 255, (length >> 16) & 255,"
+        " (length >> 24) & 255)) AS frame_ends,"
+        " CASE WHEN kind = 0 THEN NULL ELSE unhex(printf('%02X', kind)) END AS kinds, timestamp_ns FROM main.records"
+    )
+
 
 LEGACY_BASE = 2**62
 """Where a rebuild numbers format-1 records until it knows their order (``number_legacy_records``)."""
@@ -139,6 +156,8 @@ class Catalog(GlobalOrderReads, CatalogChecks):
             )
         if found >= 1:  # migration 0001 wrote the record format; a newer one is refused like a newer schema
             self._check_record_format(conn)
+        if self.read_only and 1 <= found < BATCHES_VERSION:
+            _batches_over_records(conn, with_positions=found >= GLOBAL_ORDER_VERSION)
 
     def _check_record_format(self, conn: apsw.Connection) -> None:
         row = conn.execute("SELECT value FROM store_info WHERE key = 'record_format_version'").fetchone()

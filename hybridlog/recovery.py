@@ -102,7 +102,11 @@ def _global_positions(catalog: Catalog, adoption: Adoption, kept: dict[Offset, G
     positions: list[GlobalPosition] = []
     previous = 0
     for entry, carried in zip(adoption.entries, adoption.positions, strict=True):
-        position = GlobalPosition(carried) if carried is not None else kept.get(entry.offset)
+        if carried is not None:  # a format-2 record: the walk checked that these increase
+            positions.append(GlobalPosition(carried))
+            previous = carried
+            continue
+        position = kept.get(entry.offset)
         if position is None or position <= previous:
             mark = max(mark, previous) + 1
             position = GlobalPosition(mark)

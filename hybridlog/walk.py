@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import blake3
 import zstandard
 
 from hybridlog.catalog_rows import IndexEntry
@@ -46,12 +47,14 @@ from hybridlog.record import (
     CHECKSUM_SIZE,
     FLAG_BATCH_END,
     FLAG_COMPRESSED,
-    FORMAT_VERSION,
     FRAME_OVERHEAD_V1,
+    HASH_FIELD,
     HEADER,
     HEADER_SIZE,
     HEADER_V1,
     HEADER_V1_SIZE,
+    MAGIC,
+    MAX_STORED_LEN,
     VERSION_BYTE,
     DictionarySource,
     FrameError,
@@ -237,74 +240,75 @@ class SegmentWalk:
         yield from self._exact()
 
     def _fast(self) -> Iterator[WalkedFrame]:
-        sid, end = self.stream_id, self.end
+        sid, end, head_offset, head = self.stream_id, self.end, self.head_offset, self.head
         buf, base = b"", self.position  # buf holds the file's bytes from ``base`` on
         unpack_v2, unpack_v1, unpack_checksum = HEADER.unpack_from, HEADER_V1.unpack_from, CHECKSUM.unpack_from
-        new_record = Record
-        while self.position < end:
-            at = self.position - base
+        new_record, new_hasher, kinds = Record, blake3.blake3, _KINDS
+        position, expected, link, last_position = self.position, self.expected, self.prev, self.last_position
+        while position < end:
+            at = position - base
             if len(buf) - at < HEADER_SIZE:
                 buf, base, at = self._refill(buf, base, at, HEADER_SIZE)
                 if len(buf) - at < HEADER_SIZE:
                     return
             gp: int | None
-            if buf[at + VERSION_BYTE] == FORMAT_VERSION:
-                magic, version, kind, flags, reserved, rsid, offset, gp, ts, stored_len, raw_len, prev, own = unpack_v2(
+            if buf[at + VERSION_BYTE] == 2:
+                magic, _, kind, flags, reserved, rsid, offset, gp, ts, stored_len, raw_len, prev, own = unpack_v2(
                     buf, at
                 )
-                header_size, checksum_size = HEADER_SIZE, 0
-                if gp <= self.last_position:
+                size = HEADER_SIZE + stored_len
+                # the common frame (uncompressed, format 2) is checked here; header_problem has every rule
+                plain = magic == MAGIC and not reserved and kind <= 2 and flags in (0, FLAG_BATCH_END)
+                if gp <= last_position or (
+                    not (plain and stored_len == raw_len <= MAX_STORED_LEN)
+                    and header_problem(magic, 2, kind, flags, reserved, stored_len, raw_len) is not None
+                ):
                     return
             else:
                 magic, version, kind, flags, reserved, rsid, offset, ts, stored_len, raw_len, prev, own = unpack_v1(
                     buf, at
                 )
-                header_size, checksum_size, gp = HEADER_V1_SIZE, CHECKSUM_SIZE, None
-                if self.last_position:  # a format-1 record after a format-2 one
-                    return
-            if (
-                header_problem(magic, version, kind, flags, reserved, stored_len, raw_len) is not None
-                or rsid != sid
-                or offset != self.expected
-            ):
-                return
-            size = header_size + stored_len + checksum_size
-            if self.position + size > end:
+                size, gp = FRAME_OVERHEAD_V1 + stored_len, None
+                if last_position or header_problem(magic, version, kind, flags, reserved, stored_len, raw_len):
+                    return  # not a frame, or a format-1 record after a format-2 one
+            if rsid != sid or offset != expected or position + size > end:
                 return
             if len(buf) - at < size:
                 buf, base, at = self._refill(buf, base, at, size)
                 if len(buf) - at < size:
                     return
-            body_start = at + header_size
-            body_end = body_start + stored_len
-            if checksum_size:  # format 1
+            if gp is None:  # format 1: header, payload, checksum
+                body_start, body_end = at + HEADER_V1_SIZE, at + size - CHECKSUM_SIZE
                 view = memoryview(buf)
                 if frame_checksum(view[at:body_start], view[body_start:body_end]) != unpack_checksum(buf, body_end)[0]:
                     return
-            stored = buf[body_start:body_end]
+            else:
+                body_start, body_end = at + HEADER_SIZE, at + size
+            payload = buf[body_start:body_end]
             if flags & FLAG_COMPRESSED:
                 try:
-                    payload = decode_stored(stored, flags, raw_len, sid, self.dictionaries)
+                    payload = decode_stored(payload, flags, raw_len, sid, self.dictionaries)
                 except FrameError:
                     return
-            else:
-                payload = stored
-            if record_hash(sid, offset, kind, ts, prev, payload, gp) != own:
+            if flags == 0 and gp is not None:  # the header as written is what the hash covers (record.py)
+                if new_hasher(buf[at : at + HASH_FIELD]).update(payload).digest() != own:
+                    return
+            elif record_hash(sid, offset, kind, ts, prev, payload, gp) != own:
                 return
-            if self.prev is None:
+            if link is None:
                 if own != self.anchor:
                     return
-            elif prev != self.prev:
+            elif prev != link:
                 return
-            if offset == self.head_offset and own != self.head:
+            if offset == head_offset and own != head:
                 return
-            record = new_record(sid, offset, _KINDS[kind], ts, prev, own, payload, gp)
-            position = self.position
-            self.position += size
-            self.expected, self.prev = offset + 1, own
+            record = new_record(sid, offset, kinds[kind], ts, prev, own, payload, gp)
+            at_frame, position = position, position + size
+            expected, link = offset + 1, own
             if gp is not None:
-                self.last_position = gp
-            yield record, position, size, bool(flags & FLAG_BATCH_END)
+                last_position = gp
+            self.position, self.expected, self.prev, self.last_position = position, expected, link, last_position
+            yield record, at_frame, size, bool(flags & FLAG_BATCH_END)
 
     def _refill(self, buf: bytes, base: int, at: int, need: int) -> tuple[bytes, int, int]:
         """Keep ``buf[at:]`` and read on, to hold at least ``need`` bytes from ``at`` (if the file has them)."""

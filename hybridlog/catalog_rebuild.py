@@ -31,8 +31,8 @@ from hybridlog.layout import (
 )
 from hybridlog.quarantine import cut_tail, keep_catalog_aside, put_catalog_in_place, relative_name, remove_empty_segment
 from hybridlog.recovery import TORN_TAIL_FOUND, Adoption, Clock, ReconcileResult, commit_entries, store_adoption
+from hybridlog.scan import ScannedRecord
 from hybridlog.types import GENESIS_HASH, MarkerAction, Offset, RecordKind, RecoveryAction, StreamId
-from hybridlog.walk import ScannedRecord
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from hybridlog.errors import CatalogMismatch, DictionaryUnusable, IntegrityError
 from hybridlog.layout import segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.markers import RepairMarker
 from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload, record_hash
+from hybridlog.scan import ScannedRecord, ScanProblem, SegmentScan
 from hybridlog.segment import SegmentReader, file_digest
 from hybridlog.types import GENESIS_HASH, ChainHash, MarkerAction, StreamId
-from hybridlog.walk import ScannedRecord, ScanProblem, SegmentScan
 
 
 @dataclass(frozen=True, slots=True)

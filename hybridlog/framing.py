@@ -76,7 +76,7 @@ def frame_batch(
         batch_end=True,
         compressor=compressor,
     )
-    kinds = [kind for kind, _ in planned]
+    kinds: list[int] = [kind for kind, _ in planned]
     checkpoints = kinds.count(RecordKind.CHECKPOINT)
     events = len(planned) - checkpoints
     if checkpoints:

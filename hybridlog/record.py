@@ -56,7 +56,7 @@ import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import blake3
 import zstandard
@@ -419,7 +419,7 @@ def append_frames(
     """
     new_hasher, pack_head = blake3.blake3, HASHED_HEADER.pack
     ends: list[int] = []
-    hashes: list[ChainHash] = []
+    hashes: list[bytes] = []
     offset, position, prev = first_offset, first_global_position, prev_hash
     last = len(records) - 1
     for i, (kind, payload) in enumerate(records):
@@ -441,7 +441,7 @@ def append_frames(
         ends.append(len(out))
         hashes.append(own)
         offset, position, prev = offset + 1, position + 1, own
-    return ends, hashes
+    return ends, cast(list[ChainHash], hashes)
 
 
 def append_frame(

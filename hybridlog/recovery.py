@@ -41,9 +41,9 @@ from hybridlog.layout import (
     stream_path,
 )
 from hybridlog.quarantine import cut_tail, move_segment_aside, remove_empty_segment
+from hybridlog.scan import ScannedRecord, SegmentScan
 from hybridlog.segment import file_digest
 from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, RecordKind, RecoveryAction, StreamId
-from hybridlog.walk import ScannedRecord, SegmentScan
 
 log = logging.getLogger(__name__)
 

@@ -49,9 +49,9 @@ from hybridlog.layout import (
     stream_ids_on_disk,
 )
 from hybridlog.lock import writer_holds_lock
+from hybridlog.scan import ScannedRecord
 from hybridlog.stream_repair import StreamRepairPlan, plan_stream_repair
 from hybridlog.types import FindingKind, RecordKind, RepairKind, StreamId
-from hybridlog.walk import ScannedRecord
 
 _REPAIR_ORDER = {RepairKind.REBUILD_CATALOG: 0, RepairKind.ISOLATE: 1, RepairKind.TRUNCATE: 1, RepairKind.REINDEX: 2}
 STREAM_REPAIRS = (RepairKind.ISOLATE, RepairKind.TRUNCATE)

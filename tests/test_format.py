@@ -64,9 +64,10 @@ from hybridlog.record import (
     parse_header,
     record_hash,
 )
+from hybridlog.scan import SegmentScan
 from hybridlog.segment import SegmentReader
 from hybridlog.testing.damage import genesis_records
-from hybridlog.walk import SegmentScan, open_record
+from hybridlog.walk import open_record
 
 FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
 VECTOR_BLOCK = re.compile(r"^```hybridlog-vector\n(.*?)^```$", re.MULTILINE | re.DOTALL)

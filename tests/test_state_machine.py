@@ -26,6 +26,7 @@ model's record count, and every read also pages ``read_global`` against it.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -50,6 +51,7 @@ from hybridlog import (
     CheckpointPolicy,
     CompressionKind,
     EmptyBatch,
+    GlobalPosition,
     Offset,
     OffsetMismatch,
     Record,
@@ -104,8 +106,11 @@ class ModelStream:
     def head(self) -> bytes | None:
         return self.records[-1].hash if self.records else None
 
-    def write(self, kinds_and_payloads: list[tuple[RecordKind, bytes]], now: int) -> tuple[int, bytes]:
-        """Append one batch: one timestamp (the clock, clamped to the stream's last), linked records."""
+    def write(
+        self, kinds_and_payloads: list[tuple[RecordKind, bytes]], now: int, first_position: int
+    ) -> tuple[int, bytes]:
+        """Append one batch: one timestamp (the clock, clamped to the stream's last), linked records
+        at consecutive global positions from ``first_position`` on (hashed into each)."""
         timestamp = max([now] + [r.timestamp_ns for r in self.records[-1:]])
         self.batch_starts.append(self.next_offset)
         prev = ChainHash(self.head or ZERO_HASH)
@@ -116,12 +121,22 @@ class ModelStream:
                 self.events_since_checkpoint = 0
             else:
                 self.events_since_checkpoint += 1
-            own = record_hash(self.stream_id, offset, kind, timestamp, prev, payload)
-            self.records.append(Record(StreamId(self.stream_id), Offset(offset), kind, timestamp, prev, own, payload))
+            position = GlobalPosition(first_position + len(self.records) - self.batch_starts[-1])
+            own = record_hash(self.stream_id, offset, kind, timestamp, prev, payload, position)
+            sid = StreamId(self.stream_id)
+            self.records.append(Record(sid, Offset(offset), kind, timestamp, prev, own, payload, position))
             prev = own
         return self.next_offset, prev
 
-    def append(self, events: list[bytes], every: int | None, now: int) -> tuple[int, bytes]:
+    def move_last(self, position: int) -> None:
+        """Give the stream's last record (an on-close checkpoint) the global position the store gave it."""
+        last = self.records[-1]
+        own = record_hash(
+            self.stream_id, last.offset, last.kind, last.timestamp_ns, last.prev_hash, last.payload, position
+        )
+        self.records[-1] = dataclasses.replace(last, hash=own, global_position=GlobalPosition(position))
+
+    def append(self, events: list[bytes], every: int | None, now: int, first_position: int) -> tuple[int, bytes]:
         """Append events, with a checkpoint after every ``every``-th event since the last one."""
         planned: list[tuple[RecordKind, bytes]] = []
         since = self.events_since_checkpoint
@@ -131,10 +146,10 @@ class ModelStream:
             if every is not None and since >= every:
                 planned.append((RecordKind.CHECKPOINT, b""))
                 since = 0
-        return self.write(planned, now)
+        return self.write(planned, now, first_position)
 
-    def checkpoint(self, now: int) -> tuple[int, bytes]:
-        return self.write([(RecordKind.CHECKPOINT, b"")], now)
+    def checkpoint(self, now: int, position: int) -> tuple[int, bytes]:
+        return self.write([(RecordKind.CHECKPOINT, b"")], now, position)
 
     def last_checkpoint(self) -> tuple[int, bytes] | None:
         for record in reversed(self.records):
@@ -242,7 +257,11 @@ class StorageMachine(RuleBasedStateMachine):
             for stream in self.model.values():
                 if stream.events_since_checkpoint > 0 and stream.stream_id in self.written:
                     closing.append((stream.stream_id, stream.next_offset))
-                    stream.checkpoint(self.clock.now)
+                    stream.checkpoint(self.clock.now, len(self.global_order) + len(closing))
+        if closing:  # the store wrote them in an order of its own: their positions, hashed into them
+            with Storage(self.path, read_only=True) as reader:
+                for g in reader.read_global(len(self.global_order) + 1, 1 << 30):
+                    self.model[g.record.stream_id].move_last(g.global_position)
         return closing
 
     def check_reopened(self, closing: list[tuple[int, int]], then: list[tuple[int, int]]) -> None:
@@ -251,6 +270,8 @@ class StorageMachine(RuleBasedStateMachine):
         written = self.s.read_global(len(self.global_order) + 1, 1 << 30)
         order = [(g.record.stream_id, g.record.offset) for g in written]
         assert sorted(order[: len(closing)]) == sorted(closing)  # after everything before
+        for g in written[: len(closing)]:
+            assert g.record == self.model[g.record.stream_id].records[g.record.offset]
         assert order[len(closing) :] == then
         self.global_order += order
 
@@ -271,7 +292,7 @@ class StorageMachine(RuleBasedStateMachine):
             result = self.s.append(sid, events, fsync=fsync)
         else:
             result = self.s.append_batch(sid, events, stream.next_offset, stream.head, fsync=fsync)
-        assert result == stream.append(events, self.policy.every_records, self.clock.now)
+        assert result == stream.append(events, self.policy.every_records, self.clock.now, len(self.global_order) + 1)
         self.global_order += [(sid, offset) for offset in range(start, stream.next_offset)]
 
     @rule(sid=streams)
@@ -280,7 +301,7 @@ class StorageMachine(RuleBasedStateMachine):
         stream = self.model[sid]
         offset = stream.next_offset
         result = self.s.create_checkpoint(sid, offset, stream.head, offset, fsync=False)
-        assert result == stream.checkpoint(self.clock.now)
+        assert result == stream.checkpoint(self.clock.now, len(self.global_order) + 1)
         self.global_order.append((sid, offset))
 
     # --- refused writes: a typed error, and nothing changes --------------------------------------
@@ -430,7 +451,8 @@ class CrashingStorageMachine(StorageMachine):
         for n, (sid, events) in enumerate(appends[:landed]):
             stream = self.model[sid]
             start = stream.next_offset
-            result = stream.append(events, every, self.clock.now)
+            position = len(self.global_order) + len(closing) + len(then) + 1
+            result = stream.append(events, every, self.clock.now, position)
             if n < len(lines):  # acknowledged: with the head the child was told
                 next_offset, head = lines[n].split(" ")
                 assert result == (int(next_offset), bytes.fromhex(head))

@@ -3,7 +3,8 @@
 The catalog is opened with SQLITE_OPEN_READONLY, and an authorizer refuses anything but reading
 (no ATTACH, no PRAGMA assignments), so no statement run through here can change the store. Given
 an event source, the connection also has the ``events`` table (events_table.py), which reads
-and verifies records from the segments.
+and verifies records from the segments; it always has the ``records`` table (records_table.py), the
+per-record view of the catalog's ``batches``.
 
 Every query has a progress handler (``QueryGuard``): it enforces the caller's ``timeout`` and
 stops the statement on Ctrl-C, which then reaches the caller as KeyboardInterrupt. Rows are produced one at a
@@ -30,6 +31,7 @@ from hybridlog.errors import CatalogError, InvalidArgument, MultipleStatements, 
 from hybridlog.events_table import EventSource
 from hybridlog.events_table import register as register_events_table
 from hybridlog.layout import CATALOG_FILE, consumers_path
+from hybridlog.records_table import register as register_records_table
 
 SqlValue = int | float | str | bytes | None
 
@@ -376,6 +378,7 @@ def query_rows(
         raise CatalogError(f"no catalog at {path}", hint="is this a hybridlog store? create one with `hybridlog init`")
     catalog = Catalog(path, read_only=True)
     try:
+        register_records_table(catalog.conn, catalog.path)
         if events is not None:
             register_events_table(catalog.conn, events)
         attach_consumers(catalog.conn, data_dir)

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"record", "layout", "markers", "verified_cache", "groupcommit"},
     {"segment", "dictionary", "pipeline", "batch", "lock"},
     {"walk", "db", "training", "catalog_rows"},
-    {"catalog_check", "catalog_global", "catalog", "consumers", "index", "events_table"},
+    {"catalog_check", "catalog_global", "catalog", "consumers", "index", "events_table", "records_table"},
     {"framing", "writer", "reads", "diagnose", "quarantine", "sql", "backend", "memory", "subscription"},
     {"recovery", "catalog_rebuild", "stream_repair", "repair", "maintenance", "opening"},
     {"storage", "verify"},

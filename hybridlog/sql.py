@@ -301,10 +301,18 @@ def _translated(guard: QueryGuard) -> Iterator[None]:
             assert guard.timeout is not None
             raise QueryTimeout(guard.timeout) from e
         raise SqlRefused(f"SQL error: {e}") from e
-    except (apsw.AuthError, apsw.ReadOnlyError) as e:
-        raise SqlRefused(f"refused: the catalog is read-only here ({e})") from e
     except apsw.Error as e:
+        if _refused_as_writing(e):
+            raise SqlRefused(f"refused: the catalog is read-only here ({e})") from e
         raise SqlRefused(f"SQL error: {e}") from e
+
+
+def _refused_as_writing(error: apsw.Error) -> bool:
+    """Whether ``error`` refused a change: the authorizer's, a read-only file's, or SQLite's own for a
+    read-only virtual table (``events``, ``records``), which it gives before asking the authorizer."""
+    return isinstance(error, (apsw.AuthError, apsw.ReadOnlyError)) or (
+        isinstance(error, apsw.SQLError) and str(error).endswith("may not be modified")
+    )
 
 
 def _first_statement(conn: apsw.Connection, sql: str, bindings: Sequence[SqlValue] | None) -> tuple[str, bool]:
@@ -336,7 +344,9 @@ def refuse_more_than_one_statement(conn: apsw.Connection, sql: str, bindings: Se
     while rest.strip():
         try:
             statement, does_something = _first_statement(conn, rest, None)
-        except (apsw.BindingsError, apsw.AuthError):
+        except apsw.Error as e:
+            if not (isinstance(e, apsw.BindingsError) or _refused_as_writing(e)):
+                raise
             does_something = True  # it has parameters, or would be refused: a statement either way
         if does_something:
             start = len(sql) - len(rest.lstrip())

@@ -14,8 +14,9 @@ sees the same snapshot as the rest of the statement. A catalog not yet migrated 
 Constraints on ``stream_id`` (=), ``offset`` and ``global_position`` (=, <, <=, >, >=) are pushed
 down into one ``batches`` query per scan: the (stream_id, first_offset) index finds a stream's
 offsets, the global_position key a range of positions; in both the first batch read is the one
-holding the bound, which starts at or before it. Rows come in global_position order, or in
-(stream_id, offset) order when the query asks for that order or names a stream. SQLite still
+holding the bound, which starts at or before it. Rows come in global_position order (descending
+when the query asks for that: the last records committed), or in (stream_id, offset) order when
+the query asks for that order or names a stream. SQLite still
 checks every constraint on the rows it gets (nothing is omitted), so values the push-down does not
 understand (text, blobs) only make it read more. Each batch is checked as it is expanded
 (``catalog_rows.expand_batch``), and rows must come out in strictly increasing order: a damaged or
@@ -53,9 +54,19 @@ _RANGE_OPS = {
 }
 _PUSHED = {_STREAM: {_EQ}, _OFFSET: _RANGE_OPS, _GLOBAL: _RANGE_OPS}
 
-BY_POSITION, BY_STREAM = 0, 1
-"""The two scan orders (the index number BestIndex hands to Filter): global_position, or (stream_id, offset)."""
-_ORDERS = {BY_POSITION: [[(_GLOBAL, False)]], BY_STREAM: [[(_STREAM, False)], [(_STREAM, False), (_OFFSET, False)]]}
+BY_POSITION, BY_STREAM, BY_POSITION_DESC = 0, 1, 2
+"""The scan orders (the index number BestIndex hands to Filter): global_position, (stream_id, offset),
+global_position descending (the last records committed)."""
+_ORDERS = {
+    BY_POSITION: [[(_GLOBAL, False)]],
+    BY_STREAM: [[(_STREAM, False)], [(_STREAM, False), (_OFFSET, False)]],
+    BY_POSITION_DESC: [[(_GLOBAL, True)]],
+}
+_SQL_ORDER = {
+    BY_POSITION: "global_position",
+    BY_STREAM: "stream_id, first_offset",
+    BY_POSITION_DESC: "global_position DESC",
+}
 
 
 @dataclass
@@ -109,8 +120,9 @@ class Plan:
                 " WHERE global_position <= :glow), :glow) AND global_position <= :ghigh"
             )
             bindings["glow"], bindings["ghigh"] = self.global_position.low, self.global_position.high
-        order = "stream_id, first_offset" if self.order == BY_STREAM else "global_position"
-        sql = f"SELECT {BATCH_COLUMNS} FROM batches WHERE {' AND '.join(where) or '1'} ORDER BY {order}"  # noqa: S608
+        sql = (
+            f"SELECT {BATCH_COLUMNS} FROM batches WHERE {' AND '.join(where) or '1'} ORDER BY {_SQL_ORDER[self.order]}"  # noqa: S608
+        )
         return sql, bindings
 
     def wants(self, row: tuple[int, ...]) -> bool:
@@ -169,11 +181,8 @@ class RecordsTable:
                 info.set_aConstraintUsage_argvIndex(i, len(pushed))
         wanted = [(info.get_aOrderBy_iColumn(i), info.get_aOrderBy_desc(i)) for i in range(info.nOrderBy)]
         by_stream = (_STREAM, _EQ) in pushed
-        order = (
-            BY_STREAM
-            if wanted in _ORDERS[BY_STREAM] or (by_stream and wanted not in _ORDERS[BY_POSITION])
-            else BY_POSITION
-        )
+        asked = [order for order, forms in _ORDERS.items() if wanted in forms]
+        order = asked[0] if asked else (BY_STREAM if by_stream else BY_POSITION)
         info.idxNum = order
         info.idxStr = _encode(pushed)
         # with ``stream_id = ?`` the rows SQLite keeps all have one stream: in offset order, whatever the value
@@ -230,8 +239,11 @@ class RecordsCursor:
         previous: tuple[int, ...] | None = None
         try:
             for batch in cursor:
-                for row in expand_batch(batch, path, plan.stream_id):
+                rows = expand_batch(batch, path, plan.stream_id)
+                for row in reversed(rows) if plan.order == BY_POSITION_DESC else rows:
                     key = row[_STREAM : _OFFSET + 1] if plan.order == BY_STREAM else row[_GLOBAL : _GLOBAL + 1]
+                    if plan.order == BY_POSITION_DESC:
+                        key = (-key[0],)  # strictly increasing like the others
                     if (previous is not None and key <= previous) or row[_LENGTH] <= 0 or max(row) > _INT64_MAX:
                         raise _damaged(row, previous, path)
                     previous = key

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -46,6 +46,7 @@ ORDERS: dict[str, Callable[[IndexRow], tuple[int, ...]]] = {
     "ORDER BY stream_id, offset": lambda row: (row[1], row[2]),
     "ORDER BY offset": lambda row: (row[2],),
     "ORDER BY stream_id DESC, global_position": lambda row: (-row[1], row[0]),
+    "ORDER BY global_position DESC": lambda row: (-row[0],),
 }
 
 
@@ -221,6 +222,9 @@ def test_a_point_query_reads_one_batch(store: Path, monkeypatch: pytest.MonkeyPa
     assert select(store, "SELECT * FROM records WHERE global_position = ?", [middle[0]]) == [middle]
     assert len(expanded) == 1
     expanded.clear()
+    assert select(store, "SELECT * FROM records ORDER BY global_position DESC LIMIT 3") == rows[-1:-4:-1]
+    assert len(expanded) == 1  # the last batch holds the last three
+    expanded.clear()
     wanted = [r for r in rows if r[1] == 1 and 10 <= r[2] <= 20]
     assert select(store, "SELECT * FROM records WHERE stream_id = 1 AND offset BETWEEN 10 AND 20") == wanted
     assert all(batch[1] == 1 for batch in expanded)
@@ -301,3 +305,15 @@ def test_a_damaged_batches_row_fails_the_query(tmp_path: Path, case: str) -> Non
     assert result.exit_code == 3, result.output  # damage, as for a damaged record through events
     assert "batches" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_documented_decoding_of_batches_gives_the_rows_of_records(store: Path) -> None:
+    """The Python in docs/schema.md's ``batches`` section, run with the standard library's sqlite3."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "schema.md").read_text(encoding="utf-8")
+    section = text.split("## `batches`", 1)[1].split("\n## ", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(section.split("```python\n", 1)[1].split("```", 1)[0], namespace)  # noqa: S102 (our own docs)
+    decode = cast(Callable[[Path, int], Iterable[IndexRow]], namespace["stream_records"])
+    for sid in STREAMS:
+        expected = select(store, "SELECT * FROM records WHERE stream_id = ? ORDER BY offset", [sid])
+        assert list(decode(store / CATALOG_FILE, sid)) == expected

@@ -3,7 +3,8 @@
 The catalog is opened with SQLITE_OPEN_READONLY, and an authorizer refuses anything but reading
 (no ATTACH, no PRAGMA assignments), so no statement run through here can change the store. Given
 an event source, the connection also has the ``events`` table (events_table.py), which reads
-and verifies records from the segments.
+and verifies records from the segments; it always has the ``records`` table (records_table.py), the
+per-record view of the catalog's ``batches``.
 
 Every query has a progress handler (``QueryGuard``): it enforces the caller's ``timeout`` and
 stops the statement on Ctrl-C, which then reaches the caller as KeyboardInterrupt. Rows are produced one at a
@@ -30,6 +31,7 @@ from hybridlog.errors import CatalogError, InvalidArgument, MultipleStatements, 
 from hybridlog.events_table import EventSource
 from hybridlog.events_table import register as register_events_table
 from hybridlog.layout import CATALOG_FILE, consumers_path
+from hybridlog.records_table import register as register_records_table
 
 SqlValue = int | float | str | bytes | None
 
@@ -299,10 +301,18 @@ def _translated(guard: QueryGuard) -> Iterator[None]:
             assert guard.timeout is not None
             raise QueryTimeout(guard.timeout) from e
         raise SqlRefused(f"SQL error: {e}") from e
-    except (apsw.AuthError, apsw.ReadOnlyError) as e:
-        raise SqlRefused(f"refused: the catalog is read-only here ({e})") from e
     except apsw.Error as e:
+        if _refused_as_writing(e):
+            raise SqlRefused(f"refused: the catalog is read-only here ({e})") from e
         raise SqlRefused(f"SQL error: {e}") from e
+
+
+def _refused_as_writing(error: apsw.Error) -> bool:
+    """Whether ``error`` refused a change: the authorizer's, a read-only file's, or SQLite's own for a
+    read-only virtual table (``events``, ``records``), which it gives before asking the authorizer."""
+    return isinstance(error, (apsw.AuthError, apsw.ReadOnlyError)) or (
+        isinstance(error, apsw.SQLError) and str(error).endswith("may not be modified")
+    )
 
 
 def _first_statement(conn: apsw.Connection, sql: str, bindings: Sequence[SqlValue] | None) -> tuple[str, bool]:
@@ -334,7 +344,9 @@ def refuse_more_than_one_statement(conn: apsw.Connection, sql: str, bindings: Se
     while rest.strip():
         try:
             statement, does_something = _first_statement(conn, rest, None)
-        except (apsw.BindingsError, apsw.AuthError):
+        except apsw.Error as e:
+            if not (isinstance(e, apsw.BindingsError) or _refused_as_writing(e)):
+                raise
             does_something = True  # it has parameters, or would be refused: a statement either way
         if does_something:
             start = len(sql) - len(rest.lstrip())
@@ -376,6 +388,7 @@ def query_rows(
         raise CatalogError(f"no catalog at {path}", hint="is this a hybridlog store? create one with `hybridlog init`")
     catalog = Catalog(path, read_only=True)
     try:
+        register_records_table(catalog.conn, catalog.path)
         if events is not None:
             register_events_table(catalog.conn, events)
         attach_consumers(catalog.conn, data_dir)

@@ -27,6 +27,7 @@ from hybridlog.cli import cli
 from hybridlog.events_table import register
 from hybridlog.layout import CATALOG_FILE
 from hybridlog.record import HEADER_SIZE, record_hash
+from hybridlog.records_table import register as register_records_table
 from hybridlog.sql import SqlRefused, attach_consumers
 from hybridlog.testing.damage import flip_byte, genesis_records, segment_files
 
@@ -157,6 +158,7 @@ def test_a_narrow_query_reads_its_range_not_the_stream(tmp_path: Path, monkeypat
         store.append(2, [b"other"] * 100)
         conn = apsw.Connection(str(tmp_path / "s" / CATALOG_FILE), flags=apsw.SQLITE_OPEN_READONLY)
         module = register(conn, store)
+        register_records_table(conn, tmp_path / "s" / CATALOG_FILE)
         hashes = counting_hashes(monkeypatch)
         assert scalar(conn, "SELECT count(*) FROM events WHERE stream_id = 1 AND offset BETWEEN 5000 AND 5100") == 101
         assert module.records_read == 101

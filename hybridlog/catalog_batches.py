@@ -128,11 +128,17 @@ class BatchIndex:
 
     def index_entries(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[IndexEntry]:
         """A stream's offset-index rows from ``from_offset`` on, in offset order, each checked as read."""
-        for _, _, offset, no, position, length, kind, ts in self.batch_rows(stream_id, from_offset):
+        for entry, _ in self.placed_entries(stream_id, from_offset):
+            yield entry
+
+    def placed_entries(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[tuple[IndexEntry, int]]:
+        """``index_entries`` with each record's global position."""
+        for position, _, offset, no, byte, length, kind, ts in self.batch_rows(stream_id, from_offset):
             if offset >= from_offset:
-                yield IndexEntry(
-                    Offset(offset), no, position, length, require_kind(kind, self.path, stream_id, offset), ts
+                entry = IndexEntry(
+                    Offset(offset), no, byte, length, require_kind(kind, self.path, stream_id, offset), ts
                 )
+                yield entry, position
 
     def index_size(self, stream_id: StreamId) -> int:
         """How many records (checkpoints and markers included) the offset index holds for a stream."""

@@ -403,7 +403,7 @@ class _IndexComparison:
         self.sid = sid
         self.catalog = catalog
         self.committed = committed
-        self.rows = iter(catalog.index_entries(sid)) if catalog else iter(())
+        self.rows = iter(catalog.placed_entries(sid)) if catalog else iter(())
         self.first_wrong: int | None = None
         self.checkpoints: list[tuple[int, bytes]] = []
         self.committed_head: bytes | None = None  # the hash of the last committed record, as walked
@@ -419,10 +419,10 @@ class _IndexComparison:
             if self.first_wrong is None:
                 row = next(self.rows, None)
                 # A walk that stepped over damage (or a cut marker's jump) skips offsets: so do the rows.
-                while row is not None and row.offset < offset and offset != self.walked:
+                while row is not None and row[0].offset < offset and offset != self.walked:
                     row = next(self.rows, None)
-                if row != record.entry:
-                    self.first_wrong = offset
+                if row is None or row[0] != record.entry or record.global_position not in (None, row[1]):
+                    self.first_wrong = offset  # (a format-1 record's position is in the catalog only)
             self.walked = offset + 1
 
     def committed_findings(self, chain_head: bytes | None) -> list[Finding]:

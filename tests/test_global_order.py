@@ -75,7 +75,11 @@ def in_global_order(store: Path) -> list[Placement]:
 
 
 def mark(store: Path) -> int:
-    ((last,),) = query_catalog(store, "SELECT last_position FROM global_order").rows
+    sql = (  # docs/schema.md: the larger of the stored mark and the last batch row's last position
+        "SELECT max(last_position, coalesce((SELECT global_position + record_count - 1 FROM batches"
+        " ORDER BY global_position DESC LIMIT 1), 0)) FROM global_order"
+    )
+    ((last,),) = query_catalog(store, sql).rows
     assert isinstance(last, int)
     return last
 

@@ -32,11 +32,12 @@ class MutatingHasher:
         self._inner = blake3.blake3(data)
         self._buffers = buffers
 
-    def update(self, data: bytes | bytearray | memoryview) -> None:
+    def update(self, data: bytes | bytearray | memoryview) -> MutatingHasher:
         self._inner.update(data)
         writer = threading.Thread(target=self._scribble)
         writer.start()
         writer.join()
+        return self  # as blake3's update does
 
     def _scribble(self) -> None:
         for buffer in self._buffers:

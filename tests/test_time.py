@@ -75,7 +75,7 @@ def test_offset_at_is_a_binary_search(store_dir: Path) -> None:
         lookups: list[str] = []
 
         def count(_cursor: object, sql: str, _bindings: object) -> bool:
-            if "FROM records" in sql:
+            if "FROM batches" in sql:
                 lookups.append(sql)
             return True
 

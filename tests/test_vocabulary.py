@@ -31,7 +31,7 @@ from hybridlog.cli import cli
 from hybridlog.layout import CATALOG_FILE, segment_path
 from hybridlog.record import HEADER_SIZE
 from hybridlog.testing.clocks import make_clock
-from hybridlog.testing.damage import edit_catalog, flip_byte
+from hybridlog.testing.damage import edit_catalog, flip_byte, index_entry
 from hybridlog.types import Vocabulary, known
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,12 +141,7 @@ def sql(path: Path, query: str, bindings: tuple[int, ...] = ()) -> list[tuple[ob
 
 def record_at(path: Path, offset: int) -> tuple[Path, int, int]:
     """(segment file, byte position, frame length) of the record of ``STREAM`` at ``offset``."""
-    [(segment_no, position, length)] = sql(
-        path, "SELECT segment_no, position, length FROM records WHERE stream_id = ? AND offset = ?", (STREAM, offset)
-    )
-    assert isinstance(segment_no, int)
-    assert isinstance(position, int)
-    assert isinstance(length, int)
+    segment_no, position, length = index_entry(path, STREAM, offset)
     return segment_path(path, STREAM, segment_no), position, length
 
 

@@ -267,7 +267,7 @@ def test_a_failure_inside_the_transaction_is_not_stored(tmp_path: Path, monkeypa
     with open_store(store_dir) as store:
         before = fill(store, 1, 2)
         first = store.next_offset(1)
-        monkeypatch.setattr(Catalog, "advance_global_position", refuse)
+        monkeypatch.setattr(Catalog, "insert_batches", refuse)
         with pytest.raises(CatalogError, match="batch not stored") as caught:
             store.append(1, BATCH)
         monkeypatch.undo()

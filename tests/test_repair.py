@@ -505,7 +505,7 @@ def flip_at(field: Callable[[FrameAt], int]) -> Damage:
 
 
 def forged(field: int, *, rehash: bool = False) -> Damage:
-    """Flip a byte at ``field``, then recompute the checksum (and the hash) as a tamperer would."""
+    """Flip a byte at ``field``, then recompute the hash (and a format-1 frame's checksum) as a tamperer would."""
 
     def damage(path: Path, frame: FrameAt) -> None:
         flip_byte(path, frame.position + field, 0x01)
@@ -542,22 +542,23 @@ def pick_record(history: History, place: str) -> FrameAt:
 
 
 PLACES = ["sealed segment, first of a batch", "sealed segment, middle of a batch", "active segment, middle of a batch"]
-FLIPS: dict[str, Callable[[FrameAt], int]] = {
-    "payload byte": lambda f: HEADER_SIZE + 5,
-    "header offset": lambda f: OFFSET_FIELD,
-    "header stored_len": lambda f: STORED_LEN_FIELD,
-    "checksum": lambda f: f.size - 2,
-    "hash field": lambda f: HASH_FIELD + 7,
+# Format 2 has no checksum: what a flipped byte breaks is the record hash (payload, hash field, the
+# frame's last byte), the record's identity (offset), or the frame rules (a stored_len that no longer
+# matches raw_len: not a frame).
+FLIPS: dict[str, tuple[Callable[[FrameAt], int], type[IntegrityError]]] = {
+    "payload byte": (lambda f: HEADER_SIZE + 5, HashMismatch),
+    "header offset": (lambda f: OFFSET_FIELD, IntegrityError),
+    "header stored_len": (lambda f: STORED_LEN_FIELD, ChecksumMismatch),
+    "last byte": (lambda f: f.size - 2, HashMismatch),
+    "hash field": (lambda f: HASH_FIELD + 7, HashMismatch),
 }
 RECORD_CASES = [
-    RecordCase(place, what, flip_at(field), ChecksumMismatch) for place in PLACES for what, field in FLIPS.items()
+    RecordCase(place, what, flip_at(field), error) for place in PLACES for what, (field, error) in FLIPS.items()
 ]
-# A checksum recomputed after the edit: the record hash, the record's identity or the chain catches it.
+# A frame rewritten by someone who knows the format: the record hash, its identity or the chain catches it.
 RECORD_CASES += [
-    RecordCase(PLACES[1], "payload byte, checksum forged", forged(HEADER_SIZE + 5), HashMismatch),
-    RecordCase(PLACES[1], "hash field, checksum forged", forged(HASH_FIELD + 7), HashMismatch),
-    RecordCase(PLACES[1], "header offset, checksum forged", forged(OFFSET_FIELD), IntegrityError),
-    RecordCase(PLACES[2], "prev_hash, hash and checksum forged", forged(PREV_HASH_FIELD + 3, rehash=True), ChainBroken),
+    RecordCase(PLACES[1], "header offset, hash recomputed", forged(OFFSET_FIELD, rehash=True), IntegrityError),
+    RecordCase(PLACES[2], "prev_hash, hash recomputed", forged(PREV_HASH_FIELD + 3, rehash=True), ChainBroken),
 ]
 
 

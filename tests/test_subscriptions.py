@@ -59,7 +59,7 @@ from hybridlog import (
 )
 from hybridlog.layout import CONSUMERS_FILE, segment_path
 from hybridlog.testing import harness
-from hybridlog.testing.damage import flip_byte
+from hybridlog.testing.damage import active_segment, flip_byte, rollback_catalog, save_catalog, tear_tail
 from hybridlog.testing.harness import (
     CHILD_TIMEOUT,
     KillPlan,
@@ -458,10 +458,62 @@ def test_gaps_left_by_a_repair_are_stepped_over(store_dir: Path) -> None:
         assert [g.global_position for g in take(resumed, 1)] == [6]
 
 
-def test_a_consumer_whose_positions_were_renumbered_is_told_so(store_dir: Path) -> None:
-    """A full catalog rebuild numbers records in time order: the acknowledged position now names
-    another record, so resuming there would skip or repeat records. The consumer is refused until
-    told where to resume."""
+def test_a_consumer_whose_position_a_power_loss_gave_to_another_record_is_told_so(
+    store_dir: Path, tmp_path: Path
+) -> None:
+    """An append without fsync can be lost with the catalog commit that gave out its position (a
+    power loss); that position then goes to the next record committed. A consumer that had
+    acknowledged the lost record would resume after another one: it is refused until told where
+    to resume."""
+    policy = CheckpointPolicy.explicit()
+    with open_writer(store_dir, checkpoint_policy=policy) as store:
+        store.append(1, [b"kept"])  # position 1
+    saved = save_catalog(store_dir, tmp_path / "catalog.saved")
+    segment = active_segment(store_dir, 1)
+    size = segment.stat().st_size
+    with open_writer(store_dir, checkpoint_policy=policy) as store:
+        store.append(1, [b"lost"], fsync=False)  # position 2
+        store.register_consumer("c")
+        store.ack("c", 2)
+        store.register_consumer("fresh")
+    # the power loss: neither the unsynced bytes nor the catalog commit survive it
+    tear_tail(segment, segment.stat().st_size - size)
+    rollback_catalog(store_dir, saved)
+    with open_writer(store_dir, checkpoint_policy=policy) as store:
+        store.append(2, [b"other"])  # position 2 again: the lost record's was never durable
+        assert store.record_at_position(2) == (2, 0)
+        with pytest.raises(ConsumerPositionLost, match=r"was stream 1 offset 1 .* now stream 2 offset 0"):
+            store.subscribe(consumer="c")
+        assert [g.record.payload for g in take(store.subscribe(consumer="fresh"), 2)] == [b"kept", b"other"]
+        # the owner decides: start again from the beginning
+        store.ack("c", 0, force=True)
+        assert [g.record.payload for g in take(store.subscribe(consumer="c"), 2)] == [b"kept", b"other"]
+
+
+def test_a_consumer_past_the_mark_after_a_power_loss_is_told_so(store_dir: Path, tmp_path: Path) -> None:
+    policy = CheckpointPolicy.explicit()
+    with open_writer(store_dir, checkpoint_policy=policy) as store:
+        store.append(1, [b"a", b"b", b"c"])  # positions 1..3
+    saved = save_catalog(store_dir, tmp_path / "catalog.saved")
+    segment = active_segment(store_dir, 1)
+    size = segment.stat().st_size
+    with open_writer(store_dir, checkpoint_policy=policy) as store:
+        store.append(1, [b"d", b"e"], fsync=False)  # positions 4, 5
+        store.register_consumer("c")
+        store.ack("c", 5)
+    tear_tail(segment, segment.stat().st_size - size)
+    rollback_catalog(store_dir, saved)
+    with open_writer(store_dir, checkpoint_policy=policy) as store:
+        assert store.last_global_position() == 3
+        with pytest.raises(ConsumerPositionLost, match="past the last position"):
+            store.subscribe(consumer="c")
+        sub = store.subscribe(consumer="c", from_position=3)  # an explicit start is always allowed
+        assert [g.global_position for g in take(sub, 1)] == [3]
+        assert store.ack("c", 3, force=True).position == 3
+
+
+def test_a_consumer_keeps_its_place_across_a_rebuild_whatever_the_clock_did(store_dir: Path) -> None:
+    """Positions are in the frames: a rebuild keeps them, so a consumer resumes where it was."""
     clock = SetClock(T0 + 10 * SECOND)
     policy = CheckpointPolicy.explicit()
     with open_writer(store_dir, checkpoint_policy=policy, clock=clock) as store:
@@ -470,31 +522,9 @@ def test_a_consumer_whose_positions_were_renumbered_is_told_so(store_dir: Path) 
         store.append(2, [b"early"])  # position 2, at 5 s
         store.register_consumer("c")
         store.ack("c", 1)
-        store.register_consumer("fresh")
-        store.rebuild_catalog()  # now stream 2's record is position 1
-        assert store.record_at_position(1) == (2, 0)
-        with pytest.raises(ConsumerPositionLost, match=r"was stream 1 offset 0 .* now stream 2 offset 0"):
-            store.subscribe(consumer="c")
-        assert [g.record.payload for g in take(store.subscribe(consumer="fresh"), 2)] == [b"early", b"late"]
-        # the owner decides: start again from the beginning
-        store.ack("c", 0, force=True)
-        assert [g.record.payload for g in take(store.subscribe(consumer="c"), 2)] == [b"early", b"late"]
-
-
-def test_a_consumer_past_the_mark_after_a_rebuild_is_told_so(store_dir: Path) -> None:
-    five_records(store_dir)
-    with open_writer(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
-        store.register_consumer("c")
-        store.ack("c", 5)
-    cut_offset_2_of_stream_1(store_dir)
-    with open_writer(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
-        store.rebuild_catalog()  # closes the gap: four records (the cut marker too), so the mark goes back to 4
-        assert store.last_global_position() == 4
-        with pytest.raises(ConsumerPositionLost, match="past the last position"):
-            store.subscribe(consumer="c")
-        sub = store.subscribe(consumer="c", from_position=3)  # an explicit start is always allowed
-        assert [g.global_position for g in take(sub, 1)] == [3]
-        assert store.ack("c", 3, force=True).position == 3
+        store.rebuild_catalog()
+        assert store.record_at_position(1) == (1, 0)
+        assert [g.record.payload for g in take(store.subscribe(consumer="c"), 1)] == [b"early"]
 
 
 def test_a_damaged_record_raises_out_of_the_iterator(store_dir: Path) -> None:

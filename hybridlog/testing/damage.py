@@ -195,7 +195,7 @@ def truncate_catalog(data_dir: Path, keep: int | None = None) -> bytes:
     return path.read_bytes()
 
 
-def corrupt_catalog(data_dir: Path, table: str = "records") -> int:
+def corrupt_catalog(data_dir: Path, table: str = "batches") -> int:
     """Overwrite the root page of ``table`` with a byte pattern; returns the byte position hit.
 
     The file stays an SQLite database (its header is intact) but ``PRAGMA quick_check`` fails,

@@ -114,11 +114,11 @@ def _group_targets(results: Sequence[Result]) -> list[Target]:
     for variant, name in VARIANTS.items():
         slow = find(results, workload="group_commit", variant=variant, disk=SIMULATED_SLOW)
         one = find(results, workload="group_commit", variant=ONE_THREAD, disk=SIMULATED_SLOW)
-        note = f"SIMULATED slow disk: every segment fdatasync + {slow_delay} sleep, bench process only"
+        note = f"SIMULATED: +{slow_delay} per segment fdatasync (see below)"
         if slow is not None and one is not None:
             note += (
                 f"; {rate(value(slow, 'events_per_s'))} vs {rate(value(one, 'events_per_s'))} events/s,"
-                f" {_per_sync(slow)} appends per fsync"
+                f" {_per_sync(slow)} appends/fsync"
             )
         targets.append(
             Target(

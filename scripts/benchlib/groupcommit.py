@@ -286,6 +286,11 @@ def run_group_commit(pool: Sequence[bytes], sizes: Sizes, repeat: int, tmp_root:
     real = _three_runs(pool, threads, sizes.group_events_per_thread, sizes.group_single_events, repeat, tmp_root, REAL)
     fsyncs += measure_fsync(sizes.fsync_samples - sizes.fsync_samples // 2, tmp_root)
     bound = _bound(pool, fsyncs, sizes, repeat, tmp_root)
+    # A cross-check, not the bound: what an fsync'd append of the real one-thread run cost beyond an
+    # unsynced one. Far above f: the fsync'd path does more than one fdatasync, or the disk changed.
+    per_append = 1 / number(real[0], "events_per_s")
+    bound["one_thread_seconds_per_append"] = per_append
+    bound["implied_fsync_seconds"] = per_append - number(bound, "append_cpu_seconds")
     for result in real[1:]:
         ratio = number(result, "ratio_vs_one_thread")
         result["bound"] = bound["bound"]

@@ -274,6 +274,9 @@ def _bound_lines(results: Sequence[Result]) -> list[str]:
         f"  c = {micro(value(bound, 'append_cpu_seconds'))} CPU per append (Storage.append(..., fsync=False) of one"
         f" {bound['event_size']}-byte event, one thread); bound 1 + f/c = {fixed(value(bound, 'bound'))},"
         f" effective bound min({bound['threads']}, 1 + f/c) = {fixed(value(bound, 'effective_bound'))}",
+        f"  cross-check: the real one-thread run took {micro(value(bound, 'one_thread_seconds_per_append'))} per"
+        f" fsync'd append: {micro(value(bound, 'implied_fsync_seconds'))} more than c (far above f: the fsync'd"
+        " path costs more than one fdatasync, or the disk changed between the probes and the runs)",
         f"slow fsync is SIMULATED: hybridlog.segment.SegmentWriter.sync sleeps {SLOW_FSYNC_DELAY * 1e3:g} ms after"
         " the real fdatasync, in the bench process only, for the simulated group-commit runs (restored after)",
     ]

@@ -4,8 +4,8 @@ Correctness only: the benchmark runs as a subprocess on tiny sizes (once as inst
 the optional eventsourcing library made unimportable), and the tests check that every workload
 was measured for every contender present, that the numbers are positive and agree with each
 other, that every ratio is the quotient it claims to be, and that the TARGETS section covers
-every row of issue 4's targets table with a status that follows from its value. No test looks
-at how fast anything was.
+every row of issue 12's targets table with a status that follows from its value. No test looks
+at how fast anything was. The benchlib modules' own unit tests are in ``test_benchlib.py``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import importlib
 import importlib.util
 import json
 import math
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -29,18 +29,26 @@ EVENT_SIZES = (256, 4096)
 BATCH_SIZES = (1, 100, 1000)
 FSYNC = (False, True)
 HAVE_EVENTSOURCING = importlib.util.find_spec("eventsourcing") is not None
-TARGET_ROWS = {
-    "append, batch 100, fsync off",
-    "append, batch 1000, fsync on",
-    "append, batch 1, fsync on, one thread",
-    "group commit: 8 threads, single events, fsync on",
-    "sequential read + full verify",
-    "random read by offset (warm)",
-    "zstd on 256-byte JSON (batch 100, fsync off)",
-    "open a clean store with 1,000 streams",
-    "rebuild the catalog from segments",
-    "peak memory verifying a 1 GB store",
+TARGETS_TITLE = "TARGETS (issue 12; 256-byte events; ratios from this run)"
+GROUP_ROW = "group commit, 8 threads, single fsync'd appends"
+# Issue 12's targets table: row -> (measure, op, threshold) of each of its criteria.
+TARGET_CRITERIA = {
+    "append, batch 100, fsync off": [("vs sqlite_normal", ">=", 2.0), ("vs eventsourcing", ">=", 3.0)],
+    "append, batch 1000, fsync on": [("vs sqlite_full", ">=", 2.0)],
+    "append, batch 1, fsync on, one thread": [("vs raw_floor (write + fdatasync)", ">=", 0.85)],
+    GROUP_ROW: [
+        ("own streams, slow fsync (SIMULATED): vs one thread", ">=", 5.0),
+        ("one stream, slow fsync (SIMULATED): vs one thread", ">=", 5.0),
+        ("own streams, real fsync: speed-up / effective bound", ">=", 0.8),
+        ("one stream, real fsync: speed-up / effective bound", ">=", 0.8),
+    ],
+    "sequential read + full verify": [("vs sqlite_normal read + verify", ">=", 1.0)],
+    "random read by offset (warm, read-only process)": [("read_from (read_only=True) vs pread_floor", ">=", 0.6)],
+    "rebuild the catalog from segments": [("vs sequential read + verify", ">=", 0.5)],
+    "open a clean store with 1,000 streams": [("seconds", "<=", 0.5)],
+    "peak memory verifying a 1 GB store": [("child peak RSS", "<", 150.0)],
 }
+ZSTD_ROW = "zstd on 256-byte JSON (batch 100, fsync off)"
 STDOUT_SECTIONS = (
     "contenders",
     "append, 256-byte events",
@@ -104,12 +112,6 @@ def the(rows: list[dict[str, Any]], **criteria: Any) -> dict[str, Any]:
     """The one row matching every criterion."""
     (row,) = [r for r in rows if all(r.get(k) == v for k, v in criteria.items())]
     return row
-
-
-def load_benchlib(monkeypatch: pytest.MonkeyPatch, module: str) -> ModuleType:
-    """``scripts/benchlib/<module>`` imported with scripts/ on sys.path for this test only."""
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    return importlib.import_module(f"benchlib.{module}")
 
 
 # --- the run as a whole ----------------------------------------------------------------------------
@@ -332,22 +334,62 @@ def test_open_and_rebuild_are_measured_and_rebuild_is_compared_with_reading(quic
     assert rebuild["ratio_vs_read_verify"] == pytest.approx(rebuild["events_per_s"] / read["events_per_s"])
 
 
-def test_group_commit_runs_one_thread_and_eight_threads_two_ways(quick_run: BenchRun) -> None:
-    """One thread, eight threads on their own streams, eight on one stream; ratios over the one thread."""
+def test_group_commit_runs_one_thread_and_eight_threads_two_ways_on_both_disks(quick_run: BenchRun) -> None:
+    """One thread, eight threads on their own streams, eight on one stream, on the real and the
+    simulated slow disk; ratios over the one thread of the same disk."""
     rows = results_of(quick_run, "group_commit")
-    one = the(rows, variant="one_thread")
-    own = the(rows, variant="own_streams")
-    shared = the(rows, variant="one_stream")
-    assert (one["threads"], one["streams"]) == (1, 1)
-    assert (own["threads"], own["streams"]) == (8, 8)
-    assert (shared["threads"], shared["streams"]) == (8, 1)
-    assert own["events"] == shared["events"]
-    assert own["events"] % 8 == 0
-    for r in (one, own, shared):
-        assert len(r["runs_seconds"]) == quick_run.report["repeat"]
-        assert r["events_per_s"] == pytest.approx(r["events"] / r["seconds"])
-    for r in (own, shared):
-        assert r["ratio_vs_one_thread"] == pytest.approx(r["events_per_s"] / one["events_per_s"])
+    assert len(rows) == 6
+    for disk, delay in (("real", None), ("simulated_slow", 0.001)):
+        one = the(rows, variant="one_thread", disk=disk)
+        own = the(rows, variant="own_streams", disk=disk)
+        shared = the(rows, variant="one_stream", disk=disk)
+        assert (one["threads"], one["streams"]) == (1, 1)
+        assert (own["threads"], own["streams"]) == (8, 8)
+        assert (shared["threads"], shared["streams"]) == (8, 1)
+        assert own["events"] == shared["events"]
+        assert own["events"] % 8 == 0
+        for r in (one, own, shared):
+            assert r["simulated_fsync_delay_s"] == delay
+            assert len(r["runs_seconds"]) == quick_run.report["repeat"]
+            assert r["events_per_s"] == pytest.approx(r["events"] / r["seconds"])
+        for r in (own, shared):
+            assert r["ratio_vs_one_thread"] == pytest.approx(r["events_per_s"] / one["events_per_s"])
+        assert "ratio_vs_one_thread" not in one
+
+
+def test_the_simulated_runs_went_through_the_slow_sync(quick_run: BenchRun) -> None:
+    """Every fsync'd single append of the one-thread run was slowed; the threaded runs synced too."""
+    for r in results_of(quick_run, "group_commit"):
+        if r["disk"] == "real":
+            assert "simulated_syncs" not in r
+        elif r["variant"] == "one_thread":
+            assert r["simulated_syncs"] >= r["events"] * quick_run.report["repeat"]
+        else:
+            assert r["simulated_syncs"] > 0
+
+
+def test_group_commit_bound_is_one_plus_fsync_time_over_append_cpu(quick_run: BenchRun) -> None:
+    """bound = 1 + f/c, the effective bound is capped at the thread count, and the real-disk runs
+    carry their speed-up over both."""
+    bound = the(results_of(quick_run, "group_commit_bound"))
+    assert bound["fsync_samples"] > 1
+    assert bound["fsync_p10_seconds"] <= bound["fsync_seconds"] <= bound["fsync_p90_seconds"]
+    assert bound["append_cpu_seconds"] > 0
+    assert bound["append_cpu_seconds"] == pytest.approx(statistics.median(bound["append_cpu_runs_seconds"]))
+    assert bound["bound"] == pytest.approx(1 + bound["fsync_seconds"] / bound["append_cpu_seconds"])
+    assert bound["effective_bound"] == pytest.approx(min(bound["threads"], bound["bound"]))
+    one = the(results_of(quick_run, "group_commit"), variant="one_thread", disk="real")
+    assert bound["one_thread_seconds_per_append"] == pytest.approx(1 / one["events_per_s"])
+    assert bound["implied_fsync_seconds"] == pytest.approx(
+        bound["one_thread_seconds_per_append"] - bound["append_cpu_seconds"]
+    )
+    for r in results_of(quick_run, "group_commit"):
+        if r["disk"] != "real" or r["variant"] == "one_thread":
+            assert "fraction_of_bound" not in r
+            continue
+        assert (r["bound"], r["effective_bound"]) == (bound["bound"], bound["effective_bound"])
+        assert r["fraction_of_bound"] == pytest.approx(r["ratio_vs_one_thread"] / bound["bound"])
+        assert r["fraction_of_effective_bound"] == pytest.approx(r["ratio_vs_one_thread"] / bound["effective_bound"])
 
 
 def test_peak_memory_comes_from_a_child_verifying_a_multi_segment_store(quick_run: BenchRun) -> None:
@@ -372,17 +414,64 @@ def expected_status(target: dict[str, Any]) -> str:
 
 
 def test_targets_cover_every_row_of_the_issue_with_a_status_that_follows(quick_run: BenchRun) -> None:
+    """Issue 12's rows and criteria in order, each with a status that follows from its value, one line each."""
     targets = quick_run.report["targets"]
-    assert {t["row"] for t in targets} == TARGET_ROWS
-    assert len(targets) == 13
+    assert [(t["row"], t["measure"], t["op"], t["threshold"]) for t in targets] == [
+        (row, *criterion) for row, criteria in TARGET_CRITERIA.items() for criterion in criteria
+    ]
     for t in targets:
         assert t["status"] == expected_status(t)
         assert (t["status"] == "MISSING") is (t["measure"] == "vs eventsourcing" and not HAVE_EVENTSOURCING)
-    section = quick_run.stdout[quick_run.stdout.index("TARGETS") :]
+    section = quick_run.stdout[quick_run.stdout.index(TARGETS_TITLE) :].splitlines()
     for t in targets:
-        assert any(t["row"] in line and t["status"] in line for line in section.splitlines()), t["row"]
+        assert [line for line in section if line.startswith(t["row"]) and t["measure"] in line and t["status"] in line]
     passed = sum(t["status"] == "PASS" for t in targets)
-    assert f"{passed} of {len(targets)} criteria pass" in section
+    rows_passed = sum(all(t["status"] == "PASS" for t in targets if t["row"] == row) for row in TARGET_CRITERIA)
+    assert f"{passed} of {len(targets)} criteria pass; {rows_passed} of {len(TARGET_CRITERIA)} rows pass" in section
+
+
+def test_slow_fsync_is_said_to_be_simulated(quick_run: BenchRun) -> None:
+    """The simulated-disk criteria and the TARGETS section say the slow disk is simulated; the bound is shown."""
+    section = quick_run.stdout[quick_run.stdout.index(TARGETS_TITLE) :]
+    assert "slow fsync is SIMULATED" in section
+    assert "bound 1 + f/c" in section
+    for t in quick_run.report["targets"]:
+        if "slow fsync" in t["measure"]:
+            assert "SIMULATED" in t["note"]
+        elif "real fsync" in t["measure"]:
+            assert "effective min(8, 1 + f/c)" in t["note"]
+
+
+def test_zstd_and_4k_figures_are_information_not_targets(quick_run: BenchRun) -> None:
+    """zstd is no target any more; it and the 4 KiB ratios are listed as information, after the counts."""
+    assert not [t for t in quick_run.report["targets"] if "zstd" in t["row"]]
+    figures = {(f["row"], f["measure"]): f["value"] for f in quick_run.report["information"]}
+    zstd = the(
+        results_of(quick_run, "append"),
+        contender="hybridlog",
+        event_size=256,
+        batch_size=100,
+        fsync=False,
+        compression="zstd",
+    )
+    assert (
+        figures[(ZSTD_ROW, "compression ratio, whole run, dictionary file counted")]
+        == (zstd["compression_ratio_with_dictionaries"])
+    )
+    assert figures[(ZSTD_ROW, "append speed vs uncompressed")] == zstd["speed_vs_uncompressed"]
+    large = the(
+        results_of(quick_run, "append"),
+        contender="hybridlog",
+        event_size=4096,
+        batch_size=1000,
+        fsync=True,
+        compression="none",
+    )
+    assert (
+        figures[("4096-byte events: append, batch 1000, fsync on", "vs sqlite_full")] == large["ratio_vs_sqlite_full"]
+    )
+    section = quick_run.stdout[quick_run.stdout.index(TARGETS_TITLE) :]
+    assert section.index("criteria pass") < section.index("information (not targets)") < section.index(ZSTD_ROW)
 
 
 def test_targets_take_their_values_from_the_256_byte_results(quick_run: BenchRun) -> None:
@@ -390,22 +479,32 @@ def test_targets_take_their_values_from_the_256_byte_results(quick_run: BenchRun
     targets = {(t["row"], t["measure"]): t["value"] for t in quick_run.report["targets"]}
     appends = results_of(quick_run, "append")
 
-    def append(batch: int, fsync: bool, compression: str = "none") -> dict[str, Any]:
-        return the(
-            appends, contender="hybridlog", event_size=256, batch_size=batch, fsync=fsync, compression=compression
-        )
+    def append(batch: int, fsync: bool) -> dict[str, Any]:
+        return the(appends, contender="hybridlog", event_size=256, batch_size=batch, fsync=fsync, compression="none")
 
     assert targets[("append, batch 100, fsync off", "vs sqlite_normal")] == append(100, False)["ratio_vs_sqlite_normal"]
     assert targets[("append, batch 1000, fsync on", "vs sqlite_full")] == append(1000, True)["ratio_vs_sqlite_full"]
     assert (
-        targets[("append, batch 1, fsync on, one thread", "vs raw_floor with fsync")]
+        targets[("append, batch 1, fsync on, one thread", "vs raw_floor (write + fdatasync)")]
         == append(1, True)["ratio_vs_raw_floor"]
     )
-    zstd = append(100, False, "zstd")
-    zstd_row = "zstd on 256-byte JSON (batch 100, fsync off)"
-    zstd_ratio = targets[(zstd_row, "compression ratio, whole run, dictionary file counted")]
-    assert zstd_ratio == zstd["compression_ratio_with_dictionaries"]
-    assert targets[(zstd_row, "append speed vs uncompressed")] == zstd["speed_vs_uncompressed"]
+    groups = results_of(quick_run, "group_commit")
+    for variant, name in (("own_streams", "own streams"), ("one_stream", "one stream")):
+        slow = the(groups, variant=variant, disk="simulated_slow")
+        real = the(groups, variant=variant, disk="real")
+        assert targets[(GROUP_ROW, f"{name}, slow fsync (SIMULATED): vs one thread")] == slow["ratio_vs_one_thread"]
+        assert (
+            targets[(GROUP_ROW, f"{name}, real fsync: speed-up / effective bound")]
+            == real["fraction_of_effective_bound"]
+        )
+    random_read = the(results_of(quick_run, "random_read"), contender="hybridlog", method="read_from")
+    random_row = "random read by offset (warm, read-only process)"
+    assert targets[(random_row, "read_from (read_only=True) vs pread_floor")] == random_read["ratio_vs_pread_floor"]
+    rebuild = the(results_of(quick_run, "rebuild_catalog"))
+    assert (
+        targets[("rebuild the catalog from segments", "vs sequential read + verify")]
+        == (rebuild["ratio_vs_read_verify"])
+    )
     memory = the(results_of(quick_run, "verify_memory"))
     assert targets[("peak memory verifying a 1 GB store", "child peak RSS")] == memory["peak_rss_mb"]
     opened = the(results_of(quick_run, "open_clean"))
@@ -427,34 +526,3 @@ def test_without_eventsourcing_the_harness_runs_and_says_not_installed(run_witho
 
 def row_key(r: dict[str, Any]) -> tuple[str, int, int, bool | None, str]:
     return (r["contender"], r["event_size"], r["batch_size"], r["fsync"], r["compression"])
-
-
-# --- the generator ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("size", EVENT_SIZES)
-def test_events_are_varied_json_of_the_exact_size(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
-    """Distinct, valid JSON events of exactly ``size`` bytes with varied fields, reproducible by seed."""
-    events_module = load_benchlib(monkeypatch, "events")
-    events: list[bytes] = events_module.make_event_pool(100, 7, size)
-    assert events_module.make_event_pool(100, 7, size) == events
-    assert events_module.make_event_pool(100, 8, size) != events
-    assert len(set(events)) == len(events)
-    assert {len(e) for e in events} == {size}
-    decoded = [json.loads(e) for e in events]
-    assert len({d["type"] for d in decoded}) > 3
-    assert len({d["amount"] for d in decoded}) > 50
-    assert len({d["ts"] for d in decoded}) == len(decoded)
-    assert all(d["note"] for d in decoded)
-    if size >= 1024:
-        assert all(d["lines"] and d["customer"]["address"]["city"] for d in decoded)
-        assert len({len(d["lines"]) for d in decoded}) > 1
-
-
-def test_make_batches_cuts_the_exact_count_from_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Batches hold exactly the events asked for, cycling through the pool; the last may be short."""
-    events_module = load_benchlib(monkeypatch, "events")
-    pool = [bytes([i]) for i in range(7)]
-    batches: list[list[bytes]] = events_module.make_batches(pool, 25, 10)
-    assert [len(b) for b in batches] == [10, 10, 5]
-    assert [e for b in batches for e in b] == [pool[i % 7] for i in range(25)]

@@ -4,8 +4,9 @@
   ``Storage.iter_records(anchored=False)``, compression none or zstd (zstd trains the stream a
   dictionary after its first 1,000 events and compresses the later ones with it).
 * ``raw_floor``: the least a hash-chained log costs in Python: records ``u32 length | 32-byte
-  BLAKE3 chain hash | payload`` appended to one file, one ``os.write`` per batch, ``os.fsync``
-  when fsync is on; no index, no catalog, no recovery. Reading verifies every hash and link.
+  BLAKE3 chain hash | payload`` appended to one file, one ``os.write`` per batch, ``os.fdatasync``
+  when fsync is on (issue 12 defines the floor as write + fdatasync: the file's bytes and size
+  durable, its times not); no index, no catalog, no recovery. Reading verifies every hash and link.
 * ``sqlite_normal`` / ``sqlite_full``: one apsw table ``events(stream, offset, prev_hash, hash,
   payload)``, the same chain computed in Python, one transaction per batch, WAL, with
   ``synchronous=NORMAL`` (a commit is not fsynced) or ``FULL`` (every commit fsyncs the WAL).
@@ -244,7 +245,7 @@ class RawFloorWriter:
         while view:
             view = view[os.write(self._fd, view) :]
         if self._fsync:
-            os.fsync(self._fd)
+            os.fdatasync(self._fd)  # the floor of issue 12: write + fdatasync
         self._offset, self._head = offset, head
 
     def close(self) -> None:
@@ -282,7 +283,7 @@ class RawFloorContender(Contender):
     summary = "length | BLAKE3 chain hash | payload in one file, one os.write per batch; no index"
 
     def durability(self, fsync: bool) -> str:
-        return "fsync per batch" if fsync else "no fsync"
+        return "os.fdatasync per batch" if fsync else "no fsync"
 
     def open_writer(self, directory: Path, *, fsync: bool, compression: str) -> Writer:
         return RawFloorWriter(directory, fsync=fsync)

@@ -65,6 +65,13 @@ class Sizes:
     group_threads: int = 8
     group_events_per_thread: int = 400
     group_single_events: int = 1000
+    slow_events_per_thread: int = 200
+    """Group commit on the simulated slow disk (1 ms more per fsync): events per thread."""
+    slow_single_events: int = 500
+    fsync_samples: int = 500
+    """write + fdatasync probes whose median is the fsync time of the group-commit bound."""
+    cpu_appends: int = 2000
+    """Single unsynced appends timed for the per-append CPU of the group-commit bound."""
     event_sizes: tuple[int, ...] = field(default=(SMALL_EVENT, LARGE_EVENT))
 
 
@@ -123,6 +130,10 @@ QUICK_SIZES = Sizes(
     group_threads=8,
     group_events_per_thread=5,
     group_single_events=20,
+    slow_events_per_thread=3,
+    slow_single_events=10,
+    fsync_samples=20,
+    cpu_appends=50,
 )
 LARGE_MEMORY_BYTES = 1_000 * MB
 

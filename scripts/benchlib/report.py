@@ -1,9 +1,7 @@
-"""Ratios between the contenders of one run, the text report, and the TARGETS section.
+"""The human-readable report: the machine, the contenders, one table per workload, then TARGETS.
 
-Every hybridlog figure is shown as a ratio to what the contenders did in the same run (this
-machine is noisy; absolute numbers are not comparable between runs). ``add_ratios`` writes the
-ratios into the results (``ratio_vs_<contender>``, ``speed_vs_uncompressed``,
-``ratio_vs_read_verify``); ``evaluate_targets`` checks them against issue 4's targets table.
+Ratios come from ``ratios`` (written into the results), the TARGETS section from ``targets``;
+the tables go to stdout, the same figures to the JSON file (``bench.py``).
 """
 
 from __future__ import annotations
@@ -15,292 +13,17 @@ import platform
 import sqlite3
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import apsw
 
-from benchlib.contenders import (
-    EVENTSOURCING,
-    HYBRIDLOG,
-    NONE,
-    RAW_FLOOR,
-    SQLITE_FULL,
-    SQLITE_NORMAL,
-    ZSTD,
-    BenchError,
-    Contender,
-    eventsourcing_version,
-)
-from benchlib.events import SMALL_EVENT
-from benchlib.groupcommit import ONE_STREAM, OWN_STREAMS
+from benchlib.contenders import NONE, SQLITE_FULL, SQLITE_NORMAL, ZSTD, Contender, eventsourcing_version
+from benchlib.groupcommit import SIMULATED_SLOW, SLOW_FSYNC_DELAY
 from benchlib.measure import MB, JSONValue, Result, number
 from benchlib.randomread import PREAD_FLOOR
-
-SUBJECT = HYBRIDLOG
-COMPARED = ("append", "read_verify")
-OTHERS = (RAW_FLOOR, SQLITE_NORMAL, SQLITE_FULL, EVENTSOURCING)
-
-
-# --- ratios ----------------------------------------------------------------------------------------
-
-
-def _comparable(subject: Result, other: Result) -> bool:
-    """Same workload and event size; for appends also the batch size and fsync (None: any fsync)."""
-    if subject["workload"] != other["workload"] or subject.get("event_size") != other.get("event_size"):
-        return False
-    if subject["workload"] == "append":
-        return subject["batch_size"] == other["batch_size"] and other["fsync"] in (None, subject["fsync"])
-    return True
-
-
-def _only(results: Sequence[Result], what: str) -> Result:
-    if len(results) != 1:
-        raise BenchError(f"expected one {what} result, found {len(results)}")
-    return results[0]
-
-
-def add_ratios(results: list[Result]) -> None:
-    """Write every ratio the report shows into the results it belongs to."""
-    others = [r for r in results if r["workload"] in COMPARED and r["contender"] != SUBJECT]
-    subjects = [r for r in results if r["workload"] in COMPARED and r["contender"] == SUBJECT]
-    for r in subjects:
-        for other in others:
-            if _comparable(r, other):
-                key = f"ratio_vs_{other['contender']}"
-                if key in r:
-                    raise BenchError(f"two {other['contender']} results match {r!r}")
-                r[key] = number(r, "events_per_s") / number(other, "events_per_s")
-        if r["compression"] != NONE:
-            plain = _only(
-                [
-                    p
-                    for p in subjects
-                    if p["compression"] == NONE and _comparable(r, p) and p.get("fsync") == r.get("fsync")
-                ],
-                f"uncompressed twin of {r!r}",
-            )
-            r["speed_vs_uncompressed"] = number(r, "events_per_s") / number(plain, "events_per_s")
-    floors = [r for r in results if r["workload"] == "random_read" and r["contender"] == PREAD_FLOOR]
-    for r in results:
-        if r["workload"] == "random_read" and r["contender"] == SUBJECT:
-            floor = _only(floors, "random-read floor")
-            r[f"ratio_vs_{PREAD_FLOOR}"] = number(r, "reads_per_s") / number(floor, "reads_per_s")
-        elif r["workload"] == "rebuild_catalog":
-            read = _only(
-                [
-                    s
-                    for s in subjects
-                    if s["workload"] == "read_verify"
-                    and s["compression"] == NONE
-                    and s["event_size"] == r["event_size"]
-                ],
-                "uncompressed hybridlog read + verify",
-            )
-            r["ratio_vs_read_verify"] = number(r, "events_per_s") / number(read, "events_per_s")
-
-
-def find(results: Sequence[Result], **criteria: JSONValue) -> Result | None:
-    """The one result whose fields equal ``criteria`` (None if there is none)."""
-    found = [r for r in results if all(r.get(key) == value for key, value in criteria.items())]
-    if len(found) > 1:
-        raise BenchError(f"{len(found)} results match {criteria!r}")
-    return found[0] if found else None
-
-
-# --- targets ---------------------------------------------------------------------------------------
-
-PASS, FAIL, MISSING = "PASS", "FAIL", "MISSING"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One criterion of the issue's targets table, with what this run measured."""
-
-    row: str
-    """The targets-table row (a row with two criteria gives two Targets)."""
-    measure: str
-    value: float | None
-    op: str
-    """">=", "<=" or "<": how ``value`` must compare with ``threshold``."""
-    threshold: float
-    unit: str
-    """"x" (a ratio), "s" or "MB"."""
-    note: str = ""
-
-    @property
-    def status(self) -> str:
-        if self.value is None:
-            return MISSING
-        passed = {
-            ">=": self.value >= self.threshold,
-            "<=": self.value <= self.threshold,
-            "<": self.value < self.threshold,
-        }
-        return PASS if passed[self.op] else FAIL
-
-    def as_json(self) -> dict[str, JSONValue]:
-        data: dict[str, JSONValue] = asdict(self)
-        data["status"] = self.status
-        return data
-
-
-def _value(result: Result | None, key: str) -> float | None:
-    return None if result is None or result.get(key) is None else number(result, key)
-
-
-def evaluate_targets(results: Sequence[Result], missing: dict[str, str]) -> list[Target]:
-    """Issue 4's targets table, row by row, from this run's 256-byte results."""
-    size = SMALL_EVENT
-
-    def append(batch: int, fsync: bool, compression: str = NONE) -> Result | None:
-        return find(
-            results,
-            workload="append",
-            contender=SUBJECT,
-            event_size=size,
-            batch_size=batch,
-            fsync=fsync,
-            compression=compression,
-        )
-
-    def absent(name: str) -> str:
-        return f"{name} {missing[name]}" if name in missing else ""
-
-    b100, b1000_on, b1_on = append(100, False), append(1000, True), append(1, True)
-    zstd = append(100, False, ZSTD)
-    read = find(results, workload="read_verify", contender=SUBJECT, event_size=size, compression=NONE)
-    random_read = find(results, workload="random_read", contender=SUBJECT, method="read_from")
-    own = find(results, workload="group_commit", variant=OWN_STREAMS)
-    one = find(results, workload="group_commit", variant=ONE_STREAM)
-    opened = find(results, workload="open_clean")
-    rebuild = find(results, workload="rebuild_catalog")
-    memory = find(results, workload="verify_memory")
-    threads = own["threads"] if own else 8
-    reads_per_s = _value(random_read, "reads_per_s")
-    store_mb = _value(memory, "segment_bytes")
-    row_b100 = "append, batch 100, fsync off"
-    row_group = f"group commit: {threads} threads, single events, fsync on"
-    row_zstd = "zstd on 256-byte JSON (batch 100, fsync off)"
-    return [
-        Target(row_b100, f"vs {SQLITE_NORMAL}", _value(b100, f"ratio_vs_{SQLITE_NORMAL}"), ">=", 2.0, "x"),
-        Target(
-            row_b100,
-            f"vs {EVENTSOURCING}",
-            _value(b100, f"ratio_vs_{EVENTSOURCING}"),
-            ">=",
-            3.0,
-            "x",
-            absent(EVENTSOURCING),
-        ),
-        Target(
-            "append, batch 1000, fsync on",
-            f"vs {SQLITE_FULL}",
-            _value(b1000_on, f"ratio_vs_{SQLITE_FULL}"),
-            ">=",
-            2.0,
-            "x",
-        ),
-        Target(
-            "append, batch 1, fsync on, one thread",
-            f"vs {RAW_FLOOR} with fsync",
-            _value(b1_on, f"ratio_vs_{RAW_FLOOR}"),
-            ">=",
-            0.85,
-            "x",
-        ),
-        Target(row_group, "own streams vs one thread", _value(own, "ratio_vs_one_thread"), ">=", 5.0, "x"),
-        Target(row_group, "one stream vs one thread", _value(one, "ratio_vs_one_thread"), ">=", 5.0, "x"),
-        Target(
-            "sequential read + full verify",
-            f"vs {SQLITE_NORMAL} read + verify",
-            _value(read, f"ratio_vs_{SQLITE_NORMAL}"),
-            ">=",
-            1.0,
-            "x",
-        ),
-        Target(
-            "random read by offset (warm)",
-            f"read_from vs {PREAD_FLOOR}",
-            _value(random_read, f"ratio_vs_{PREAD_FLOOR}"),
-            ">=",
-            0.6,
-            "x",
-            "" if reads_per_s is None else f"{reads_per_s:,.0f} reads/s",
-        ),
-        Target(
-            row_zstd,
-            "compression ratio, whole run, dictionary file counted",
-            _value(zstd, "compression_ratio_with_dictionaries"),
-            ">=",
-            2.5,
-            "x",
-            _dictionary_note(zstd),
-        ),
-        Target(row_zstd, "append speed vs uncompressed", _value(zstd, "speed_vs_uncompressed"), ">=", 0.5, "x"),
-        Target("open a clean store with 1,000 streams", "seconds", _value(opened, "seconds"), "<=", 0.5, "s"),
-        Target(
-            "rebuild the catalog from segments",
-            "vs sequential read + verify",
-            _value(rebuild, "ratio_vs_read_verify"),
-            ">=",
-            0.5,
-            "x",
-        ),
-        Target(
-            "peak memory verifying a 1 GB store",
-            "child peak RSS",
-            _value(memory, "peak_rss_mb"),
-            "<",
-            150.0,
-            "MB",
-            "" if store_mb is None else f"{store_mb / MB:,.0f} MB of segments",
-        ),
-    ]
-
-
-def _dictionary_note(result: Result | None) -> str:
-    """What the stream dictionary did in a zstd append run, in words."""
-    if result is None:
-        return ""
-    ratio = _value(result, "dictionary_ratio")
-    if ratio is None:
-        return "no dictionary came into use (plain zstd throughout)"
-    return f"{ratio:.2f}x once the dictionary was in use (after {result['events_before_dictionary']} events)"
-
-
-# --- text ------------------------------------------------------------------------------------------
-
-
-def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    """A fixed-width table: the first ``left`` columns left-aligned, the rest right-aligned."""
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    return [line(headers), "  ".join("-" * w for w in widths), *(line(row) for row in rows)]
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _x(value: float | None) -> str:
-    """A ratio: two decimals, or three significant digits below 0.1 (so 0.0009x does not show as 0.00x)."""
-    if value is None:
-        return "-"
-    return f"{value:.2f}x" if value >= 0.1 else f"{value:.3g}x"
-
-
-def _fixed(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _onoff(fsync: JSONValue) -> str:
-    return "on" if fsync else "off"
+from benchlib.ratios import OTHERS, SUBJECT, find, only, value
+from benchlib.targets import Figure, Target, target_lines
+from benchlib.text import fixed, grid, micro, onoff, rate, times
 
 
 def machine_info(tmp_root: Path | None) -> dict[str, JSONValue]:
@@ -345,11 +68,11 @@ def _append_lines(results: Sequence[Result], size: int, names: Sequence[str], mi
     rates: list[list[str]] = []
     ratios: list[list[str]] = []
     for batch, fsync in shapes:
-        plain = _only(
+        plain = only(
             [r for r in subject if (r["batch_size"], r["fsync"], r["compression"]) == (batch, fsync, NONE)], "row"
         )
         zstd = find(subject, batch_size=batch, fsync=fsync, compression=ZSTD)
-        row = [str(batch), _onoff(fsync)]
+        row = [str(batch), onoff(fsync)]
         for name, compression, _ in columns:
             if name in missing:
                 row.append("not installed")
@@ -364,36 +87,36 @@ def _append_lines(results: Sequence[Result], size: int, names: Sequence[str], mi
                 and r["batch_size"] == batch
                 and r["fsync"] in (None, fsync)
             ]
-            row.append(_rate(number(match[0], "events_per_s")) if match else "-")
+            row.append(rate(number(match[0], "events_per_s")) if match else "-")
         rates.append(row)
         ratios.append(
             [
                 str(batch),
-                _onoff(fsync),
+                onoff(fsync),
                 *(
-                    "not installed" if n in missing else _x(_value(plain, f"ratio_vs_{n}"))
+                    "not installed" if n in missing else times(value(plain, f"ratio_vs_{n}"))
                     for n in names
                     if n != SUBJECT
                 ),
-                _x(_value(zstd, "speed_vs_uncompressed")),
-                _fixed(_value(zstd, "compression_ratio_with_dictionaries")),
-                _fixed(_value(zstd, "dictionary_ratio")),
-                _fixed(_value(zstd, "disk_ratio")),
-                _fixed(_value(plain, "disk_ratio")),
+                times(value(zstd, "speed_vs_uncompressed")),
+                fixed(value(zstd, "compression_ratio_with_dictionaries")),
+                fixed(value(zstd, "dictionary_ratio")),
+                fixed(value(zstd, "disk_ratio")),
+                fixed(value(plain, "disk_ratio")),
             ]
         )
     return [
         f"append, {size}-byte events: events/s (MB/s = events/s x {size} / 10^6)",
         f"  {SQLITE_NORMAL} / {SQLITE_FULL}: measured once per batch size (the pragma sets their durability),"
         " shown in both fsync rows",
-        *_grid(["batch", "fsync", *(title for _, _, title in columns)], rates, left=0),
+        *grid(["batch", "fsync", *(title for _, _, title in columns)], rates, left=0),
         "",
         f"append, {size}-byte events: hybridlog (uncompressed) events/s over each contender's",
         "  zstd speed: hybridlog zstd events/s over uncompressed (the whole run, dictionary training included);",
         "  zstd ratio: payload bytes over stored payload bytes plus the dictionary file, the whole run;"
         " dict ratio: the same over the events stored once the dictionary was in use (- : none trained);",
         "  on disk: payload bytes over stored bytes, record framing and dictionary files included",
-        *_grid(
+        *grid(
             [
                 "batch",
                 "fsync",
@@ -423,15 +146,15 @@ def _read_lines(results: Sequence[Result], missing: dict[str, str]) -> list[str]
                 str(r["compression"]),
                 "chain" if r["verifies_chain"] else "read only (no chain)",
                 str(r["events"]),
-                _rate(number(r, "events_per_s")),
-                _fixed(number(r, "mb_per_s"), 1),
-                _x(ratio),
+                rate(number(r, "events_per_s")),
+                fixed(number(r, "mb_per_s"), 1),
+                times(ratio),
             ]
         )
     return [
         "read + verify from offset 0, a fresh reader, warm page cache (hybridlog / this: hybridlog uncompressed"
         " events/s over this row's)",
-        *_grid(
+        *grid(
             ["size", "contender", "compr", "verifies", "events", "events/s", "MB/s", "hybridlog / this"], rows, left=4
         ),
         *(f"{name}: {why}" for name, why in missing.items()),
@@ -448,16 +171,16 @@ def _random_lines(results: Sequence[Result]) -> list[str]:
             str(r["contender"]),
             str(r["method"]),
             str(r["reads"]),
-            _rate(number(r, "reads_per_s")),
-            _fixed(_value(r, "records_verified_mean"), 1),
-            _x(_value(r, f"ratio_vs_{PREAD_FLOOR}")),
+            rate(number(r, "reads_per_s")),
+            fixed(value(r, "records_verified_mean"), 1),
+            times(value(r, f"ratio_vs_{PREAD_FLOOR}")),
         ]
         for r in reads
     ]
     return [
         f"random read of one event by offset, warm ({first['event_size']}-byte events, stream of"
         f" {first['stream_events']:,} events, {first['distinct_offsets']:,} distinct random offsets)",
-        *_grid(["contender", "method", "reads", "reads/s", "records verified/read", f"vs {PREAD_FLOOR}"], rows, left=2),
+        *grid(["contender", "method", "reads", "reads/s", "records verified/read", f"vs {PREAD_FLOOR}"], rows, left=2),
     ]
 
 
@@ -467,19 +190,45 @@ def _group_lines(results: Sequence[Result]) -> list[str]:
         return []
     rows = [
         [
+            "real" if r["disk"] != SIMULATED_SLOW else f"SIMULATED +{SLOW_FSYNC_DELAY * 1e3:g} ms",
             str(r["variant"]),
             str(r["threads"]),
             str(r["streams"]),
             str(r["events"]),
-            _rate(number(r, "events_per_s")),
-            _x(_value(r, "ratio_vs_one_thread")),
+            rate(number(r, "events_per_s")),
+            times(value(r, "ratio_vs_one_thread")),
+            fixed(value(r, "fraction_of_bound")),
+            fixed(value(r, "fraction_of_effective_bound")),
         ]
         for r in runs
     ]
-    return [
+    bound = find(results, workload="group_commit_bound")
+    lines = [
         "group commit: single-event Storage.append calls with fsync on, threads sharing one Storage",
-        *_grid(["variant", "threads", "streams", "events", "events/s", "vs one thread"], rows),
+        "  of bound: vs one thread over 1 + f/c; of effective: over min(threads, 1 + f/c) (real disk only)",
+        *grid(
+            [
+                "fsync",
+                "variant",
+                "threads",
+                "streams",
+                "events",
+                "events/s",
+                "vs one thread",
+                "of bound",
+                "of effective",
+            ],
+            rows,
+            left=2,
+        ),
     ]
+    if bound is not None:
+        lines.append(
+            f"  f = {micro(value(bound, 'fsync_seconds'))} per write + fdatasync,"
+            f" c = {micro(value(bound, 'append_cpu_seconds'))} CPU per unsynced append:"
+            f" bound {fixed(value(bound, 'bound'))}, effective bound {fixed(value(bound, 'effective_bound'))}"
+        )
+    return lines
 
 
 def _store_lines(results: Sequence[Result]) -> list[str]:
@@ -490,7 +239,7 @@ def _store_lines(results: Sequence[Result]) -> list[str]:
         elif r["workload"] == "rebuild_catalog":
             lines.append(
                 f"  rebuild the catalog from segments: {r['events']} records in {number(r, 'seconds'):.2f} s"
-                f" ({number(r, 'events_per_s'):,.0f} records/s, {_x(_value(r, 'ratio_vs_read_verify'))}"
+                f" ({number(r, 'events_per_s'):,.0f} records/s, {times(value(r, 'ratio_vs_read_verify'))}"
                 " sequential read + verify)"
             )
         elif r["workload"] == "verify_memory":
@@ -504,26 +253,6 @@ def _store_lines(results: Sequence[Result]) -> list[str]:
     return lines
 
 
-def _target_lines(targets: Sequence[Target], mode: str) -> list[str]:
-    rows = []
-    for t in targets:
-        value = _x(t.value) if t.unit == "x" or t.value is None else f"{t.value:.3g} {t.unit}"
-        goal = f"{t.op} {t.threshold:g}{'x' if t.unit == 'x' else ' ' + t.unit}"
-        rows.append([t.row, t.measure, value, goal, t.status, t.note])
-    passed = sum(t.status == PASS for t in targets)
-    by_row: dict[str, bool] = {}
-    for t in targets:
-        by_row[t.row] = by_row.get(t.row, True) and t.status == PASS
-    lines = [
-        f"TARGETS (issue 4; {SMALL_EVENT}-byte events; ratios from this run)",
-        *_grid(["row", "measure", "value", "target", "status", "note"], rows, left=2),
-        f"{passed} of {len(targets)} criteria pass; {sum(by_row.values())} of {len(by_row)} rows pass",
-    ]
-    if mode == "quick":
-        lines.append("(quick mode: sizes far too small for these figures to mean anything)")
-    return lines
-
-
 def render(
     mode: str,
     machine: dict[str, JSONValue],
@@ -532,6 +261,7 @@ def render(
     contenders: Sequence[Contender],
     missing: dict[str, str],
     targets: Sequence[Target],
+    figures: Sequence[Figure],
 ) -> str:
     """The whole human-readable report."""
     names = [c.name for c in contenders] + [n for n in missing if n not in {c.name for c in contenders}]
@@ -554,5 +284,5 @@ def render(
         _store_lines(results),
     ):
         lines += ["", *section]
-    lines += ["", *_target_lines(targets, mode)]
+    lines += ["", *target_lines(targets, figures, results, mode)]
     return "\n".join(lines)

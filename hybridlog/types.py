@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NewType, TypeVar
+from typing import NewType, TypeVar, final
 
 from hybridlog.errors import InvalidConfiguration, InvalidStreamId
 
@@ -180,6 +180,7 @@ _new_object = object.__new__
 """``object.__new__``, looked up once (``Record.__new__`` runs once per record read)."""
 
 
+@final
 @dataclass(frozen=True, slots=True, init=False)
 class Record:
     """One verified record as read back from a stream.
@@ -189,7 +190,8 @@ class Record:
     a ``Record`` by ``__class__`` assignment (allowed between classes with the same ``__slots__``).
     That costs about a third of the generated ``__init__``, whose every field goes through
     ``object.__setattr__``; equality, hashing, repr, ``dataclasses.replace`` and friends are the
-    dataclass's own, and assigning or deleting a field still raises ``FrozenInstanceError``.
+    dataclass's own, and assigning or deleting a field still raises ``FrozenInstanceError``. It is
+    final, since ``__new__`` builds this class's layout only.
     """
 
     stream_id: StreamId
@@ -221,6 +223,10 @@ class Record:
         self.payload = payload
         self.__class__ = cls  # type: ignore[assignment]  # the same slots: from here on, a Record
         return self  # type: ignore[return-value]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse subclasses: one may add fields, slots or a ``__dict__``, which ``__new__`` cannot build."""
+        raise TypeError(f"{cls.__name__}: Record is final and cannot be subclassed")
 
     def __reduce__(self) -> tuple[type[Record], tuple[object, ...]]:
         """Pickle and copy as a call with the fields (``__new__`` needs them all)."""
@@ -254,11 +260,12 @@ class _RecordSlots:
     payload: bytes
 
 
+@final
 @dataclass(frozen=True, slots=True, init=False)
 class GlobalRecord:
     """A verified record with its position in the store-wide order (``read_global``).
 
-    Built like ``Record``, for the same reason (one per record read in store-wide order).
+    Built like ``Record``, for the same reason (one per record read in store-wide order), and final too.
     """
 
     global_position: GlobalPosition
@@ -271,6 +278,10 @@ class GlobalRecord:
         self.record = record
         self.__class__ = cls  # type: ignore[assignment]  # the same slots: from here on, a GlobalRecord
         return self  # type: ignore[return-value]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse subclasses, as ``Record`` does."""
+        raise TypeError(f"{cls.__name__}: GlobalRecord is final and cannot be subclassed")
 
     def __reduce__(self) -> tuple[type[GlobalRecord], tuple[object, ...]]:
         """Pickle and copy as a call with the fields (``__new__`` needs them all)."""

@@ -159,3 +159,10 @@ def test_pickle_and_copy_round_trip(record: Record, position: int, protocol: int
             assert type(back) is type(original)
             assert back == original
             assert hash(back) == hash(original)
+
+
+@pytest.mark.parametrize("base", [Record, GlobalRecord])
+def test_the_record_types_are_final(base: type) -> None:
+    """Their fast ``__new__`` builds their own layout only, so subclassing is refused up front."""
+    with pytest.raises(TypeError, match="final"):
+        type("Tagged", (base,), {})

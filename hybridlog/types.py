@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NewType, TypeVar
+from typing import NewType, TypeVar, final
 
 from hybridlog.errors import InvalidConfiguration, InvalidStreamId
 
@@ -176,9 +176,23 @@ class CheckpointPolicy:
         return cls(every_records=None, on_close=False)
 
 
-@dataclass(frozen=True, slots=True)
+_new_object = object.__new__
+"""``object.__new__``, looked up once (``Record.__new__`` runs once per record read)."""
+
+
+@final
+@dataclass(frozen=True, slots=True, init=False)
 class Record:
-    """One verified record as read back from a stream."""
+    """One verified record as read back from a stream.
+
+    A frozen dataclass that is built without the frozen ``__init__`` (reads build one per record):
+    ``__new__`` fills a ``_RecordSlots``, which stores with plain slot assignment, and then makes it
+    a ``Record`` by ``__class__`` assignment (allowed between classes with the same ``__slots__``).
+    That costs about a third of the generated ``__init__``, whose every field goes through
+    ``object.__setattr__``; equality, hashing, repr, ``dataclasses.replace`` and friends are the
+    dataclass's own, and assigning or deleting a field still raises ``FrozenInstanceError``. It is
+    final, since ``__new__`` builds this class's layout only.
+    """
 
     stream_id: StreamId
     offset: Offset
@@ -191,16 +205,96 @@ class Record:
     """The record's place in the store-wide order, as its frame carries it (None: a format-1 record,
     whose frame has none; its position is in the catalog only)."""
 
+    def __new__(
+        cls,
+        stream_id: StreamId,
+        offset: Offset,
+        kind: RecordKind,
+        timestamp_ns: int,
+        prev_hash: ChainHash,
+        hash: ChainHash,
+        payload: bytes,
+    ) -> Record:
+        """A record holding these fields (positional or keyword, in the order above)."""
+        self = _new_object(_RecordSlots)
+        self.stream_id = stream_id
+        self.offset = offset
+        self.kind = kind
+        self.timestamp_ns = timestamp_ns
+        self.prev_hash = prev_hash
+        self.hash = hash
+        self.payload = payload
+        self.__class__ = cls  # type: ignore[assignment]  # the same slots: from here on, a Record
+        return self  # type: ignore[return-value]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse subclasses: one may add fields, slots or a ``__dict__``, which ``__new__`` cannot build."""
+        raise TypeError(f"{cls.__name__}: Record is final and cannot be subclassed")
+
+    def __reduce__(self) -> tuple[type[Record], tuple[object, ...]]:
+        """Pickle and copy as a call with the fields (``__new__`` needs them all)."""
+        return type(self), (
+            self.stream_id,
+            self.offset,
+            self.kind,
+            self.timestamp_ns,
+            self.prev_hash,
+            self.hash,
+            self.payload,
+        )
+
     @property
     def timestamp(self) -> int:
         """The append time in nanoseconds since the epoch (alias of ``timestamp_ns``)."""
         return self.timestamp_ns
 
 
-@dataclass(frozen=True, slots=True)
-class GlobalRecord:
-    """A verified record with its position in the store-wide order (``read_global``)."""
+class _RecordSlots:
+    """A ``Record`` under construction: the same ``__slots__``, with Python's plain attribute
+    assignment (``Record.__new__``)."""
 
+    __slots__ = Record.__slots__
+    stream_id: StreamId
+    offset: Offset
+    kind: RecordKind
+    timestamp_ns: int
+    prev_hash: ChainHash
+    hash: ChainHash
+    payload: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True, init=False)
+class GlobalRecord:
+    """A verified record with its position in the store-wide order (``read_global``).
+
+    Built like ``Record``, for the same reason (one per record read in store-wide order), and final too.
+    """
+
+    global_position: GlobalPosition
+    record: Record
+
+    def __new__(cls, global_position: GlobalPosition, record: Record) -> GlobalRecord:
+        """A global record holding these fields."""
+        self = _new_object(_GlobalRecordSlots)
+        self.global_position = global_position
+        self.record = record
+        self.__class__ = cls  # type: ignore[assignment]  # the same slots: from here on, a GlobalRecord
+        return self  # type: ignore[return-value]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """Refuse subclasses, as ``Record`` does."""
+        raise TypeError(f"{cls.__name__}: GlobalRecord is final and cannot be subclassed")
+
+    def __reduce__(self) -> tuple[type[GlobalRecord], tuple[object, ...]]:
+        """Pickle and copy as a call with the fields (``__new__`` needs them all)."""
+        return type(self), (self.global_position, self.record)
+
+
+class _GlobalRecordSlots:
+    """A ``GlobalRecord`` under construction (see ``_RecordSlots``)."""
+
+    __slots__ = GlobalRecord.__slots__
     global_position: GlobalPosition
     record: Record
 

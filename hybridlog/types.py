@@ -214,6 +214,7 @@ class Record:
         prev_hash: ChainHash,
         hash: ChainHash,
         payload: bytes,
+        global_position: GlobalPosition | None = None,
     ) -> Record:
         """A record holding these fields (positional or keyword, in the order above)."""
         self = _new_object(_RecordSlots)
@@ -224,6 +225,7 @@ class Record:
         self.prev_hash = prev_hash
         self.hash = hash
         self.payload = payload
+        self.global_position = global_position
         self.__class__ = cls  # type: ignore[assignment]  # the same slots: from here on, a Record
         return self  # type: ignore[return-value]
 
@@ -241,6 +243,7 @@ class Record:
             self.prev_hash,
             self.hash,
             self.payload,
+            self.global_position,
         )
 
     @property
@@ -261,6 +264,7 @@ class _RecordSlots:
     prev_hash: ChainHash
     hash: ChainHash
     payload: bytes
+    global_position: GlobalPosition | None
 
 
 @final

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from hybridlog import GlobalRecord, Record
 from hybridlog.types import ChainHash, GlobalPosition, Offset, RecordKind, StreamId
 
-FIELDS = ("stream_id", "offset", "kind", "timestamp_ns", "prev_hash", "hash", "payload")
+FIELDS = ("stream_id", "offset", "kind", "timestamp_ns", "prev_hash", "hash", "payload", "global_position")
 PREV = ChainHash(bytes(32))
 OWN = ChainHash(b"\x01" * 32)
 
@@ -51,7 +51,7 @@ def test_fields_are_the_documented_ones_in_order() -> None:
     assert not hasattr(record, "__dict__")
     assert type(record) is Record
     assert Record.__mro__ == (Record, object)
-    assert dataclasses.astuple(record) == (3, 7, RecordKind.CHECKPOINT, 99, PREV, OWN, b"pay")
+    assert dataclasses.astuple(record) == (3, 7, RecordKind.CHECKPOINT, 99, PREV, OWN, b"pay", None)
     assert record.timestamp == record.timestamp_ns == 99
     assert tuple(f.name for f in dataclasses.fields(GlobalRecord)) == ("global_position", "record")
     assert GlobalRecord.__slots__ == GlobalRecord.__match_args__ == ("global_position", "record")
@@ -74,7 +74,12 @@ def test_keyword_and_positional_construction_agree() -> None:
     with pytest.raises(TypeError):
         Record(StreamId(3), Offset(7), RecordKind.EVENT, 99, PREV, OWN)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
-        Record(StreamId(3), Offset(7), RecordKind.EVENT, 99, PREV, OWN, b"", b"")  # type: ignore[call-arg]
+        Record(StreamId(3), Offset(7), RecordKind.EVENT, 99, PREV, OWN, b"", None, 5)  # type: ignore[call-arg]
+    placed = Record(StreamId(3), Offset(7), RecordKind.EVENT, 99, PREV, OWN, b"", GlobalPosition(12))
+    assert placed == Record(
+        StreamId(3), Offset(7), RecordKind.EVENT, 99, PREV, OWN, b"", global_position=GlobalPosition(12)
+    )
+    assert placed != Record(StreamId(3), Offset(7), RecordKind.EVENT, 99, PREV, OWN, b"")
     with pytest.raises(TypeError):
         Record(StreamId(3), Offset(7), RecordKind.EVENT, 99, PREV, OWN, b"", payload=b"")  # type: ignore[misc]
 
@@ -129,7 +134,7 @@ def test_repr_is_the_dataclass_repr() -> None:
     record = Record(StreamId(3), Offset(7), RecordKind.CHECKPOINT, 99, ChainHash(b"p" * 32), ChainHash(b"h" * 32), b"x")
     expected = (
         "Record(stream_id=3, offset=7, kind=<RecordKind.CHECKPOINT: 1>, timestamp_ns=99, "
-        f"prev_hash=b'{'p' * 32}', hash=b'{'h' * 32}', payload=b'x')"
+        f"prev_hash=b'{'p' * 32}', hash=b'{'h' * 32}', payload=b'x', global_position=None)"
     )
     assert repr(record) == expected
     assert repr(GlobalRecord(GlobalPosition(5), record)) == f"GlobalRecord(global_position=5, record={expected})"

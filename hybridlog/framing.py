@@ -17,10 +17,10 @@ from pathlib import Path
 
 from hybridlog.batch import PlannedRecord
 from hybridlog.catalog import Catalog
-from hybridlog.catalog_rows import BatchRow, CheckpointRow, damaged_hint, pack_frame_ends, pack_kinds
+from hybridlog.catalog_rows import BatchRow, CheckpointRow, damaged_hint, pack_frame_ends
 from hybridlog.errors import CatalogMismatch, StorageError, StorageIOError
 from hybridlog.layout import segment_path
-from hybridlog.record import PayloadCompressor, append_frames
+from hybridlog.record import FramedRecords, PayloadCompressor, append_frames
 from hybridlog.segment import SegmentWriter
 from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId
 
@@ -44,9 +44,7 @@ class FramedBatch:
     first_global_position: int
     timestamp_ns: int
     data: bytes
-    ends: list[int]  # where each record's frame ends in ``data``
-    kinds: list[int]
-    hashes: list[ChainHash]
+    framed: FramedRecords  # where each frame ends in ``data``; the records that are not events
     events: int
     payload_bytes: int
     after: HeadView  # the head once this batch is committed
@@ -60,12 +58,13 @@ def frame_batch(
     now_ns: int,
     buffer: bytearray,
     compressor: PayloadCompressor | None,
+    payload_bytes: int,
 ) -> FramedBatch:
     """Frame ``planned`` records as the next batch after ``on``, its records at global positions
-    from ``first_global_position`` on (stage 1; no I/O)."""
+    from ``first_global_position`` on (stage 1; no I/O). ``payload_bytes``: the events' bytes."""
     timestamp = max(now_ns, on.last_timestamp_ns)  # never backwards within a stream
     buffer.clear()
-    ends, hashes = append_frames(
+    framed = append_frames(
         buffer,
         planned,
         stream_id=stream_id,
@@ -76,28 +75,13 @@ def frame_batch(
         batch_end=True,
         compressor=compressor,
     )
-    kinds: list[int] = [kind for kind, _ in planned]
-    checkpoints = kinds.count(RecordKind.CHECKPOINT)
-    events = len(planned) - checkpoints
-    if checkpoints:
-        payload_bytes = sum(len(payload) for kind, payload in planned if kind is RecordKind.EVENT)
-        since = kinds[::-1].index(RecordKind.CHECKPOINT)  # events after the last checkpoint
-    else:
-        payload_bytes = sum(len(payload) for _, payload in planned)
-        since = on.events_since_checkpoint + events
-    after = HeadView(on.next_offset + len(ends), hashes[-1], since, timestamp)
+    specials = framed.specials
+    events = len(planned) - len(specials)
+    checkpoints = [i for i, kind, _ in specials if kind == RecordKind.CHECKPOINT]
+    since = len(planned) - 1 - checkpoints[-1] if checkpoints else on.events_since_checkpoint + events
+    after = HeadView(on.next_offset + len(planned), framed.last_hash, since, timestamp)
     return FramedBatch(
-        stream_id,
-        on,
-        first_global_position,
-        timestamp,
-        bytes(buffer),
-        ends,
-        kinds,
-        hashes,
-        events,
-        payload_bytes,
-        after,
+        stream_id, on, first_global_position, timestamp, bytes(buffer), framed, events, payload_bytes, after
     )
 
 
@@ -204,24 +188,28 @@ class SegmentWrite:
         position = self.base + len(self.data)
         self.data += batch.data
         sid, ts, first = self.stream_id, batch.timestamp_ns, batch.on.next_offset
-        kinds = batch.kinds
+        ends, specials = batch.framed.ends, batch.framed.specials
+        kinds = None
+        if specials:
+            marks = bytearray(len(ends))
+            for i, kind, digest in specials:
+                marks[i] = kind
+                if kind == RecordKind.CHECKPOINT:
+                    self.checkpoints.append(CheckpointRow(sid, Offset(first + i), digest, ts))
+            kinds = bytes(marks)
         self.rows.append(
             (
                 batch.first_global_position,
                 sid,
                 first,
-                len(kinds),
+                len(ends),
                 self.segment_no,
                 position,
-                pack_frame_ends(batch.ends),
-                pack_kinds(kinds),
+                pack_frame_ends(ends),
+                kinds,
                 ts,
             )
         )
-        if batch.events < len(kinds):
-            for i, kind in enumerate(kinds):
-                if kind == RecordKind.CHECKPOINT:
-                    self.checkpoints.append(CheckpointRow(sid, Offset(first + i), batch.hashes[i], ts))
         self.next_offset = batch.after.next_offset
 
     @property

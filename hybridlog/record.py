@@ -406,12 +406,11 @@ def append_frames(
     prev_hash: bytes,
     batch_end: bool,
     compressor: PayloadCompressor | None,
-) -> tuple[list[int], list[ChainHash]]:
+) -> FramedRecords:
     """Frame ``records`` (kind, payload) as consecutive offsets and global positions onto the end of ``out``.
 
     Each record is hashed, linked to the one before and optionally compressed (kept only when
     smaller), in format 2. With ``batch_end`` the last record is flagged as the end of its batch.
-    Returns where each frame ends (a byte position in ``out``) and each record's hash.
 
     This is the append hot loop: it binds what it calls to locals, packs each header once (and
     again only for a record whose flags are not 0: compressed, or the batch's last), hashes it
@@ -419,16 +418,16 @@ def append_frames(
     """
     new_hasher, pack_head = blake3.blake3, HASHED_HEADER.pack
     ends: list[int] = []
-    hashes: list[bytes] = []
+    specials: list[tuple[int, int, bytes]] = []
     offset, position, prev = first_offset, first_global_position, prev_hash
-    last = len(records) - 1
+    flagged = len(records) - 1 if batch_end else -1  # the one record with flags even uncompressed
     for i, (kind, payload) in enumerate(records):
         raw_len = len(payload)
         head = pack_head(MAGIC, 2, kind, 0, 0, stream_id, offset, position, timestamp_ns, raw_len, raw_len, prev)
         own = new_hasher(head).update(payload).digest()
-        if compressor is not None or (batch_end and i == last):
+        if compressor is not None or i == flagged:
             stored, flags = choose_stored(payload, compressor) if compressor is not None else (payload, 0)
-            if batch_end and i == last:
+            if i == flagged:
                 flags |= FLAG_BATCH_END
             if flags:
                 head = pack_head(
@@ -439,9 +438,22 @@ def append_frames(
         out += own
         out += payload
         ends.append(len(out))
-        hashes.append(own)
-        offset, position, prev = offset + 1, position + 1, own
-    return ends, cast(list[ChainHash], hashes)
+        if kind:
+            specials.append((i, kind, own))
+        offset += 1
+        position += 1
+        prev = own
+    return FramedRecords(ends, cast(list[tuple[int, int, ChainHash]], specials), ChainHash(prev))
+
+
+@dataclass(frozen=True, slots=True)
+class FramedRecords:
+    """What ``append_frames`` framed: where each frame ends in the buffer, the (index, kind, hash)
+    of each record that is not an event (checkpoints, repair markers), and the last record's hash."""
+
+    ends: list[int]
+    specials: list[tuple[int, int, ChainHash]]
+    last_hash: ChainHash
 
 
 def append_frame(
@@ -458,7 +470,7 @@ def append_frame(
     compressor: PayloadCompressor | None,
 ) -> ChainHash:
     """Frame one record onto the end of ``out`` and return its hash (``append_frames`` for one)."""
-    _, (own,) = append_frames(
+    return append_frames(
         out,
         [(kind, payload)],
         stream_id=stream_id,
@@ -468,8 +480,7 @@ def append_frame(
         prev_hash=prev_hash,
         batch_end=batch_end,
         compressor=compressor,
-    )
-    return own
+    ).last_hash
 
 
 def new_compressor() -> PayloadCompressor:

@@ -199,12 +199,13 @@ class Writer:
                         self._now(),
                         self._pipeline.buffer,
                         compressor,
+                        sum(map(len, request.payloads)) if request.payloads else 0,
                     )
                 except StorageError as e:
                     request.error, request.done = e, True
                     continue
                 request.framed = framed
-                mark += len(framed.ends)
+                mark += len(framed.framed.ends)
                 tentative[request.stream_id] = framed.after
                 batches.setdefault(request.stream_id, []).append(framed)
                 accepted.append(request)
@@ -303,7 +304,7 @@ class Writer:
                         next_offset=framed[-1].after.next_offset,
                         chain_head=framed[-1].after.head,
                         add_events=sum(b.events for b in framed),
-                        add_checkpoints=sum(len(b.ends) - b.events for b in framed),
+                        add_checkpoints=sum(len(b.framed.ends) - b.events for b in framed),
                         add_stored_bytes=sum(len(b.data) for b in framed),
                         add_payload_bytes=sum(b.payload_bytes for b in framed),
                         first_timestamp_ns=framed[0].timestamp_ns,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import shutil
 import subprocess
 import sys
 import time
@@ -245,7 +246,7 @@ def test_check_json_shape_holds_findings_and_plan(store: Path) -> None:
             "position": position,
         }
     ]
-    assert "checksum" in damaged[0]["message"]
+    assert "record hash does not match" in damaged[0]["message"]
     assert all(f["stream_id"] == DAMAGED for f in report["findings"])
     assert report["plan"] == [isolate_step(damaged[0]["message"], position)]
 
@@ -304,10 +305,10 @@ def test_repair_dry_run_shows_the_plan_and_changes_nothing(store: Path) -> None:
     code, out, err = run("repair", str(store), "--dry-run")
     assert code == EXIT_DAMAGE, err  # like `check`: there is something to repair
     assert "`hybridlog repair` without --dry-run applies the plan" in one_error_line(err)
-    step = isolate_step("damaged record (checksum mismatch)", position)
+    step = isolate_step("damaged record (record hash does not match its contents)", position)
     assert out.splitlines() == [
         "repair plan:",
-        f"  isolate stream {DAMAGED}  (damaged record (checksum mismatch))",
+        f"  isolate stream {DAMAGED}  (damaged record (record hash does not match its contents))",
         f"    {step['effect']}",
     ]
     code, out, _ = run("repair", str(store), "--dry-run", "--json")
@@ -317,9 +318,9 @@ def test_repair_dry_run_shows_the_plan_and_changes_nothing(store: Path) -> None:
     assert code == EXIT_DAMAGE
     assert out.splitlines() == [
         "repair plan:",
-        f"  truncate stream {DAMAGED}  (damaged record (checksum mismatch))",
-        "    cuts offsets 2..5: 4 committed records, 3 of them still verifying, 440 bytes, to"
-        " 00000000000000000000.seg.00000000000000000220.quarantine; a cut marker takes offset 6: offsets 2..5 are"
+        f"  truncate stream {DAMAGED}  (damaged record (record hash does not match its contents))",
+        "    cuts offsets 2..5: 4 committed records, 3 of them still verifying, 456 bytes, to"
+        " 00000000000000000000.seg.00000000000000000228.quarantine; a cut marker takes offset 6: offsets 2..5 are"
         " never used again",
     ]
     assert store_bytes(store) == before
@@ -423,7 +424,11 @@ def test_repair_json_shape(store: Path) -> None:
     assert code == 0, err
     report = json.loads(out)
     assert set(report) == {"plan", "applied", "actions", "ok_after"}
-    step = {"repair": "truncate", "stream_id": DAMAGED, "reason": "damaged record (checksum mismatch)"}
+    step = {
+        "repair": "truncate",
+        "stream_id": DAMAGED,
+        "reason": "damaged record (record hash does not match its contents)",
+    }
     assert [{k: v for k, v in s.items() if k in step} for s in report["plan"]] == [step]
     assert report["applied"] == report["plan"]
     assert report["ok_after"] is True
@@ -598,33 +603,6 @@ def test_stats_json_shape_and_compression_ratio(tmp_path: Path) -> None:
 # --- migrate -------------------------------------------------------------------------------------------
 
 
-def downgrade_to_schema_1(store: Path) -> None:
-    """Make the catalog what a hybridlog with only migrations/0001_initial.sql left behind.
-
-    Undoes 0004 (no ``gaps``, no 'repair' kind), 0003 (``records`` back to a WITHOUT ROWID table
-    keyed by stream and offset, no ``global_order``) and 0002 (no ``recovery_log``).
-    """
-    conn = apsw.Connection(str(store / CATALOG_FILE))
-    with conn:
-        conn.execute("DROP TABLE gaps")
-        conn.execute("DELETE FROM record_kinds WHERE kind = 2")
-        conn.execute("DROP TABLE global_order")
-        conn.execute("ALTER TABLE records RENAME TO records_schema3")
-        conn.execute(
-            "CREATE TABLE records (stream_id INTEGER NOT NULL, offset INTEGER NOT NULL, segment_no INTEGER NOT NULL,"
-            " position INTEGER NOT NULL, length INTEGER NOT NULL, kind INTEGER NOT NULL,"
-            " timestamp_ns INTEGER NOT NULL, PRIMARY KEY (stream_id, offset)) STRICT, WITHOUT ROWID"
-        )
-        conn.execute(
-            "INSERT INTO records SELECT stream_id, offset, segment_no, position, length, kind, timestamp_ns"
-            " FROM records_schema3"
-        )
-        conn.execute("DROP TABLE records_schema3")
-        conn.execute("DROP TABLE recovery_log")
-        conn.pragma("user_version", 1)
-    conn.close()
-
-
 def test_migrate_check_on_a_current_store(store: Path) -> None:
     before = store_bytes(store)
     code, out, err = run("migrate", str(store), "--check")
@@ -635,33 +613,36 @@ def test_migrate_check_on_a_current_store(store: Path) -> None:
     assert store_bytes(store) == before
 
 
-def test_migrate_upgrades_a_version_1_catalog_with_the_data_intact(store: Path) -> None:
-    downgrade_to_schema_1(store)
-    rows_before = {k: v for k, v in catalog_dump(store).items() if k != "user_version"}
+SCHEMA2_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "schema2_store"
+
+
+def test_migrate_upgrades_an_old_catalog_with_the_data_intact(tmp_path: Path) -> None:
+    """A catalog of schema version 2 (a store written by an older hybridlog, format-1 frames) climbs
+    the whole ladder: 0003 numbers its records, 0006 turns them into rows of ``batches``."""
+    store = tmp_path / "old"
+    shutil.copytree(SCHEMA2_FIXTURE, store)
+    rows_before = catalog_dump(store)
     code, out, err = run("migrate", str(store), "--check")
     assert code == 0, err
-    assert f"schema version 1; this hybridlog knows {SCHEMA_VERSION}" in out
-    assert f"{SCHEMA_VERSION - 1} migrations pending" in out
-    assert catalog_dump(store)["user_version"] == [(1,)]  # --check changed nothing
+    assert f"schema version 2; this hybridlog knows {SCHEMA_VERSION}" in out
+    assert f"{SCHEMA_VERSION - 2} migrations pending" in out
+    assert catalog_dump(store) == rows_before  # --check changed nothing
 
     code, out, err = run("migrate", str(store), "--json")
     assert code == 0, err
-    assert json.loads(out) == {"before": 1, "after": SCHEMA_VERSION, "code_version": SCHEMA_VERSION}
+    assert json.loads(out) == {"before": 2, "after": SCHEMA_VERSION, "code_version": SCHEMA_VERSION}
     after = catalog_dump(store)
     assert after["user_version"] == [(SCHEMA_VERSION,)]
-    assert after["recovery_log"] == []
-    # 0003 numbered the records 1..n (tests/test_global_order.py checks the order) and kept every column.
-    records = after["records"]
-    assert sorted(row[0] for row in records) == list(range(1, len(records) + 1))  # type: ignore[type-var]
+    # 0003 numbered the records 1..n and 0006 kept every column: the records table (now computed
+    # from batches) holds the same places, numbered.
+    records = list(query_catalog(store, "SELECT * FROM records ORDER BY global_position").rows)
+    assert [row[0] for row in records] == list(range(1, len(records) + 1))
     assert sorted(row[1:] for row in records) == sorted(rows_before["records"])
-    assert after["global_order"] == [(1, len(records))]
     assert after["gaps"] == []
     assert after["record_kinds"] == [(0, "event"), (1, "checkpoint"), (2, "repair")]  # 0004 added one
-    unchanged = ("user_version", "recovery_log", "records", "global_order", "gaps", "record_kinds")
-    assert {k: v for k, v in after.items() if k not in unchanged} == {
-        k: v for k, v in rows_before.items() if k not in ("records", "record_kinds")
+    assert {k: after[k] for k in ("streams", "segments", "checkpoints")} == {
+        k: rows_before[k] for k in ("streams", "segments", "checkpoints")
     }
-    assert read_events(store, DAMAGED) == [e for b in DAMAGED_BATCHES for e in b]
     assert run("verify", str(store))[0] == 0
 
 

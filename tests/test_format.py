@@ -322,7 +322,7 @@ def test_the_document_holds_the_required_vectors() -> None:
     assert with_dictionary.dictionary_file is not None
 
     assert set(V1_CHAIN) <= set(BY_NAME), f"vectors found: {sorted(BY_NAME)}"
-    link = GENESIS_HASH
+    link: bytes = GENESIS_HASH
     for v1_name, v2_name in zip(V1_CHAIN, CHAIN[: len(V1_CHAIN)], strict=True):
         old, new = BY_NAME[v1_name], BY_NAME[v2_name]
         assert old.format == 1
@@ -703,7 +703,7 @@ def store_with_batch_end_flag(store_dir: Path, name: str, flags: int) -> list[by
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit(), clock=lambda: genesis.timestamp_ns) as store:
         store.append_batch(0, [genesis.payload, second.payload], 0, None)
         store.append(0, [b"a second batch"])
-        hashes_ = [r.hash for r in genesis_records(store, 0)]
+        hashes_: list[bytes] = [r.hash for r in genesis_records(store, 0)]
     path = segment_path(store_dir, 0, 0)
     data = bytearray(path.read_bytes())
     at = sum(len(BY_NAME[n].frame) for n in CHAIN[: BY_NAME[name].offset])

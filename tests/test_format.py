@@ -845,6 +845,8 @@ def test_a_store_of_format1_frames_reads_appends_and_rebuilds_keeping_positions(
         assert [r.hash for r in genesis_records(store, 0)][-1] == head
         assert store.append(0, [b"next"])[0] == 6
         assert store.global_position_of(0, 5) == 6
+        report = verify_store(store)
+        assert report.ok, report.as_dict()
 
 
 # --- round trips -------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ class Writer:
             with self._lock:
                 head = self.head(sid)  # raises StoreClosed / ReadOnlyStore as needed
         request = AppendRequest(sid, payloads, expected_offset, prev_hash, check_prev, fsync, record_count)
-        self.commits.submit(request, self._commit_group)
+        self.commits.submit(request, self._commit_group, gather=fsync)
         if request.error is not None:
             raise request.error
         assert request.result is not None

@@ -41,7 +41,6 @@ from hybridlog.catalog_rows import (
     require_hash,
     require_ints,
 )
-from hybridlog.catalog_wal import BackgroundCheckpoints
 from hybridlog.db import (
     DEFAULT_BUSY_TIMEOUT_MS,
     catalog_migrations,
@@ -77,8 +76,6 @@ class Catalog(BatchIndex, GlobalOrderReads, CatalogChecks):
                 e, conn, path, read_only=read_only, busy_timeout_ms=busy_timeout_ms
             ),
         )
-        # a writer's WAL is copied into the file off the append path (catalog_wal.py)
-        self._checkpoints = None if read_only else BackgroundCheckpoints(path, self.conn, busy_timeout_ms)
 
     @classmethod
     def create(cls, path: Path) -> Catalog:
@@ -103,8 +100,6 @@ class Catalog(BatchIndex, GlobalOrderReads, CatalogChecks):
 
     def close(self) -> None:
         """Close the connection (the last one to close folds the WAL into the file)."""
-        if self._checkpoints is not None:
-            self._checkpoints.close()  # its connection first: the writer's is then the last one
         self.conn.close()
 
     # --- schema ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"types"},
     {"record", "layout", "markers", "verified_cache", "groupcommit"},
     {"segment", "dictionary", "pipeline", "batch", "lock"},
-    {"walk", "db", "catalog_wal", "training", "catalog_rows"},
+    {"walk", "db", "training", "catalog_rows"},
     {
         "scan",
         "catalog_check",

@@ -315,11 +315,10 @@ class Catalog(BatchIndex, GlobalOrderReads, CatalogChecks):
             self._count("SELECT count(*) FROM sqlite_schema", ())  # the snapshot starts at the first read
             yield
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One write transaction; everything in it commits together or not at all."""
-        with self.conn:
-            yield
+    def transaction(self) -> apsw.Connection:
+        """One write transaction (``with catalog.transaction():``); everything in it commits together
+        or not at all. (The connection is its own context manager: no generator per append.)"""
+        return self.conn
 
     def upsert_stream(
         self,
@@ -376,8 +375,10 @@ class Catalog(BatchIndex, GlobalOrderReads, CatalogChecks):
             (digest, now_ns, stream_id, segment_no),
         )
 
-    def insert_checkpoints(self, rows: Iterable[CheckpointRow]) -> None:
+    def insert_checkpoints(self, rows: list[CheckpointRow]) -> None:
         """Add ``checkpoints`` rows: the offset, hash and time of each checkpoint record."""
+        if not rows:
+            return
         self.conn.executemany(
             "INSERT INTO checkpoints (stream_id, offset, hash, timestamp_ns) VALUES (?, ?, ?, ?)",
             ((r.stream_id, r.offset, r.hash, r.timestamp_ns) for r in rows),

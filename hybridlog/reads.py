@@ -195,20 +195,25 @@ class Reads:
         Appends leave every remembered record where it was, so a commit alone (a new
         ``data_version``) only makes us look at the recovery log's last entry.
         """
-        with self._lock, self.catalog_errors():
+        with self._lock:
             # No stat while nothing was committed: a run's records are re-verified from their bytes,
             # and a read past the runs goes through ``_readable_catalog``, which follows a rebuild.
+            # (The warm point read's one catalog call: no context manager around it.)
             catalog = self._readable(follow=False)
-            version = catalog.data_version() if catalog is not None else None
+            try:
+                version = catalog.data_version() if catalog is not None else None
+            except apsw.Error as e:
+                raise CatalogError(f"cannot read the catalog: {e}", hint=damaged_hint(self._data_dir)) from e
             if version is not None and version == self._verified.data_version:
                 return True
-            if self._follow() or catalog is None:
-                catalog = self._current()
-                if catalog is None:
-                    self._verified.clear()
-                    return False
-                version = catalog.data_version()
-            generation = catalog.recovery_generation()
+            with self.catalog_errors():
+                if self._follow() or catalog is None:
+                    catalog = self._current()
+                    if catalog is None:
+                        self._verified.clear()
+                        return False
+                    version = catalog.data_version()
+                generation = catalog.recovery_generation()
         held = generation == self._verified.generation
         if not held:
             self._verified.clear()

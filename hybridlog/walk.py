@@ -154,6 +154,22 @@ def reverify_frame(
     """
     if len(frame) < FRAME_OVERHEAD_V1:
         return None
+    if len(frame) >= HEADER_SIZE and frame[VERSION_BYTE] == 2:
+        magic, _, kind, flags, reserved, sid, off, _, _, stored_len, raw_len, _, own = HEADER.unpack_from(frame)
+        if (
+            own == verified_hash
+            and sid == stream_id
+            and off == offset
+            and magic == MAGIC
+            and flags in (0, FLAG_BATCH_END)  # uncompressed: the common case, checked here
+            and not reserved
+            and kind <= 2
+            and stored_len == raw_len == len(frame) - HEADER_SIZE
+        ):
+            payload = frame[HEADER_SIZE:]
+            # the hash covers the header as written with flags 0 (record.py)
+            head = frame[:HASH_FIELD] if not flags else frame[:6] + b"\x00" + frame[7:HASH_FIELD]
+            return (kind, payload) if blake3.blake3(head).update(payload).digest() == verified_hash else None
     try:
         header = parse_header(frame)
     except FrameError:
@@ -232,16 +248,23 @@ class SegmentWalk:
 
     def frames(self) -> Iterator[WalkedFrame]:
         """Every verified frame from the reader's position: the fast walk's, then the exact one's after it."""
-        yield from self._fast()
+        yield from self._fast()  # type: ignore[misc]  # frames=True: WalkedFrames
         # The one hand-off: the exact walk starts at the first frame the fast one did not vouch for.
         self.reader.seek(self.position)
         yield from self._exact()
 
-    def _fast(self) -> Iterator[WalkedFrame]:
+    def records(self) -> Iterator[Record]:
+        """``frames``, the records only (a read's walk: no tuple per record)."""
+        yield from self._fast(frames=False)  # type: ignore[misc]  # frames=False: Records
+        self.reader.seek(self.position)
+        for record, _, _, _ in self._exact():
+            yield record
+
+    def _fast(self, frames: bool = True) -> Iterator[WalkedFrame | Record]:
         sid, end, head_offset, head = self.stream_id, self.end, self.head_offset, self.head
         buf, base = b"", self.position  # buf holds the file's bytes from ``base`` on
         unpack_v2, unpack_v1, unpack_checksum = HEADER.unpack_from, HEADER_V1.unpack_from, CHECKSUM.unpack_from
-        new_record, new_hasher, kinds = Record, blake3.blake3, _KINDS
+        new_record, hasher, kinds = Record, blake3.blake3(), _KINDS
         position, expected, link, last_position = self.position, self.expected, self.prev, self.last_position
         while position < end:
             at = position - base
@@ -289,7 +312,9 @@ class SegmentWalk:
                 except FrameError:
                     return
             if flags == 0 and gp is not None:  # the header as written is what the hash covers (record.py)
-                if new_hasher(buf[at : at + HASH_FIELD]).update(payload).digest() != own:
+                hasher.reset()  # one hasher for the walk: creating one costs more than hashing a record
+                hasher.update(buf[at : at + HASH_FIELD])
+                if hasher.update(payload).digest() != own:
                     return
             elif record_hash(sid, offset, kind, ts, prev, payload, gp) != own:
                 return
@@ -306,7 +331,7 @@ class SegmentWalk:
             if gp is not None:
                 last_position = gp
             self.position, self.expected, self.prev, self.last_position = position, expected, link, last_position
-            yield record, at_frame, size, bool(flags & FLAG_BATCH_END)
+            yield (record, at_frame, size, bool(flags & FLAG_BATCH_END)) if frames else record
 
     def _refill(self, buf: bytes, base: int, at: int, need: int) -> tuple[bytes, int, int]:
         """Keep ``buf[at:]`` and read on, to hold at least ``need`` bytes from ``at`` (if the file has them)."""
@@ -366,14 +391,50 @@ def verified_records(
 
     ``dictionaries``: the store's cache of stream dictionaries (default: one for this walk).
     """
-    for _, _, _, record in verified_frames(data_dir, snap, from_offset, dictionaries):
-        yield record
+    for _, walk in _segment_walks(data_dir, snap, from_offset, dictionaries):
+        try:
+            if walk.expected < from_offset:  # the walk starts at an anchor before the first record asked for
+                for record in walk.records():
+                    if record.offset >= from_offset:
+                        yield record
+            else:
+                yield from walk.records()
+        except FrameError as e:
+            raise _frame_damage(e, walk) from e
 
 
 def verified_frames(
     data_dir: Path, snap: StreamSnapshot, from_offset: int, dictionaries: DictionarySource | None = None
 ) -> Iterator[VerifiedFrame]:
     """``verified_records``, with each record's place in its segment."""
+    for segment_no, walk in _segment_walks(data_dir, snap, from_offset, dictionaries):
+        try:
+            for record, at, size, _batch_end in walk.frames():
+                if record.offset >= from_offset:
+                    yield segment_no, at, size, record
+        except FrameError as e:
+            raise _frame_damage(e, walk) from e
+
+
+def _frame_damage(error: FrameError, walk: SegmentWalk) -> IntegrityError:
+    """The IntegrityError for a frame a verified read cannot open (it ends the file, or is no frame)."""
+    where: Where = {
+        "stream_id": walk.stream_id,
+        "offset": walk.expected,
+        "segment": walk.reader.path,
+        "position": walk.position,
+    }
+    if isinstance(error, IncompleteFrame):
+        return TruncatedRecord(f"segment is cut short ({error.reason})", **where)
+    return ChecksumMismatch(f"record is damaged ({error.reason})", **where)
+
+
+def _segment_walks(
+    data_dir: Path, snap: StreamSnapshot, from_offset: int, dictionaries: DictionarySource | None
+) -> Iterator[tuple[int, SegmentWalk]]:
+    """The verifying walk of each segment a read of ``snap`` from its start entry goes through, for
+    the caller to run; once it has, the checks of where the walk stopped (the committed end, an
+    isolated gap, the catalog's head) before the next segment's walk."""
     dictionaries = dictionaries or DictionaryCache(data_dir)
     stream = snap.stream
     sid = stream.stream_id
@@ -388,6 +449,7 @@ def verified_frames(
         )
     expected: int = snap.start.offset
     prev: bytes | None = None if snap.anchor else GENESIS_HASH
+    last_position = 0  # the global position of the record before (0: not known yet)
     if snap.resume is not None:
         prev = snap.resume.link_hash  # the stored link of the first record after an isolated gap
     # The walk must not go into the next isolated gap: its bytes do not verify, and a read that
@@ -425,17 +487,10 @@ def verified_frames(
                 head=(stream.next_offset - 1, stream.chain_head),
                 dictionaries=dictionaries,
                 stop=_committed_end(seg.next_offset, ahead),
+                last_position=last_position,
             )
-            try:
-                for record, at, size, _batch_end in walk.frames():
-                    if record.offset >= from_offset:
-                        yield seg.segment_no, at, size, record
-            except FrameError as e:
-                where: Where = {"stream_id": sid, "offset": walk.expected, "segment": path, "position": walk.position}
-                if isinstance(e, IncompleteFrame):
-                    raise TruncatedRecord(f"segment is cut short ({e.reason})", **where) from e
-                raise ChecksumMismatch(f"record is damaged ({e.reason})", **where) from e
-            expected, prev = walk.expected, walk.prev
+            yield seg.segment_no, walk
+            expected, prev, last_position = walk.expected, walk.prev, walk.last_position
             if expected < seg.next_offset:  # the walk stopped before the segment's committed end
                 if ahead is not None and expected == ahead.first_offset:
                     raise unavailable(data_dir, ahead, expected)

@@ -37,7 +37,7 @@ from hybridlog.layout import segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.markers import RepairMarker
 from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload, record_hash
 from hybridlog.scan import ScannedRecord, ScanProblem, SegmentScan
-from hybridlog.segment import SegmentReader, file_digest
+from hybridlog.segment import Frame, SegmentReader, file_digest
 from hybridlog.types import GENESIS_HASH, ChainHash, MarkerAction, StreamId
 
 
@@ -287,19 +287,28 @@ def _self_verifying(
             frame = reader.read_frame()
         except FrameError:
             return None
-    if frame is None:
+    if frame is None or frame.header.stream_id != stream_id or frame.header.offset <= expected:
         return None
+    return frame.header if _hash_holds(frame, dictionaries) else None
+
+
+def _hash_holds(frame: Frame, dictionaries: DictionarySource | None) -> bool:
+    """Whether a frame's stored hash is the hash of its contents (False when they cannot be decoded)."""
     header = frame.header
-    if header.stream_id != stream_id or header.offset <= expected:
-        return None
     try:
         payload = decode_payload(header, frame.stored, dictionaries)
     except (FrameError, DictionaryUnavailable):
-        return None
+        return False
     own = record_hash(
-        stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload, header.global_position
+        header.stream_id,
+        header.offset,
+        header.kind,
+        header.timestamp_ns,
+        header.prev_hash,
+        payload,
+        header.global_position,
     )
-    return header if own == header.hash else None
+    return own == header.hash
 
 
 def is_torn_tail(path: Path, problem: ScanProblem) -> bool:
@@ -322,7 +331,12 @@ def is_torn_tail(path: Path, problem: ScanProblem) -> bool:
     while (found := data.find(MAGIC, start)) != -1:
         with SegmentReader(path, problem.position + found) as reader:
             try:
-                if reader.read_frame() is not None:
+                frame = reader.read_frame()
+                # a record by itself: a format-1 frame (read_frame checked its checksum), or a
+                # format-2 one whose hash holds (one needing a dictionary, not at hand here, whole)
+                if frame is not None and (
+                    frame.header.global_position is None or frame.header.uses_dictionary or _hash_holds(frame, None)
+                ):
                     return False
             except FrameError:
                 pass

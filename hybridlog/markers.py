@@ -31,8 +31,16 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from hybridlog.errors import RecordIsolated, RecordsCut, RecordsUnavailable
+from hybridlog.layout import segment_path
 from hybridlog.types import MarkerAction, RecordKind
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from hybridlog.catalog_rows import GapRow
 
 MARKER_MAGIC = b"HLREPAIR"
 MARKER_PAYLOAD = struct.Struct("<8sB7sQQQQQ")
@@ -93,4 +101,30 @@ def is_cut_jump(kind: int, payload: bytes, expected_offset: int, offset: int) ->
         and marker.action == MarkerAction.CUT
         and marker.first_offset == expected_offset
         and marker.next_offset == offset
+    )
+
+
+def unavailable(data_dir: Path, gap: GapRow, offset: int) -> RecordsUnavailable:
+    """The error for a read that reaches ``offset`` inside a gap repair made."""
+    sid = gap.stream_id
+    where = f"offsets {gap.first_offset}..{gap.next_offset - 1}"
+    more = f"the stream reads on from offset {gap.next_offset}"
+    if gap.action == MarkerAction.ISOLATED:
+        return RecordIsolated(
+            f"damaged record isolated by repair ({where}; {more})",
+            first_offset=gap.first_offset,
+            next_offset=gap.next_offset,
+            stream_id=sid,
+            offset=offset,
+            segment=segment_path(data_dir, sid, gap.segment_no),
+            position=gap.start_byte,
+            hint="its bytes are kept in place; read from the offset after the gap",
+        )
+    return RecordsCut(
+        f"record cut from the stream by repair ({where}; {more})",
+        first_offset=gap.first_offset,
+        next_offset=gap.next_offset,
+        stream_id=sid,
+        offset=offset,
+        hint="the cut bytes are in the stream's *.quarantine files; the catalog's recovery_log table names each one",
     )

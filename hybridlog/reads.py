@@ -33,9 +33,10 @@ from hybridlog.errors import (
     RecordsUnavailable,
     StorageError,
 )
+from hybridlog.markers import unavailable
 from hybridlog.types import GlobalRecord, Record, RecordKind, StreamId
 from hybridlog.verified_cache import MAX_RUN, VerifiedRun, VerifiedRunCache
-from hybridlog.walk import reverify_frame, unavailable, verified_frames, verified_records
+from hybridlog.walk import reverify_frame, verified_frames, verified_records
 
 T = TypeVar("T")
 

@@ -30,16 +30,13 @@ from hybridlog.errors import (
     HashMismatch,
     IntegrityError,
     MissingDictionary,
-    RecordIsolated,
-    RecordsCut,
-    RecordsUnavailable,
     StorageIOError,
     TruncatedRecord,
     Where,
     os_error_detail,
 )
 from hybridlog.layout import dictionary_name, segment_path
-from hybridlog.markers import is_cut_jump
+from hybridlog.markers import is_cut_jump, unavailable
 from hybridlog.record import (
     CHECKSUM,
     CHECKSUM_SIZE,
@@ -522,30 +519,4 @@ def _starts_with_cut_marker(snap: StreamSnapshot, first_offset: int, expected: i
     (the walk's offset there); a read that starts at the marker expects the marker's own offset."""
     return any(
         g.action == MarkerAction.CUT and g.first_offset == first_offset and g.next_offset == expected for g in snap.gaps
-    )
-
-
-def unavailable(data_dir: Path, gap: GapRow, offset: int) -> RecordsUnavailable:
-    """The error for a read that reaches ``offset`` inside a gap repair made."""
-    sid = gap.stream_id
-    where = f"offsets {gap.first_offset}..{gap.next_offset - 1}"
-    more = f"the stream reads on from offset {gap.next_offset}"
-    if gap.action == MarkerAction.ISOLATED:
-        return RecordIsolated(
-            f"damaged record isolated by repair ({where}; {more})",
-            first_offset=gap.first_offset,
-            next_offset=gap.next_offset,
-            stream_id=sid,
-            offset=offset,
-            segment=segment_path(data_dir, sid, gap.segment_no),
-            position=gap.start_byte,
-            hint="its bytes are kept in place; read from the offset after the gap",
-        )
-    return RecordsCut(
-        f"record cut from the stream by repair ({where}; {more})",
-        first_offset=gap.first_offset,
-        next_offset=gap.next_offset,
-        stream_id=sid,
-        offset=offset,
-        hint="the cut bytes are in the stream's *.quarantine files; the catalog's recovery_log table names each one",
     )

@@ -3,17 +3,21 @@
 In this order (``docs/format.md`` section 8; ``groupcommit.py`` explains how concurrent appends
 form a group):
 
-1. frame every record of a batch (hash, compress, checksum) into one buffer, checkpoint records
-   included, in the caller's thread (``framing.frame_batch``); with zstd, a stream's records are
-   compressed with its trained dictionary once it has one (``training.py``);
+1. frame every record of a batch (compress, hash) into one buffer, checkpoint records included
+   (``framing.frame_batch``), when the group-commit leader accepts the batch into its group: the
+   batch's records then get the next global positions after the writer's mark, in the order the
+   group accepts batches, and each record's position is in its frame and hash (format 2); with
+   zstd, a stream's records are compressed with its trained dictionary once it has one
+   (``training.py``);
 2. lay the group's batches out in segments (``framing.lay_out``): a batch that would push the active
    segment past ``max_segment_size`` goes to a new segment file (the directory is fsynced so the
    new name is durable); a batch never spans two segments;
 3. write each segment's bytes at its committed end (``write_group``);
 4. fsync the segments when any batch of the group asked (and always the ones being sealed, whose
    digests are then computed): this is the durability point;
-5. commit one catalog transaction: index rows, segment stats and seals, checkpoints, chain heads,
-   and the global-position mark (each batch's records get the next positions, in group order);
+5. commit one catalog transaction: one ``batches`` row per batch, segment stats and seals,
+   checkpoints and chain heads (the global-position mark is the last batch row's last position:
+   nothing more to write);
 6. advance the writer's stream heads to the committed ones.
 
 If anything in 3-5 fails, every segment is cut back to where the group began (new segment files

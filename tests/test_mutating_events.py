@@ -32,6 +32,9 @@ class MutatingHasher:
         self._inner = blake3.blake3(data)
         self._buffers = buffers
 
+    def reset(self) -> None:
+        self._inner.reset()
+
     def update(self, data: bytes | bytearray | memoryview) -> MutatingHasher:
         self._inner.update(data)
         writer = threading.Thread(target=self._scribble)

@@ -146,12 +146,23 @@ def counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         counter[0] += 1
         return record_hash(*args, **kwargs)
 
-    def counted_hasher(data: bytes = b"") -> Any:  # the fast walk hashes a plain frame's header as it lies
-        counter[0] += 1
-        return blake3.blake3(data)
+    class CountedHasher:  # the fast walk hashes a plain frame's header as it lies, with one reused hasher
+        def __init__(self, data: bytes = b"") -> None:
+            self.inner = blake3.blake3(data)
+
+        def reset(self) -> None:
+            self.inner.reset()
+
+        def update(self, data: bytes) -> CountedHasher:
+            self.inner.update(data)
+            return self
+
+        def digest(self) -> bytes:
+            counter[0] += 1  # one per record hashed
+            return bytes(self.inner.digest())
 
     monkeypatch.setattr("hybridlog.walk.record_hash", counted)
-    monkeypatch.setattr("hybridlog.walk.blake3", SimpleNamespace(blake3=counted_hasher))
+    monkeypatch.setattr("hybridlog.walk.blake3", SimpleNamespace(blake3=CountedHasher))
     return counter
 
 

@@ -135,6 +135,8 @@ def plan_batch(
 
 def check_non_negative(name: str, value: object) -> int:
     """``value`` if it is an int of 0 or more (not a bool); InvalidArgument naming ``name`` otherwise."""
+    if type(value) is int and value >= 0:  # the common case first: one type test (bool is not int)
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidArgument(f"{name} must be a non-negative int, not {value!r}")
     return value
@@ -142,6 +144,8 @@ def check_non_negative(name: str, value: object) -> int:
 
 def check_position(name: str, value: object) -> int:
     """An offset or global position to read from: an int in 0..2**63-1, or InvalidArgument."""
+    if type(value) is int and 0 <= value <= MAX_POSITION:  # the common case first
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POSITION:
         raise InvalidArgument(f"{name} must be an int in 0..2**63-1, not {value!r}")
     return value

@@ -27,16 +27,14 @@ from hybridlog.diagnose import unlisted_stream_problem
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
     CatalogError,
-    DictionaryUnusable,
     IntegrityError,
     RecordIsolated,
-    RecordsUnavailable,
     StorageError,
 )
 from hybridlog.markers import unavailable
 from hybridlog.types import GlobalRecord, Record, RecordKind, StreamId
 from hybridlog.verified_cache import MAX_RUN, VerifiedRun, VerifiedRunCache
-from hybridlog.walk import reverify_frame, verified_frames, verified_records
+from hybridlog.walk import add_repair_hint, reverify_frame, verified_frames, verified_records
 
 T = TypeVar("T")
 
@@ -122,24 +120,18 @@ class Reads:
 
         ``anchored``: verify from the nearest checkpoint at or before ``from_offset`` (trusting
         it); otherwise from offset 0. The head record is checked against the catalog's chain head.
+        The snapshot is taken now; the walk (no generator of its own here: a read's records pass
+        through as few as can be) runs as the records are taken.
         """
         sid = StreamId(stream_id)  # checked by the caller
         snap = self.snapshot(sid, from_offset, anchored=anchored)
         if snap is None or from_offset >= snap.stream.next_offset:
-            return
-        try:
-            yield from verified_records(self._data_dir, snap, from_offset, self._dictionaries)
-        except IntegrityError as e:
-            self.add_repair_hint(e)
-            raise
+            return iter(())
+        return verified_records(self._data_dir, snap, from_offset, self._dictionaries)
 
     def add_repair_hint(self, error: IntegrityError) -> None:
-        """Point a read's integrity error at ``check`` and ``repair`` (a missing or damaged
-        dictionary keeps its own hint: restore the file first)."""
-        if not isinstance(error, DictionaryUnusable | RecordsUnavailable):
-            error.hint = (
-                f"see it with `hybridlog check {self._data_dir}`, fix it with `hybridlog repair {self._data_dir}`"
-            )
+        """Point a read's integrity error at ``check`` and ``repair`` (``walk.add_repair_hint``)."""
+        add_repair_hint(error, self._data_dir)
 
     def read_from(self, sid: StreamId, from_offset: int, limit: int) -> list[bytes]:
         """Event payloads from ``from_offset``, verified from the nearest checkpoint.
@@ -173,9 +165,7 @@ class Reads:
         total = 0
         for offset in range(from_offset, run.end):
             stored = self._verified.read(run, offset)
-            found = stored and reverify_frame(
-                stored[0], stream_id=sid, offset=offset, verified_hash=stored[1], dictionaries=self._dictionaries
-            )
+            found = stored and reverify_frame(stored[0], sid, offset, stored[1], self._dictionaries)
             if found is None:
                 self._verified.drop(run)  # the walk will say what changed
                 return None

@@ -130,18 +130,26 @@ class Adoption:
 
     def add(self, stream_id: StreamId, batch: list[ScannedRecord]) -> None:
         """Take in one scanned batch: its index rows, checkpoints, counts and time span."""
-        for rec in batch:
-            self.entries.append(rec.entry)
-            self.positions.append(rec.global_position)
-            self.stored_bytes += rec.entry.length
-            if rec.entry.kind == RecordKind.CHECKPOINT:
-                self.checkpoints.append(CheckpointRow(stream_id, rec.entry.offset, rec.hash, rec.entry.timestamp_ns))
+        if not batch:
+            return
+        entries, positions, checkpoints = self.entries, self.positions, self.checkpoints
+        stored = events = payload = 0
+        for rec in batch:  # a rebuild runs this once per record: locals, no attribute writes
+            entry = rec.entry
+            entries.append(entry)
+            positions.append(rec.global_position)
+            stored += entry.length
+            if entry.kind == RecordKind.CHECKPOINT:
+                checkpoints.append(CheckpointRow(stream_id, entry.offset, rec.hash, entry.timestamp_ns))
             else:
-                self.events += 1
-                self.payload_bytes += rec.payload_len
-            if self.first_timestamp_ns is None:
-                self.first_timestamp_ns = rec.entry.timestamp_ns
-            self.last_timestamp_ns = rec.entry.timestamp_ns
+                events += 1
+                payload += rec.payload_len
+        self.stored_bytes += stored
+        self.events += events
+        self.payload_bytes += payload
+        if self.first_timestamp_ns is None:
+            self.first_timestamp_ns = batch[0].entry.timestamp_ns
+        self.last_timestamp_ns = batch[-1].entry.timestamp_ns
 
 
 def store_adoption(

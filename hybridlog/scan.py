@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from hybridlog.catalog_rows import IndexEntry
 from hybridlog.dictionary import DictionaryCache
@@ -24,9 +25,11 @@ from hybridlog.types import ChainHash, Record, RecordKind, StreamId
 from hybridlog.walk import SegmentWalk
 
 
-@dataclass(frozen=True, slots=True)
-class ScannedRecord:
-    """One verified record as a scan hands it out: its index row, hash, payload size and any repair marker."""
+class ScannedRecord(NamedTuple):
+    """One verified record as a scan hands it out: its index row, hash, payload size and any repair marker.
+
+    A named tuple: a rebuild makes one per record, and a tuple is the cheapest object to build.
+    """
 
     entry: IndexEntry
     hash: ChainHash

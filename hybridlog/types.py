@@ -309,6 +309,8 @@ GENESIS_HASH = ChainHash(bytes(HASH_SIZE))
 
 def check_stream_id(stream_id: object) -> StreamId:
     """Return ``stream_id`` as a StreamId, or raise InvalidStreamId before anything is touched."""
+    if type(stream_id) is int and 0 <= stream_id <= MAX_STREAM_ID:  # the common case: one type test
+        return stream_id  # type: ignore[return-value]  # a StreamId is an int (NewType)
     if isinstance(stream_id, bool) or not isinstance(stream_id, int):
         raise InvalidStreamId(f"stream id must be an int, not {type(stream_id).__name__}: {stream_id!r}")
     if not 0 <= stream_id <= MAX_STREAM_ID:

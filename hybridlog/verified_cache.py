@@ -53,7 +53,7 @@ class VerifiedRun:
         self.segment_nos = array("Q")
         self.positions = array("Q")
         self.sizes = array("L")
-        self.hashes = bytearray()
+        self.hashes: bytes | bytearray = bytearray()  # made bytes when the run is remembered
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -110,6 +110,7 @@ class VerifiedRunCache:
         """Remember ``run`` (replacing one that starts at the same offset), evicting old runs."""
         if not run or len(run) > self.max_records:
             return
+        run.hashes = bytes(run.hashes)  # a read then slices out a bytes object, with no copy of a copy
         with self._lock:
             self._forget((run.stream_id, run.first_offset))
             starts = self._starts.setdefault(run.stream_id, [])
@@ -159,7 +160,7 @@ class VerifiedRunCache:
                     return None
                 self._files[key] = fd
             frame = os.pread(fd, run.sizes[i], run.positions[i])
-        return frame, ChainHash(bytes(run.hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE]))
+        return frame, run.hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE]  # type: ignore[return-value]  # bytes
 
     def _forget(self, key: tuple[StreamId, int]) -> None:
         run = self._runs.pop(key, None)

@@ -30,6 +30,7 @@ from hybridlog.errors import (
     HashMismatch,
     IntegrityError,
     MissingDictionary,
+    RecordsUnavailable,
     StorageIOError,
     TruncatedRecord,
     Where,
@@ -140,7 +141,7 @@ def _dictionary_file(frame: Frame, segment: Path) -> Path | str:
 
 
 def reverify_frame(
-    frame: bytes, *, stream_id: StreamId, offset: int, verified_hash: bytes, dictionaries: DictionarySource
+    frame: bytes, stream_id: StreamId, offset: int, verified_hash: bytes, dictionaries: DictionarySource
 ) -> tuple[int, bytes] | None:
     """(kind, payload) of the record at ``offset`` if ``frame`` is exactly the record whose hash
     was verified before.
@@ -388,16 +389,27 @@ def verified_records(
 
     ``dictionaries``: the store's cache of stream dictionaries (default: one for this walk).
     """
-    for _, walk in _segment_walks(data_dir, snap, from_offset, dictionaries):
-        try:
-            if walk.expected < from_offset:  # the walk starts at an anchor before the first record asked for
-                for record in walk.records():
-                    if record.offset >= from_offset:
-                        yield record
-            else:
-                yield from walk.records()
-        except FrameError as e:
-            raise _frame_damage(e, walk) from e
+    try:
+        for _, walk in _segment_walks(data_dir, snap, from_offset, dictionaries):
+            try:
+                if walk.expected < from_offset:  # the walk starts at an anchor before the first record asked for
+                    for record in walk.records():
+                        if record.offset >= from_offset:
+                            yield record
+                else:
+                    yield from walk.records()
+            except FrameError as e:
+                raise _frame_damage(e, walk) from e
+    except IntegrityError as e:
+        add_repair_hint(e, data_dir)
+        raise
+
+
+def add_repair_hint(error: IntegrityError, data_dir: Path) -> None:
+    """Point a read's integrity error at ``check`` and ``repair`` (a missing or damaged dictionary
+    keeps its own hint: restore the file first; so does a range repair already made unreadable)."""
+    if not isinstance(error, DictionaryUnusable | RecordsUnavailable):
+        error.hint = f"see it with `hybridlog check {data_dir}`, fix it with `hybridlog repair {data_dir}`"
 
 
 def verified_frames(

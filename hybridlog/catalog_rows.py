@@ -12,7 +12,7 @@ import sys
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import cast, final
 
 from hybridlog.db import catalog_migrations
 from hybridlog.errors import CatalogMismatch
@@ -177,9 +177,14 @@ class GlobalRow:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(frozen=True, slots=True, init=False)
 class IndexEntry:
-    """Where one record is: its segment, byte position and frame length."""
+    """Where one record is: its segment, byte position and frame length.
+
+    Built like ``types.Record`` (a scan or rebuild makes one per record): ``__new__`` fills a
+    ``_IndexEntrySlots`` with plain slot assignment, then makes it an ``IndexEntry``.
+    """
 
     offset: Offset
     segment_no: int
@@ -187,6 +192,35 @@ class IndexEntry:
     length: int
     kind: RecordKind
     timestamp_ns: int
+
+    def __new__(
+        cls, offset: Offset, segment_no: int, position: int, length: int, kind: RecordKind, timestamp_ns: int
+    ) -> IndexEntry:
+        """An entry holding these fields (positional or keyword, in the order above)."""
+        self = _new_object(_IndexEntrySlots)
+        self.offset, self.segment_no, self.position = offset, segment_no, position
+        self.length, self.kind, self.timestamp_ns = length, kind, timestamp_ns
+        self.__class__ = cls  # type: ignore[assignment]  # the same slots: from here on, an IndexEntry
+        return self  # type: ignore[return-value]
+
+    def __reduce__(self) -> tuple[type[IndexEntry], tuple[object, ...]]:
+        """Pickle and copy as a call with the fields (``__new__`` needs them all)."""
+        return type(self), (self.offset, self.segment_no, self.position, self.length, self.kind, self.timestamp_ns)
+
+
+class _IndexEntrySlots:
+    """An ``IndexEntry`` under construction: the same ``__slots__``, plain attribute assignment."""
+
+    __slots__ = IndexEntry.__slots__
+    offset: Offset
+    segment_no: int
+    position: int
+    length: int
+    kind: RecordKind
+    timestamp_ns: int
+
+
+_new_object = object.__new__
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from hybridlog.layout import segment_path
 from hybridlog.markers import RepairMarker, decode_marker
 from hybridlog.record import DictionarySource, FrameError
 from hybridlog.segment import SegmentReader
-from hybridlog.types import ChainHash, Record, RecordKind, StreamId
+from hybridlog.types import ChainHash, RecordKind, StreamId
 from hybridlog.walk import SegmentWalk
 
 
@@ -38,11 +38,6 @@ class ScannedRecord(NamedTuple):
     """The repair marker a kind-2 record holds (``markers.py``)."""
     global_position: int | None = None
     """The global position the record's frame carries (None: a format-1 record)."""
-
-
-def _scanned(entry: IndexEntry, record: Record) -> ScannedRecord:
-    marker = decode_marker(record.payload) if record.kind is RecordKind.REPAIR else None
-    return ScannedRecord(entry, record.hash, len(record.payload), marker, record.global_position)
 
 
 @dataclass(slots=True)
@@ -101,10 +96,15 @@ class SegmentScan:
                 self.path.stat().st_size,
                 dictionaries=self.dictionaries,
             )
+            segment_no, new_entry, repair, new_tuple = self.segment_no, IndexEntry, RecordKind.REPAIR, tuple.__new__
             try:
-                for record, position, size, batch_end in walk.frames():
-                    entry = IndexEntry(record.offset, self.segment_no, position, size, record.kind, record.timestamp_ns)
-                    pending.append(_scanned(entry, record))
+                for record, position, size, batch_end in walk.frames():  # a rebuild: once per record
+                    kind = record.kind
+                    entry = new_entry(record.offset, segment_no, position, size, kind, record.timestamp_ns)
+                    marker = decode_marker(record.payload) if kind is repair else None
+                    # ScannedRecord(...) without its generated __new__'s frame: the same tuple, built directly
+                    scanned = (entry, record.hash, len(record.payload), marker, record.global_position)
+                    pending.append(new_tuple(ScannedRecord, scanned))
                     if batch_end:
                         yield pending
                         self.valid_end = position + size

@@ -106,9 +106,11 @@ class Catalog(BatchIndex, GlobalOrderReads, CatalogChecks):
 
     def data_version(self) -> int:
         """Changes whenever another connection commits to the catalog (SQLite's ``data_version``)."""
-        version = self.conn.pragma("data_version")
-        assert isinstance(version, int)
-        return version
+        # execute, not pragma(): apsw keeps the prepared statement, where pragma() formats and
+        # prepares the text on every call (a warm point read asks once per read)
+        row = self.conn.execute("PRAGMA data_version").fetchone()
+        assert row is not None
+        return int(row[0])
 
     def recovery_generation(self) -> int:
         """The recovery log's last entry id (0: none): it moves whenever recovery or repair acts."""

@@ -181,42 +181,56 @@ class BatchIndex:
     def insert_records(self, stream_id: StreamId, entries: Iterable[tuple[int, IndexEntry]]) -> None:
         """Index rows for ``(global_position, entry)`` pairs (a stream's records in offset order):
         one ``batches`` row per run of records that are back to back in one segment, with
-        consecutive offsets and global positions and one timestamp."""
+        consecutive offsets and global positions and one timestamp. (A rebuild runs the loop once
+        per record: each entry's fields are read once, and the run is kept in locals.)"""
         rows: list[BatchRow] = []
-        run: list[tuple[int, IndexEntry]] = []
+        ends: list[int] = []
+        kinds: list[int] = []
+        start: tuple[int, int, int, int] | None = None  # the run's first position, offset, segment, byte
+        next_position = next_offset = next_byte = segment_no = timestamp_ns = 0
 
         def close_run() -> None:
-            first_position, first = run[0]
-            ends = [e.position + e.length - first.position for _, e in run]
-            kinds = pack_kinds([int(e.kind) for _, e in run])
+            assert start is not None
+            position, offset, no, byte = start
             rows.append(
                 (
-                    first_position,
+                    position,
                     stream_id,
-                    first.offset,
-                    len(run),
-                    first.segment_no,
-                    first.position,
+                    offset,
+                    len(ends),
+                    no,
+                    byte,
                     pack_frame_ends(ends),
-                    kinds,
-                    first.timestamp_ns,
+                    pack_kinds(kinds),
+                    timestamp_ns,
                 )
             )
-            run.clear()
 
         for position, entry in entries:
-            if run:
-                last_position, last = run[-1]
-                if (
-                    position != last_position + 1
-                    or entry.offset != last.offset + 1
-                    or entry.segment_no != last.segment_no
-                    or entry.position != last.position + last.length
-                    or entry.timestamp_ns != last.timestamp_ns
-                ):
+            offset, no, byte, length, ts = (
+                entry.offset,
+                entry.segment_no,
+                entry.position,
+                entry.length,
+                entry.timestamp_ns,
+            )
+            if not (
+                position == next_position
+                and offset == next_offset
+                and byte == next_byte
+                and no == segment_no
+                and ts == timestamp_ns
+                and start is not None
+            ):
+                if start is not None:
                     close_run()
-            run.append((position, entry))
-        if run:
+                start, segment_no, timestamp_ns = (position, offset, no, byte), no, ts
+                ends, kinds = [], []
+            next_byte = byte + length
+            ends.append(next_byte - start[3])
+            kinds.append(int(entry.kind))
+            next_position, next_offset = position + 1, offset + 1
+        if start is not None:
             close_run()
         self.insert_batches(rows)
 

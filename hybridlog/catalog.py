@@ -54,6 +54,9 @@ from hybridlog.layout import building_path, sqlite_companions
 from hybridlog.record import FORMAT_VERSION, LEGACY_FORMAT_VERSION
 from hybridlog.types import ChainHash, MarkerAction, Offset, RecoveryAction, StreamId, known
 
+CATALOG_PAGE_SIZE = 1024
+"""The page size of a catalog this version creates (an older catalog keeps the one it has)."""
+
 
 class Catalog(BatchIndex, GlobalOrderReads, CatalogChecks):
     """One apsw connection to ``catalog.db`` and the queries hybridlog runs on it.
@@ -71,6 +74,10 @@ class Catalog(BatchIndex, GlobalOrderReads, CatalogChecks):
             busy_timeout_ms=busy_timeout_ms,
             durable_commits=False,
             what="catalog",
+            # Small pages: an append commits a batch row and its stream's and segment's rows, each a
+            # few dozen bytes, and every page it touches is written to the WAL whole (measured:
+            # 1 KiB pages made a single append ~15 us faster than SQLite's default 4 KiB).
+            page_size=CATALOG_PAGE_SIZE,
             prepare=self._check_version if read_only else self._migrate,
             error=lambda e, conn: catalog_open_error(
                 e, conn, path, read_only=read_only, busy_timeout_ms=busy_timeout_ms

@@ -111,6 +111,7 @@ def connect(
     busy_timeout_ms: int,
     durable_commits: bool,
     what: str,
+    page_size: int | None = None,
     prepare: Callable[[apsw.Connection], None],
     error: Callable[[apsw.Error, apsw.Connection | None], StorageError],
 ) -> apsw.Connection:
@@ -127,6 +128,8 @@ def connect(
         if not read_only:
             if conn.readonly("main"):  # SQLite falls back to read-only when it may not write
                 raise apsw.ReadOnlyError(f"the {what} file is not writable")
+            if page_size is not None:  # takes effect only on a new, empty file: before WAL mode
+                conn.pragma("page_size", page_size)
             # Readers (in other processes too) keep reading while a writer commits.
             conn.pragma("journal_mode", "wal")
             # FULL: a commit is on disk when it returns (consumer positions exist nowhere else).

@@ -16,8 +16,7 @@ form a group):
 4. fsync the segments when any batch of the group asked (and always the ones being sealed, whose
    digests are then computed): this is the durability point;
 5. commit one catalog transaction: one ``batches`` row per batch, segment stats and seals,
-   checkpoints and chain heads (the global-position mark is the last batch row's last position:
-   nothing more to write);
+   checkpoints, chain heads and the global-position mark;
 6. advance the writer's stream heads to the committed ones.
 
 If anything in 3-5 fails, every segment is cut back to where the group began (new segment files
@@ -315,6 +314,11 @@ class Writer:
                         last_timestamp_ns=framed[-1].timestamp_ns,
                         now_ns=now,
                     )
+                # The mark kept apart from the batch rows too: a damaged b-tree that hides the last
+                # rows from a scan cannot then hide them from the mark it is checked against.
+                catalog.raise_global_mark(
+                    max(b.first_global_position + len(b.framed.ends) - 1 for bs in batches.values() for b in bs)
+                )
                 committing = True  # what fails from here on is the COMMIT itself: it may have happened
             failpoint("catalog-committed")
         except BaseException as e:

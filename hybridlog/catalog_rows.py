@@ -16,7 +16,7 @@ from typing import cast, final
 
 from hybridlog.db import catalog_migrations
 from hybridlog.errors import CatalogMismatch
-from hybridlog.record import CHECKPOINT_PAYLOAD, FRAME_OVERHEAD, FRAME_OVERHEAD_V1
+from hybridlog.record import CHECKPOINT_PAYLOAD, FRAME_OVERHEAD, FRAME_OVERHEAD_V1, MAX_STORED_LEN
 from hybridlog.types import ChainHash, GlobalPosition, MarkerAction, Offset, RecordKind, RecoveryAction, StreamId
 
 SCHEMA_VERSION = len(catalog_migrations())
@@ -140,8 +140,12 @@ MIN_FRAME_SIZE = min(FRAME_OVERHEAD, FRAME_OVERHEAD_V1)
 """The least bytes a frame takes: an empty payload's frame (108 bytes in format 1, 112 in format 2)."""
 
 
-def _at_least_a_frame_apart(end: int, following: int) -> bool:
-    return following - end >= MIN_FRAME_SIZE
+MAX_FRAME_SIZE = MAX_STORED_LEN + max(FRAME_OVERHEAD, FRAME_OVERHEAD_V1)
+"""The most bytes a frame takes: the largest stored payload's frame."""
+
+
+def _a_frame_apart(end: int, following: int) -> bool:
+    return MIN_FRAME_SIZE <= following - end <= MAX_FRAME_SIZE
 
 
 def expand_batch(row: tuple[object, ...], path: Path, stream_id: int | None) -> list[IndexRow]:
@@ -155,9 +159,9 @@ def expand_batch(row: tuple[object, ...], path: Path, stream_id: int | None) -> 
         kinds = bytes(count) if kinds_blob is None else kinds_blob
         if len(ends) != count or len(kinds) != count or count < 1 or any(k not in RECORD_KIND_VALUES for k in kinds):
             raise ValueError("wrong lengths")
-        # every frame has a length: the ends increase (a damaged blob could give a frame past the
-        # file, or a negative length, that the sizes a global read adds up would take as real)
-        if ends[0] < MIN_FRAME_SIZE or not all(map(_at_least_a_frame_apart, ends, ends[1:])):
+        # every frame has a length a frame can have (a damaged blob could give a negative length, or
+        # one past any file, which the sizes a global read adds up would take as real)
+        if not MIN_FRAME_SIZE <= ends[0] <= MAX_FRAME_SIZE or not all(map(_a_frame_apart, ends, ends[1:])):
             raise ValueError("frame ends that are not a frame apart")
     except ValueError as e:
         raise CatalogMismatch(

@@ -36,6 +36,14 @@ if TYPE_CHECKING:
     from hybridlog.catalog_rows import StreamRow
 
 
+STREAM_BATCHES_FROM = (
+    f"SELECT {BATCH_COLUMNS} FROM batches WHERE stream_id = ?1 AND first_offset >= coalesce("  # noqa: S608
+    " (SELECT max(first_offset) FROM batches WHERE stream_id = ?1 AND first_offset <= ?2), 0)"
+    " ORDER BY first_offset"
+)
+"""A stream's (?1) ``batches`` rows from the one holding offset ?2 on, by offset."""
+
+
 def batches_over_records(conn: apsw.Connection, *, with_positions: bool) -> None:
     """Let a reader read a catalog no writer has upgraded to one row per batch yet (a reader never
     migrates): a temporary ``batches`` view (in this connection's memory, not the file) that shows
@@ -71,12 +79,7 @@ class BatchIndex:
     def batch_rows(self, stream_id: StreamId, from_offset: int = 0) -> Iterator[IndexRow]:
         """A stream's records from the batch holding ``from_offset`` on, one ``IndexRow`` each, by
         offset (records before ``from_offset`` in that first batch included), each batch checked as read."""
-        cursor = self.conn.execute(
-            f"SELECT {BATCH_COLUMNS} FROM batches WHERE stream_id = ?1 AND first_offset >= coalesce("  # noqa: S608
-            " (SELECT max(first_offset) FROM batches WHERE stream_id = ?1 AND first_offset <= ?2), 0)"
-            " ORDER BY first_offset",
-            (stream_id, from_offset),
-        )
+        cursor = self.conn.execute(STREAM_BATCHES_FROM, (stream_id, from_offset))
         try:
             for row in cursor:
                 yield from expand_batch(row, self.path, stream_id)

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from hybridlog.catalog_rows import BATCH_COLUMNS, expand_batch
+from hybridlog.catalog_batches import STREAM_BATCHES_FROM
+from hybridlog.catalog_rows import expand_batch
 from hybridlog.db import NO_VERDICT, catalog_migrations, catalog_open_error
 from hybridlog.errors import CatalogMismatch
 from hybridlog.types import StreamId
@@ -59,13 +60,7 @@ class CatalogChecks:
 
         For ``verify``, which compares every value with the records and reports what differs.
         """
-        rows = self.conn.execute(
-            f"SELECT {BATCH_COLUMNS} FROM batches WHERE stream_id = ?1 AND first_offset >= coalesce("  # noqa: S608
-            " (SELECT max(first_offset) FROM batches WHERE stream_id = ?1 AND first_offset <= ?2), 0)"
-            " ORDER BY first_offset",
-            (stream_id, from_offset),
-        )
-        for row in rows:
+        for row in self.conn.execute(STREAM_BATCHES_FROM, (stream_id, from_offset)):
             try:
                 expanded = expand_batch(row, self.path, stream_id)
             except CatalogMismatch:  # a damaged batch row: its first record, as stored, for verify to report

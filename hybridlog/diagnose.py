@@ -35,7 +35,7 @@ from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable
 from hybridlog.errors import CatalogMismatch, DictionaryUnusable, IntegrityError, MissingDictionary
 from hybridlog.layout import segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.markers import RepairMarker
-from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload, record_hash
+from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload
 from hybridlog.scan import ScannedRecord, ScanProblem, SegmentScan
 from hybridlog.segment import Frame, SegmentReader, file_digest
 from hybridlog.types import GENESIS_HASH, ChainHash, MarkerAction, StreamId
@@ -299,16 +299,7 @@ def _hash_holds(frame: Frame, dictionaries: DictionarySource | None) -> bool:
         payload = decode_payload(header, frame.stored, dictionaries)
     except (FrameError, DictionaryUnavailable):
         return False
-    own = record_hash(
-        header.stream_id,
-        header.offset,
-        header.kind,
-        header.timestamp_ns,
-        header.prev_hash,
-        payload,
-        header.global_position,
-    )
-    return own == header.hash
+    return header.hash_of(payload) == header.hash
 
 
 def is_torn_tail(path: Path, problem: ScanProblem) -> bool:

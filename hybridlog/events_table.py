@@ -50,7 +50,8 @@ _LE = apsw.SQLITE_INDEX_CONSTRAINT_LE
 _RANGE_OPS = {_EQ, _GT, _GE, _LT, _LE}
 _PUSHED = {_STREAM: {_EQ}, _OFFSET: _RANGE_OPS, _TIMESTAMP: _RANGE_OPS, _GLOBAL: _RANGE_OPS}
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""SQLite's integer range: bounds a pushed-down constraint can be clamped to."""
 _POSITION_CHUNK = 4096  # global positions fetched per catalog query while reading a range
 
 
@@ -80,8 +81,8 @@ class EventSource(Protocol):
 class Bounds:
     """Inclusive bounds on one integer column, narrowed by each pushed-down constraint."""
 
-    low: int = _INT64_MIN
-    high: int = _INT64_MAX
+    low: int = INT64_MIN
+    high: int = INT64_MAX
     empty: bool = False
 
     def narrow(self, op: int, value: object) -> None:
@@ -103,7 +104,7 @@ class Bounds:
     @property
     def bounded(self) -> bool:
         """Whether any constraint narrowed the bounds (else the column does not limit the read)."""
-        return self.low > _INT64_MIN or self.high < _INT64_MAX
+        return self.low > INT64_MIN or self.high < INT64_MAX
 
 
 def _ceil(value: int | float) -> int:
@@ -115,7 +116,7 @@ def _floor(value: int | float) -> int:
 
 
 def _clamp(value: float) -> int:
-    return _INT64_MAX if value > 0 else _INT64_MIN
+    return INT64_MAX if value > 0 else INT64_MIN
 
 
 @dataclass
@@ -156,17 +157,17 @@ class Plan:
         if self.global_position.bounded:
             candidates = source.global_ranges(self.global_position.low, self.global_position.high, self.stream_id)
         elif self.stream_id is not None:
-            candidates = [(StreamId(self.stream_id), 0, _INT64_MAX)]
+            candidates = [(StreamId(self.stream_id), 0, INT64_MAX)]
         else:
-            candidates = [(sid, 0, _INT64_MAX) for sid in source.stream_ids()]
+            candidates = [(sid, 0, INT64_MAX) for sid in source.stream_ids()]
         for sid, first, last in candidates:
             if not 0 <= sid < 2**63:
                 continue
             first = max(first, self.offset.low, 0)
             last = min(last, self.offset.high, source.next_offset(sid) - 1)
-            if self.timestamp.low > _INT64_MIN:
+            if self.timestamp.low > INT64_MIN:
                 first = max(first, source.offset_at(sid, self.timestamp.low))
-            if self.timestamp.high < _INT64_MAX:
+            if self.timestamp.high < INT64_MAX:
                 last = min(last, source.offset_at(sid, self.timestamp.high + 1) - 1)
             if first <= last:
                 yield sid, first, last
@@ -242,8 +243,9 @@ class EventsTable:
     Destroy = Disconnect
 
 
-_AT_END = True.__bool__
-_NOT_AT_END = False.__bool__
+AT_END = True.__bool__
+"""A cursor's ``Eof`` at the end: a C method (see ``EventsCursor``), shared with records_table.py."""
+NOT_AT_END = False.__bool__
 
 
 class EventsCursor:
@@ -257,7 +259,7 @@ class EventsCursor:
         # Eof is a C method returning the answer, not Python code: SQLite's xEof cannot report an
         # error, so a KeyboardInterrupt (Ctrl-C) raised on entering a Python Eof would stay
         # pending inside apsw (a SystemError later) instead of stopping the query. Next sets it.
-        self.Eof: Callable[[], bool] = _AT_END
+        self.Eof: Callable[[], bool] = AT_END
 
     def Filter(self, indexnum: int, indexname: str, constraintargs: tuple[Any, ...] | None) -> None:
         """Start a scan of the ranges the pushed-down constraints allow, closing the previous one."""
@@ -292,7 +294,7 @@ class EventsCursor:
         """Move to the next row (reading and verifying it) and set ``Eof`` accordingly."""
         self.row = next(self.rows, None)
         self.rowid += 1
-        self.Eof = _AT_END if self.row is None else _NOT_AT_END
+        self.Eof = AT_END if self.row is None else NOT_AT_END
 
     def Rowid(self) -> int:
         """The current row's number within this scan (1 for the first row)."""

@@ -129,10 +129,6 @@ class Reads:
             return iter(())
         return verified_records(self._data_dir, snap, from_offset, self._dictionaries)
 
-    def add_repair_hint(self, error: IntegrityError) -> None:
-        """Point a read's integrity error at ``check`` and ``repair`` (``walk.add_repair_hint``)."""
-        add_repair_hint(error, self._data_dir)
-
     def read_from(self, sid: StreamId, from_offset: int, limit: int) -> list[bytes]:
         """Event payloads from ``from_offset``, verified from the nearest checkpoint.
 
@@ -247,7 +243,7 @@ class Reads:
                 raise
             at_gap = True  # the answer ends before the isolated range (take_page's rule)
         except IntegrityError as e:
-            self.add_repair_hint(e)
+            add_repair_hint(e, self._data_dir)
             raise
         if not self._read_only or self._verified.generation == generation:
             self._verified.add(run)

@@ -162,6 +162,12 @@ class FrameHeader:
     prev_hash: ChainHash
     hash: ChainHash
 
+    def hash_of(self, payload: bytes | bytearray | memoryview) -> ChainHash:
+        """The record hash this header's fields and the uncompressed ``payload`` give (``record_hash``)."""
+        return record_hash(
+            self.stream_id, self.offset, self.kind, self.timestamp_ns, self.prev_hash, payload, self.global_position
+        )
+
     @property
     def header_size(self) -> int:
         """Bytes of the frame's header (112 in format 2, 104 in format 1)."""

@@ -34,7 +34,7 @@ import apsw
 
 from hybridlog.catalog_rows import BATCH_COLUMNS, damaged_hint, expand_batch
 from hybridlog.errors import CatalogMismatch
-from hybridlog.events_table import Bounds
+from hybridlog.events_table import AT_END, INT64_MAX, INT64_MIN, NOT_AT_END, Bounds
 
 COLUMNS = ("global_position", "stream_id", "offset", "segment_no", "position", "length", "kind", "timestamp_ns")
 SCHEMA = (
@@ -42,7 +42,6 @@ SCHEMA = (
     " position INTEGER, length INTEGER, kind INTEGER, timestamp_ns INTEGER)"
 )
 _GLOBAL, _STREAM, _OFFSET, _LENGTH = 0, 1, 2, 5
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _EQ = apsw.SQLITE_INDEX_CONSTRAINT_EQ
 _RANGE_OPS = {
@@ -90,12 +89,12 @@ class Plan:
                 plan.no_rows = True  # no integer stream id equals it
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 sid = int(value)
-                plan.no_rows = plan.no_rows or not _INT64_MIN <= sid <= _INT64_MAX or plan.stream_id not in (None, sid)
+                plan.no_rows = plan.no_rows or not INT64_MIN <= sid <= INT64_MAX or plan.stream_id not in (None, sid)
                 plan.stream_id = sid
             # text or a blob: SQLite's own check decides, we only read more
         for bounds in (plan.offset, plan.global_position):  # SQLite's integers are 64-bit: so are the bounds
-            plan.no_rows = plan.no_rows or bounds.empty or bounds.low > _INT64_MAX or bounds.high < _INT64_MIN
-            bounds.low, bounds.high = max(bounds.low, _INT64_MIN), min(bounds.high, _INT64_MAX)
+            plan.no_rows = plan.no_rows or bounds.empty or bounds.low > INT64_MAX or bounds.high < INT64_MIN
+            bounds.low, bounds.high = max(bounds.low, INT64_MIN), min(bounds.high, INT64_MAX)
         return plan
 
     def query(self) -> tuple[str, dict[str, int]]:
@@ -110,7 +109,7 @@ class Plan:
                 " WHERE stream_id = :sid AND first_offset <= :olow), :olow)"
             )
             bindings["olow"] = self.offset.low
-        if self.offset.high < _INT64_MAX:  # a batch starting after the bound holds nothing at or below it
+        if self.offset.high < INT64_MAX:  # a batch starting after the bound holds nothing at or below it
             where.append("first_offset <= :ohigh")
             bindings["ohigh"] = self.offset.high
         if self.global_position.bounded:
@@ -210,10 +209,6 @@ class RecordsTable:
     Destroy = Disconnect
 
 
-_AT_END = True.__bool__
-_NOT_AT_END = False.__bool__
-
-
 class RecordsCursor:
     """One scan of the table: the rows of a plan's ``batches`` rows, expanded one batch at a time."""
 
@@ -222,7 +217,7 @@ class RecordsCursor:
         self.rows: Iterator[tuple[int, ...]] = iter(())
         self.row: tuple[int, ...] | None = None
         # A C method, not Python code, for the reason events_table.EventsCursor gives (Ctrl-C).
-        self.Eof: Callable[[], bool] = _AT_END
+        self.Eof: Callable[[], bool] = AT_END
 
     def Filter(self, indexnum: int, indexname: str, constraintargs: tuple[Any, ...] | None) -> None:
         """Start a scan of the batches the pushed-down constraints allow, closing the previous one."""
@@ -244,7 +239,7 @@ class RecordsCursor:
                     key = row[_STREAM : _OFFSET + 1] if plan.order == BY_STREAM else row[_GLOBAL : _GLOBAL + 1]
                     if plan.order == BY_POSITION_DESC:
                         key = (-key[0],)  # strictly increasing like the others
-                    if (previous is not None and key <= previous) or row[_LENGTH] <= 0 or max(row) > _INT64_MAX:
+                    if (previous is not None and key <= previous) or row[_LENGTH] <= 0 or max(row) > INT64_MAX:
                         raise _damaged(row, previous, path)
                     previous = key
                     if plan.wants(row):
@@ -255,7 +250,7 @@ class RecordsCursor:
     def Next(self) -> None:
         """Move to the next row and set ``Eof`` accordingly."""
         self.row = next(self.rows, None)
-        self.Eof = _AT_END if self.row is None else _NOT_AT_END
+        self.Eof = AT_END if self.row is None else NOT_AT_END
 
     def Rowid(self) -> int:
         """The current row's global position (unique in the table)."""

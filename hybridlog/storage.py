@@ -315,8 +315,8 @@ class Storage(BackendBase):
         fsync: bool,
         pipeline: AppendPipeline,
     ) -> tuple[Offset, ChainHash]:
-        """``append_batch`` framing into ``pipeline``'s reusable buffer, in the calling thread and outside
-        the store's lock (stage 1 overlaps other threads' write and fsync: ``writer.py``)."""
+        """``append_batch`` framing into ``pipeline``'s reusable buffer and compressors (the group-commit
+        leader frames the batch with them while this thread waits: ``writer.py``)."""
         sid, payloads, offset, given_hash = self._checked_batch(stream_id, events, expected_offset, prev_hash)
         if not isinstance(pipeline, AppendPipeline):
             raise InvalidArgument(f"pipeline must be an AppendPipeline, not {type(pipeline).__name__}")

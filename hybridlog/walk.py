@@ -101,9 +101,7 @@ def open_record(
         raise ChecksumMismatch(f"payload cannot be decoded ({e.reason})", **where) from e
     if header.offset != expected_offset and not is_cut_jump(header.kind, payload, expected_offset, header.offset):
         raise IntegrityError(misplaced, **where)
-    own = record_hash(
-        stream_id, header.offset, header.kind, header.timestamp_ns, header.prev_hash, payload, header.global_position
-    )
+    own = header.hash_of(payload)  # its stream is ``stream_id``: checked above
     if own != header.hash:
         used = f" (decompressed with dictionary {_dictionary_file(frame, segment)})" if header.uses_dictionary else ""
         raise HashMismatch(f"record hash does not match its contents{used}", **where)
@@ -184,12 +182,7 @@ def reverify_frame(
         payload = decode_payload(header, stored, dictionaries)
     except FrameError:
         return None
-    own = record_hash(
-        stream_id, offset, header.kind, header.timestamp_ns, header.prev_hash, payload, header.global_position
-    )
-    if own != verified_hash:
-        return None
-    return header.kind, payload
+    return (header.kind, payload) if header.hash_of(payload) == verified_hash else None
 
 
 _CHUNK = 1 << 20

@@ -78,6 +78,7 @@ class AppendRequest:
     check_prev: bool
     fsync: bool
     record_count: int | None = None  # create_checkpoint's check
+    pipeline: AppendPipeline | None = None  # the caller's own buffer and compressors (it waits meanwhile)
     framed: FramedBatch | None = None
     result: tuple[Offset, ChainHash] | None = None
     error: BaseException | None = None
@@ -118,8 +119,7 @@ class Writer:
         self._damage = damage
         self._committed = committed
         self.heads: dict[StreamId, StreamHead] = {}
-        self._pipeline = AppendPipeline()  # the group-commit leader's, for batches it must frame again
-        self._pipelines = threading.local()  # each appending thread's own (stage 1 runs in the caller)
+        self._pipeline = AppendPipeline()  # the group-commit leader's, for requests that bring none
         self.commits: GroupCommitQueue[AppendRequest] = GroupCommitQueue()
         self._trainer = DictionaryTrainer(data_dir, dictionaries)  # stream dictionaries, for compressing
         self._syncers: ThreadPoolExecutor | None = None  # started by the first group that touches several files
@@ -143,7 +143,7 @@ class Writer:
         if head is None or self._closed():
             with self._lock:
                 head = self.head(sid)  # raises StoreClosed / ReadOnlyStore as needed
-        request = AppendRequest(sid, payloads, expected_offset, prev_hash, check_prev, fsync, record_count)
+        request = AppendRequest(sid, payloads, expected_offset, prev_hash, check_prev, fsync, record_count, pipeline)
         self.commits.submit(request, self._commit_group, gather=fsync)
         if request.error is not None:
             raise request.error
@@ -151,12 +151,6 @@ class Writer:
         if payloads and self._compression is CompressionKind.ZSTD:
             self._trainer.observe(sid, payloads, request.result[0])  # after the commit: never fails a batch
         return request.result
-
-    def _thread_pipeline(self) -> AppendPipeline:
-        pipeline: AppendPipeline | None = getattr(self._pipelines, "pipeline", None)
-        if pipeline is None:
-            pipeline = self._pipelines.pipeline = AppendPipeline()
-        return pipeline
 
     def _compressor(self, sid: StreamId, pipeline: AppendPipeline) -> PayloadCompressor | None:
         """How the stream's new records are compressed: not, plain zstd, or with its dictionary."""
@@ -193,14 +187,15 @@ class Writer:
                     conflict = _conflict(request, view)
                     if conflict is not None:
                         raise conflict
-                    compressor = self._compressor(request.stream_id, self._pipeline)
+                    pipeline = request.pipeline or self._pipeline
+                    compressor = self._compressor(request.stream_id, pipeline)
                     framed = frame_batch(
                         request.stream_id,
                         self._plan(request, view),
                         view,
                         mark + 1,  # the group's batches get the next positions, in the order accepted
                         self._now(),
-                        self._pipeline.buffer,
+                        pipeline.buffer,
                         compressor,
                         sum(map(len, request.payloads)) if request.payloads else 0,
                     )
@@ -316,9 +311,7 @@ class Writer:
                     )
                 # The mark kept apart from the batch rows too: a damaged b-tree that hides the last
                 # rows from a scan cannot then hide them from the mark it is checked against.
-                catalog.raise_global_mark(
-                    max(b.first_global_position + len(b.framed.ends) - 1 for bs in batches.values() for b in bs)
-                )
+                catalog.raise_global_mark(self.global_mark())  # the group's last position
                 committing = True  # what fails from here on is the COMMIT itself: it may have happened
             failpoint("catalog-committed")
         except BaseException as e:

@@ -31,7 +31,6 @@ from hybridlog.record import (
     append_frame,
     new_compressor,
     parse_header,
-    record_hash,
 )
 
 CATALOG_SIDE_FILES = ("-wal", "-shm")
@@ -100,15 +99,7 @@ def rehash_frame(path: Path, position: int) -> None:
     header = parse_header(bytes(data[position : position + HEADER_SIZE]))
     assert not header.compressed, "rehash_frame handles uncompressed payloads only"
     payload = bytes(data[position + HEADER_SIZE : position + HEADER_SIZE + header.stored_len])
-    own = record_hash(
-        header.stream_id,
-        header.offset,
-        header.kind,
-        header.timestamp_ns,
-        header.prev_hash,
-        payload,
-        header.global_position,
-    )
+    own = header.hash_of(payload)
     data[position + HASH_FIELD : position + HASH_FIELD + len(own)] = own
     path.write_bytes(bytes(data))
     reseal_frame(path, position)

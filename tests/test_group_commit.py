@@ -22,6 +22,7 @@ from hybridlog import (
     Storage,
     StorageIOError,
 )
+from hybridlog.groupcommit import GroupCommitQueue
 from hybridlog.segment import SegmentWriter
 from hybridlog.testing.damage import genesis_events, genesis_records
 from hybridlog.writer import Writer
@@ -185,3 +186,55 @@ def test_rotation_inside_a_group(store_dir: Path, slow_fsync: list[int]) -> None
         assert store.check().ok
     with Storage(store_dir, read_only=True) as reader:
         assert reader.check().ok
+
+
+# --- the queue's gathering leader (groupcommit.py) ------------------------------------------------
+
+
+class Request:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.done = False
+        self.error: BaseException | None = None
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.001)
+
+
+def _recording(groups: list[list[str]]) -> Callable[[list[Request]], None]:
+    def commit(group: list[Request]) -> None:
+        groups.append([r.name for r in group])
+        for r in group:
+            r.done = True
+
+    return commit
+
+
+def _after_a_group_of_two(queue: GroupCommitQueue[Request]) -> None:
+    """The queue's state after a group of two that took two minutes (so its patience is one)."""
+    queue._last_size, queue._patience = 2, 60.0
+
+
+def test_a_leader_about_to_fsync_gathers_as_many_requests_as_the_last_group_held() -> None:
+    queue: GroupCommitQueue[Request] = GroupCommitQueue()
+    _after_a_group_of_two(queue)
+    groups: list[list[str]] = []
+    leader = threading.Thread(target=queue.submit, args=(Request("first"), _recording(groups)), kwargs={"gather": True})
+    leader.start()
+    _wait_until(lambda: queue._gathering)  # the leader waits for a second request, committing nothing
+    assert groups == []
+    queue.submit(Request("second"), _recording(groups), gather=True)  # joins the leader's group
+    leader.join()
+    assert groups == [["first", "second"]]
+
+
+def test_a_leader_that_will_not_fsync_does_not_wait() -> None:
+    queue: GroupCommitQueue[Request] = GroupCommitQueue()
+    _after_a_group_of_two(queue)
+    groups: list[list[str]] = []
+    queue.submit(Request("alone"), _recording(groups), gather=False)
+    assert groups == [["alone"]]

@@ -37,6 +37,7 @@ from hybridlog import (
     Storage,
     verify_store,
 )
+from hybridlog.catalog import CATALOG_PAGE_SIZE
 from hybridlog.catalog_rows import SCHEMA_VERSION
 from hybridlog.cli import cli
 from hybridlog.layout import CATALOG_FILE
@@ -306,3 +307,28 @@ def test_a_rebuild_after_the_upgrade_keeps_the_positions_of_new_records(store: P
         assert position > mark
         assert position > max(before.values())
     assert verify_cli(store)["ok"] is True
+
+
+def test_new_catalogs_have_small_pages_and_an_upgraded_one_keeps_its_own(tmp_path: Path, store: Path) -> None:
+    """A catalog this version creates (new, or rebuilt from the segments) has CATALOG_PAGE_SIZE
+    pages; an older catalog upgraded in place keeps the page size it was made with."""
+    new = tmp_path / "new"
+    with Storage(new) as fresh:
+        fresh.append(1, [b"x"])
+    assert catalog_page_size(new) == CATALOG_PAGE_SIZE
+    store_dir = store
+    assert catalog_page_size(store_dir) == 4096  # SQLite's default, when the fixture was written
+    with Storage(store_dir) as upgraded:
+        assert upgraded.schema_version() == SCHEMA_VERSION
+    assert catalog_page_size(store_dir) == 4096
+    with Storage(store_dir) as upgraded:
+        upgraded.rebuild_catalog()
+    assert catalog_page_size(store_dir) == CATALOG_PAGE_SIZE
+
+
+def catalog_page_size(store_dir: Path) -> int:
+    conn = apsw.Connection(str(store_dir / CATALOG_FILE), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return int(conn.pragma("page_size"))
+    finally:
+        conn.close()

@@ -307,7 +307,9 @@ class GlobalOrderReads:
             )
         return rows
 
-    def _rows_within(self, found: Iterator[IndexRow], max_payload_bytes: int) -> tuple[list[GlobalRow], bool]:
+    def _rows_within(
+        self, found: Generator[IndexRow, None, None], max_payload_bytes: int
+    ) -> tuple[list[GlobalRow], bool]:
         """The rows that may fit, and whether the size cut them short (False: the rows ran out)."""
         rows: list[GlobalRow] = []
         at_least = 0
@@ -320,8 +322,7 @@ class GlobalOrderReads:
                     break  # this one cannot fit after those before it
                 rows.append(GlobalRow(GlobalPosition(position), StreamId(sid), Offset(offset), length))
         finally:
-            if isinstance(found, Generator):
-                found.close()  # ends the read an unfinished statement would otherwise hold open
+            found.close()  # ends the read an unfinished statement would otherwise hold open
         return rows, cut
 
     def positions_may_be_unused(self) -> bool:

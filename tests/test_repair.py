@@ -62,11 +62,10 @@ from hybridlog import (
 )
 from hybridlog.layout import QUARANTINE_SUFFIX, segment_name, segment_path, stream_path
 from hybridlog.markers import decode_marker
-from hybridlog.record import HEADER_SIZE
+from hybridlog.record import HASH_FIELD, HEADER_SIZE
 from hybridlog.segment import SegmentReader
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.damage import (
-    HASH_FIELD,
     OFFSET_FIELD,
     PREV_HASH_FIELD,
     STORED_LEN_FIELD,

@@ -27,6 +27,7 @@ from hybridlog.layout import CATALOG_FILE, QUARANTINE_SUFFIX, SEGMENT_SUFFIX, se
 from hybridlog.record import (
     CHECKSUM,
     CHECKSUM_SIZE,
+    HASH_FIELD,
     HEADER_SIZE,
     append_frame,
     new_compressor,
@@ -38,11 +39,8 @@ CATALOG_SIDE_FILES = ("-wal", "-shm")
 # Byte positions of fields inside a format-2 record frame (the table in hybridlog/record.py).
 STREAM_ID_FIELD = 8
 OFFSET_FIELD = 16
-GLOBAL_POSITION_FIELD = 24
-TIMESTAMP_FIELD = 32
 STORED_LEN_FIELD = 40
 PREV_HASH_FIELD = 48
-HASH_FIELD = 80
 
 # --- segment files -----------------------------------------------------------------------------------
 

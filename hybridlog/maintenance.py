@@ -83,6 +83,7 @@ class Maintenance:
         with self._lock:
             catalog = self._catalog()
             try:
+                self._writer.trim_reserved()
                 results = recover_store(catalog, self._data_dir, self._now)
             except OSError as e:
                 raise StorageIOError(f"recovery of {self._data_dir} failed: {e}") from e
@@ -102,6 +103,7 @@ class Maintenance:
             if self._closed():
                 raise StoreClosed(f"store {self._data_dir} is closed")
             try:
+                self._writer.trim_reserved()
                 return check_store(self._data_dir, sids, progress=progress, writer_paused=self._writer_paused())
             except OSError as e:
                 raise StorageIOError(f"cannot check {self._data_dir}: {e}") from e
@@ -168,6 +170,7 @@ class Maintenance:
         """``rebuild_index`` if the stream's catalog rows do not agree with its segments."""
         with self._lock:
             catalog = self._catalog()
+            self._writer.trim_reserved()
             if sid in streams_to_reconcile(catalog, self._data_dir) or sid in self.damage:
                 self.rebuild_index(sid)
 

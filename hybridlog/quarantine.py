@@ -6,7 +6,8 @@ reads them. Open-time recovery (``recovery.py``), re-indexing and the catalog re
 here do it, the one way each is safe to do:
 
 * ``cut_tail``: a segment's bytes from a position to its end are copied into a quarantine file,
-  then the segment is cut there (a segment cut to nothing is removed);
+  then the segment is cut there (a segment cut to nothing is removed); a tail of nothing but
+  zeros (space a writer reserved ahead of its data and did not give back) is cut without a copy;
 * ``move_segment_aside``: a whole segment file is renamed to a quarantine name;
 * ``remove_empty_segment``: an empty segment file (no bytes to keep) is removed;
 * ``reseal_dictionary``: a damaged dictionary file is replaced by the same dictionary correctly
@@ -29,8 +30,9 @@ Cut bytes are never thrown away: quarantine files are named by ``layout.quaranti
 ``layout.kept_copy_path`` and never overwritten. Each segment operation returns the
 ``RecoveryEntry`` its caller logs, with the ``found`` and ``action`` the caller names.
 
-One cut lives elsewhere on purpose: the writer's undo of its own group that failed before it was
-acknowledged (``writer.py``, ``_undo_writes``) is a step of the append path.
+Two cuts live elsewhere on purpose, both steps of the append path: the writer's undo of its own
+group that failed before it was acknowledged (``writer.py``, ``_undo_writes``), and giving back the
+zeros it reserved past its data (``segment.SegmentWriter.trim``).
 ``tests/test_quarantine.py`` fails if any other module calls a file-cutting operation.
 """
 
@@ -51,7 +53,7 @@ from hybridlog.layout import (
     sqlite_companions,
 )
 from hybridlog.segment import fsync_dir, write_file_durably
-from hybridlog.types import StreamId
+from hybridlog.types import RecoveryAction, StreamId
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ def cut_tail(
     with path.open("rb") as f:
         f.seek(position)
         tail = f.read()
+    if tail and not tail.strip(b"\0"):
+        return _trim_zeros(data_dir, stream_id, segment_no, position, len(tail))
     kept = quarantine_path(data_dir, stream_id, segment_no, position)
     write_file_durably(kept, tail)
     if position == 0:
@@ -102,6 +106,27 @@ def cut_tail(
         end_byte=position + len(tail),
         first_offset=first_offset,
         kept_as=relative_name(data_dir, kept),
+    )
+
+
+def _trim_zeros(data_dir: Path, stream_id: StreamId, segment_no: int, position: int, size: int) -> RecoveryEntry:
+    """Cut a tail of zeros off a segment: space reserved ahead of the data by a writer that stopped
+    without closing (``SegmentWriter.preallocate``). Zeros hold nothing, so nothing is kept."""
+    path = segment_path(data_dir, stream_id, segment_no)
+    with path.open("r+b") as f:
+        f.truncate(position)
+        os.fsync(f.fileno())
+    if position == 0:
+        path.unlink()
+        fsync_dir(path.parent)
+    log.info("stream %d: trimmed %d zero bytes reserved past the data of %s", stream_id, size, path)
+    return RecoveryEntry(
+        stream_id,
+        found="zero bytes past the last record (space reserved ahead of the data)",
+        action=RecoveryAction.TRIMMED,
+        segment_no=segment_no,
+        start_byte=position,
+        end_byte=position + size,
     )
 
 

@@ -25,6 +25,7 @@ the segment, never thrown away.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -350,11 +351,32 @@ def streams_to_reconcile(catalog: Catalog, data_dir: Path) -> list[StreamId]:
     needing = []
     for sid in sorted(set(expected) | set(on_disk)):
         sizes = expected.get(sid, {})
+        if sizes and sorted(sizes) == on_disk.get(sid, []):
+            last = max(sizes)
+            trim_reserved_zeros(segment_path(data_dir, sid, last), sizes[last])
         if sorted(sizes) != on_disk.get(sid, []) or any(
             segment_path(data_dir, sid, no).stat().st_size != size for no, size in sizes.items()
         ):
             needing.append(sid)
     return needing
+
+
+def trim_reserved_zeros(path: Path, end: int) -> None:
+    """Cut the zeros past the committed ``end`` of a stream's last segment, when there is nothing
+    else there: space its writer reserved ahead (``SegmentWriter.preallocate``) and did not give back
+    because it stopped without closing. They hold nothing, so this is not a recovery action; anything
+    else past ``end`` is left for ``reconcile_stream``."""
+    size = path.stat().st_size
+    if size <= end:
+        return
+    with path.open("r+b") as f:
+        f.seek(end)
+        while chunk := f.read(1024 * 1024):
+            if chunk.strip(b"\0"):
+                return
+        f.truncate(end)
+        os.fsync(f.fileno())
+    log.info("trimmed %d zero bytes reserved past the data of %s", size - end, path)
 
 
 def recover_store(catalog: Catalog, data_dir: Path, now: Clock) -> list[ReconcileResult]:

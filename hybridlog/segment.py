@@ -70,13 +70,25 @@ def file_digest(path: Path) -> bytes:
     return hasher.digest()
 
 
+PREALLOCATE_BYTES = 4 * 1024 * 1024
+"""How far ahead of its data an fsync'd append reserves space in the active segment (``preallocate``)."""
+
+
 class SegmentWriter:
-    """The active segment of one stream, open for writing at explicit positions."""
+    """The active segment of one stream, open for writing at explicit positions.
+
+    ``end`` is where its data ends. Past it the file may hold zeros: space reserved by
+    ``preallocate``, so that an fsync'd append overwrites allocated blocks and its fdatasync need not
+    commit a new file size too. ``trim`` gives that space back; ``close`` trims first, so only a
+    writer that stopped without closing leaves zeros for recovery to trim (``quarantine.cut_tail``).
+    """
 
     def __init__(self, path: Path, *, create: bool) -> None:
         self.path = path
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         self.fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        self.end = 0 if create else self.size()
+        self.allocated = self.end  # the file's size: ``end`` plus any space reserved past it
 
     def size(self) -> int:
         """The file's size now, committed or not."""
@@ -89,6 +101,36 @@ class SegmentWriter:
             written = os.pwrite(self.fd, view, position)
             position += written
             view = view[written:]
+        self.end = max(self.end, position)
+        self.allocated = max(self.allocated, position)
+
+    def preallocate(self, end: int, limit: int) -> None:
+        """Reserve space up to at least ``end``: ``PREALLOCATE_BYTES`` past it, but not past ``limit``
+        (the segment size limit). Does nothing where the file system cannot (the write then simply
+        extends the file, as without this)."""
+        if end <= self.allocated or not hasattr(os, "posix_fallocate"):
+            return
+        target = max(end, min(end + PREALLOCATE_BYTES, limit))
+        try:
+            os.posix_fallocate(self.fd, self.allocated, target - self.allocated)
+        except OSError:  # no space left, or not supported: a failed call may still have reserved some
+            target = self.size()
+        self.allocated = max(self.allocated, target)
+
+    def trim(self) -> None:
+        """Give back the space reserved past ``end`` (the file then ends where its data does), if it
+        still holds nothing but zeros (else it is left for recovery to judge)."""
+        if self.allocated <= self.end:
+            return
+        position, size = self.end, self.size()
+        while position < size:
+            chunk = os.pread(self.fd, min(_READ_BUFFER, size - position), position)
+            if not chunk or chunk.strip(b"\0"):
+                self.allocated = size
+                return
+            position += len(chunk)
+        os.ftruncate(self.fd, self.end)
+        self.allocated = self.end
 
     def sync(self) -> None:
         """fdatasync the file: its bytes (and size) are durable, metadata such as times need not be."""
@@ -97,10 +139,20 @@ class SegmentWriter:
     def truncate(self, size: int) -> None:
         """Cut the file to ``size`` bytes (the append path's undo of a failed group)."""
         os.ftruncate(self.fd, size)
+        self.end = self.allocated = size
 
     def close(self) -> None:
-        """Close the file descriptor (without syncing)."""
-        os.close(self.fd)
+        """Trim reserved space (durably) and close the file descriptor (without syncing its data
+        otherwise)."""
+        try:
+            if self.allocated > self.end:
+                self.trim()
+                if self.allocated == self.end:
+                    self.sync()
+        except OSError:
+            pass  # the zeros stay, and the next writer's recovery trims them
+        finally:
+            os.close(self.fd)
 
 
 @dataclass(frozen=True, slots=True)

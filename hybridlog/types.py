@@ -74,6 +74,9 @@ class RecoveryAction(Vocabulary):
     """Bytes never acknowledged (an incomplete batch, a segment past it) moved to a quarantine file."""
     REMOVED_EMPTY = "removed_empty"
     """An empty segment file the catalog does not know, removed."""
+    TRIMMED = "trimmed"
+    """Zero bytes past a segment's last record cut off: space a writer reserved ahead
+    (``SegmentWriter.preallocate``) and did not give back because it stopped without closing."""
     REINDEXED = "reindexed"
     """A stream's catalog rows replaced with what its segments hold."""
     TRUNCATED = "truncated"

@@ -261,14 +261,22 @@ class Writer:
             for directory in new_dirs:
                 fsync_dir(directory)  # new names are durable before the catalog points at them
             failpoint("segment-created")
-            # 3. Write each segment's batches with one write at its committed end.
+            # 3. Write each segment's batches with one write at its committed end. A group that
+            #    fsyncs writes into space reserved ahead in the segment that stays active, so the
+            #    fdatasync flushes data only, not a new file size too (most of the time).
+            sealed = {(sid, no) for sid, no, _ in seals}
             for w in writes:
                 assert w.writer is not None
+                if fsync and (w.stream_id, w.segment_no) not in sealed:
+                    w.writer.preallocate(w.end, self._max_segment_size)
                 w.writer.write_at(w.base, w.data)
+            for sid, _segment_no, in_group in seals:  # a sealed segment ends where its data does
+                writer = self.heads[sid].writer if in_group is None else in_group.writer
+                assert writer is not None
+                writer.trim()
             failpoint("segment-written")
             # 4. The durability point (segments sealed in this group are synced either way, so
             #    their digests describe durable bytes).
-            sealed = {(sid, no) for sid, no, _ in seals}
             self._sync_all([w.writer for w in writes if w.writer and (fsync or (w.stream_id, w.segment_no) in sealed)])
             digests: list[tuple[StreamId, int, bytes]] = []
             for sid, segment_no, in_group in seals:
@@ -415,6 +423,13 @@ class Writer:
     def due_checkpoints(self) -> list[StreamId]:
         """Streams with events since their last checkpoint (and no damage): an on-close checkpoint's."""
         return [h.stream_id for h in self.heads.values() if h.damage is None and h.view.events_since_checkpoint]
+
+    def trim_reserved(self) -> None:
+        """Give back the space reserved past every active segment's data (``SegmentWriter.preallocate``),
+        so that a check or recovery in this process sees each file end where its data does."""
+        for head in self.heads.values():
+            if head.writer is not None:
+                head.writer.trim()
 
     def sync_active(self) -> None:
         """fsync every stream's active segment."""

@@ -38,6 +38,7 @@ The child processes run this file as a script (see ``child_main`` at the bottom)
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import shutil
 import sys
@@ -350,6 +351,12 @@ def check_recovery_log(
             kept = (store_dir / entry.kept_as).read_bytes()
             assert len(kept) == entry.end_byte - entry.start_byte > 0
             assert MAGIC.startswith(kept[:4]), "the cut bytes do not start at a record"
+        elif entry.action == RecoveryAction.TRIMMED:
+            # The zeros an fsync'd append reserved past its data, after the batch adopted (or cut) before them.
+            assert entry.segment_no is not None
+            assert entry.kept_as is None
+            segment = segment_path(store_dir, entry.stream_id, entry.segment_no)
+            assert (segment.stat().st_size if segment.exists() else 0) == entry.start_byte
         else:
             # A rotation that stopped after creating its file, before writing to it.
             assert entry.action == RecoveryAction.REMOVED_EMPTY, f"unexpected recovery action {entry.action}"
@@ -360,7 +367,9 @@ def check_recovery_log(
     kept_as = sorted(e.kept_as for e in log if e.action == RecoveryAction.QUARANTINED and e.kept_as is not None)
     assert [str(p.relative_to(store_dir)) for p in quarantine_files(store_dir)] == kept_as
     assert all(
-        e.action in (RecoveryAction.ADOPTED, RecoveryAction.QUARANTINED, RecoveryAction.REMOVED_EMPTY) for e in log
+        e.action
+        in (RecoveryAction.ADOPTED, RecoveryAction.QUARANTINED, RecoveryAction.REMOVED_EMPTY, RecoveryAction.TRIMMED)
+        for e in log
     )
 
 
@@ -571,7 +580,8 @@ def recover_before_commit(tpl: LastBatch, workdir: Path, written: bytes) -> None
     ``written`` is a prefix of the batch's bytes, possibly followed or replaced by zeros or garbage
     (for a new segment file, it is the whole file; empty means the file was created and nothing
     more). Recovery must keep the last batch only if all of its bytes are there, and keep every
-    other byte in a quarantine file.
+    other byte in a quarantine file, unless they are all zeros (space a writer reserved ahead of its
+    data: trimmed, logged when recovery acted on the stream anyway, nothing to keep).
     """
     size = len(tpl.batch)
     whole = written[:size] == tpl.batch
@@ -595,7 +605,8 @@ def recover_before_commit(tpl: LastBatch, workdir: Path, written: bytes) -> None
             else:
                 assert segment.read_bytes() == tpl.segment_before + (tpl.batch if whole else b"")
             kept_as = None
-            if leftover:
+            zeros_only = bool(leftover) and not leftover.strip(b"\0")
+            if leftover and not zeros_only:
                 assert [p.name for p in kept] == [f"{segment.name}.{cut_at:020d}{QUARANTINE_SUFFIX}"]
                 assert kept[0].read_bytes() == leftover
                 kept_as = str(kept[0].relative_to(store_dir))
@@ -609,9 +620,11 @@ def recover_before_commit(tpl: LastBatch, workdir: Path, written: bytes) -> None
                 rows.append(
                     (LAST_STREAM, RecoveryAction.ADOPTED, tpl.segment_no, tpl.base, tpl.base + size, first, nxt, None)
                 )
-            if leftover:
-                end = cut_at + len(leftover)
+            end = cut_at + len(leftover)
+            if leftover and not zeros_only:
                 rows.append((LAST_STREAM, RecoveryAction.QUARANTINED, tpl.segment_no, cut_at, end, None, None, kept_as))
+            elif zeros_only and (whole or tpl.rotated):  # else trimmed before recovery looked at the stream
+                rows.append((LAST_STREAM, RecoveryAction.TRIMMED, tpl.segment_no, cut_at, end, None, None, None))
             elif tpl.rotated and not written:
                 rows.append((LAST_STREAM, RecoveryAction.REMOVED_EMPTY, tpl.segment_no, None, None, None, None, None))
             assert [log_row(e) for e in store.recovery_log()] == rows
@@ -973,11 +986,14 @@ def build_rotating_group(root: Path) -> RotatingGroup:
     new = after_segments[-1].path
     assert after_segments[-2].sealed
     assert new != old
-    # The snapshot is the store before the group: the old catalog, the old segment, an empty new file.
+    # The snapshot is the store before the group: the old catalog, the old segment, an empty new file
+    # (zeros at most: space reserved ahead, as the old segment has past its data, given back here).
     new_in_snapshot = before / new.relative_to(store_dir)
-    assert new_in_snapshot.read_bytes() == b""
+    assert new_in_snapshot.read_bytes().strip(b"\0") == b""
     new_in_snapshot.unlink()
-    old_before = (before / old.relative_to(store_dir)).read_bytes()
+    old_in_snapshot = before / old.relative_to(store_dir)
+    os.truncate(old_in_snapshot, segments[-1].size_bytes)
+    old_before = old_in_snapshot.read_bytes()
     old_after = old.read_bytes()
     assert old_after.startswith(old_before)
     return RotatingGroup(

@@ -57,7 +57,7 @@ from hybridlog import (
 )
 from hybridlog.dictionary import DICTIONARY_HEADER
 from hybridlog.layout import DICTIONARY_SUFFIX, dictionary_path, segment_path, stream_path
-from hybridlog.record import FLAG_COMPRESSED, FLAG_DICTIONARY, dictionary_no_of
+from hybridlog.record import FLAG_COMPRESSED, FLAG_DICTIONARY, FrameError, dictionary_no_of
 from hybridlog.segment import SegmentReader
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.damage import (
@@ -133,11 +133,19 @@ def dictionary_files(data_dir: Path, stream_id: int = SID) -> list[Path]:
 
 
 def stored_records(data_dir: Path, stream_id: int = SID) -> list[tuple[int, int, int | None, int]]:
-    """(offset, flags, dictionary number or None, stored payload length) of every record on disk."""
+    """(offset, flags, dictionary number or None, stored payload length) of every record on disk (up
+    to the zeros a killed writer's active segment may end with: space it reserved ahead)."""
     found = []
     for segment in sorted(stream_path(data_dir, stream_id).glob("*.seg")):
         with SegmentReader(segment) as reader:
-            for frame in reader.frames():
+            while True:
+                try:
+                    frame = reader.read_frame()
+                except FrameError:
+                    assert not segment.read_bytes()[reader.position :].strip(b"\0"), "a bad frame, not reserved space"
+                    break
+                if frame is None:
+                    break
                 number = None
                 if frame.header.uses_dictionary:
                     number = dictionary_no_of(zstandard.get_frame_parameters(frame.stored).dict_id)

@@ -42,6 +42,7 @@ STORED: dict[type[Vocabulary], dict[str, str]] = {
         "ADOPTED": "adopted",
         "QUARANTINED": "quarantined",
         "REMOVED_EMPTY": "removed_empty",
+        "TRIMMED": "trimmed",
         "REINDEXED": "reindexed",
         "TRUNCATED": "truncated",
         "ISOLATED": "isolated",

@@ -300,36 +300,43 @@ def window_records(
             start, before = found, found - 1
     stop = None if until is None else backend.offset_at(stream_id, until)
     walk = backend.iter_records(stream_id, start if before is None else before)
-    if before is not None:
-        try:
-            record = next(walk, None)
-        except IntegrityError as e:
-            if e.offset != before:
+    try:
+        if before is not None:
+            try:
+                record = next(walk, None)
+            except IntegrityError as e:
+                if e.offset != before:
+                    raise
+                # damage at the record before the window: the walk from ``start`` says whether it matters
+                walk = backend.iter_records(stream_id, start)
+            else:
+                assert since is not None
+                if record is not None and record.timestamp_ns >= since:
+                    raise _time_index_mismatch(record, f"it is before offset_at(since={since}) = {start}")
+        while True:
+            past_window = stop is not None and start >= stop
+            try:
+                record = next(walk)
+            except StopIteration:
+                return
+            except IntegrityError as e:
+                if past_window and e.offset is not None and stop is not None and e.offset >= stop:
+                    return  # the record after the window is damaged: a read of it says so
                 raise
-            # damage at the record before the window: the walk from ``start`` says whether it matters
-            walk = backend.iter_records(stream_id, start)
-        else:
-            assert since is not None
-            if record is not None and record.timestamp_ns >= since:
-                raise _time_index_mismatch(record, f"it is before offset_at(since={since}) = {start}")
-    while True:
-        past_window = stop is not None and start >= stop
-        try:
-            record = next(walk)
-        except StopIteration:
-            return
-        except IntegrityError as e:
-            if past_window and e.offset is not None and stop is not None and e.offset >= stop:
-                return  # the record after the window is damaged: a read of it says so
-            raise
-        if past_window:
-            if until is not None and record.timestamp_ns < until:
-                raise _time_index_mismatch(record, f"it is at or after offset_at(until={until}) = {stop}")
-            return
-        if (since is not None and record.timestamp_ns < since) or (until is not None and record.timestamp_ns >= until):
-            raise _time_index_mismatch(record, f"the time index puts it in the window [{since}, {until})")
-        yield record
-        start = record.offset + 1
+            if past_window:
+                if until is not None and record.timestamp_ns < until:
+                    raise _time_index_mismatch(record, f"it is at or after offset_at(until={until}) = {stop}")
+                return
+            if (since is not None and record.timestamp_ns < since) or (
+                until is not None and record.timestamp_ns >= until
+            ):
+                raise _time_index_mismatch(record, f"the time index puts it in the window [{since}, {until})")
+            yield record
+            start = record.offset + 1
+    finally:
+        close = getattr(walk, "close", None)  # a walk left early (an error, the window's end) holds a file
+        if close is not None:
+            close()
 
 
 def _time_index_mismatch(record: Record, claim: str) -> CatalogMismatch:

@@ -61,6 +61,7 @@ from typing import Protocol, cast
 import blake3
 import zstandard
 
+from hybridlog.native import long_hash, speedups
 from hybridlog.types import MAX_EVENT_SIZE, ChainHash, RecordKind
 
 MAGIC = b"HLR1"
@@ -108,6 +109,8 @@ assert HEADER_SIZE == 112
 assert HEADER.size == HASHED_HEADER.size + 32  # the hash ends the header
 assert FORMAT_VERSION == 2  # append_frames writes the literal 2
 assert HEADER_V1_SIZE == 104
+
+_frame_plain = speedups.frame_plain if speedups is not None else None
 
 
 def record_hash(
@@ -422,6 +425,20 @@ def append_frames(
     again only for a record whose flags are not 0: compressed, or the batch's last), hashes it
     with the payload in one hasher, and makes no per-record objects besides the frame bytes.
     """
+    if compressor is None and _frame_plain is not None:  # the compiled twin of this loop (native.py)
+        return FramedRecords(
+            *_frame_plain(
+                out,
+                records,
+                stream_id,
+                first_offset,
+                first_global_position,
+                timestamp_ns,
+                prev_hash,
+                batch_end,
+                long_hash,
+            )
+        )
     hasher, pack_head = blake3.blake3(), HASHED_HEADER.pack  # one hasher, reset per record: cheaper than a new one
     ends: list[int] = []
     specials: list[tuple[int, int, bytes]] = []

@@ -38,6 +38,7 @@ from hybridlog.errors import (
 )
 from hybridlog.layout import dictionary_name, segment_path
 from hybridlog.markers import is_cut_jump, unavailable
+from hybridlog.native import long_hash, speedups
 from hybridlog.record import (
     CHECKSUM,
     CHECKSUM_SIZE,
@@ -163,6 +164,8 @@ def reverify_frame(
             and stored_len == raw_len == len(frame) - HEADER_SIZE
         ):
             payload = frame[HEADER_SIZE:]
+            if _record_hash is not None:  # the compiled twin of the two lines below (native.py)
+                return (kind, payload) if _record_hash(frame, payload, long_hash) == verified_hash else None
             # the hash covers the header as written with flags 0 (record.py)
             head = frame[:HASH_FIELD] if not flags else frame[:6] + b"\x00" + frame[7:HASH_FIELD]
             return (kind, payload) if blake3.blake3(head).update(payload).digest() == verified_hash else None
@@ -187,6 +190,8 @@ def reverify_frame(
 
 _CHUNK = 1 << 20
 _KINDS = (RecordKind.EVENT, RecordKind.CHECKPOINT, RecordKind.REPAIR)
+_walk_plain = speedups.walk_plain if speedups is not None else None
+_record_hash = speedups.record_hash if speedups is not None else None
 
 WalkedFrame = tuple[Record, int, int, bool]
 """A verified record and its frame: record, byte position, frame size, batch end."""
@@ -255,10 +260,24 @@ class SegmentWalk:
         sid, end, head_offset, head = self.stream_id, self.end, self.head_offset, self.head
         buf, base = b"", self.position  # buf holds the file's bytes from ``base`` on
         unpack_v2, unpack_v1, unpack_checksum = HEADER.unpack_from, HEADER_V1.unpack_from, CHECKSUM.unpack_from
-        new_record, hasher, kinds = Record, blake3.blake3(), _KINDS
+        new_record, hasher, kinds, walk_plain = Record, blake3.blake3(), _KINDS, _walk_plain
         position, expected, link, last_position = self.position, self.expected, self.prev, self.last_position
+        anchor = self.anchor
         while position < end:
             at = position - base
+            if walk_plain is not None and len(buf) - at >= HEADER_SIZE and buf[at + VERSION_BYTE] == 2:
+                # The compiled twin of this loop (native.py) takes the run of plain format-2 frames
+                # from here; it stops at the first frame it does not vouch for, which the loop below
+                # then takes (reading on, decompressing, or finding it bad) exactly as without it.
+                items, at, position, expected, link, last_position = walk_plain(
+                    buf, at, position, end, sid, expected, link, anchor, head_offset, head, last_position, kinds,
+                    frames, long_hash,
+                )  # fmt: skip
+                if items:
+                    self.position, self.expected, self.prev = position, expected, link
+                    self.last_position = last_position
+                    yield from items
+                    continue
             if len(buf) - at < HEADER_SIZE:
                 buf, base, at = self._refill(buf, base, at, HEADER_SIZE)
                 if len(buf) - at < HEADER_SIZE:

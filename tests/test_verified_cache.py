@@ -27,6 +27,7 @@ from hybridlog import (
     RecordsCut,
     Storage,
     StreamId,
+    walk,
 )
 from hybridlog.layout import segment_path
 from hybridlog.record import FRAME_OVERHEAD, HEADER_SIZE, record_hash
@@ -163,6 +164,15 @@ def counting_hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr("hybridlog.walk.record_hash", counted)
     monkeypatch.setattr("hybridlog.walk.blake3", SimpleNamespace(blake3=CountedHasher))
+    compiled_hash = walk._record_hash  # the compiled helper's, where it is used (native.py)
+    if compiled_hash is not None:
+
+        def counted_compiled(*args: Any) -> bytes:
+            counter[0] += 1
+            return compiled_hash(*args)  # type: ignore[no-any-return]
+
+        monkeypatch.setattr("hybridlog.walk._record_hash", counted_compiled)
+    monkeypatch.setattr("hybridlog.walk._walk_plain", None)  # walks hash through what is counted above
     return counter
 
 

@@ -1,0 +1,369 @@
+/* hybridlog._speedups: the two hot loops of format 2 in C, each the exact twin of a Python loop.
+ *
+ *   frame_plain  the append loop for uncompressed records (record.append_frames, compressor None);
+ *   walk_plain   the read loop's common case (walk.SegmentWalk._fast): a run of whole, plain format-2
+ *                frames (uncompressed, flags 0 or batch end) that verify; it stops, saying where, at
+ *                the first frame it does not vouch for, and the Python loop carries on from there.
+ *
+ * Both hash a record as record.py says: BLAKE3 over the header's first 80 bytes as written with
+ * flags 0, then the payload. When header and payload fit in one BLAKE3 chunk (1024 bytes: payloads
+ * up to 944 bytes) the hash is computed here, from the BLAKE3 specification (one chunk, which is
+ * then the root: no tree); longer records are hashed by the ``blake3`` package through the
+ * ``long_hash`` callable the caller passes. ``native.py`` loads this module, and HYBRIDLOG_PURE=1
+ * makes hybridlog run without it; the test suite runs both ways and compares their bytes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+/* --- BLAKE3, one chunk -------------------------------------------------------------------------- */
+
+static const uint32_t IV[8] = {0x6A09E667u, 0xBB67AE85u, 0x3C6EF372u, 0xA54FF53Au,
+                               0x510E527Fu, 0x9B05688Cu, 0x1F83D9ABu, 0x5BE0CD19u};
+static const uint8_t PERMUTATION[16] = {2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8};
+enum { CHUNK_START = 1, CHUNK_END = 2, ROOT = 8, BLOCK = 64, CHUNK = 1024 };
+
+static inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+static inline uint32_t load32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline uint64_t load64(const uint8_t *p) { return (uint64_t)load32(p) | ((uint64_t)load32(p + 4) << 32); }
+static inline void store32(uint8_t *p, uint32_t x) {
+    p[0] = (uint8_t)x; p[1] = (uint8_t)(x >> 8); p[2] = (uint8_t)(x >> 16); p[3] = (uint8_t)(x >> 24);
+}
+static inline void store64(uint8_t *p, uint64_t x) { store32(p, (uint32_t)x); store32(p + 4, (uint32_t)(x >> 32)); }
+
+/* The message word order of each of the 7 rounds: round r uses PERMUTATION applied r times
+ * (filled in by ``init_schedule`` when the module loads). */
+static uint8_t SCHEDULE[7][16];
+
+static void init_schedule(void) {
+    for (int i = 0; i < 16; i++) SCHEDULE[0][i] = (uint8_t)i;
+    for (int r = 1; r < 7; r++)
+        for (int i = 0; i < 16; i++) SCHEDULE[r][i] = SCHEDULE[r - 1][PERMUTATION[i]];
+}
+
+#define G(a, b, c, d, x, y)                                 \
+    do {                                                    \
+        a = a + b + (x); d = rotr(d ^ a, 16);               \
+        c = c + d;       b = rotr(b ^ c, 12);               \
+        a = a + b + (y); d = rotr(d ^ a, 8);                \
+        c = c + d;       b = rotr(b ^ c, 7);                \
+    } while (0)
+
+/* The compression function with chunk counter 0: cv becomes the first half of its output. */
+static void compress(uint32_t cv[8], const uint8_t block[BLOCK], uint32_t block_len, uint32_t flags) {
+    uint32_t m[16];
+    for (int i = 0; i < 16; i++) m[i] = load32(block + 4 * i);
+    uint32_t s0 = cv[0], s1 = cv[1], s2 = cv[2], s3 = cv[3], s4 = cv[4], s5 = cv[5], s6 = cv[6], s7 = cv[7];
+    uint32_t s8 = IV[0], s9 = IV[1], s10 = IV[2], s11 = IV[3], s12 = 0, s13 = 0, s14 = block_len, s15 = flags;
+    for (int r = 0; r < 7; r++) {
+        const uint8_t *w = SCHEDULE[r];
+        G(s0, s4, s8, s12, m[w[0]], m[w[1]]);
+        G(s1, s5, s9, s13, m[w[2]], m[w[3]]);
+        G(s2, s6, s10, s14, m[w[4]], m[w[5]]);
+        G(s3, s7, s11, s15, m[w[6]], m[w[7]]);
+        G(s0, s5, s10, s15, m[w[8]], m[w[9]]);
+        G(s1, s6, s11, s12, m[w[10]], m[w[11]]);
+        G(s2, s7, s8, s13, m[w[12]], m[w[13]]);
+        G(s3, s4, s9, s14, m[w[14]], m[w[15]]);
+    }
+    cv[0] = s0 ^ s8; cv[1] = s1 ^ s9; cv[2] = s2 ^ s10; cv[3] = s3 ^ s11;
+    cv[4] = s4 ^ s12; cv[5] = s5 ^ s13; cv[6] = s6 ^ s14; cv[7] = s7 ^ s15;
+}
+
+/* BLAKE3 (32 bytes) of an input of at most one chunk, which is then the root node. */
+static void hash_one_chunk(const uint8_t *in, size_t len, uint8_t out[32]) {
+    uint32_t cv[8];
+    uint8_t block[BLOCK];
+    size_t at = 0;
+    memcpy(cv, IV, sizeof cv);
+    do {
+        size_t n = len - at < BLOCK ? len - at : BLOCK;
+        uint32_t flags = at == 0 ? CHUNK_START : 0;
+        if (at + n == len) flags |= CHUNK_END | ROOT;
+        memset(block, 0, BLOCK);
+        memcpy(block, in + at, n);
+        compress(cv, block, (uint32_t)n, flags);
+        at += n;
+    } while (at < len);
+    for (int i = 0; i < 8; i++) store32(out + 4 * i, cv[i]);
+}
+
+/* --- the record hash -------------------------------------------------------------------------- */
+
+enum { HASHED = 80, HEADER = 112, FLAGS_AT = 6, LONGEST_HERE = CHUNK - HASHED, FLAG_BATCH_END = 2 };
+#define MAX_STORED_LEN (64u * 1024u * 1024u) /* record.MAX_STORED_LEN */
+static const uint8_t MAGIC[4] = {'H', 'L', 'R', '1'};
+
+/* The record hash of ``header`` (its first 80 bytes; the flags byte is taken as 0) and ``payload``.
+ * Returns 0, or -1 with a Python error set (only ``long_hash`` can fail). */
+static int record_hash(const uint8_t *header, const uint8_t *payload, size_t len, PyObject *long_hash,
+                       uint8_t out[32]) {
+    if (len <= LONGEST_HERE) {
+        uint8_t message[CHUNK];
+        memcpy(message, header, HASHED);
+        message[FLAGS_AT] = 0;
+        memcpy(message + HASHED, payload, len);
+        hash_one_chunk(message, HASHED + len, out);
+        return 0;
+    }
+    uint8_t head[HASHED];
+    memcpy(head, header, HASHED);
+    head[FLAGS_AT] = 0;
+    PyObject *result = PyObject_CallFunction(long_hash, "y#y#", (const char *)head, (Py_ssize_t)HASHED,
+                                             (const char *)payload, (Py_ssize_t)len);
+    if (result == NULL) return -1;
+    if (!PyBytes_Check(result) || PyBytes_GET_SIZE(result) != 32) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_TypeError, "long_hash must return 32 bytes");
+        return -1;
+    }
+    memcpy(out, PyBytes_AS_STRING(result), 32);
+    Py_DECREF(result);
+    return 0;
+}
+
+static PyObject *py_record_hash(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer header, payload;
+    PyObject *long_hash;
+    if (!PyArg_ParseTuple(args, "y*y*O", &header, &payload, &long_hash)) return NULL;
+    PyObject *result = NULL;
+    uint8_t own[32];
+    if (header.len < HASHED) {
+        PyErr_SetString(PyExc_ValueError, "header must hold at least 80 bytes");
+    } else if (record_hash(header.buf, payload.buf, (size_t)payload.len, long_hash, own) == 0) {
+        result = PyBytes_FromStringAndSize((const char *)own, 32);
+    }
+    PyBuffer_Release(&header);
+    PyBuffer_Release(&payload);
+    return result;
+}
+
+/* --- frame_plain ---------------------------------------------------------------------------------- */
+
+static PyObject *py_frame_plain(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *out, *records, *prev, *long_hash;
+    unsigned long long sid, offset, position, timestamp;
+    int batch_end;
+    if (!PyArg_ParseTuple(args, "O!OKKKKSpO", &PyByteArray_Type, &out, &records, &sid, &offset, &position,
+                          &timestamp, &prev, &batch_end, &long_hash))
+        return NULL;
+    if (PyBytes_GET_SIZE(prev) != 32) return PyErr_Format(PyExc_ValueError, "prev_hash must be 32 bytes");
+    PyObject *seq = PySequence_Fast(records, "records must be a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject *ends = PyList_New(count), *specials = PyList_New(0), *last = NULL, *result = NULL;
+    Py_buffer *views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
+    long *kinds = PyMem_Calloc(count ? (size_t)count : 1, sizeof(long));
+    Py_ssize_t got = 0, total = 0;
+    if (ends == NULL || specials == NULL || views == NULL || kinds == NULL) goto done;
+    for (; got < count; got++) {  /* every payload's bytes first, so the buffer grows once */
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, got);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_TypeError, "records must be (kind, payload) pairs");
+            goto done;
+        }
+        kinds[got] = PyLong_AsLong(PyTuple_GET_ITEM(item, 0));
+        if (kinds[got] == -1 && PyErr_Occurred()) goto done;
+        if (kinds[got] < 0 || kinds[got] > 255) {
+            PyErr_SetString(PyExc_ValueError, "record kind out of range");
+            goto done;
+        }
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 1), &views[got], PyBUF_SIMPLE) < 0) goto done;
+        if ((unsigned long long)views[got].len > 0xFFFFFFFFull) {
+            got++;
+            PyErr_SetString(PyExc_ValueError, "payload too large for a frame");
+            goto done;
+        }
+        total += HEADER + views[got].len;
+    }
+    Py_ssize_t start = PyByteArray_GET_SIZE(out);
+    if (PyByteArray_Resize(out, start + total) < 0) goto done;
+    uint8_t *at = (uint8_t *)PyByteArray_AS_STRING(out) + start;
+    uint8_t link[32];
+    memcpy(link, PyBytes_AS_STRING(prev), 32);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint32_t len = (uint32_t)views[i].len;
+        memcpy(at, MAGIC, 4);
+        at[4] = 2; at[5] = (uint8_t)kinds[i]; at[6] = 0; at[7] = 0;
+        store64(at + 8, sid); store64(at + 16, offset + (uint64_t)i); store64(at + 24, position + (uint64_t)i);
+        store64(at + 32, timestamp); store32(at + 40, len); store32(at + 44, len);
+        memcpy(at + 48, link, 32);
+        memcpy(at + HEADER, views[i].buf, len);
+        if (record_hash(at, at + HEADER, len, long_hash, link) < 0) goto done;
+        memcpy(at + HASHED, link, 32);
+        if (batch_end && i == count - 1) at[FLAGS_AT] = FLAG_BATCH_END;
+        at += HEADER + len;
+        PyObject *end = PyLong_FromSsize_t(at - (uint8_t *)PyByteArray_AS_STRING(out));
+        if (end == NULL) goto done;
+        PyList_SET_ITEM(ends, i, end);
+        if (kinds[i]) {
+            PyObject *special = Py_BuildValue("(nly#)", i, kinds[i], (const char *)link, (Py_ssize_t)32);
+            if (special == NULL || PyList_Append(specials, special) < 0) {
+                Py_XDECREF(special);
+                goto done;
+            }
+            Py_DECREF(special);
+        }
+    }
+    last = count ? PyBytes_FromStringAndSize((const char *)link, 32) : Py_NewRef(prev);
+    if (last != NULL) result = PyTuple_Pack(3, ends, specials, last);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(kinds);
+    Py_XDECREF(ends);
+    Py_XDECREF(specials);
+    Py_XDECREF(last);
+    Py_DECREF(seq);
+    return result;
+}
+
+/* --- walk_plain ----------------------------------------------------------------------------------- */
+
+/* Where each field of a ``Record`` lives in its instances (``__slots__``), found once by
+ * ``bind_record``: records are built here as the Python class's own __new__ would fill them. */
+static const char *const RECORD_FIELDS[8] = {"stream_id", "prev_hash", "hash", "payload",
+                                             "offset", "kind", "timestamp_ns", "global_position"};
+static PyTypeObject *record_type = NULL;
+static Py_ssize_t record_offsets[8];
+
+static PyObject *py_bind_record(PyObject *Py_UNUSED(self), PyObject *type) {
+    if (!PyType_Check(type)) return PyErr_Format(PyExc_TypeError, "bind_record takes the Record class");
+    PyObject *dict = ((PyTypeObject *)type)->tp_dict;
+    for (int i = 0; i < 8; i++) {
+        PyObject *descr = PyDict_GetItemString(dict, RECORD_FIELDS[i]);
+        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type))
+            return PyErr_Format(PyExc_TypeError, "Record has no slot %s", RECORD_FIELDS[i]);
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != T_OBJECT_EX && member->type != T_OBJECT)
+            return PyErr_Format(PyExc_TypeError, "Record's slot %s is not an object slot", RECORD_FIELDS[i]);
+        record_offsets[i] = member->offset;
+    }
+    Py_XSETREF(record_type, (PyTypeObject *)Py_NewRef(type));
+    Py_RETURN_NONE;
+}
+
+/* A new Record holding the eight given objects (references stolen, NULL-safe: NULL fails it). */
+static PyObject *new_record(PyObject *fields[8]) {
+    PyObject *record = NULL;
+    for (int i = 0; i < 8; i++)
+        if (fields[i] == NULL) goto fail;
+    record = record_type->tp_alloc(record_type, 0);
+    if (record == NULL) goto fail;
+    for (int i = 0; i < 8; i++) *(PyObject **)((char *)record + record_offsets[i]) = fields[i];
+    return record;
+fail:
+    for (int i = 0; i < 8; i++) Py_XDECREF(fields[i]);
+    return NULL;
+}
+
+static PyObject *py_walk_plain(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t at, position, end;
+    PyObject *sid_obj, *link, *anchor, *head, *kinds, *long_hash;
+    unsigned long long expected, last_position;
+    long long head_offset;
+    int frames;
+    if (!PyArg_ParseTuple(args, "y*nnnOKOOLOKO!pO", &buf, &at, &position, &end, &sid_obj, &expected, &link,
+                          &anchor, &head_offset, &head, &last_position, &PyTuple_Type, &kinds, &frames,
+                          &long_hash))
+        return NULL;
+    PyObject *items = NULL, *result = NULL;
+    if (record_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "bind_record was not called");
+        goto done;
+    }
+    unsigned long long sid = PyLong_AsUnsignedLongLong(sid_obj);
+    if (sid == (unsigned long long)-1 && PyErr_Occurred()) goto done;
+    items = PyList_New(0);
+    if (items == NULL) goto done;
+    Py_INCREF(link);  /* the hash the next record must link to (None: it must be ``anchor``) */
+    const uint8_t *data = buf.buf;
+    while (position < end) {
+        if (buf.len - at < HEADER) break;  /* the caller reads on */
+        const uint8_t *h = data + at;
+        uint32_t stored_len = load32(h + 40), raw_len = load32(h + 44);
+        uint8_t kind = h[5], flags = h[6];
+        uint64_t offset = load64(h + 16), gp = load64(h + 24);
+        Py_ssize_t size = HEADER + (Py_ssize_t)stored_len;
+        if (memcmp(h, MAGIC, 4) != 0 || h[4] != 2 || h[7] != 0 || kind > 2 || (flags != 0 && flags != FLAG_BATCH_END)
+            || stored_len != raw_len || stored_len > MAX_STORED_LEN)
+            break;
+        if (gp <= last_position || load64(h + 8) != sid || offset != expected || position + size > end
+            || buf.len - at < size)
+            break;
+        uint8_t own[32];
+        if (record_hash(h, h + HEADER, stored_len, long_hash, own) < 0) {
+            Py_DECREF(link);
+            goto done;
+        }
+        if (memcmp(own, h + HASHED, 32) != 0) break;
+        if (link == Py_None) {
+            if (!PyBytes_Check(anchor) || PyBytes_GET_SIZE(anchor) != 32 || memcmp(own, PyBytes_AS_STRING(anchor), 32))
+                break;
+        } else if (memcmp(h + 48, PyBytes_AS_STRING(link), 32) != 0) {
+            break;
+        }
+        if ((long long)offset == head_offset
+            && (!PyBytes_Check(head) || PyBytes_GET_SIZE(head) != 32 || memcmp(own, PyBytes_AS_STRING(head), 32)))
+            break;
+        PyObject *kind_obj = PyTuple_GET_ITEM(kinds, kind);
+        PyObject *own_obj = PyBytes_FromStringAndSize((const char *)own, 32);
+        PyObject *prev_obj = link == Py_None ? PyBytes_FromStringAndSize((const char *)h + 48, 32) : Py_NewRef(link);
+        PyObject *fields[8] = {Py_NewRef(sid_obj), prev_obj, Py_XNewRef(own_obj),
+                               PyBytes_FromStringAndSize((const char *)h + HEADER, stored_len),
+                               PyLong_FromUnsignedLongLong(offset), Py_NewRef(kind_obj),
+                               PyLong_FromUnsignedLongLong(load64(h + 32)), PyLong_FromUnsignedLongLong(gp)};
+        PyObject *record = new_record(fields);
+        PyObject *item = record;
+        if (record != NULL && frames) {
+            item = Py_BuildValue("(NnnO)", record, position, size, (flags & FLAG_BATCH_END) ? Py_True : Py_False);
+        }
+        if (item == NULL || PyList_Append(items, item) < 0) {
+            Py_XDECREF(item);
+            Py_XDECREF(own_obj);
+            Py_DECREF(link);
+            goto done;
+        }
+        Py_DECREF(item);
+        Py_SETREF(link, own_obj);
+        at += size;
+        position += size;
+        expected = offset + 1;
+        last_position = gp;
+    }
+    result = Py_BuildValue("(NnnKNK)", items, at, position, expected, link, last_position);
+    items = NULL;
+done:
+    Py_XDECREF(items);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+/* --- the module ------------------------------------------------------------------------------------ */
+
+static PyMethodDef methods[] = {
+    {"record_hash", py_record_hash, METH_VARARGS,
+     "record_hash(header, payload, long_hash) -> bytes: a format-2 record's hash (record.py)."},
+    {"frame_plain", py_frame_plain, METH_VARARGS,
+     "frame_plain(out, records, stream_id, first_offset, first_global_position, timestamp_ns, prev_hash,"
+     " batch_end, long_hash) -> (ends, specials, last_hash): record.append_frames without compression."},
+    {"bind_record", py_bind_record, METH_O, "bind_record(Record): the class walk_plain builds."},
+    {"walk_plain", py_walk_plain, METH_VARARGS,
+     "walk_plain(buf, at, position, end, stream_id, expected, link, anchor, head_offset, head, last_position,"
+     " kinds, frames, long_hash) -> (items, at, position, expected, link, last_position)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_speedups", "The hot loops of format 2 in C.", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    init_schedule();
+    return PyModule_Create(&module);
+}

@@ -3,9 +3,11 @@
  *   frame_plain  the append loop for uncompressed records (record.append_frames, compressor None);
  *   walk_plain   the read loop's common case (walk.SegmentWalk._fast): a run of whole, plain format-2
  *                frames (uncompressed, flags 0 or batch end) that verify; it stops, saying where, at
- *                the first frame it does not vouch for, and the Python loop carries on from there.
+ *                the first frame it does not vouch for, and the Python loop carries on from there;
+ *   scan_plain   a rebuild's scan of such frames (events and checkpoints), straight to ``batches``
+ *                rows (scan.scan_plain_stream): the rows Catalog.insert_records makes of them.
  *
- * Both hash a record as record.py says: BLAKE3 over the header's first 80 bytes as written with
+ * Each hashes a record as record.py says: BLAKE3 over the header's first 80 bytes as written with
  * flags 0, then the payload. When header and payload fit in one BLAKE3 chunk (1024 bytes: payloads
  * up to 944 bytes) the hash is computed here, from the BLAKE3 specification (one chunk, which is
  * then the root: no tree); longer records are hashed by the ``blake3`` package through the
@@ -277,6 +279,10 @@ static PyObject *py_walk_plain(PyObject *Py_UNUSED(self), PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "bind_record was not called");
         goto done;
     }
+    if (PyTuple_GET_SIZE(kinds) < 3) {
+        PyErr_SetString(PyExc_ValueError, "kinds must hold the three record kinds");
+        goto done;
+    }
     unsigned long long sid = PyLong_AsUnsignedLongLong(sid_obj);
     if (sid == (unsigned long long)-1 && PyErr_Occurred()) goto done;
     items = PyList_New(0);
@@ -344,6 +350,181 @@ done:
     return result;
 }
 
+/* --- scan_plain ----------------------------------------------------------------------------------- */
+
+/* A growable array of u32 frame ends and one of kind bytes: the open ``batches`` row. */
+typedef struct {
+    uint32_t *ends;
+    uint8_t *kinds;
+    Py_ssize_t count, capacity;
+} RowBuffer;
+
+static int row_reserve(RowBuffer *row, Py_ssize_t count) {
+    if (count <= row->capacity) return 0;
+    Py_ssize_t capacity = row->capacity ? row->capacity * 2 : 256;
+    while (capacity < count) capacity *= 2;
+    uint32_t *ends = PyMem_Realloc(row->ends, (size_t)capacity * sizeof(uint32_t));
+    if (ends == NULL) return -1;
+    row->ends = ends;
+    uint8_t *kinds = PyMem_Realloc(row->kinds, (size_t)capacity);
+    if (kinds == NULL) return -1;
+    row->kinds = kinds;
+    row->capacity = capacity;
+    return 0;
+}
+
+/* The ``batches`` row (catalog_rows.BatchRow) of the open run, appended to ``rows``. */
+static int close_row(PyObject *rows, PyObject *sid_obj, uint64_t gp, uint64_t first_offset, long segment_no,
+                     Py_ssize_t position, uint64_t ts, RowBuffer *row) {
+    uint8_t *ends = PyMem_Malloc(row->count ? (size_t)row->count * 4 : 1);
+    if (ends == NULL) return -1;
+    int any_kind = 0;
+    for (Py_ssize_t i = 0; i < row->count; i++) {
+        store32(ends + 4 * i, row->ends[i]);
+        any_kind |= row->kinds[i];
+    }
+    PyObject *kinds = any_kind ? PyBytes_FromStringAndSize((const char *)row->kinds, row->count) : Py_NewRef(Py_None);
+    PyObject *tuple = kinds == NULL ? NULL
+                                    : Py_BuildValue("(KOKnlny#NK)", (unsigned long long)gp, sid_obj,
+                                                    (unsigned long long)first_offset, row->count, segment_no,
+                                                    position, (const char *)ends, row->count * 4, kinds,
+                                                    (unsigned long long)ts);
+    PyMem_Free(ends);
+    if (tuple == NULL) return -1;
+    int failed = PyList_Append(rows, tuple);
+    Py_DECREF(tuple);
+    row->count = 0;
+    return failed;
+}
+
+static PyObject *py_scan_plain(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t at, position, end;
+    PyObject *sid_obj, *link_obj, *long_hash;
+    unsigned long long expected, last_position;
+    long segment_no;
+    if (!PyArg_ParseTuple(args, "y*nnnOKSKlO", &buf, &at, &position, &end, &sid_obj, &expected, &link_obj,
+                          &last_position, &segment_no, &long_hash))
+        return NULL;
+    PyObject *rows = PyList_New(0), *checkpoints = PyList_New(0), *pending_checkpoints = NULL, *result = NULL;
+    RowBuffer row = {NULL, NULL, 0, 0};
+    unsigned long long sid = PyLong_AsUnsignedLongLong(sid_obj);
+    if (rows == NULL || checkpoints == NULL || (sid == (unsigned long long)-1 && PyErr_Occurred())) goto done;
+    if (PyBytes_GET_SIZE(link_obj) != 32) {
+        PyErr_SetString(PyExc_ValueError, "link must be 32 bytes");
+        goto done;
+    }
+    const uint8_t *data = buf.buf;
+    uint8_t link[32];
+    memcpy(link, PyBytes_AS_STRING(link_obj), 32);
+    /* What the complete batches so far add up to, and the open row (extended batch by batch). */
+    unsigned long long events = 0, payload_bytes = 0, stored_bytes = 0;
+    uint64_t row_gp = 0, row_offset = 0, row_ts = 0, row_next_gp = 0;
+    Py_ssize_t row_position = 0, row_next_position = -1;
+    /* The batch being read: where it began, and what it holds so far. */
+    Py_ssize_t batch_at = at, batch_position = position;
+    uint64_t batch_gp = 0, batch_ts = 0;
+    unsigned long long batch_events = 0, batch_payload = 0;
+    Py_ssize_t batch_count = 0, batch_checkpoints = 0;
+    uint64_t cursor_expected = expected, cursor_last = last_position;
+    uint8_t cursor_link[32];
+    memcpy(cursor_link, link, 32);
+    Py_ssize_t cursor_at = at, cursor_position = position;
+    pending_checkpoints = PyList_New(0);
+    if (pending_checkpoints == NULL) goto done;
+    while (cursor_position < end) {
+        if (buf.len - cursor_at < HEADER) break;
+        const uint8_t *h = data + cursor_at;
+        uint32_t stored_len = load32(h + 40), raw_len = load32(h + 44);
+        uint8_t kind = h[5], flags = h[6];
+        uint64_t offset = load64(h + 16), gp = load64(h + 24), ts = load64(h + 32);
+        Py_ssize_t size = HEADER + (Py_ssize_t)stored_len;
+        if (memcmp(h, MAGIC, 4) != 0 || h[4] != 2 || h[7] != 0 || kind > 1 || (flags != 0 && flags != FLAG_BATCH_END)
+            || stored_len != raw_len || stored_len > MAX_STORED_LEN)
+            break; /* a repair marker (kind 2), a compressed or unknown frame: the Python scan's */
+        if (gp <= cursor_last || load64(h + 8) != sid || offset != cursor_expected || cursor_position + size > end
+            || buf.len - cursor_at < size || memcmp(h + 48, cursor_link, 32) != 0)
+            break;
+        if (batch_count > 0 && (ts != batch_ts || gp != batch_gp + (uint64_t)batch_count)) break;
+        uint8_t own[32];
+        if (record_hash(h, h + HEADER, stored_len, long_hash, own) < 0) goto done;
+        if (memcmp(own, h + HASHED, 32) != 0) break;
+        if (batch_count == 0) {
+            batch_gp = gp;
+            batch_ts = ts;
+        }
+        /* the record joins the open row (its frame end relative to the row's first frame) */
+        int continues = row.count > 0 && (batch_count > 0 || (gp == row_next_gp && ts == row_ts
+                                                               && cursor_position == row_next_position));
+        if (!continues && batch_count == 0 && row.count > 0) {
+            if (close_row(rows, sid_obj, row_gp, row_offset, segment_no, row_position, row_ts, &row) < 0) goto done;
+        }
+        if (row.count == 0) {
+            row_gp = gp;
+            row_offset = offset;
+            row_ts = ts;
+            row_position = cursor_position;
+        }
+        if (row_reserve(&row, row.count + 1) < 0) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        row.ends[row.count] = (uint32_t)(cursor_position + size - row_position);
+        row.kinds[row.count] = kind;
+        row.count++;
+        batch_count++;
+        if (kind == 1) {
+            PyObject *checkpoint = Py_BuildValue("(Ky#K)", (unsigned long long)offset, (const char *)own,
+                                                 (Py_ssize_t)32, (unsigned long long)ts);
+            if (checkpoint == NULL || PyList_Append(pending_checkpoints, checkpoint) < 0) {
+                Py_XDECREF(checkpoint);
+                goto done;
+            }
+            Py_DECREF(checkpoint);
+            batch_checkpoints++;
+        } else {
+            batch_events++;
+            batch_payload += stored_len;
+        }
+        memcpy(cursor_link, own, 32);
+        cursor_at += size;
+        cursor_position += size;
+        cursor_expected = offset + 1;
+        cursor_last = gp;
+        if (flags & FLAG_BATCH_END) { /* the batch is complete: it counts */
+            if (PyList_SetSlice(checkpoints, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, pending_checkpoints) < 0) goto done;
+            if (PyList_SetSlice(pending_checkpoints, 0, PY_SSIZE_T_MAX, NULL) < 0) goto done;
+            events += batch_events;
+            payload_bytes += batch_payload;
+            stored_bytes += (unsigned long long)(cursor_position - batch_position);
+            batch_at = cursor_at;
+            batch_position = cursor_position;
+            expected = cursor_expected;
+            last_position = cursor_last;
+            memcpy(link, cursor_link, 32);
+            row_next_gp = cursor_last + 1;
+            row_next_position = cursor_position;
+            batch_count = 0;
+            batch_events = batch_payload = 0;
+            batch_checkpoints = 0;
+        }
+    }
+    /* an incomplete last batch is not taken: the open row loses its records */
+    row.count -= batch_count;
+    if (row.count > 0 && close_row(rows, sid_obj, row_gp, row_offset, segment_no, row_position, row_ts, &row) < 0)
+        goto done;
+    result = Py_BuildValue("(OOnnKy#KKKK)", rows, checkpoints, batch_at, batch_position, expected,
+                           (const char *)link, (Py_ssize_t)32, last_position, events, payload_bytes, stored_bytes);
+done:
+    Py_XDECREF(pending_checkpoints);
+    Py_XDECREF(rows);
+    Py_XDECREF(checkpoints);
+    PyMem_Free(row.ends);
+    PyMem_Free(row.kinds);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
 /* --- the module ------------------------------------------------------------------------------------ */
 
 static PyMethodDef methods[] = {
@@ -356,6 +537,10 @@ static PyMethodDef methods[] = {
     {"walk_plain", py_walk_plain, METH_VARARGS,
      "walk_plain(buf, at, position, end, stream_id, expected, link, anchor, head_offset, head, last_position,"
      " kinds, frames, long_hash) -> (items, at, position, expected, link, last_position)."},
+    {"scan_plain", py_scan_plain, METH_VARARGS,
+     "scan_plain(buf, at, position, end, stream_id, expected, link, last_position, segment_no, long_hash) ->"
+     " (rows, checkpoints, at, position, expected, link, last_position, events, payload_bytes, stored_bytes):"
+     " the batches rows of the complete batches of plain events and checkpoints from ``at`` (a rebuild's scan)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -30,8 +30,16 @@ from hybridlog.layout import (
     stream_path,
 )
 from hybridlog.quarantine import cut_tail, keep_catalog_aside, put_catalog_in_place, relative_name, remove_empty_segment
-from hybridlog.recovery import TORN_TAIL_FOUND, Adoption, Clock, ReconcileResult, commit_entries, store_adoption
-from hybridlog.scan import ScannedRecord
+from hybridlog.recovery import (
+    TORN_TAIL_FOUND,
+    Adoption,
+    Clock,
+    ReconcileResult,
+    commit_entries,
+    seal_all_but_last,
+    store_adoption,
+)
+from hybridlog.scan import PlainScan, ScannedRecord, scan_plain_stream
 from hybridlog.types import GENESIS_HASH, MarkerAction, Offset, RecordKind, RecoveryAction, StreamId
 
 log = logging.getLogger(__name__)
@@ -56,6 +64,9 @@ def index_stream(
     the catalog then ends before it, so reads stop before it. ``prior``: entries for what the
     caller already did to the files (``stream_repair.repair_stream``), logged first and in the same transaction.
     """
+    plain = scan_plain_stream(data_dir, stream_id)
+    if plain is not None:
+        return _index_plain(catalog, data_dir, stream_id, plain, now, found=found, prior=prior)
     result = ReconcileResult(stream_id, entries=list(prior or []))
     numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
     if numbers and segment_path(data_dir, stream_id, numbers[-1]).stat().st_size == 0:
@@ -106,6 +117,53 @@ def index_stream(
     log.info("stream %d: catalog rows rebuilt from segments: %d records", stream_id, next_offset)
     if result.damage is not None:
         log.error("%s", result.damage)
+    return result
+
+
+def _index_plain(
+    catalog: Catalog,
+    data_dir: Path,
+    stream_id: StreamId,
+    plain: PlainScan,
+    now: Clock,
+    *,
+    found: str,
+    prior: list[RecoveryEntry] | None,
+) -> ReconcileResult:
+    """``index_stream`` for a stream the compiled scan read whole (``scan.scan_plain_stream``): the
+    same rows and log entry, from its ``batches`` rows."""
+    result = ReconcileResult(stream_id, entries=list(prior or []))
+    result.foreign_files = segment_numbers_on_disk(stream_path(data_dir, stream_id))[1]
+    result.entries.append(
+        RecoveryEntry(
+            stream_id, found=found, action=RecoveryAction.REINDEXED, first_offset=0, next_offset=plain.next_offset
+        )
+    )
+    t = now()
+    with catalog.transaction():
+        catalog.raise_global_mark(catalog.last_global_position())  # positions of rows deleted now stay given out
+        catalog.forget_stream(stream_id)
+        for segment_no, first, nxt, size in plain.segments:
+            catalog.upsert_segment(
+                stream_id, segment_no, first_offset=first, next_offset=nxt, size_bytes=size, now_ns=t
+            )
+        catalog.insert_batches(plain.rows)
+        catalog.insert_checkpoints(plain.checkpoints)
+        catalog.upsert_stream(
+            stream_id,
+            next_offset=plain.next_offset,
+            chain_head=plain.head,
+            add_events=plain.events,
+            add_checkpoints=len(plain.checkpoints),
+            add_stored_bytes=plain.stored_bytes,
+            add_payload_bytes=plain.payload_bytes,
+            first_timestamp_ns=plain.rows[0][8],
+            last_timestamp_ns=plain.rows[-1][8],
+            now_ns=t,
+        )
+        seal_all_but_last(catalog, data_dir, stream_id, t)
+        commit_entries(catalog, result.entries, t)
+    log.info("stream %d: catalog rows rebuilt from segments: %d records", stream_id, plain.next_offset)
     return result
 
 

@@ -83,7 +83,8 @@ def commit_entries(catalog: Catalog, entries: list[RecoveryEntry], now_ns: int) 
         catalog.log_recovery(replace(entry, at_ns=now_ns))
 
 
-def _seal_all_but_last(catalog: Catalog, data_dir: Path, stream_id: StreamId, now_ns: int) -> None:
+def seal_all_but_last(catalog: Catalog, data_dir: Path, stream_id: StreamId, now_ns: int) -> None:
+    """Seal every segment of the stream but its last (digest of its file), where not sealed yet."""
     rows: list[SegmentRow] = catalog.segments(stream_id)
     for seg in rows[:-1]:
         if not seg.sealed:
@@ -194,7 +195,7 @@ def store_adoption(
             last_timestamp_ns=adoption.last_timestamp_ns,
             now_ns=now_ns,
         )
-    _seal_all_but_last(catalog, data_dir, stream_id, now_ns)
+    seal_all_but_last(catalog, data_dir, stream_id, now_ns)
 
 
 def reconcile_stream(catalog: Catalog, data_dir: Path, stream_id: StreamId, now: Clock) -> ReconcileResult:

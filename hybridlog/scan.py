@@ -5,6 +5,12 @@ batches, and says where and why it stopped early (``ScanProblem``, which ``diagn
 a torn last batch, a bad record, a dictionary it cannot use. Each verified record comes out as a
 ``ScannedRecord``: its index entry, hash, payload size, repair marker and the global position its
 frame carries.
+
+``scan_plain_stream`` is a rebuild's fast way through a whole stream whose every record is a plain
+(uncompressed, format-2) event or checkpoint, intact to the end: the compiled helper (``native.py``)
+verifies it and hands out ``batches`` rows directly, no object per record. Anything else (no helper,
+a repair marker, compression, format 1, damage, a torn tail) makes it return None, and the caller
+takes the record-by-record scan, whose rows it gives exactly.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from hybridlog.catalog_rows import IndexEntry
+from hybridlog.catalog_rows import BatchRow, CheckpointRow, IndexEntry, unpack_frame_ends
+from hybridlog.catalog_rows import pack_frame_ends as pack_ends
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import DictionaryUnusable, IntegrityError
-from hybridlog.layout import segment_path
+from hybridlog.layout import segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.markers import RepairMarker, decode_marker
+from hybridlog.native import long_hash, speedups
 from hybridlog.record import DictionarySource, FrameError
 from hybridlog.segment import SegmentReader
-from hybridlog.types import ChainHash, RecordKind, StreamId
+from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId
 from hybridlog.walk import SegmentWalk
 
 
@@ -124,3 +132,97 @@ class SegmentScan:
                 offset=pending[0].entry.offset,
             )
             self.pending = pending
+
+
+@dataclass(slots=True)
+class PlainScan:
+    """What ``scan_plain_stream`` found: the stream's ``batches`` and checkpoint rows, its segments
+    (segment_no, first offset, next offset, size), its head and the counts its streams row adds up."""
+
+    rows: list[BatchRow]
+    checkpoints: list[CheckpointRow]
+    segments: list[tuple[int, int, int, int]]
+    next_offset: int
+    head: ChainHash
+    events: int = 0
+    payload_bytes: int = 0
+    stored_bytes: int = 0
+
+
+_PLAIN_CHUNK = 1 << 20
+
+
+def scan_plain_stream(data_dir: Path, stream_id: StreamId) -> PlainScan | None:
+    """The stream's rows, read by the compiled scan, if every segment (numbered from 0, none empty)
+    holds nothing but complete batches of plain format-2 events and checkpoints that verify (see
+    the module docstring); else None."""
+    if speedups is None:
+        return None
+    numbers, _ = segment_numbers_on_disk(stream_path(data_dir, stream_id))
+    if not numbers or numbers != list(range(len(numbers))):
+        return None
+    found = PlainScan([], [], [], 0, GENESIS_HASH)
+    expected, link, last_position = 0, GENESIS_HASH, 0
+    for segment_no in numbers:
+        path = segment_path(data_dir, stream_id, segment_no)
+        first, position, want = expected, 0, _PLAIN_CHUNK
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            while position < size:
+                f.seek(position)
+                buf = f.read(min(want, size - position))
+                rows, checkpoints, _, reached, expected, link, last_position, events, payload, stored = (
+                    speedups.scan_plain(
+                        buf, 0, position, size, stream_id, expected, link, last_position, segment_no, long_hash
+                    )
+                )
+                if reached == position:  # not a whole batch in ``buf``: a longer one, or nothing plain
+                    if len(buf) == size - position:
+                        return None
+                    want *= 2
+                    continue
+                _merge_rows(found.rows, rows)
+                found.checkpoints += [CheckpointRow(stream_id, Offset(o), h, ts) for o, h, ts in checkpoints]
+                found.events += events
+                found.payload_bytes += payload
+                found.stored_bytes += stored
+                position, want = reached, _PLAIN_CHUNK
+        if size == 0:
+            return None
+        found.segments.append((segment_no, first, expected, size))
+    found.next_offset, found.head = expected, ChainHash(link)
+    return found
+
+
+def _merge_rows(rows: list[BatchRow], more: list[BatchRow]) -> None:
+    """Append ``more`` to ``rows``, the first joining the last when they continue one another in
+    one segment at one timestamp (``Catalog.insert_records`` makes one row of such a run)."""
+    if rows and more:
+        last, first = rows[-1], more[0]
+        ends = unpack_frame_ends(last[6])
+        if (
+            first[4] == last[4]
+            and first[0] == last[0] + last[3]
+            and first[8] == last[8]
+            and first[5] == last[5] + ends[-1]
+        ):
+            shift = ends[-1]
+            joined = list(ends) + [end + shift for end in unpack_frame_ends(first[6])]
+            kinds = (
+                None
+                if last[7] is None and first[7] is None
+                else (last[7] or bytes(last[3])) + (first[7] or bytes(first[3]))
+            )
+            rows[-1] = (
+                last[0],
+                last[1],
+                last[2],
+                last[3] + first[3],
+                last[4],
+                last[5],
+                pack_ends(joined),
+                kinds,
+                last[8],
+            )
+            more = more[1:]
+    rows.extend(more)

@@ -11,6 +11,9 @@ Contracts tested here:
 * A walk with ``walk_plain`` yields the same records and ends the same way (the same error, at the
   same place, or the same position) as the pure-Python walk, over intact frames, and over the same
   frames with any byte flipped or cut off.
+* A catalog rebuilt through ``scan_plain`` (``scan.scan_plain_stream``) has exactly the rows of one
+  rebuilt record by record, and a stream that is not all plain (compressed, torn, damaged) is left
+  to the record scan.
 
 These call the compiled module directly, so they test it in the pure-Python run too.
 """
@@ -22,14 +25,18 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+import apsw
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridlog import native, record, walk
+from hybridlog import CheckpointPolicy, CompressionKind, Storage, native, record, scan, walk
 from hybridlog.errors import StorageError
+from hybridlog.layout import CATALOG_FILE
 from hybridlog.record import FrameError, record_hash
 from hybridlog.segment import SegmentReader
+from hybridlog.testing.clocks import ManualClock
+from hybridlog.testing.damage import flip_byte, segment_files
 from hybridlog.types import GENESIS_HASH, Record, RecordKind, StreamId
 
 
@@ -177,3 +184,100 @@ def test_an_intact_segment_is_walked_by_the_c_loop_to_its_end(tmp_path: Path) ->
     assert [r[0].offset for r in records] == list(range(len(sizes)))  # type: ignore[index]
     assert [r[3] for r in records] == [i % 3 == 2 for i in range(len(sizes))]  # type: ignore[index]
     assert records == walk_outcome(path, use_c=False, frames=True)[0]
+
+
+# --- the rebuild's plain scan ------------------------------------------------------------------------
+
+CATALOG_TABLES = {
+    "batches": "SELECT * FROM batches ORDER BY global_position",
+    "checkpoints": "SELECT * FROM checkpoints ORDER BY stream_id, offset",
+    "segments": "SELECT stream_id, segment_no, first_offset, next_offset, size_bytes, sealed, digest FROM segments"
+    " ORDER BY stream_id, segment_no",
+    "streams": "SELECT stream_id, next_offset, chain_head, event_count, checkpoint_count, stored_bytes,"
+    " payload_bytes, first_timestamp_ns, last_timestamp_ns FROM streams ORDER BY stream_id",
+    "global_order": "SELECT * FROM global_order",
+}
+
+
+def rebuilt_rows(store_dir: Path, *, plain: bool) -> dict[str, list[tuple[object, ...]]]:
+    """Every catalog row a whole-catalog rebuild writes, by the plain scan or record by record."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scan, "speedups", compiled() if plain else None)
+        with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+            store.rebuild_catalog()
+    connection = apsw.Connection(str(store_dir / CATALOG_FILE), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return {name: list(connection.execute(sql)) for name, sql in CATALOG_TABLES.items()}
+    finally:
+        connection.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batches=st.lists(st.tuples(st.integers(0, 3), st.integers(1, 40), st.integers(0, 600)), min_size=1, max_size=40),
+    every=st.sampled_from([None, 3, 25]),
+    segment_size=st.sampled_from([4096, 64 * 1024]),
+    tick=st.sampled_from([0, 1]),
+    chunk=st.sampled_from([512, 4096, 1 << 20]),
+)
+def test_the_plain_scan_rebuilds_the_rows_the_record_scan_does(
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[tuple[int, int, int]],
+    every: int | None,
+    segment_size: int,
+    tick: int,
+    chunk: int,
+) -> None:
+    """Streams interleaved, checkpoints, rotations, and (``tick`` 0) batches that share a timestamp,
+    which one ``batches`` row holds when they follow one another; read in reads of ``chunk`` bytes
+    (a row then joins across them, and a batch longer than a read takes a longer one)."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(scan, "_PLAIN_CHUNK", chunk)
+    patch.setattr(scan, "speedups", compiled())  # in the pure-Python run too
+    try:
+        check_plain_rebuild(tmp_path_factory, batches, every, segment_size, tick)
+    finally:
+        patch.undo()
+
+
+def check_plain_rebuild(
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[tuple[int, int, int]],
+    every: int | None,
+    segment_size: int,
+    tick: int,
+) -> None:
+    store_dir = tmp_path_factory.mktemp("plain") / "store"
+    clock = ManualClock()
+    policy = CheckpointPolicy.every(every, on_close=False) if every else CheckpointPolicy.explicit()
+    with Storage(store_dir, clock=clock, checkpoint_policy=policy, max_segment_size=segment_size) as store:
+        for sid, count, size in batches:
+            clock.now += tick
+            store.append(sid, [bytes([sid + 1]) * size] * count, fsync=False)
+    assert all(scan.scan_plain_stream(store_dir, StreamId(sid)) is not None for sid, _, _ in batches)
+    assert rebuilt_rows(store_dir, plain=True) == rebuilt_rows(store_dir, plain=False)
+
+
+def test_the_plain_scan_leaves_what_is_not_plain_to_the_record_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compressed stream, a torn tail, damage: no plain rows, and the rebuild is the record scan's."""
+    monkeypatch.setattr(scan, "speedups", compiled())  # in the pure-Python run too
+    store_dir = tmp_path / "store"
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit(), compression=CompressionKind.ZSTD) as store:
+        store.append(1, [b"squeezable " * 20] * 5)
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        store.append(2, [b"plain"] * 5)
+        store.append(3, [b"plain"] * 5)
+    assert scan.scan_plain_stream(store_dir, StreamId(1)) is None  # compressed
+    found = scan.scan_plain_stream(store_dir, StreamId(2))
+    assert found is not None
+    assert (found.next_offset, len(found.rows)) == (5, 1)
+    (segment,) = segment_files(store_dir, 3)
+    with segment.open("ab") as f:
+        f.write(b"HLR1\x02")  # a torn tail
+    assert scan.scan_plain_stream(store_dir, StreamId(3)) is None
+    flip_byte(segment_files(store_dir, 2)[0], 200)  # damage in the middle: the record scan reports it
+    assert scan.scan_plain_stream(store_dir, StreamId(2)) is None
+    rows = rebuilt_rows(store_dir, plain=True)
+    assert rows == rebuilt_rows(store_dir, plain=False)

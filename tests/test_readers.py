@@ -164,7 +164,7 @@ def assert_reads_whole(reader: Storage, expected: dict[int, list[Record]]) -> No
     [
         ("index_stream", []),  # the whole-catalog rebuild, between two streams
         ("_install_catalog", []),  # the whole-catalog rebuild, built and about to be put in place
-        ("insert_records", ["--stream", "2"]),  # one stream's reindex, inside its transaction
+        ("insert_batches", ["--stream", "2"]),  # one stream's reindex, inside its transaction
     ],
 )
 def test_a_reader_opening_during_rebuild_index_sees_the_old_catalog_whole(
@@ -273,7 +273,7 @@ def run_paused_rebuild_index(store_dir: Path, step: str, args: list[str]) -> Non
     from hybridlog import catalog, catalog_rebuild
     from hybridlog.cli import cli
 
-    owner = catalog.Catalog if step == "insert_records" else catalog_rebuild
+    owner = catalog.Catalog if step == "insert_batches" else catalog_rebuild
     original = getattr(owner, step)
     calls = [0]
     to_parent, from_parent = sys.stdout, sys.stdin  # CliRunner swaps sys.stdout and sys.stdin

@@ -24,7 +24,6 @@
 
 static const uint32_t IV[8] = {0x6A09E667u, 0xBB67AE85u, 0x3C6EF372u, 0xA54FF53Au,
                                0x510E527Fu, 0x9B05688Cu, 0x1F83D9ABu, 0x5BE0CD19u};
-static const uint8_t PERMUTATION[16] = {2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8};
 enum { CHUNK_START = 1, CHUNK_END = 2, ROOT = 8, BLOCK = 64, CHUNK = 1024 };
 
 static inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
@@ -36,16 +35,6 @@ static inline void store32(uint8_t *p, uint32_t x) {
     p[0] = (uint8_t)x; p[1] = (uint8_t)(x >> 8); p[2] = (uint8_t)(x >> 16); p[3] = (uint8_t)(x >> 24);
 }
 static inline void store64(uint8_t *p, uint64_t x) { store32(p, (uint32_t)x); store32(p + 4, (uint32_t)(x >> 32)); }
-
-/* The message word order of each of the 7 rounds: round r uses PERMUTATION applied r times
- * (filled in by ``init_schedule`` when the module loads). */
-static uint8_t SCHEDULE[7][16];
-
-static void init_schedule(void) {
-    for (int i = 0; i < 16; i++) SCHEDULE[0][i] = (uint8_t)i;
-    for (int r = 1; r < 7; r++)
-        for (int i = 0; i < 16; i++) SCHEDULE[r][i] = SCHEDULE[r - 1][PERMUTATION[i]];
-}
 
 #define G(a, b, c, d, x, y)                                 \
     do {                                                    \
@@ -61,17 +50,26 @@ static void compress(uint32_t cv[8], const uint8_t block[BLOCK], uint32_t block_
     for (int i = 0; i < 16; i++) m[i] = load32(block + 4 * i);
     uint32_t s0 = cv[0], s1 = cv[1], s2 = cv[2], s3 = cv[3], s4 = cv[4], s5 = cv[5], s6 = cv[6], s7 = cv[7];
     uint32_t s8 = IV[0], s9 = IV[1], s10 = IV[2], s11 = IV[3], s12 = 0, s13 = 0, s14 = block_len, s15 = flags;
-    for (int r = 0; r < 7; r++) {
-        const uint8_t *w = SCHEDULE[r];
-        G(s0, s4, s8, s12, m[w[0]], m[w[1]]);
-        G(s1, s5, s9, s13, m[w[2]], m[w[3]]);
-        G(s2, s6, s10, s14, m[w[4]], m[w[5]]);
-        G(s3, s7, s11, s15, m[w[6]], m[w[7]]);
-        G(s0, s5, s10, s15, m[w[8]], m[w[9]]);
-        G(s1, s6, s11, s12, m[w[10]], m[w[11]]);
-        G(s2, s7, s8, s13, m[w[12]], m[w[13]]);
-        G(s3, s4, s9, s14, m[w[14]], m[w[15]]);
-    }
+#define ROUND(a, b, c, d, e, f, g_, h, i, j, k, l, n, o, p, q) \
+    G(s0, s4, s8, s12, m[a], m[b]);                          \
+    G(s1, s5, s9, s13, m[c], m[d]);                          \
+    G(s2, s6, s10, s14, m[e], m[f]);                         \
+    G(s3, s7, s11, s15, m[g_], m[h]);                        \
+    G(s0, s5, s10, s15, m[i], m[j]);                         \
+    G(s1, s6, s11, s12, m[k], m[l]);                         \
+    G(s2, s7, s8, s13, m[n], m[o]);                          \
+    G(s3, s4, s9, s14, m[p], m[q])
+    /* the message word order of each round: the first is 0..15, and each next one is the one before
+     * permuted by (2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8), the specification's
+     * message permutation */
+    ROUND(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    ROUND(2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8);
+    ROUND(3, 4, 10, 12, 13, 2, 7, 14, 6, 5, 9, 0, 11, 15, 8, 1);
+    ROUND(10, 7, 12, 9, 14, 3, 13, 15, 4, 0, 11, 2, 5, 8, 1, 6);
+    ROUND(12, 13, 9, 11, 15, 10, 14, 8, 7, 2, 5, 3, 0, 1, 6, 4);
+    ROUND(9, 14, 11, 5, 8, 12, 15, 1, 13, 3, 0, 10, 2, 6, 4, 7);
+    ROUND(11, 15, 5, 0, 1, 9, 8, 6, 14, 10, 2, 12, 3, 4, 7, 13);
+#undef ROUND
     cv[0] = s0 ^ s8; cv[1] = s1 ^ s9; cv[2] = s2 ^ s10; cv[3] = s3 ^ s11;
     cv[4] = s4 ^ s12; cv[5] = s5 ^ s13; cv[6] = s6 ^ s14; cv[7] = s7 ^ s15;
 }
@@ -548,7 +546,4 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_speedups", "The hot loops of format 2 in C.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__speedups(void) {
-    init_schedule();
-    return PyModule_Create(&module);
-}
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }

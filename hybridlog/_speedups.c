@@ -430,8 +430,12 @@ static PyObject *py_scan_plain(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_ssize_t cursor_at = at, cursor_position = position;
     pending_checkpoints = PyList_New(0);
     if (pending_checkpoints == NULL) goto done;
+    int need_more = 0; /* stopped at the end of ``buf``, not at a frame it does not take */
     while (cursor_position < end) {
-        if (buf.len - cursor_at < HEADER) break;
+        if (buf.len - cursor_at < HEADER) {
+            need_more = 1;
+            break;
+        }
         const uint8_t *h = data + cursor_at;
         uint32_t stored_len = load32(h + 40), raw_len = load32(h + 44);
         uint8_t kind = h[5], flags = h[6];
@@ -441,8 +445,12 @@ static PyObject *py_scan_plain(PyObject *Py_UNUSED(self), PyObject *args) {
             || stored_len != raw_len || stored_len > MAX_STORED_LEN)
             break; /* a repair marker (kind 2), a compressed or unknown frame: the Python scan's */
         if (gp <= cursor_last || load64(h + 8) != sid || offset != cursor_expected || cursor_position + size > end
-            || buf.len - cursor_at < size || memcmp(h + 48, cursor_link, 32) != 0)
+            || memcmp(h + 48, cursor_link, 32) != 0)
             break;
+        if (buf.len - cursor_at < size) {
+            need_more = 1;
+            break;
+        }
         if (batch_count > 0 && (ts != batch_ts || gp != batch_gp + (uint64_t)batch_count)) break;
         uint8_t own[32];
         if (record_hash(h, h + HEADER, stored_len, long_hash, own) < 0) goto done;
@@ -511,8 +519,9 @@ static PyObject *py_scan_plain(PyObject *Py_UNUSED(self), PyObject *args) {
     row.count -= batch_count;
     if (row.count > 0 && close_row(rows, sid_obj, row_gp, row_offset, segment_no, row_position, row_ts, &row) < 0)
         goto done;
-    result = Py_BuildValue("(OOnnKy#KKKK)", rows, checkpoints, batch_at, batch_position, expected,
-                           (const char *)link, (Py_ssize_t)32, last_position, events, payload_bytes, stored_bytes);
+    result = Py_BuildValue("(OOnnKy#KKKKO)", rows, checkpoints, batch_at, batch_position, expected,
+                           (const char *)link, (Py_ssize_t)32, last_position, events, payload_bytes, stored_bytes,
+                           need_more ? Py_True : Py_False);
 done:
     Py_XDECREF(pending_checkpoints);
     Py_XDECREF(rows);
@@ -537,8 +546,9 @@ static PyMethodDef methods[] = {
      " kinds, frames, long_hash) -> (items, at, position, expected, link, last_position)."},
     {"scan_plain", py_scan_plain, METH_VARARGS,
      "scan_plain(buf, at, position, end, stream_id, expected, link, last_position, segment_no, long_hash) ->"
-     " (rows, checkpoints, at, position, expected, link, last_position, events, payload_bytes, stored_bytes):"
-     " the batches rows of the complete batches of plain events and checkpoints from ``at`` (a rebuild's scan)."},
+     " (rows, checkpoints, at, position, expected, link, last_position, events, payload_bytes, stored_bytes,"
+     " need_more): the batches rows of the complete batches of plain events and checkpoints from ``at`` (a"
+     " rebuild's scan); need_more: it stopped at the end of ``buf``, not at a frame it does not take."},
     {NULL, NULL, 0, NULL},
 };
 

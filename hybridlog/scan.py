@@ -171,13 +171,13 @@ def scan_plain_stream(data_dir: Path, stream_id: StreamId) -> PlainScan | None:
             while position < size:
                 f.seek(position)
                 buf = f.read(min(want, size - position))
-                rows, checkpoints, _, reached, expected, link, last_position, events, payload, stored = (
+                rows, checkpoints, _, reached, expected, link, last_position, events, payload, stored, more = (
                     speedups.scan_plain(
                         buf, 0, position, size, stream_id, expected, link, last_position, segment_no, long_hash
                     )
                 )
-                if reached == position:  # not a whole batch in ``buf``: a longer one, or nothing plain
-                    if len(buf) == size - position:
+                if reached == position:  # not one whole batch taken: one longer than ``buf``, or not plain
+                    if not more or len(buf) == size - position:
                         return None
                     want *= 2
                     continue

@@ -269,7 +269,18 @@ def test_the_plain_scan_leaves_what_is_not_plain_to_the_record_scan(
     with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
         store.append(2, [b"plain"] * 5)
         store.append(3, [b"plain"] * 5)
+    calls = []
+    real_scan = compiled().scan_plain
+
+    def counted_scan(*args: object) -> object:
+        calls.append(args[1])
+        return real_scan(*args)
+
+    monkeypatch.setattr(scan, "_PLAIN_CHUNK", 256)
+    monkeypatch.setattr(compiled(), "scan_plain", counted_scan)
     assert scan.scan_plain_stream(store_dir, StreamId(1)) is None  # compressed
+    assert len(calls) == 1  # it gives up at the first frame, without reading on
+    monkeypatch.setattr(compiled(), "scan_plain", real_scan)
     found = scan.scan_plain_stream(store_dir, StreamId(2))
     assert found is not None
     assert (found.next_offset, len(found.rows)) == (5, 1)

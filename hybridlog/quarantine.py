@@ -7,7 +7,8 @@ here do it, the one way each is safe to do:
 
 * ``cut_tail``: a segment's bytes from a position to its end are copied into a quarantine file,
   then the segment is cut there (a segment cut to nothing is removed); a tail of nothing but
-  zeros (space a writer reserved ahead of its data and did not give back) is cut without a copy;
+  zeros (space a writer reserved ahead of its data and did not give back) is cut without a copy,
+  as ``trim_reserved_zeros`` cuts such zeros past the catalog's end before recovery compares sizes;
 * ``move_segment_aside``: a whole segment file is renamed to a quarantine name;
 * ``remove_empty_segment``: an empty segment file (no bytes to keep) is removed;
 * ``reseal_dictionary``: a damaged dictionary file is replaced by the same dictionary correctly
@@ -52,7 +53,7 @@ from hybridlog.layout import (
     segment_path,
     sqlite_companions,
 )
-from hybridlog.segment import fsync_dir, write_file_durably
+from hybridlog.segment import fsync_dir, write_file_durably, zeros_only
 from hybridlog.types import RecoveryAction, StreamId
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,20 @@ def _trim_zeros(data_dir: Path, stream_id: StreamId, segment_no: int, position: 
         start_byte=position,
         end_byte=position + size,
     )
+
+
+def trim_reserved_zeros(path: Path, end: int) -> None:
+    """Cut the zeros past the committed ``end`` of a stream's last segment, when there is nothing
+    else there: space its writer reserved ahead (``SegmentWriter.preallocate``) and did not give back
+    because it stopped without closing. They hold nothing, so this is not a recovery action;
+    anything else past ``end`` is left for recovery to judge (rule 2 for the cut)."""
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size <= end or not zeros_only(f.fileno(), end, size):
+            return
+        f.truncate(end)
+        os.fsync(f.fileno())
+    log.info("trimmed %d zero bytes reserved past the data of %s", size - end, path)
 
 
 def move_segment_aside(

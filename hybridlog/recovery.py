@@ -25,7 +25,6 @@ the segment, never thrown away.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,7 +40,7 @@ from hybridlog.layout import (
     segment_path,
     stream_path,
 )
-from hybridlog.quarantine import cut_tail, move_segment_aside, remove_empty_segment
+from hybridlog.quarantine import cut_tail, move_segment_aside, remove_empty_segment, trim_reserved_zeros
 from hybridlog.scan import ScannedRecord, SegmentScan
 from hybridlog.segment import file_digest
 from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, RecordKind, RecoveryAction, StreamId
@@ -360,24 +359,6 @@ def streams_to_reconcile(catalog: Catalog, data_dir: Path) -> list[StreamId]:
         ):
             needing.append(sid)
     return needing
-
-
-def trim_reserved_zeros(path: Path, end: int) -> None:
-    """Cut the zeros past the committed ``end`` of a stream's last segment, when there is nothing
-    else there: space its writer reserved ahead (``SegmentWriter.preallocate``) and did not give back
-    because it stopped without closing. They hold nothing, so this is not a recovery action; anything
-    else past ``end`` is left for ``reconcile_stream``."""
-    size = path.stat().st_size
-    if size <= end:
-        return
-    with path.open("r+b") as f:
-        f.seek(end)
-        while chunk := f.read(1024 * 1024):
-            if chunk.strip(b"\0"):
-                return
-        f.truncate(end)
-        os.fsync(f.fileno())
-    log.info("trimmed %d zero bytes reserved past the data of %s", size - end, path)
 
 
 def recover_store(catalog: Catalog, data_dir: Path, now: Clock) -> list[ReconcileResult]:

@@ -61,6 +61,16 @@ def write_file_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def zeros_only(fd: int, start: int, end: int) -> bool:
+    """Whether the file's bytes from ``start`` to ``end`` are all zeros (read in bounded chunks)."""
+    while start < end:
+        chunk = os.pread(fd, min(_READ_BUFFER, end - start), start)
+        if not chunk or chunk.strip(b"\0"):
+            return False
+        start += len(chunk)
+    return True
+
+
 def file_digest(path: Path) -> bytes:
     """BLAKE3 of a whole file (the digest stored for a sealed segment)."""
     hasher = blake3.blake3()
@@ -122,13 +132,10 @@ class SegmentWriter:
         still holds nothing but zeros (else it is left for recovery to judge)."""
         if self.allocated <= self.end:
             return
-        position, size = self.end, self.size()
-        while position < size:
-            chunk = os.pread(self.fd, min(_READ_BUFFER, size - position), position)
-            if not chunk or chunk.strip(b"\0"):
-                self.allocated = size
-                return
-            position += len(chunk)
+        size = self.size()
+        if not zeros_only(self.fd, self.end, size):
+            self.allocated = size
+            return
         os.ftruncate(self.fd, self.end)
         self.allocated = self.end
 

@@ -270,21 +270,18 @@ class Writer:
                 if fsync and (w.stream_id, w.segment_no) not in sealed:
                     w.writer.preallocate(w.end, self._max_segment_size)
                 w.writer.write_at(w.base, w.data)
-            for sid, _segment_no, in_group in seals:  # a sealed segment ends where its data does
-                writer = self.heads[sid].writer if in_group is None else in_group.writer
-                assert writer is not None
-                writer.trim()
+            sealing = [(sid, no, in_group, self._sealed_writer(sid, in_group)) for sid, no, in_group in seals]
+            for _, _, _, writer in sealing:
+                writer.trim()  # a sealed segment ends where its data does
             failpoint("segment-written")
             # 4. The durability point (segments sealed in this group are synced either way, so
             #    their digests describe durable bytes).
             self._sync_all([w.writer for w in writes if w.writer and (fsync or (w.stream_id, w.segment_no) in sealed)])
             digests: list[tuple[StreamId, int, bytes]] = []
-            for sid, segment_no, in_group in seals:
+            for sid, segment_no, in_group, writer in sealing:
                 if in_group is not None and in_group.new_file:
                     digests.append((sid, segment_no, blake3.blake3(in_group.data).digest()))
                     continue
-                writer = self.heads[sid].writer if in_group is None else in_group.writer
-                assert writer is not None
                 if in_group is None:
                     writer.sync()
                 digests.append((sid, segment_no, file_digest(writer.path)))
@@ -349,6 +346,12 @@ class Writer:
             raise error from e
         self._advance_heads(batches, writes)
         self._committed()
+
+    def _sealed_writer(self, sid: StreamId, in_group: SegmentWrite | None) -> SegmentWriter:
+        """The open file of a segment this group seals: the stream's active one, or one it created."""
+        writer = self.heads[sid].writer if in_group is None else in_group.writer
+        assert writer is not None
+        return writer
 
     def _sync_all(self, writers: list[SegmentWriter]) -> None:
         """fsync every file, in parallel when there are several: the file system can then merge

@@ -24,7 +24,6 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("segment", "write_file_durably", ".replace"): "the temp file of a durable write renamed to its name",
     ("segment", "SegmentWriter.truncate", "os.ftruncate"): "the primitive of the writer's undo below",
     ("segment", "SegmentWriter.trim", "os.ftruncate"): "zeros the writer reserved past its own data, given back",
-    ("recovery", "trim_reserved_zeros", ".truncate"): "... or by a writer that stopped without closing",
     ("writer", "Writer._undo_writes", ".truncate"): "the append path undoing its own unacknowledged group",
     ("writer", "Writer._undo_writes", ".unlink"): "... and removing the segment file that group created",
     ("lock", "StoreLock.__init__", "os.ftruncate"): "the lock file holds the writer's pid, no data",

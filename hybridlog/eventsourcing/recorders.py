@@ -1,0 +1,139 @@
+"""eventsourcing's recorders over a hybridlog store (``store.py`` does the work).
+
+A recorder is a name on a ``SharedStore``: the aggregate recorder (events or snapshots), the
+application recorder (events with notification ids), the tracking recorder and the process recorder
+(both at once). Its records are one stream of the store, which ``hybridlog verify`` proves like any
+other.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    AggregateRecorder,
+    ApplicationRecorder,
+    ListenNotifySubscription,
+    Notification,
+    ProcessRecorder,
+    StoredEvent,
+    Subscription,
+    Tracking,
+    TrackingRecorder,
+)
+
+from hybridlog.errors import InvalidArgument
+from hybridlog.eventsourcing.store import SharedStore
+
+SUBSCRIPTION_POLL = 0.5
+"""Seconds a subscription waits for an insert in this process before it looks for new events anyway."""
+
+
+class HybridlogRecorder:
+    """What every recorder here has: the store, its stream's name, and whether inserts are fsynced."""
+
+    def __init__(self, store: SharedStore, name: str, *, fsync: bool = True) -> None:
+        if not isinstance(store, SharedStore):
+            raise InvalidArgument(f"store must be a SharedStore, not {type(store).__name__}")
+        self.store = store
+        self.name = name
+        self.fsync = fsync
+
+    @property
+    def stream_id(self) -> int:
+        """The hybridlog stream holding this recorder's records."""
+        return self.store.row(self.name).stream_id
+
+    def _insert(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> list[int]:
+        return self.store.insert(self.name, list(stored_events), tracking, fsync=self.fsync)
+
+
+class HybridlogAggregateRecorder(HybridlogRecorder, AggregateRecorder):
+    """Stored events of aggregates (or snapshots), selected by originator id and version."""
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """Record ``stored_events`` all or nothing (IntegrityError, nothing written, on a version conflict)."""
+        self._insert(stored_events, kwargs.get("tracking"))
+        return None
+
+    def select_events(
+        self,
+        originator_id: UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]:
+        """The originator's events with versions above ``gt`` and up to ``lte``, verified as they are read."""
+        return self.store.select_events(self.name, originator_id, gt, lte, desc=desc, limit=limit)
+
+
+class HybridlogApplicationRecorder(HybridlogAggregateRecorder, ApplicationRecorder):
+    """Stored events in the application sequence: each gets the next notification id (1, 2, 3, ...)."""
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """Record ``stored_events`` all or nothing; their notification ids."""
+        return self._insert(stored_events, kwargs.get("tracking"))
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        """Up to ``limit`` notifications from ``start`` (or after it) up to ``stop``, of ``topics`` if given."""
+        lowest = 1 if start is None else (start if inclusive_of_start else start + 1)
+        return self.store.select_notifications(self.name, lowest, limit, stop, topics)
+
+    def max_notification_id(self) -> int | None:
+        """The highest notification id, None before the first event."""
+        return self.store.max_notification_id(self.name)
+
+    def subscribe(self, gt: int | None = None, topics: Sequence[str] = ()) -> Subscription[ApplicationRecorder]:
+        """Notifications after ``gt``: those recorded, then each new one as it is recorded."""
+        return HybridlogSubscription(self, gt=gt, topics=topics)
+
+
+class HybridlogTrackingRecorder(HybridlogRecorder, TrackingRecorder):
+    """Tracking objects: the last notification id of each upstream application processed."""
+
+    def insert_tracking(self, tracking: Tracking) -> None:
+        """Record ``tracking`` (IntegrityError unless its id is above the last one of its application)."""
+        self._insert([], tracking)
+
+    def max_tracking_id(self, application_name: str) -> int | None:
+        """The highest notification id tracked for ``application_name``."""
+        return self.store.max_tracking_id(self.name, application_name)
+
+
+class HybridlogProcessRecorder(HybridlogTrackingRecorder, HybridlogApplicationRecorder, ProcessRecorder):
+    """An application recorder whose inserts may carry the tracking object of what caused them."""
+
+
+class HybridlogSubscription(ListenNotifySubscription[HybridlogApplicationRecorder]):
+    """eventsourcing's listen/notify subscription, woken by every insert into the store in this
+    process and, for writers elsewhere, every ``SUBSCRIPTION_POLL`` seconds."""
+
+    def __init__(self, recorder: HybridlogApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()):
+        self._wakeup = threading.Event()
+        super().__init__(recorder=recorder, gt=gt, topics=topics)
+        recorder.store.listen(self._has_been_notified)
+        self._poller = threading.Thread(target=self._poll, daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._wakeup.wait(SUBSCRIPTION_POLL):
+            self._has_been_notified.set()
+
+    def stop(self) -> None:
+        """Stop the subscription."""
+        super().stop()
+        self._wakeup.set()
+        self._recorder.store.unlisten(self._has_been_notified)

@@ -1,0 +1,422 @@
+"""One hybridlog store as eventsourcing sees it: the write path of ``insert_events`` and the reads
+behind every recorder (``docs/eventsourcing.md``).
+
+Each recorder name (an application's name and purpose) has one stream; its id is derived from the
+name, and the stream's first record names it. An ``insert_events`` is one batch of that stream: its
+events, then its tracking record, so a crash leaves all of it or none of it, and the notification
+ids (in the event payloads) are a fact of the segments. The conflict checks are made against the
+index (``index.py``) inside its write transaction, under this store's lock, and the transaction
+commits only after the batch is appended: the index is never ahead of the stream it indexes.
+
+A process opens a store directory once (``acquire``), and every factory and recorder on it shares
+that ``SharedStore``: the writer lock allows one ``Storage`` per directory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+
+import apsw
+from blake3 import blake3
+from eventsourcing.persistence import IntegrityError as EventsourcingIntegrityError
+from eventsourcing.persistence import Notification, StoredEvent, Tracking
+
+from hybridlog.errors import ConflictError, StorageError
+from hybridlog.eventsourcing.codec import (
+    EVENT,
+    HEADER,
+    TRACKING,
+    DecodedEvent,
+    decode_event,
+    decode_header,
+    decode_tracking,
+    encode_event,
+    encode_header,
+    encode_tracking,
+    originator_key,
+    payload_type,
+)
+from hybridlog.eventsourcing.index import EventIndex, RecorderRow, Run, runs_of
+from hybridlog.storage import Storage
+from hybridlog.types import MAX_STREAM_ID, CheckpointPolicy, Record, RecordKind
+
+CHECKPOINT_EVERY = 128
+"""Records between the checkpoints this module writes (a read verifies from the nearest one)."""
+
+SYNC_CHUNK = 10_000
+"""Records indexed per index transaction while an index catches up with its stream."""
+
+
+class RecordConflict(ConflictError, EventsourcingIntegrityError):
+    """An event's (originator id, version) is already recorded, twice in one insert, or a tracking
+    id is not above the last one tracked: nothing was written. Both a hybridlog ``ConflictError``
+    and eventsourcing's ``IntegrityError``."""
+
+
+class ForeignStream(StorageError):
+    """A recorder's stream holds records this module did not write (or another recorder's)."""
+
+
+def stream_id_for(name: str) -> int:
+    """The stream of the recorder called ``name``: 63 bits of BLAKE3 of the name (its header record
+    guards against the one-in-2**63 chance that two names meet)."""
+    digest = blake3(b"hybridlog.eventsourcing\x00" + name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "little") & MAX_STREAM_ID
+
+
+class SharedStore:
+    """A store directory opened once in this process for every recorder on it."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        # This module writes its own checkpoints (``_maybe_checkpoint``): one the policy put inside
+        # a batch would move the offsets of the events after it.
+        self.storage = Storage(data_dir, checkpoint_policy=CheckpointPolicy(every_records=None, on_close=False))
+        try:
+            self.index = EventIndex(data_dir, busy_timeout_ms=5000)
+        except BaseException:
+            self.storage.close()
+            raise
+        self.lock = threading.RLock()
+        self.references = 0
+        self._rows: dict[int, RecorderRow] = {}  # streams the index has caught up with, as the writer sees them
+        self._since_checkpoint: dict[int, int] = {}
+        self._listeners: set[threading.Event] = set()
+
+    def close(self) -> None:
+        """Close the index and the store."""
+        with self.lock:
+            self._rows.clear()
+            self.index.close()
+            self.storage.close()
+
+    @contextmanager
+    def _walk(self, sid: int, offset: int) -> Iterator[Iterator[Record]]:
+        """The stream's verified records from ``offset`` (from its nearest checkpoint), closed after the block."""
+        records = self.storage.iter_records(sid, offset)
+        try:
+            yield records
+        finally:
+            if isinstance(records, Generator):
+                records.close()
+
+    # --- catching up -----------------------------------------------------------------------------
+
+    def row(self, name: str) -> RecorderRow:
+        """The recorder's row, with the index caught up with its stream first (once per open)."""
+        sid = stream_id_for(name)
+        row = self._rows.get(sid)
+        if row is not None:
+            return row
+        with self.lock:
+            row = self._rows.get(sid)
+            if row is None:
+                row = self._rows[sid] = self._catch_up(sid, name)
+            return row
+
+    def _catch_up(self, sid: int, name: str) -> RecorderRow:
+        stream_next = self.storage.next_offset(sid)
+        with self.index.write() as conn:
+            row = EventIndex.recorder(conn, sid)
+            if row is not None and not self._agrees(row, stream_next):
+                EventIndex.forget(conn, sid)  # the stream was cut back or rewritten: read it again
+                row = None
+            if row is None:
+                row = RecorderRow(sid, name, 0, None, 1)
+            elif row.name != name:
+                raise ForeignStream(f"stream {sid} is recorder {row.name!r}'s, not {name!r}'s")
+        if stream_next > 0:
+            self._check_header(sid, name)
+        while row.next_offset < stream_next:
+            with self.index.write() as conn:
+                self._index_records(conn, row, stream_next)
+                EventIndex.save_recorder(conn, row)
+        last = self.storage.last_checkpoint(sid)
+        self._since_checkpoint[sid] = row.next_offset - (last[0] + 1 if last else 0)
+        return row
+
+    def _agrees(self, row: RecorderRow, stream_next: int) -> bool:
+        """Whether the stream still holds what the index read: the record before ``next_offset`` has the same hash."""
+        if row.next_offset > stream_next:
+            return False
+        if row.next_offset == 0:
+            return True
+        with self._walk(row.stream_id, row.next_offset - 1) as records:
+            return next(records).hash == row.head
+
+    def _check_header(self, sid: int, name: str) -> None:
+        with self._walk(sid, 0) as records:
+            first = next(records)
+        if payload_type(first.payload) != HEADER or decode_header(first.payload) != name:
+            raise ForeignStream(f"stream {sid} of {self.data_dir} does not begin with recorder {name!r}'s header")
+
+    def _index_records(self, conn: apsw.Connection, row: RecorderRow, stream_next: int) -> None:
+        """Index up to ``SYNC_CHUNK`` records of the stream from ``row.next_offset``, and move the row on."""
+        versions: list[tuple[bytes, int, int]] = []
+        ids: list[tuple[bytes, int, int]] = []
+        tracked: dict[str, int] = {}
+        count = min(SYNC_CHUNK, stream_next - row.next_offset)
+        with self._walk(row.stream_id, row.next_offset) as records:
+            for record in islice(records, count):
+                kind = payload_type(record.payload) if record.kind == RecordKind.EVENT else None
+                if kind == EVENT:
+                    decoded = decode_event(record.payload)
+                    versions.append((decoded.key, decoded.event.originator_version, record.offset))
+                    ids.append((b"", decoded.notification_id, record.offset))
+                    row.next_notification_id = decoded.notification_id + 1
+                elif kind == TRACKING:
+                    tracking = decode_tracking(record.payload)
+                    tracked[tracking.application_name] = tracking.notification_id
+                elif record.kind == RecordKind.EVENT and not (kind == HEADER and record.offset == 0):
+                    raise ForeignStream(
+                        f"stream {row.stream_id} has a record at offset {record.offset} not written here"
+                    )
+                row.next_offset, row.head = record.offset + 1, record.hash
+        with _index_errors(row.stream_id):
+            EventIndex.add_runs(conn, row.stream_id, runs_of(versions))
+            for _, run in runs_of(ids):
+                EventIndex.add_notifications(conn, row.stream_id, run)
+            for application_name, notification_id in tracked.items():
+                EventIndex.set_tracking_id(conn, row.stream_id, application_name, notification_id)
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def insert(self, name: str, events: Sequence[StoredEvent], tracking: Tracking | None, *, fsync: bool) -> list[int]:
+        """Append ``events`` (and ``tracking``) as one batch of the recorder's stream; their notification ids."""
+        if not events and tracking is None:
+            return []
+        with self.lock:
+            row = self.row(name)
+            sid = row.stream_id
+            first_id = row.next_notification_id
+            payloads = [] if row.next_offset else [encode_header(name)]
+            first_event_offset = row.next_offset + len(payloads)
+            payloads += [encode_event(event, first_id + i) for i, event in enumerate(events)]
+            if tracking is not None:
+                payloads.append(encode_tracking(tracking))
+            keys = [originator_key(event.originator_id) for event in events]
+            runs = runs_of(
+                [
+                    (key, e.originator_version, first_event_offset + i)
+                    for i, (key, e) in enumerate(zip(keys, events, strict=True))
+                ]
+            )
+            try:
+                with self.index.write() as conn:
+                    self._check_conflicts(conn, sid, keys, events, runs, tracking)
+                    next_offset, head = self.storage.append_batch(sid, payloads, row.next_offset, row.head, fsync)
+                    EventIndex.add_runs(conn, sid, runs)
+                    if events:
+                        last_id = first_id + len(events) - 1
+                        EventIndex.add_notifications(conn, sid, Run(first_id, last_id, first_event_offset))
+                    if tracking is not None:
+                        EventIndex.set_tracking_id(conn, sid, tracking.application_name, tracking.notification_id)
+                    new_row = RecorderRow(sid, name, next_offset, head, first_id + len(events))
+                    EventIndex.save_recorder(conn, new_row)
+            except RecordConflict:
+                raise
+            except BaseException:
+                self._rows.pop(sid, None)  # whatever happened, read the stream again before the next use
+                raise
+            self._rows[sid] = new_row
+            self._since_checkpoint[sid] = self._since_checkpoint.get(sid, 0) + len(payloads)
+            self._maybe_checkpoint(new_row, fsync=fsync)
+        self._notify()
+        return list(range(first_id, first_id + len(events)))
+
+    def _check_conflicts(
+        self,
+        conn: apsw.Connection,
+        sid: int,
+        keys: list[bytes],
+        events: Sequence[StoredEvent],
+        runs: list[tuple[bytes, Run]],
+        tracking: Tracking | None,
+    ) -> None:
+        if len(set(zip(keys, (e.originator_version for e in events), strict=True))) != len(events):
+            raise RecordConflict("the same originator version is twice in one insert", stream_id=sid)
+        for key, run in runs:
+            before = EventIndex.run_at_or_before(conn, sid, key, run.last)
+            if before is not None and before.last >= run.first:
+                raise RecordConflict(
+                    f"originator {events[keys.index(key)].originator_id} already has a version in "
+                    f"{run.first}..{run.last}",
+                    stream_id=sid,
+                )
+        if tracking is not None:
+            tracked = EventIndex.max_tracking_id(conn, sid, tracking.application_name)
+            if tracked is not None and tracked >= tracking.notification_id:
+                raise RecordConflict(
+                    f"tracking {tracking.application_name!r} is at {tracked}, not below {tracking.notification_id}",
+                    stream_id=sid,
+                )
+
+    def _maybe_checkpoint(self, row: RecorderRow, *, fsync: bool) -> None:
+        """A checkpoint record every ``CHECKPOINT_EVERY`` records, as a batch of its own."""
+        sid = row.stream_id
+        if self._since_checkpoint.get(sid, 0) < CHECKPOINT_EVERY:
+            return
+        try:
+            next_offset, head = self.storage.create_checkpoint(sid, row.next_offset, row.head, row.next_offset, fsync)
+        except StorageError:
+            self._rows.pop(sid, None)
+            raise
+        self._rows[sid] = RecorderRow(sid, row.name, next_offset, head, row.next_notification_id)
+        self._since_checkpoint[sid] = 0
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def select_events(
+        self, name: str, originator_id: object, gt: int | None, lte: int | None, *, desc: bool, limit: int | None
+    ) -> list[StoredEvent]:
+        """The originator's events with versions in (gt, lte], in version order (reversed with ``desc``)."""
+        sid = self.row(name).stream_id
+        key = originator_key(originator_id)  # type: ignore[arg-type]  # checked there
+        with self.index.read() as conn:
+            runs = EventIndex.runs(conn, sid, key, gt, lte)
+        wanted: list[tuple[int, int, int]] = []  # (first offset, first version, count)
+        for run in runs:
+            low = run.first if gt is None else max(run.first, gt + 1)
+            high = run.last if lte is None else min(run.last, lte)
+            wanted.append((run.first_offset + low - run.first, low, high - low + 1))
+        if desc:
+            wanted.reverse()
+        events: list[StoredEvent] = []
+        for offset, version, count in wanted:
+            take = count if limit is None else min(count, limit - len(events))
+            if take <= 0:
+                break
+            if desc:  # the last ``take`` versions of the run
+                offset, version = offset + count - take, version + count - take
+            read = [d.event for d in self._read_events(sid, offset, take, key, version)]
+            events += reversed(read) if desc else read
+        return events
+
+    def _read_events(self, sid: int, offset: int, count: int, key: bytes, version: int) -> Iterator[DecodedEvent]:
+        """``count`` events from ``offset``, verified, and checked to be the versions the index says."""
+        with self._walk(sid, offset) as records:
+            for i, record in enumerate(islice(records, count)):
+                decoded = _decoded_event(record)
+                if decoded is None or decoded.key != key or decoded.event.originator_version != version + i:
+                    self._rows.pop(sid, None)
+                    raise StorageError(
+                        f"the eventsourcing index of {self.data_dir} disagrees with stream {sid} "
+                        f"at offset {record.offset}",
+                        hint=f"delete {self.data_dir / 'eventsourcing.db'}; it is read again from the segments",
+                    )
+                yield decoded
+
+    def select_notifications(
+        self, name: str, lowest: int, limit: int, stop: int | None, topics: Sequence[str]
+    ) -> list[Notification]:
+        """Up to ``limit`` notifications with ids from ``lowest`` to ``stop``, of ``topics`` if any."""
+        sid = self.row(name).stream_id
+        with self.index.read() as conn:
+            row = EventIndex.recorder(conn, sid)
+            offset = None if row is None else EventIndex.offset_of_notification(conn, sid, lowest)
+        if row is None or offset is None or limit <= 0:
+            return []
+        last_id = row.next_notification_id - 1 if stop is None else min(stop, row.next_notification_id - 1)
+        wanted = set(topics)
+        found: list[Notification] = []
+        with self._walk(sid, offset) as records:
+            for record in records:
+                decoded = _decoded_event(record)
+                if decoded is None or decoded.notification_id < lowest:
+                    continue
+                if decoded.notification_id > last_id:
+                    break
+                event = decoded.event
+                if wanted and event.topic not in wanted:
+                    continue
+                found.append(
+                    Notification(
+                        event.originator_id, event.originator_version, event.topic, event.state, decoded.notification_id
+                    )
+                )
+                if len(found) >= limit:
+                    break
+        return found
+
+    def max_notification_id(self, name: str) -> int | None:
+        """The highest notification id recorded (None: no events yet)."""
+        sid = self.row(name).stream_id
+        with self.index.read() as conn:
+            row = EventIndex.recorder(conn, sid)
+        return None if row is None or row.next_notification_id == 1 else row.next_notification_id - 1
+
+    def max_tracking_id(self, name: str, application_name: str) -> int | None:
+        """The highest notification id of ``application_name`` tracked by the recorder."""
+        sid = self.row(name).stream_id
+        with self.index.read() as conn:
+            return EventIndex.max_tracking_id(conn, sid, application_name)
+
+    # --- listeners -------------------------------------------------------------------------------
+
+    def listen(self, event: threading.Event) -> None:
+        """Set ``event`` after every insert."""
+        with self.lock:
+            self._listeners.add(event)
+
+    def unlisten(self, event: threading.Event) -> None:
+        """Stop setting ``event``."""
+        with self.lock:
+            self._listeners.discard(event)
+
+    def _notify(self) -> None:
+        with self.lock:
+            listeners = list(self._listeners)
+        for event in listeners:
+            event.set()
+
+
+def _decoded_event(record: Record) -> DecodedEvent | None:
+    if record.kind != RecordKind.EVENT or payload_type(record.payload) != EVENT:
+        return None
+    return decode_event(record.payload)
+
+
+class _index_errors:  # noqa: N801  # used as a context manager
+    """A duplicate key while reading a stream into the index: the stream holds a version twice."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        if isinstance(error, apsw.ConstraintError):
+            raise ForeignStream(f"stream {self.stream_id} holds an originator version twice: {error}") from error
+
+
+# --- one SharedStore per directory in this process ----------------------------------------------
+
+_open: dict[Path, SharedStore] = {}
+_open_lock = threading.Lock()
+
+
+def acquire(data_dir: str | os.PathLike[str]) -> SharedStore:
+    """The store at ``data_dir``, opened if no one in this process has it open; pair with ``release``."""
+    key = Path(os.path.realpath(data_dir))
+    with _open_lock:
+        store = _open.get(key)
+        if store is None:
+            store = _open[key] = SharedStore(key)
+        store.references += 1
+        return store
+
+
+def release(store: SharedStore) -> None:
+    """Give back a store from ``acquire``; the last one out closes it."""
+    with _open_lock:
+        store.references -= 1
+        if store.references > 0:
+            return
+        _open.pop(store.data_dir, None)
+    store.close()

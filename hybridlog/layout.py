@@ -31,6 +31,8 @@ from hybridlog.types import MAX_STREAM_ID, StreamId
 
 CATALOG_FILE = "catalog.db"
 CONSUMERS_FILE = "consumers.db"
+EVENTSOURCING_INDEX_FILE = "eventsourcing.db"
+"""The index ``hybridlog.eventsourcing`` keeps of its recorders' streams (derived from them; deleting it loses nothing)."""
 LOCK_FILE = "LOCK"
 STREAMS_DIR = "streams"
 SQLITE_COMPANIONS = ("-wal", "-shm")
@@ -110,14 +112,14 @@ def stream_ids_on_disk(data_dir: Path) -> list[StreamId]:
 
 _STORE_ROOT_NAME = re.compile(
     rf"^(?:{re.escape(CATALOG_FILE)}(?:{re.escape(BUILDING_SUFFIX)}|\.\d+{re.escape(ASIDE_SUFFIX)})?"
-    rf"|{re.escape(CONSUMERS_FILE)})(?:-wal|-shm)?$"
+    rf"|{re.escape(CONSUMERS_FILE)}|{re.escape(EVENTSOURCING_INDEX_FILE)})(?:-wal|-shm)?$"
 )
 
 
 def foreign_store_entries(data_dir: Path) -> list[str]:
     """The names at the top of a store that no part of it makes, sorted: anything but the catalog
     (with its SQLite companions, a ``.new`` one being built and ``.<time>.aside`` ones kept by a
-    rebuild), ``consumers.db`` (and companions), ``LOCK`` and ``streams/``."""
+    rebuild), ``consumers.db`` and ``eventsourcing.db`` (and companions), ``LOCK`` and ``streams/``."""
     if not data_dir.is_dir():
         return []
     return sorted(

@@ -189,6 +189,9 @@ def reverify_frame(
 
 
 _CHUNK = 1 << 20
+_FIRST_CHUNK = 32 << 10
+"""The fast walk's first read; each read after it is twice the one before, up to ``_CHUNK``: a page
+read walks (and hashes) about what it returns, not a whole ``_CHUNK`` of the segment."""
 _KINDS = (RecordKind.EVENT, RecordKind.CHECKPOINT, RecordKind.REPAIR)
 _walk_plain = speedups.walk_plain if speedups is not None else None
 _record_hash = speedups.record_hash if speedups is not None else None
@@ -241,6 +244,7 @@ class SegmentWalk:
         self.anchor = anchor
         self.head_offset, self.head = head if head is not None else (-1, None)
         self.stop = stop
+        self.chunk = _FIRST_CHUNK  # the fast walk's next read: small for a short read, doubling for a long one
 
     def frames(self) -> Iterator[WalkedFrame]:
         """Every verified frame from the reader's position: the fast walk's, then the exact one's after it."""
@@ -346,7 +350,8 @@ class SegmentWalk:
     def _refill(self, buf: bytes, base: int, at: int, need: int) -> tuple[bytes, int, int]:
         """Keep ``buf[at:]`` and read on, to hold at least ``need`` bytes from ``at`` (if the file has them)."""
         rest = buf[at:]
-        want = min(max(_CHUNK, need - len(rest)), self.end - (base + len(buf)))
+        want = min(max(self.chunk, need - len(rest)), self.end - (base + len(buf)))
+        self.chunk = min(2 * self.chunk, _CHUNK)
         self.file.seek(base + len(buf))
         more = self.file.read(want) if want > 0 else b""
         return rest + more, base + at, 0

@@ -14,10 +14,10 @@ segments: it is hashed and chained with the record, and no rebuild of any index 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from uuid import UUID
+from typing import NamedTuple
+from uuid import UUID, SafeUUID
 
-from eventsourcing.persistence import StoredEvent, Tracking
+from eventsourcing.persistence import Notification, StoredEvent, Tracking
 
 from hybridlog.errors import InvalidArgument, InvalidEvent
 
@@ -27,6 +27,7 @@ HEADER, EVENT, TRACKING = b"H", b"E", b"T"
 _EVENT = struct.Struct("<6sQqBHH")  # prefix + type, notification id, version, id type, id length, topic length
 _TRACKING = struct.Struct("<6sQ")
 _UUID, _STR = 0, 1
+_UUID_SIZE = 16
 _MAX_U16 = 0xFFFF
 _MAX_U64 = 2**64 - 1
 _MIN_I64, _MAX_I64 = -(2**63), 2**63 - 1
@@ -78,17 +79,24 @@ def encode_tracking(tracking: Tracking) -> bytes:
     return _TRACKING.pack(PREFIX + TRACKING, nid) + name.encode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedEvent:
-    """A stored event read back, with its notification id."""
+class DecodedEvent(NamedTuple):
+    """An event record read back: its notification id, the stored event's fields, and the
+    originator's index key (``originator_key``)."""
 
     notification_id: int
-    event: StoredEvent
+    originator_id: UUID | str
+    originator_version: int
+    topic: str
+    state: bytes
+    key: bytes
 
-    @property
-    def key(self) -> bytes:
-        """The originator's index key (``originator_key``)."""
-        return originator_key(self.event.originator_id)
+    def stored_event(self) -> StoredEvent:
+        """The event as eventsourcing stored it."""
+        return StoredEvent(self.originator_id, self.originator_version, self.topic, self.state)
+
+    def notification(self) -> Notification:
+        """The event as a notification of the application sequence."""
+        return Notification(self.originator_id, self.originator_version, self.topic, self.state, self.notification_id)
 
 
 def payload_type(payload: bytes) -> bytes | None:
@@ -113,12 +121,13 @@ def decode_event(payload: bytes) -> DecodedEvent:
     start = _EVENT.size
     id_bytes = payload[start : start + id_len]
     topic = payload[start + id_len : start + id_len + topic_len]
-    bad_uuid = id_type == _UUID and id_len != len(UUID(int=0).bytes)
+    bad_uuid = id_type == _UUID and id_len != _UUID_SIZE
     if len(id_bytes) != id_len or len(topic) != topic_len or id_type not in (_UUID, _STR) or bad_uuid:
         raise InvalidEvent("an eventsourcing event record is malformed")
-    oid: UUID | str = UUID(bytes=id_bytes) if id_type == _UUID else _text(id_bytes, "originator id")
+    oid: UUID | str = _uuid(id_bytes) if id_type == _UUID else _text(id_bytes, "originator id")
     state = payload[start + id_len + topic_len :]
-    return DecodedEvent(nid, StoredEvent(oid, version, _text(topic, "topic"), state))
+    key = (b"\x00" if id_type == _UUID else b"\x01") + id_bytes
+    return DecodedEvent(nid, oid, version, _text(topic, "topic"), state, key)
 
 
 def decode_tracking(payload: bytes) -> Tracking:
@@ -128,6 +137,15 @@ def decode_tracking(payload: bytes) -> Tracking:
     except struct.error:
         raise InvalidEvent("an eventsourcing tracking record is shorter than its header") from None
     return Tracking(_text(payload[_TRACKING.size :], "application name"), nid)
+
+
+def _uuid(data: bytes) -> UUID:
+    """``UUID(bytes=data)`` for 16 bytes, made the way its ``__init__`` makes it (two slots) without
+    the argument checks, which cost a read of the notification log more than a third of its time."""
+    made = UUID.__new__(UUID)
+    object.__setattr__(made, "int", int.from_bytes(data, "big"))
+    object.__setattr__(made, "is_safe", SafeUUID.unknown)
+    return made
 
 
 def _text(data: bytes, what: str) -> str:

@@ -12,8 +12,8 @@ events of one aggregate adds one row to each.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +23,15 @@ import apsw
 
 from hybridlog.db import catalog_open_error, connect, sqlite_errors
 from hybridlog.errors import CatalogUnusable, StorageError
+from hybridlog.layout import EVENTSOURCING_INDEX_FILE
 
-INDEX_FILE = "eventsourcing.db"
+INDEX_FILE = EVENTSOURCING_INDEX_FILE
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x484C4553  # "HLES"
+FLUSH_EVERY = 1000
+"""Changes (inserts) after which the index commits."""
+FLUSH_INTERVAL = 1.0
+"""Seconds after which the index commits what changed."""
 
 SCHEMA = """
 CREATE TABLE recorders (
@@ -119,55 +124,58 @@ def open_index_connection(data_dir: Path, busy_timeout_ms: int) -> apsw.Connecti
 
 
 class EventIndex:
-    """The index's statements. Writes go through the one writer connection, inside ``write()``;
-    reads take a connection of their own from a small pool, so they see committed rows only."""
+    """The index's one connection and its statements, used under the shared store's lock.
+
+    Changes go into one long write transaction, a savepoint per insert (``change``), committed by
+    ``flush`` every ``FLUSH_EVERY`` changes or ``FLUSH_INTERVAL`` seconds and on close: the segments
+    are the durable copy, so an index commit needs no fsync and need not follow every insert, and a
+    crash loses only index rows that are read again from the stream. Reads go through the same
+    connection, so they see every change made so far.
+    """
 
     def __init__(self, data_dir: Path, busy_timeout_ms: int) -> None:
-        self._data_dir = data_dir
-        self._busy_timeout_ms = busy_timeout_ms
-        self._writer = open_index_connection(data_dir, busy_timeout_ms)
-        self._idle: list[apsw.Connection] = []
-        self._pool_lock = threading.Lock()
+        self.conn = open_index_connection(data_dir, busy_timeout_ms)
+        self._in_transaction = False
+        self._changes = 0
+        self._since = time.monotonic()
 
     def close(self) -> None:
-        """Close every connection."""
-        with self._pool_lock:
-            for conn in self._idle:
-                conn.close()
-            self._idle.clear()
-        self._writer.close()
-
-    # --- transactions ----------------------------------------------------------------------------
+        """Close the connection (``flush`` first to keep what is not committed)."""
+        if self._in_transaction:
+            self.conn.execute("ROLLBACK")
+            self._in_transaction = False
+        self.conn.close()
 
     @contextmanager
-    def write(self) -> Iterator[apsw.Connection]:
-        """One write transaction on the writer connection: committed if the block returns, rolled back if it raises."""
+    def change(self) -> Iterator[apsw.Connection]:
+        """One change (a savepoint in the open transaction): kept if the block returns, undone if it raises."""
         with sqlite_errors("eventsourcing index write failed", error=StorageError):
-            self._writer.execute("BEGIN IMMEDIATE")
+            if not self._in_transaction:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self._in_transaction = True
+                self._since = time.monotonic()
+            self.conn.execute("SAVEPOINT change")
         try:
-            yield self._writer
+            yield self.conn
         except BaseException:
-            self._writer.execute("ROLLBACK")
+            self.conn.execute("ROLLBACK TO change; RELEASE change")
             raise
-        with sqlite_errors("eventsourcing index commit failed", error=StorageError):
-            self._writer.execute("COMMIT")
+        self.conn.execute("RELEASE change")
+        self._changes += 1
 
-    @contextmanager
-    def read(self) -> Iterator[apsw.Connection]:
-        """A connection of the read pool inside one read transaction (a consistent snapshot)."""
-        with self._pool_lock:
-            conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = open_index_connection(self._data_dir, self._busy_timeout_ms)
-        try:
-            conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                conn.execute("COMMIT")
-        finally:
-            with self._pool_lock:
-                self._idle.append(conn)
+    def due(self) -> bool:
+        """Whether enough changed, or long enough ago, to commit."""
+        return self._changes >= FLUSH_EVERY or time.monotonic() - self._since >= FLUSH_INTERVAL
+
+    def flush(self, rows: Iterable[RecorderRow]) -> None:
+        """Save ``rows`` (how far each stream is indexed) and commit everything changed."""
+        with self.change() as conn:
+            for row in rows:
+                self.save_recorder(conn, row)
+        with sqlite_errors("eventsourcing index commit failed", error=StorageError):
+            self.conn.execute("COMMIT")
+        self._in_transaction = False
+        self._changes = 0
 
     # --- recorders -------------------------------------------------------------------------------
 

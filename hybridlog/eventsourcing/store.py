@@ -41,7 +41,7 @@ from hybridlog.eventsourcing.codec import (
     originator_key,
     payload_type,
 )
-from hybridlog.eventsourcing.index import EventIndex, RecorderRow, Run, runs_of
+from hybridlog.eventsourcing.index import INDEX_FILE, EventIndex, RecorderRow, Run, runs_of
 from hybridlog.storage import Storage
 from hybridlog.types import MAX_STREAM_ID, CheckpointPolicy, Record, RecordKind
 
@@ -78,6 +78,7 @@ class SharedStore:
         # a batch would move the offsets of the events after it.
         self.storage = Storage(data_dir, checkpoint_policy=CheckpointPolicy(every_records=None, on_close=False))
         try:
+            self.storage.ensure_created()  # the directory (and lock) before the index file in it
             self.index = EventIndex(data_dir, busy_timeout_ms=5000)
         except BaseException:
             self.storage.close()
@@ -89,11 +90,14 @@ class SharedStore:
         self._listeners: set[threading.Event] = set()
 
     def close(self) -> None:
-        """Close the index and the store."""
+        """Commit the index, then close it and the store."""
         with self.lock:
-            self._rows.clear()
-            self.index.close()
-            self.storage.close()
+            try:
+                self.index.flush(self._rows.values())
+            finally:
+                self._rows.clear()
+                self.index.close()
+                self.storage.close()
 
     @contextmanager
     def _walk(self, sid: int, offset: int) -> Iterator[Iterator[Record]]:
@@ -121,7 +125,7 @@ class SharedStore:
 
     def _catch_up(self, sid: int, name: str) -> RecorderRow:
         stream_next = self.storage.next_offset(sid)
-        with self.index.write() as conn:
+        with self.index.change() as conn:
             row = EventIndex.recorder(conn, sid)
             if row is not None and not self._agrees(row, stream_next):
                 EventIndex.forget(conn, sid)  # the stream was cut back or rewritten: read it again
@@ -133,9 +137,9 @@ class SharedStore:
         if stream_next > 0:
             self._check_header(sid, name)
         while row.next_offset < stream_next:
-            with self.index.write() as conn:
+            with self.index.change() as conn:
                 self._index_records(conn, row, stream_next)
-                EventIndex.save_recorder(conn, row)
+            self.index.flush([row])
         last = self.storage.last_checkpoint(sid)
         self._since_checkpoint[sid] = row.next_offset - (last[0] + 1 if last else 0)
         return row
@@ -166,7 +170,7 @@ class SharedStore:
                 kind = payload_type(record.payload) if record.kind == RecordKind.EVENT else None
                 if kind == EVENT:
                     decoded = decode_event(record.payload)
-                    versions.append((decoded.key, decoded.event.originator_version, record.offset))
+                    versions.append((decoded.key, decoded.originator_version, record.offset))
                     ids.append((b"", decoded.notification_id, record.offset))
                     row.next_notification_id = decoded.notification_id + 1
                 elif kind == TRACKING:
@@ -207,7 +211,7 @@ class SharedStore:
                 ]
             )
             try:
-                with self.index.write() as conn:
+                with self.index.change() as conn:
                     self._check_conflicts(conn, sid, keys, events, runs, tracking)
                     next_offset, head = self.storage.append_batch(sid, payloads, row.next_offset, row.head, fsync)
                     EventIndex.add_runs(conn, sid, runs)
@@ -217,7 +221,6 @@ class SharedStore:
                     if tracking is not None:
                         EventIndex.set_tracking_id(conn, sid, tracking.application_name, tracking.notification_id)
                     new_row = RecorderRow(sid, name, next_offset, head, first_id + len(events))
-                    EventIndex.save_recorder(conn, new_row)
             except RecordConflict:
                 raise
             except BaseException:
@@ -226,6 +229,8 @@ class SharedStore:
             self._rows[sid] = new_row
             self._since_checkpoint[sid] = self._since_checkpoint.get(sid, 0) + len(payloads)
             self._maybe_checkpoint(new_row, fsync=fsync)
+            if self.index.due():
+                self.index.flush(self._rows.values())
         self._notify()
         return list(range(first_id, first_id + len(events)))
 
@@ -277,8 +282,8 @@ class SharedStore:
         """The originator's events with versions in (gt, lte], in version order (reversed with ``desc``)."""
         sid = self.row(name).stream_id
         key = originator_key(originator_id)  # type: ignore[arg-type]  # checked there
-        with self.index.read() as conn:
-            runs = EventIndex.runs(conn, sid, key, gt, lte)
+        with self.lock:
+            runs = EventIndex.runs(self.index.conn, sid, key, gt, lte)
         wanted: list[tuple[int, int, int]] = []  # (first offset, first version, count)
         for run in runs:
             low = run.first if gt is None else max(run.first, gt + 1)
@@ -293,7 +298,7 @@ class SharedStore:
                 break
             if desc:  # the last ``take`` versions of the run
                 offset, version = offset + count - take, version + count - take
-            read = [d.event for d in self._read_events(sid, offset, take, key, version)]
+            read = [d.stored_event() for d in self._read_events(sid, offset, take, key, version)]
             events += reversed(read) if desc else read
         return events
 
@@ -302,12 +307,12 @@ class SharedStore:
         with self._walk(sid, offset) as records:
             for i, record in enumerate(islice(records, count)):
                 decoded = _decoded_event(record)
-                if decoded is None or decoded.key != key or decoded.event.originator_version != version + i:
+                if decoded is None or decoded.key != key or decoded.originator_version != version + i:
                     self._rows.pop(sid, None)
                     raise StorageError(
                         f"the eventsourcing index of {self.data_dir} disagrees with stream {sid} "
                         f"at offset {record.offset}",
-                        hint=f"delete {self.data_dir / 'eventsourcing.db'}; it is read again from the segments",
+                        hint=f"delete {self.data_dir / INDEX_FILE}; it is read again from the segments",
                     )
                 yield decoded
 
@@ -315,13 +320,14 @@ class SharedStore:
         self, name: str, lowest: int, limit: int, stop: int | None, topics: Sequence[str]
     ) -> list[Notification]:
         """Up to ``limit`` notifications with ids from ``lowest`` to ``stop``, of ``topics`` if any."""
-        sid = self.row(name).stream_id
-        with self.index.read() as conn:
-            row = EventIndex.recorder(conn, sid)
-            offset = None if row is None else EventIndex.offset_of_notification(conn, sid, lowest)
-        if row is None or offset is None or limit <= 0:
+        with self.lock:
+            row = self.row(name)
+            last_id = row.next_notification_id - 1
+            offset = EventIndex.offset_of_notification(self.index.conn, row.stream_id, lowest)
+        if offset is None or limit <= 0:
             return []
-        last_id = row.next_notification_id - 1 if stop is None else min(stop, row.next_notification_id - 1)
+        sid = row.stream_id
+        last_id = last_id if stop is None else min(stop, last_id)
         wanted = set(topics)
         found: list[Notification] = []
         with self._walk(sid, offset) as records:
@@ -331,30 +337,22 @@ class SharedStore:
                     continue
                 if decoded.notification_id > last_id:
                     break
-                event = decoded.event
-                if wanted and event.topic not in wanted:
+                if wanted and decoded.topic not in wanted:
                     continue
-                found.append(
-                    Notification(
-                        event.originator_id, event.originator_version, event.topic, event.state, decoded.notification_id
-                    )
-                )
+                found.append(decoded.notification())
                 if len(found) >= limit:
                     break
         return found
 
     def max_notification_id(self, name: str) -> int | None:
         """The highest notification id recorded (None: no events yet)."""
-        sid = self.row(name).stream_id
-        with self.index.read() as conn:
-            row = EventIndex.recorder(conn, sid)
-        return None if row is None or row.next_notification_id == 1 else row.next_notification_id - 1
+        last_id = self.row(name).next_notification_id - 1
+        return last_id if last_id > 0 else None
 
     def max_tracking_id(self, name: str, application_name: str) -> int | None:
         """The highest notification id of ``application_name`` tracked by the recorder."""
-        sid = self.row(name).stream_id
-        with self.index.read() as conn:
-            return EventIndex.max_tracking_id(conn, sid, application_name)
+        with self.lock:
+            return EventIndex.max_tracking_id(self.index.conn, self.row(name).stream_id, application_name)
 
     # --- listeners -------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from hybridlog.types import MAX_STREAM_ID, StreamId
 CATALOG_FILE = "catalog.db"
 CONSUMERS_FILE = "consumers.db"
 EVENTSOURCING_INDEX_FILE = "eventsourcing.db"
-"""The index ``hybridlog.eventsourcing`` keeps of its recorders' streams (derived from them; deleting it loses nothing)."""
+"""The index ``hybridlog.eventsourcing`` keeps of its recorders' streams (derived: deleting it loses nothing)."""
 LOCK_FILE = "LOCK"
 STREAMS_DIR = "streams"
 SQLITE_COMPANIONS = ("-wal", "-shm")

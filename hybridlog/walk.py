@@ -188,10 +188,7 @@ def reverify_frame(
     return (header.kind, payload) if header.hash_of(payload) == verified_hash else None
 
 
-_CHUNK = 1 << 20
-_FIRST_CHUNK = 32 << 10
-"""The fast walk's first read; each read after it is twice the one before, up to ``_CHUNK``: a page
-read walks (and hashes) about what it returns, not a whole ``_CHUNK`` of the segment."""
+_CHUNK, _FIRST_CHUNK = 1 << 20, 32 << 10  # the fast walk's reads: 32 KiB, doubling up to 1 MiB (a page walks ~its size)
 _KINDS = (RecordKind.EVENT, RecordKind.CHECKPOINT, RecordKind.REPAIR)
 _walk_plain = speedups.walk_plain if speedups is not None else None
 _record_hash = speedups.record_hash if speedups is not None else None
@@ -244,7 +241,7 @@ class SegmentWalk:
         self.anchor = anchor
         self.head_offset, self.head = head if head is not None else (-1, None)
         self.stop = stop
-        self.chunk = _FIRST_CHUNK  # the fast walk's next read: small for a short read, doubling for a long one
+        self.chunk = _FIRST_CHUNK
 
     def frames(self) -> Iterator[WalkedFrame]:
         """Every verified frame from the reader's position: the fast walk's, then the exact one's after it."""

@@ -240,8 +240,7 @@ class SegmentWalk:
         self.end = end
         self.anchor = anchor
         self.head_offset, self.head = head if head is not None else (-1, None)
-        self.stop = stop
-        self.chunk = _FIRST_CHUNK
+        self.stop, self.chunk = stop, _FIRST_CHUNK
 
     def frames(self) -> Iterator[WalkedFrame]:
         """Every verified frame from the reader's position: the fast walk's, then the exact one's after it."""
@@ -346,9 +345,8 @@ class SegmentWalk:
 
     def _refill(self, buf: bytes, base: int, at: int, need: int) -> tuple[bytes, int, int]:
         """Keep ``buf[at:]`` and read on, to hold at least ``need`` bytes from ``at`` (if the file has them)."""
-        rest = buf[at:]
-        want = min(max(self.chunk, need - len(rest)), self.end - (base + len(buf)))
-        self.chunk = min(2 * self.chunk, _CHUNK)
+        rest, chunk, self.chunk = buf[at:], self.chunk, min(2 * self.chunk, _CHUNK)
+        want = min(max(chunk, need - len(rest)), self.end - (base + len(buf)))
         self.file.seek(base + len(buf))
         more = self.file.read(want) if want > 0 else b""
         return rest + more, base + at, 0

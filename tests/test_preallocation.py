@@ -13,7 +13,7 @@ Contracts tested here:
   no quarantine file and logs no recovery action, and appends continue the chain. Killed between
   the segment write and the catalog commit, the batch is adopted and the zeros after it trimmed
   (logged as ``trimmed``).
-* Where the file system refuses to reserve space (``posix_fallocate`` fails), appends go on as
+* Where the disk has no space to reserve (writing the zeros fails), appends go on as
   without it.
 
 The child process runs this file as a script (see the bottom).
@@ -22,13 +22,12 @@ The child process runs this file as a script (see the bottom).
 from __future__ import annotations
 
 import errno
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-from hybridlog import CheckpointPolicy, Storage
+from hybridlog import CheckpointPolicy, Storage, segment
 from hybridlog.segment import PREALLOCATE_BYTES
 from hybridlog.testing.damage import genesis_events
 from hybridlog.testing.harness import ACK, KillPlan, acknowledge, arm_from_environment, run_until_killed
@@ -92,10 +91,10 @@ def test_a_sealed_segment_ends_at_its_data_and_reservations_stop_at_the_size_lim
 
 
 def test_appends_go_on_where_space_cannot_be_reserved(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_space(fd: int, offset: int, length: int) -> None:
+    def no_space(fd: int, data: object, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    monkeypatch.setattr(segment, "_reserve_write", no_space)
     with open_store(store_dir) as store:
         for n in range(3):
             store.append(STREAM, [event(n)], fsync=True)

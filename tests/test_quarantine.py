@@ -30,7 +30,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("lock", "StoreLock.release", "os.ftruncate"): "... and is emptied when the writer lets go",
     ("catalog", "Catalog.create", ".replace"): "a new, empty catalog put in place (below quarantine's layer)",
     ("catalog", "Catalog.build", ".unlink"): "the remains of a catalog build a crash interrupted",
-    ("eventsourcing", "open_index_connection", ".unlink"): "an unusable eventsourcing.db: derived, read again from the streams",
+    ("eventsourcing", "open_index_connection", ".unlink"): "an unusable eventsourcing.db: derived, read again",
 }
 
 

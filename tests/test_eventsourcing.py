@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -49,9 +50,9 @@ from hybridlog.types import RecordKind
 
 
 @pytest.fixture
-def store(store_dir: Path) -> SharedStore:
+def store(store_dir: Path) -> Iterator[SharedStore]:
     shared = acquire(store_dir)
-    yield shared  # type: ignore[misc]
+    yield shared
     release(shared)
 
 

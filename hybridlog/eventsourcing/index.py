@@ -13,8 +13,7 @@ events of one aggregate adds one row to each.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -126,11 +125,12 @@ def open_index_connection(data_dir: Path, busy_timeout_ms: int) -> apsw.Connecti
 class EventIndex:
     """The index's one connection and its statements, used under the shared store's lock.
 
-    Changes go into one long write transaction, a savepoint per insert (``change``), committed by
-    ``flush`` every ``FLUSH_EVERY`` changes or ``FLUSH_INTERVAL`` seconds and on close: the segments
-    are the durable copy, so an index commit needs no fsync and need not follow every insert, and a
-    crash loses only index rows that are read again from the stream. Reads go through the same
-    connection, so they see every change made so far.
+    Changes go into one long write transaction (``begin``), committed by ``flush`` every
+    ``FLUSH_EVERY`` changes or ``FLUSH_INTERVAL`` seconds and on close: the segments are the durable
+    copy, so an index commit needs no fsync and need not follow every insert, and a crash loses only
+    index rows that are read again from the stream. A change that fails half-way is not undone on
+    its own: the caller ``abandon``s the whole open transaction and reads its streams again from
+    what was committed. Reads go through the same connection, so they see every change made so far.
     """
 
     def __init__(self, data_dir: Path, busy_timeout_ms: int) -> None:
@@ -146,22 +146,21 @@ class EventIndex:
             self._in_transaction = False
         self.conn.close()
 
-    @contextmanager
-    def change(self) -> Iterator[apsw.Connection]:
-        """One change (a savepoint in the open transaction): kept if the block returns, undone if it raises."""
-        with sqlite_errors("eventsourcing index write failed", error=StorageError):
-            if not self._in_transaction:
+    def begin(self) -> apsw.Connection:
+        """The connection, inside the open write transaction (begun if none is)."""
+        if not self._in_transaction:
+            with sqlite_errors("eventsourcing index write failed", error=StorageError):
                 self.conn.execute("BEGIN IMMEDIATE")
-                self._in_transaction = True
-                self._since = time.monotonic()
-            self.conn.execute("SAVEPOINT change")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK TO change; RELEASE change")
-            raise
-        self.conn.execute("RELEASE change")
+            self._in_transaction = True
+            self._since = time.monotonic()
         self._changes += 1
+        return self.conn
+
+    def abandon(self) -> None:
+        """Roll back everything not committed (the caller forgets what it knew of it)."""
+        if self._in_transaction:
+            self._in_transaction = False
+            self.conn.execute("ROLLBACK")
 
     def due(self) -> bool:
         """Whether enough changed, or long enough ago, to commit."""
@@ -169,10 +168,10 @@ class EventIndex:
 
     def flush(self, rows: Iterable[RecorderRow]) -> None:
         """Save ``rows`` (how far each stream is indexed) and commit everything changed."""
-        with self.change() as conn:
+        conn = self.begin()
+        with sqlite_errors("eventsourcing index commit failed", error=StorageError):
             for row in rows:
                 self.save_recorder(conn, row)
-        with sqlite_errors("eventsourcing index commit failed", error=StorageError):
             self.conn.execute("COMMIT")
         self._in_transaction = False
         self._changes = 0

@@ -35,9 +35,10 @@ from hybridlog.eventsourcing.codec import (
     decode_event,
     decode_header,
     decode_tracking,
-    encode_event,
+    encode_events,
     encode_header,
     encode_tracking,
+    notifications_in,
     originator_key,
     payload_type,
 )
@@ -86,6 +87,7 @@ class SharedStore:
         self.lock = threading.RLock()
         self.references = 0
         self._rows: dict[int, RecorderRow] = {}  # streams the index has caught up with, as the writer sees them
+        self._stream_ids: dict[str, int] = {}
         self._since_checkpoint: dict[int, int] = {}
         self._listeners: set[threading.Event] = set()
 
@@ -95,9 +97,17 @@ class SharedStore:
             try:
                 self.index.flush(self._rows.values())
             finally:
-                self._rows.clear()
+                self._forget()
                 self.index.close()
                 self.storage.close()
+
+    def _forget(self) -> None:
+        """Roll the index back to its last commit and forget every stream's row: each is caught up
+        again from the stream before its next use (after any failure that may have left the index
+        half-changed, or the stream changed without it)."""
+        self.index.abandon()
+        self._rows.clear()
+        self._since_checkpoint.clear()
 
     @contextmanager
     def _walk(self, sid: int, offset: int) -> Iterator[Iterator[Record]]:
@@ -113,32 +123,37 @@ class SharedStore:
 
     def row(self, name: str) -> RecorderRow:
         """The recorder's row, with the index caught up with its stream first (once per open)."""
-        sid = stream_id_for(name)
+        sid = self._stream_ids.get(name)
+        if sid is None:
+            sid = self._stream_ids[name] = stream_id_for(name)
         row = self._rows.get(sid)
         if row is not None:
             return row
         with self.lock:
             row = self._rows.get(sid)
             if row is None:
-                row = self._rows[sid] = self._catch_up(sid, name)
+                try:
+                    row = self._rows[sid] = self._catch_up(sid, name)
+                except BaseException:
+                    self._forget()
+                    raise
             return row
 
     def _catch_up(self, sid: int, name: str) -> RecorderRow:
         stream_next = self.storage.next_offset(sid)
-        with self.index.change() as conn:
-            row = EventIndex.recorder(conn, sid)
-            if row is not None and not self._agrees(row, stream_next):
-                EventIndex.forget(conn, sid)  # the stream was cut back or rewritten: read it again
-                row = None
-            if row is None:
-                row = RecorderRow(sid, name, 0, None, 1)
-            elif row.name != name:
-                raise ForeignStream(f"stream {sid} is recorder {row.name!r}'s, not {name!r}'s")
+        conn = self.index.begin()
+        row = EventIndex.recorder(conn, sid)
+        if row is not None and not self._agrees(row, stream_next):
+            EventIndex.forget(conn, sid)  # the stream was cut back or rewritten: read it again
+            row = None
+        if row is None:
+            row = RecorderRow(sid, name, 0, None, 1)
+        elif row.name != name:
+            raise ForeignStream(f"stream {sid} is recorder {row.name!r}'s, not {name!r}'s")
         if stream_next > 0:
             self._check_header(sid, name)
         while row.next_offset < stream_next:
-            with self.index.change() as conn:
-                self._index_records(conn, row, stream_next)
+            self._index_records(self.index.begin(), row, stream_next)
             self.index.flush([row])
         last = self.storage.last_checkpoint(sid)
         self._since_checkpoint[sid] = row.next_offset - (last[0] + 1 if last else 0)
@@ -198,37 +213,31 @@ class SharedStore:
             row = self.row(name)
             sid = row.stream_id
             first_id = row.next_notification_id
+            encoded = encode_events(events, first_id)
             payloads = [] if row.next_offset else [encode_header(name)]
             first_event_offset = row.next_offset + len(payloads)
-            payloads += [encode_event(event, first_id + i) for i, event in enumerate(events)]
+            payloads += encoded.payloads
             if tracking is not None:
                 payloads.append(encode_tracking(tracking))
-            keys = [originator_key(event.originator_id) for event in events]
-            runs = runs_of(
-                [
-                    (key, e.originator_version, first_event_offset + i)
-                    for i, (key, e) in enumerate(zip(keys, events, strict=True))
-                ]
-            )
+            runs = [(key, Run(low, high, first_event_offset + at)) for key, low, high, at in encoded.runs]
+            conn = self.index.begin()
+            self._check_conflicts(conn, sid, encoded.duplicate, runs, tracking)  # reads only: a conflict writes nothing
             try:
-                with self.index.change() as conn:
-                    self._check_conflicts(conn, sid, keys, events, runs, tracking)
-                    next_offset, head = self.storage.append_batch(sid, payloads, row.next_offset, row.head, fsync)
-                    EventIndex.add_runs(conn, sid, runs)
-                    if events:
-                        last_id = first_id + len(events) - 1
-                        EventIndex.add_notifications(conn, sid, Run(first_id, last_id, first_event_offset))
-                    if tracking is not None:
-                        EventIndex.set_tracking_id(conn, sid, tracking.application_name, tracking.notification_id)
-                    new_row = RecorderRow(sid, name, next_offset, head, first_id + len(events))
-            except RecordConflict:
-                raise
+                next_offset, head = self.storage.append_batch(sid, payloads, row.next_offset, row.head, fsync)
+                EventIndex.add_runs(conn, sid, runs)
+                if events:
+                    EventIndex.add_notifications(
+                        conn, sid, Run(first_id, first_id + len(events) - 1, first_event_offset)
+                    )
+                if tracking is not None:
+                    EventIndex.set_tracking_id(conn, sid, tracking.application_name, tracking.notification_id)
             except BaseException:
-                self._rows.pop(sid, None)  # whatever happened, read the stream again before the next use
+                self._forget()  # whatever happened to the stream or the index, read the stream again
                 raise
+            new_row = RecorderRow(sid, name, next_offset, head, first_id + len(events))
             self._rows[sid] = new_row
             self._since_checkpoint[sid] = self._since_checkpoint.get(sid, 0) + len(payloads)
-            self._maybe_checkpoint(new_row, fsync=fsync)
+            self._maybe_checkpoint(new_row)
             if self.index.due():
                 self.index.flush(self._rows.values())
         self._notify()
@@ -238,20 +247,17 @@ class SharedStore:
         self,
         conn: apsw.Connection,
         sid: int,
-        keys: list[bytes],
-        events: Sequence[StoredEvent],
+        duplicate: bool,
         runs: list[tuple[bytes, Run]],
         tracking: Tracking | None,
     ) -> None:
-        if len(set(zip(keys, (e.originator_version for e in events), strict=True))) != len(events):
+        if duplicate:
             raise RecordConflict("the same originator version is twice in one insert", stream_id=sid)
         for key, run in runs:
             before = EventIndex.run_at_or_before(conn, sid, key, run.last)
             if before is not None and before.last >= run.first:
                 raise RecordConflict(
-                    f"originator {events[keys.index(key)].originator_id} already has a version in "
-                    f"{run.first}..{run.last}",
-                    stream_id=sid,
+                    f"originator {key[1:].hex()} already has a version in {run.first}..{run.last}", stream_id=sid
                 )
         if tracking is not None:
             tracked = EventIndex.max_tracking_id(conn, sid, tracking.application_name)
@@ -261,13 +267,14 @@ class SharedStore:
                     stream_id=sid,
                 )
 
-    def _maybe_checkpoint(self, row: RecorderRow, *, fsync: bool) -> None:
+    def _maybe_checkpoint(self, row: RecorderRow) -> None:
         """A checkpoint record every ``CHECKPOINT_EVERY`` records, as a batch of its own."""
         sid = row.stream_id
         if self._since_checkpoint.get(sid, 0) < CHECKPOINT_EVERY:
             return
         try:
-            next_offset, head = self.storage.create_checkpoint(sid, row.next_offset, row.head, row.next_offset, fsync)
+            # Not fsynced: it holds nothing of the application's, and the next fsync'd insert makes it durable.
+            next_offset, head = self.storage.create_checkpoint(sid, row.next_offset, row.head, row.next_offset, False)
         except StorageError:
             self._rows.pop(sid, None)
             raise
@@ -308,7 +315,6 @@ class SharedStore:
             for i, record in enumerate(islice(records, count)):
                 decoded = _decoded_event(record)
                 if decoded is None or decoded.key != key or decoded.originator_version != version + i:
-                    self._rows.pop(sid, None)
                     raise StorageError(
                         f"the eventsourcing index of {self.data_dir} disagrees with stream {sid} "
                         f"at offset {record.offset}",
@@ -328,21 +334,8 @@ class SharedStore:
             return []
         sid = row.stream_id
         last_id = last_id if stop is None else min(stop, last_id)
-        wanted = set(topics)
-        found: list[Notification] = []
         with self._walk(sid, offset) as records:
-            for record in records:
-                decoded = _decoded_event(record)
-                if decoded is None or decoded.notification_id < lowest:
-                    continue
-                if decoded.notification_id > last_id:
-                    break
-                if wanted and decoded.topic not in wanted:
-                    continue
-                found.append(decoded.notification())
-                if len(found) >= limit:
-                    break
-        return found
+            return notifications_in(records, lowest, last_id, limit, set(topics))
 
     def max_notification_id(self, name: str) -> int | None:
         """The highest notification id recorded (None: no events yet)."""

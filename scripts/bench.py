@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchlib.contenders import Contender, available_contenders
-from benchlib.events import make_event_pool
+from benchlib.events import SMALL_EVENT, make_event_pool
 from benchlib.groupcommit import run_group_commit
 from benchlib.measure import (
     DEFAULT_SIZES,
@@ -43,6 +43,15 @@ from benchlib.measure import (
 from benchlib.memory import run_verify_memory
 from benchlib.randomread import run_random_read
 from benchlib.ratios import add_ratios
+from benchlib.recorders import (
+    QUICK_RECORDER_SIZES,
+    RecorderSizes,
+    installed,
+    recorder_lines,
+    recorder_target_lines,
+    recorder_targets,
+    run_recorders,
+)
 from benchlib.report import machine_info, render
 from benchlib.targets import evaluate_targets, information
 
@@ -56,13 +65,21 @@ def _progress(result: Result) -> None:
     )
     if "seconds" in result:
         figure = f"{number(result, 'seconds'):.2f}s"
+    elif "seconds_per_op" in result:
+        figure = f"{result['case']}: {number(result, 'seconds_per_op') * 1e6:.1f}us per op"
     else:  # the group-commit bound
         figure = f"f={number(result, 'fsync_seconds') * 1e6:.0f}us c={number(result, 'append_cpu_seconds') * 1e6:.1f}us"
     print(f"{result['workload']:<15} {result['contender']:<14} {shape}: {figure}", file=sys.stderr, flush=True)
 
 
 def run_all(
-    sizes: Sizes, contenders: Sequence[Contender], *, seed: int, repeat: int, tmp_root: Path | None
+    sizes: Sizes,
+    contenders: Sequence[Contender],
+    *,
+    seed: int,
+    repeat: int,
+    tmp_root: Path | None,
+    recorder_sizes: RecorderSizes | None,
 ) -> list[Result]:
     """Every measurement in a fixed order; each append/read one runs ``repeat`` times (median kept)."""
     pools = {size: make_event_pool(sizes.pool[size], seed, size) for size in sizes.event_sizes}
@@ -89,6 +106,8 @@ def run_all(
     keep(run_rebuild(sizes.rebuild_events, small, repeat, tmp_root))
     keep(*run_group_commit(small, sizes, repeat, tmp_root))
     keep(run_verify_memory(small, sizes.memory_bytes, sizes.memory_segment_size, tmp_root))
+    if recorder_sizes is not None:
+        keep(*run_recorders(make_event_pool(2000, seed, SMALL_EVENT), recorder_sizes, tmp_root))
     add_ratios(results)
     return results
 
@@ -121,8 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info(args.tmpdir)
     repeat = sizes.repeat if args.repeat is None else args.repeat
     contenders, missing = available_contenders()
-    results = run_all(sizes, contenders, seed=args.seed, repeat=repeat, tmp_root=args.tmpdir)
+    es_missing = installed()
+    es_sizes = None if es_missing else (QUICK_RECORDER_SIZES if args.quick else RecorderSizes())
+    results = run_all(sizes, contenders, seed=args.seed, repeat=repeat, tmp_root=args.tmpdir, recorder_sizes=es_sizes)
     targets = evaluate_targets(results, missing)
+    es_targets = recorder_targets(results, es_missing)
     figures = information(results, missing)
     report: dict[str, object] = {
         "mode": mode,
@@ -136,9 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "results": results,
         "targets": [t.as_json() for t in targets],
+        "eventsourcing_targets": [t.as_json() for t in es_targets],
         "information": [f.as_json() for f in figures],
     }
     print(render(mode, machine, repeat, results, contenders, missing, targets, figures))
+    print("\n" + "\n".join([*recorder_lines(results, es_missing), "", *recorder_target_lines(es_targets, results)]))
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"\nresults written to {args.json}", file=sys.stderr)
     return 0

@@ -524,5 +524,44 @@ def test_without_eventsourcing_the_harness_runs_and_says_not_installed(run_witho
     assert "not installed" in target["note"]
 
 
+ES_CASES = ("insert_one", "insert_100", "save_10", "save_100", "read_log")
+ES_TITLE = "TARGETS (issue 13: hybridlog.eventsourcing vs eventsourcing.sqlite; ratios from this run)"
+ES_MODULES = ("hybridlog.eventsourcing", "eventsourcing.sqlite")
+
+
+def test_both_persistence_modules_run_every_workload_and_the_ratio_is_their_quotient(quick_run: BenchRun) -> None:
+    """Issue 13's workloads for hybridlog.eventsourcing and eventsourcing.sqlite, ratios and targets consistent."""
+    rows = results_of(quick_run, "eventsourcing_module")
+    assert {(r["case"], r["contender"]) for r in rows} == {(c, m) for c in ES_CASES for m in ES_MODULES}
+    for case in ES_CASES:
+        mine, theirs = (the(rows, case=case, contender=m) for m in ES_MODULES)
+        assert mine["seconds_per_op"] > 0
+        assert theirs["seconds_per_op"] > 0
+        assert mine["seconds_per_op"] == statistics.median(mine["runs_seconds_per_op"])
+        assert math.isclose(mine["ratio_vs_sqlite_module"], theirs["seconds_per_op"] / mine["seconds_per_op"])
+    assert the(rows, case="read_log", contender=ES_MODULES[0])["operations"] >= 600  # the whole log, read back
+    targets = quick_run.report["eventsourcing_targets"]
+    assert [(t["threshold"], t["note"]) for t in targets] == [
+        (1.0, "insert, one new aggregate, 1 event"),
+        (1.0, "Application.save, 10 events"),
+        (1.0, "read the notification log (pages of 500)"),
+        (2.0, "insert, one new aggregate, 100 events"),
+    ]
+    cases = ("insert_one", "save_10", "read_log", "insert_100")
+    for target, case in zip(targets, cases, strict=True):
+        assert target["value"] == the(rows, case=case, contender=ES_MODULES[0])["ratio_vs_sqlite_module"]
+        assert target["status"] == expected_status(target)
+    section = quick_run.stdout[quick_run.stdout.index(ES_TITLE) :]
+    assert f"{sum(t['status'] == 'PASS' for t in targets)} of 4 criteria pass" in section
+
+
+def test_without_eventsourcing_the_persistence_module_targets_are_missing(run_without_eventsourcing: BenchRun) -> None:
+    run = run_without_eventsourcing
+    assert results_of(run, "eventsourcing_module") == []
+    assert [t["status"] for t in run.report["eventsourcing_targets"]] == ["MISSING"] * 4
+    assert all("not installed" in t["note"] for t in run.report["eventsourcing_targets"])
+    assert ES_TITLE in run.stdout
+
+
 def row_key(r: dict[str, Any]) -> tuple[str, int, int, bool | None, str]:
     return (r["contender"], r["event_size"], r["batch_size"], r["fsync"], r["compression"])

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchlib.measure import Result, number
+from benchlib.targets import PASS, Target
 from benchlib.text import grid, micro, times
 
 HYBRIDLOG_MODULE = "hybridlog.eventsourcing"
@@ -152,6 +153,7 @@ def _workloads(pool: Sequence[bytes], sizes: RecorderSizes) -> dict[str, Callabl
         return total, time.perf_counter() - started
 
     return {
+        "warm_up": lambda app: insert(app, 1, 1),
         "insert_one": lambda app: insert(app, sizes.insert_one, 1),
         "insert_100": lambda app: insert(app, sizes.insert_100, 100),
         "save_10": lambda app: save(app, sizes.save_10, 10),
@@ -171,6 +173,7 @@ def run_recorders(pool: Sequence[bytes], sizes: RecorderSizes, tmp_root: Path | 
             with tempfile.TemporaryDirectory(dir=tmp_root, prefix="bench-recorders-") as directory:
                 app = _application(module, Path(directory))
                 try:
+                    workloads["warm_up"](app)  # the store's and the stream's creation, outside every timing
                     for case in CASES:
                         count, spent = workloads[case](app)
                         seconds.setdefault((case, module), []).append(spent / count)
@@ -220,3 +223,40 @@ def recorder_lines(results: Sequence[Result], why_missing: str | None) -> list[s
         "  ratio: eventsourcing.sqlite's time / hybridlog's (above 1: hybridlog faster)",
         *grid(["workload", "hybridlog", "sqlite", "ratio", "time"], rows, note=True),
     ]
+
+
+ISSUE_13_TARGETS = (
+    ("insert_one", "one new aggregate per insert (test_performance's shape)", 1.0),
+    ("save_10", "Application.save of an aggregate with 10 events", 1.0),
+    ("read_log", "reading the notification log", 1.0),
+    ("insert_100", "saves of 100 events: the recorder's insert of them", 2.0),
+)
+
+
+def recorder_targets(results: Sequence[Result], why_missing: str | None) -> list[Target]:
+    """Issue 13's speed criteria: hybridlog's ratio to eventsourcing's SQLite module per workload."""
+    targets = []
+    for case, row, threshold in ISSUE_13_TARGETS:
+        found = next((r for r in results if r.get("case") == case and r["contender"] == HYBRIDLOG_MODULE), None)
+        ratio = None if found is None else number(found, "ratio_vs_sqlite_module")
+        note = why_missing or TITLES[case]
+        targets.append(Target(f"eventsourcing: {row}", f"vs {SQLITE_MODULE}", ratio, ">=", threshold, "x", note))
+    return targets
+
+
+def recorder_target_lines(targets: Sequence[Target], results: Sequence[Result]) -> list[str]:
+    """The issue-13 TARGETS section, and Application.save of 100 events as information."""
+    rows = [[t.row, t.measure, times(t.value), f">= {t.threshold:g}x", t.status, t.note] for t in targets]
+    save_100 = next((r for r in results if r.get("case") == "save_100" and r["contender"] == HYBRIDLOG_MODULE), None)
+    passed = sum(t.status == PASS for t in targets)
+    lines = [
+        "TARGETS (issue 13: hybridlog.eventsourcing vs eventsourcing.sqlite; ratios from this run)",
+        *grid(["row", "measure", "value", "target", "status", "note"], rows, left=2, note=True),
+        f"{passed} of {len(targets)} criteria pass",
+    ]
+    if save_100 is not None:
+        lines.append(
+            f"information: Application.save of 100 events (the domain model's work included, the same for both):"
+            f" {times(number(save_100, 'ratio_vs_sqlite_module'))}"
+        )
+    return lines

@@ -28,6 +28,7 @@ import apsw
 from hybridlog.catalog import Catalog
 from hybridlog.db import consumer_migrations, sqlite_errors
 from hybridlog.errors import CatalogError, InvalidArgument, MultipleStatements, QueryRowLimit, QueryTimeout
+from hybridlog.es_records import register_sql_functions
 from hybridlog.events_table import EventSource
 from hybridlog.events_table import register as register_events_table
 from hybridlog.layout import CATALOG_FILE, consumers_path
@@ -389,6 +390,7 @@ def query_rows(
     catalog = Catalog(path, read_only=True)
     try:
         register_records_table(catalog.conn, catalog.path)
+        register_sql_functions(catalog.conn)  # es_topic(payload), ...: eventsourcing events taken apart
         if events is not None:
             register_events_table(catalog.conn, events)
         attach_consumers(catalog.conn, data_dir)

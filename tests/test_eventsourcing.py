@@ -16,6 +16,9 @@ Contracts tested here:
 * The application's history is a hybridlog stream: ``hybridlog verify`` proves it and names a
   flipped byte, and a read through the recorder refuses it; checkpoints anchor reads.
 * A subscription wakes when an insert is recorded.
+* An append that fails records nothing (the inserts before it, not yet committed to the index,
+  stay); an index write that fails after the append leaves the insert recorded, and the index is
+  read again from the stream.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID, uuid4
 
+import apsw
 import pytest
 from click.testing import CliRunner
 from eventsourcing.application import Application
@@ -34,7 +38,15 @@ from eventsourcing.persistence import IntegrityError as EventsourcingIntegrityEr
 from eventsourcing.persistence import StoredEvent, Tracking
 from eventsourcing.utils import Environment
 
-from hybridlog import ConflictError, IntegrityError, InvalidArgument, InvalidConfiguration, Storage, StorageError
+from hybridlog import (
+    ConflictError,
+    IntegrityError,
+    InvalidArgument,
+    InvalidConfiguration,
+    Storage,
+    StorageError,
+    StorageIOError,
+)
 from hybridlog.cli import cli
 from hybridlog.eventsourcing import (
     ForeignStream,
@@ -44,6 +56,7 @@ from hybridlog.eventsourcing import (
     RecordConflict,
     stream_id_for,
 )
+from hybridlog.eventsourcing.index import EventIndex
 from hybridlog.eventsourcing.store import CHECKPOINT_EVERY, SharedStore, acquire, release
 from hybridlog.testing.damage import flip_byte, segment_files
 from hybridlog.types import RecordKind
@@ -107,6 +120,53 @@ def test_a_conflict_is_both_integrity_errors_and_writes_nothing(store: SharedSto
     assert recorder.insert_events([event(a, 4), event(b, 1)], tracking=Tracking("up", 6)) == [4, 5]
     assert [e.originator_version for e in recorder.select_events(a)] == [1, 2, 3, 4]
     assert [e.originator_version for e in recorder.select_events(a, gt=1, lte=3, desc=True)] == [3, 2]
+
+
+def test_an_append_that_fails_records_nothing_and_the_next_insert_goes_on(
+    store: SharedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = HybridlogProcessRecorder(store, "app:events")
+    a = uuid4()
+    for version in (1, 2, 3):  # not committed to the index yet: only in its open transaction
+        recorder.insert_events([event(a, version)], tracking=Tracking("up", version))
+    append = store.storage.append_batch
+
+    def disk_full(*args: object, **kwargs: object) -> object:
+        raise StorageIOError("no space left on device")
+
+    monkeypatch.setattr(store.storage, "append_batch", disk_full)
+    with pytest.raises(StorageIOError):
+        recorder.insert_events([event(a, 4), event(uuid4(), 1)], tracking=Tracking("up", 4))
+    monkeypatch.setattr(store.storage, "append_batch", append)
+    assert [e.originator_version for e in recorder.select_events(a)] == [1, 2, 3]
+    assert recorder.max_notification_id() == 3
+    assert recorder.max_tracking_id("up") == 3
+    assert recorder.insert_events([event(a, 4)], tracking=Tracking("up", 4)) == [4]
+    assert [n.id for n in recorder.select_notifications(None, 10)] == [1, 2, 3, 4]
+
+
+def test_an_index_write_that_fails_after_the_append_is_redone_from_the_stream(
+    store: SharedStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = HybridlogProcessRecorder(store, "app:events")
+    a, b = uuid4(), uuid4()
+    recorder.insert_events([event(a, 1)], tracking=Tracking("up", 1))
+    add = EventIndex.add_notifications
+
+    def full(*args: object) -> None:
+        raise apsw.FullError("database or disk is full")
+
+    monkeypatch.setattr(EventIndex, "add_notifications", staticmethod(full))
+    assert recorder.insert_events([event(a, 2), event(b, 1)], tracking=Tracking("up", 2)) == [2, 3]  # it is stored
+    assert "read again from the stream" in caplog.text
+    monkeypatch.setattr(EventIndex, "add_notifications", staticmethod(add))
+    assert [e.originator_version for e in recorder.select_events(a)] == [1, 2]
+    assert recorder.select_events(b) == [event(b, 1)]
+    assert [n.id for n in recorder.select_notifications(None, 10)] == [1, 2, 3]
+    assert recorder.max_tracking_id("up") == 2
+    with pytest.raises(RecordConflict):
+        recorder.insert_events([event(b, 1)])
+    assert recorder.insert_events([event(b, 2)]) == [4]
 
 
 def test_a_uuid_and_its_string_are_different_aggregates(store: SharedStore) -> None:

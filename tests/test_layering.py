@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hybridlog"
 LAYERS: list[set[str]] = [
     {"errors", "output", "failpoints"},
     {"types"},
-    {"native", "record", "layout", "markers", "verified_cache", "groupcommit"},
+    {"native", "record", "layout", "markers", "verified_cache", "groupcommit", "es_records"},
     {"segment", "dictionary", "pipeline", "batch", "lock"},
     {"walk", "db", "training", "catalog_rows"},
     {

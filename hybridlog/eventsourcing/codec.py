@@ -1,14 +1,8 @@
-"""The payloads ``hybridlog.eventsourcing`` writes: one record per stored event, per tracking object,
-and one header naming the recorder's stream (``docs/eventsourcing.md`` section 2).
-
-Every payload starts with the 4 bytes ``HLES``, a codec version (1) and a one-letter type. All
-integers are little-endian. The notification id of an event is in its payload, so it is a fact of the
-segments: it is hashed and chained with the record, and no rebuild of any index can renumber it.
-
-    header    b"HLES" 01 b"H"  name (UTF-8)
-    event     b"HLES" 01 b"E"  notification_id u64, originator_version i64, id_type u8 (0 UUID, 1 str),
-                               id_len u16, topic_len u16, originator id, topic (UTF-8), state
-    tracking  b"HLES" 01 b"T"  notification_id u64, application name (UTF-8)
+"""eventsourcing's objects to and from the payloads ``hybridlog.eventsourcing`` writes: one record per
+stored event, per tracking object, and one header naming the recorder's stream. The layout is in
+``hybridlog/es_records.py`` and ``docs/eventsourcing.md`` section 2. The notification id of an
+event is in its payload, so it is a fact of the segments: it is hashed and chained with the
+record, and no rebuild of any index can renumber it.
 """
 
 from __future__ import annotations
@@ -22,15 +16,21 @@ from uuid import UUID, SafeUUID
 from eventsourcing.persistence import Notification, StoredEvent, Tracking
 
 from hybridlog.errors import InvalidArgument, InvalidEvent
+from hybridlog.es_records import (
+    EVENT,
+    EVENT_HEADER,
+    HEADER,
+    PREFIX,
+    STR_ID,
+    TRACKING,
+    TRACKING_HEADER,
+    UUID_ID,
+    UUID_SIZE,
+)
 from hybridlog.types import Record, RecordKind
 
-PREFIX = b"HLES\x01"
-HEADER, EVENT, TRACKING = b"H", b"E", b"T"
-
-_EVENT = struct.Struct("<6sQqBHH")  # prefix + type, notification id, version, id type, id length, topic length
-_TRACKING = struct.Struct("<6sQ")
-_UUID, _STR = 0, 1
-_UUID_SIZE = 16
+_EVENT, _TRACKING = EVENT_HEADER, TRACKING_HEADER
+_UUID, _STR, _UUID_SIZE = UUID_ID, STR_ID, UUID_SIZE
 _MAX_U16 = 0xFFFF
 _MAX_U64 = 2**64 - 1
 _MIN_I64, _MAX_I64 = -(2**63), 2**63 - 1

@@ -14,6 +14,7 @@ that ``SharedStore``: the writer lock allows one ``Storage`` per directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Generator, Iterator, Sequence
@@ -26,11 +27,10 @@ from blake3 import blake3
 from eventsourcing.persistence import IntegrityError as EventsourcingIntegrityError
 from eventsourcing.persistence import Notification, StoredEvent, Tracking
 
+from hybridlog.db import sqlite_errors
 from hybridlog.errors import ConflictError, StorageError
+from hybridlog.es_records import EVENT, HEADER, TRACKING
 from hybridlog.eventsourcing.codec import (
-    EVENT,
-    HEADER,
-    TRACKING,
     DecodedEvent,
     decode_event,
     decode_header,
@@ -45,6 +45,8 @@ from hybridlog.eventsourcing.codec import (
 from hybridlog.eventsourcing.index import INDEX_FILE, EventIndex, RecorderRow, Run, runs_of
 from hybridlog.storage import Storage
 from hybridlog.types import MAX_STREAM_ID, CheckpointPolicy, Record, RecordKind
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 128
 """Records between the checkpoints this module writes (a read verifies from the nearest one)."""
@@ -133,7 +135,8 @@ class SharedStore:
             row = self._rows.get(sid)
             if row is None:
                 try:
-                    row = self._rows[sid] = self._catch_up(sid, name)
+                    with sqlite_errors("eventsourcing index catch-up failed", error=StorageError):
+                        row = self._rows[sid] = self._catch_up(sid, name)
                 except BaseException:
                     self._forget()
                     raise
@@ -220,26 +223,30 @@ class SharedStore:
             if tracking is not None:
                 payloads.append(encode_tracking(tracking))
             runs = [(key, Run(low, high, first_event_offset + at)) for key, low, high, at in encoded.runs]
-            conn = self.index.begin()
-            self._check_conflicts(conn, sid, encoded.duplicate, runs, tracking)  # reads only: a conflict writes nothing
+            with sqlite_errors("eventsourcing index read failed", error=StorageError):
+                conn = self.index.begin()
+                self._check_conflicts(conn, sid, encoded.duplicate, runs, tracking)  # reads: a conflict writes nothing
             try:
                 next_offset, head = self.storage.append_batch(sid, payloads, row.next_offset, row.head, fsync)
-                EventIndex.add_runs(conn, sid, runs)
-                if events:
-                    EventIndex.add_notifications(
-                        conn, sid, Run(first_id, first_id + len(events) - 1, first_event_offset)
-                    )
-                if tracking is not None:
-                    EventIndex.set_tracking_id(conn, sid, tracking.application_name, tracking.notification_id)
             except BaseException:
-                self._forget()  # whatever happened to the stream or the index, read the stream again
+                self._forget()  # the stream may have moved (AppendOutcomeUnknown): read it again before going on
                 raise
-            new_row = RecorderRow(sid, name, next_offset, head, first_id + len(events))
-            self._rows[sid] = new_row
-            self._since_checkpoint[sid] = self._since_checkpoint.get(sid, 0) + len(payloads)
-            self._maybe_checkpoint(new_row)
-            if self.index.due():
-                self.index.flush(self._rows.values())
+            try:  # the batch is stored: what follows is bookkeeping that can always be redone from the stream
+                with sqlite_errors("eventsourcing index write failed", error=StorageError):
+                    EventIndex.add_runs(conn, sid, runs)
+                    if events:
+                        last_id = first_id + len(events) - 1
+                        EventIndex.add_notifications(conn, sid, Run(first_id, last_id, first_event_offset))
+                    if tracking is not None:
+                        EventIndex.set_tracking_id(conn, sid, tracking.application_name, tracking.notification_id)
+                new_row = self._rows[sid] = RecorderRow(sid, name, next_offset, head, first_id + len(events))
+                self._since_checkpoint[sid] = self._since_checkpoint.get(sid, 0) + len(payloads)
+                self._maybe_checkpoint(new_row)
+                if self.index.due():
+                    self.index.flush(self._rows.values())
+            except Exception as e:
+                log.warning("%s: %s after an insert was stored; the index is read again from the stream", name, e)
+                self._forget()
         self._notify()
         return list(range(first_id, first_id + len(events)))
 
@@ -289,7 +296,7 @@ class SharedStore:
         """The originator's events with versions in (gt, lte], in version order (reversed with ``desc``)."""
         sid = self.row(name).stream_id
         key = originator_key(originator_id)  # type: ignore[arg-type]  # checked there
-        with self.lock:
+        with self.lock, sqlite_errors("eventsourcing index read failed", error=StorageError):
             runs = EventIndex.runs(self.index.conn, sid, key, gt, lte)
         wanted: list[tuple[int, int, int]] = []  # (first offset, first version, count)
         for run in runs:
@@ -326,7 +333,7 @@ class SharedStore:
         self, name: str, lowest: int, limit: int, stop: int | None, topics: Sequence[str]
     ) -> list[Notification]:
         """Up to ``limit`` notifications with ids from ``lowest`` to ``stop``, of ``topics`` if any."""
-        with self.lock:
+        with self.lock, sqlite_errors("eventsourcing index read failed", error=StorageError):
             row = self.row(name)
             last_id = row.next_notification_id - 1
             offset = EventIndex.offset_of_notification(self.index.conn, row.stream_id, lowest)
@@ -344,7 +351,7 @@ class SharedStore:
 
     def max_tracking_id(self, name: str, application_name: str) -> int | None:
         """The highest notification id of ``application_name`` tracked by the recorder."""
-        with self.lock:
+        with self.lock, sqlite_errors("eventsourcing index read failed", error=StorageError):
             return EventIndex.max_tracking_id(self.index.conn, self.row(name).stream_id, application_name)
 
     # --- listeners -------------------------------------------------------------------------------

@@ -84,6 +84,14 @@ PREALLOCATE_BYTES = 1024 * 1024
 """How far ahead of its data an fsync'd append reserves space in the active segment (``preallocate``)."""
 _ZEROS = bytes(PREALLOCATE_BYTES)
 _reserve_write = os.pwrite  # the write of reserved zeros (a test stands a full disk in here)
+RESERVE_FREE_FACTOR = 8
+"""Space is reserved ahead only while the file system has this many reservations' worth free."""
+
+
+def _free_bytes(fd: int) -> int:
+    """Bytes the file system holding ``fd`` has free for this process."""
+    stats = os.fstatvfs(fd)
+    return stats.f_bavail * stats.f_frsize
 
 
 class SegmentWriter:
@@ -119,19 +127,24 @@ class SegmentWriter:
     def preallocate(self, end: int, limit: int) -> None:
         """Reserve space up to at least ``end``: zeros written up to ``PREALLOCATE_BYTES`` past it, but
         not past ``limit`` (the segment size limit). Written zeros, not ``posix_fallocate``: a block
-        reserved that way is *unwritten* to ext4 and XFS, and the first write into it makes its
+        reserved that way is *unwritten* to ext4 and XFS, and the first write into one makes its
         fdatasync commit the block's conversion too (measured here, a 15 KB fsync'd write: 141 us
-        into written zeros, 252 us into fallocated space, 258 us appending). Where the disk is full
-        the write stops short, and what was written is reserved."""
+        into written zeros, 252 us into fallocated space, 258 us appending). Nothing is reserved
+        while the file system has less than ``RESERVE_FREE_FACTOR`` reservations free, and a
+        reservation the disk cannot hold is given back whole: space ahead must never be what leaves
+        the data itself, or the catalog, without room."""
         if end <= self.allocated:
             return
         target = max(end, min(end + PREALLOCATE_BYTES, limit))
         try:
+            if _free_bytes(self.fd) < RESERVE_FREE_FACTOR * PREALLOCATE_BYTES:
+                return
             while self.allocated < target:
                 size = min(target - self.allocated, len(_ZEROS))
                 self.allocated += _reserve_write(self.fd, memoryview(_ZEROS)[:size], self.allocated)
-        except OSError:  # no space left: keep what was written (zeros, trimmed like any reservation)
+        except OSError:  # no space left after all: give back the zeros written so far
             self.allocated = max(self.end, self.size())
+            self.trim()
 
     def trim(self) -> None:
         """Give back the space reserved past ``end`` (the file then ends where its data does), if it

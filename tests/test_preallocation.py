@@ -13,8 +13,9 @@ Contracts tested here:
   no quarantine file and logs no recovery action, and appends continue the chain. Killed between
   the segment write and the catalog commit, the batch is adopted and the zeros after it trimmed
   (logged as ``trimmed``).
-* Where the disk has no space to reserve (writing the zeros fails), appends go on as
-  without it.
+* Nothing is reserved while the file system is nearly full, and a reservation the disk cannot
+  hold is given back whole. Where the disk has no space to reserve (writing the zeros fails),
+  appends go on as without it.
 
 The child process runs this file as a script (see the bottom).
 """
@@ -22,6 +23,7 @@ The child process runs this file as a script (see the bottom).
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from pathlib import Path
 
@@ -100,6 +102,34 @@ def test_appends_go_on_where_space_cannot_be_reserved(store_dir: Path, monkeypat
             store.append(STREAM, [event(n)], fsync=True)
         assert file_size(store) == data_size(store)
         assert genesis_events(store, STREAM) == [event(0), event(1), event(2)]
+
+
+def test_a_reservation_the_disk_cannot_hold_is_given_back_whole(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    def half_then_full(fd: int, data: memoryview, offset: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.pwrite(fd, data[: len(data) // 2], offset)  # some zeros written, then the disk is full
+
+    monkeypatch.setattr(segment, "_reserve_write", half_then_full)
+    with open_store(store_dir) as store:
+        store.append(STREAM, [event(0)], fsync=True)
+        assert calls == 2
+        assert file_size(store) == data_size(store)  # the half reservation was given back
+        assert genesis_events(store, STREAM) == [event(0)]
+
+
+def test_nothing_is_reserved_on_a_nearly_full_file_system(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segment, "_free_bytes", lambda fd: segment.RESERVE_FREE_FACTOR * PREALLOCATE_BYTES - 1)
+    with open_store(store_dir) as store:
+        for n in range(3):
+            store.append(STREAM, [event(n)], fsync=True)
+            assert file_size(store) == data_size(store)
 
 
 @pytest.mark.parametrize("acks", [1, 5])

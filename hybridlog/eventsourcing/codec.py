@@ -126,6 +126,8 @@ def _topic(topic: object) -> bytes:
 
 def _has_duplicate(runs: list[tuple[bytes, int, int, int]]) -> bool:
     """Whether two runs of one originator share a version (a run never repeats one)."""
+    if len(runs) < 2 or len({key for key, _, _, _ in runs}) == len(runs):
+        return False  # the common case: one run per originator
     by_key: dict[bytes, list[tuple[int, int]]] = {}
     for key, first, last, _ in runs:
         by_key.setdefault(key, []).append((first, last))

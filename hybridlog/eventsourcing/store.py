@@ -367,6 +367,8 @@ class SharedStore:
             self._listeners.discard(event)
 
     def _notify(self) -> None:
+        if not self._listeners:
+            return
         with self.lock:
             listeners = list(self._listeners)
         for event in listeners:

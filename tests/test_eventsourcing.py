@@ -47,6 +47,7 @@ from hybridlog import (
     StorageError,
     StorageIOError,
 )
+from hybridlog.batch import plan_batch
 from hybridlog.cli import cli
 from hybridlog.eventsourcing import (
     ForeignStream,
@@ -57,9 +58,9 @@ from hybridlog.eventsourcing import (
     stream_id_for,
 )
 from hybridlog.eventsourcing.index import EventIndex
-from hybridlog.eventsourcing.store import CHECKPOINT_EVERY, SharedStore, acquire, release
+from hybridlog.eventsourcing.store import CHECKPOINT_EVERY, SharedStore, acquire, checkpoint_plan, release
 from hybridlog.testing.damage import flip_byte, segment_files
-from hybridlog.types import RecordKind
+from hybridlog.types import CheckpointPolicy, RecordKind
 
 
 @pytest.fixture
@@ -298,6 +299,41 @@ def test_verify_proves_the_history_and_names_a_flipped_byte(store_dir: Path) -> 
         assert [e.originator_version for e in recorder.select_events(oid, lte=3)] == [1, 2, 3]
     finally:
         release(shared)
+
+
+@pytest.mark.parametrize("every", [1, 2, 5, 128])
+def test_the_checkpoint_plan_is_the_stores_rule(every: int) -> None:
+    """``checkpoint_plan`` says where ``batch.plan_batch`` puts checkpoints, for every batch size and start."""
+    for since in range(2 * every + 2):
+        for count in range(3 * every + 3):
+            planned = plan_batch([b"x"] * count, CheckpointPolicy.every(every), since, 0)
+            checkpoints = [at for at, (kind, _) in enumerate(planned) if kind == RecordKind.CHECKPOINT]
+            assert checkpoint_plan(count, since, every) == [at - n - 1 for n, at in enumerate(checkpoints)]
+
+
+def test_records_land_where_the_index_says_across_checkpoints(
+    store: SharedStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Inserts that straddle the store's checkpoints: every run and notification points at its
+    records, and a wrong plan (a store whose policy differs) is caught, not indexed."""
+    recorder = HybridlogProcessRecorder(store, "app:events")
+    a = uuid4()
+    version = 0
+    for size in (1, 60, 127, 3, 300, 128, 2):
+        recorder.insert_events([event(a, version + v + 1) for v in range(size)], tracking=Tracking("up", version + 1))
+        version += size
+    kinds = [r.kind for r in store.storage.iter_records(recorder.stream_id, 0, anchored=False)]
+    assert kinds.count(RecordKind.CHECKPOINT) == len(kinds) // (CHECKPOINT_EVERY + 1)
+    assert [e.originator_version for e in recorder.select_events(a)] == list(range(1, version + 1))
+    assert [n.id for n in recorder.select_notifications(None, 1000)] == list(range(1, version + 1))
+    assert [e.originator_version for e in recorder.select_events(a, gt=120, lte=140)] == list(range(121, 141))
+
+    store._since_checkpoint[recorder.stream_id] += 7  # a plan that cannot be the store's
+    recorder.insert_events([event(a, version + v + 1) for v in range(200)])  # stored; the index is read again
+    version += 200
+    assert "checkpoints did not land where planned" in caplog.text
+    assert [e.originator_version for e in recorder.select_events(a)] == list(range(1, version + 1))
+    assert [n.id for n in recorder.select_notifications(None, 1000)] == list(range(1, version + 1))
 
 
 def test_a_subscription_wakes_when_an_insert_is_recorded(store: SharedStore) -> None:

@@ -14,6 +14,7 @@ that ``SharedStore``: the writer lock allows one ``Storage`` per directory.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
@@ -49,7 +50,7 @@ from hybridlog.types import MAX_STREAM_ID, CheckpointPolicy, Record, RecordKind
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY = 128
-"""Records between the checkpoints this module writes (a read verifies from the nearest one)."""
+"""Records between checkpoints in a recorder's stream (a read verifies from the nearest one)."""
 
 SYNC_CHUNK = 10_000
 """Records indexed per index transaction while an index catches up with its stream."""
@@ -65,6 +66,26 @@ class ForeignStream(StorageError):
     """A recorder's stream holds records this module did not write (or another recorder's)."""
 
 
+def checkpoint_plan(count: int, since: int, every: int) -> list[int]:
+    """The indices of a batch's ``count`` records after which the store writes a checkpoint, under
+    ``CheckpointPolicy(every_records=every)`` with ``since`` event records since the last one (the
+    rule of ``hybridlog.batch.plan_batch``; ``tests/test_eventsourcing.py`` holds the two together,
+    and ``_as_planned`` checks every batch against the catalog)."""
+    return list(range(max(1, every - since) - 1, count, every))
+
+
+def placed(base: int, plan: list[int], first: int, last: int) -> list[tuple[int, int, int]]:
+    """(first index, last index, offset of the first) of each stretch of a batch's records ``first ..
+    last`` at consecutive offsets, the batch appended at offset ``base`` with the checkpoints ``plan``."""
+    stretches, start = [], first
+    for after in plan:
+        if start <= after < last:
+            stretches.append((start, after))
+            start = after + 1
+    stretches.append((start, last))
+    return [(s, e, base + s + bisect.bisect_left(plan, s)) for s, e in stretches]
+
+
 def stream_id_for(name: str) -> int:
     """The stream of the recorder called ``name``: 63 bits of BLAKE3 of the name (its header record
     guards against the one-in-2**63 chance that two names meet)."""
@@ -77,9 +98,10 @@ class SharedStore:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        # This module writes its own checkpoints (``_maybe_checkpoint``): one the policy put inside
-        # a batch would move the offsets of the events after it.
-        self.storage = Storage(data_dir, checkpoint_policy=CheckpointPolicy(every_records=None, on_close=False))
+        # The store writes a checkpoint after every CHECKPOINT_EVERY-th record, inside the batch
+        # (``checkpoint_plan`` says where, so the offsets of the events after it are known).
+        policy = CheckpointPolicy(every_records=CHECKPOINT_EVERY, on_close=False)
+        self.storage = Storage(data_dir, checkpoint_policy=policy)
         try:
             self.storage.ensure_created()  # the directory (and lock) before the index file in it
             self.index = EventIndex(data_dir, busy_timeout_ms=5000)
@@ -158,9 +180,17 @@ class SharedStore:
         while row.next_offset < stream_next:
             self._index_records(self.index.begin(), row, stream_next)
             self.index.flush([row])
-        last = self.storage.last_checkpoint(sid)
-        self._since_checkpoint[sid] = row.next_offset - (last[0] + 1 if last else 0)
+        self._since_checkpoint[sid] = self._records_since_checkpoint(sid)
         return row
+
+    def _records_since_checkpoint(self, sid: int) -> int:
+        """The event records after the stream's last checkpoint (what the store's policy counts)."""
+        last = self.storage.last_checkpoint(sid)
+        start = last[0] + 1 if last else 0
+        if start >= self.storage.next_offset(sid):
+            return 0
+        with self._walk(sid, start) as records:
+            return sum(1 for record in records if record.kind == RecordKind.EVENT)
 
     def _agrees(self, row: RecorderRow, stream_next: int) -> bool:
         """Whether the stream still holds what the index read: the record before ``next_offset`` has the same hash."""
@@ -218,11 +248,18 @@ class SharedStore:
             first_id = row.next_notification_id
             encoded = encode_events(events, first_id)
             payloads = [] if row.next_offset else [encode_header(name)]
-            first_event_offset = row.next_offset + len(payloads)
+            first_event = len(payloads)  # the payload index of the first event
             payloads += encoded.payloads
             if tracking is not None:
                 payloads.append(encode_tracking(tracking))
-            runs = [(key, Run(low, high, first_event_offset + at)) for key, low, high, at in encoded.runs]
+            since = self._since_checkpoint.get(sid, 0)
+            plan = checkpoint_plan(len(payloads), since, CHECKPOINT_EVERY)
+            runs = [
+                (key, Run(first + (start - at), first + (end - at), offset))
+                for key, first, last, index in encoded.runs
+                for at in [first_event + index]
+                for start, end, offset in placed(row.next_offset, plan, at, at + last - first)
+            ]
             with sqlite_errors("eventsourcing index read failed", error=StorageError):
                 conn = self.index.begin()
                 self._check_conflicts(conn, sid, encoded.duplicate, runs, tracking)  # reads: a conflict writes nothing
@@ -232,16 +269,18 @@ class SharedStore:
                 self._forget()  # the stream may have moved (AppendOutcomeUnknown): read it again before going on
                 raise
             try:  # the batch is stored: what follows is bookkeeping that can always be redone from the stream
+                if not self._as_planned(sid, row.next_offset, len(payloads), plan, next_offset):
+                    raise StorageError("the checkpoints did not land where planned")
                 with sqlite_errors("eventsourcing index write failed", error=StorageError):
                     EventIndex.add_runs(conn, sid, runs)
-                    if events:
-                        last_id = first_id + len(events) - 1
-                        EventIndex.add_notifications(conn, sid, Run(first_id, last_id, first_event_offset))
+                    last_event = first_event + len(events) - 1
+                    for start, end, offset in placed(row.next_offset, plan, first_event, last_event) if events else ():
+                        ids = Run(first_id + start - first_event, first_id + end - first_event, offset)
+                        EventIndex.add_notifications(conn, sid, ids)
                     if tracking is not None:
                         EventIndex.set_tracking_id(conn, sid, tracking.application_name, tracking.notification_id)
-                new_row = self._rows[sid] = RecorderRow(sid, name, next_offset, head, first_id + len(events))
-                self._since_checkpoint[sid] = self._since_checkpoint.get(sid, 0) + len(payloads)
-                self._maybe_checkpoint(new_row)
+                self._rows[sid] = RecorderRow(sid, name, next_offset, head, first_id + len(events))
+                self._since_checkpoint[sid] = len(payloads) - (plan[-1] + 1) if plan else since + len(payloads)
                 if self.index.due():
                     self.index.flush(self._rows.values())
             except Exception as e:
@@ -274,19 +313,15 @@ class SharedStore:
                     stream_id=sid,
                 )
 
-    def _maybe_checkpoint(self, row: RecorderRow) -> None:
-        """A checkpoint record every ``CHECKPOINT_EVERY`` records, as a batch of its own."""
-        sid = row.stream_id
-        if self._since_checkpoint.get(sid, 0) < CHECKPOINT_EVERY:
-            return
-        try:
-            # Not fsynced: it holds nothing of the application's, and the next fsync'd insert makes it durable.
-            next_offset, head = self.storage.create_checkpoint(sid, row.next_offset, row.head, row.next_offset, False)
-        except StorageError:
-            self._rows.pop(sid, None)
-            raise
-        self._rows[sid] = RecorderRow(sid, row.name, next_offset, head, row.next_notification_id)
-        self._since_checkpoint[sid] = 0
+    def _as_planned(self, sid: int, base: int, count: int, plan: list[int], next_offset: int) -> bool:
+        """Whether the batch of ``count`` records appended at ``base`` got the checkpoints ``plan``
+        said: as many (the stream's next offset), and the last one where planned (the catalog's)."""
+        if next_offset != base + count + len(plan):
+            return False
+        if not plan:
+            return True
+        last = self.storage.last_checkpoint(sid)
+        return last is not None and last[0] == base + plan[-1] + len(plan)
 
     # --- reading ---------------------------------------------------------------------------------
 

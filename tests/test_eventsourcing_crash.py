@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+import pytest
 from eventsourcing.persistence import ProcessRecorder, StoredEvent, Tracking
 from eventsourcing.utils import Environment
 
@@ -100,11 +101,22 @@ def snapshot(recorder: ProcessRecorder, present: int) -> tuple[object, ...]:
 
 
 def test_a_killed_insert_is_whole_or_absent_and_the_index_is_rebuilt_from_the_segments(tmp_path: Path) -> None:
-    store_dir = tmp_path / "store"
-    rng = random.Random(13)
+    kill_rounds(tmp_path / "store", random.Random(13), [None] * 12 + [1, 2, 3, 4])
+
+
+@pytest.mark.slow
+def test_many_more_kill_rounds(tmp_path: Path) -> None:
+    """The same, 150 rounds: more write steps, more acknowledgement counts, more index commits."""
+    rng = random.Random(2026)
+    kill_rounds(tmp_path / "store", rng, [None if rng.random() < 0.75 else rng.randint(1, 6) for _ in range(150)])
+
+
+def kill_rounds(store_dir: Path, rng: random.Random, index_commit_kills: list[int | None]) -> None:
+    """One child per entry, killed as planned (None: a write step or an acknowledgement from ``rng``;
+    a number: inside that index commit), each checked; then the catalog and the index deleted."""
     present = 0
     rounds = 0
-    for index_commit_kill in [None] * 12 + [1, 2, 3, 4]:
+    for index_commit_kill in index_commit_kills:
         plan = None if index_commit_kill else KillPlan.choose(rng, 1, 6)
         acks = run_child(store_dir, present, plan, index_commit_kill)
         assert acks == [str(i) for i in range(present, present + len(acks))]

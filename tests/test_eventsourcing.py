@@ -86,11 +86,14 @@ def test_bad_input_is_a_storage_error_and_writes_nothing(store: SharedStore) -> 
         StoredEvent(uuid4(), 1, b"topic", b""),  # type: ignore[arg-type]
         StoredEvent(uuid4(), 1, "topic", "state"),  # type: ignore[arg-type]
         StoredEvent("x" * 70_000, 1, "topic", b""),
+        StoredEvent("\udc80", 1, "topic", b""),  # a lone surrogate: no UTF-8
+        StoredEvent(uuid4(), 1, "\ud800", b""),
     ):
         with pytest.raises(InvalidArgument):
             recorder.insert_events([good, bad])
-    with pytest.raises(InvalidArgument):
-        HybridlogProcessRecorder(store, "app:events").insert_events([good], tracking=Tracking("up", -1))
+    for tracking in (Tracking("up", -1), Tracking("\udc80", 1)):
+        with pytest.raises(InvalidArgument):
+            HybridlogProcessRecorder(store, "app:events").insert_events([good], tracking=tracking)
     assert issubclass(InvalidArgument, StorageError)
     assert store.storage.next_offset(recorder.stream_id) == before
     assert recorder.max_notification_id() == 1

@@ -44,7 +44,7 @@ def originator_key(originator_id: UUID | str) -> bytes:
 
 def encode_header(name: str) -> bytes:
     """The first record of a recorder's stream: the recorder's name."""
-    return PREFIX + HEADER + name.encode("utf-8")
+    return PREFIX + HEADER + utf8(name, "a recorder name")
 
 
 def encode_event(event: StoredEvent, notification_id: int) -> bytes:
@@ -107,7 +107,7 @@ def _originator(oid: object) -> tuple[int, bytes, bytes]:
     if isinstance(oid, UUID):
         id_type, id_bytes = _UUID, oid.bytes
     elif isinstance(oid, str):
-        id_type, id_bytes = _STR, oid.encode("utf-8")
+        id_type, id_bytes = _STR, utf8(oid, "an originator id")
     else:
         raise InvalidArgument(f"originator_id must be a UUID or a str, not {type(oid).__name__}")
     if len(id_bytes) > _MAX_U16:
@@ -118,7 +118,7 @@ def _originator(oid: object) -> tuple[int, bytes, bytes]:
 def _topic(topic: object) -> bytes:
     if not isinstance(topic, str):
         raise InvalidArgument(f"topic must be a str, not {type(topic).__name__}")
-    encoded = topic.encode("utf-8")
+    encoded = utf8(topic, "a topic")
     if len(encoded) > _MAX_U16:
         raise InvalidArgument("a topic is longer than 65535 bytes")
     return encoded
@@ -143,7 +143,7 @@ def encode_tracking(tracking: Tracking) -> bytes:
     name, nid = tracking.application_name, tracking.notification_id
     if not isinstance(name, str) or isinstance(nid, bool) or not isinstance(nid, int) or not 0 <= nid <= _MAX_U64:
         raise InvalidArgument(f"a tracking object needs a str name and an int id >= 0, not {tracking!r}")
-    return _TRACKING.pack(PREFIX + TRACKING, nid) + name.encode("utf-8")
+    return _TRACKING.pack(PREFIX + TRACKING, nid) + utf8(name, "an application name")
 
 
 class DecodedEvent(NamedTuple):
@@ -278,6 +278,14 @@ _notification = (
     and tuple(f.name for f in dataclasses.fields(Notification)) == _NOTIFICATION_FIELDS
     else Notification
 )
+
+
+def utf8(text: str, what: str) -> bytes:
+    """``text`` in UTF-8; InvalidArgument for a str that has none (a lone surrogate)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not valid Unicode text: {text!r}") from None
 
 
 def _text(data: bytes, what: str) -> str:

@@ -42,6 +42,7 @@ from hybridlog.eventsourcing.codec import (
     notifications_in,
     originator_key,
     payload_type,
+    utf8,
 )
 from hybridlog.eventsourcing.index import INDEX_FILE, EventIndex, RecorderRow, Run, runs_of
 from hybridlog.storage import Storage
@@ -89,7 +90,7 @@ def placed(base: int, plan: list[int], first: int, last: int) -> list[tuple[int,
 def stream_id_for(name: str) -> int:
     """The stream of the recorder called ``name``: 63 bits of BLAKE3 of the name (its header record
     guards against the one-in-2**63 chance that two names meet)."""
-    digest = blake3(b"hybridlog.eventsourcing\x00" + name.encode("utf-8")).digest()
+    digest = blake3(b"hybridlog.eventsourcing\x00" + utf8(name, "a recorder name")).digest()
     return int.from_bytes(digest[:8], "little") & MAX_STREAM_ID
 
 

@@ -94,6 +94,13 @@ def test_bad_input_is_a_storage_error_and_writes_nothing(store: SharedStore) -> 
     for tracking in (Tracking("up", -1), Tracking("\udc80", 1)):
         with pytest.raises(InvalidArgument):
             HybridlogProcessRecorder(store, "app:events").insert_events([good], tracking=tracking)
+    with pytest.raises(InvalidArgument):
+        recorder.select_events(42)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        recorder.select_events(uuid4(), gt="1")  # type: ignore[arg-type]
+    for start, limit, topics in (("1", 10, ()), (None, 1.5, ()), (None, 10, "topic"), (None, 10, [b"topic"])):
+        with pytest.raises(InvalidArgument):
+            recorder.select_notifications(start, limit, topics=topics)  # type: ignore[arg-type]
     assert issubclass(InvalidArgument, StorageError)
     assert store.storage.next_offset(recorder.stream_id) == before
     assert recorder.max_notification_id() == 1

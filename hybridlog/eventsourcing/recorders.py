@@ -69,6 +69,7 @@ class HybridlogAggregateRecorder(HybridlogRecorder, AggregateRecorder):
         limit: int | None = None,
     ) -> Sequence[StoredEvent]:
         """The originator's events with versions above ``gt`` and up to ``lte``, verified as they are read."""
+        _ints(gt=gt, lte=lte, limit=limit)
         return self.store.select_events(self.name, originator_id, gt, lte, desc=desc, limit=limit)
 
 
@@ -89,6 +90,9 @@ class HybridlogApplicationRecorder(HybridlogAggregateRecorder, ApplicationRecord
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
         """Up to ``limit`` notifications from ``start`` (or after it) up to ``stop``, of ``topics`` if given."""
+        _ints(start=start, limit=limit, stop=stop)
+        if isinstance(topics, str) or not all(isinstance(topic, str) for topic in topics):
+            raise InvalidArgument(f"topics must be a sequence of str, not {topics!r}")
         lowest = 1 if start is None else (start if inclusive_of_start else start + 1)
         return self.store.select_notifications(self.name, lowest, limit, stop, topics)
 
@@ -115,6 +119,13 @@ class HybridlogTrackingRecorder(HybridlogRecorder, TrackingRecorder):
 
 class HybridlogProcessRecorder(HybridlogTrackingRecorder, HybridlogApplicationRecorder, ProcessRecorder):
     """An application recorder whose inserts may carry the tracking object of what caused them."""
+
+
+def _ints(**values: object) -> None:
+    """InvalidArgument for a value that is neither None nor an int (a bool is not one)."""
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidArgument(f"{name} must be an int or None, not {value!r}")
 
 
 class HybridlogSubscription(ListenNotifySubscription[HybridlogApplicationRecorder]):

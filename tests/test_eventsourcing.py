@@ -294,6 +294,9 @@ def test_verify_proves_the_history_and_names_a_flipped_byte(store_dir: Path) -> 
 
     runner = CliRunner()
     assert runner.invoke(cli, ["verify", str(store_dir)]).exit_code == 0
+    with Storage(store_dir) as storage:
+        assert storage.check().findings == []  # eventsourcing.db is no foreign file to check
+    assert (store_dir / "eventsourcing.db").exists()
     segment = segment_files(store_dir, sid)[-1]
     data = segment.read_bytes()
     flip_byte(segment, data.rindex(b'{"amount": 200}') + 12)

@@ -26,11 +26,10 @@ from hybridlog.es_records import (
     TRACKING_HEADER,
     UUID_ID,
     UUID_SIZE,
+    event_fields,
 )
 from hybridlog.types import Record, RecordKind
 
-_EVENT, _TRACKING = EVENT_HEADER, TRACKING_HEADER
-_UUID, _STR, _UUID_SIZE = UUID_ID, STR_ID, UUID_SIZE
 _MAX_U16 = 0xFFFF
 _MAX_U64 = 2**64 - 1
 _MIN_I64, _MAX_I64 = -(2**63), 2**63 - 1
@@ -47,11 +46,6 @@ def encode_header(name: str) -> bytes:
     return PREFIX + HEADER + utf8(name, "a recorder name")
 
 
-def encode_event(event: StoredEvent, notification_id: int) -> bytes:
-    """One stored event as a record payload; InvalidArgument for a field eventsourcing would not make."""
-    return encode_events([event], notification_id).payloads[0]
-
-
 class EncodedInsert(NamedTuple):
     """An insert's events as record payloads, and its runs: (originator key, first version, last
     version, index of the run's first event) for each stretch of one originator's consecutive
@@ -64,13 +58,14 @@ class EncodedInsert(NamedTuple):
 
 
 def encode_events(events: Sequence[StoredEvent], first_id: int) -> EncodedInsert:
-    """``encode_event`` for every event of an insert, numbered from ``first_id``, in one pass that
-    converts each originator id and topic once and folds the versions into runs as it goes."""
+    """Every event of an insert as a record payload, numbered from ``first_id`` (InvalidArgument for a
+    field eventsourcing would not make), in one pass that converts each originator id and topic
+    once and folds the versions into runs as it goes."""
     payloads: list[bytes] = []
     runs: list[tuple[bytes, int, int, int]] = []
     originators: dict[object, tuple[int, bytes, bytes]] = {}
     topics: dict[object, bytes] = {}
-    pack, head = _EVENT.pack, PREFIX + EVENT
+    pack, head = EVENT_HEADER.pack, PREFIX + EVENT
     key: bytes | None = None
     first = last = start = 0
     for i, event in enumerate(events):
@@ -105,14 +100,19 @@ def encode_events(events: Sequence[StoredEvent], first_id: int) -> EncodedInsert
 def _originator(oid: object) -> tuple[int, bytes, bytes]:
     """(id type, id bytes, index key) of an originator id."""
     if isinstance(oid, UUID):
-        id_type, id_bytes = _UUID, oid.bytes
+        id_type, id_bytes = UUID_ID, oid.bytes
     elif isinstance(oid, str):
-        id_type, id_bytes = _STR, utf8(oid, "an originator id")
+        id_type, id_bytes = STR_ID, utf8(oid, "an originator id")
     else:
         raise InvalidArgument(f"originator_id must be a UUID or a str, not {type(oid).__name__}")
     if len(id_bytes) > _MAX_U16:
         raise InvalidArgument("an originator id is longer than 65535 bytes")
-    return id_type, id_bytes, bytes((id_type,)) + id_bytes
+    return id_type, id_bytes, _key(id_type, id_bytes)
+
+
+def _key(id_type: int, id_bytes: bytes) -> bytes:
+    """An originator's index key: its id type byte, then its id's bytes."""
+    return bytes((id_type,)) + id_bytes
 
 
 def _topic(topic: object) -> bytes:
@@ -143,7 +143,7 @@ def encode_tracking(tracking: Tracking) -> bytes:
     name, nid = tracking.application_name, tracking.notification_id
     if not isinstance(name, str) or isinstance(nid, bool) or not isinstance(nid, int) or not 0 <= nid <= _MAX_U64:
         raise InvalidArgument(f"a tracking object needs a str name and an int id >= 0, not {tracking!r}")
-    return _TRACKING.pack(PREFIX + TRACKING, nid) + utf8(name, "an application name")
+    return TRACKING_HEADER.pack(PREFIX + TRACKING, nid) + utf8(name, "an application name")
 
 
 class DecodedEvent(NamedTuple):
@@ -161,10 +161,6 @@ class DecodedEvent(NamedTuple):
         """The event as eventsourcing stored it."""
         return StoredEvent(self.originator_id, self.originator_version, self.topic, self.state)
 
-    def notification(self) -> Notification:
-        """The event as a notification of the application sequence."""
-        return Notification(self.originator_id, self.originator_version, self.topic, self.state, self.notification_id)
-
 
 def payload_type(payload: bytes) -> bytes | None:
     """``HEADER``, ``EVENT`` or ``TRACKING``; None for a payload this module did not write."""
@@ -181,36 +177,31 @@ def decode_header(payload: bytes) -> str:
 
 def decode_event(payload: bytes) -> DecodedEvent:
     """An event record's stored event and notification id; InvalidEvent if it is not one."""
-    try:
-        _, nid, version, id_type, id_len, topic_len = _EVENT.unpack_from(payload)
-    except struct.error:
-        raise InvalidEvent("an eventsourcing event record is shorter than its header") from None
-    start = _EVENT.size
-    id_bytes = payload[start : start + id_len]
-    topic = payload[start + id_len : start + id_len + topic_len]
-    bad_uuid = id_type == _UUID and id_len != _UUID_SIZE
-    if len(id_bytes) != id_len or len(topic) != topic_len or id_type not in (_UUID, _STR) or bad_uuid:
-        raise InvalidEvent("an eventsourcing event record is malformed")
-    oid: UUID | str = _uuid(id_bytes) if id_type == _UUID else _text(id_bytes, "originator id")
-    state = payload[start + id_len + topic_len :]
-    key = (b"\x00" if id_type == _UUID else b"\x01") + id_bytes
-    return DecodedEvent(nid, oid, version, _text(topic, "topic"), state, key)
+    fields = event_fields(payload)
+    if fields is None:
+        raise InvalidEvent("an eventsourcing event record is malformed (or is no event record)")
+    nid, version, id_type, id_bytes, topic, state = fields
+    oid: UUID | str = _uuid(id_bytes) if id_type == UUID_ID else _text(id_bytes, "originator id")
+    return DecodedEvent(nid, oid, version, _text(topic, "topic"), state, _key(id_type, id_bytes))
 
 
 def notifications_in(
     records: Iterable[Record], lowest: int, last_id: int, limit: int, topics: set[str]
 ) -> list[Notification]:
     """The notifications of ``records`` with ids ``lowest .. last_id`` (and a topic of ``topics``, if
-    any), up to ``limit`` of them: ``decode_event`` and ``DecodedEvent.notification`` in one loop,
-    each topic decoded once (reading the notification log is this loop)."""
+    any), up to ``limit`` of them: ``decode_event`` and the notification made from it in one loop,
+    each topic decoded once (reading the notification log is this loop; a str id or a malformed
+    record goes through ``decode_event``)."""
     found: list[Notification] = []
-    unpack, head, start, event_kind = _EVENT.unpack_from, PREFIX + EVENT, _EVENT.size, RecordKind.EVENT
+    unpack, head, start, event_kind = EVENT_HEADER.unpack_from, PREFIX + EVENT, EVENT_HEADER.size, RecordKind.EVENT
     names: dict[bytes, str] = {}
     ids: dict[bytes, UUID] = {}  # an aggregate's events are often side by side: one UUID object for them
     for record in records:
         payload = record.payload
         if record.kind is not event_kind or not payload.startswith(head):
             continue
+        if len(payload) < start:
+            decode_event(payload)  # raises InvalidEvent: shorter than an event's header
         _, nid, version, id_type, id_len, topic_len = unpack(payload)
         if nid < lowest:
             continue
@@ -223,7 +214,7 @@ def notifications_in(
             topic = names[topic_bytes] = _text(topic_bytes, "topic")
         if topics and topic not in topics:
             continue
-        if id_type == _UUID and id_len == _UUID_SIZE:
+        if id_type == UUID_ID and id_len == UUID_SIZE and len(payload) >= at + topic_len:
             id_bytes = payload[start:at]
             oid: UUID | str | None = ids.get(id_bytes)
             if oid is None:
@@ -239,10 +230,10 @@ def notifications_in(
 def decode_tracking(payload: bytes) -> Tracking:
     """A tracking record's tracking object."""
     try:
-        _, nid = _TRACKING.unpack_from(payload)
+        _, nid = TRACKING_HEADER.unpack_from(payload)
     except struct.error:
         raise InvalidEvent("an eventsourcing tracking record is shorter than its header") from None
-    return Tracking(_text(payload[_TRACKING.size :], "application name"), nid)
+    return Tracking(_text(payload[TRACKING_HEADER.size :], "application name"), nid)
 
 
 def _uuid(data: bytes) -> UUID:

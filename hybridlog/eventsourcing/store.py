@@ -417,18 +417,13 @@ def _decoded_event(record: Record) -> DecodedEvent | None:
     return decode_event(record.payload)
 
 
-class _index_errors:  # noqa: N801  # used as a context manager
+@contextmanager
+def _index_errors(stream_id: int) -> Iterator[None]:
     """A duplicate key while reading a stream into the index: the stream holds a version twice."""
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, error: object, tb: object) -> None:
-        if isinstance(error, apsw.ConstraintError):
-            raise ForeignStream(f"stream {self.stream_id} holds an originator version twice: {error}") from error
+    try:
+        yield
+    except apsw.ConstraintError as e:
+        raise ForeignStream(f"stream {stream_id} holds an originator version twice: {e}") from e
 
 
 # --- one SharedStore per directory in this process ----------------------------------------------

@@ -112,24 +112,31 @@ def append_conflict(
     return None
 
 
+def checkpoint_positions(count: int, since: int, every: int | None) -> list[int]:
+    """The indices of a batch's ``count`` events after which a checkpoint record goes, under a policy
+    of a checkpoint after every ``every``-th event (None: never), ``since`` events after the last one.
+    The one home of that rule: ``plan_batch`` lays batches out by it, and ``hybridlog.eventsourcing``
+    computes its events' offsets by it."""
+    if every is None:
+        return []
+    return list(range(max(1, every - since) - 1, count, every))
+
+
 def plan_batch(
     payloads: list[BytesLike], policy: CheckpointPolicy, events_since_checkpoint: int, first_offset: int
 ) -> list[PlannedRecord]:
     """The records a batch writes from ``first_offset`` on: its events, and a checkpoint record
-    after every ``every_records``-th event since the last checkpoint."""
-    every = policy.every_records
-    if every is None:
+    after every ``every_records``-th event since the last checkpoint (``checkpoint_positions``)."""
+    positions = checkpoint_positions(len(payloads), events_since_checkpoint, policy.every_records)
+    if not positions:
         return [(RecordKind.EVENT, payload) for payload in payloads]
     planned: list[PlannedRecord] = []
-    gap = max(1, every - events_since_checkpoint)  # events until the next checkpoint is due
     taken = 0
-    while taken < len(payloads):
-        run = payloads[taken : taken + gap]
-        planned += [(RecordKind.EVENT, payload) for payload in run]
-        taken += len(run)
-        if len(run) == gap:
-            planned.append((RecordKind.CHECKPOINT, checkpoint_payload(first_offset + len(planned))))
-            gap = every
+    for after in positions:
+        planned += [(RecordKind.EVENT, payload) for payload in payloads[taken : after + 1]]
+        planned.append((RecordKind.CHECKPOINT, checkpoint_payload(first_offset + len(planned))))
+        taken = after + 1
+    planned += [(RecordKind.EVENT, payload) for payload in payloads[taken:]]
     return planned
 
 

@@ -47,7 +47,7 @@ from hybridlog import (
     StorageError,
     StorageIOError,
 )
-from hybridlog.batch import plan_batch
+from hybridlog.batch import checkpoint_positions, plan_batch
 from hybridlog.cli import cli
 from hybridlog.eventsourcing import (
     ForeignStream,
@@ -58,7 +58,7 @@ from hybridlog.eventsourcing import (
     stream_id_for,
 )
 from hybridlog.eventsourcing.index import EventIndex
-from hybridlog.eventsourcing.store import CHECKPOINT_EVERY, SharedStore, acquire, checkpoint_plan, release
+from hybridlog.eventsourcing.store import CHECKPOINT_EVERY, SharedStore, acquire, release
 from hybridlog.testing.damage import flip_byte, segment_files
 from hybridlog.types import CheckpointPolicy, RecordKind
 
@@ -315,13 +315,17 @@ def test_verify_proves_the_history_and_names_a_flipped_byte(store_dir: Path) -> 
 
 
 @pytest.mark.parametrize("every", [1, 2, 5, 128])
-def test_the_checkpoint_plan_is_the_stores_rule(every: int) -> None:
-    """``checkpoint_plan`` says where ``batch.plan_batch`` puts checkpoints, for every batch size and start."""
+def test_the_checkpoint_positions_are_where_the_store_puts_checkpoints(every: int) -> None:
+    """``checkpoint_positions`` says where ``plan_batch`` puts checkpoints, for every batch size and start
+    (``tests/test_batch.py`` holds ``plan_batch`` to the one-event-at-a-time rule)."""
     for since in range(2 * every + 2):
         for count in range(3 * every + 3):
             planned = plan_batch([b"x"] * count, CheckpointPolicy.every(every), since, 0)
             checkpoints = [at for at, (kind, _) in enumerate(planned) if kind == RecordKind.CHECKPOINT]
-            assert checkpoint_plan(count, since, every) == [at - n - 1 for n, at in enumerate(checkpoints)]
+            assert checkpoint_positions(count, since, every) == [at - n - 1 for n, at in enumerate(checkpoints)]
+            assert len(checkpoints) == (
+                0 if count < max(1, every - since) else 1 + (count - max(1, every - since)) // every
+            )
 
 
 def test_records_land_where_the_index_says_across_checkpoints(

@@ -28,6 +28,7 @@ from blake3 import blake3
 from eventsourcing.persistence import IntegrityError as EventsourcingIntegrityError
 from eventsourcing.persistence import Notification, StoredEvent, Tracking
 
+from hybridlog.batch import checkpoint_positions
 from hybridlog.db import sqlite_errors
 from hybridlog.errors import ConflictError, StorageError
 from hybridlog.es_records import EVENT, HEADER, TRACKING
@@ -67,14 +68,6 @@ class ForeignStream(StorageError):
     """A recorder's stream holds records this module did not write (or another recorder's)."""
 
 
-def checkpoint_plan(count: int, since: int, every: int) -> list[int]:
-    """The indices of a batch's ``count`` records after which the store writes a checkpoint, under
-    ``CheckpointPolicy(every_records=every)`` with ``since`` event records since the last one (the
-    rule of ``hybridlog.batch.plan_batch``; ``tests/test_eventsourcing.py`` holds the two together,
-    and ``_as_planned`` checks every batch against the catalog)."""
-    return list(range(max(1, every - since) - 1, count, every))
-
-
 def placed(base: int, plan: list[int], first: int, last: int) -> list[tuple[int, int, int]]:
     """(first index, last index, offset of the first) of each stretch of a batch's records ``first ..
     last`` at consecutive offsets, the batch appended at offset ``base`` with the checkpoints ``plan``."""
@@ -100,7 +93,8 @@ class SharedStore:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         # The store writes a checkpoint after every CHECKPOINT_EVERY-th record, inside the batch
-        # (``checkpoint_plan`` says where, so the offsets of the events after it are known).
+        # (``batch.checkpoint_positions`` says where, so the offsets of the events after it are
+        # known; ``_as_planned`` checks every batch against the catalog).
         policy = CheckpointPolicy(every_records=CHECKPOINT_EVERY, on_close=False)
         self.storage = Storage(data_dir, checkpoint_policy=policy)
         try:
@@ -254,7 +248,7 @@ class SharedStore:
             if tracking is not None:
                 payloads.append(encode_tracking(tracking))
             since = self._since_checkpoint.get(sid, 0)
-            plan = checkpoint_plan(len(payloads), since, CHECKPOINT_EVERY)
+            plan = checkpoint_positions(len(payloads), since, CHECKPOINT_EVERY)
             runs = [
                 (key, Run(first + (start - at), first + (end - at), offset))
                 for key, first, last, index in encoded.runs

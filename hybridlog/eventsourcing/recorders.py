@@ -8,7 +8,6 @@ other.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -27,9 +26,6 @@ from eventsourcing.persistence import (
 
 from hybridlog.errors import InvalidArgument
 from hybridlog.eventsourcing.store import SharedStore
-
-SUBSCRIPTION_POLL = 0.5
-"""Seconds a subscription waits for an insert in this process before it looks for new events anyway."""
 
 
 class HybridlogRecorder:
@@ -129,22 +125,15 @@ def _ints(**values: object) -> None:
 
 
 class HybridlogSubscription(ListenNotifySubscription[HybridlogApplicationRecorder]):
-    """eventsourcing's listen/notify subscription, woken by every insert into the store in this
-    process and, for writers elsewhere, every ``SUBSCRIPTION_POLL`` seconds."""
+    """eventsourcing's listen/notify subscription, woken by every insert into the store. Every insert
+    goes through this process's ``SharedStore`` (the writer lock keeps other processes out), so
+    there is nothing to poll for."""
 
     def __init__(self, recorder: HybridlogApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()):
-        self._wakeup = threading.Event()
         super().__init__(recorder=recorder, gt=gt, topics=topics)
         recorder.store.listen(self._has_been_notified)
-        self._poller = threading.Thread(target=self._poll, daemon=True)
-        self._poller.start()
-
-    def _poll(self) -> None:
-        while not self._wakeup.wait(SUBSCRIPTION_POLL):
-            self._has_been_notified.set()
 
     def stop(self) -> None:
         """Stop the subscription."""
         super().stop()
-        self._wakeup.set()
         self._recorder.store.unlisten(self._has_been_notified)

@@ -57,6 +57,7 @@ from hybridlog.eventsourcing import (
     RecordConflict,
     stream_id_for,
 )
+from hybridlog.eventsourcing.codec import encode_events, encode_header
 from hybridlog.eventsourcing.index import EventIndex
 from hybridlog.eventsourcing.store import CHECKPOINT_EVERY, SharedStore, acquire, release
 from hybridlog.testing.damage import flip_byte, segment_files
@@ -264,6 +265,46 @@ def test_an_index_that_disagrees_with_its_stream_is_refused_until_deleted(store_
         recorder = HybridlogApplicationRecorder(shared, "app:events")
         assert recorder.select_events(a) == [event(a, 1)]
         assert recorder.select_events(b) == [event(b, 1)]
+    finally:
+        release(shared)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "another database"])
+def test_an_unusable_index_file_is_made_again_from_the_stream(store_dir: Path, damage: str) -> None:
+    shared = acquire(store_dir)
+    recorder = HybridlogProcessRecorder(shared, "app:events")
+    a = uuid4()
+    recorder.insert_events([event(a, 1), event(a, 2)], tracking=Tracking("up", 3))
+    release(shared)
+    index = store_dir / "eventsourcing.db"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{index}{suffix}").unlink(missing_ok=True)
+    if damage == "garbage":
+        index.write_bytes(b"not a database at all " * 100)
+    else:
+        index.unlink()
+        other = apsw.Connection(str(index))
+        other.execute("CREATE TABLE t (x); PRAGMA user_version = 7")
+        other.close()
+    shared = acquire(store_dir)
+    try:
+        recorder = HybridlogProcessRecorder(shared, "app:events")
+        assert [e.originator_version for e in recorder.select_events(a)] == [1, 2]
+        assert recorder.max_tracking_id("up") == 3
+        assert recorder.insert_events([event(a, 3)]) == [3]
+    finally:
+        release(shared)
+
+
+def test_a_stream_holding_a_version_twice_is_foreign(store_dir: Path) -> None:
+    a = uuid4()
+    with Storage(store_dir) as storage:  # written past the module: the same version twice
+        twice = encode_events([event(a, 1)], 1).payloads + encode_events([event(a, 1)], 2).payloads
+        storage.append(stream_id_for("app:events"), [encode_header("app:events"), *twice])
+    shared = acquire(store_dir)
+    try:
+        with pytest.raises(ForeignStream, match="twice"):
+            HybridlogApplicationRecorder(shared, "app:events").max_notification_id()
     finally:
         release(shared)
 

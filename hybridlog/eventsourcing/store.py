@@ -5,8 +5,10 @@ Each recorder name (an application's name and purpose) has one stream; its id is
 name, and the stream's first record names it. An ``insert_events`` is one batch of that stream: its
 events, then its tracking record, so a crash leaves all of it or none of it, and the notification
 ids (in the event payloads) are a fact of the segments. The conflict checks are made against the
-index (``index.py``) inside its write transaction, under this store's lock, and the transaction
-commits only after the batch is appended: the index is never ahead of the stream it indexes.
+index (``index.py``) inside its open write transaction, under this store's lock, and an insert's
+rows go into it only after its batch is appended. An index that is ahead of its stream all the
+same (inserts without fsync and a power loss, a restored backup) is found when the stream is
+next opened and read again (``_agrees``).
 
 A process opens a store directory once (``acquire``), and every factory and recorder on it shares
 that ``SharedStore``: the writer lock allows one ``Storage`` per directory.

@@ -1,10 +1,9 @@
 """hybridlog: tamper-evident, append-only event streams in segment files with an SQLite catalog."""
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from hybridlog.backend import StorageBackend
-from hybridlog.catalog_rows import CheckpointRow, IndexEntry, RecoveryEntry, StreamStats
-from hybridlog.consumers import ConsumerState
 from hybridlog.errors import (
     AppendOutcomeUnknown,
     CatalogBusy,
@@ -26,6 +25,7 @@ from hybridlog.errors import (
     EmptyBatch,
     EventTooLarge,
     HashMismatch,
+    HeadNotExtended,
     IntegrityError,
     InvalidArgument,
     InvalidConfiguration,
@@ -35,6 +35,7 @@ from hybridlog.errors import (
     MissingDictionary,
     MultipleStatements,
     OffsetMismatch,
+    ProofError,
     QueryLimitExceeded,
     QueryRowLimit,
     QueryTimeout,
@@ -51,32 +52,117 @@ from hybridlog.errors import (
     TruncatedRecord,
     UnknownConsumer,
 )
-from hybridlog.index import CheckpointIndex, OffsetIndex, SegmentInfo
-from hybridlog.memory import MemoryStorage
-from hybridlog.pipeline import AppendPipeline
-from hybridlog.recovery import ReconcileResult
-from hybridlog.repair import CheckReport, Finding, RepairReport, RepairStep
-from hybridlog.sql import QueryResult, QueryRows
-from hybridlog.storage import Storage
-from hybridlog.subscription import Subscription
-from hybridlog.types import (
-    GENESIS_HASH,
-    MAX_EVENT_SIZE,
-    ChainHash,
-    CheckpointPolicy,
-    CompressionKind,
-    FindingKind,
-    GlobalPosition,
-    GlobalRecord,
-    MarkerAction,
-    Offset,
-    Record,
-    RecordKind,
-    RecoveryAction,
-    RepairKind,
-    StreamId,
-)
-from hybridlog.verify import Disagreement, Disagreements, StreamVerdict, VerifyReport, verify_store
+
+if TYPE_CHECKING:
+    from hybridlog.backend import StorageBackend
+    from hybridlog.catalog_rows import (
+        CheckpointRow,
+        IndexEntry,
+        RecoveryEntry,
+        StreamStats,
+    )
+    from hybridlog.consumers import ConsumerState
+    from hybridlog.index import (
+        CheckpointIndex,
+        OffsetIndex,
+        SegmentInfo,
+    )
+    from hybridlog.memory import MemoryStorage
+    from hybridlog.pipeline import AppendPipeline
+    from hybridlog.recovery import ReconcileResult
+    from hybridlog.repair import (
+        CheckReport,
+        Finding,
+        RepairReport,
+        RepairStep,
+    )
+    from hybridlog.sql import (
+        QueryResult,
+        QueryRows,
+    )
+    from hybridlog.storage import Storage
+    from hybridlog.subscription import Subscription
+    from hybridlog.types import (
+        GENESIS_HASH,
+        MAX_EVENT_SIZE,
+        ChainHash,
+        CheckpointPolicy,
+        CompressionKind,
+        FindingKind,
+        GlobalPosition,
+        GlobalRecord,
+        MarkerAction,
+        Offset,
+        Record,
+        RecordKind,
+        RecoveryAction,
+        RepairKind,
+        StreamId,
+    )
+    from hybridlog.verify import (
+        Disagreement,
+        Disagreements,
+        StreamVerdict,
+        VerifyReport,
+        verify_store,
+    )
+
+# Everything but the exception tree is imported on first use (PEP 562), so that the verifier
+# modules (merkle, ed25519, note, tree_head, receipts), which need the standard library only, can
+# be imported where apsw, blake3 and zstandard are not installed. The TYPE_CHECKING block above
+# and this table name the same things (tests/test_public_names.py holds them to it).
+_LAZY: dict[str, str] = {
+    "StorageBackend": "hybridlog.backend",
+    "CheckpointRow": "hybridlog.catalog_rows",
+    "IndexEntry": "hybridlog.catalog_rows",
+    "RecoveryEntry": "hybridlog.catalog_rows",
+    "StreamStats": "hybridlog.catalog_rows",
+    "ConsumerState": "hybridlog.consumers",
+    "CheckpointIndex": "hybridlog.index",
+    "OffsetIndex": "hybridlog.index",
+    "SegmentInfo": "hybridlog.index",
+    "MemoryStorage": "hybridlog.memory",
+    "AppendPipeline": "hybridlog.pipeline",
+    "ReconcileResult": "hybridlog.recovery",
+    "CheckReport": "hybridlog.repair",
+    "Finding": "hybridlog.repair",
+    "RepairReport": "hybridlog.repair",
+    "RepairStep": "hybridlog.repair",
+    "QueryResult": "hybridlog.sql",
+    "QueryRows": "hybridlog.sql",
+    "Storage": "hybridlog.storage",
+    "Subscription": "hybridlog.subscription",
+    "GENESIS_HASH": "hybridlog.types",
+    "MAX_EVENT_SIZE": "hybridlog.types",
+    "ChainHash": "hybridlog.types",
+    "CheckpointPolicy": "hybridlog.types",
+    "CompressionKind": "hybridlog.types",
+    "FindingKind": "hybridlog.types",
+    "GlobalPosition": "hybridlog.types",
+    "GlobalRecord": "hybridlog.types",
+    "MarkerAction": "hybridlog.types",
+    "Offset": "hybridlog.types",
+    "Record": "hybridlog.types",
+    "RecordKind": "hybridlog.types",
+    "RecoveryAction": "hybridlog.types",
+    "RepairKind": "hybridlog.types",
+    "StreamId": "hybridlog.types",
+    "Disagreement": "hybridlog.verify",
+    "Disagreements": "hybridlog.verify",
+    "StreamVerdict": "hybridlog.verify",
+    "VerifyReport": "hybridlog.verify",
+    "verify_store": "hybridlog.verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hybridlog' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 try:
     # The one source of the version is pyproject.toml, read back from the installed metadata.
@@ -85,6 +171,8 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
     __version__ = "0+unknown"
 
 __all__ = [
+    "HeadNotExtended",
+    "ProofError",
     "AppendOutcomeUnknown",
     "GENESIS_HASH",
     "MAX_EVENT_SIZE",

@@ -7,7 +7,8 @@ rebuilt from them. Its schema is the SQL in ``migrations/``, applied on the ``us
 ladder of ``db.py``; ``docs/schema.md`` documents it for SQL users. ``Catalog`` is read top-down
 here (opening and creating, the schema, per-stream reads, the writes of the append path and of
 recovery); two concerns live in modules of their own and are mixed into it: the store-wide order
-(``catalog_global.py``) and the catalog's checks of itself (``catalog_check.py``). Its row types
+(``catalog_global.py``), the catalog's checks of itself (``catalog_check.py``) and the store's
+Merkle tree (``catalog_tree.py``). Its row types
 and row checks are in ``catalog_rows.py``.
 """
 
@@ -41,6 +42,7 @@ from hybridlog.catalog_rows import (
     require_hash,
     require_ints,
 )
+from hybridlog.catalog_tree import MerkleTiles
 from hybridlog.db import (
     DEFAULT_BUSY_TIMEOUT_MS,
     catalog_migrations,
@@ -58,7 +60,7 @@ CATALOG_PAGE_SIZE = 1024
 """The page size of a catalog this version creates (an older catalog keeps the one it has)."""
 
 
-class Catalog(BatchIndex, GlobalOrderReads, CatalogChecks):
+class Catalog(BatchIndex, GlobalOrderReads, CatalogChecks, MerkleTiles):
     """One apsw connection to ``catalog.db`` and the queries hybridlog runs on it.
 
     Not thread-safe on its own: ``Storage`` serialises every call with its lock.

@@ -490,3 +490,28 @@ class RecordsCut(RecordsUnavailable):
     """Raised when a read asks for offsets that repair cut from the stream (moved to quarantine):
     the stream's cut marker record stands in their place and links past them.
     """
+
+
+# --- proofs and signed heads ---------------------------------------------------------------------
+
+
+class ProofError(StorageError):
+    """Raised when a Merkle proof, a signed note, a tree head or a receipt does not check out: a
+    hash of the wrong length, an index outside the tree, a root the proof does not lead to, a note
+    no trusted key signed, or a malformed key or note."""
+
+    hint = "the proof or head does not match: the data, the proof or the key is not what it claims"
+
+
+class HeadNotExtended(ProofError):
+    """Raised when a store's tree is not an extension of a tree head it is checked against (the
+    store was cut back or rewritten since the head was signed), or when a signer is asked to sign
+    a head that does not extend the last one it signed. ``old_size`` is the head's size, ``size``
+    the tree's."""
+
+    hint = "the store no longer holds the history the head covers: run `hybridlog verify` and compare backups"
+
+    def __init__(self, message: str, *, old_size: int, size: int) -> None:
+        super().__init__(message)
+        self.old_size = old_size
+        self.size = size

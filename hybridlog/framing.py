@@ -20,8 +20,10 @@ from hybridlog.catalog import Catalog
 from hybridlog.catalog_rows import BatchRow, CheckpointRow, damaged_hint, pack_frame_ends
 from hybridlog.errors import CatalogMismatch, StorageError, StorageIOError
 from hybridlog.layout import segment_path
-from hybridlog.record import FramedRecords, PayloadCompressor, append_frames
+from hybridlog.merkle import leaf_hash
+from hybridlog.record import HASH_FIELD, FramedRecords, PayloadCompressor, append_frames
 from hybridlog.segment import SegmentWriter
+from hybridlog.tree_head import leaf_entry
 from hybridlog.types import GENESIS_HASH, ChainHash, Offset, RecordKind, StreamId
 
 
@@ -83,6 +85,39 @@ def frame_batch(
     return FramedBatch(
         stream_id, on, first_global_position, timestamp, bytes(buffer), framed, events, payload_bytes, after
     )
+
+
+KIND_BYTE = 5  # where a frame keeps its record's kind (docs/format.md section 2)
+
+
+def leaf_hashes(batch: FramedBatch) -> list[bytes]:
+    """The Merkle tree leaf hash of each record of a framed batch, in order (``tree_head.py``: the
+    leaf entry binds kind, stream, offset, timestamp and record hash), read from its frames."""
+    data, start, offset, hashes = batch.data, 0, batch.on.next_offset, []
+    for end in batch.framed.ends:
+        record_hash = data[start + HASH_FIELD : start + HASH_FIELD + 32]
+        hashes.append(
+            leaf_hash(leaf_entry(data[start + KIND_BYTE], batch.stream_id, offset, batch.timestamp_ns, record_hash))
+        )
+        start, offset = end, offset + 1
+    return hashes
+
+
+def extend_tree(catalog: Catalog, batches: dict[StreamId, list[FramedBatch]]) -> None:
+    """Append a group's records to the store's Merkle tree in the group's catalog transaction, when
+    they follow on from the tree's last leaf and the tree is up to date. Otherwise (positions an
+    unsettled group left behind, a stale tree) the tree waits for ``tree.catch_up`` to compute it
+    from the segments once recovery has settled every position below."""
+    size, stale = catalog.tree_state()
+    ordered = sorted((b for group in batches.values() for b in group), key=lambda b: b.first_global_position)
+    if stale is not None or not ordered or ordered[0].first_global_position != size + 1:
+        return
+    hashes: list[bytes] = []
+    for batch in ordered:
+        if batch.first_global_position != size + 1 + len(hashes):
+            break
+        hashes += leaf_hashes(batch)
+    catalog.append_leaves(size, hashes)
 
 
 @dataclass(slots=True)

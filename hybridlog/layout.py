@@ -8,6 +8,7 @@ Layout under a store's directory (``docs/format.md`` is the authority)::
     catalog.db.<time_ns>.aside                  a catalog a rebuild replaced (with its -wal / -shm)
     consumers.db (+ -wal, -shm)                 named consumers' positions (``consumers.py``)
     LOCK                                        held (flock) by the one writer process (``lock.py``)
+    heads/<key_id>.checkpoint                   the last tree head signed by a key, as a signed note (``tree.py``)
     streams/<stream_id>/                        one directory per stream
     streams/<stream_id>/<segment_no>.seg        a segment file (``segment.py``)
     streams/<stream_id>/<dictionary_no>.zdict   a zstd dictionary (``dictionary.py``)
@@ -35,6 +36,9 @@ EVENTSOURCING_INDEX_FILE = "eventsourcing.db"
 """The index ``hybridlog.eventsourcing`` keeps of its recorders' streams (derived: deleting it loses nothing)."""
 LOCK_FILE = "LOCK"
 STREAMS_DIR = "streams"
+HEADS_DIR = "heads"
+HEAD_SUFFIX = ".checkpoint"
+_HEAD_NAME = re.compile(r"^[0-9a-f]{8}\.checkpoint$")
 SQLITE_COMPANIONS = ("-wal", "-shm")
 """The suffixes of the files SQLite keeps beside a database in WAL mode (its log, its shared memory)."""
 BUILDING_SUFFIX = ".new"
@@ -69,6 +73,19 @@ def building_path(path: Path) -> Path:
 def catalog_aside_path(data_dir: Path, at_ns: int) -> Path:
     """Where a rebuild keeps the catalog it replaces: ``catalog.db.<time_ns>.aside``."""
     return data_dir / f"{CATALOG_FILE}.{at_ns}{ASIDE_SUFFIX}"
+
+
+def signed_head_path(data_dir: Path, key_id: int) -> Path:
+    """Where the store keeps the last tree head the key ``key_id`` signed: ``heads/<key_id>.checkpoint``."""
+    return data_dir / HEADS_DIR / f"{key_id:08x}{HEAD_SUFFIX}"
+
+
+def signed_heads_on_disk(data_dir: Path) -> list[Path]:
+    """The signed tree heads kept in the store (one per key that signed), by name."""
+    heads = data_dir / HEADS_DIR
+    if not heads.is_dir():
+        return []
+    return sorted(p for p in heads.iterdir() if _HEAD_NAME.match(p.name))
 
 
 def temp_path(path: Path) -> Path:
@@ -119,13 +136,14 @@ _STORE_ROOT_NAME = re.compile(
 def foreign_store_entries(data_dir: Path) -> list[str]:
     """The names at the top of a store that no part of it makes, sorted: anything but the catalog
     (with its SQLite companions, a ``.new`` one being built and ``.<time>.aside`` ones kept by a
-    rebuild), ``consumers.db`` and ``eventsourcing.db`` (and companions), ``LOCK`` and ``streams/``."""
+    rebuild), ``consumers.db`` and ``eventsourcing.db`` (and companions), ``LOCK``, ``streams/`` and
+    ``heads/``."""
     if not data_dir.is_dir():
         return []
     return sorted(
         entry.name
         for entry in data_dir.iterdir()
-        if entry.name not in (LOCK_FILE, STREAMS_DIR) and not _STORE_ROOT_NAME.match(entry.name)
+        if entry.name not in (LOCK_FILE, STREAMS_DIR, HEADS_DIR) and not _STORE_ROOT_NAME.match(entry.name)
     )
 
 

@@ -4,8 +4,8 @@ The one home of opening and closing a store (the writer lock, the catalog file `
 chooses, recovery on open, a reader following a rebuilt catalog) and of its public API, as short
 delegations: argument checks and the derived methods of the contract are ``backend.BackendBase``'s,
 appends go to ``writer.py`` (the write path, in the order ``docs/format.md`` gives), verified reads
-to ``reads.py``, checks, repairs and rebuilds to ``maintenance.py``, subscriptions and consumers to
-``subscription.py`` and ``consumers.py``.
+to ``reads.py``, checks and repairs to ``maintenance.py``, subscriptions and consumers to
+``subscription.py`` and ``consumers.py``, the Merkle tree and proofs to ``tree.py``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from hybridlog.repair import CheckReport, RepairReport, RepairStep
 from hybridlog.segment import make_dirs_durably
 from hybridlog.sql import QueryResult, QueryRows, SqlValue, check_limits, check_query, query_rows
 from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for
+from hybridlog.tree import ProvingStore
 from hybridlog.types import (
     DEFAULT_MAX_SEGMENT_SIZE,
     ChainHash,
@@ -66,7 +67,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 
 
-class Storage(BackendBase):
+class Storage(BackendBase, ProvingStore):
     """A store of append-only, hash-chained event streams in one directory.
 
     One process may hold a store for writing (others get ``StorageLocked``); any number may open

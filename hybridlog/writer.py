@@ -51,7 +51,16 @@ from hybridlog.errors import (
     StorageIOError,
 )
 from hybridlog.failpoints import failpoint
-from hybridlog.framing import FramedBatch, HeadView, SegmentWrite, StreamHead, frame_batch, lay_out, load_head
+from hybridlog.framing import (
+    FramedBatch,
+    HeadView,
+    SegmentWrite,
+    StreamHead,
+    extend_tree,
+    frame_batch,
+    lay_out,
+    load_head,
+)
 from hybridlog.groupcommit import GroupCommitQueue
 from hybridlog.layout import segment_path, stream_path
 from hybridlog.pipeline import AppendPipeline
@@ -317,6 +326,7 @@ class Writer:
                 # The mark kept apart from the batch rows too: a damaged b-tree that hides the last
                 # rows from a scan cannot then hide them from the mark it is checked against.
                 catalog.raise_global_mark(self.global_mark())  # the group's last position
+                extend_tree(catalog, batches)
                 committing = True  # what fails from here on is the COMMIT itself: it may have happened
             failpoint("catalog-committed")
         except BaseException as e:

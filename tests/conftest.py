@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -56,3 +57,37 @@ def clock() -> Callable[[], int]:
 def store_dir(tmp_path: Path) -> Path:
     """A path for a store that does not exist yet (Storage creates it on first write)."""
     return tmp_path / "store"
+
+
+SHARED_VECTORS = Path(os.environ.get("HYBRIDLOG_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "vectors"))
+"""The public test vectors beside the checkout (``../shared/vectors/``; read at test time, never
+copied into the repository). ``HYBRIDLOG_VECTORS`` points elsewhere."""
+
+
+@pytest.fixture(scope="session")
+def shared_vector() -> Callable[[str], Any]:
+    """Load one JSON file of the shared vectors; a missing file fails the test, never skips it."""
+    import json
+
+    def load(name: str) -> Any:
+        path = SHARED_VECTORS / name
+        if not path.is_file():
+            pytest.fail(f"shared test vectors not found at {path} (set HYBRIDLOG_VECTORS)")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    return load
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``inclusion_probe`` and ``consistency_probe`` with transparency-dev's adversarial
+    probes from the shared vectors (``test_merkle.py`` fails if the files are missing)."""
+    import json
+
+    for fixture, name in (
+        ("inclusion_probe", "rfc6962_inclusion.json"),
+        ("consistency_probe", "rfc6962_consistency.json"),
+    ):
+        if fixture in metafunc.fixturenames:
+            path = SHARED_VECTORS / name
+            probes = json.loads(path.read_text(encoding="utf-8"))["probes"] if path.is_file() else []
+            metafunc.parametrize(fixture, probes, ids=[str(p["path"]) for p in probes])

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hybridlog"
 
 # Lowest first. A module may import from its own layer and the layers before it.
 LAYERS: list[set[str]] = [
-    {"errors", "output", "failpoints"},
+    {"errors", "output", "failpoints", "merkle", "ed25519", "note", "tree_head", "receipts"},
     {"types"},
     {"native", "record", "layout", "markers", "verified_cache", "groupcommit", "es_records"},
     {"segment", "dictionary", "pipeline", "batch", "lock"},
@@ -29,9 +29,10 @@ LAYERS: list[set[str]] = [
         "index",
         "events_table",
         "records_table",
+        "catalog_tree",
     },
     {"framing", "writer", "reads", "diagnose", "quarantine", "sql", "backend", "memory", "subscription"},
-    {"recovery", "catalog_rebuild", "stream_repair", "repair", "maintenance", "opening"},
+    {"recovery", "catalog_rebuild", "stream_repair", "repair", "maintenance", "opening", "tree"},
     {"storage", "verify"},
     {"cli", "eventsourcing", "__init__", "__main__"},
 ]

@@ -1,0 +1,373 @@
+"""The store's Merkle tree as users meet it: catching it up with the segments, proofs, receipts,
+signed tree heads and checks against them (``docs/proofs.md``).
+
+The append path keeps the tree in the catalog in the same transaction as the records it covers
+(``framing.extend_tree``; the tiles are in ``catalog_tree.py``). When it cannot (a group whose
+positions recovery has yet to settle, a tree recovery or repair marked stale, a store written
+before the tree existed), ``catch_up`` computes the missing leaves from the segments by a
+verified read in global order, before any proof is given or head signed. A position no record has
+(one a repair cut, or a torn batch left) gets the gap leaf.
+
+Signing (``HeadSigner``): the key lives outside the store, and beside it the signer keeps the last
+head it signed. It signs a new head only when the store proves, by a consistency proof checked
+against that remembered head, that its tree extends it; so a store restored from an old backup, or
+repaired by cutting records, cannot get a second history signed under the same key. What a head
+covers is made durable (segments fsynced, catalog checkpointed) before it is signed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol, cast
+
+import hybridlog.merkle as merkle
+from hybridlog.catalog import Catalog
+from hybridlog.errors import HeadNotExtended, IntegrityError, InvalidArgument, ProofError, StorageError
+from hybridlog.layout import signed_head_path, signed_heads_on_disk
+from hybridlog.note import SignerKey, note_text, open_note, parse_signer_key, sign_note
+from hybridlog.receipts import Receipt
+from hybridlog.segment import make_dirs_durably, write_file_durably
+from hybridlog.tree_head import GAP_ENTRY, TreeHead, leaf_entry, parse_tree_head
+from hybridlog.types import GlobalPosition, GlobalRecord, Record, StreamId, check_stream_id
+
+log = logging.getLogger(__name__)
+
+GAP_LEAF = merkle.leaf_hash(GAP_ENTRY)
+CATCH_UP_CHUNK = 65_536
+"""Leaves computed per catalog transaction while catching up (bounds memory on a large store)."""
+READ_BYTES = 8 << 20
+
+
+class TreeStore(Protocol):
+    """What the tree needs of ``Storage``."""
+
+    _lock: threading.RLock
+
+    @property
+    def data_dir(self) -> Path:
+        """The store's directory."""
+
+    def _writable_catalog(self) -> Catalog: ...
+
+    def _read_global(self, start: int, limit: int, only: StreamId | None) -> list[GlobalRecord]: ...
+
+    def _iter_records(self, sid: StreamId, from_offset: int, *, anchored: bool) -> Iterator[Record]: ...
+
+    def global_position_of(self, stream_id: int, offset: int) -> GlobalPosition | None:
+        """The record's global position (None: no such record)."""
+
+    def flush_indexes(self) -> None:
+        """fsync the active segments and checkpoint the catalog."""
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionProof:
+    """That the record's leaf ``entry`` is leaf ``index`` of the tree of ``size`` with ``root``."""
+
+    stream_id: int
+    offset: int
+    index: int
+    size: int
+    entry: bytes
+    proof: list[bytes]
+    root: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyProof:
+    """That the tree of ``old_size`` (``old_root``) is a prefix of the tree of ``size`` (``root``)."""
+
+    old_size: int
+    size: int
+    proof: list[bytes]
+    old_root: bytes
+    root: bytes
+
+
+def record_leaf(record: Record) -> bytes:
+    """A record's leaf entry."""
+    return leaf_entry(int(record.kind), record.stream_id, record.offset, record.timestamp_ns, record.hash)
+
+
+def leaves_from_segments(store: TreeStore, first: int, last: int | None) -> Iterator[bytes]:
+    """The leaf hash of every position from ``first`` to ``last`` (None: the last record's), from
+    a verified read of the segments in global order; gaps get the gap leaf."""
+    position = first
+    while last is None or position <= last:
+        page = store._read_global(position, READ_BYTES, None)
+        if not page:
+            break
+        for found in page:
+            if last is not None and found.global_position > last:
+                break
+            while position < found.global_position:
+                yield GAP_LEAF
+                position += 1
+            yield merkle.leaf_hash(record_leaf(found.record))
+            position += 1
+        if last is not None and page[-1].global_position >= last:
+            break
+    if last is not None and position <= last:
+        raise IntegrityError(f"the segments hold no record at or after global position {position}, up to {last}")
+
+
+class StoreTree:
+    """The Merkle tree of one store (``Storage.tree``); every method takes the store's lock."""
+
+    def __init__(self, store: TreeStore) -> None:
+        self._store = store
+
+    def catch_up(self) -> int:
+        """Bring the tree up to the last record the catalog holds, recomputing from the segments
+        what the append path could not keep; returns the tree's size."""
+        with self._store._lock:
+            catalog = self._store._writable_catalog()
+            size, stale = catalog.tree_state()
+            last = catalog.last_record_position()
+            if stale is None and size >= last:
+                return size
+            start = size if stale is None else min(size, stale - 1)
+            log.info("the Merkle tree is recomputed from global position %d to %d", start + 1, last)
+            with catalog.transaction():
+                catalog.truncate_tree(start)
+            chunk: list[bytes] = []
+            try:
+                for leaf in leaves_from_segments(self._store, start + 1, last):
+                    chunk.append(leaf)
+                    if len(chunk) == CATCH_UP_CHUNK:
+                        start = self._append(catalog, start, chunk)
+                        chunk = []
+            except IntegrityError as e:
+                log.warning("the Merkle tree stops at position %d: %s", start + len(chunk), e)
+            if chunk:
+                start = self._append(catalog, start, chunk)
+            return start
+
+    @staticmethod
+    def _append(catalog: Catalog, size: int, hashes: list[bytes]) -> int:
+        with catalog.transaction():
+            catalog.append_leaves(size, hashes)
+        return size + len(hashes)
+
+    def size(self) -> int:
+        """The number of leaves (global positions) the tree covers."""
+        return self.catch_up()
+
+    def root(self, size: int | None = None) -> bytes:
+        """The root of the tree of ``size`` leaves (default: all)."""
+        with self._store._lock:
+            top = self.catch_up()
+            at = top if size is None else _check_size(size, top)
+            return self._store._writable_catalog().tree_root(at)
+
+    def head(self, origin: str) -> TreeHead:
+        """The tree's head now (unsigned)."""
+        with self._store._lock:
+            size = self.catch_up()
+            return TreeHead(origin, size, self._store._writable_catalog().tree_root(size))
+
+    def leaf(self, stream_id: StreamId, offset: int) -> tuple[int, bytes]:
+        """(leaf index, leaf entry) of a record, read and verified from its segment."""
+        with self._store._lock:
+            position = self._store.global_position_of(stream_id, offset)
+            if position is None:
+                raise InvalidArgument(f"stream {stream_id} has no record at offset {offset}")
+            record = next(self._store._iter_records(stream_id, offset, anchored=True), None)
+            if record is None or record.offset != offset:
+                raise InvalidArgument(f"stream {stream_id} has no record at offset {offset}")
+            return position - 1, record_leaf(record)
+
+    def prove_inclusion(self, stream_id: StreamId, offset: int, size: int | None = None) -> InclusionProof:
+        """The proof that a record is in the tree of ``size`` leaves (default: the whole tree)."""
+        with self._store._lock:
+            top = self.catch_up()
+            at = top if size is None else _check_size(size, top)
+            index, entry = self.leaf(stream_id, offset)
+            if index >= at:
+                raise InvalidArgument(f"the record is leaf {index}, not in a tree of {at}")
+            catalog = self._store._writable_catalog()
+            proof, root = catalog.inclusion_proof(index, at), catalog.tree_root(at)
+        merkle.verify_inclusion(merkle.leaf_hash(entry), index, at, proof, root)  # never hand out a bad proof
+        return InclusionProof(stream_id, offset, index, at, entry, proof, root)
+
+    def prove_consistency(self, old_size: int, size: int | None = None) -> ConsistencyProof:
+        """The proof that the tree of ``old_size`` leaves is a prefix of the tree of ``size``."""
+        with self._store._lock:
+            top = self.catch_up()
+            at = top if size is None else _check_size(size, top)
+            if not 0 < old_size <= at:
+                raise InvalidArgument(f"old size {old_size} is not in 1..{at}")
+            catalog = self._store._writable_catalog()
+            proof = catalog.consistency_proof(old_size, at)
+            old_root, root = catalog.tree_root(old_size), catalog.tree_root(at)
+        merkle.verify_consistency(old_size, at, proof, old_root, root)
+        return ConsistencyProof(old_size, at, proof, old_root, root)
+
+    # --- signed heads ----------------------------------------------------------------------------
+
+    def sign(self, signer: HeadSigner) -> str:
+        """Sign the tree's head now with ``signer`` (see ``HeadSigner.sign``), keep it in the
+        store (``heads/<key id>.checkpoint``) and return it."""
+        with self._store._lock:
+            size = self.catch_up()
+            self._store.flush_indexes()  # what the head covers is durable before it is signed
+            catalog = self._store._writable_catalog()
+            head = TreeHead(signer.origin, size, catalog.tree_root(size))
+            signed = signer.sign(head, lambda old: catalog.consistency_proof(old, size))
+            path = signed_head_path(self._store.data_dir, signer.key.verifier.key_id)
+            make_dirs_durably(path.parent)
+            write_file_durably(path, signed.encode())
+            return signed
+
+    def signed_heads(self) -> list[str]:
+        """The signed heads kept in the store, one per key that signed (as signed notes)."""
+        return [path.read_text(encoding="utf-8") for path in signed_heads_on_disk(self._store.data_dir)]
+
+    def receipt(self, stream_id: StreamId, offset: int) -> Receipt:
+        """A record's receipt: its leaf entry and index, and, when a head kept in the store covers
+        it, the inclusion proof in that head's tree and the head (the largest such head)."""
+        with self._store._lock:
+            top = self.catch_up()
+            index, entry = self.leaf(stream_id, offset)
+            covering = [
+                (head, signed)
+                for signed in self.signed_heads()
+                for head in [parse_tree_head(_unsigned_text(signed))]
+                if index < head.size <= top
+            ]
+            if not covering:
+                return Receipt(entry, index)
+            head, signed = max(covering, key=lambda pair: pair[0].size)
+            catalog = self._store._writable_catalog()
+            if catalog.tree_root(head.size) != head.root:
+                raise HeadNotExtended(
+                    f"the store's tree of {head.size} leaves is not the one the kept head signed",
+                    old_size=head.size,
+                    size=top,
+                )
+            proof = catalog.inclusion_proof(index, head.size)
+        merkle.verify_inclusion(merkle.leaf_hash(entry), index, head.size, proof, head.root)
+        return Receipt(entry, index, tuple(proof), signed)
+
+    def check_against(self, head: TreeHead) -> int:
+        """Check that the store's history extends ``head``: the segments' leaves up to its size hash
+        to its root, and the catalog's tree agrees (HeadNotExtended if not); returns the tree's size."""
+        with self._store._lock:
+            top = self.catch_up()
+            if top < head.size:
+                raise HeadNotExtended(
+                    f"the store's tree has {top} leaves, fewer than the {head.size} the head covers (cut back?)",
+                    old_size=head.size,
+                    size=top,
+                )
+            hashes = merkle.CompactRange()
+            try:
+                for leaf in leaves_from_segments(self._store, 1, head.size):
+                    hashes.append(leaf)
+            except IntegrityError as e:
+                raise HeadNotExtended(
+                    f"the segments cannot give the {head.size} leaves the head covers: {e}",
+                    old_size=head.size,
+                    size=top,
+                ) from e
+            if hashes.root() != head.root:
+                raise HeadNotExtended(
+                    f"the segments' first {head.size} records are not those the head covers (rewritten or reordered)",
+                    old_size=head.size,
+                    size=top,
+                )
+            if head.size and self._store._writable_catalog().tree_root(head.size) != head.root:
+                raise HeadNotExtended(
+                    "the catalog's tree disagrees with the segments; rebuild the catalog",
+                    old_size=head.size,
+                    size=top,
+                )
+            return top
+
+
+class ProvingStore:
+    """``Storage``'s proofs: ``tree`` (receipts, signed heads, checks against a head) and the two
+    proofs the engine's API names."""
+
+    @cached_property
+    def tree(self) -> StoreTree:
+        """The store's Merkle tree (``StoreTree``)."""
+        return StoreTree(cast(TreeStore, self))
+
+    def prove_inclusion(self, stream_id: int, offset: int, size: int | None = None) -> InclusionProof:
+        """The proof that a record is in the store's tree of ``size`` leaves (default: all of it)."""
+        return self.tree.prove_inclusion(check_stream_id(stream_id), offset, size)
+
+    def prove_consistency(self, old_size: int, size: int | None = None) -> ConsistencyProof:
+        """The proof that the store's tree of ``old_size`` leaves is a prefix of its tree of ``size``."""
+        return self.tree.prove_consistency(old_size, size)
+
+
+def _check_size(size: int, top: int) -> int:
+    if type(size) is not int or not 0 <= size <= top:
+        raise InvalidArgument(f"tree size {size!r} is not in 0..{top}")
+    return size
+
+
+def _unsigned_text(signed: str) -> str:
+    """The text of a signed note the store wrote itself (its signature was checked when signed)."""
+    return note_text(signed)
+
+
+class HeadSigner:
+    """Signs tree heads with a key kept outside the store, and refuses to sign one that does not
+    extend the last it signed. That last head is kept beside the key (``<key file>.last-head``,
+    a signed note), written durably before ``sign`` returns."""
+
+    def __init__(self, key_file: str | Path, *, origin: str | None = None) -> None:
+        self.key_file = Path(key_file)
+        try:
+            self.key: SignerKey = parse_signer_key(self.key_file.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise StorageError(f"cannot read the signing key {self.key_file}: {e}") from e
+        self.origin = origin or self.key.name
+        self.state_path = self.key_file.with_name(self.key_file.name + ".last-head")
+
+    def last_head(self) -> TreeHead | None:
+        """The last head this key signed (None: none yet); ProofError if the file is not one."""
+        try:
+            signed = self.state_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"cannot read {self.state_path}: {e}") from e
+        return parse_tree_head(open_note(signed, [self.key.verifier]).text)  # signed by this key, unchanged
+
+    def sign(self, head: TreeHead, consistency: Callable[[int], list[bytes]]) -> str:
+        """Sign ``head``, given the store's consistency proofs from older sizes to its size.
+
+        HeadNotExtended unless it extends the last head this key signed (same origin; same size and
+        root, or a larger size with a consistency proof from the last one)."""
+        last = self.last_head()
+        if last is not None:
+            if last.origin != head.origin:
+                raise ProofError(f"this key signs heads of {last.origin!r}, not {head.origin!r}")
+            if head.size < last.size or (head.size == last.size and head.root != last.root):
+                raise HeadNotExtended(
+                    f"the tree of {head.size} leaves does not extend the last head signed ({last.size} leaves)",
+                    old_size=last.size,
+                    size=head.size,
+                )
+            if 0 < last.size < head.size:
+                try:
+                    merkle.verify_consistency(last.size, head.size, consistency(last.size), last.root, head.root)
+                except ProofError as e:
+                    raise HeadNotExtended(
+                        f"the tree of {head.size} leaves does not extend the last head signed"
+                        f" ({last.size} leaves): {e}",
+                        old_size=last.size,
+                        size=head.size,
+                    ) from e
+        signed = sign_note(head.text(), self.key)
+        write_file_durably(self.state_path, signed.encode())  # remembered before anyone sees it
+        return signed

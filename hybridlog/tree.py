@@ -29,11 +29,12 @@ import hybridlog.merkle as merkle
 from hybridlog.catalog import Catalog
 from hybridlog.errors import HeadNotExtended, IntegrityError, InvalidArgument, ProofError, StorageError
 from hybridlog.layout import signed_head_path, signed_heads_on_disk
-from hybridlog.note import SignerKey, note_text, open_note, parse_signer_key, sign_note
-from hybridlog.receipts import Receipt
+from hybridlog.note import SignerKey, VerifierKey, note_text, open_note, parse_signer_key, sign_note
+from hybridlog.receipts import CheckedReceipt, Receipt, verify_receipt
 from hybridlog.segment import make_dirs_durably, write_file_durably
 from hybridlog.tree_head import GAP_ENTRY, TreeHead, leaf_entry, parse_tree_head
 from hybridlog.types import GlobalPosition, GlobalRecord, Record, StreamId, check_stream_id
+from hybridlog.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class TreeStore(Protocol):
     """What the tree needs of ``Storage``."""
 
     _lock: threading.RLock
+    _writer: Writer
 
     @property
     def data_dir(self) -> Path:
@@ -94,9 +96,12 @@ def record_leaf(record: Record) -> bytes:
     return leaf_entry(int(record.kind), record.stream_id, record.offset, record.timestamp_ns, record.hash)
 
 
-def leaves_from_segments(store: TreeStore, first: int, last: int | None) -> Iterator[bytes]:
+def leaves_from_segments(
+    store: TreeStore, first: int, last: int | None, *, stop_at_gap: bool = False
+) -> Iterator[bytes]:
     """The leaf hash of every position from ``first`` to ``last`` (None: the last record's), from
-    a verified read of the segments in global order; gaps get the gap leaf."""
+    a verified read of the segments in global order; gaps get the gap leaf (or, ``stop_at_gap``,
+    end the leaves)."""
     position = first
     while last is None or position <= last:
         page = store._read_global(position, READ_BYTES, None)
@@ -106,6 +111,8 @@ def leaves_from_segments(store: TreeStore, first: int, last: int | None) -> Iter
             if last is not None and found.global_position > last:
                 break
             while position < found.global_position:
+                if stop_at_gap:
+                    return
                 yield GAP_LEAF
                 position += 1
             yield merkle.leaf_hash(record_leaf(found.record))
@@ -136,8 +143,11 @@ class StoreTree:
             with catalog.transaction():
                 catalog.truncate_tree(start)
             chunk: list[bytes] = []
+            # After a group whose outcome is unknown, a missing position may still be adopted by
+            # the reopen's recovery: the tree then stops before it rather than call it a gap.
+            unsettled = self._store._writer.fenced
             try:
-                for leaf in leaves_from_segments(self._store, start + 1, last):
+                for leaf in leaves_from_segments(self._store, start + 1, last, stop_at_gap=unsettled):
                     chunk.append(leaf)
                     if len(chunk) == CATCH_UP_CHUNK:
                         start = self._append(catalog, start, chunk)
@@ -171,8 +181,11 @@ class StoreTree:
             size = self.catch_up()
             return TreeHead(origin, size, self._store._writable_catalog().tree_root(size))
 
-    def leaf(self, stream_id: StreamId, offset: int) -> tuple[int, bytes]:
+    def leaf(self, stream_id: int, offset: int) -> tuple[int, bytes]:
         """(leaf index, leaf entry) of a record, read and verified from its segment."""
+        stream_id = check_stream_id(stream_id)
+        if type(offset) is not int or offset < 0:
+            raise InvalidArgument(f"offset must be a non-negative int, not {offset!r}")
         with self._store._lock:
             position = self._store.global_position_of(stream_id, offset)
             if position is None:
@@ -182,7 +195,7 @@ class StoreTree:
                 raise InvalidArgument(f"stream {stream_id} has no record at offset {offset}")
             return position - 1, record_leaf(record)
 
-    def prove_inclusion(self, stream_id: StreamId, offset: int, size: int | None = None) -> InclusionProof:
+    def prove_inclusion(self, stream_id: int, offset: int, size: int | None = None) -> InclusionProof:
         """The proof that a record is in the tree of ``size`` leaves (default: the whole tree)."""
         with self._store._lock:
             top = self.catch_up()
@@ -228,7 +241,7 @@ class StoreTree:
         """The signed heads kept in the store, one per key that signed (as signed notes)."""
         return [path.read_text(encoding="utf-8") for path in signed_heads_on_disk(self._store.data_dir)]
 
-    def receipt(self, stream_id: StreamId, offset: int) -> Receipt:
+    def receipt(self, stream_id: int, offset: int) -> Receipt:
         """A record's receipt: its leaf entry and index, and, when a head kept in the store covers
         it, the inclusion proof in that head's tree and the head (the largest such head)."""
         with self._store._lock:
@@ -253,6 +266,24 @@ class StoreTree:
             proof = catalog.inclusion_proof(index, head.size)
         merkle.verify_inclusion(merkle.leaf_hash(entry), index, head.size, proof, head.root)
         return Receipt(entry, index, tuple(proof), signed)
+
+    def check_receipt(
+        self, text: str, vkeys: list[str] | list[VerifierKey], *, origin: str | None = None
+    ) -> CheckedReceipt:
+        """Check a receipt offline (``receipts.verify_receipt``), then that this store still holds
+        the tree its head signed (the tree the catalog keeps; ``check_against`` re-derives it
+        from the segments): HeadNotExtended after a cut, a rewrite or a restored backup."""
+        checked = verify_receipt(text, vkeys, origin=origin)
+        with self._store._lock:
+            top = self.catch_up()
+            head = checked.head
+            if top < head.size or self._store._writable_catalog().tree_root(head.size) != head.root:
+                raise HeadNotExtended(
+                    f"the store no longer holds the tree of {head.size} leaves the receipt's head signed",
+                    old_size=head.size,
+                    size=top,
+                )
+        return checked
 
     def check_against(self, head: TreeHead) -> int:
         """Check that the store's history extends ``head``: the segments' leaves up to its size hash
@@ -301,7 +332,7 @@ class ProvingStore:
 
     def prove_inclusion(self, stream_id: int, offset: int, size: int | None = None) -> InclusionProof:
         """The proof that a record is in the store's tree of ``size`` leaves (default: all of it)."""
-        return self.tree.prove_inclusion(check_stream_id(stream_id), offset, size)
+        return self.tree.prove_inclusion(stream_id, offset, size)
 
     def prove_consistency(self, old_size: int, size: int | None = None) -> ConsistencyProof:
         """The proof that the store's tree of ``old_size`` leaves is a prefix of its tree of ``size``."""

@@ -133,6 +133,7 @@ class Writer:
         self._trainer = DictionaryTrainer(data_dir, dictionaries)  # stream dictionaries, for compressing
         self._syncers: ThreadPoolExecutor | None = None  # started by the first group that touches several files
         self._mark: int | None = None  # the last global position given out (None: ask the catalog)
+        self.fenced = False  # a group's outcome is unknown: positions below later ones may yet be adopted
 
     def submit(
         self,
@@ -399,6 +400,7 @@ class Writer:
 
     def _fence(self, sid: StreamId, reason: str) -> None:
         """Refuse appends to a stream until the store is reopened (recovery then settles its files)."""
+        self.fenced = True
         head = self.heads[sid]
         head.damage = StorageIOError(
             f"stream {sid} refuses appends until the store is reopened: {reason}",

@@ -21,6 +21,7 @@ from hybridlog.errors import IntegrityError, InvalidArgument, StorageIOError, St
 from hybridlog.recovery import ReconcileResult, recover_store, streams_to_reconcile
 from hybridlog.repair import CheckReport, RepairReport, RepairStep, check_store
 from hybridlog.stream_repair import repair_stream
+from hybridlog.tree import StoreTree
 from hybridlog.types import RepairKind, StreamId, check_stream_id
 from hybridlog.writer import Writer
 
@@ -49,6 +50,7 @@ class Maintenance:
         rebuild_catalog: Callable[[str], list[ReconcileResult]],
         forget_verified: Callable[[], None],
         committed: Callable[[], None],
+        tree: Callable[[], StoreTree],
     ) -> None:
         self._data_dir = data_dir
         self._lock = lock
@@ -60,6 +62,7 @@ class Maintenance:
         self._rebuild_catalog = rebuild_catalog
         self._forget_verified = forget_verified
         self._committed = committed
+        self._tree = tree
         self.damage: dict[StreamId, IntegrityError] = {}  # streams that refuse appends until repaired
         self.results: list[ReconcileResult] = []  # what recovery found and did since the store was opened
 
@@ -104,7 +107,10 @@ class Maintenance:
                 raise StoreClosed(f"store {self._data_dir} is closed")
             try:
                 self._writer.trim_reserved()
-                return check_store(self._data_dir, sids, progress=progress, writer_paused=self._writer_paused())
+                report = check_store(self._data_dir, sids, progress=progress, writer_paused=self._writer_paused())
+                if sids is None and report.ok:  # the tree is checked over a store that reads whole
+                    report.findings.extend(self._tree().findings())
+                return report
             except OSError as e:
                 raise StorageIOError(f"cannot check {self._data_dir}: {e}") from e
 
@@ -128,6 +134,9 @@ class Maintenance:
             for step in steps:
                 if step.repair == RepairKind.REBUILD_CATALOG:
                     results = self._rebuild(step.reason)
+                elif step.repair == RepairKind.REBUILD_TREE:
+                    self._tree().rebuild()
+                    results = []
                 elif step.stream_id is None:
                     raise InvalidArgument(f"repair {step.repair!r} needs a stream id")
                 elif step.repair in (RepairKind.ISOLATE, RepairKind.TRUNCATE, RepairKind.REINDEX):

@@ -53,7 +53,13 @@ from hybridlog.scan import ScannedRecord
 from hybridlog.stream_repair import StreamRepairPlan, plan_stream_repair
 from hybridlog.types import FindingKind, RecordKind, RepairKind, StreamId
 
-_REPAIR_ORDER = {RepairKind.REBUILD_CATALOG: 0, RepairKind.ISOLATE: 1, RepairKind.TRUNCATE: 1, RepairKind.REINDEX: 2}
+_REPAIR_ORDER = {
+    RepairKind.REBUILD_CATALOG: 0,
+    RepairKind.ISOLATE: 1,
+    RepairKind.TRUNCATE: 1,
+    RepairKind.REINDEX: 2,
+    RepairKind.REBUILD_TREE: 3,
+}
 STREAM_REPAIRS = (RepairKind.ISOLATE, RepairKind.TRUNCATE)
 
 
@@ -140,6 +146,9 @@ class CheckReport:
                     f"builds a new catalog from the segments of {self.streams_checked} streams; the old"
                     f" {CATALOG_FILE}, if there is one, is kept aside as {CATALOG_FILE}.<time>{ASIDE_SUFFIX}"
                 )
+                steps[repair, f.stream_id] = RepairStep(repair, f.stream_id, f.message, effect)
+            elif repair == RepairKind.REBUILD_TREE:
+                effect = "recomputes the store's Merkle tree from the segments; no record is touched"
                 steps[repair, f.stream_id] = RepairStep(repair, f.stream_id, f.message, effect)
             elif plans is not None:
                 chosen = plans[{RepairKind.ISOLATE: 0, RepairKind.TRUNCATE: 1, RepairKind.REINDEX: 2}[repair]]

@@ -71,10 +71,9 @@ class Storage(BackendBase, ProvingStore):
     """A store of append-only, hash-chained event streams in one directory.
 
     One process may hold a store for writing (others get ``StorageLocked``); any number may open
-    it with ``read_only=True``. An instance is safe to share between threads.
-
-    ``busy_timeout``: seconds opening waits while another process keeps the catalog locked, before
-    ``CatalogBusy`` (a busy or unreadable catalog is never rebuilt; see lock.py for ``LOCK``).
+    it with ``read_only=True``. An instance is safe to share between threads. ``busy_timeout``:
+    seconds opening waits while another process keeps the catalog locked, before ``CatalogBusy``
+    (a busy or unreadable catalog is never rebuilt; see lock.py for ``LOCK``).
     """
 
     def __init__(
@@ -140,6 +139,7 @@ class Storage(BackendBase, ProvingStore):
             rebuild_catalog=self._rebuild_catalog,
             forget_verified=self._verified.clear,
             committed=self._commit_signal.notify,
+            tree=lambda: self.tree,
         )
         self._consumers = Consumers(
             self._data_dir,
@@ -414,8 +414,6 @@ class Storage(BackendBase, ProvingStore):
     def consumers(self) -> list[ConsumerState]:
         """Every registered consumer, by name."""
         return self._consumers.all()
-
-    # --- heads, checkpoints, segments ------------------------------------------------------------
 
     def _stream_head(self, sid: StreamId) -> tuple[Offset, ChainHash | None]:
         row = self._reads.query(lambda catalog: catalog.stream(sid), None)

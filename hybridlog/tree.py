@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,9 +32,10 @@ from hybridlog.errors import HeadNotExtended, IntegrityError, InvalidArgument, P
 from hybridlog.layout import signed_head_path, signed_heads_on_disk
 from hybridlog.note import SignerKey, VerifierKey, note_text, open_note, parse_signer_key, sign_note
 from hybridlog.receipts import CheckedReceipt, Receipt, verify_receipt
+from hybridlog.repair import Finding
 from hybridlog.segment import make_dirs_durably, write_file_durably
 from hybridlog.tree_head import GAP_ENTRY, TreeHead, leaf_entry, parse_tree_head
-from hybridlog.types import GlobalPosition, GlobalRecord, Record, StreamId, check_stream_id
+from hybridlog.types import FindingKind, GlobalPosition, GlobalRecord, Record, RepairKind, StreamId, check_stream_id
 from hybridlog.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,13 @@ class TreeStore(Protocol):
     def data_dir(self) -> Path:
         """The store's directory."""
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the store was opened for reading only."""
+
     def _writable_catalog(self) -> Catalog: ...
+
+    def _readable_catalog(self, *, follow: bool = True) -> Catalog | None: ...
 
     def _read_global(self, start: int, limit: int, only: StreamId | None) -> list[GlobalRecord]: ...
 
@@ -164,22 +172,42 @@ class StoreTree:
             catalog.append_leaves(size, hashes)
         return size + len(hashes)
 
+    @contextmanager
+    def _tree(self) -> Iterator[tuple[Catalog, int]]:
+        """The catalog that holds the tree, and the tree's size, under the store's lock: a writer's
+        tree caught up first; a reader's as the catalog has it (one read transaction), provided it
+        covers every record the catalog holds."""
+        with self._store._lock:
+            if not self._store.read_only:
+                size = self.catch_up()
+                yield self._store._writable_catalog(), size
+                return
+            catalog = self._store._readable_catalog()
+            if catalog is None:
+                raise StorageError(f"store {self._store.data_dir} has no catalog yet")
+            with catalog.conn:
+                size, stale = catalog.tree_state()
+                if stale is not None or size < catalog.last_record_position():
+                    raise StorageError(
+                        "the store's Merkle tree does not cover every record yet (a writer catches it up)",
+                        hint="open the store for writing once (`hybridlog sign`, or any append) and ask again",
+                    )
+                yield catalog, size
+
     def size(self) -> int:
         """The number of leaves (global positions) the tree covers."""
-        return self.catch_up()
+        with self._tree() as (_, size):
+            return size
 
     def root(self, size: int | None = None) -> bytes:
         """The root of the tree of ``size`` leaves (default: all)."""
-        with self._store._lock:
-            top = self.catch_up()
-            at = top if size is None else _check_size(size, top)
-            return self._store._writable_catalog().tree_root(at)
+        with self._tree() as (catalog, top):
+            return catalog.tree_root(top if size is None else _check_size(size, top))
 
     def head(self, origin: str) -> TreeHead:
         """The tree's head now (unsigned)."""
-        with self._store._lock:
-            size = self.catch_up()
-            return TreeHead(origin, size, self._store._writable_catalog().tree_root(size))
+        with self._tree() as (catalog, size):
+            return TreeHead(origin, size, catalog.tree_root(size))
 
     def leaf(self, stream_id: int, offset: int) -> tuple[int, bytes]:
         """(leaf index, leaf entry) of a record, read and verified from its segment."""
@@ -197,25 +225,21 @@ class StoreTree:
 
     def prove_inclusion(self, stream_id: int, offset: int, size: int | None = None) -> InclusionProof:
         """The proof that a record is in the tree of ``size`` leaves (default: the whole tree)."""
-        with self._store._lock:
-            top = self.catch_up()
+        with self._tree() as (catalog, top):
             at = top if size is None else _check_size(size, top)
             index, entry = self.leaf(stream_id, offset)
             if index >= at:
                 raise InvalidArgument(f"the record is leaf {index}, not in a tree of {at}")
-            catalog = self._store._writable_catalog()
             proof, root = catalog.inclusion_proof(index, at), catalog.tree_root(at)
         merkle.verify_inclusion(merkle.leaf_hash(entry), index, at, proof, root)  # never hand out a bad proof
         return InclusionProof(stream_id, offset, index, at, entry, proof, root)
 
     def prove_consistency(self, old_size: int, size: int | None = None) -> ConsistencyProof:
         """The proof that the tree of ``old_size`` leaves is a prefix of the tree of ``size``."""
-        with self._store._lock:
-            top = self.catch_up()
+        with self._tree() as (catalog, top):
             at = top if size is None else _check_size(size, top)
-            if not 0 < old_size <= at:
-                raise InvalidArgument(f"old size {old_size} is not in 1..{at}")
-            catalog = self._store._writable_catalog()
+            if type(old_size) is not int or not 0 < old_size <= at:
+                raise InvalidArgument(f"old size {old_size!r} is not in 1..{at}")
             proof = catalog.consistency_proof(old_size, at)
             old_root, root = catalog.tree_root(old_size), catalog.tree_root(at)
         merkle.verify_consistency(old_size, at, proof, old_root, root)
@@ -244,8 +268,7 @@ class StoreTree:
     def receipt(self, stream_id: int, offset: int) -> Receipt:
         """A record's receipt: its leaf entry and index, and, when a head kept in the store covers
         it, the inclusion proof in that head's tree and the head (the largest such head)."""
-        with self._store._lock:
-            top = self.catch_up()
+        with self._tree() as (catalog, top):
             index, entry = self.leaf(stream_id, offset)
             covering = [
                 (head, signed)
@@ -256,7 +279,6 @@ class StoreTree:
             if not covering:
                 return Receipt(entry, index)
             head, signed = max(covering, key=lambda pair: pair[0].size)
-            catalog = self._store._writable_catalog()
             if catalog.tree_root(head.size) != head.root:
                 raise HeadNotExtended(
                     f"the store's tree of {head.size} leaves is not the one the kept head signed",
@@ -274,10 +296,9 @@ class StoreTree:
         the tree its head signed (the tree the catalog keeps; ``check_against`` re-derives it
         from the segments): HeadNotExtended after a cut, a rewrite or a restored backup."""
         checked = verify_receipt(text, vkeys, origin=origin)
-        with self._store._lock:
-            top = self.catch_up()
+        with self._tree() as (catalog, top):
             head = checked.head
-            if top < head.size or self._store._writable_catalog().tree_root(head.size) != head.root:
+            if top < head.size or catalog.tree_root(head.size) != head.root:
                 raise HeadNotExtended(
                     f"the store no longer holds the tree of {head.size} leaves the receipt's head signed",
                     old_size=head.size,
@@ -285,39 +306,80 @@ class StoreTree:
                 )
         return checked
 
-    def check_against(self, head: TreeHead) -> int:
-        """Check that the store's history extends ``head``: the segments' leaves up to its size hash
-        to its root, and the catalog's tree agrees (HeadNotExtended if not); returns the tree's size."""
+    def findings(self) -> list[Finding]:
+        """What ``check`` reports of the tree: TREE_MISMATCH when the catalog's tree does not hash to
+        the root of the leaves the segments give (a reader checks only a tree that covers every
+        record; damage the segment walk found is reported by the check itself)."""
         with self._store._lock:
-            top = self.catch_up()
-            if top < head.size:
-                raise HeadNotExtended(
-                    f"the store's tree has {top} leaves, fewer than the {head.size} the head covers (cut back?)",
-                    old_size=head.size,
-                    size=top,
-                )
-            hashes = merkle.CompactRange()
             try:
-                for leaf in leaves_from_segments(self._store, 1, head.size):
+                with self._tree() as (catalog, size):
+                    kept = catalog.tree_root(size)
+                hashes = merkle.CompactRange()
+                for leaf in leaves_from_segments(self._store, 1, size):
                     hashes.append(leaf)
+            except (StorageError, ProofError) as e:
+                log.info("the Merkle tree was not checked: %s", e)
+                return []
+            if hashes.root() == kept:
+                return []
+            return [
+                Finding(
+                    None,
+                    FindingKind.TREE_MISMATCH,
+                    f"the catalog's Merkle tree of {size} leaves has root {kept.hex()}, the segments' leaves"
+                    f" {hashes.root().hex()}",
+                    RepairKind.REBUILD_TREE,
+                )
+            ]
+
+    def rebuild(self) -> int:
+        """Recompute the whole tree from the segments (``repair`` of a TREE_MISMATCH); its size."""
+        with self._store._lock:
+            catalog = self._store._writable_catalog()
+            with catalog.transaction():
+                catalog.truncate_tree(0)
+            return self.catch_up()
+
+    def check_against(self, head: TreeHead, *, progress: Callable[[int], None] | None = None) -> int:
+        """Check that the store's history extends ``head``, from the segments alone (a verified read
+        of every record in global order): they give at least ``head.size`` leaves, and the first
+        ``head.size`` hash to its root. A writer also checks that the catalog's tree agrees. Returns
+        the number of leaves the segments give; HeadNotExtended if the store was cut back,
+        rewritten or reordered since the head was signed. Works on a read-only store."""
+        hashes, at_head = merkle.CompactRange(), merkle.EMPTY_ROOT
+        with self._store._lock:
+            try:
+                for leaf in leaves_from_segments(self._store, 1, None):
+                    hashes.append(leaf)
+                    if hashes.size == head.size:
+                        at_head = hashes.root()
+                    if progress is not None:
+                        progress(1)
             except IntegrityError as e:
                 raise HeadNotExtended(
-                    f"the segments cannot give the {head.size} leaves the head covers: {e}",
-                    old_size=head.size,
-                    size=top,
+                    f"the segments cannot give the leaves the head covers: {e}", old_size=head.size, size=hashes.size
                 ) from e
-            if hashes.root() != head.root:
+            top = hashes.size
+            if top < head.size:
                 raise HeadNotExtended(
-                    f"the segments' first {head.size} records are not those the head covers (rewritten or reordered)",
+                    f"the store holds {top} records, fewer than the {head.size} the head covers (cut back?)",
                     old_size=head.size,
                     size=top,
                 )
-            if head.size and self._store._writable_catalog().tree_root(head.size) != head.root:
+            if at_head != head.root:
                 raise HeadNotExtended(
-                    "the catalog's tree disagrees with the segments; rebuild the catalog",
+                    f"the store's first {head.size} records are not those the head covers (rewritten or reordered)",
                     old_size=head.size,
                     size=top,
                 )
+            if not self._store.read_only and self.catch_up() == top:
+                catalog = self._store._writable_catalog()
+                if catalog.tree_root(top) != hashes.root():
+                    raise HeadNotExtended(
+                        "the catalog's tree disagrees with the segments (run `hybridlog repair` to rebuild it)",
+                        old_size=head.size,
+                        size=top,
+                    )
             return top
 
 

@@ -118,6 +118,8 @@ class FindingKind(Vocabulary):
     """A file or directory under the store that is none of its own; reported, left alone."""
     ISOLATED_RECORDS = "isolated_records"
     """Records an earlier repair isolated; reported, nothing to do."""
+    TREE_MISMATCH = "tree_mismatch"
+    """The catalog's Merkle tree does not hash to the root of the leaves the segments give."""
 
 
 class RepairKind(Vocabulary):
@@ -127,6 +129,7 @@ class RepairKind(Vocabulary):
     ISOLATE = "isolate"
     TRUNCATE = "truncate"
     REINDEX = "reindex"
+    REBUILD_TREE = "rebuild_tree"
 
 
 _V = TypeVar("_V", bound=Vocabulary)

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 import hybridlog.merkle as merkle
-from hybridlog import CheckpointPolicy, CompressionKind, Storage
+from hybridlog import CheckpointPolicy, CompressionKind, FindingKind, RepairKind, Storage
 from hybridlog.errors import AppendOutcomeUnknown, HeadNotExtended, InvalidArgument, ProofError
 from hybridlog.layout import segment_path
 from hybridlog.note import generate_key, note_text, open_note
 from hybridlog.receipts import verify_receipt
-from hybridlog.testing.damage import delete_catalog, flip_byte
+from hybridlog.testing.damage import delete_catalog, edit_catalog, flip_byte
 from hybridlog.testing.harness import ACK, KillPlan, acknowledge, arm_from_environment, run_until_killed
 from hybridlog.tree import GAP_LEAF, HeadSigner, leaves_from_segments
 from hybridlog.tree_head import TreeHead, decode_leaf, parse_tree_head
@@ -250,6 +250,26 @@ def test_positions_of_an_unknown_outcome_are_not_called_gaps_before_the_reopen_s
         assert GAP_LEAF not in leaves[:4]  # 2 and 3 are records, not gaps
         assert store.tree.check_against(early) == len(leaves)
         store.tree.sign(signer)
+
+
+def test_check_finds_a_damaged_tile_and_repair_recomputes_the_tree(store_dir: Path) -> None:
+    with Storage(store_dir) as store:
+        fill(store, random.Random(5), 40)
+        size, root = store.tree.size(), store.tree.root()
+        assert store.check().ok
+    changed = edit_catalog(store_dir, "UPDATE merkle_tiles SET hashes = zeroblob(length(hashes)) WHERE level = 1")
+    assert changed >= 1
+    with Storage(store_dir, read_only=True) as reader:
+        found = reader.check().findings
+        assert [f.problem for f in found] == [FindingKind.TREE_MISMATCH]
+    with Storage(store_dir) as store:
+        report = store.check()
+        assert [step.repair for step in report.plan()] == [RepairKind.REBUILD_TREE]
+        repaired = store.repair()
+        assert repaired.after is not None
+        assert repaired.after.ok
+        assert store.tree.root(size) == root
+        assert_tree_matches_segments(store)
 
 
 def test_bad_arguments_are_typed_errors(store_dir: Path) -> None:

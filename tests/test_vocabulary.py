@@ -64,12 +64,14 @@ STORED: dict[type[Vocabulary], dict[str, str]] = {
         "DAMAGED_DICTIONARY": "damaged_dictionary",
         "FOREIGN_FILE": "foreign_file",
         "ISOLATED_RECORDS": "isolated_records",
+        "TREE_MISMATCH": "tree_mismatch",
     },
     RepairKind: {
         "REBUILD_CATALOG": "rebuild_catalog",
         "ISOLATE": "isolate",
         "TRUNCATE": "truncate",
         "REINDEX": "reindex",
+        "REBUILD_TREE": "rebuild_tree",
     },
 }
 MEMBERS = [member for vocabulary in STORED for member in vocabulary]

@@ -7,6 +7,7 @@ library's errors become them, are in ``exits.py``. The commands live one concern
     writing.py   init, append, demo
     reading.py   read, tail, sql
     admin.py     verify, check, repair, rebuild-index, checkpoint, stats, migrate
+    proofs.py    key generate, sign, prove, receipt, verify-receipt (the Merkle tree, docs/proofs.md)
     options.py   the STORE argument and options every command shares, and opening the store
     render.py    how results print: JSON, events, rows as a table, CSV, JSON or JSON Lines
 
@@ -30,6 +31,7 @@ from hybridlog.cli.exits import (
     HybridlogGroup,
 )
 from hybridlog.cli.options import is_store
+from hybridlog.cli.proofs import key, prove, receipt, sign, verify_receipt_command
 from hybridlog.cli.reading import read, sql, tail
 from hybridlog.cli.writing import append, demo, init
 
@@ -61,6 +63,8 @@ def cli(verbose: bool) -> None:
 
 # The commands, defined in their modules, join the group here (``hybridlog --help`` lists them by name).
 for command in (init, append, demo, read, tail, sql, verify, check, repair, rebuild_index, checkpoint, stats, migrate):
+    cli.add_command(command)
+for command in (key, sign, prove, receipt, verify_receipt_command):
     cli.add_command(command)
 
 

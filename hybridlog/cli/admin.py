@@ -15,18 +15,21 @@ import click
 from hybridlog.catalog_rows import SCHEMA_VERSION
 from hybridlog.cli.exits import DamageFound
 from hybridlog.cli.options import json_option, open_existing, store_argument
+from hybridlog.cli.proofs import read_head, verifier_keys, vkey_option
 from hybridlog.cli.render import plural, print_json, render_rows
-from hybridlog.errors import StorageError
+from hybridlog.errors import HeadNotExtended, StorageError
 from hybridlog.repair import CheckReport, RepairStep
 from hybridlog.sql import QueryResult
 from hybridlog.storage import Storage
 from hybridlog.verify import Disagreements, VerifyReport, verify_store
 
 
-def _render_verify(report: VerifyReport, as_json: bool) -> None:
+def _render_verify(report: VerifyReport, as_json: bool, extends: str | None = None) -> None:
     if as_json:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), **({} if extends is None else {"against": extends})})
         return
+    if extends is not None:
+        click.echo(f"tree: {extends}")
     if report.error is not None:
         click.echo(f"store: DAMAGED: {report.error}")
     for verdict in report.streams:
@@ -55,15 +58,37 @@ def _render_disagreements(found: Disagreements) -> None:
 @store_argument
 @click.option("--stream", "stream_ids", type=click.IntRange(0, 2**63 - 1), multiple=True, help="Only these streams.")
 @click.option("--from-checkpoints", is_flag=True, help="Verify from each stream's last checkpoint, not from genesis.")
+@click.option(
+    "--against",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A signed tree head (checkpoint file): exit 3 unless the store's history extends it.",
+)
+@vkey_option
 @json_option
-def verify(store: Path, stream_ids: tuple[int, ...], from_checkpoints: bool, as_json: bool) -> None:
-    """Verify every record's checksum, hash and chain link; exit 3 on damage."""
+def verify(
+    store: Path,
+    stream_ids: tuple[int, ...],
+    from_checkpoints: bool,
+    against: Path | None,
+    vkeys: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Verify every record's checksum, hash and chain link; exit 3 on damage. With --against, also
+    check that the store's history extends a signed tree head (not cut back, rewritten or reordered)."""
+    head = None if against is None else read_head(against, verifier_keys(vkeys))
     with open_existing(store, read_only=True) as storage:
         wanted = list(stream_ids) or None
         with _progress("verifying", _records_in(storage, wanted)) as advance:
             report = verify_store(storage, wanted, from_genesis=not from_checkpoints, progress=advance)
-    _render_verify(report, as_json)
-    if not report.ok:
+        extends: str | None = None
+        if head is not None:
+            try:
+                size = storage.tree.check_against(head)
+                extends = f"extends {head.origin}'s head of {plural(head.size, 'record')} (the store holds {size})"
+            except HeadNotExtended as e:
+                extends = f"DOES NOT EXTEND {head.origin}'s head of {plural(head.size, 'record')}: {e.message}"
+    _render_verify(report, as_json, extends)
+    if not report.ok or (extends is not None and extends.startswith("DOES NOT")):
         raise DamageFound("verification found damage; see above")
 
 

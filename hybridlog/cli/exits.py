@@ -5,7 +5,8 @@ Exit codes (also in the README):
     0  success
     1  error (the message names the problem and, where there is one, the command that fixes it)
     2  usage error (bad arguments)
-    3  verification found damage (also ``repair --dry-run`` with a plan to apply)
+    3  verification found damage (also ``repair --dry-run`` with a plan to apply); a proof, signed
+     head or receipt that does not check out; a store that does not extend a signed head
   130  interrupted (Ctrl-C), one line on stderr
   141  stdout closed early by its reader (``| head``): the output stops quietly
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import click
 
-from hybridlog.errors import IntegrityError, StorageError, StorageLocked
+from hybridlog.errors import IntegrityError, ProofError, StorageError, StorageLocked
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -55,7 +56,7 @@ class HybridlogGroup(click.Group):
         """Run the command, turning each library error into its exit code and one line on stderr."""
         try:
             return super().invoke(ctx)
-        except IntegrityError as e:
+        except (IntegrityError, ProofError) as e:  # damage, or a proof, head or receipt that fails
             raise DamageFound(str(e)) from e
         except StorageLocked as e:  # the library's hint (read_only=True) means nothing on the command line
             raise click.ClickException(f"{e.message} (hint: {LOCKED_HINT})") from e

@@ -76,12 +76,14 @@ if TYPE_CHECKING:
         RepairReport,
         RepairStep,
     )
+    from hybridlog.signing import HeadPublisher
     from hybridlog.sql import (
         QueryResult,
         QueryRows,
     )
     from hybridlog.storage import Storage
     from hybridlog.subscription import Subscription
+    from hybridlog.tree import HeadSigner
     from hybridlog.types import (
         GENESIS_HASH,
         MAX_EVENT_SIZE,
@@ -128,6 +130,7 @@ _LAZY: dict[str, str] = {
     "Finding": "hybridlog.repair",
     "RepairReport": "hybridlog.repair",
     "RepairStep": "hybridlog.repair",
+    "HeadPublisher": "hybridlog.signing",
     "QueryResult": "hybridlog.sql",
     "QueryRows": "hybridlog.sql",
     "Storage": "hybridlog.storage",
@@ -147,6 +150,7 @@ _LAZY: dict[str, str] = {
     "RecoveryAction": "hybridlog.types",
     "RepairKind": "hybridlog.types",
     "StreamId": "hybridlog.types",
+    "HeadSigner": "hybridlog.tree",
     "Disagreement": "hybridlog.verify",
     "Disagreements": "hybridlog.verify",
     "StreamVerdict": "hybridlog.verify",
@@ -209,6 +213,8 @@ __all__ = [
     "GlobalPosition",
     "GlobalRecord",
     "HashMismatch",
+    "HeadPublisher",
+    "HeadSigner",
     "IndexEntry",
     "IntegrityError",
     "InvalidArgument",

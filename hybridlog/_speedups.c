@@ -1,11 +1,14 @@
-/* hybridlog._speedups: the two hot loops of format 2 in C, each the exact twin of a Python loop.
+/* hybridlog._speedups: the hot loops of format 2 and of the Merkle tree in C, each the exact twin of a Python loop.
  *
  *   frame_plain  the append loop for uncompressed records (record.append_frames, compressor None);
  *   walk_plain   the read loop's common case (walk.SegmentWalk._fast): a run of whole, plain format-2
  *                frames (uncompressed, flags 0 or batch end) that verify; it stops, saying where, at
  *                the first frame it does not vouch for, and the Python loop carries on from there;
  *   scan_plain   a rebuild's scan of such frames (events and checkpoints), straight to ``batches``
- *                rows (scan.scan_plain_stream): the rows Catalog.insert_records makes of them.
+ *                rows (scan.scan_plain_stream): the rows Catalog.insert_records makes of them;
+ *   tree_leaves, merkle_root
+ *                the store's Merkle tree on the append path (framing.leaf_hashes, merkle.root over a
+ *                tile row): SHA-256 from FIPS 180-4, RFC 6962's 0x00 leaf and 0x01 node prefixes.
  *
  * Each hashes a record as record.py says: BLAKE3 over the header's first 80 bytes as written with
  * flags 0, then the payload. When header and payload fit in one BLAKE3 chunk (1024 bytes: payloads
@@ -532,6 +535,150 @@ done:
     return result;
 }
 
+/* --- the store's Merkle tree: SHA-256 (FIPS 180-4) and RFC 6962 hashing ------------------------ */
+
+/* The append path hashes every record's leaf entry and, amortised, one inner node per record
+ * (catalog_tree.py); these are the C twins of ``framing.leaf_hashes`` and ``merkle.root``. */
+
+static const uint32_t SHA256_K[64] = {
+    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u, 0xab1c5ed5u,
+    0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu, 0x9bdc06a7u, 0xc19bf174u,
+    0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu, 0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau,
+    0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u, 0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u,
+    0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu, 0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u,
+    0xa2bfe8a1u, 0xa81a664bu, 0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u,
+    0x19a4c116u, 0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
+    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u, 0xc67178f2u,
+};
+static const uint32_t SHA256_IV[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
+                                      0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
+
+static inline uint32_t load32_be(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+static inline void store32_be(uint8_t *p, uint32_t x) {
+    p[0] = (uint8_t)(x >> 24); p[1] = (uint8_t)(x >> 16); p[2] = (uint8_t)(x >> 8); p[3] = (uint8_t)x;
+}
+static inline void store64_be(uint8_t *p, uint64_t x) { store32_be(p, (uint32_t)(x >> 32)); store32_be(p + 4, (uint32_t)x); }
+
+static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++) w[i] = load32_be(block + 4 * i);
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = k + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + SHA256_K[i] + w[i];
+        uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
+}
+
+/* SHA-256 of ``prefix`` (one byte) followed by ``len`` bytes of ``in``: RFC 6962's leaf (0x00) and
+ * node (0x01) hashes. */
+static void sha256_prefixed(uint8_t prefix, const uint8_t *in, size_t len, uint8_t out[32]) {
+    uint32_t h[8];
+    uint8_t block[64];
+    size_t total = len + 1, fill = 1, at = 0;
+    memcpy(h, SHA256_IV, sizeof h);
+    block[0] = prefix;
+    for (;;) {
+        size_t n = len - at < 64 - fill ? len - at : 64 - fill;
+        memcpy(block + fill, in + at, n);
+        at += n;
+        fill += n;
+        if (fill < 64) break;
+        sha256_block(h, block);
+        fill = 0;
+    }
+    block[fill++] = 0x80;  /* the padding: 0x80, zeros, then the length in bits, big-endian */
+    if (fill > 56) {
+        memset(block + fill, 0, 64 - fill);
+        sha256_block(h, block);
+        fill = 0;
+    }
+    memset(block + fill, 0, 56 - fill);
+    store64_be(block + 56, (uint64_t)total * 8);
+    sha256_block(h, block);
+    for (int i = 0; i < 8; i++) store32_be(out + 4 * i, h[i]);
+}
+
+enum { LEAF_ENTRY = 58, LEAF_VERSION = 1, KIND_AT = 5 };
+
+static PyObject *py_tree_leaves(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer data;
+    PyObject *ends;
+    unsigned long long sid, offset, timestamp;
+    if (!PyArg_ParseTuple(args, "y*OKKK", &data, &ends, &sid, &offset, &timestamp)) return NULL;
+    PyObject *seq = PySequence_Fast(ends, "ends must be a sequence"), *result = NULL;
+    if (seq == NULL) goto done;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), start = 0;
+    result = PyList_New(count);
+    if (result == NULL) goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t end = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i));
+        if (end == -1 && PyErr_Occurred()) goto fail;
+        if (end < start + HEADER || end > data.len) {
+            PyErr_SetString(PyExc_ValueError, "a frame end is out of the data's range");
+            goto fail;
+        }
+        const uint8_t *frame = (const uint8_t *)data.buf + start;
+        uint8_t entry[LEAF_ENTRY], leaf[32];
+        entry[0] = LEAF_VERSION;
+        entry[1] = frame[KIND_AT];
+        store64_be(entry + 2, sid);
+        store64_be(entry + 10, offset + (uint64_t)i);
+        store64_be(entry + 18, timestamp);
+        memcpy(entry + 26, frame + HASHED, 32);
+        sha256_prefixed(0x00, entry, LEAF_ENTRY, leaf);
+        PyObject *item = PyBytes_FromStringAndSize((const char *)leaf, 32);
+        if (item == NULL) goto fail;
+        PyList_SET_ITEM(result, i, item);
+        start = end;
+    }
+    goto done;
+fail:
+    Py_CLEAR(result);
+done:
+    Py_XDECREF(seq);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* RFC 6962's Merkle Tree Hash over ``n`` (>= 1) hashes laid end to end: split at the largest power
+ * of two below ``n``. */
+static void merkle_root(const uint8_t *hashes, size_t n, uint8_t out[32]) {
+    if (n == 1) {
+        memcpy(out, hashes, 32);
+        return;
+    }
+    size_t k = 1;
+    while (k << 1 < n) k <<= 1;
+    uint8_t pair[64];
+    merkle_root(hashes, k, pair);
+    merkle_root(hashes + 32 * k, n - k, pair + 32);
+    sha256_prefixed(0x01, pair, 64, out);
+}
+
+static PyObject *py_merkle_root(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer hashes;
+    if (!PyArg_ParseTuple(args, "y*", &hashes)) return NULL;
+    PyObject *result = NULL;
+    if (hashes.len == 0 || hashes.len % 32 != 0) {
+        PyErr_SetString(PyExc_ValueError, "hashes must be one or more 32-byte hashes laid end to end");
+    } else {
+        uint8_t root[32];
+        merkle_root(hashes.buf, (size_t)hashes.len / 32, root);
+        result = PyBytes_FromStringAndSize((const char *)root, 32);
+    }
+    PyBuffer_Release(&hashes);
+    return result;
+}
+
 /* --- the module ------------------------------------------------------------------------------------ */
 
 static PyMethodDef methods[] = {
@@ -549,6 +696,11 @@ static PyMethodDef methods[] = {
      " (rows, checkpoints, at, position, expected, link, last_position, events, payload_bytes, stored_bytes,"
      " need_more): the batches rows of the complete batches of plain events and checkpoints from ``at`` (a"
      " rebuild's scan); need_more: it stopped at the end of ``buf``, not at a frame it does not take."},
+    {"tree_leaves", py_tree_leaves, METH_VARARGS,
+     "tree_leaves(data, ends, stream_id, first_offset, timestamp_ns) -> list[bytes]: the Merkle tree leaf hash"
+     " of each format-2 frame of a batch (framing.leaf_hashes)."},
+    {"merkle_root", py_merkle_root, METH_VARARGS,
+     "merkle_root(hashes) -> bytes: RFC 6962's root over 32-byte hashes laid end to end (merkle.root)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,10 +21,19 @@ import apsw
 
 import hybridlog.merkle as merkle
 from hybridlog.errors import CatalogMismatch
+from hybridlog.native import speedups
 
 TILE_HEIGHT = 4
 TILE_WIDTH = 1 << TILE_HEIGHT
 HASH = merkle.HASH_SIZE
+
+
+def row_root(row: bytes) -> bytes:
+    """``merkle.root`` over the hashes laid end to end in a tile row (compiled where it is built)."""
+    if speedups is not None:
+        root: bytes = speedups.merkle_root(row)
+        return root
+    return merkle.root([row[i : i + HASH] for i in range(0, len(row), HASH)])
 
 
 class MerkleTiles:
@@ -53,17 +62,19 @@ class MerkleTiles:
         ).fetchone()
         return b"" if row is None else bytes(row[0])
 
-    def _put_row(self, level: int, tile: int, hashes: bytes) -> None:
-        self.conn.execute(
+    def _put_rows(self, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        """Write (level, tile, hashes) rows, each new or replacing the row there."""
+        self.conn.executemany(
             "INSERT INTO merkle_tiles (level, tile, hashes) VALUES (?, ?, ?)"
             " ON CONFLICT (level, tile) DO UPDATE SET hashes = excluded.hashes",
-            (level, tile, hashes),
+            rows,
         )
 
     def append_leaves(self, size: int, leaf_hashes: Sequence[bytes]) -> None:
         """Append ``leaf_hashes`` to the tree of ``size`` leaves (the caller read ``tree_state`` in
         the same transaction), inside the caller's transaction."""
         carry: list[bytes] = list(leaf_hashes)
+        writes: list[tuple[int, int, bytes]] = []
         level, count = 0, size  # count: hashes the level holds before this append
         while carry:
             tile, used = divmod(count, TILE_WIDTH)
@@ -78,13 +89,14 @@ class MerkleTiles:
                 take = min(TILE_WIDTH - used, len(carry) - at)
                 row += b"".join(carry[at : at + take])
                 at += take
-                self._put_row(level, tile, row)
+                writes.append((level, tile, row))
                 if used + take == TILE_WIDTH:
-                    full.append(merkle.root([row[i : i + HASH] for i in range(0, len(row), HASH)]))
+                    full.append(row_root(row))
                     tile, used, row = tile + 1, 0, b""
                 else:
                     used += take
             carry, level, count = full, level + 1, count // TILE_WIDTH
+        self._put_rows(writes)
         self.conn.execute("UPDATE merkle_tree SET size = size + ? WHERE singleton = 1", (len(leaf_hashes),))
 
     def truncate_tree(self, size: int) -> None:
@@ -96,7 +108,7 @@ class MerkleTiles:
             self.conn.execute("DELETE FROM merkle_tiles WHERE level = ? AND tile > ?", (level, tile))
             if used:
                 row = self._row(level, tile)
-                self._put_row(level, tile, row[: used * HASH])
+                self._put_rows([(level, tile, row[: used * HASH])])
             else:
                 self.conn.execute("DELETE FROM merkle_tiles WHERE level = ? AND tile = ?", (level, tile))
             if count == 0:
@@ -107,13 +119,13 @@ class MerkleTiles:
 
     # --- reading the tree ------------------------------------------------------------------------
 
-    def _hashes(self, level: int, first: int, count: int) -> list[bytes]:
+    def _hashes(self, level: int, first: int, count: int) -> bytes:
+        """Hashes ``first .. first + count - 1`` of a level (all in one row), laid end to end."""
         tile, at = divmod(first, TILE_WIDTH)
         row = self._row(level, tile)
-        found = [row[i : i + HASH] for i in range(at * HASH, (at + count) * HASH, HASH)]
         if len(row) < (at + count) * HASH:
             raise CatalogMismatch(f"merkle_tiles level {level} row {tile} is missing hashes the tree holds")
-        return found
+        return row[at * HASH : (at + count) * HASH]
 
     def subtree_hash(self, lo: int, hi: int) -> bytes:
         """The hash of the subtree over leaves ``lo .. hi - 1``: a perfect subtree (``hi - lo`` a
@@ -126,7 +138,7 @@ class MerkleTiles:
             height = width.bit_length() - 1
             level, below = divmod(height, TILE_HEIGHT)
             stride = TILE_WIDTH**level
-            return merkle.root(self._hashes(level, lo // stride, 1 << below))
+            return row_root(self._hashes(level, lo // stride, 1 << below))
         k = merkle.split_point(width)
         return merkle.node_hash(self.subtree_hash(lo, lo + k), self.subtree_hash(lo + k, hi))
 

@@ -21,6 +21,7 @@ from hybridlog.catalog_rows import BatchRow, CheckpointRow, damaged_hint, pack_f
 from hybridlog.errors import CatalogMismatch, StorageError, StorageIOError
 from hybridlog.layout import segment_path
 from hybridlog.merkle import leaf_hash
+from hybridlog.native import speedups
 from hybridlog.record import HASH_FIELD, FramedRecords, PayloadCompressor, append_frames
 from hybridlog.segment import SegmentWriter
 from hybridlog.tree_head import leaf_entry
@@ -88,11 +89,17 @@ def frame_batch(
 
 
 KIND_BYTE = 5  # where a frame keeps its record's kind (docs/format.md section 2)
+_tree_leaves = speedups.tree_leaves if speedups is not None else None
 
 
 def leaf_hashes(batch: FramedBatch) -> list[bytes]:
     """The Merkle tree leaf hash of each record of a framed batch, in order (``tree_head.py``: the
     leaf entry binds kind, stream, offset, timestamp and record hash), read from its frames."""
+    if _tree_leaves is not None:  # the compiled twin of the loop below (native.py)
+        leaves: list[bytes] = _tree_leaves(
+            batch.data, batch.framed.ends, batch.stream_id, batch.on.next_offset, batch.timestamp_ns
+        )
+        return leaves
     data, start, offset, hashes = batch.data, 0, batch.on.next_offset, []
     for end in batch.framed.ends:
         record_hash = data[start + HASH_FIELD : start + HASH_FIELD + 32]

@@ -7,7 +7,8 @@
 Measured (``scripts/README.md`` says how): appends of 256-byte and 4 KiB JSON events in batches
 of 1, 100 and 1000 with fsync off and on; sequential read + verify; random reads by offset;
 opening a clean store of 1,000 streams; rebuilding the catalog; peak memory verifying a store far
-larger than a segment (in a subprocess); group commit. Contenders: a raw hash-chained file, an
+larger than a segment (in a subprocess); group commit; what the store's Merkle tree costs an
+append (with it and without it) and a proof. Contenders: a raw hash-chained file, an
 SQLite-only store (synchronous NORMAL and FULL) and the eventsourcing library's SQLite recorder
 (when the ``bench`` extra is installed; otherwise reported as not installed). Every hybridlog
 figure is shown as a ratio to the contenders of the same run, and a TARGETS section checks
@@ -54,6 +55,7 @@ from benchlib.recorders import (
 )
 from benchlib.report import machine_info, render
 from benchlib.targets import evaluate_targets, information
+from benchlib.treecost import QUICK_TREE_SIZES, TreeCostSizes, run_tree_cost, tree_cost_lines
 
 
 def _progress(result: Result) -> None:
@@ -80,6 +82,7 @@ def run_all(
     repeat: int,
     tmp_root: Path | None,
     recorder_sizes: RecorderSizes | None,
+    tree_sizes: TreeCostSizes,
 ) -> list[Result]:
     """Every measurement in a fixed order; each append/read one runs ``repeat`` times (median kept)."""
     pools = {size: make_event_pool(sizes.pool[size], seed, size) for size in sizes.event_sizes}
@@ -106,6 +109,7 @@ def run_all(
     keep(run_rebuild(sizes.rebuild_events, small, repeat, tmp_root))
     keep(*run_group_commit(small, sizes, repeat, tmp_root))
     keep(run_verify_memory(small, sizes.memory_bytes, sizes.memory_segment_size, tmp_root))
+    keep(*run_tree_cost(small, tree_sizes, seed, tmp_root))
     if recorder_sizes is not None:
         keep(*run_recorders(make_event_pool(2000, seed, SMALL_EVENT), recorder_sizes, tmp_root))
     add_ratios(results)
@@ -142,7 +146,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     contenders, missing = available_contenders()
     es_missing = installed()
     es_sizes = None if es_missing else (QUICK_RECORDER_SIZES if args.quick else RecorderSizes())
-    results = run_all(sizes, contenders, seed=args.seed, repeat=repeat, tmp_root=args.tmpdir, recorder_sizes=es_sizes)
+    tree_sizes = QUICK_TREE_SIZES if args.quick else TreeCostSizes()
+    results = run_all(
+        sizes,
+        contenders,
+        seed=args.seed,
+        repeat=repeat,
+        tmp_root=args.tmpdir,
+        recorder_sizes=es_sizes,
+        tree_sizes=tree_sizes,
+    )
     targets = evaluate_targets(results, missing)
     es_targets = recorder_targets(results, es_missing)
     figures = information(results, missing)
@@ -163,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(render(mode, machine, repeat, results, contenders, missing, targets, figures))
     print("\n" + "\n".join([*recorder_lines(results, es_missing), "", *recorder_target_lines(es_targets, results)]))
+    print("\n" + "\n".join(tree_cost_lines(results)))
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"\nresults written to {args.json}", file=sys.stderr)
     return 0

@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     },
     {"framing", "writer", "reads", "diagnose", "quarantine", "sql", "backend", "memory", "subscription"},
     {"recovery", "catalog_rebuild", "stream_repair", "repair", "maintenance", "opening", "tree"},
-    {"storage", "verify"},
+    {"storage", "verify", "signing"},
     {"cli", "eventsourcing", "__init__", "__main__"},
 ]
 LAYER_OF = {module: number for number, modules in enumerate(LAYERS) for module in modules}

@@ -6,6 +6,8 @@ Contracts tested here:
   ``HYBRIDLOG_PURE=1`` (``.ci/run`` runs the whole suite both ways).
 * ``record_hash`` is the format-2 record hash of ``record.record_hash`` for every payload length,
   one BLAKE3 chunk or more (longer records go through ``long_hash``), whatever the flags byte.
+* ``tree_leaves`` gives the Merkle tree leaf hash (``merkle.leaf_hash`` of ``tree_head.leaf_entry``)
+  of each frame of a batch, and ``merkle_root`` is ``merkle.root`` over hashes laid end to end.
 * ``frame_plain`` frames exactly the bytes ``record.append_frames`` frames without compression,
   with the same frame ends, special records and last hash.
 * A walk with ``walk_plain`` yields the same records and ends the same way (the same error, at the
@@ -30,13 +32,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridlog import CheckpointPolicy, CompressionKind, Storage, native, record, scan, walk
+from hybridlog import CheckpointPolicy, CompressionKind, Storage, merkle, native, record, scan, walk
 from hybridlog.errors import StorageError
 from hybridlog.layout import CATALOG_FILE
-from hybridlog.record import FrameError, record_hash
+from hybridlog.record import HASH_FIELD, FrameError, record_hash
 from hybridlog.segment import SegmentReader
 from hybridlog.testing.clocks import ManualClock
 from hybridlog.testing.damage import flip_byte, segment_files
+from hybridlog.tree_head import leaf_entry
 from hybridlog.types import GENESIS_HASH, Record, RecordKind, StreamId
 
 
@@ -113,6 +116,55 @@ def test_frame_plain_frames_the_python_bytes(
     )
     assert c_out == python_out
     assert (ends, specials, last) == (python.ends, python.specials, python.last_hash)
+
+
+@settings(max_examples=200)
+@given(fields=header_fields, batch=batches)
+def test_tree_leaves_are_the_leaf_hashes_of_each_frame(
+    fields: tuple[int, int, int, int, int, bytes], batch: list[tuple[RecordKind, bytes, type]]
+) -> None:
+    _, sid, offset, position, timestamp, prev = fields
+    records = [(kind, as_type(payload)) for kind, payload, as_type in batch]
+    offset, position = min(offset, 2**63), min(position, 2**63)
+    data = bytearray()
+    framed = record.append_frames(
+        data,
+        records,
+        stream_id=sid,
+        first_offset=offset,
+        first_global_position=position,
+        timestamp_ns=timestamp,
+        prev_hash=prev,
+        batch_end=True,
+        compressor=None,
+    )
+    starts = [0, *framed.ends][: len(framed.ends)]
+    expected = [
+        merkle.leaf_hash(
+            leaf_entry(kind, sid, offset + i, timestamp, bytes(data[at + HASH_FIELD : at + HASH_FIELD + 32]))
+        )
+        for i, ((kind, _), at) in enumerate(zip(records, starts, strict=True))
+    ]
+    assert compiled().tree_leaves(bytes(data), framed.ends, sid, offset, timestamp) == expected
+
+
+def test_tree_leaves_refuse_frame_ends_outside_the_data() -> None:
+    with pytest.raises(ValueError, match="out of the data's range"):
+        compiled().tree_leaves(bytes(200), [300], 1, 0, 0)  # past the end
+    with pytest.raises(ValueError, match="out of the data's range"):
+        compiled().tree_leaves(bytes(100), [100], 1, 0, 0)  # shorter than a header
+
+
+@settings(max_examples=100)
+@given(hashes=st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=70))
+def test_merkle_root_is_the_python_root(hashes: list[bytes]) -> None:
+    assert compiled().merkle_root(b"".join(hashes)) == merkle.root(hashes)
+
+
+@pytest.mark.parametrize("length", [0, 31, 33])
+def test_merkle_root_refuses_what_is_not_whole_hashes(length: int) -> None:
+    with pytest.raises(ValueError, match="32-byte hashes"):
+        compiled().merkle_root(bytes(length))
 
 
 def walk_outcome(path: Path, *, use_c: bool, frames: bool) -> tuple[list[object], object]:

@@ -58,12 +58,16 @@ def key() -> None:
 )
 def key_generate(origin: str, out: Path) -> None:
     """Make an Ed25519 key named ORIGIN; write the private key to --out (never overwritten, mode
-    0600) and print the verifier key. Keep the key outside the store."""
+    0600; its directory made, mode 0700, if missing) and print the verifier key. Keep the key
+    outside the store."""
     skey, vkey = generate_key(origin)
     try:
+        out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise click.ClickException(f"{out} exists; a key file is never overwritten") from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write the key to {out}: {e.strerror}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(skey + "\n")
         f.flush()

@@ -66,7 +66,6 @@ class HeadPublisher:
         self._signed: str | None = None
         self._signed_at: float | None = None
         self._error: StorageError | None = None
-        self._stopping = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -104,7 +103,7 @@ class HeadPublisher:
     def _run(self) -> None:
         seen = self._signal.commits
         try:
-            while not self._stopping:
+            while not self._stop.is_set():
                 self.step()
                 pause = self._pause()
                 if pause > 0:
@@ -140,7 +139,6 @@ class HeadPublisher:
 
     def close(self) -> None:
         """Stop the thread (after the signature under way, if any); raise what stopped it, if anything did."""
-        self._stopping = True
         self._stop.set()
         self._signal.notify()  # wake a wait for the next commit (a subscription woken by it looks again)
         if self._thread is not None:

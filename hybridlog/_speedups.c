@@ -8,7 +8,8 @@
  *                rows (scan.scan_plain_stream): the rows Catalog.insert_records makes of them;
  *   tree_leaves, merkle_root
  *                the store's Merkle tree on the append path (framing.leaf_hashes, merkle.root over a
- *                tile row): SHA-256 from FIPS 180-4, RFC 6962's 0x00 leaf and 0x01 node prefixes.
+ *                tile row): SHA-256 from FIPS 180-4 (with the x86 SHA extensions where the CPU has
+ *                them), RFC 6962's 0x00 leaf and 0x01 node prefixes.
  *
  * Each hashes a record as record.py says: BLAKE3 over the header's first 80 bytes as written with
  * flags 0, then the payload. When header and payload fit in one BLAKE3 chunk (1024 bytes: payloads
@@ -561,7 +562,7 @@ static inline void store32_be(uint8_t *p, uint32_t x) {
 }
 static inline void store64_be(uint8_t *p, uint64_t x) { store32_be(p, (uint32_t)(x >> 32)); store32_be(p + 4, (uint32_t)x); }
 
-static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
+static void sha256_block_portable(uint32_t h[8], const uint8_t block[64]) {
     uint32_t w[64];
     for (int i = 0; i < 16; i++) w[i] = load32_be(block + 4 * i);
     for (int i = 16; i < 64; i++) {
@@ -577,6 +578,57 @@ static void sha256_block(uint32_t h[8], const uint8_t block[64]) {
     }
     h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += k;
 }
+
+/* The same compression with the x86 SHA extensions (SHA-NI), where the CPU has them: about ten
+ * times faster. The state is kept as the instructions want it, two registers of four words:
+ * (A, B, E, F) and (C, D, G, H), A and C in the top lanes. SHA256RNDS2 does two rounds with the
+ * message words plus constants in the low two lanes of its third operand and returns the new
+ * (A, B, E, F); the old (A, B, E, F) is then the new (C, D, G, H). SHA256MSG1 and SHA256MSG2 are
+ * the two halves of the message schedule: W[t-16] + s0(W[t-15]), then + W[t-7] and s1(W[t-2]). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_SHA_NI 1
+
+__attribute__((target("sha,sse4.1,ssse3")))
+static void sha256_block_sha_ni(uint32_t h[8], const uint8_t block[64]) {
+    const __m128i big_endian = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+    __m128i w[16];  /* w[i]: message words 4i .. 4i + 3, lane j holding word 4i + j */
+    for (int i = 0; i < 4; i++) w[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 16 * i)), big_endian);
+    for (int i = 4; i < 16; i++) {
+        __m128i partial = _mm_sha256msg1_epu32(w[i - 4], w[i - 3]);
+        partial = _mm_add_epi32(partial, _mm_alignr_epi8(w[i - 1], w[i - 2], 4));  /* + W[t-7] */
+        w[i] = _mm_sha256msg2_epu32(partial, w[i - 1]);
+    }
+    __m128i abcd = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)h), 0xB1);      /* B A D C */
+    __m128i efgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)(h + 4)), 0x1B); /* H G F E */
+    __m128i abef = _mm_alignr_epi8(abcd, efgh, 8), cdgh = _mm_blend_epi16(efgh, abcd, 0xF0);
+    const __m128i abef_in = abef, cdgh_in = cdgh;
+    for (int i = 0; i < 16; i++) {
+        __m128i words = _mm_add_epi32(w[i], _mm_loadu_si128((const __m128i *)(SHA256_K + 4 * i)));
+        cdgh = _mm_sha256rnds2_epu32(cdgh, abef, words);                          /* rounds 4i, 4i + 1 */
+        abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(words, 0x0E));  /* 4i + 2, 4i + 3 */
+    }
+    abef = _mm_shuffle_epi32(_mm_add_epi32(abef, abef_in), 0x1B);  /* A B E F, A in the low lane */
+    cdgh = _mm_shuffle_epi32(_mm_add_epi32(cdgh, cdgh_in), 0xB1);  /* G H C D */
+    _mm_storeu_si128((__m128i *)h, _mm_blend_epi16(abef, cdgh, 0xF0));
+    _mm_storeu_si128((__m128i *)(h + 4), _mm_alignr_epi8(cdgh, abef, 8));
+}
+
+static int cpu_has_sha_ni(void) {
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSE4_1) || !(c & bit_SSSE3)) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & bit_SHA) != 0;
+}
+#else
+#define HAVE_SHA_NI 0
+static int cpu_has_sha_ni(void) { return 0; }
+#endif
+
+/* The compression the hashing below uses: SHA-NI where the CPU has it (set when the module loads;
+ * ``sha256_backend`` tells which, ``use_sha256_backend`` lets the tests run both). */
+static void (*sha256_block)(uint32_t h[8], const uint8_t block[64]) = sha256_block_portable;
 
 /* SHA-256 of ``prefix`` (one byte) followed by ``len`` bytes of ``in``: RFC 6962's leaf (0x00) and
  * node (0x01) hashes. */
@@ -681,7 +733,39 @@ static PyObject *py_merkle_root(PyObject *Py_UNUSED(self), PyObject *args) {
 
 /* --- the module ------------------------------------------------------------------------------------ */
 
+static PyObject *py_sha256_backend(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
+#if HAVE_SHA_NI
+    if (sha256_block == sha256_block_sha_ni) return PyUnicode_FromString("sha-ni");
+#endif
+    return PyUnicode_FromString("portable");
+}
+
+static PyObject *py_sha256_backends(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args)) {
+    return cpu_has_sha_ni() ? Py_BuildValue("[ss]", "portable", "sha-ni") : Py_BuildValue("[s]", "portable");
+}
+
+static PyObject *py_use_sha256_backend(PyObject *Py_UNUSED(self), PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL) return NULL;
+    if (strcmp(name, "portable") == 0) {
+        sha256_block = sha256_block_portable;
+#if HAVE_SHA_NI
+    } else if (strcmp(name, "sha-ni") == 0 && cpu_has_sha_ni()) {
+        sha256_block = sha256_block_sha_ni;
+#endif
+    } else {
+        PyErr_Format(PyExc_ValueError, "no SHA-256 backend %R on this machine", arg);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"sha256_backend", py_sha256_backend, METH_NOARGS, "sha256_backend() -> str: the compression in use."},
+    {"sha256_backends", py_sha256_backends, METH_NOARGS,
+     "sha256_backends() -> list[str]: the compressions this CPU can run."},
+    {"use_sha256_backend", py_use_sha256_backend, METH_O,
+     "use_sha256_backend(name): use 'portable' or 'sha-ni' (the tests run both)."},
     {"record_hash", py_record_hash, METH_VARARGS,
      "record_hash(header, payload, long_hash) -> bytes: a format-2 record's hash (record.py)."},
     {"frame_plain", py_frame_plain, METH_VARARGS,
@@ -708,4 +792,9 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_speedups", "The hot loops of format 2 in C.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__speedups(void) {
+#if HAVE_SHA_NI
+    if (cpu_has_sha_ni()) sha256_block = sha256_block_sha_ni;
+#endif
+    return PyModule_Create(&module);
+}

@@ -96,6 +96,12 @@ class GlobalOrderReads:
         finally:
             cursor.close()
 
+    def index_rows_from_position(self, position: int) -> Iterator[IndexRow]:
+        """Every record from the batch holding global ``position`` on, in global order, one
+        ``IndexRow`` each (position, stream, offset, segment, byte, length, kind, timestamp)."""
+        self._require_global_order()
+        return self._rows_from_position(position)
+
     def global_ranges(self, low: int, high: int, stream_id: StreamId | None) -> list[tuple[StreamId, int, int]]:
         """(stream, first offset, last offset) of the records with global positions ``low`` to
         ``high``, by stream (within a stream, positions grow with offsets: one range each)."""

@@ -115,16 +115,16 @@ def extend_tree(catalog: Catalog, batches: dict[StreamId, list[FramedBatch]]) ->
     they follow on from the tree's last leaf and the tree is up to date. Otherwise (positions an
     unsettled group left behind, a stale tree) the tree waits for ``tree.catch_up`` to compute it
     from the segments once recovery has settled every position below."""
-    size, stale = catalog.tree_state()
+    state = catalog.tree_state()
     ordered = sorted((b for group in batches.values() for b in group), key=lambda b: b.first_global_position)
-    if stale is not None or not ordered or ordered[0].first_global_position != size + 1:
+    if state.stale_from is not None or not ordered or ordered[0].first_global_position != state.size + 1:
         return
     hashes: list[bytes] = []
     for batch in ordered:
-        if batch.first_global_position != size + 1 + len(hashes):
+        if batch.first_global_position != state.size + 1 + len(hashes):
             break
         hashes += leaf_hashes(batch)
-    catalog.append_leaves(size, hashes)
+    catalog.append_leaves(state, hashes)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,7 @@ covers is made durable (segments fsynced, catalog checkpointed) before it is sig
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,10 +29,13 @@ from typing import Protocol, cast
 
 import hybridlog.merkle as merkle
 from hybridlog.catalog import Catalog
+from hybridlog.catalog_tree import TILE_WIDTH, TreeReader, row_root
 from hybridlog.errors import HeadNotExtended, IntegrityError, InvalidArgument, ProofError, StorageError
-from hybridlog.layout import signed_head_path, signed_heads_on_disk
+from hybridlog.framing import KIND_BYTE
+from hybridlog.layout import segment_path, signed_head_path, signed_heads_on_disk
 from hybridlog.note import SignerKey, VerifierKey, note_text, open_note, parse_signer_key, sign_note
 from hybridlog.receipts import CheckedReceipt, Receipt, verify_receipt
+from hybridlog.record import FORMAT_VERSION, HASH_FIELD, HEADER_SIZE, VERSION_BYTE
 from hybridlog.repair import Finding
 from hybridlog.segment import make_dirs_durably, write_file_durably
 from hybridlog.tree_head import GAP_ENTRY, TreeHead, leaf_entry, parse_tree_head
@@ -44,6 +48,8 @@ GAP_LEAF = merkle.leaf_hash(GAP_ENTRY)
 CATCH_UP_CHUNK = 65_536
 """Leaves computed per catalog transaction while catching up (bounds memory on a large store)."""
 READ_BYTES = 8 << 20
+GROUP_READ_BYTES = 64 << 10
+"""Payload bytes read at a time for the sixteen leaves of one group (most groups fit in one read)."""
 
 
 class TreeStore(Protocol):
@@ -105,30 +111,58 @@ def record_leaf(record: Record) -> bytes:
 
 
 def leaves_from_segments(
-    store: TreeStore, first: int, last: int | None, *, stop_at_gap: bool = False
+    store: TreeStore, first: int, last: int | None, *, stop_at_gap: bool = False, read_bytes: int = READ_BYTES
 ) -> Iterator[bytes]:
     """The leaf hash of every position from ``first`` to ``last`` (None: the last record's), from
     a verified read of the segments in global order; gaps get the gap leaf (or, ``stop_at_gap``,
     end the leaves)."""
     position = first
     while last is None or position <= last:
-        page = store._read_global(position, READ_BYTES, None)
+        page = store._read_global(position, read_bytes, None)
         if not page:
             break
         for found in page:
-            if last is not None and found.global_position > last:
-                break
-            while position < found.global_position:
+            while position < found.global_position and (last is None or position <= last):
                 if stop_at_gap:
                     return
                 yield GAP_LEAF
                 position += 1
+            if last is not None and found.global_position > last:
+                return
             yield merkle.leaf_hash(record_leaf(found.record))
             position += 1
-        if last is not None and page[-1].global_position >= last:
-            break
     if last is not None and position <= last:
         raise IntegrityError(f"the segments hold no record at or after global position {position}, up to {last}")
+
+
+def frame_leaves(catalog: Catalog, data_dir: Path, first: int, last: int) -> bytes | None:
+    """The leaf hashes of positions ``first`` to ``last``, laid end to end, made from the record
+    hashes the frames hold where the catalog says they are: no record is read whole or verified,
+    so the caller must check them (against a root the tree keeps). None where a frame is not a
+    format-2 frame or cannot be read (the caller then reads the records verified)."""
+    leaves: list[bytes] = []
+    files: dict[tuple[int, int], int] = {}
+    try:
+        for position, sid, offset, segment_no, at, _, _, timestamp in catalog.index_rows_from_position(first):
+            if position > last:
+                break
+            if position < first:
+                continue
+            leaves += [GAP_LEAF] * (position - first - len(leaves))  # positions a repair left unused
+            if (sid, segment_no) not in files:
+                files[sid, segment_no] = os.open(segment_path(data_dir, sid, segment_no), os.O_RDONLY)
+            header = os.pread(files[sid, segment_no], HEADER_SIZE, at)
+            if len(header) < HEADER_SIZE or header[VERSION_BYTE] != FORMAT_VERSION:
+                return None
+            record_hash = header[HASH_FIELD : HASH_FIELD + 32]
+            leaves.append(merkle.leaf_hash(leaf_entry(header[KIND_BYTE], sid, offset, timestamp, record_hash)))
+    except OSError:
+        return None
+    finally:
+        for fd in files.values():
+            os.close(fd)
+    leaves += [GAP_LEAF] * (last - first + 1 - len(leaves))
+    return b"".join(leaves)
 
 
 class StoreTree:
@@ -142,14 +176,15 @@ class StoreTree:
         what the append path could not keep; returns the tree's size."""
         with self._store._lock:
             catalog = self._store._writable_catalog()
-            size, stale = catalog.tree_state()
+            size, stale, _ = catalog.tree_state()
             last = catalog.last_record_position()
             if stale is None and size >= last:
                 return size
-            start = size if stale is None else min(size, stale - 1)
+            start = size
+            if stale is not None:
+                with catalog.transaction():
+                    start = catalog.truncate_tree(min(size, stale - 1))
             log.info("the Merkle tree is recomputed from global position %d to %d", start + 1, last)
-            with catalog.transaction():
-                catalog.truncate_tree(start)
             chunk: list[bytes] = []
             # After a group whose outcome is unknown, a missing position may still be adopted by
             # the reopen's recovery: the tree then stops before it rather than call it a gap.
@@ -169,30 +204,45 @@ class StoreTree:
     @staticmethod
     def _append(catalog: Catalog, size: int, hashes: list[bytes]) -> int:
         with catalog.transaction():
-            catalog.append_leaves(size, hashes)
+            catalog.append_leaves(catalog.tree_state(), hashes)
         return size + len(hashes)
 
+    def _reader(self, catalog: Catalog) -> TreeReader:
+        """Roots and proofs over the tree ``catalog`` holds; leaf hashes of complete groups of
+        sixteen (``catalog_tree.LeafGroup``) from the record hashes in their frames when those hash
+        to the root the catalog keeps for the group, else from a verified read of the segments."""
+
+        def leaf_group(group: int, root: bytes) -> bytes:
+            first = group * TILE_WIDTH + 1
+            last = first + TILE_WIDTH - 1
+            hashes = frame_leaves(catalog, self._store.data_dir, first, last)
+            if hashes is not None and row_root(hashes) == root:
+                return hashes
+            return b"".join(leaves_from_segments(self._store, first, last, read_bytes=GROUP_READ_BYTES))
+
+        return catalog.tree_reader(leaf_group)
+
     @contextmanager
-    def _tree(self) -> Iterator[tuple[Catalog, int]]:
-        """The catalog that holds the tree, and the tree's size, under the store's lock: a writer's
-        tree caught up first; a reader's as the catalog has it (one read transaction), provided it
-        covers every record the catalog holds."""
+    def _tree(self) -> Iterator[tuple[TreeReader, int]]:
+        """The tree's roots and proofs, and its size, under the store's lock: a writer's tree
+        caught up first; a reader's as the catalog has it (one read transaction), provided it covers
+        every record the catalog holds."""
         with self._store._lock:
             if not self._store.read_only:
                 size = self.catch_up()
-                yield self._store._writable_catalog(), size
+                yield self._reader(self._store._writable_catalog()), size
                 return
             catalog = self._store._readable_catalog()
             if catalog is None:
                 raise StorageError(f"store {self._store.data_dir} has no catalog yet")
             with catalog.conn:
-                size, stale = catalog.tree_state()
-                if stale is not None or size < catalog.last_record_position():
+                reader = self._reader(catalog)
+                if catalog.tree_state().stale_from is not None or reader.size < catalog.last_record_position():
                     raise StorageError(
                         "the store's Merkle tree does not cover every record yet (a writer catches it up)",
                         hint="open the store for writing once (`hybridlog sign`, or any append) and ask again",
                     )
-                yield catalog, size
+                yield reader, reader.size
 
     def size(self) -> int:
         """The number of leaves (global positions) the tree covers."""
@@ -201,13 +251,13 @@ class StoreTree:
 
     def root(self, size: int | None = None) -> bytes:
         """The root of the tree of ``size`` leaves (default: all)."""
-        with self._tree() as (catalog, top):
-            return catalog.tree_root(top if size is None else _check_size(size, top))
+        with self._tree() as (tree, top):
+            return tree.root(top if size is None else _check_size(size, top))
 
     def head(self, origin: str) -> TreeHead:
         """The tree's head now (unsigned)."""
-        with self._tree() as (catalog, size):
-            return TreeHead(origin, size, catalog.tree_root(size))
+        with self._tree() as (tree, size):
+            return TreeHead(origin, size, tree.root(size))
 
     def leaf(self, stream_id: int, offset: int) -> tuple[int, bytes]:
         """(leaf index, leaf entry) of a record, read and verified from its segment."""
@@ -225,23 +275,23 @@ class StoreTree:
 
     def prove_inclusion(self, stream_id: int, offset: int, size: int | None = None) -> InclusionProof:
         """The proof that a record is in the tree of ``size`` leaves (default: the whole tree)."""
-        with self._tree() as (catalog, top):
+        with self._tree() as (tree, top):
             at = top if size is None else _check_size(size, top)
             index, entry = self.leaf(stream_id, offset)
             if index >= at:
                 raise InvalidArgument(f"the record is leaf {index}, not in a tree of {at}")
-            proof, root = catalog.inclusion_proof(index, at), catalog.tree_root(at)
+            proof, root = tree.inclusion_proof(index, at), tree.root(at)
         merkle.verify_inclusion(merkle.leaf_hash(entry), index, at, proof, root)  # never hand out a bad proof
         return InclusionProof(stream_id, offset, index, at, entry, proof, root)
 
     def prove_consistency(self, old_size: int, size: int | None = None) -> ConsistencyProof:
         """The proof that the tree of ``old_size`` leaves is a prefix of the tree of ``size``."""
-        with self._tree() as (catalog, top):
+        with self._tree() as (tree, top):
             at = top if size is None else _check_size(size, top)
             if type(old_size) is not int or not 0 < old_size <= at:
                 raise InvalidArgument(f"old size {old_size!r} is not in 1..{at}")
-            proof = catalog.consistency_proof(old_size, at)
-            old_root, root = catalog.tree_root(old_size), catalog.tree_root(at)
+            proof = tree.consistency_proof(old_size, at)
+            old_root, root = tree.root(old_size), tree.root(at)
         merkle.verify_consistency(old_size, at, proof, old_root, root)
         return ConsistencyProof(old_size, at, proof, old_root, root)
 
@@ -253,9 +303,9 @@ class StoreTree:
         with self._store._lock:
             size = self.catch_up()
             self._store.flush_indexes()  # what the head covers is durable before it is signed
-            catalog = self._store._writable_catalog()
-            head = TreeHead(signer.origin, size, catalog.tree_root(size))
-            signed = signer.sign(head, lambda old: catalog.consistency_proof(old, size))
+            tree = self._reader(self._store._writable_catalog())
+            head = TreeHead(signer.origin, size, tree.root(size))
+            signed = signer.sign(head, lambda old: tree.consistency_proof(old, size))
             path = signed_head_path(self._store.data_dir, signer.key.verifier.key_id)
             make_dirs_durably(path.parent)
             write_file_durably(path, signed.encode())
@@ -268,7 +318,7 @@ class StoreTree:
     def receipt(self, stream_id: int, offset: int) -> Receipt:
         """A record's receipt: its leaf entry and index, and, when a head kept in the store covers
         it, the inclusion proof in that head's tree and the head (the largest such head)."""
-        with self._tree() as (catalog, top):
+        with self._tree() as (tree, top):
             index, entry = self.leaf(stream_id, offset)
             covering = [
                 (head, signed)
@@ -279,13 +329,13 @@ class StoreTree:
             if not covering:
                 return Receipt(entry, index)
             head, signed = max(covering, key=lambda pair: pair[0].size)
-            if catalog.tree_root(head.size) != head.root:
+            if tree.root(head.size) != head.root:
                 raise HeadNotExtended(
                     f"the store's tree of {head.size} leaves is not the one the kept head signed",
                     old_size=head.size,
                     size=top,
                 )
-            proof = catalog.inclusion_proof(index, head.size)
+            proof = tree.inclusion_proof(index, head.size)
         merkle.verify_inclusion(merkle.leaf_hash(entry), index, head.size, proof, head.root)
         return Receipt(entry, index, tuple(proof), signed)
 
@@ -296,9 +346,9 @@ class StoreTree:
         the tree its head signed (the tree the catalog keeps; ``check_against`` re-derives it
         from the segments): HeadNotExtended after a cut, a rewrite or a restored backup."""
         checked = verify_receipt(text, vkeys, origin=origin)
-        with self._tree() as (catalog, top):
+        with self._tree() as (tree, top):
             head = checked.head
-            if top < head.size or catalog.tree_root(head.size) != head.root:
+            if top < head.size or tree.root(head.size) != head.root:
                 raise HeadNotExtended(
                     f"the store no longer holds the tree of {head.size} leaves the receipt's head signed",
                     old_size=head.size,
@@ -312,8 +362,8 @@ class StoreTree:
         record; damage the segment walk found is reported by the check itself)."""
         with self._store._lock:
             try:
-                with self._tree() as (catalog, size):
-                    kept = catalog.tree_root(size)
+                with self._tree() as (tree, size):
+                    kept = tree.root(size)
                 hashes = merkle.CompactRange()
                 for leaf in leaves_from_segments(self._store, 1, size):
                     hashes.append(leaf)
@@ -373,8 +423,8 @@ class StoreTree:
                     size=top,
                 )
             if not self._store.read_only and self.catch_up() == top:
-                catalog = self._store._writable_catalog()
-                if catalog.tree_root(top) != hashes.root():
+                tree = self._reader(self._store._writable_catalog())
+                if tree.root(top) != hashes.root():
                     raise HeadNotExtended(
                         "the catalog's tree disagrees with the segments (run `hybridlog repair` to rebuild it)",
                         old_size=head.size,

@@ -7,7 +7,9 @@ Contracts tested here:
 * ``record_hash`` is the format-2 record hash of ``record.record_hash`` for every payload length,
   one BLAKE3 chunk or more (longer records go through ``long_hash``), whatever the flags byte.
 * ``tree_leaves`` gives the Merkle tree leaf hash (``merkle.leaf_hash`` of ``tree_head.leaf_entry``)
-  of each frame of a batch, and ``merkle_root`` is ``merkle.root`` over hashes laid end to end.
+  of each frame of a batch, and ``merkle_root`` is ``merkle.root`` over hashes laid end to end,
+  with each SHA-256 compression the CPU can run (the portable one and, where the CPU has the x86
+  SHA extensions, SHA-NI, which is then the one in use).
 * ``frame_plain`` frames exactly the bytes ``record.append_frames`` frames without compression,
   with the same frame ends, special records and last hash.
 * A walk with ``walk_plain`` yields the same records and ends the same way (the same error, at the
@@ -22,8 +24,10 @@ These call the compiled module directly, so they test it in the pure-Python run 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -47,6 +51,20 @@ def compiled() -> ModuleType:
     module = importlib.import_module("hybridlog._speedups")
     module.bind_record(Record)
     return module
+
+
+SHA256_BACKENDS: list[str] = compiled().sha256_backends()
+
+
+@contextlib.contextmanager
+def sha256_backend(name: str) -> Iterator[None]:
+    module = compiled()
+    before = module.sha256_backend()
+    module.use_sha256_backend(name)
+    try:
+        yield
+    finally:
+        module.use_sha256_backend(before)
 
 
 def test_the_helper_is_built_and_used_unless_pure_is_asked() -> None:
@@ -118,10 +136,11 @@ def test_frame_plain_frames_the_python_bytes(
     assert (ends, specials, last) == (python.ends, python.specials, python.last_hash)
 
 
+@pytest.mark.parametrize("backend", SHA256_BACKENDS)
 @settings(max_examples=200)
 @given(fields=header_fields, batch=batches)
 def test_tree_leaves_are_the_leaf_hashes_of_each_frame(
-    fields: tuple[int, int, int, int, int, bytes], batch: list[tuple[RecordKind, bytes, type]]
+    backend: str, fields: tuple[int, int, int, int, int, bytes], batch: list[tuple[RecordKind, bytes, type]]
 ) -> None:
     _, sid, offset, position, timestamp, prev = fields
     records = [(kind, as_type(payload)) for kind, payload, as_type in batch]
@@ -145,7 +164,8 @@ def test_tree_leaves_are_the_leaf_hashes_of_each_frame(
         )
         for i, ((kind, _), at) in enumerate(zip(records, starts, strict=True))
     ]
-    assert compiled().tree_leaves(bytes(data), framed.ends, sid, offset, timestamp) == expected
+    with sha256_backend(backend):
+        assert compiled().tree_leaves(bytes(data), framed.ends, sid, offset, timestamp) == expected
 
 
 def test_tree_leaves_refuse_frame_ends_outside_the_data() -> None:
@@ -155,10 +175,21 @@ def test_tree_leaves_refuse_frame_ends_outside_the_data() -> None:
         compiled().tree_leaves(bytes(100), [100], 1, 0, 0)  # shorter than a header
 
 
+@pytest.mark.parametrize("backend", SHA256_BACKENDS)
 @settings(max_examples=100)
 @given(hashes=st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=70))
-def test_merkle_root_is_the_python_root(hashes: list[bytes]) -> None:
-    assert compiled().merkle_root(b"".join(hashes)) == merkle.root(hashes)
+def test_merkle_root_is_the_python_root(backend: str, hashes: list[bytes]) -> None:
+    with sha256_backend(backend):
+        assert compiled().merkle_root(b"".join(hashes)) == merkle.root(hashes)
+
+
+def test_the_fastest_sha256_the_cpu_has_is_used_and_no_other_can_be_chosen() -> None:
+    module = compiled()
+    assert module.sha256_backend() == SHA256_BACKENDS[-1]  # SHA-NI where the CPU has it
+    assert SHA256_BACKENDS[0] == "portable"
+    with pytest.raises(ValueError, match="no SHA-256 backend"):
+        module.use_sha256_backend("sha-ni" if "sha-ni" not in SHA256_BACKENDS else "md5")
+    assert module.sha256_backend() == SHA256_BACKENDS[-1]
 
 
 @pytest.mark.parametrize("length", [0, 31, 33])

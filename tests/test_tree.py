@@ -12,16 +12,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 import hybridlog.merkle as merkle
 from hybridlog import CheckpointPolicy, CompressionKind, FindingKind, RepairKind, Storage
-from hybridlog.errors import AppendOutcomeUnknown, HeadNotExtended, InvalidArgument, ProofError
+from hybridlog.errors import AppendOutcomeUnknown, HeadNotExtended, IntegrityError, InvalidArgument, ProofError
 from hybridlog.layout import segment_path
 from hybridlog.note import generate_key, note_text, open_note
 from hybridlog.receipts import verify_receipt
-from hybridlog.testing.damage import delete_catalog, edit_catalog, flip_byte
+from hybridlog.record import HASH_FIELD
+from hybridlog.testing.damage import delete_catalog, edit_catalog, flip_byte, index_entry
 from hybridlog.testing.harness import ACK, KillPlan, acknowledge, arm_from_environment, run_until_killed
 from hybridlog.tree import GAP_LEAF, HeadSigner, leaves_from_segments
 from hybridlog.tree_head import TreeHead, decode_leaf, parse_tree_head
@@ -89,8 +91,12 @@ def test_the_append_path_keeps_the_tree_without_reading_the_segments(store_dir: 
         store.append(1, [b"a", b"b"])
         store.append(2, [b"c"])
         catalog = store._writable_catalog()
-        assert catalog.tree_state() == (3, None)  # kept in the appends' own transactions
-        assert catalog.tree_root(3) == merkle.root(segment_leaves(store))
+        assert catalog.tree_state()[:2] == (3, None)  # kept in the appends' own transactions
+
+        def no_segment_reads(group: int, root: bytes) -> bytes:
+            raise AssertionError(f"the root read the leaves of group {group} from the segments")
+
+        assert catalog.tree_reader(no_segment_reads).root(3) == merkle.root(segment_leaves(store))
 
 
 def test_gaps_get_the_gap_leaf_and_a_cut_changes_the_root(store_dir: Path, signer: HeadSigner) -> None:
@@ -262,6 +268,8 @@ def test_check_finds_a_damaged_tile_and_repair_recomputes_the_tree(store_dir: Pa
     with Storage(store_dir, read_only=True) as reader:
         found = reader.check().findings
         assert [f.problem for f in found] == [FindingKind.TREE_MISMATCH]
+        with pytest.raises(IntegrityError, match="do not hash to the catalog's Merkle tree"):
+            reader.prove_consistency(5)  # a proof never comes from a tree the segments disagree with
     with Storage(store_dir) as store:
         report = store.check()
         assert [step.repair for step in report.plan()] == [RepairKind.REBUILD_TREE]
@@ -270,6 +278,27 @@ def test_check_finds_a_damaged_tile_and_repair_recomputes_the_tree(store_dir: Pa
         assert repaired.after.ok
         assert store.tree.root(size) == root
         assert_tree_matches_segments(store)
+
+
+def test_proofs_take_a_groups_leaves_from_its_frames_and_refuse_frames_the_tree_disagrees_with(
+    store_dir: Path,
+) -> None:
+    with Storage(store_dir, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        for n in range(40):  # positions 1 to 40: two complete groups of sixteen, eight on the edge
+            store.append(1, [b"event %d" % n])
+        leaves = assert_tree_matches_segments(store)
+        verified_read = AssertionError("a proof read the segments verified")
+        with mock.patch("hybridlog.tree.leaves_from_segments", side_effect=verified_read):
+            for offset in range(40):
+                assert store.prove_inclusion(1, offset).proof == merkle.inclusion_proof(leaves, offset)
+            for old in range(1, 41):
+                assert store.prove_consistency(old).proof == merkle.consistency_proof(leaves, old)
+    segment_no, position, _ = index_entry(store_dir, 1, 3)
+    flip_byte(segment_path(store_dir, 1, segment_no), position + HASH_FIELD)  # record 3's stored hash
+    with Storage(store_dir) as store:
+        with pytest.raises(IntegrityError):  # the frames disagree; the verified read names the damage
+            store.prove_consistency(5)
+        assert store.prove_consistency(20).proof == merkle.consistency_proof(leaves, 20)  # group 1 is intact
 
 
 def test_bad_arguments_are_typed_errors(store_dir: Path) -> None:

@@ -35,6 +35,7 @@ from hybridlog import (
     RecordKind,
     RecoveryAction,
     Storage,
+    merkle,
     verify_store,
 )
 from hybridlog.catalog import CATALOG_PAGE_SIZE
@@ -43,6 +44,7 @@ from hybridlog.cli import cli
 from hybridlog.layout import CATALOG_FILE
 from hybridlog.testing.clocks import ManualClock
 from hybridlog.testing.damage import delete_catalog, genesis_records
+from hybridlog.tree import leaves_from_segments
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE = FIXTURES / "format1_store"
@@ -199,6 +201,18 @@ def test_a_writer_open_upgrades_the_catalog_and_keeps_every_record(store: Path) 
     assert cli_report["ok"] is True
     assert cli_report["records_verified"] == len(DESCRIBED)
     assert digests(data_files(store)) == digests(before)  # not a byte of a segment or dictionary changed
+
+
+def test_the_upgraded_store_gets_its_merkle_tree_and_proofs_over_the_format1_records(store: Path) -> None:
+    with Storage(store) as writer:  # format-1 frames: proofs read their leaves verified, not from headers
+        leaves = list(leaves_from_segments(writer, 1, None))
+        assert writer.tree.size() == len(leaves) == OLD_MARK
+        assert writer.tree.root() == merkle.root(leaves)
+        for d in DESCRIBED[:: max(1, len(DESCRIBED) // 20)]:
+            proof = writer.prove_inclusion(d.stream_id, d.offset)
+            assert (proof.index, proof.proof) == (d.global_position - 1, merkle.inclusion_proof(leaves, proof.index))
+        for old in (1, 5, 16, 17, OLD_MARK - 1):
+            assert writer.prove_consistency(old).proof == merkle.consistency_proof(leaves, old)
 
 
 def test_appends_after_the_upgrade_continue_every_chain_above_every_old_position(store: Path) -> None:

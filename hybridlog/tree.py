@@ -38,7 +38,7 @@ from hybridlog.receipts import CheckedReceipt, Receipt, verify_receipt
 from hybridlog.record import FORMAT_VERSION, HASH_FIELD, HEADER_SIZE, VERSION_BYTE
 from hybridlog.repair import Finding
 from hybridlog.segment import make_dirs_durably, write_file_durably
-from hybridlog.tree_head import GAP_ENTRY, TreeHead, leaf_entry, parse_tree_head
+from hybridlog.tree_head import GAP_ENTRY, TreeHead, decode_leaf, leaf_entry, parse_tree_head
 from hybridlog.types import FindingKind, GlobalPosition, GlobalRecord, Record, RepairKind, StreamId, check_stream_id
 from hybridlog.writer import Writer
 
@@ -135,12 +135,13 @@ def leaves_from_segments(
         raise IntegrityError(f"the segments hold no record at or after global position {position}, up to {last}")
 
 
-def frame_leaves(catalog: Catalog, data_dir: Path, first: int, last: int) -> bytes | None:
-    """The leaf hashes of positions ``first`` to ``last``, laid end to end, made from the record
-    hashes the frames hold where the catalog says they are: no record is read whole or verified,
-    so the caller must check them (against a root the tree keeps). None where a frame is not a
-    format-2 frame or cannot be read (the caller then reads the records verified)."""
-    leaves: list[bytes] = []
+def frame_entries(catalog: Catalog, data_dir: Path, first: int, last: int) -> list[bytes] | None:
+    """The leaf entries of positions ``first`` to ``last`` (the gap entry where no record has the
+    position), made from the record hashes the frames hold where the catalog says they are: no
+    record is read whole or verified, so the caller must check them (against a root the tree
+    keeps). None where a frame is not a format-2 frame or cannot be read (the caller then reads the
+    records verified)."""
+    entries: list[bytes] = []
     files: dict[tuple[int, int], int] = {}
     try:
         for position, sid, offset, segment_no, at, _, _, timestamp in catalog.index_rows_from_position(first):
@@ -148,21 +149,20 @@ def frame_leaves(catalog: Catalog, data_dir: Path, first: int, last: int) -> byt
                 break
             if position < first:
                 continue
-            leaves += [GAP_LEAF] * (position - first - len(leaves))  # positions a repair left unused
+            entries += [GAP_ENTRY] * (position - first - len(entries))  # positions a repair left unused
             if (sid, segment_no) not in files:
                 files[sid, segment_no] = os.open(segment_path(data_dir, sid, segment_no), os.O_RDONLY)
             header = os.pread(files[sid, segment_no], HEADER_SIZE, at)
             if len(header) < HEADER_SIZE or header[VERSION_BYTE] != FORMAT_VERSION:
                 return None
             record_hash = header[HASH_FIELD : HASH_FIELD + 32]
-            leaves.append(merkle.leaf_hash(leaf_entry(header[KIND_BYTE], sid, offset, timestamp, record_hash)))
+            entries.append(leaf_entry(header[KIND_BYTE], sid, offset, timestamp, record_hash))
     except OSError:
         return None
     finally:
         for fd in files.values():
             os.close(fd)
-    leaves += [GAP_LEAF] * (last - first + 1 - len(leaves))
-    return b"".join(leaves)
+    return entries + [GAP_ENTRY] * (last - first + 1 - len(entries))
 
 
 class StoreTree:
@@ -215,22 +215,25 @@ class StoreTree:
         def leaf_group(group: int, root: bytes) -> bytes:
             first = group * TILE_WIDTH + 1
             last = first + TILE_WIDTH - 1
-            hashes = frame_leaves(catalog, self._store.data_dir, first, last)
-            if hashes is not None and row_root(hashes) == root:
-                return hashes
+            entries = frame_entries(catalog, self._store.data_dir, first, last)
+            if entries is not None:
+                hashes = b"".join(map(merkle.leaf_hash, entries))
+                if row_root(hashes) == root:
+                    return hashes
             return b"".join(leaves_from_segments(self._store, first, last, read_bytes=GROUP_READ_BYTES))
 
         return catalog.tree_reader(leaf_group)
 
     @contextmanager
-    def _tree(self) -> Iterator[tuple[TreeReader, int]]:
-        """The tree's roots and proofs, and its size, under the store's lock: a writer's tree
-        caught up first; a reader's as the catalog has it (one read transaction), provided it covers
-        every record the catalog holds."""
+    def _tree(self) -> Iterator[tuple[TreeReader, int, Catalog]]:
+        """The tree's roots and proofs, its size and the catalog that holds it, under the store's
+        lock: a writer's tree caught up first; a reader's as the catalog has it (one read
+        transaction), provided it covers every record the catalog holds."""
         with self._store._lock:
             if not self._store.read_only:
                 size = self.catch_up()
-                yield self._reader(self._store._writable_catalog()), size
+                writable = self._store._writable_catalog()
+                yield self._reader(writable), size, writable
                 return
             catalog = self._store._readable_catalog()
             if catalog is None:
@@ -242,21 +245,21 @@ class StoreTree:
                         "the store's Merkle tree does not cover every record yet (a writer catches it up)",
                         hint="open the store for writing once (`hybridlog sign`, or any append) and ask again",
                     )
-                yield reader, reader.size
+                yield reader, reader.size, catalog
 
     def size(self) -> int:
         """The number of leaves (global positions) the tree covers."""
-        with self._tree() as (_, size):
+        with self._tree() as (_, size, _):
             return size
 
     def root(self, size: int | None = None) -> bytes:
         """The root of the tree of ``size`` leaves (default: all)."""
-        with self._tree() as (tree, top):
+        with self._tree() as (tree, top, _):
             return tree.root(top if size is None else _check_size(size, top))
 
     def head(self, origin: str) -> TreeHead:
         """The tree's head now (unsigned)."""
-        with self._tree() as (tree, size):
+        with self._tree() as (tree, size, _):
             return TreeHead(origin, size, tree.root(size))
 
     def leaf(self, stream_id: int, offset: int) -> tuple[int, bytes]:
@@ -273,20 +276,41 @@ class StoreTree:
                 raise InvalidArgument(f"stream {stream_id} has no record at offset {offset}")
             return position - 1, record_leaf(record)
 
+    def _frame_leaf(self, catalog: Catalog, stream_id: int, offset: int) -> tuple[int, bytes] | None:
+        """(leaf index, leaf entry) of a record from its frame's header, not verified (None: no
+        such record, or its frame cannot give it); only a proof checked against the tree may use it."""
+        position = self._store.global_position_of(check_stream_id(stream_id), offset)
+        if position is None:
+            return None
+        entries = frame_entries(catalog, self._store.data_dir, position, position)
+        if entries is None or entries[0] == GAP_ENTRY:
+            return None
+        found = decode_leaf(entries[0])
+        return (position - 1, entries[0]) if (found.stream_id, found.offset) == (stream_id, offset) else None
+
     def prove_inclusion(self, stream_id: int, offset: int, size: int | None = None) -> InclusionProof:
-        """The proof that a record is in the tree of ``size`` leaves (default: the whole tree)."""
-        with self._tree() as (tree, top):
+        """The proof that a record is in the tree of ``size`` leaves (default: the whole tree).
+
+        The leaf entry comes from the record's frame when the proof then checks out against the
+        tree (so nothing but the entry is trusted, and the proof shows it); otherwise the record is
+        read verified from its checkpoint, which names damage to it (IntegrityError)."""
+        with self._tree() as (tree, top, catalog):
             at = top if size is None else _check_size(size, top)
-            index, entry = self.leaf(stream_id, offset)
+            fast = None
+            if type(offset) is int and offset >= 0:
+                fast = self._frame_leaf(catalog, stream_id, offset)
+            index, entry = fast or self.leaf(stream_id, offset)
             if index >= at:
                 raise InvalidArgument(f"the record is leaf {index}, not in a tree of {at}")
             proof, root = tree.inclusion_proof(index, at), tree.root(at)
+            if fast is not None and merkle.root_from_inclusion(merkle.leaf_hash(entry), index, at, proof) != root:
+                index, entry = self.leaf(stream_id, offset)
         merkle.verify_inclusion(merkle.leaf_hash(entry), index, at, proof, root)  # never hand out a bad proof
         return InclusionProof(stream_id, offset, index, at, entry, proof, root)
 
     def prove_consistency(self, old_size: int, size: int | None = None) -> ConsistencyProof:
         """The proof that the tree of ``old_size`` leaves is a prefix of the tree of ``size``."""
-        with self._tree() as (tree, top):
+        with self._tree() as (tree, top, _):
             at = top if size is None else _check_size(size, top)
             if type(old_size) is not int or not 0 < old_size <= at:
                 raise InvalidArgument(f"old size {old_size!r} is not in 1..{at}")
@@ -318,7 +342,7 @@ class StoreTree:
     def receipt(self, stream_id: int, offset: int) -> Receipt:
         """A record's receipt: its leaf entry and index, and, when a head kept in the store covers
         it, the inclusion proof in that head's tree and the head (the largest such head)."""
-        with self._tree() as (tree, top):
+        with self._tree() as (tree, top, _):
             index, entry = self.leaf(stream_id, offset)
             covering = [
                 (head, signed)
@@ -346,7 +370,7 @@ class StoreTree:
         the tree its head signed (the tree the catalog keeps; ``check_against`` re-derives it
         from the segments): HeadNotExtended after a cut, a rewrite or a restored backup."""
         checked = verify_receipt(text, vkeys, origin=origin)
-        with self._tree() as (tree, top):
+        with self._tree() as (tree, top, _):
             head = checked.head
             if top < head.size or tree.root(head.size) != head.root:
                 raise HeadNotExtended(
@@ -362,7 +386,7 @@ class StoreTree:
         record; damage the segment walk found is reported by the check itself)."""
         with self._store._lock:
             try:
-                with self._tree() as (tree, size):
+                with self._tree() as (tree, size, _):
                     kept = tree.root(size)
                 hashes = merkle.CompactRange()
                 for leaf in leaves_from_segments(self._store, 1, size):

@@ -17,14 +17,16 @@ from unittest import mock
 import pytest
 
 import hybridlog.merkle as merkle
+import hybridlog.tree as tree_module
 from hybridlog import CheckpointPolicy, CompressionKind, FindingKind, RepairKind, Storage
 from hybridlog.errors import AppendOutcomeUnknown, HeadNotExtended, IntegrityError, InvalidArgument, ProofError
 from hybridlog.layout import segment_path
 from hybridlog.note import generate_key, note_text, open_note
 from hybridlog.receipts import verify_receipt
 from hybridlog.record import HASH_FIELD
+from hybridlog.segment import write_file_durably
 from hybridlog.testing.damage import delete_catalog, edit_catalog, flip_byte, index_entry
-from hybridlog.testing.harness import ACK, KillPlan, acknowledge, arm_from_environment, run_until_killed
+from hybridlog.testing.harness import ACK, KillPlan, acknowledge, arm_from_environment, kill_self, run_until_killed
 from hybridlog.tree import GAP_LEAF, HeadSigner, leaves_from_segments
 from hybridlog.tree_head import TreeHead, decode_leaf, parse_tree_head
 
@@ -288,16 +290,22 @@ def test_proofs_take_a_groups_leaves_from_its_frames_and_refuse_frames_the_tree_
             store.append(1, [b"event %d" % n])
         leaves = assert_tree_matches_segments(store)
         verified_read = AssertionError("a proof read the segments verified")
-        with mock.patch("hybridlog.tree.leaves_from_segments", side_effect=verified_read):
+        with (
+            mock.patch("hybridlog.tree.leaves_from_segments", side_effect=verified_read),
+            mock.patch("hybridlog.tree.StoreTree.leaf", side_effect=verified_read),
+        ):
             for offset in range(40):
                 assert store.prove_inclusion(1, offset).proof == merkle.inclusion_proof(leaves, offset)
             for old in range(1, 41):
                 assert store.prove_consistency(old).proof == merkle.consistency_proof(leaves, old)
-    segment_no, position, _ = index_entry(store_dir, 1, 3)
-    flip_byte(segment_path(store_dir, 1, segment_no), position + HASH_FIELD)  # record 3's stored hash
+    for offset in (3, 37):  # stored hashes changed: record 3 in group 0, record 37 on the edge
+        segment_no, position, _ = index_entry(store_dir, 1, offset)
+        flip_byte(segment_path(store_dir, 1, segment_no), position + HASH_FIELD)
     with Storage(store_dir) as store:
         with pytest.raises(IntegrityError):  # the frames disagree; the verified read names the damage
             store.prove_consistency(5)
+        with pytest.raises(IntegrityError):
+            store.prove_inclusion(1, 37)  # its frame's entry does not prove: read verified
         assert store.prove_consistency(20).proof == merkle.consistency_proof(leaves, 20)  # group 1 is intact
 
 
@@ -350,7 +358,48 @@ def test_every_crash_leaves_a_tree_that_extends_every_head_signed_before_it(
             assert store.tree.check_against(signed) == signed.size
 
 
+def child_sign_killed_before_the_store_keeps_the_head(store_dir: Path, key_file: Path) -> None:
+    """Append, sign, append, then sign again and die (SIGKILL) after the signer kept the new head
+    beside its key and before the store wrote it to ``heads/``."""
+    signer = HeadSigner(key_file)
+    with Storage(store_dir) as store:
+        store.append(1, [b"first %d" % n for n in range(20)])
+        print(store.tree.sign(signer).replace("\n", "|"), flush=True)
+        store.append(2, [b"second %d" % n for n in range(7)])
+        keep_beside_the_key = write_file_durably
+
+        def write(path: Path, data: bytes) -> None:
+            if path.parent.name == "heads":
+                kill_self()
+            keep_beside_the_key(path, data)
+
+        with mock.patch.object(tree_module, "write_file_durably", write):
+            store.tree.sign(signer)
+
+
+def test_a_signer_killed_before_the_store_kept_its_head_refuses_nothing_valid(
+    store_dir: Path, signer: HeadSigner
+) -> None:
+    lines = run_until_killed(THIS_FILE, "sign-killed", str(store_dir), str(signer.key_file), plan=None)
+    first = parse_tree_head(note_text(lines[0].replace("|", "\n")))
+    last = signer.last_head()  # the signer's state was written first: it holds the second head
+    assert last is not None
+    assert (first.size, last.size) == (20, 27)
+    with Storage(store_dir) as store:
+        assert [parse_tree_head(note_text(h)) for h in store.tree.signed_heads()] == [first]  # not yet the second
+        assert store.tree.check_against(last) == 27  # what it covers was durable before it was signed
+        store.append(1, [b"third"])
+        again = parse_tree_head(note_text(store.tree.sign(signer)))  # extends the last head: signed
+        assert again.size == 28
+        assert [parse_tree_head(note_text(h)) for h in store.tree.signed_heads()] == [again]
+        receipt = store.tree.receipt(2, 6)
+        assert receipt.complete
+
+
 if __name__ == "__main__":
-    command, directory, seed_text, round_text = sys.argv[1:]
-    assert command == "write"
-    child_write(Path(directory), int(seed_text), int(round_text))
+    command, directory, *rest = sys.argv[1:]
+    if command == "write":
+        child_write(Path(directory), int(rest[0]), int(rest[1]))
+    else:
+        assert command == "sign-killed"
+        child_sign_killed_before_the_store_keeps_the_head(Path(directory), Path(rest[0]))

@@ -515,3 +515,28 @@ class HeadNotExtended(ProofError):
         super().__init__(message)
         self.old_size = old_size
         self.size = size
+
+
+# --- object stores (tiering) -----------------------------------------------------------------------
+
+
+class ObjectStoreError(StorageError):
+    """Raised when an object store (an S3 bucket, or a directory standing in for one) cannot do
+    what was asked: unreachable, refused, misconfigured. Nothing the store holds locally changed."""
+
+
+class ObjectMissing(ObjectStoreError):
+    """Raised when an object that should be in the object store is not there."""
+
+
+class ManifestError(ObjectStoreError):
+    """Raised when a manifest is malformed, not signed by a trusted key, or does not follow on from
+    the manifest before it."""
+
+
+class WriterFenced(ObjectStoreError):
+    """Raised when another writer has taken the stream over in the object store (a manifest with a
+    higher writer epoch, or one that won the race for the next number with another epoch): this
+    writer must stop publishing and appending."""
+
+    hint = "another host writes this store now; open it read-only, or take it back over explicitly"

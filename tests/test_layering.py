@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hybridlog"
 LAYERS: list[set[str]] = [
     {"errors", "output", "failpoints", "merkle", "ed25519", "note", "tree_head", "receipts"},
     {"types"},
-    {"native", "record", "layout", "markers", "verified_cache", "groupcommit", "es_records"},
-    {"segment", "dictionary", "pipeline", "batch", "lock"},
+    {"native", "record", "layout", "markers", "verified_cache", "groupcommit", "es_records", "manifest"},
+    {"segment", "dictionary", "pipeline", "batch", "lock", "objects"},
     {"walk", "db", "training", "catalog_rows"},
     {
         "scan",
@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     },
     {"framing", "writer", "reads", "diagnose", "quarantine", "sql", "backend", "memory", "subscription"},
     {"recovery", "catalog_rebuild", "stream_repair", "repair", "maintenance", "opening", "tree"},
-    {"storage", "verify", "signing"},
+    {"storage", "verify", "signing", "tiering"},
     {"cli", "eventsourcing", "__init__", "__main__"},
 ]
 LAYER_OF = {module: number for number, modules in enumerate(LAYERS) for module in modules}

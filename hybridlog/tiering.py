@@ -1,0 +1,217 @@
+"""Tiering: a store's sealed segments and dictionaries to an object store, committed by a signed
+manifest per stream (``docs/tiering.md``; the objects and manifests are in ``objects.py`` and
+``manifest.py``).
+
+``Tiering.upload()`` does, for each stream, in this order:
+
+1. read the stream's last manifest from the bucket (its signature checked with the key's verifier);
+   one with a higher writer epoch than ours means another writer took the stream over:
+   WriterFenced;
+2. the sealed segments after that manifest's head, in order (never the active segment): each is
+   read verified (its records chain from the manifest's head hash; its file has the BLAKE3 digest
+   the catalog recorded when it was sealed), then uploaded create-only under its content address,
+   and the stream's dictionaries likewise; an object already there under its address is the same
+   bytes (a retry after a crash), so it is not uploaded twice;
+3. the next manifest, listing everything before plus those segments, created only if its number is
+   free. If another uploader created that number first, the winner is read: a higher epoch is
+   WriterFenced; the same epoch (a retry of ours) is planned on from.
+
+Objects come first and the manifest last, so a manifest names only objects whose upload succeeded,
+and a reader that goes by manifests never meets a half-uploaded state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hybridlog.catalog_rows import SegmentRow
+from hybridlog.errors import IntegrityError, ManifestError, WriterFenced
+from hybridlog.layout import dictionary_numbers_on_disk, dictionary_path, segment_path, stream_path
+from hybridlog.manifest import (
+    DictionaryObject,
+    Manifest,
+    SegmentObject,
+    dictionary_key,
+    manifest_digest,
+    manifest_key,
+    manifest_number,
+    manifests_prefix,
+    open_manifest,
+    segment_key,
+    sign_manifest,
+)
+from hybridlog.note import SignerKey, VerifierKey
+from hybridlog.objects import ObjectStore
+from hybridlog.segment import file_digest
+from hybridlog.storage import Storage
+from hybridlog.types import GENESIS_HASH, StreamId
+
+log = logging.getLogger(__name__)
+
+PUBLISH_ATTEMPTS = 5
+"""Times an upload re-plans after losing the race for a manifest number to a writer of its epoch."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamUpload:
+    """What one upload did for a stream: the manifest it left as the stream's state, and the
+    segments and bytes it uploaded (0 when the bucket had them already)."""
+
+    stream_id: int
+    manifest: int
+    segments: int
+    uploaded_bytes: int
+
+
+def latest_manifest(
+    objects: ObjectStore, stream_id: int, vkeys: list[str] | list[VerifierKey]
+) -> tuple[Manifest, str] | None:
+    """The stream's manifest with the highest number and its signed text (None: none yet),
+    its signature checked."""
+    numbers = [n for key in objects.list(manifests_prefix(stream_id)) if (n := manifest_number(key)) is not None]
+    if not numbers:
+        return None
+    signed = objects.get(manifest_key(stream_id, max(numbers))).decode()
+    manifest = open_manifest(signed, vkeys)
+    if (manifest.stream_id, manifest.number) != (stream_id, max(numbers)):
+        raise ManifestError(
+            f"manifest {max(numbers)} of stream {stream_id} says it is manifest {manifest.number}"
+            f" of stream {manifest.stream_id}"
+        )
+    return manifest, signed
+
+
+class Tiering:
+    """Uploads one store's sealed segments to ``objects`` under manifests signed by ``key`` as
+    writer ``epoch`` (see the module docstring). The store may be open read-only: an uploader can
+    run in its own process beside the writer."""
+
+    def __init__(self, store: Storage, objects: ObjectStore, key: SignerKey, *, epoch: int = 1) -> None:
+        self.store = store
+        self.objects = objects
+        self.key = key
+        self.epoch = epoch
+        self._vkeys: list[VerifierKey] = [key.verifier]
+
+    def upload(self, *, progress: Callable[[int], None] | None = None) -> list[StreamUpload]:
+        """Upload what is sealed and not yet in the bucket, stream by stream; ``progress`` is told
+        the bytes of each object uploaded."""
+        return [self.upload_stream(sid, progress=progress) for sid in self.store.stream_ids()]
+
+    def upload_stream(self, stream_id: int, *, progress: Callable[[int], None] | None = None) -> StreamUpload:
+        """Upload one stream's sealed segments after its last manifest, then publish the next."""
+        sid = StreamId(stream_id)
+        for _ in range(PUBLISH_ATTEMPTS):
+            found = latest_manifest(self.objects, sid, self._vkeys)
+            if found is not None and found[0].epoch > self.epoch:
+                raise WriterFenced(
+                    f"stream {sid}'s manifest {found[0].number} is writer epoch {found[0].epoch}, above ours"
+                    f" ({self.epoch})"
+                )
+            segments = self._sealed_after(sid, found[0] if found else None)
+            if not segments and found is not None:
+                return StreamUpload(sid, found[0].number, 0, 0)
+            uploaded = 0
+            for segment, data in segments:
+                if self.objects.put_new(segment.key, data):
+                    uploaded += len(data)
+                if progress is not None:
+                    progress(len(data))
+            dictionaries = self._dictionaries(sid)
+            for dictionary, data in dictionaries:
+                if self.objects.put_new(dictionary.key, data):
+                    uploaded += len(data)
+            manifest = self._next_manifest(sid, found, [s for s, _ in segments], [d for d, _ in dictionaries])
+            if self.objects.put_new(manifest_key(sid, manifest.number), sign_manifest(manifest, self.key).encode()):
+                log.info("stream %d: manifest %d names %d new segments", sid, manifest.number, len(segments))
+                return StreamUpload(sid, manifest.number, len(segments), uploaded)
+            log.info("stream %d: manifest %d was created by another uploader; planning again", sid, manifest.number)
+        raise WriterFenced(f"stream {sid}: lost the race for the next manifest {PUBLISH_ATTEMPTS} times")
+
+    def _sealed_after(self, sid: StreamId, last: Manifest | None) -> list[tuple[SegmentObject, bytes]]:
+        """The sealed segments from the manifest's head on, in order, each read verified."""
+        head, head_hash = (0, GENESIS_HASH) if last is None else (last.head, last.head_hash)
+        no_rows: list[SegmentRow] = []
+        rows = self.store._reads.query(lambda catalog: catalog.segments(sid), no_rows)
+        found: list[tuple[SegmentObject, bytes]] = []
+        for row in rows:
+            if row.next_offset <= head or row.next_offset == row.first_offset:
+                continue
+            if not row.sealed or row.digest is None or row.first_offset != head:
+                break  # the active segment, or one that does not start where the bucket's copy ends
+            path = segment_path(self.store.data_dir, sid, row.segment_no)
+            data = path.read_bytes()
+            if file_digest(path) != row.digest or len(data) != row.size_bytes:
+                raise IntegrityError(
+                    f"sealed segment {row.segment_no} of stream {sid} is not the file that was sealed",
+                    stream_id=sid,
+                    segment=path,
+                )
+            end_hash = self._verified_end(sid, row.first_offset, row.next_offset, head_hash)
+            key = segment_key(sid, row.segment_no, row.digest)
+            found.append(
+                (
+                    SegmentObject(
+                        row.segment_no, row.first_offset, row.next_offset, len(data), row.digest, end_hash, key
+                    ),
+                    data,
+                )
+            )
+            head, head_hash = row.next_offset, end_hash
+        return found
+
+    def _verified_end(self, sid: StreamId, first: int, after: int, link: bytes) -> bytes:
+        """The chain hash of record ``after - 1``, read verified; IntegrityError unless record
+        ``first`` links to ``link``."""
+        last = None
+        for record in self.store.iter_records(sid, first):
+            if record.offset == first and record.prev_hash != link:
+                raise IntegrityError(
+                    f"stream {sid} record {first} does not link to the chain hash the bucket's copy ends with",
+                    stream_id=sid,
+                    offset=first,
+                )
+            last = record
+            if record.offset == after - 1:
+                return record.hash
+        raise IntegrityError(
+            f"stream {sid} ends at offset {None if last is None else last.offset}, before {after - 1}", stream_id=sid
+        )
+
+    def _dictionaries(self, sid: StreamId) -> list[tuple[DictionaryObject, bytes]]:
+        found = []
+        for number in dictionary_numbers_on_disk(stream_path(self.store.data_dir, sid)):
+            path = dictionary_path(self.store.data_dir, sid, number)
+            data, digest = path.read_bytes(), file_digest(path)
+            found.append((DictionaryObject(number, len(data), digest, dictionary_key(sid, number, digest)), data))
+        return found
+
+    def _next_manifest(
+        self,
+        sid: StreamId,
+        last: tuple[Manifest, str] | None,
+        segments: list[SegmentObject],
+        dictionaries: list[DictionaryObject],
+    ) -> Manifest:
+        previous = None if last is None else last[0]
+        kept = () if previous is None else previous.segments
+        all_segments = (*kept, *segments)
+        floor, floor_hash = (0, GENESIS_HASH) if previous is None else (previous.floor, previous.floor_hash)
+        head, head_hash = (
+            (floor, floor_hash) if not all_segments else (all_segments[-1].next_offset, all_segments[-1].end_hash)
+        )
+        return Manifest(
+            origin=self.key.name,
+            stream_id=sid,
+            number=1 if previous is None else previous.number + 1,
+            previous=None if last is None else manifest_digest(last[1]),
+            epoch=self.epoch,
+            floor=floor,
+            floor_hash=floor_hash,
+            head=head,
+            head_hash=head_hash,
+            dictionaries=tuple(dictionaries),
+            segments=all_segments,
+        )

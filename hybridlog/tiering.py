@@ -83,6 +83,58 @@ def latest_manifest(
     return manifest, signed
 
 
+@dataclass(frozen=True, slots=True)
+class StreamTierStatus:
+    """A stream's local sealed segments against its state in the bucket."""
+
+    stream_id: int
+    manifest: int | None
+    """The bucket's last manifest (None: none yet)."""
+    epoch: int | None
+    bucket_head: int
+    """The next offset after what the bucket holds."""
+    sealed_head: int
+    """The next offset after the local sealed segments (the active segment holds the rest)."""
+    pending_segments: int
+    pending_bytes: int
+    """The sealed segments, and their bytes, the next upload would send."""
+
+
+def tier_status(store: Storage, objects: ObjectStore, vkeys: list[str] | list[VerifierKey]) -> list[StreamTierStatus]:
+    """Every stream's local sealed segments against the bucket's last manifest (checked)."""
+    found: list[StreamTierStatus] = []
+    for sid in store.stream_ids():
+        latest = latest_manifest(objects, sid, vkeys)
+        head = 0 if latest is None else latest[0].head
+        pending = [row for row in _sealed_rows(store, sid) if row.first_offset >= head]
+        sealed_head = max((row.next_offset for row in _sealed_rows(store, sid)), default=0)
+        found.append(
+            StreamTierStatus(
+                sid,
+                None if latest is None else latest[0].number,
+                None if latest is None else latest[0].epoch,
+                head,
+                sealed_head,
+                len(pending),
+                sum(row.size_bytes for row in pending),
+            )
+        )
+    return found
+
+
+def _sealed_rows(store: Storage, sid: StreamId) -> list[SegmentRow]:
+    """The stream's sealed, non-empty segments' rows, by number, up to the first that is not sealed."""
+    no_rows: list[SegmentRow] = []
+    rows = store._reads.query(lambda catalog: catalog.segments(sid), no_rows)
+    sealed = []
+    for row in rows:
+        if not row.sealed or row.digest is None:
+            break
+        if row.next_offset > row.first_offset:
+            sealed.append(row)
+    return sealed
+
+
 class Tiering:
     """Uploads one store's sealed segments to ``objects`` under manifests signed by ``key`` as
     writer ``epoch`` (see the module docstring). The store may be open read-only: an uploader can
@@ -133,14 +185,12 @@ class Tiering:
     def _sealed_after(self, sid: StreamId, last: Manifest | None) -> list[tuple[SegmentObject, bytes]]:
         """The sealed segments from the manifest's head on, in order, each read verified."""
         head, head_hash = (0, GENESIS_HASH) if last is None else (last.head, last.head_hash)
-        no_rows: list[SegmentRow] = []
-        rows = self.store._reads.query(lambda catalog: catalog.segments(sid), no_rows)
         found: list[tuple[SegmentObject, bytes]] = []
-        for row in rows:
-            if row.next_offset <= head or row.next_offset == row.first_offset:
+        for row in _sealed_rows(self.store, sid):
+            if row.next_offset <= head:
                 continue
-            if not row.sealed or row.digest is None or row.first_offset != head:
-                break  # the active segment, or one that does not start where the bucket's copy ends
+            if row.digest is None or row.first_offset != head:
+                break  # one that does not start where the bucket's copy ends
             path = segment_path(self.store.data_dir, sid, row.segment_no)
             data = path.read_bytes()
             if file_digest(path) != row.digest or len(data) != row.size_bytes:

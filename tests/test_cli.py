@@ -208,7 +208,7 @@ def test_the_progress_bar_is_drawn_at_most_every_interval(monkeypatch: pytest.Mo
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
     monkeypatch.setattr(click, "progressbar", lambda **_kwargs: Bar())
     ticks = iter(range(10**7))
-    with cli_module._progress("verifying", 10**6, clock=lambda: next(ticks) * 1e-6) as advance:  # 1 us a record
+    with cli_module.progress_bar("verifying", 10**6, clock=lambda: next(ticks) * 1e-6) as advance:  # 1 us a record
         for _ in range(10**6):
             advance(1)
     assert sum(drawn) == 10**6

@@ -16,6 +16,7 @@ Contracts tested here:
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +24,10 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from click.testing import CliRunner
 
 from hybridlog import CompressionKind, Storage
+from hybridlog.cli import cli
 from hybridlog.errors import ManifestError, ObjectMissing, WriterFenced
 from hybridlog.layout import dictionary_path, segment_path
 from hybridlog.manifest import check_follows, manifest_key, manifests_prefix, open_manifest, unsigned_manifest
@@ -181,3 +184,35 @@ def test_a_changed_manifest_or_an_untrusted_key_is_refused(s3_url: str, store_di
         open_manifest(signed, [other])
     with pytest.raises(ObjectMissing):
         objects.get(manifest_key(1, 2))
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_the_tier_commands_upload_and_report(s3_url: str, store_dir: Path, tmp_path: Path) -> None:
+    key_file = tmp_path / "keys" / "tier.key"
+    code, vkey, _ = run("key", "generate", ORIGIN, "--out", str(key_file))
+    assert code == 0
+    vkey = vkey.strip()
+    with Storage(store_dir, max_segment_size=4096) as store:
+        fill(store, random.Random(23), 60)
+    code, out, err = run("tier", "status", str(store_dir), "--url", s3_url, "--vkey", vkey, "--json")
+    assert code == 0, err
+    before = json.loads(out)
+    assert [s["manifest"] for s in before] == [None, None]
+    assert all(s["pending_segments"] > 0 and s["pending_bytes"] > 0 for s in before)
+    code, out, err = run("tier", str(store_dir), "--url", s3_url, "--key", str(key_file), "--json")
+    assert code == 0, err
+    uploaded = json.loads(out)
+    assert [(u["manifest"], u["segments"]) for u in uploaded] == [(1, s["pending_segments"]) for s in before]
+    code, out, err = run("tier", "status", str(store_dir), "--url", s3_url, "--vkey", vkey)
+    assert code == 0, err
+    assert out.count("manifest 1 (epoch 1)") == 2
+    assert out.count("0 segments (0 bytes) to upload") == 2
+    code, _, err = run("tier", "upload", str(store_dir), "--url", s3_url, "--key", str(key_file), "--epoch", "1")
+    assert code == 0, err
+    code, _, err = run("tier", "status", str(store_dir), "--url", "http://example.com/x", "--vkey", vkey)
+    assert code == 1
+    assert "not an object store URL" in err

@@ -8,6 +8,7 @@ library's errors become them, are in ``exits.py``. The commands live one concern
     reading.py   read, tail, sql
     admin.py     verify, check, repair, rebuild-index, checkpoint, stats, migrate
     proofs.py    key generate, sign, prove, receipt, verify-receipt (the Merkle tree, docs/proofs.md)
+    tiering.py   tier (upload), tier status (an object store, docs/tiering.md)
     options.py   the STORE argument and options every command shares, and opening the store
     render.py    how results print: JSON, events, rows as a table, CSV, JSON or JSON Lines
 
@@ -33,6 +34,7 @@ from hybridlog.cli.exits import (
 from hybridlog.cli.options import is_store
 from hybridlog.cli.proofs import key, prove, receipt, sign, verify_receipt_command
 from hybridlog.cli.reading import read, sql, tail
+from hybridlog.cli.tiering import tier
 from hybridlog.cli.writing import append, demo, init
 
 __all__ = [
@@ -64,7 +66,7 @@ def cli(verbose: bool) -> None:
 # The commands, defined in their modules, join the group here (``hybridlog --help`` lists them by name).
 for command in (init, append, demo, read, tail, sql, verify, check, repair, rebuild_index, checkpoint, stats, migrate):
     cli.add_command(command)
-for command in (key, sign, prove, receipt, verify_receipt_command):
+for command in (key, sign, prove, receipt, verify_receipt_command, tier):
     cli.add_command(command)
 
 

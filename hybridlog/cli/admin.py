@@ -78,7 +78,7 @@ def verify(
     head = None if against is None else read_head(against, verifier_keys(vkeys))
     with open_existing(store, read_only=True) as storage:
         wanted = list(stream_ids) or None
-        with _progress("verifying", _records_in(storage, wanted)) as advance:
+        with progress_bar("verifying", _records_in(storage, wanted)) as advance:
             report = verify_store(storage, wanted, from_genesis=not from_checkpoints, progress=advance)
         extends: str | None = None
         if head is not None:
@@ -97,7 +97,7 @@ PROGRESS_INTERVAL_S = 0.1
 
 
 @contextlib.contextmanager
-def _progress(
+def progress_bar(
     label: str, total: int | None, clock: Callable[[], float] = time.monotonic
 ) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr when it is a terminal; silent when piped. The counts it is given
@@ -161,7 +161,7 @@ def check(store: Path, stream_ids: tuple[int, ...], as_json: bool) -> None:
     """Report every disagreement and damage, changing nothing (dry run of repair); exit 3 if any."""
     with open_existing(store, read_only=True) as storage:
         wanted = list(stream_ids) or None
-        with _progress("checking", _records_in(storage, wanted)) as advance:
+        with progress_bar("checking", _records_in(storage, wanted)) as advance:
             report = storage.check(wanted, progress=advance)
     if as_json:
         print_json(report.as_dict())
@@ -201,7 +201,10 @@ def repair(store: Path, stream_ids: tuple[int, ...], yes: bool, dry_run: bool, t
     wanted = list(stream_ids) or None
     # The plan comes from a read-only store: opening for writing runs open-time recovery, which
     # must not change anything before the operator has seen the plan and said yes.
-    with open_existing(store, read_only=True) as reader, _progress("checking", _records_in(reader, wanted)) as advance:
+    with (
+        open_existing(store, read_only=True) as reader,
+        progress_bar("checking", _records_in(reader, wanted)) as advance,
+    ):
         plan = reader.check(wanted, progress=advance).plan(wanted, truncate=truncate)
     if not as_json:
         if not plan:

@@ -1,0 +1,95 @@
+"""The tiering commands (docs/tiering.md): ``tier STORE`` (upload what is sealed) and
+``tier status STORE``. The bucket comes from ``--url`` (or ``HYBRIDLOG_TIER_URL``): ``s3://bucket/
+prefix``, configured by the standard ``AWS_*`` variables, or ``file:///path``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from hybridlog.cli.admin import progress_bar
+from hybridlog.cli.options import json_option, open_existing, store_argument
+from hybridlog.cli.proofs import verifier_keys, vkey_option
+from hybridlog.cli.render import print_json
+from hybridlog.note import parse_signer_key
+from hybridlog.objects import open_objects
+from hybridlog.tiering import Tiering, tier_status
+
+url_option = click.option(
+    "--url",
+    envvar="HYBRIDLOG_TIER_URL",
+    required=True,
+    help="The bucket: s3://bucket/prefix (AWS_* variables configure it) or file:///path.",
+)
+
+
+class TierGroup(click.Group):
+    """``tier STORE ...`` is ``tier upload STORE ...``; ``tier status STORE ...`` reports."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Read a first argument that is not a subcommand or an option as the store to upload."""
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["upload", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=TierGroup)
+def tier() -> None:
+    """Upload sealed segments to an object store under signed manifests (`tier STORE --url URL
+    --key KEY`), or compare the store with it (`tier status`)."""
+
+
+@tier.command("upload")
+@store_argument
+@url_option
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The key that signs the manifests (`hybridlog key generate`).",
+)
+@click.option("--epoch", type=click.IntRange(1), default=1, show_default=True, help="This writer's epoch.")
+@json_option
+def upload(store: Path, url: str, key_file: Path, epoch: int, as_json: bool) -> None:
+    """Upload what is sealed and not in the bucket yet, then each stream's next manifest."""
+    key = parse_signer_key(key_file.read_text(encoding="utf-8"))
+    objects = open_objects(url)
+    with open_existing(store, read_only=True) as storage:
+        pending = sum(s.pending_bytes for s in tier_status(storage, objects, [key.verifier]))
+        with progress_bar("uploading", pending) as advance:
+            reports = Tiering(storage, objects, key, epoch=epoch).upload(progress=advance)
+    if as_json:
+        print_json([dataclasses.asdict(r) for r in reports])
+        return
+    for r in reports:
+        click.echo(
+            f"stream {r.stream_id}: manifest {r.manifest}, {r.segments} segments added,"
+            f" {r.uploaded_bytes} bytes uploaded"
+        )
+
+
+@tier.command("status")
+@store_argument
+@url_option
+@vkey_option
+@json_option
+def status(store: Path, url: str, vkeys: tuple[str, ...], as_json: bool) -> None:
+    """Each stream's sealed segments against the bucket's last manifest (its signature checked
+    with --vkey)."""
+    if not vkeys:
+        raise click.UsageError("give the manifests' verifier key with --vkey")
+    objects = open_objects(url)
+    with open_existing(store, read_only=True) as storage:
+        found = tier_status(storage, objects, verifier_keys(vkeys))
+    if as_json:
+        print_json([dataclasses.asdict(s) for s in found])
+        return
+    for s in found:
+        where = "no manifest yet" if s.manifest is None else f"manifest {s.manifest} (epoch {s.epoch})"
+        click.echo(
+            f"stream {s.stream_id}: bucket holds offsets below {s.bucket_head}, {where}; sealed locally below"
+            f" {s.sealed_head}; {s.pending_segments} segments ({s.pending_bytes} bytes) to upload"
+        )

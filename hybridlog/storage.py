@@ -19,7 +19,7 @@ from hybridlog.backend import BackendBase
 from hybridlog.batch import BytesLike, check_position
 from hybridlog.catalog import Catalog
 from hybridlog.catalog_rows import RecoveryEntry, StreamStats
-from hybridlog.consumers import Consumers, ConsumerState
+from hybridlog.consumers import Consumers
 from hybridlog.db import DEFAULT_BUSY_TIMEOUT_MS
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import (
@@ -35,14 +35,17 @@ from hybridlog.index import CheckpointIndex, OffsetIndex, SegmentInfo, segment_i
 from hybridlog.layout import CATALOG_FILE, segment_path, stream_ids_on_disk
 from hybridlog.lock import StoreLock
 from hybridlog.maintenance import Maintenance
+from hybridlog.note import VerifierKey
+from hybridlog.objects import open_objects
 from hybridlog.opening import file_identity, open_or_rebuild_catalog, open_reader_catalog, replace_catalog
 from hybridlog.pipeline import AppendPipeline
 from hybridlog.reads import Reads
 from hybridlog.recovery import ReconcileResult, recover_store
+from hybridlog.remote import check_remote_stream, fetch_remote
 from hybridlog.repair import CheckReport, RepairReport, RepairStep
 from hybridlog.segment import make_dirs_durably
 from hybridlog.sql import QueryResult, QueryRows, SqlValue, check_limits, check_query, query_rows
-from hybridlog.subscription import DEFAULT_MAX_INTERVAL, DEFAULT_POLL_INTERVAL, Subscription, commit_signal_for
+from hybridlog.subscription import SubscribingStore, commit_signal_for
 from hybridlog.tree import ProvingStore
 from hybridlog.types import (
     DEFAULT_MAX_SEGMENT_SIZE,
@@ -67,7 +70,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], int]
 
 
-class Storage(BackendBase, ProvingStore):
+class Storage(BackendBase, ProvingStore, SubscribingStore):
     """A store of append-only, hash-chained event streams in one directory.
 
     One process may hold a store for writing (others get ``StorageLocked``); any number may open
@@ -177,6 +180,34 @@ class Storage(BackendBase, ProvingStore):
     ) -> Storage:
         """The seed's constructor: a checkpoint policy and a segment size limit."""
         return cls(data_dir, checkpoint_policy=policy, max_segment_size=max_segment_size)
+
+    @classmethod
+    def open_remote(
+        cls,
+        url: str,
+        *,
+        vkey: str | VerifierKey | list[str] | list[VerifierKey],
+        cache_dir: str | os.PathLike[str],
+    ) -> Storage:
+        """A read-only store from an object store's objects alone (``docs/tiering.md``): every
+        stream's manifests checked (signed by ``vkey``, each following the one before), the last
+        one's segments and dictionaries fetched into ``cache_dir`` (a directory of its own; kept
+        as a cache for the next open) and checked against their digests, and every stream walked
+        with its chain verified from genesis to the manifest's head. IntegrityError names the
+        stream, segment and offset of anything that does not verify."""
+        vkeys: list[str] | list[VerifierKey] = vkey if isinstance(vkey, list) else [vkey]  # type: ignore[assignment]
+        directory = Path(cache_dir)
+        streams = fetch_remote(open_objects(url), vkeys, directory)
+        with cls(directory, checkpoint_policy=CheckpointPolicy.explicit()):
+            pass  # the catalog is built from the segments, as for any store that has none
+        store = cls(directory, read_only=True)
+        try:
+            for sid, remote in streams.items():
+                check_remote_stream(store, sid, remote)
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     @classmethod
     def with_compression(
@@ -374,46 +405,6 @@ class Storage(BackendBase, ProvingStore):
         """(stream, offset) of the record at a global position (None: none has it, or not yet)."""
         at = check_position("position", position)
         return self._reads.query(lambda catalog: catalog.record_at_position(at), None)
-
-    # --- subscriptions and consumers (subscription.py, consumers.py) -----------------------------
-
-    def subscribe(
-        self,
-        stream_id: int | None = None,
-        *,
-        from_offset: int | None = None,
-        from_position: int | None = None,
-        consumer: str | None = None,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-        max_interval: float = DEFAULT_MAX_INTERVAL,
-        should_stop: Callable[[], bool] | None = None,
-        stop_when_caught_up: bool = False,
-    ) -> Subscription:
-        """Every committed record in global order, waiting for new ones (see ``Subscription``)."""
-        return Subscription(
-            self,
-            self._commit_signal,
-            stream_id,
-            from_offset=from_offset,
-            from_position=from_position,
-            consumer=consumer,
-            poll_interval=poll_interval,
-            max_interval=max_interval,
-            should_stop=should_stop,
-            stop_when_caught_up=stop_when_caught_up,
-        )
-
-    def register_consumer(self, name: str, stream_id: int | None = None) -> ConsumerState:
-        """The named consumer, registered for ``stream_id`` (None: every stream) if new (``Consumers.register``)."""
-        return self._consumers.register(name, stream_id)
-
-    def ack(self, consumer: str, position: int, *, force: bool = False) -> ConsumerState:
-        """Record that ``consumer`` is done with every record it follows up to ``position`` (``Consumers.ack``)."""
-        return self._consumers.ack(consumer, position, force=force)
-
-    def consumers(self) -> list[ConsumerState]:
-        """Every registered consumer, by name."""
-        return self._consumers.all()
 
     def _stream_head(self, sid: StreamId) -> tuple[Offset, ChainHash | None]:
         row = self._reads.query(lambda catalog: catalog.stream(sid), None)

@@ -35,10 +35,10 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from hybridlog.batch import check_position
-from hybridlog.consumers import ConsumerState, check_consumer_name
+from hybridlog.consumers import Consumers, ConsumerState, check_consumer_name
 from hybridlog.errors import ConsumerPositionLost, InvalidArgument
 from hybridlog.types import DEFAULT_MAX_READ_BYTES, GlobalPosition, GlobalRecord, Offset, StreamId, check_stream_id
 
@@ -296,3 +296,48 @@ class Subscription(Iterator[GlobalRecord]):
             )
         # Positions passed over after it (gaps, other streams) are looked at again in the new catalog.
         self._next = position + 1
+
+
+class SubscribingStore:
+    """``Storage``'s subscriptions and named consumers (``consumers.py``)."""
+
+    _commit_signal: CommitSignal
+    _consumers: Consumers
+
+    def subscribe(
+        self,
+        stream_id: int | None = None,
+        *,
+        from_offset: int | None = None,
+        from_position: int | None = None,
+        consumer: str | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_interval: float = DEFAULT_MAX_INTERVAL,
+        should_stop: Callable[[], bool] | None = None,
+        stop_when_caught_up: bool = False,
+    ) -> Subscription:
+        """Every committed record in global order, waiting for new ones (see ``Subscription``)."""
+        return Subscription(
+            cast("Storage", self),
+            self._commit_signal,
+            stream_id,
+            from_offset=from_offset,
+            from_position=from_position,
+            consumer=consumer,
+            poll_interval=poll_interval,
+            max_interval=max_interval,
+            should_stop=should_stop,
+            stop_when_caught_up=stop_when_caught_up,
+        )
+
+    def register_consumer(self, name: str, stream_id: int | None = None) -> ConsumerState:
+        """The named consumer, registered for ``stream_id`` (None: every stream) if new (``Consumers.register``)."""
+        return self._consumers.register(name, stream_id)
+
+    def ack(self, consumer: str, position: int, *, force: bool = False) -> ConsumerState:
+        """Record that ``consumer`` is done with every record it follows up to ``position`` (``Consumers.ack``)."""
+        return self._consumers.ack(consumer, position, force=force)
+
+    def consumers(self) -> list[ConsumerState]:
+        """Every registered consumer, by name."""
+        return self._consumers.all()

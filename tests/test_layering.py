@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
         "catalog_tree",
     },
     {"framing", "writer", "reads", "diagnose", "quarantine", "sql", "backend", "memory", "subscription"},
-    {"recovery", "catalog_rebuild", "stream_repair", "repair", "maintenance", "opening", "tree"},
+    {"recovery", "catalog_rebuild", "stream_repair", "repair", "maintenance", "opening", "tree", "remote"},
     {"storage", "verify", "signing", "tiering"},
     {"cli", "eventsourcing", "__init__", "__main__"},
 ]

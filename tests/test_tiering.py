@@ -28,10 +28,17 @@ from click.testing import CliRunner
 
 from hybridlog import CompressionKind, Storage
 from hybridlog.cli import cli
-from hybridlog.errors import ManifestError, ObjectMissing, WriterFenced
+from hybridlog.errors import IntegrityError, ManifestError, ObjectMissing, WriterFenced
 from hybridlog.layout import dictionary_path, segment_path
-from hybridlog.manifest import check_follows, manifest_key, manifests_prefix, open_manifest, unsigned_manifest
-from hybridlog.note import generate_key, parse_signer_key
+from hybridlog.manifest import (
+    check_follows,
+    manifest_key,
+    manifests_prefix,
+    open_manifest,
+    sign_manifest,
+    unsigned_manifest,
+)
+from hybridlog.note import SignerKey, generate_key, parse_signer_key
 from hybridlog.objects import ObjectStore, open_objects
 from hybridlog.segment import file_digest
 from hybridlog.tiering import Tiering, latest_manifest
@@ -41,9 +48,15 @@ ORIGIN = "hybridlog.example/tier-test"
 
 
 @pytest.fixture
-def key() -> str:
+def signer() -> SignerKey:
     skey, _ = generate_key(ORIGIN)
-    return skey
+    return parse_signer_key(skey)
+
+
+def replace_object(objects: ObjectStore, key: str, data: bytes) -> None:
+    """Rewrite an object in place (what an attacker with write access to the bucket can do)."""
+    objects.delete(key)
+    assert objects.put_new(key, data)
 
 
 def fill(store: Storage, rng: random.Random, batches: int) -> None:
@@ -62,10 +75,9 @@ def manifests(objects: ObjectStore, stream_id: int) -> list[str]:
 
 
 def test_an_upload_puts_the_sealed_segments_then_a_signed_manifest_that_names_them(
-    s3_url: str, store_dir: Path, key: str
+    s3_url: str, store_dir: Path, signer: SignerKey
 ) -> None:
     objects = open_objects(s3_url)
-    signer = parse_signer_key(key)
     with Storage(store_dir, max_segment_size=4096, compression=CompressionKind.ZSTD) as store:
         fill(store, random.Random(15), 150)
         reports = Tiering(store, objects, signer).upload()
@@ -105,10 +117,9 @@ def test_an_upload_puts_the_sealed_segments_then_a_signed_manifest_that_names_th
 
 
 def test_a_retry_after_a_failure_before_the_manifest_uploads_no_object_twice(
-    s3_url: str, store_dir: Path, key: str
+    s3_url: str, store_dir: Path, signer: SignerKey
 ) -> None:
     objects = open_objects(s3_url)
-    signer = parse_signer_key(key)
     with Storage(store_dir, max_segment_size=4096) as store:
         fill(store, random.Random(17), 60)
         real_put = objects.put_new
@@ -143,9 +154,8 @@ def test_six_publishers_racing_for_one_manifest_number_one_wins_every_trial(s3_u
         assert objects.get(manifest_key(9, trial + 1)) == f"publisher {won[0]}".encode()
 
 
-def test_uploaders_of_one_writer_racing_leave_one_manifest(s3_url: str, store_dir: Path, key: str) -> None:
+def test_uploaders_of_one_writer_racing_leave_one_manifest(s3_url: str, store_dir: Path, signer: SignerKey) -> None:
     objects = open_objects(s3_url)
-    signer = parse_signer_key(key)
     with Storage(store_dir, max_segment_size=4096) as store:
         fill(store, random.Random(18), 60)
         with ThreadPoolExecutor(6) as pool:
@@ -154,9 +164,8 @@ def test_uploaders_of_one_writer_racing_leave_one_manifest(s3_url: str, store_di
     assert manifests(objects, 2) == [manifest_key(2, 1)]
 
 
-def test_a_higher_epoch_fences_the_old_writer(s3_url: str, store_dir: Path, key: str) -> None:
+def test_a_higher_epoch_fences_the_old_writer(s3_url: str, store_dir: Path, signer: SignerKey) -> None:
     objects = open_objects(s3_url)
-    signer = parse_signer_key(key)
     with Storage(store_dir, max_segment_size=4096) as store:
         fill(store, random.Random(19), 40)
         Tiering(store, objects, signer, epoch=1).upload_stream(1)
@@ -168,9 +177,8 @@ def test_a_higher_epoch_fences_the_old_writer(s3_url: str, store_dir: Path, key:
     assert len(manifests(objects, 1)) == 2
 
 
-def test_a_changed_manifest_or_an_untrusted_key_is_refused(s3_url: str, store_dir: Path, key: str) -> None:
+def test_a_changed_manifest_or_an_untrusted_key_is_refused(s3_url: str, store_dir: Path, signer: SignerKey) -> None:
     objects = open_objects(s3_url)
-    signer = parse_signer_key(key)
     with Storage(store_dir, max_segment_size=4096) as store:
         fill(store, random.Random(22), 40)
         Tiering(store, objects, signer).upload_stream(1)
@@ -213,6 +221,91 @@ def test_the_tier_commands_upload_and_report(s3_url: str, store_dir: Path, tmp_p
     assert out.count("0 segments (0 bytes) to upload") == 2
     code, _, err = run("tier", "upload", str(store_dir), "--url", s3_url, "--key", str(key_file), "--epoch", "1")
     assert code == 0, err
+    code, out, err = run("verify", s3_url, "--vkey", vkey, "--json")  # the full remote verify
+    assert code == 0, err
+    verified = json.loads(out)
+    with Storage(store_dir, read_only=True) as store:  # it ends at the local chain head of what was sealed
+        for stream, status in zip(verified["streams"], before, strict=True):
+            last = store.read_records_verified(stream["stream_id"], status["sealed_head"] - 1, 1)[0]
+            assert (stream["ok"], stream["head"]) == (True, last.hash.hex())
+    objects = open_objects(s3_url)
+    segment = objects.list("streams/2/segments/")[0]
+    damaged = bytearray(objects.get(segment))
+    damaged[200] ^= 1
+    replace_object(objects, segment, bytes(damaged))
+    code, _, err = run("verify", s3_url, "--vkey", vkey)
+    assert code == 3, err
+    assert "stream 2" in err
     code, _, err = run("tier", "status", str(store_dir), "--url", "http://example.com/x", "--vkey", vkey)
     assert code == 1
     assert "not an object store URL" in err
+
+
+def test_a_remote_reader_verifies_and_reads_the_store_from_its_objects_alone(
+    s3_url: str, store_dir: Path, tmp_path: Path, signer: SignerKey
+) -> None:
+    with Storage(store_dir, max_segment_size=4096, compression=CompressionKind.ZSTD) as store:
+        fill(store, random.Random(24), 250)
+        reports = Tiering(store, open_objects(s3_url), signer).upload()
+        expected = {}
+        for report in reports:
+            head = latest_manifest(open_objects(s3_url), report.stream_id, [signer.verifier])
+            assert head is not None
+            records = list(store.iter_records(report.stream_id, 0, anchored=False))[: head[0].head]
+            expected[report.stream_id] = records
+    elsewhere = tmp_path / "another-host"  # never saw the writer's directory
+    with Storage.open_remote(s3_url, vkey=str(signer.verifier), cache_dir=elsewhere) as remote:
+        assert remote.read_only
+        for sid, records in expected.items():
+            got = list(remote.iter_records(sid, 0, anchored=False))
+            assert [(r.offset, r.hash, r.payload) for r in got] == [(r.offset, r.hash, r.payload) for r in records]
+            assert remote.latest_chain_hash(sid) == records[-1].hash  # ends at the uploaded chain head
+        rows = remote.sql("SELECT stream_id, count(*) FROM events GROUP BY stream_id ORDER BY stream_id").rows
+        assert [tuple(row) for row in rows] == [(sid, len(records)) for sid, records in sorted(expected.items())]
+    with Storage.open_remote(s3_url, vkey=str(signer.verifier), cache_dir=elsewhere) as again:  # from the cache
+        assert again.next_offset(1) == len(expected[1])
+
+
+def test_a_flipped_byte_in_any_segment_object_is_named_by_the_remote_reader(
+    s3_url: str, store_dir: Path, tmp_path: Path, signer: SignerKey
+) -> None:
+    objects = open_objects(s3_url)
+    with Storage(store_dir, max_segment_size=4096) as store:
+        fill(store, random.Random(25), 60)
+        Tiering(store, objects, signer).upload_stream(1)
+    found = latest_manifest(objects, 1, [signer.verifier])
+    assert found is not None
+    rng = random.Random(26)
+    for trial, segment in enumerate(found[0].segments):
+        original = objects.get(segment.key)
+        damaged = bytearray(original)
+        at = rng.randrange(len(damaged))
+        damaged[at] ^= 0x40
+        replace_object(objects, segment.key, bytes(damaged))
+        with pytest.raises(IntegrityError) as caught:
+            Storage.open_remote(s3_url, vkey=str(signer.verifier), cache_dir=tmp_path / f"cache-{trial}").close()
+        assert caught.value.stream_id == 1
+        assert caught.value.offset is not None
+        assert segment.first_offset <= caught.value.offset < segment.next_offset + 1
+        replace_object(objects, segment.key, original)
+    Storage.open_remote(s3_url, vkey=str(signer.verifier), cache_dir=tmp_path / "clean").close()
+
+
+def test_a_missing_or_foreign_manifest_is_refused_by_the_remote_reader(
+    s3_url: str, store_dir: Path, tmp_path: Path, signer: SignerKey
+) -> None:
+    objects = open_objects(s3_url)
+    with Storage(store_dir, max_segment_size=4096) as store:
+        for n in range(3):
+            fill(store, random.Random(27 + n), 30)
+            Tiering(store, objects, signer).upload_stream(1)
+    assert manifests(objects, 1) == [manifest_key(1, n) for n in (1, 2, 3)]
+    second = objects.get(manifest_key(1, 2))
+    objects.delete(manifest_key(1, 2))
+    with pytest.raises(ManifestError, match="not numbered"):
+        Storage.open_remote(s3_url, vkey=str(signer.verifier), cache_dir=tmp_path / "a")
+    other = parse_signer_key(generate_key(ORIGIN)[0])
+    forged = sign_manifest(unsigned_manifest(second.decode()), other)
+    assert objects.put_new(manifest_key(1, 2), forged.encode())
+    with pytest.raises(ManifestError, match="signature"):
+        Storage.open_remote(s3_url, vkey=str(signer.verifier), cache_dir=tmp_path / "b")

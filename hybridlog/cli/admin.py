@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import click
 
@@ -47,6 +49,24 @@ def _render_verify(report: VerifyReport, as_json: bool, extends: str | None = No
     )
 
 
+def _verify_remote(
+    url: str, wanted: list[int] | None, against: Path | None, vkeys: tuple[str, ...], as_json: bool
+) -> None:
+    if not vkeys:
+        raise click.UsageError("give the manifests' verifier key with --vkey")
+    if against is not None:
+        raise click.UsageError("--against checks a store on disk, not an object store")
+    with (
+        tempfile.TemporaryDirectory(prefix="hybridlog-verify-") as cache,
+        Storage.open_remote(url, vkey=verifier_keys(vkeys), cache_dir=cache) as storage,
+        progress_bar("verifying", _records_in(storage, wanted)) as advance,
+    ):
+        report = verify_store(storage, wanted, from_genesis=True, progress=advance)
+    _render_verify(report, as_json, None)
+    if not report.ok:
+        raise DamageFound("verification found damage; see above")
+
+
 def _render_disagreements(found: Disagreements) -> None:
     for disagreement in found.listed:
         click.echo(f"CATALOG DISAGREES: {disagreement}")
@@ -55,7 +75,7 @@ def _render_disagreements(found: Disagreements) -> None:
 
 
 @click.command()
-@store_argument
+@click.argument("store", envvar="HYBRIDLOG_STORE")
 @click.option("--stream", "stream_ids", type=click.IntRange(0, 2**63 - 1), multiple=True, help="Only these streams.")
 @click.option("--from-checkpoints", is_flag=True, help="Verify from each stream's last checkpoint, not from genesis.")
 @click.option(
@@ -66,7 +86,7 @@ def _render_disagreements(found: Disagreements) -> None:
 @vkey_option
 @json_option
 def verify(
-    store: Path,
+    store: str,
     stream_ids: tuple[int, ...],
     from_checkpoints: bool,
     against: Path | None,
@@ -74,9 +94,16 @@ def verify(
     as_json: bool,
 ) -> None:
     """Verify every record's checksum, hash and chain link; exit 3 on damage. With --against, also
-    check that the store's history extends a signed tree head (not cut back, rewritten or reordered)."""
+    check that the store's history extends a signed tree head (not cut back, rewritten or reordered).
+
+    STORE may be an object store (s3://bucket/prefix or file:///path, docs/tiering.md): its
+    manifests are checked with --vkey, its objects fetched into a temporary directory, and every
+    stream verified from genesis to its manifest's head."""
+    if urlparse(store).scheme in ("s3", "file"):
+        _verify_remote(store, list(stream_ids) or None, against, vkeys, as_json)
+        return
     head = None if against is None else read_head(against, verifier_keys(vkeys))
-    with open_existing(store, read_only=True) as storage:
+    with open_existing(Path(store), read_only=True) as storage:
         wanted = list(stream_ids) or None
         with progress_bar("verifying", _records_in(storage, wanted)) as advance:
             report = verify_store(storage, wanted, from_genesis=not from_checkpoints, progress=advance)

@@ -1,0 +1,139 @@
+"""Reading a store from its objects alone (``Storage.open_remote``, ``docs/tiering.md``).
+
+``fetch_remote`` reads every stream's manifests from the bucket, checks each one's signature and
+that each follows the one before (``manifest.check_follows``: the chain of manifests from 1 to
+the last), then brings the last manifest's segments and dictionaries into a local directory laid
+out as a store (``layout.py``), each checked against the digest and size the manifest gives. A
+file already in the directory with the right digest is not fetched again (the directory is a
+cache). An object whose bytes do not match is still written, so that the verified walk that
+follows can name the first record in it that does not verify; the mismatch is returned too.
+
+``Storage.open_remote`` then opens the directory (the catalog is built from the segments, as for
+any store that has none), walks every stream from its floor with the chain verified, and checks
+it against the manifest: each segment ends on the chain hash the manifest gives, and the stream
+ends at the manifest's head.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from hybridlog.backend import BackendBase
+from hybridlog.errors import IntegrityError, ManifestError, StorageError
+from hybridlog.layout import dictionary_path, segment_path
+from hybridlog.manifest import Manifest, check_follows, manifest_key, manifest_number, open_manifest
+from hybridlog.note import VerifierKey
+from hybridlog.objects import ObjectStore
+from hybridlog.segment import make_dirs_durably, write_file_durably
+from hybridlog.types import StreamId
+
+_STREAM_MANIFEST = re.compile(r"streams/(\d+)/manifests/")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStream:
+    """A stream as the bucket holds it: its last manifest, and the segments (by number) whose
+    object did not have the manifest's digest or size."""
+
+    manifest: Manifest
+    mismatched: tuple[int, ...]
+
+
+def remote_stream_ids(objects: ObjectStore) -> list[StreamId]:
+    """The streams that have a manifest in the bucket."""
+    found = {int(m.group(1)) for key in objects.list("streams/") if (m := _STREAM_MANIFEST.match(key))}
+    return [StreamId(sid) for sid in sorted(found)]
+
+
+def manifest_chain(objects: ObjectStore, stream_id: int, vkeys: list[str] | list[VerifierKey]) -> list[Manifest]:
+    """Every manifest of the stream, 1 to the last, each signed by one of ``vkeys`` and following
+    the one before; ManifestError otherwise (a number missing, a changed or unsigned manifest)."""
+    numbers = sorted(n for key in objects.list(f"streams/{stream_id}/manifests/") if (n := manifest_number(key)))
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise ManifestError(f"stream {stream_id}'s manifests are not numbered 1 to {len(numbers)}: {numbers}")
+    chain: list[Manifest] = []
+    previous_signed = ""
+    for number in numbers:
+        signed = objects.get(manifest_key(stream_id, number)).decode()
+        manifest = open_manifest(signed, vkeys)
+        if (manifest.stream_id, manifest.number) != (stream_id, number):
+            raise ManifestError(f"manifest {number} of stream {stream_id} says it is another one")
+        if chain:
+            check_follows(chain[-1], previous_signed, manifest)
+        chain.append(manifest)
+        previous_signed = signed
+    return chain
+
+
+def _digest(data: bytes) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+def _fetch(objects: ObjectStore, key: str, path: Path, digest: bytes, size: int) -> bool:
+    """Bring an object to ``path`` unless the file there already has ``digest``; True if what is
+    there now has the digest and size the manifest gives."""
+    if path.exists() and path.stat().st_size == size and _digest(path.read_bytes()) == digest:
+        return True
+    data = objects.get(key)
+    make_dirs_durably(path.parent)
+    write_file_durably(path, data)
+    return len(data) == size and _digest(data) == digest
+
+
+def fetch_remote(
+    objects: ObjectStore, vkeys: list[str] | list[VerifierKey], directory: Path
+) -> dict[StreamId, RemoteStream]:
+    """Every stream's checked manifest chain, and its last manifest's objects in ``directory``."""
+    streams: dict[StreamId, RemoteStream] = {}
+    for sid in remote_stream_ids(objects):
+        manifest = manifest_chain(objects, sid, vkeys)[-1]
+        named = {segment_path(directory, sid, s.segment_no) for s in manifest.segments}
+        extra = sorted(p.name for p in segment_path(directory, sid, 0).parent.glob("*.seg") if p not in named)
+        if extra:
+            raise StorageError(
+                f"the cache {directory} holds segments of stream {sid} its manifest does not name: {extra}",
+                hint="open the remote store with an empty cache directory",
+            )
+        for d in manifest.dictionaries:
+            if not _fetch(objects, d.key, dictionary_path(directory, sid, d.dictionary_no), d.digest, d.size):
+                raise ManifestError(f"stream {sid}'s dictionary {d.dictionary_no} is not the object the manifest names")
+        mismatched = tuple(
+            s.segment_no
+            for s in manifest.segments
+            if not _fetch(objects, s.key, segment_path(directory, sid, s.segment_no), s.digest, s.size)
+        )
+        streams[sid] = RemoteStream(manifest, mismatched)
+    return streams
+
+
+def check_remote_stream(store: BackendBase, sid: StreamId, remote: RemoteStream) -> None:
+    """Walk the stream's records with the chain verified from genesis and check them against its
+    manifest: IntegrityError naming the stream, segment and offset where they part."""
+    manifest = remote.manifest
+    ends = {s.next_offset - 1: s for s in manifest.segments}
+    at = manifest.floor
+    for record in store.iter_records(sid, manifest.floor, anchored=False):
+        segment = ends.get(record.offset)
+        if segment is not None and record.hash != segment.end_hash:
+            raise IntegrityError(
+                f"segment {segment.segment_no} of the bucket's copy ends on another chain hash than its manifest"
+                f" ({manifest.number}) gives",
+                stream_id=sid,
+                offset=record.offset,
+            )
+        at = record.offset + 1
+    if at != manifest.head:
+        raise IntegrityError(
+            f"the bucket's segments end at offset {at}, its manifest {manifest.number} at {manifest.head}",
+            stream_id=sid,
+            offset=at,
+        )
+    if remote.mismatched:
+        raise IntegrityError(
+            f"segment {remote.mismatched[0]} in the bucket is not the object its manifest names (digest or size)",
+            stream_id=sid,
+        )

@@ -9,6 +9,10 @@ order); each ends at a failpoint named for what has just become true:
 4. ``segment-synced``: the durability point: the bytes (and sealed segments' digests) are durable;
 5. ``catalog-committed``: the catalog transaction committed; the callers are not told yet.
 
+The upload to an object store (``tiering.py``) has failpoints of its own, in upload order:
+``object-uploaded`` (after each segment or dictionary object's create-only PUT), ``manifest-built``
+(every object is there; the manifest is not), ``manifest-published`` (after the manifest's PUT).
+
 The table of armed failpoints is empty in production, so ``failpoint(step)`` costs one truth test
 of an empty dict. A test arms a step with an action (``arm``); the action runs on every hit, in
 the writer's thread, with the store's lock held. The writer-kill harness
@@ -27,10 +31,15 @@ Step = Literal["batch-framed", "segment-created", "segment-written", "segment-sy
 STEPS: tuple[Step, ...] = get_args(Step)
 """The failpoints in write order."""
 
+TierStep = Literal["object-uploaded", "manifest-built", "manifest-published"]
+
+TIER_STEPS: tuple[TierStep, ...] = get_args(TierStep)
+"""The failpoints of an upload, in upload order."""
+
 _armed: dict[str, Callable[[], None]] = {}
 
 
-def failpoint(step: Step) -> None:
+def failpoint(step: Step | TierStep) -> None:
     """Run the action armed at ``step``, if any (called by the write path at each step)."""
     if _armed:
         action = _armed.get(step)
@@ -40,8 +49,8 @@ def failpoint(step: Step) -> None:
 
 def arm(step: str, action: Callable[[], None]) -> None:
     """Run ``action`` every time the write path reaches ``step`` (replacing what was armed there)."""
-    if step not in STEPS:
-        raise ValueError(f"unknown failpoint {step!r}; the steps are {', '.join(STEPS)}")
+    if step not in STEPS and step not in TIER_STEPS:
+        raise ValueError(f"unknown failpoint {step!r}; the steps are {', '.join((*STEPS, *TIER_STEPS))}")
     _armed[step] = action
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from hybridlog.catalog_rows import SegmentRow
 from hybridlog.errors import IntegrityError, ManifestError, WriterFenced
+from hybridlog.failpoints import failpoint
 from hybridlog.layout import dictionary_numbers_on_disk, dictionary_path, segment_path, stream_path
 from hybridlog.manifest import (
     DictionaryObject,
@@ -169,14 +170,18 @@ class Tiering:
             for segment, data in segments:
                 if self.objects.put_new(segment.key, data):
                     uploaded += len(data)
+                failpoint("object-uploaded")
                 if progress is not None:
                     progress(len(data))
             dictionaries = self._dictionaries(sid)
             for dictionary, data in dictionaries:
                 if self.objects.put_new(dictionary.key, data):
                     uploaded += len(data)
+                failpoint("object-uploaded")
             manifest = self._next_manifest(sid, found, [s for s, _ in segments], [d for d, _ in dictionaries])
+            failpoint("manifest-built")
             if self.objects.put_new(manifest_key(sid, manifest.number), sign_manifest(manifest, self.key).encode()):
+                failpoint("manifest-published")
                 log.info("stream %d: manifest %d names %d new segments", sid, manifest.number, len(segments))
                 return StreamUpload(sid, manifest.number, len(segments), uploaded)
             log.info("stream %d: manifest %d was created by another uploader; planning again", sid, manifest.number)

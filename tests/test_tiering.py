@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +27,7 @@ from unittest import mock
 import pytest
 from click.testing import CliRunner
 
-from hybridlog import CompressionKind, Storage
+from hybridlog import CheckpointPolicy, CompressionKind, Storage, failpoints
 from hybridlog.cli import cli
 from hybridlog.errors import IntegrityError, ManifestError, ObjectMissing, WriterFenced
 from hybridlog.layout import dictionary_path, segment_path
@@ -40,7 +41,9 @@ from hybridlog.manifest import (
 )
 from hybridlog.note import SignerKey, generate_key, parse_signer_key
 from hybridlog.objects import ObjectStore, open_objects
+from hybridlog.remote import manifest_chain, remote_stream_ids
 from hybridlog.segment import file_digest
+from hybridlog.testing.harness import kill_self, run_until_killed
 from hybridlog.tiering import Tiering, latest_manifest
 from hybridlog.types import StreamId
 
@@ -309,3 +312,64 @@ def test_a_missing_or_foreign_manifest_is_refused_by_the_remote_reader(
     assert objects.put_new(manifest_key(1, 2), forged.encode())
     with pytest.raises(ManifestError, match="signature"):
         Storage.open_remote(s3_url, vkey=str(signer.verifier), cache_dir=tmp_path / "b")
+
+
+# --- the uploader killed at every step of the upload order -----------------------------------------
+
+THIS_FILE = Path(__file__).resolve()
+STREAMS = (StreamId(1), StreamId(2))
+
+
+def child_upload(store_dir: Path, url: str, key_file: Path, step: str, nth: int) -> None:
+    """Upload ``store_dir`` (read-only) and die by SIGKILL at the ``nth`` time ``step`` is reached."""
+    hits = 0
+
+    def maybe_die() -> None:
+        nonlocal hits
+        hits += 1
+        if hits == nth:
+            kill_self()
+
+    failpoints.arm(step, maybe_die)
+    with Storage(store_dir, read_only=True) as store:
+        Tiering(store, open_objects(url), parse_signer_key(key_file.read_text())).upload()
+    print("finished without being killed", flush=True)
+
+
+def test_an_uploader_killed_at_every_step_leaves_whole_manifests_and_a_retry_no_duplicate(
+    s3_url: str, store_dir: Path, tmp_path: Path, signer: SignerKey
+) -> None:
+    key_file = tmp_path / "tier.key"
+    key_file.write_text(str(signer))
+    with Storage(store_dir, max_segment_size=4096, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        fill(store, random.Random(31), 10)
+        sealed = {sid: [row for row in store._writable_catalog().segments(sid) if row.sealed] for sid in STREAMS}
+        heads = {
+            sid: store.read_records_verified(sid, rows[-1].next_offset - 1, 1)[0].hash for sid, rows in sealed.items()
+        }
+    objects_count = sum(len(rows) for rows in sealed.values())
+    assert all(len(rows) >= 2 for rows in sealed.values())
+    plans = [("object-uploaded", n) for n in range(1, objects_count + 1)]
+    plans += [(step, n) for step in ("manifest-built", "manifest-published") for n in (1, 2)]
+    for round_no, (step, nth) in enumerate(plans):
+        url = f"{s3_url}/round-{round_no}"
+        run_until_killed(THIS_FILE, "upload", str(store_dir), url, str(key_file), step, str(nth), plan=None)
+        objects = open_objects(url)
+        published = {sid: manifest_chain(objects, sid, [signer.verifier]) for sid in remote_stream_ids(objects)}
+        if published:  # a reader sees whole manifests, each naming only objects that are there
+            with Storage.open_remote(url, vkey=signer.verifier, cache_dir=tmp_path / f"seen-{round_no}") as remote:
+                for sid, chain in published.items():
+                    assert remote.next_offset(sid) == chain[-1].head
+        with Storage(store_dir, read_only=True) as store:
+            Tiering(store, objects, signer).upload()  # the retry
+        for sid, rows in sealed.items():
+            assert len(objects.list(f"streams/{sid}/segments/")) == len(rows), (step, nth)  # none twice
+            assert manifests(objects, sid) == [manifest_key(sid, 1)]
+        with Storage.open_remote(url, vkey=signer.verifier, cache_dir=tmp_path / f"after-{round_no}") as remote:
+            assert {sid: remote.latest_chain_hash(sid) for sid in sealed} == heads
+
+
+if __name__ == "__main__":
+    command, directory, url, key_path, step_name, nth_text = sys.argv[1:]
+    assert command == "upload"
+    child_upload(Path(directory), url, Path(key_path), step_name, int(nth_text))

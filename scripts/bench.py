@@ -55,6 +55,7 @@ from benchlib.recorders import (
 )
 from benchlib.report import machine_info, render
 from benchlib.targets import evaluate_targets, information
+from benchlib.tiercost import QUICK_TIER_SIZES, TierSizes, run_tier_cost, tier_cost_lines
 from benchlib.treecost import QUICK_TREE_SIZES, TreeCostSizes, run_tree_cost, tree_cost_lines
 
 
@@ -83,6 +84,7 @@ def run_all(
     tmp_root: Path | None,
     recorder_sizes: RecorderSizes | None,
     tree_sizes: TreeCostSizes,
+    tier_sizes: TierSizes = QUICK_TIER_SIZES,
 ) -> list[Result]:
     """Every measurement in a fixed order; each append/read one runs ``repeat`` times (median kept)."""
     pools = {size: make_event_pool(sizes.pool[size], seed, size) for size in sizes.event_sizes}
@@ -110,6 +112,7 @@ def run_all(
     keep(*run_group_commit(small, sizes, repeat, tmp_root))
     keep(run_verify_memory(small, sizes.memory_bytes, sizes.memory_segment_size, tmp_root))
     keep(*run_tree_cost(small, tree_sizes, seed, tmp_root))
+    keep(*run_tier_cost(small, tier_sizes, tmp_root))
     if recorder_sizes is not None:
         keep(*run_recorders(make_event_pool(2000, seed, SMALL_EVENT), recorder_sizes, tmp_root))
     add_ratios(results)
@@ -155,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp_root=args.tmpdir,
         recorder_sizes=es_sizes,
         tree_sizes=tree_sizes,
+        tier_sizes=QUICK_TIER_SIZES if args.quick else TierSizes(),
     )
     targets = evaluate_targets(results, missing)
     es_targets = recorder_targets(results, es_missing)
@@ -177,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(mode, machine, repeat, results, contenders, missing, targets, figures))
     print("\n" + "\n".join([*recorder_lines(results, es_missing), "", *recorder_target_lines(es_targets, results)]))
     print("\n" + "\n".join(tree_cost_lines(results)))
+    print("\n" + "\n".join(tier_cost_lines(results)))
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"\nresults written to {args.json}", file=sys.stderr)
     return 0

@@ -58,6 +58,8 @@ STDOUT_SECTIONS = (
     "group commit",
     "store operations",
     "TARGETS",
+    "the store's Merkle tree: cost per append",
+    "tiering to S3",
 )
 # Runs bench.py as __main__ with the eventsourcing package unimportable (as if not installed).
 WITHOUT_EVENTSOURCING = (
@@ -565,3 +567,15 @@ def test_without_eventsourcing_the_persistence_module_targets_are_missing(run_wi
 
 def row_key(r: dict[str, Any]) -> tuple[str, int, int, bool | None, str]:
     return (r["contender"], r["event_size"], r["batch_size"], r["fsync"], r["compression"])
+
+
+def test_tiering_is_measured_against_a_real_s3_server(quick_run: BenchRun) -> None:
+    """Upload, a cold and a warm remote open, and the local verify they are compared with."""
+    rows = results_of(quick_run, "tiering")
+    assert [r["case"] for r in rows] == ["upload", "remote", "remote_warm", "local"]
+    assert all(r["mb_per_s"] > 0 and r["segment_bytes"] > 0 for r in rows)
+    uploaded = the(rows, case="upload")["segment_bytes"]
+    assert the(rows, case="remote")["segment_bytes"] == uploaded <= the(rows, case="local")["segment_bytes"]
+    assert the(rows, case="remote")["ratio_vs_local"] == pytest.approx(
+        the(rows, case="remote")["mb_per_s"] / the(rows, case="local")["mb_per_s"]
+    )

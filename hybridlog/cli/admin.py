@@ -54,11 +54,10 @@ def _verify_remote(
 ) -> None:
     if not vkeys:
         raise click.UsageError("give the manifests' verifier key with --vkey")
-    if against is not None:
-        raise click.UsageError("--against checks a store on disk, not an object store")
+    seen = [] if against is None else [against.read_text(encoding="utf-8")]
     with (
         tempfile.TemporaryDirectory(prefix="hybridlog-verify-") as cache,
-        Storage.open_remote(url, vkey=verifier_keys(vkeys), cache_dir=cache) as storage,
+        Storage.open_remote(url, vkey=verifier_keys(vkeys), cache_dir=cache, against=seen) as storage,
         progress_bar("verifying", _records_in(storage, wanted)) as advance,
     ):
         report = verify_store(storage, wanted, from_genesis=True, progress=advance)
@@ -81,7 +80,8 @@ def _render_disagreements(found: Disagreements) -> None:
 @click.option(
     "--against",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="A signed tree head (checkpoint file): exit 3 unless the store's history extends it.",
+    help="A signed tree head (checkpoint file): exit 3 unless the store's history extends it. For an"
+    " object store, a signed manifest seen before: exit 3 unless the bucket still holds it.",
 )
 @vkey_option
 @json_option

@@ -107,8 +107,9 @@ def tier_status(store: Storage, objects: ObjectStore, vkeys: list[str] | list[Ve
     for sid in store.stream_ids():
         latest = latest_manifest(objects, sid, vkeys)
         head = 0 if latest is None else latest[0].head
-        pending = [row for row in _sealed_rows(store, sid) if row.first_offset >= head]
-        sealed_head = max((row.next_offset for row in _sealed_rows(store, sid)), default=0)
+        sealed = _sealed_rows(store, sid)
+        pending = [row for row in sealed if row.first_offset >= head]
+        sealed_head = max((row.next_offset for row in sealed), default=0)
         found.append(
             StreamTierStatus(
                 sid,
@@ -163,6 +164,8 @@ class Tiering:
                     f"stream {sid}'s manifest {found[0].number} is writer epoch {found[0].epoch}, above ours"
                     f" ({self.epoch})"
                 )
+            if found is not None:
+                self._check_same_history(found[0])
             segments = self._sealed_after(sid, found[0] if found else None)
             if not segments and found is not None:
                 return StreamUpload(sid, found[0].number, 0, 0)
@@ -186,6 +189,25 @@ class Tiering:
                 return StreamUpload(sid, manifest.number, len(segments), uploaded)
             log.info("stream %d: manifest %d was created by another uploader; planning again", sid, manifest.number)
         raise WriterFenced(f"stream {sid}: lost the race for the next manifest {PUBLISH_ATTEMPTS} times")
+
+    def _check_same_history(self, manifest: Manifest) -> None:
+        """ManifestError unless this store's record before the manifest's head has the manifest's
+        head hash (the bucket holds another history of the stream); WriterFenced if this store
+        does not reach that head (another writer wrote past it)."""
+        if manifest.head == 0:
+            return
+        sid = StreamId(manifest.stream_id)
+        if self.store.next_offset(sid) < manifest.head:
+            raise WriterFenced(
+                f"stream {sid} in the bucket reaches offset {manifest.head}, this store only"
+                f" {self.store.next_offset(sid)}: another writer wrote it"
+            )
+        last = self.store.read_records_verified(sid, manifest.head - 1, 1)[0]
+        if last.hash != manifest.head_hash:
+            raise ManifestError(
+                f"stream {sid}'s manifest {manifest.number} ends on another chain than this store at offset"
+                f" {manifest.head - 1}: the bucket holds another history of the stream"
+            )
 
     def _sealed_after(self, sid: StreamId, last: Manifest | None) -> list[tuple[SegmentObject, bytes]]:
         """The sealed segments from the manifest's head on, in order, each read verified."""

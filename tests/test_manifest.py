@@ -9,6 +9,8 @@ server.
   (``check_follows``).
 * ``DirectoryObjects``: a create-only write creates a key once, of racing writers exactly one;
   reads, ranges, listing, deleting; keys that would leave the directory are refused.
+* An upload refuses a bucket that holds another history of the stream (ManifestError), or more of
+  it than the store has (WriterFenced), and publishes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from hybridlog.errors import InvalidArgument, ManifestError, ObjectMissing
+from hybridlog import CheckpointPolicy, Storage
+from hybridlog.errors import InvalidArgument, ManifestError, ObjectMissing, WriterFenced
 from hybridlog.manifest import (
     Manifest,
     SegmentObject,
@@ -36,6 +39,7 @@ from hybridlog.manifest import (
 )
 from hybridlog.note import parse_signer_key, verify_note
 from hybridlog.objects import DirectoryObjects, open_objects
+from hybridlog.tiering import Tiering
 from hybridlog.types import GENESIS_HASH
 
 FORMAT_DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
@@ -163,3 +167,21 @@ def test_a_directory_object_store_creates_each_key_once(tmp_path: Path) -> None:
 
         with ThreadPoolExecutor(6) as pool:
             assert sum(pool.map(create, range(6))) == 1
+
+
+def test_an_upload_refuses_a_bucket_that_holds_another_history_of_the_stream(tmp_path: Path) -> None:
+    objects = open_objects((tmp_path / "bucket").as_uri())
+    key = parse_signer_key(doc_vector()[0])
+    for name, text in (("first", b"one history %d"), ("second", b"another history %d")):
+        with Storage(tmp_path / name, max_segment_size=4096, checkpoint_policy=CheckpointPolicy.explicit()) as store:
+            for n in range(200):
+                store.append(1, [text % n])
+    with Storage(tmp_path / "first", read_only=True) as first:
+        assert Tiering(first, objects, key).upload_stream(1).manifest == 1
+    with Storage(tmp_path / "second", read_only=True) as second, pytest.raises(ManifestError, match="another history"):
+        Tiering(second, objects, key).upload_stream(1)
+    with Storage(tmp_path / "short", checkpoint_policy=CheckpointPolicy.explicit()) as short:
+        short.append(1, [b"one history 0"])
+        with pytest.raises(WriterFenced, match="another writer"):
+            Tiering(short, objects, key).upload_stream(1)
+    assert objects.list("streams/1/manifests/") == [manifest_key(1, 1)]

@@ -31,6 +31,13 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("catalog", "Catalog.create", ".replace"): "a new, empty catalog put in place (below quarantine's layer)",
     ("catalog", "Catalog.build", ".unlink"): "the remains of a catalog build a crash interrupted",
     ("eventsourcing", "open_index_connection", ".unlink"): "an unusable eventsourcing.db: derived, read again",
+    (
+        "objects",
+        "DirectoryObjects.put_new",
+        "os.link",
+    ): "an object created in a directory bucket (never a store's file)",
+    ("objects", "DirectoryObjects.put_new", ".unlink"): "... and the temporary file it was linked from",
+    ("objects", "DirectoryObjects.delete", ".unlink"): "an object deleted from a directory bucket, as asked",
 }
 
 

@@ -21,15 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import blake3
-
 from hybridlog.backend import BackendBase
 from hybridlog.errors import BucketCutBack, IntegrityError, ManifestError, StorageError
 from hybridlog.layout import dictionary_path, segment_path
 from hybridlog.manifest import Manifest, check_follows, manifest_key, manifest_number, open_manifest
 from hybridlog.note import VerifierKey
 from hybridlog.objects import ObjectStore
-from hybridlog.segment import make_dirs_durably, write_file_durably
+from hybridlog.segment import data_digest, make_dirs_durably, write_file_durably
 from hybridlog.types import StreamId
 
 _STREAM_MANIFEST = re.compile(r"streams/(\d+)/manifests/")
@@ -70,19 +68,15 @@ def manifest_chain(objects: ObjectStore, stream_id: int, vkeys: list[str] | list
     return chain
 
 
-def _digest(data: bytes) -> bytes:
-    return blake3.blake3(data).digest()
-
-
 def _fetch(objects: ObjectStore, key: str, path: Path, digest: bytes, size: int) -> bool:
     """Bring an object to ``path`` unless the file there already has ``digest``; True if what is
     there now has the digest and size the manifest gives."""
-    if path.exists() and path.stat().st_size == size and _digest(path.read_bytes()) == digest:
+    if path.exists() and path.stat().st_size == size and data_digest(path.read_bytes()) == digest:
         return True
     data = objects.get(key)
     make_dirs_durably(path.parent)
     write_file_durably(path, data)
-    return len(data) == size and _digest(data) == digest
+    return len(data) == size and data_digest(data) == digest
 
 
 def fetch_remote(

@@ -71,6 +71,11 @@ def zeros_only(fd: int, start: int, end: int) -> bool:
     return True
 
 
+def data_digest(data: bytes) -> bytes:
+    """BLAKE3 of bytes already read (``file_digest`` of a file holding them)."""
+    return blake3.blake3(data).digest()
+
+
 def file_digest(path: Path) -> bytes:
     """BLAKE3 of a whole file (the digest stored for a sealed segment)."""
     hasher = blake3.blake3()

@@ -45,7 +45,7 @@ from hybridlog.manifest import (
 )
 from hybridlog.note import SignerKey, VerifierKey
 from hybridlog.objects import ObjectStore
-from hybridlog.segment import file_digest
+from hybridlog.segment import data_digest
 from hybridlog.storage import Storage
 from hybridlog.types import GENESIS_HASH, StreamId
 
@@ -220,7 +220,7 @@ class Tiering:
                 break  # one that does not start where the bucket's copy ends
             path = segment_path(self.store.data_dir, sid, row.segment_no)
             data = path.read_bytes()
-            if file_digest(path) != row.digest or len(data) != row.size_bytes:
+            if data_digest(data) != row.digest or len(data) != row.size_bytes:
                 raise IntegrityError(
                     f"sealed segment {row.segment_no} of stream {sid} is not the file that was sealed",
                     stream_id=sid,
@@ -261,7 +261,8 @@ class Tiering:
         found = []
         for number in dictionary_numbers_on_disk(stream_path(self.store.data_dir, sid)):
             path = dictionary_path(self.store.data_dir, sid, number)
-            data, digest = path.read_bytes(), file_digest(path)
+            data = path.read_bytes()
+            digest = data_digest(data)
             found.append((DictionaryObject(number, len(data), digest, dictionary_key(sid, number, digest)), data))
         return found
 

@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import apsw
 import pytest
@@ -51,6 +52,30 @@ def compiled() -> ModuleType:
     module = importlib.import_module("hybridlog._speedups")
     module.bind_record(Record)
     return module
+
+
+def python_frames(
+    out: bytearray,
+    records: list[tuple[RecordKind, Any]],
+    sid: int,
+    offset: int,
+    position: int,
+    timestamp: int,
+    prev: bytes,
+    batch_end: bool,
+) -> record.FramedRecords:
+    """``record.append_frames`` of uncompressed records (what the C loops are compared with)."""
+    return record.append_frames(
+        out,
+        records,
+        stream_id=sid,
+        first_offset=offset,
+        first_global_position=position,
+        timestamp_ns=timestamp,
+        prev_hash=prev,
+        batch_end=batch_end,
+        compressor=None,
+    )
 
 
 SHA256_BACKENDS: list[str] = compiled().sha256_backends()
@@ -118,17 +143,7 @@ def test_frame_plain_frames_the_python_bytes(
     python_out, c_out = bytearray(before), bytearray(before)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(record, "_frame_plain", None)
-        python = record.append_frames(
-            python_out,
-            records,
-            stream_id=sid,
-            first_offset=offset,
-            first_global_position=position,
-            timestamp_ns=timestamp,
-            prev_hash=prev,
-            batch_end=batch_end,
-            compressor=None,
-        )
+        python = python_frames(python_out, records, sid, offset, position, timestamp, prev, batch_end)
     ends, specials, last = compiled().frame_plain(
         c_out, records, sid, offset, position, timestamp, prev, batch_end, native.long_hash
     )
@@ -146,17 +161,7 @@ def test_tree_leaves_are_the_leaf_hashes_of_each_frame(
     records = [(kind, as_type(payload)) for kind, payload, as_type in batch]
     offset, position = min(offset, 2**63), min(position, 2**63)
     data = bytearray()
-    framed = record.append_frames(
-        data,
-        records,
-        stream_id=sid,
-        first_offset=offset,
-        first_global_position=position,
-        timestamp_ns=timestamp,
-        prev_hash=prev,
-        batch_end=True,
-        compressor=None,
-    )
+    framed = python_frames(data, records, sid, offset, position, timestamp, prev, True)
     starts = [0, *framed.ends][: len(framed.ends)]
     expected = [
         merkle.leaf_hash(

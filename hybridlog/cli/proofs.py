@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import click
 
@@ -17,12 +18,21 @@ from hybridlog.receipts import verify_receipt
 from hybridlog.tree import HeadSigner
 from hybridlog.tree_head import TreeHead, decode_leaf, parse_tree_head
 
+FC = TypeVar("FC", bound=Callable[..., object])
+
 vkey_option = click.option(
     "--vkey",
     "vkeys",
     multiple=True,
     help="A verifier key (name+id+key), or a file holding one; repeat for several.",
 )
+
+
+def key_option(help_text: str) -> Callable[[FC], FC]:
+    """``--key FILE``: a signer key file that must exist (``hybridlog key generate``)."""
+    return click.option(
+        "--key", "key_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True, help=help_text
+    )
 
 
 def verifier_keys(values: tuple[str, ...]) -> list[VerifierKey]:
@@ -77,13 +87,7 @@ def key_generate(origin: str, out: Path) -> None:
 
 @click.command()
 @store_argument
-@click.option(
-    "--key",
-    "key_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    required=True,
-    help="The signing key (`hybridlog key generate`).",
-)
+@key_option("The signing key (`hybridlog key generate`).")
 @click.option("--origin", default=None, help="The log's name in the head (default: the key's name).")
 def sign(store: Path, key_file: Path, origin: str | None) -> None:
     """Sign the store's tree head now and print it (a C2SP checkpoint). Refused (exit 3) unless it

@@ -11,7 +11,7 @@ import click
 
 from hybridlog.cli.admin import progress_bar
 from hybridlog.cli.options import json_option, open_existing, store_argument
-from hybridlog.cli.proofs import verifier_keys, vkey_option
+from hybridlog.cli.proofs import key_option, verifier_keys, vkey_option
 from hybridlog.cli.render import print_json
 from hybridlog.note import parse_signer_key
 from hybridlog.objects import open_objects
@@ -44,13 +44,7 @@ def tier() -> None:
 @tier.command("upload")
 @store_argument
 @url_option
-@click.option(
-    "--key",
-    "key_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    required=True,
-    help="The key that signs the manifests (`hybridlog key generate`).",
-)
+@key_option("The key that signs the manifests (`hybridlog key generate`).")
 @click.option("--epoch", type=click.IntRange(1), default=1, show_default=True, help="This writer's epoch.")
 @json_option
 def upload(store: Path, url: str, key_file: Path, epoch: int, as_json: bool) -> None:

@@ -20,6 +20,7 @@ from hybridlog.catalog_rows import CheckpointRow, GapRow, RecoveryEntry
 from hybridlog.db import sqlite_errors
 from hybridlog.diagnose import FoundGap, StreamScan, stream_damage, walk_stream
 from hybridlog.errors import IntegrityError
+from hybridlog.evicted import stored_size
 from hybridlog.layout import (
     CATALOG_FILE,
     catalog_aside_path,
@@ -192,7 +193,7 @@ def _segment_rows(
         if no == last_no:
             size = kept[-1].entry.position + kept[-1].entry.length
         else:
-            size = segment_path(data_dir, stream_id, no).stat().st_size
+            size = stored_size(data_dir, stream_id, no)
         first = scan.first_offsets[no]
         rows.append((no, first, ends.get(no, first), size))
     return rows

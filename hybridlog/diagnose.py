@@ -33,11 +33,12 @@ from hybridlog.catalog import Catalog
 from hybridlog.catalog_rows import SegmentRow
 from hybridlog.dictionary import DictionaryCache, DictionaryUnavailable
 from hybridlog.errors import CatalogMismatch, DictionaryUnusable, IntegrityError, MissingDictionary
+from hybridlog.evicted import readable_path, stored_digest, stored_size
 from hybridlog.layout import segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.markers import RepairMarker
 from hybridlog.record import MAGIC, DictionarySource, FrameError, FrameHeader, decode_payload
 from hybridlog.scan import ScannedRecord, ScanProblem, SegmentScan
-from hybridlog.segment import Frame, SegmentReader, file_digest
+from hybridlog.segment import Frame, SegmentReader
 from hybridlog.types import GENESIS_HASH, ChainHash, MarkerAction, StreamId
 
 
@@ -267,7 +268,7 @@ def find_resume(
         segment_no = numbers[index]
         path = segment_path(data_dir, stream_id, segment_no)
         start = search_from if index == at else 0
-        with path.open("rb") as f:
+        with readable_path(path).open("rb") as f:
             f.seek(start)
             data = f.read()
         found = data.find(MAGIC)
@@ -282,7 +283,7 @@ def find_resume(
 def _self_verifying(
     path: Path, position: int, stream_id: StreamId, expected: int, dictionaries: DictionarySource
 ) -> FrameHeader | None:
-    with SegmentReader(path, position) as reader:
+    with SegmentReader(readable_path(path), position) as reader:
         try:
             frame = reader.read_frame()
         except FrameError:
@@ -315,12 +316,12 @@ def is_torn_tail(path: Path, problem: ScanProblem) -> bool:
         return False
     if problem.unterminated:
         return True
-    with path.open("rb") as f:
+    with readable_path(path).open("rb") as f:
         f.seek(problem.position)
         data = f.read()
     start = 1
     while (found := data.find(MAGIC, start)) != -1:
-        with SegmentReader(path, problem.position + found) as reader:
+        with SegmentReader(readable_path(path), problem.position + found) as reader:
             try:
                 frame = reader.read_frame()
                 # a record by itself: a format-1 frame (read_frame checked its checksum), or a
@@ -374,7 +375,7 @@ def starts_past(path: Path, stream_id: StreamId, next_offset: int) -> bool:
     """Whether a segment file starts with a whole, valid frame of this stream at an offset past
     ``next_offset``: the batches before it in the same group never became durable."""
     try:
-        with SegmentReader(path) as reader:
+        with SegmentReader(readable_path(path)) as reader:
             frame = reader.read_frame()
     except FrameError:
         return False
@@ -482,11 +483,14 @@ def segment_row_problems(
     found = []
     for seg in rows:
         path = segment_path(data_dir, stream_id, seg.segment_no)
-        size = path.stat().st_size if path.exists() else None
+        try:
+            size: int | None = stored_size(data_dir, stream_id, seg.segment_no)  # an evicted one's: its stub's
+        except FileNotFoundError:
+            size = None
         growing = last_may_grow and seg is rows[-1] and not seg.sealed
         if size != seg.size_bytes and not (growing and size is not None and size > seg.size_bytes):
             found.append(SegmentRowProblem(seg, path, size))
-        elif digests and seg.sealed and seg.digest != file_digest(path):
+        elif digests and seg.sealed and seg.digest != stored_digest(data_dir, stream_id, seg.segment_no):
             found.append(SegmentRowProblem(seg, path, size, digest_differs=True))
     return found
 

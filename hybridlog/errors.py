@@ -542,6 +542,14 @@ class WriterFenced(ObjectStoreError):
     hint = "another host writes this store now; open it read-only, or take it back over explicitly"
 
 
+class RetainedBucket(ObjectStoreError):
+    """Raised by ``Storage.open_remote`` for a bucket whose retention removed a stream's first
+    records: a store's reads start at genesis. The records from the floor on are verified from the
+    manifest's signed anchor by ``remote.verify_anchored`` (``hybridlog verify s3://...``)."""
+
+    hint = "verify it with `hybridlog verify s3://...`, which starts each stream at its signed floor"
+
+
 class BucketCutBack(IntegrityError):
     """Raised when an object store no longer holds a manifest it once showed (one given to check
     against): a tail cut, or a stream rewritten under another history."""

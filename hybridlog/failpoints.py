@@ -31,10 +31,10 @@ Step = Literal["batch-framed", "segment-created", "segment-written", "segment-sy
 STEPS: tuple[Step, ...] = get_args(Step)
 """The failpoints in write order."""
 
-TierStep = Literal["object-uploaded", "manifest-built", "manifest-published"]
+TierStep = Literal["object-uploaded", "manifest-built", "manifest-published", "stub-written"]
 
 TIER_STEPS: tuple[TierStep, ...] = get_args(TierStep)
-"""The failpoints of an upload, in upload order."""
+"""The failpoints of an upload, in upload order, then eviction's (between a stub and the unlink)."""
 
 _armed: dict[str, Callable[[], None]] = {}
 

@@ -133,17 +133,24 @@ _STORE_ROOT_NAME = re.compile(
 )
 
 
+FENCE_FILE = "FENCED"
+"""Present when another writer host took the store's streams over (``fence.py``)."""
+TIER_CACHE_DIR = "tier-cache"
+"""Fetched copies of evicted segments (``evicted.py``)."""
+
+
 def foreign_store_entries(data_dir: Path) -> list[str]:
     """The names at the top of a store that no part of it makes, sorted: anything but the catalog
     (with its SQLite companions, a ``.new`` one being built and ``.<time>.aside`` ones kept by a
-    rebuild), ``consumers.db`` and ``eventsourcing.db`` (and companions), ``LOCK``, ``streams/`` and
-    ``heads/``."""
+    rebuild), ``consumers.db`` and ``eventsourcing.db`` (and companions), ``LOCK``, ``streams/``,
+    ``heads/``, ``FENCED`` and ``tier-cache/``."""
     if not data_dir.is_dir():
         return []
     return sorted(
         entry.name
         for entry in data_dir.iterdir()
-        if entry.name not in (LOCK_FILE, STREAMS_DIR, HEADS_DIR) and not _STORE_ROOT_NAME.match(entry.name)
+        if entry.name not in (LOCK_FILE, STREAMS_DIR, HEADS_DIR, FENCE_FILE, TIER_CACHE_DIR)
+        and not _STORE_ROOT_NAME.match(entry.name)
     )
 
 
@@ -162,6 +169,9 @@ _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 DICTIONARY_SUFFIX = ".zdict"
 _DICTIONARY_NAME = re.compile(r"^(\d{20})\.zdict$")
 QUARANTINE_SUFFIX = ".quarantine"
+EVICTED_SUFFIX = ".evicted"
+_EVICTED_NAME = re.compile(r"^(\d{20})\.evicted$")
+"""A stub standing for a segment whose bytes are only in the object store (``evicted.py``)."""
 MAX_SEGMENT_NO = 2**63 - 1
 """The largest segment number: the catalog stores it as an SQLite (signed 64-bit) integer."""
 
@@ -233,11 +243,14 @@ def segment_numbers_on_disk(stream_dir: Path) -> tuple[list[int], list[str]]:
         return [], []
     for name in (entry.name for entry in stream_dir.iterdir()):
         number = parse_segment_name(name)
+        evicted = _EVICTED_NAME.match(name)
         if number is not None:
             numbers.append(number)
+        elif evicted is not None and int(evicted.group(1)) <= MAX_SEGMENT_NO:
+            numbers.append(int(evicted.group(1)))  # an evicted segment is still one of the stream's
         elif not name.endswith(QUARANTINE_SUFFIX) and parse_dictionary_name(name) is None:
             foreign.append(name)
-    return sorted(numbers), sorted(foreign)
+    return sorted(set(numbers)), sorted(foreign)
 
 
 def dictionary_numbers_on_disk(stream_dir: Path) -> list[int]:

@@ -43,6 +43,20 @@ def segment_key(stream_id: int, segment_no: int, digest: bytes) -> str:
     return f"streams/{stream_id}/segments/{segment_no:0{SEGMENT_DIGITS}d}.{digest.hex()}.seg"
 
 
+def segments_prefix(stream_id: int) -> str:
+    """Where a stream's segment objects are."""
+    return f"streams/{stream_id}/segments/"
+
+
+_SEGMENT_KEY = re.compile(rf"^streams/\d+/segments/(\d{{{SEGMENT_DIGITS},}})\.[0-9a-f]{{64}}\.seg$")
+
+
+def segment_key_number(key: str) -> int | None:
+    """The segment number a segment object's key gives (None: not a segment object's key)."""
+    match = _SEGMENT_KEY.match(key)
+    return None if match is None else int(match.group(1))
+
+
 def dictionary_key(stream_id: int, dictionary_no: int, digest: bytes) -> str:
     """Where a stream's dictionary goes."""
     return f"streams/{stream_id}/dictionaries/{dictionary_no}.{digest.hex()}.zdict"

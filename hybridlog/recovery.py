@@ -33,6 +33,7 @@ from hybridlog.catalog import Catalog
 from hybridlog.catalog_rows import CheckpointRow, IndexEntry, RecoveryEntry, SegmentRow
 from hybridlog.diagnose import DamageKind, catalog_ahead_damage, classify_problem
 from hybridlog.errors import CatalogMismatch, IntegrityError
+from hybridlog.evicted import stored_digest, stored_size
 from hybridlog.layout import (
     STREAMS_DIR,
     parse_stream_dir_name,
@@ -42,7 +43,6 @@ from hybridlog.layout import (
 )
 from hybridlog.quarantine import cut_tail, move_segment_aside, remove_empty_segment, trim_reserved_zeros
 from hybridlog.scan import ScannedRecord, SegmentScan
-from hybridlog.segment import file_digest
 from hybridlog.types import GENESIS_HASH, ChainHash, GlobalPosition, Offset, RecordKind, RecoveryAction, StreamId
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def seal_all_but_last(catalog: Catalog, data_dir: Path, stream_id: StreamId, now
     rows: list[SegmentRow] = catalog.segments(stream_id)
     for seg in rows[:-1]:
         if not seg.sealed:
-            digest = file_digest(segment_path(data_dir, stream_id, seg.segment_no))
+            digest = stored_digest(data_dir, stream_id, seg.segment_no)
             catalog.seal_segment(stream_id, seg.segment_no, digest=digest, now_ns=now_ns)
 
 
@@ -355,7 +355,7 @@ def streams_to_reconcile(catalog: Catalog, data_dir: Path) -> list[StreamId]:
             last = max(sizes)
             trim_reserved_zeros(segment_path(data_dir, sid, last), sizes[last])
         if sorted(sizes) != on_disk.get(sid, []) or any(
-            segment_path(data_dir, sid, no).stat().st_size != size for no, size in sizes.items()
+            stored_size(data_dir, sid, no) != size for no, size in sizes.items()
         ):
             needing.append(sid)
     return needing

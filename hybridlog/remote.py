@@ -22,13 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybridlog.backend import BackendBase
-from hybridlog.errors import BucketCutBack, IntegrityError, ManifestError, StorageError
+from hybridlog.dictionary import DictionaryCache
+from hybridlog.errors import BucketCutBack, IntegrityError, ManifestError, RetainedBucket, StorageError
 from hybridlog.layout import dictionary_path, segment_path
 from hybridlog.manifest import Manifest, check_follows, manifest_key, manifest_number, open_manifest
 from hybridlog.note import VerifierKey
 from hybridlog.objects import ObjectStore
-from hybridlog.segment import data_digest, make_dirs_durably, write_file_durably
+from hybridlog.record import FrameError
+from hybridlog.segment import SegmentReader, data_digest, make_dirs_durably, write_file_durably
 from hybridlog.types import StreamId
+from hybridlog.walk import SegmentWalk
 
 _STREAM_MANIFEST = re.compile(r"streams/(\d+)/manifests/")
 
@@ -84,11 +87,14 @@ def fetch_remote(
     vkeys: list[str] | list[VerifierKey],
     directory: Path,
     against: Sequence[str] = (),
+    *,
+    from_genesis: bool = False,
 ) -> dict[StreamId, RemoteStream]:
     """Every stream's checked manifest chain, and its last manifest's objects in ``directory``.
 
     ``against``: signed manifests seen before (kept by an auditor, say); BucketCutBack unless the
-    bucket still holds each of them, unchanged, in its stream's chain."""
+    bucket still holds each of them, unchanged, in its stream's chain. ``from_genesis``:
+    RetainedBucket (before fetching anything) if a stream's last manifest has a floor above 0."""
     chains = {sid: manifest_chain(objects, sid, vkeys) for sid in remote_stream_ids(objects)}
     for signed in against:
         seen = open_manifest(signed, vkeys)
@@ -99,6 +105,9 @@ def fetch_remote(
                 f" (it holds {len(chain)} manifests of the stream)",
                 stream_id=seen.stream_id,
             )
+    retained = {sid: chain[-1].floor for sid, chain in chains.items() if chain[-1].floor > 0}
+    if from_genesis and retained:
+        raise RetainedBucket(f"retention removed the first records of streams from the bucket (floors: {retained})")
     streams: dict[StreamId, RemoteStream] = {}
     for sid, chain in chains.items():
         manifest = chain[-1]
@@ -119,6 +128,71 @@ def fetch_remote(
         )
         streams[sid] = RemoteStream(manifest, mismatched)
     return streams
+
+
+@dataclass(frozen=True, slots=True)
+class AnchoredStream:
+    """A stream of the bucket verified from its last manifest's floor anchor: ``records`` records,
+    offsets ``floor`` to ``head - 1``, the last with hash ``head_hash``."""
+
+    stream_id: int
+    floor: int
+    head: int
+    head_hash: bytes
+    records: int
+
+
+def verify_anchored(
+    objects: ObjectStore,
+    vkeys: list[str] | list[VerifierKey],
+    directory: Path,
+    against: Sequence[str] = (),
+    stream_ids: list[int] | None = None,
+) -> list[AnchoredStream]:
+    """Verify every stream from the objects alone, retention or not: the manifests checked and the
+    objects fetched as ``fetch_remote`` does, then each stream's segments walked with the chain
+    verified from its manifest's floor (the first record must link to the signed floor hash), each
+    segment ending on its signed end hash, the last on the head. IntegrityError names the stream,
+    segment and offset where the objects part from the manifest. ``stream_ids``: walk only these
+    (every manifest is checked all the same)."""
+    streams = fetch_remote(objects, vkeys, directory, against)
+    wanted = sorted(streams) if stream_ids is None else [StreamId(s) for s in stream_ids if s in streams]
+    return [_walk_from_anchor(directory, sid, streams[sid]) for sid in wanted]
+
+
+def _walk_from_anchor(directory: Path, sid: StreamId, remote: RemoteStream) -> AnchoredStream:
+    manifest = remote.manifest
+    dictionaries = DictionaryCache(directory)
+    expected, link, records = manifest.floor, manifest.floor_hash, 0
+    for segment in manifest.segments:
+        path = segment_path(directory, sid, segment.segment_no)
+        with SegmentReader(path) as reader:
+            walk = SegmentWalk(reader, sid, expected, link, path.stat().st_size, dictionaries=dictionaries)
+            try:
+                for record in walk.records():
+                    expected, link, records = record.offset + 1, record.hash, records + 1
+            except FrameError as e:
+                raise IntegrityError(
+                    f"the bucket's copy holds no whole record here: {e.reason}",
+                    stream_id=sid,
+                    offset=walk.expected,
+                    segment=path,
+                    position=walk.position,
+                ) from e
+        if (expected, link) != (segment.next_offset, segment.end_hash):
+            raise IntegrityError(
+                f"segment {segment.segment_no} of the bucket's copy does not end where its manifest"
+                f" ({manifest.number}) says (offset {segment.next_offset}, its end hash)",
+                stream_id=sid,
+                offset=expected,
+                segment=path,
+            )
+    if remote.mismatched:
+        raise IntegrityError(
+            f"segment {remote.mismatched[0]} in the bucket is not the object its manifest names (digest or size)",
+            stream_id=sid,
+        )
+    return AnchoredStream(sid, manifest.floor, manifest.head, manifest.head_hash, records)
 
 
 def check_remote_stream(store: BackendBase, sid: StreamId, remote: RemoteStream) -> None:

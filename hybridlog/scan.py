@@ -24,6 +24,7 @@ from hybridlog.catalog_rows import BatchRow, CheckpointRow, IndexEntry, unpack_f
 from hybridlog.catalog_rows import pack_frame_ends as pack_ends
 from hybridlog.dictionary import DictionaryCache
 from hybridlog.errors import DictionaryUnusable, IntegrityError
+from hybridlog.evicted import readable_path
 from hybridlog.layout import segment_numbers_on_disk, segment_path, stream_path
 from hybridlog.markers import RepairMarker, decode_marker
 from hybridlog.native import long_hash, speedups
@@ -95,13 +96,14 @@ class SegmentScan:
     def batches(self) -> Iterator[list[ScannedRecord]]:
         """The segment's complete, verified batches, in order; where the scan stops early, ``problem`` says why."""
         pending: list[ScannedRecord] = []
-        with SegmentReader(self.path, self.valid_end) as reader:
+        source = readable_path(self.path)  # an evicted segment's cached copy
+        with SegmentReader(source, self.valid_end) as reader:
             walk = SegmentWalk(
                 reader,
                 self.stream_id,
                 self.next_offset,
                 self.prev_hash,
-                self.path.stat().st_size,
+                source.stat().st_size,
                 dictionaries=self.dictionaries,
             )
             segment_no, new_entry, repair, new_tuple = self.segment_no, IndexEntry, RecordKind.REPAIR, tuple.__new__
@@ -164,7 +166,7 @@ def scan_plain_stream(data_dir: Path, stream_id: StreamId) -> PlainScan | None:
     found = PlainScan([], [], [], 0, GENESIS_HASH)
     expected, link, last_position = 0, GENESIS_HASH, 0
     for segment_no in numbers:
-        path = segment_path(data_dir, stream_id, segment_no)
+        path = readable_path(segment_path(data_dir, stream_id, segment_no))
         first, position, want = expected, 0, _PLAIN_CHUNK
         with path.open("rb") as f:
             size = f.seek(0, 2)

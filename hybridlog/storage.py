@@ -31,8 +31,9 @@ from hybridlog.errors import (
     StoreClosed,
     os_error_detail,
 )
+from hybridlog.evicted import segment_file
 from hybridlog.index import CheckpointIndex, OffsetIndex, SegmentInfo, segment_infos
-from hybridlog.layout import CATALOG_FILE, segment_path, stream_ids_on_disk
+from hybridlog.layout import CATALOG_FILE, stream_ids_on_disk
 from hybridlog.lock import StoreLock
 from hybridlog.maintenance import Maintenance
 from hybridlog.note import VerifierKey
@@ -104,7 +105,7 @@ class Storage(BackendBase, ProvingStore, SubscribingStore):
         self._store_lock: StoreLock | None = None
         self._dictionaries = DictionaryCache(self._data_dir)  # stream dictionaries, for reading and compressing
         # Point reads remember verified runs (see verified_cache.py); 0 turns that off.
-        self._verified = VerifiedRunCache(verified_cache_records, lambda sid, no: segment_path(self._data_dir, sid, no))
+        self._verified = VerifiedRunCache(verified_cache_records, lambda sid, no: segment_file(self._data_dir, sid, no))
         # Wakes subscriptions in this process after each commit (one per store directory).
         self._commit_signal = commit_signal_for(self._data_dir)
         self._reads = Reads(
@@ -196,10 +197,11 @@ class Storage(BackendBase, ProvingStore, SubscribingStore):
         as a cache for the next open) and checked against their digests, and every stream walked
         with its chain verified from genesis to the manifest's head. IntegrityError names the
         stream, segment and offset of anything that does not verify; BucketCutBack if a signed
-        manifest in ``against`` (seen before) is no longer in the bucket as it was."""
+        manifest in ``against`` (seen before) is no longer in the bucket as it was; RetainedBucket
+        if retention removed a stream's first records (``remote.verify_anchored`` verifies it)."""
         vkeys: list[str] | list[VerifierKey] = vkey if isinstance(vkey, list) else [vkey]  # type: ignore[assignment]
         directory = Path(cache_dir)
-        streams = fetch_remote(open_objects(url), vkeys, directory, against)
+        streams = fetch_remote(open_objects(url), vkeys, directory, against, from_genesis=True)
         with cls(directory, checkpoint_policy=CheckpointPolicy.explicit()):
             pass  # the catalog is built from the segments, as for any store that has none
         store = cls(directory, read_only=True)

@@ -36,6 +36,7 @@ from hybridlog.catalog_rows import RecoveryEntry
 from hybridlog.diagnose import FoundGap, StreamScan, walk_stream
 from hybridlog.dictionary import DictionaryCache, StreamDictionary, salvage_dictionary
 from hybridlog.errors import DamagedDictionary, DictionaryUnusable
+from hybridlog.evicted import stored_size
 from hybridlog.layout import (
     QUARANTINE_SUFFIX,
     dictionary_name,
@@ -235,19 +236,18 @@ def plan_stream_repair(
             plan.cut = Cut(scan.next_offset, scan.missing_segment, 0, head, timestamp)
         elif plan.committed_next > scan.next_offset:  # the catalog knew more than the segments hold
             last = numbers[-1] if numbers else 0
-            size = segment_path(data_dir, stream_id, last).stat().st_size if numbers else 0
+            size = stored_size(data_dir, stream_id, last) if numbers else 0
             plan.cut = Cut(scan.next_offset, last, size, head, timestamp)
     cut = plan.cut
     if cut is not None:
         for no in numbers:
-            path = segment_path(data_dir, stream_id, no)
+            size = stored_size(data_dir, stream_id, no)
             if no == cut.segment_no:
-                size = path.stat().st_size
                 if size > cut.byte:
                     plan.cut_bytes += size - cut.byte
                     plan.cut_files.append(quarantine_path(data_dir, stream_id, no, cut.byte).name)
             elif no > cut.segment_no:
-                plan.cut_bytes += path.stat().st_size
+                plan.cut_bytes += size
                 plan.cut_files.append(quarantine_path(data_dir, stream_id, no, 0).name)
     return plan, scan
 

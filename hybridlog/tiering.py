@@ -22,13 +22,17 @@ and a reader that goes by manifests never meets a half-uploaded state.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from hybridlog.catalog_rows import SegmentRow
-from hybridlog.errors import IntegrityError, ManifestError, WriterFenced
+from hybridlog.errors import IntegrityError, InvalidArgument, ManifestError, WriterFenced
+from hybridlog.evicted import is_evicted
 from hybridlog.failpoints import failpoint
+from hybridlog.fence import fence_store, unfence_store
 from hybridlog.layout import dictionary_numbers_on_disk, dictionary_path, segment_path, stream_path
 from hybridlog.manifest import (
     DictionaryObject,
@@ -41,10 +45,13 @@ from hybridlog.manifest import (
     manifests_prefix,
     open_manifest,
     segment_key,
+    segment_key_number,
+    segments_prefix,
     sign_manifest,
 )
 from hybridlog.note import SignerKey, VerifierKey
 from hybridlog.objects import ObjectStore
+from hybridlog.remote import remote_stream_ids
 from hybridlog.segment import data_digest
 from hybridlog.storage import Storage
 from hybridlog.types import GENESIS_HASH, StreamId
@@ -64,6 +71,18 @@ class StreamUpload:
     manifest: int
     segments: int
     uploaded_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRetention:
+    """What retention did for a stream: the manifest it left, the floor (offsets below it are gone
+    from the bucket), the segments it dropped from the manifest and the objects it deleted."""
+
+    stream_id: int
+    manifest: int
+    floor: int
+    dropped_segments: int
+    deleted_objects: int
 
 
 def latest_manifest(
@@ -107,7 +126,7 @@ def tier_status(store: Storage, objects: ObjectStore, vkeys: list[str] | list[Ve
     for sid in store.stream_ids():
         latest = latest_manifest(objects, sid, vkeys)
         head = 0 if latest is None else latest[0].head
-        sealed = _sealed_rows(store, sid)
+        sealed = sealed_rows(store, sid)
         pending = [row for row in sealed if row.first_offset >= head]
         sealed_head = max((row.next_offset for row in sealed), default=0)
         found.append(
@@ -124,7 +143,7 @@ def tier_status(store: Storage, objects: ObjectStore, vkeys: list[str] | list[Ve
     return found
 
 
-def _sealed_rows(store: Storage, sid: StreamId) -> list[SegmentRow]:
+def sealed_rows(store: Storage, sid: StreamId) -> list[SegmentRow]:
     """The stream's sealed, non-empty segments' rows, by number, up to the first that is not sealed."""
     no_rows: list[SegmentRow] = []
     rows = store._reads.query(lambda catalog: catalog.segments(sid), no_rows)
@@ -159,16 +178,12 @@ class Tiering:
         sid = StreamId(stream_id)
         for _ in range(PUBLISH_ATTEMPTS):
             found = latest_manifest(self.objects, sid, self._vkeys)
-            if found is not None and found[0].epoch > self.epoch:
-                raise WriterFenced(
-                    f"stream {sid}'s manifest {found[0].number} is writer epoch {found[0].epoch}, above ours"
-                    f" ({self.epoch})"
-                )
             if found is not None:
+                self._check_epoch(found[0])
                 self._check_same_history(found[0])
             segments = self._sealed_after(sid, found[0] if found else None)
-            if not segments and found is not None:
-                return StreamUpload(sid, found[0].number, 0, 0)
+            if not segments and found is not None and found[0].epoch == self.epoch:
+                return StreamUpload(sid, found[0].number, 0, 0)  # nothing new, and the epoch is ours
             uploaded = 0
             for segment, data in segments:
                 if self.objects.put_new(segment.key, data):
@@ -190,6 +205,98 @@ class Tiering:
             log.info("stream %d: manifest %d was created by another uploader; planning again", sid, manifest.number)
         raise WriterFenced(f"stream {sid}: lost the race for the next manifest {PUBLISH_ATTEMPTS} times")
 
+    def claim(self) -> list[StreamUpload]:
+        """Take the store's streams over in the bucket as this writer epoch, before writing: for
+        each stream, upload what is sealed and publish a manifest of this epoch, which fences every
+        writer of a lower one. The epoch must be above every stream's in the bucket, and the store
+        must hold every stream the bucket holds, up to its head (a host restored from the bucket
+        does). A claim lifts this store's own fence (``fence.py``): it takes the streams back."""
+        local = set(self.store.stream_ids())
+        missing = sorted(set(remote_stream_ids(self.objects)) - local)
+        if missing:
+            raise ManifestError(f"the bucket holds streams this store lacks ({missing}): restore them first")
+        for sid in sorted(local):
+            found = latest_manifest(self.objects, sid, self._vkeys)
+            if found is not None and found[0].epoch >= self.epoch:
+                raise InvalidArgument(
+                    f"stream {sid}'s manifest {found[0].number} is writer epoch {found[0].epoch}: a claim needs a"
+                    f" higher epoch than {self.epoch}"
+                )
+            if found is not None and self.store.next_offset(sid) < found[0].head:
+                raise ManifestError(
+                    f"stream {sid} in the bucket reaches offset {found[0].head}, this store only"
+                    f" {self.store.next_offset(sid)}: restore it from the bucket first"
+                )
+        claimed = [self.upload_stream(sid) for sid in sorted(local)]
+        unfence_store(self.store.data_dir)
+        return claimed
+
+    def retain(self, stream_id: int, floor: int) -> StreamRetention:
+        """Remove the stream's records below ``floor`` from the bucket, whole segments only: the
+        next manifest's floor is the start of the segment that holds ``floor`` (or ``floor``, at a
+        boundary), its anchor the chain hash the segment before it ends on, and it lists only the
+        segments from there; then their objects are deleted. Everything from the floor on stays
+        verifiable from that signed anchor (``remote.verify_anchored``). Refused (InvalidArgument,
+        nothing changed) for a floor above the bucket's head, or when this store has evicted a
+        segment below it: the bucket holds its only copy. Objects a crash left after the
+        manifest are deleted by the next call."""
+        sid = StreamId(stream_id)
+        for _ in range(PUBLISH_ATTEMPTS):
+            found = latest_manifest(self.objects, sid, self._vkeys)
+            if found is None:
+                raise InvalidArgument(f"stream {sid} has no manifest in the bucket: nothing to retain")
+            last, signed = found
+            self._check_epoch(last)
+            if floor > last.head:
+                raise InvalidArgument(f"floor {floor} is above stream {sid}'s head in the bucket ({last.head})")
+            dropped = [s for s in last.segments if s.next_offset <= floor]
+            if not dropped:
+                return StreamRetention(sid, last.number, last.floor, 0, self._delete_below(sid, last))
+            data_dir = self.store.data_dir
+            evicted = [s.segment_no for s in dropped if is_evicted(segment_path(data_dir, sid, s.segment_no))]
+            if evicted:
+                raise InvalidArgument(
+                    f"stream {sid}'s segments {evicted} are evicted from this store: the bucket holds their only copy"
+                )
+            manifest = dataclasses.replace(
+                last,
+                number=last.number + 1,
+                previous=manifest_digest(signed),
+                epoch=self.epoch,
+                floor=dropped[-1].next_offset,
+                floor_hash=dropped[-1].end_hash,
+                segments=last.segments[len(dropped) :],
+            )
+            if self.objects.put_new(manifest_key(sid, manifest.number), sign_manifest(manifest, self.key).encode()):
+                deleted = self._delete_below(sid, manifest, dropped[-1].segment_no + 1)
+                return StreamRetention(sid, manifest.number, manifest.floor, len(dropped), deleted)
+        raise WriterFenced(f"stream {sid}: lost the race for the next manifest {PUBLISH_ATTEMPTS} times")
+
+    def _delete_below(self, sid: StreamId, manifest: Manifest, below: int | None = None) -> int:
+        """Delete the stream's segment objects numbered below its first listed segment (or
+        ``below``, when it lists none): those retention removed. Returns how many."""
+        first = manifest.segments[0].segment_no if manifest.segments else below
+        if first is None:
+            return 0
+        numbered = ((key, segment_key_number(key)) for key in self.objects.list(segments_prefix(sid)))
+        gone = [key for key, number in numbered if number is not None and number < first]
+        for key in gone:
+            self.objects.delete(key)
+        return len(gone)
+
+    def _check_epoch(self, manifest: Manifest) -> None:
+        """Fence this store if ``manifest`` is of a higher writer epoch than ours."""
+        if manifest.epoch > self.epoch:
+            self._fenced(
+                f"stream {manifest.stream_id}'s manifest {manifest.number} is writer epoch {manifest.epoch}, above"
+                f" ours ({self.epoch})"
+            )
+
+    def _fenced(self, reason: str) -> NoReturn:
+        """Fence this store's writer (``fence.py``), then raise WriterFenced."""
+        fence_store(self.store.data_dir, reason)
+        raise WriterFenced(reason)
+
     def _check_same_history(self, manifest: Manifest) -> None:
         """ManifestError unless this store's record before the manifest's head has the manifest's
         head hash (the bucket holds another history of the stream); WriterFenced if this store
@@ -198,7 +305,7 @@ class Tiering:
             return
         sid = StreamId(manifest.stream_id)
         if self.store.next_offset(sid) < manifest.head:
-            raise WriterFenced(
+            self._fenced(
                 f"stream {sid} in the bucket reaches offset {manifest.head}, this store only"
                 f" {self.store.next_offset(sid)}: another writer wrote it"
             )
@@ -213,7 +320,7 @@ class Tiering:
         """The sealed segments from the manifest's head on, in order, each read verified."""
         head, head_hash = (0, GENESIS_HASH) if last is None else (last.head, last.head_hash)
         found: list[tuple[SegmentObject, bytes]] = []
-        for row in _sealed_rows(self.store, sid):
+        for row in sealed_rows(self.store, sid):
             if row.next_offset <= head:
                 continue
             if row.digest is None or row.first_offset != head:

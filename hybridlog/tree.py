@@ -31,8 +31,9 @@ import hybridlog.merkle as merkle
 from hybridlog.catalog import Catalog
 from hybridlog.catalog_tree import TILE_WIDTH, TreeReader, row_root
 from hybridlog.errors import HeadNotExtended, IntegrityError, InvalidArgument, ProofError, StorageError
+from hybridlog.evicted import segment_file
 from hybridlog.framing import KIND_BYTE
-from hybridlog.layout import segment_path, signed_head_path, signed_heads_on_disk
+from hybridlog.layout import signed_head_path, signed_heads_on_disk
 from hybridlog.note import SignerKey, VerifierKey, note_text, open_note, parse_signer_key, sign_note
 from hybridlog.receipts import CheckedReceipt, Receipt, verify_receipt
 from hybridlog.record import FORMAT_VERSION, HASH_FIELD, HEADER_SIZE, VERSION_BYTE
@@ -151,7 +152,7 @@ def frame_entries(catalog: Catalog, data_dir: Path, first: int, last: int) -> li
                 continue
             entries += [GAP_ENTRY] * (position - first - len(entries))  # positions a repair left unused
             if (sid, segment_no) not in files:
-                files[sid, segment_no] = os.open(segment_path(data_dir, sid, segment_no), os.O_RDONLY)
+                files[sid, segment_no] = os.open(segment_file(data_dir, sid, segment_no), os.O_RDONLY)
             header = os.pread(files[sid, segment_no], HEADER_SIZE, at)
             if len(header) < HEADER_SIZE or header[VERSION_BYTE] != FORMAT_VERSION:
                 return None

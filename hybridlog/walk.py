@@ -37,6 +37,7 @@ from hybridlog.errors import (
     Where,
     os_error_detail,
 )
+from hybridlog.evicted import readable_path
 from hybridlog.layout import dictionary_name, segment_path
 from hybridlog.markers import is_cut_jump, unavailable
 from hybridlog.native import long_hash, speedups
@@ -483,16 +484,13 @@ def _segment_walks(
             raise unavailable(data_dir, ahead, expected)
         path = segment_path(data_dir, sid, seg.segment_no)
         position = snap.start.position if seg.segment_no == snap.start.segment_no else 0
-        if (
-            position == 0
-            and expected != seg.first_offset
-            and not _starts_with_cut_marker(snap, seg.first_offset, expected)
-        ):
+        jumps = position == 0 and expected != seg.first_offset  # only past a cut marker may offsets jump
+        if jumps and not _starts_with_cut_marker(snap, seg.first_offset, expected):
             raise CatalogMismatch(
                 f"segment starts at offset {seg.first_offset}", stream_id=sid, offset=expected, segment=path
             )
         try:
-            reader = SegmentReader(path, position)
+            reader = SegmentReader(readable_path(path), position)
         except FileNotFoundError as e:
             raise CatalogMismatch("segment file is missing", stream_id=sid, offset=expected, segment=path) from e
         except OSError as e:  # permission denied, not a file...: the segment may be fine, so no IntegrityError

@@ -51,6 +51,7 @@ from hybridlog.errors import (
     StorageIOError,
 )
 from hybridlog.failpoints import failpoint
+from hybridlog.fence import fence_error
 from hybridlog.framing import (
     FramedBatch,
     HeadView,
@@ -182,6 +183,9 @@ class Writer:
             batches: dict[StreamId, list[FramedBatch]] = {}
             accepted: list[AppendRequest] = []
             try:
+                fenced = fence_error(self._data_dir)  # another writer host took the streams over
+                if fenced is not None:
+                    raise fenced
                 mark = self.global_mark()
             except StorageError as e:
                 for i, request in enumerate(group):
@@ -436,7 +440,10 @@ class Writer:
         return head
 
     def due_checkpoints(self) -> list[StreamId]:
-        """Streams with events since their last checkpoint (and no damage): an on-close checkpoint's."""
+        """Streams with events since their last checkpoint (and no damage): an on-close checkpoint's;
+        none in a fenced store (another host writes its streams now)."""
+        if fence_error(self._data_dir) is not None:
+            return []
         return [h.stream_id for h in self.heads.values() if h.damage is None and h.view.events_since_checkpoint]
 
     def trim_reserved(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from hybridlog.note import SignerKey, generate_key, parse_signer_key
 from hybridlog.testing.clocks import make_clock
 from hybridlog.testing.s3server import BUCKET, S3Server, weed_binary
 
@@ -82,6 +83,13 @@ def s3_url(s3_server: S3Server) -> str:
 SHARED_VECTORS = Path(os.environ.get("HYBRIDLOG_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "vectors"))
 """The public test vectors beside the checkout (``../shared/vectors/``; read at test time, never
 copied into the repository). ``HYBRIDLOG_VECTORS`` points elsewhere."""
+
+
+@pytest.fixture
+def signer() -> SignerKey:
+    """A new signing key for manifests and tree heads (an S3 test's bucket is signed by it)."""
+    skey, _ = generate_key("hybridlog.example/tier-test")
+    return parse_signer_key(skey)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"errors", "output", "failpoints", "merkle", "ed25519", "note", "tree_head", "receipts"},
     {"types"},
     {"native", "record", "layout", "markers", "verified_cache", "groupcommit", "es_records", "manifest"},
-    {"segment", "dictionary", "pipeline", "batch", "lock", "objects"},
+    {"segment", "dictionary", "pipeline", "batch", "lock", "objects", "evicted", "fence"},
     {"walk", "db", "training", "catalog_rows"},
     {
         "scan",
@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     },
     {"framing", "writer", "reads", "diagnose", "quarantine", "sql", "backend", "memory", "subscription"},
     {"recovery", "catalog_rebuild", "stream_repair", "repair", "maintenance", "opening", "tree", "remote"},
-    {"storage", "verify", "signing", "tiering"},
+    {"storage", "verify", "signing", "tiering", "eviction"},
     {"cli", "eventsourcing", "__init__", "__main__"},
 ]
 LAYER_OF = {module: number for number, modules in enumerate(LAYERS) for module in modules}

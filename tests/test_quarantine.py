@@ -38,6 +38,11 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ): "an object created in a directory bucket (never a store's file)",
     ("objects", "DirectoryObjects.put_new", ".unlink"): "... and the temporary file it was linked from",
     ("objects", "DirectoryObjects.delete", ".unlink"): "an object deleted from a directory bucket, as asked",
+    ("evicted", "_make_room", ".unlink"): "a fetched copy of an evicted segment leaves the bounded cache",
+    ("evicted", "_write_copy", ".replace"): "a fetched, digest-checked copy put in the cache whole",
+    ("evicted", "_write_copy", ".unlink"): "... or its temporary file, when writing it failed",
+    ("evicted", "evict_file", ".unlink"): "a sealed segment whose object read back whole, after its durable stub",
+    ("fence", "unfence_store", ".unlink"): "the fence file, removed when this store takes its streams back",
 }
 
 

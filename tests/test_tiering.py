@@ -51,12 +51,6 @@ from hybridlog.types import StreamId
 ORIGIN = "hybridlog.example/tier-test"
 
 
-@pytest.fixture
-def signer() -> SignerKey:
-    skey, _ = generate_key(ORIGIN)
-    return parse_signer_key(skey)
-
-
 def replace_object(objects: ObjectStore, key: str, data: bytes) -> None:
     """Rewrite an object in place (what an attacker with write access to the bucket can do)."""
     objects.delete(key)

@@ -19,7 +19,9 @@ from hybridlog.cli.exits import DamageFound
 from hybridlog.cli.options import json_option, open_existing, store_argument
 from hybridlog.cli.proofs import read_head, verifier_keys, vkey_option
 from hybridlog.cli.render import plural, print_json, render_rows
-from hybridlog.errors import HeadNotExtended, StorageError
+from hybridlog.errors import HeadNotExtended, RetainedBucket, StorageError
+from hybridlog.objects import open_objects
+from hybridlog.remote import verify_anchored
 from hybridlog.repair import CheckReport, RepairStep
 from hybridlog.sql import QueryResult
 from hybridlog.storage import Storage
@@ -55,15 +57,52 @@ def _verify_remote(
     if not vkeys:
         raise click.UsageError("give the manifests' verifier key with --vkey")
     seen = [] if against is None else [against.read_text(encoding="utf-8")]
-    with (
-        tempfile.TemporaryDirectory(prefix="hybridlog-verify-") as cache,
-        Storage.open_remote(url, vkey=verifier_keys(vkeys), cache_dir=cache, against=seen) as storage,
-        progress_bar("verifying", _records_in(storage, wanted)) as advance,
-    ):
-        report = verify_store(storage, wanted, from_genesis=True, progress=advance)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="hybridlog-verify-") as cache,
+            Storage.open_remote(url, vkey=verifier_keys(vkeys), cache_dir=cache, against=seen) as storage,
+            progress_bar("verifying", _records_in(storage, wanted)) as advance,
+        ):
+            report = verify_store(storage, wanted, from_genesis=True, progress=advance)
+    except RetainedBucket:  # raised before anything is fetched: verify each stream from its signed floor
+        _verify_anchored(url, wanted, seen, vkeys, as_json)
+        return
     _render_verify(report, as_json, None)
     if not report.ok:
         raise DamageFound("verification found damage; see above")
+
+
+def _verify_anchored(
+    url: str, wanted: list[int] | None, seen: list[str], vkeys: tuple[str, ...], as_json: bool
+) -> None:
+    """The remote verify of a bucket with retention: every stream from its manifest's signed floor
+    (damage raises IntegrityError: exit 3)."""
+    with tempfile.TemporaryDirectory(prefix="hybridlog-verify-") as cache:
+        streams = verify_anchored(open_objects(url), verifier_keys(vkeys), Path(cache), seen, wanted)
+    if as_json:
+        print_json(
+            {
+                "records_verified": sum(s.records for s in streams),
+                "streams": [
+                    {
+                        "stream_id": s.stream_id,
+                        "ok": True,
+                        "floor": s.floor,
+                        "records": s.records,
+                        "head": s.head_hash.hex(),
+                    }
+                    for s in streams
+                ],
+                "error": None,
+            }
+        )
+        return
+    for s in streams:
+        click.echo(
+            f"stream {s.stream_id}: ok, {plural(s.records, 'record')} from offset {s.floor} (the signed floor),"
+            f" head {s.head_hash.hex()}"
+        )
+    click.echo(f"ok: {plural(sum(s.records for s in streams), 'record')} verified")
 
 
 def _render_disagreements(found: Disagreements) -> None:

@@ -10,7 +10,12 @@ policy) is written, then, from one run:
   from genesis) against ``verify_store`` of the local store from genesis (every record read and
   verified): MB/s of segment bytes each (the bucket holds the sealed segments, the local store
   its active one too), and the ratio remote / local (1.00x: as fast as local);
-- ``remote_warm``: the same open with the cache already filled (the objects are not fetched again).
+- ``remote_warm``: the same open with the cache already filled (the objects are not fetched again);
+- ``evict``: ``eviction.evict`` of every sealed segment (each object read back and its digest
+  checked before the file goes): MB/s of segment bytes evicted;
+- ``evicted``: ``verify_store`` of the local store from genesis once its sealed segments are
+  evicted, with an empty ``tier-cache`` (each fetched whole, digest-checked, then verified), against
+  the same verify before eviction.
 
 Both servers and stores are on the same machine: the figures show what hybridlog adds, not a
 network's latency or bandwidth.
@@ -27,6 +32,7 @@ from benchlib.contenders import HYBRIDLOG, STREAM_ID, BenchError
 from benchlib.measure import MB, Result, number, timed
 from benchlib.text import grid, times
 from hybridlog import Storage, verify_store
+from hybridlog.eviction import evict
 from hybridlog.note import generate_key, parse_signer_key
 from hybridlog.objects import open_objects
 from hybridlog.testing.s3server import BUCKET, S3Server, weed_binary
@@ -77,6 +83,16 @@ def _measure(pool: Sequence[bytes], sizes: TierSizes, root: Path, url: str) -> l
         remote_seconds, _ = timed(lambda: _open_remote(url, key.verifier, root / "cache"))
         results.append(_result(case, remote_seconds, uploaded))
         results[-1]["ratio_vs_local"] = number(results[-1], "mb_per_s") / number(local, "mb_per_s")
+    with Storage(store_dir, read_only=True) as store:
+        objects = open_objects(url)
+        seconds, evictions = timed(lambda: evict(store, objects, [key.verifier], keep_bytes=0))
+        evicted = sum(e.evicted_bytes for e in evictions)
+        results.append(_result("evict", seconds, evicted))
+        evicted_seconds, report = timed(lambda: verify_store(store, from_genesis=True))
+    if not report.ok or evicted == 0:
+        raise BenchError(f"the evicted bench store did not verify or evict: {report.error}")
+    results.append(_result("evicted", evicted_seconds, local_bytes))
+    results[-1]["ratio_vs_local"] = number(results[-1], "mb_per_s") / number(local, "mb_per_s")
     return [*results, local]
 
 
@@ -113,6 +129,8 @@ def tier_cost_lines(results: Sequence[Result]) -> list[str]:
     return [
         "tiering to S3 (issue 15; SeaweedFS on this machine; 256-byte events, 1 MiB segments)",
         "  upload: sealed segments and manifests; remote: open_remote (fetch, check, verify from genesis)",
+        "  evict: segments replaced by stubs (objects read back first); evicted: verify_store of the",
+        "  store with its sealed segments evicted, cache empty (fetched, digest-checked, verified)",
         "  vs local: verify_store of the local store from genesis (1.00x: as fast as local)",
         *grid(["case", "segment bytes", "speed", "vs local"], rows),
     ]

@@ -570,12 +570,16 @@ def row_key(r: dict[str, Any]) -> tuple[str, int, int, bool | None, str]:
 
 
 def test_tiering_is_measured_against_a_real_s3_server(quick_run: BenchRun) -> None:
-    """Upload, a cold and a warm remote open, and the local verify they are compared with."""
+    """Upload, a cold and a warm remote open, eviction and the verify of the evicted store, and the
+    local verify they are compared with."""
     rows = results_of(quick_run, "tiering")
-    assert [r["case"] for r in rows] == ["upload", "remote", "remote_warm", "local"]
+    assert [r["case"] for r in rows] == ["upload", "remote", "remote_warm", "evict", "evicted", "local"]
     assert all(r["mb_per_s"] > 0 and r["segment_bytes"] > 0 for r in rows)
     uploaded = the(rows, case="upload")["segment_bytes"]
     assert the(rows, case="remote")["segment_bytes"] == uploaded <= the(rows, case="local")["segment_bytes"]
-    assert the(rows, case="remote")["ratio_vs_local"] == pytest.approx(
-        the(rows, case="remote")["mb_per_s"] / the(rows, case="local")["mb_per_s"]
-    )
+    assert the(rows, case="evict")["segment_bytes"] == uploaded  # every uploaded segment, nothing else
+    assert the(rows, case="evicted")["segment_bytes"] == the(rows, case="local")["segment_bytes"]
+    for case in ("remote", "evicted"):
+        assert the(rows, case=case)["ratio_vs_local"] == pytest.approx(
+            the(rows, case=case)["mb_per_s"] / the(rows, case="local")["mb_per_s"]
+        )

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from hybridlog.errors import IntegrityError, ObjectStoreError, StorageIOError, os_error_detail
 from hybridlog.failpoints import failpoint
-from hybridlog.layout import EVICTED_SUFFIX, STREAMS_DIR, TIER_CACHE_DIR, parse_stream_dir_name, segment_path
+from hybridlog.layout import EVICTED_SUFFIX, TIER_CACHE_DIR, parse_stream_dir_name, segment_path
 from hybridlog.objects import open_objects
 from hybridlog.segment import data_digest, file_digest, fsync_dir, write_file_durably
 
@@ -202,19 +202,3 @@ def evict_file(segment: Path, evicted: EvictedSegment) -> None:
     failpoint("stub-written")
     segment.unlink()
     fsync_dir(segment.parent)
-
-
-def evicted_streams(data_dir: Path) -> dict[int, list[int]]:
-    """Every stream's evicted segment numbers (stubs with no segment file), for status reports."""
-    found: dict[int, list[int]] = {}
-    root = data_dir / STREAMS_DIR
-    if not root.is_dir():
-        return found
-    for entry in sorted(root.iterdir()):
-        sid = parse_stream_dir_name(entry.name)
-        if sid is None:
-            continue
-        numbers = sorted(int(p.stem) for p in entry.glob(f"*{EVICTED_SUFFIX}") if is_evicted(p.with_suffix(".seg")))
-        if numbers:
-            found[sid] = numbers
-    return found

@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from hybridlog.catalog_rows import SegmentRow
 from hybridlog.errors import InvalidArgument, ObjectMissing
 from hybridlog.evicted import EvictedSegment, evict_file, is_evicted
 from hybridlog.layout import segment_path
@@ -28,7 +27,7 @@ from hybridlog.note import VerifierKey
 from hybridlog.objects import ObjectStore
 from hybridlog.segment import data_digest
 from hybridlog.storage import Storage
-from hybridlog.tiering import latest_manifest, sealed_rows
+from hybridlog.tiering import latest_manifest, sealed_rows, segment_rows
 from hybridlog.types import StreamId
 
 
@@ -73,9 +72,8 @@ def _evict_stream(
 ) -> StreamEviction:
     latest = latest_manifest(objects, sid, vkeys)
     in_bucket: dict[int, SegmentObject] = {} if latest is None else {s.segment_no: s for s in latest[0].segments}
-    sealed = {row.segment_no: row for row in sealed_rows(store, sid)}
-    no_rows: list[SegmentRow] = []
-    rows = store._reads.query(lambda catalog: catalog.segments(sid), no_rows)
+    rows = segment_rows(store, sid)
+    sealed = {row.segment_no: row for row in sealed_rows(store, sid, rows)}
     evicted: list[int] = []
     not_uploaded: list[int] = []
     local_bytes = 0

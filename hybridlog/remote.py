@@ -187,11 +187,7 @@ def _walk_from_anchor(directory: Path, sid: StreamId, remote: RemoteStream) -> A
                 offset=expected,
                 segment=path,
             )
-    if remote.mismatched:
-        raise IntegrityError(
-            f"segment {remote.mismatched[0]} in the bucket is not the object its manifest names (digest or size)",
-            stream_id=sid,
-        )
+    _check_objects_matched(sid, remote)
     return AnchoredStream(sid, manifest.floor, manifest.head, manifest.head_hash, records)
 
 
@@ -217,6 +213,12 @@ def check_remote_stream(store: BackendBase, sid: StreamId, remote: RemoteStream)
             stream_id=sid,
             offset=at,
         )
+    _check_objects_matched(sid, remote)
+
+
+def _check_objects_matched(sid: StreamId, remote: RemoteStream) -> None:
+    """IntegrityError if a segment object did not have its manifest's digest or size (raised after
+    the walk, which names the first record in it that does not verify, when one does not)."""
     if remote.mismatched:
         raise IntegrityError(
             f"segment {remote.mismatched[0]} in the bucket is not the object its manifest names (digest or size)",

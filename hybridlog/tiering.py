@@ -143,10 +143,17 @@ def tier_status(store: Storage, objects: ObjectStore, vkeys: list[str] | list[Ve
     return found
 
 
-def sealed_rows(store: Storage, sid: StreamId) -> list[SegmentRow]:
-    """The stream's sealed, non-empty segments' rows, by number, up to the first that is not sealed."""
+def segment_rows(store: Storage, sid: StreamId) -> list[SegmentRow]:
+    """The stream's ``segments`` rows, by number."""
     no_rows: list[SegmentRow] = []
-    rows = store._reads.query(lambda catalog: catalog.segments(sid), no_rows)
+    return store._reads.query(lambda catalog: catalog.segments(sid), no_rows)
+
+
+def sealed_rows(store: Storage, sid: StreamId, rows: list[SegmentRow] | None = None) -> list[SegmentRow]:
+    """The stream's sealed, non-empty segments' rows, by number, up to the first that is not sealed
+    (of ``rows`` when the caller has read them)."""
+    if rows is None:
+        rows = segment_rows(store, sid)
     sealed = []
     for row in rows:
         if not row.sealed or row.digest is None:
